@@ -1,0 +1,2 @@
+/* chat: see engine/chat.h or engine.h */
+#include "engine/engine.h"

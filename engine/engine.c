@@ -1,0 +1,2 @@
+/* engine: see engine/engine.h or engine.h */
+#include "engine/engine.h"

@@ -1,0 +1,167 @@
+/* engine: model loading, tokenizer, chat template, sampler and the forward
+ * pass over a ragged batch.  The one public header of engine/.
+ *
+ * The batch is plain data: per sequence, the tokens to compute, how many
+ * tokens it already has in the KV pool, and its block table.  K/V are read
+ * and written only through the pool's pages.
+ */
+#ifndef SPARSED_ENGINE_H
+#define SPARSED_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvcache/kvcache.h"
+
+/* ---- attention configuration ------------------------------------------ */
+
+enum attn_mode { ATTN_DENSE = 0, ATTN_SPARSE = 1, ATTN_AUTO = 2 };
+enum attn_indexer { IDX_MSA = 0, IDX_MINMAX = 1, IDX_MEAN = 2 };
+enum attn_group_reduce { GROUP_MAX = 0, GROUP_SUM = 1 };
+
+typedef struct attn_config {
+    int mode;               /* attn_mode; auto = sparse when the model or config asks */
+    int indexer;            /* attn_indexer; msa needs indexer weights */
+    int block_size;         /* tokens per KV page */
+    int top_k_blocks;       /* blocks chosen by the indexer, besides forced ones */
+    int local_blocks;       /* newest blocks always kept (the query's own included) */
+    int sink_blocks;        /* first blocks always kept (training-free indexer) */
+    int dense_layers;       /* leading layers that stay dense; -1 = model's value */
+    int sparse_min_context; /* dense below this context; -1 = (top_k+local+sink)*B; 0 = always sparse */
+    int group_reduce;       /* how a GQA group's heads combine block scores */
+} attn_config;
+
+/* Defaults (values chosen by bench/quality; see bench/README.md). */
+void attn_config_default(attn_config *c);
+/* Parses a name ("dense", "msa", ...) into the enum; -1 if unknown. */
+int attn_mode_parse(const char *s);
+int attn_indexer_parse(const char *s);
+/* Checks ranges; writes a message naming the field. */
+int attn_config_check(const attn_config *c, char *err, size_t errlen);
+
+/* ---- engine ----------------------------------------------------------- */
+
+typedef struct engine_opts {
+    const char *model_path;
+    const char *device;     /* "cpu" (default) or "cuda" */
+    int n_threads;          /* 0 = all cores */
+    attn_config attn;
+} engine_opts;
+
+typedef struct engine_info {
+    const char *arch;       /* "llama", ... */
+    const char *name;       /* general.name or the file's base name */
+    int n_vocab;
+    int n_ctx;              /* context length the model was trained for */
+    int n_layers, n_embd, n_heads, n_kv_heads, head_dim;
+    int has_indexer;        /* the GGUF carries MSA indexer weights */
+    int bos, eos;           /* -1 if none */
+    int add_bos;            /* prompts start with BOS */
+    const char *chat_template; /* raw tokenizer.chat_template or NULL */
+} engine_info;
+
+typedef struct engine engine;
+
+engine *engine_create(const engine_opts *o, char *err, size_t errlen);
+void engine_free(engine *e);
+const engine_info *engine_get_info(const engine *e);
+/* The page layout this model needs (block size from the attention config). */
+kv_layout engine_kv_layout(const engine *e);
+/* The attention configuration in force (defaults and model values resolved). */
+const attn_config *engine_attn(const engine *e);
+
+typedef struct engine_seq {
+    int n_past;             /* tokens already in the pool for this sequence */
+    int n_new;              /* tokens of this sequence in the batch */
+    int tok_offset;         /* where they start in engine_batch.tokens */
+    const int32_t *blocks;  /* block table covering n_past + n_new tokens */
+    int n_blocks;
+    int logits;             /* 0: none, 1: last new token, 2: every new token */
+} engine_seq;
+
+typedef struct engine_batch {
+    int n_tokens;
+    const int32_t *tokens;
+    int n_seqs;
+    const engine_seq *seqs;
+} engine_batch;
+
+/* Runs the model over the batch, writing K/V of the new tokens into their
+ * pages.  Logit rows (n_vocab floats each) are written in sequence order,
+ * then token order.  Returns the number of rows, or -1 with err set. */
+int engine_step(engine *e, kv_pool *pool, const engine_batch *b, float *logits,
+                char *err, size_t errlen);
+/* Logit rows a batch produces. */
+int engine_batch_rows(const engine_batch *b);
+
+/* ---- tokenizer -------------------------------------------------------- */
+
+/* Tokenizes UTF-8 text.  With parse_special, control tokens written in the
+ * text ("<|im_start|>") become their ids.  Returns the token count, which
+ * may exceed max (then only max were written), or -1 on invalid input. */
+int engine_tokenize(const engine *e, const char *text, size_t len, int add_bos,
+                    int parse_special, int32_t *out, int max);
+/* Raw bytes of one token (byte-fallback tokens give their byte; control
+ * tokens give their text only with show_special).  Returns the length. */
+int engine_token_bytes(const engine *e, int32_t tok, int show_special,
+                       char *buf, int len);
+/* End-of-generation tokens (EOS, <|im_end|>, <|eot_id|>, ...). */
+int engine_is_eog(const engine *e, int32_t tok);
+
+/* Streaming detokenizer: holds back an incomplete UTF-8 sequence until the
+ * bytes that complete it arrive. */
+typedef struct detok {
+    char pending[8];
+    int n_pending;
+    int first;              /* strips the SentencePiece leading space once */
+} detok;
+void detok_init(detok *d);
+/* Appends the text of tok to out (cap bytes); returns bytes written. */
+int detok_push(const engine *e, detok *d, int32_t tok, char *out, int cap);
+/* Flushes what is held back (invalid bytes become U+FFFD). */
+int detok_flush(detok *d, char *out, int cap);
+
+/* ---- chat template ---------------------------------------------------- */
+
+typedef struct chat_msg {
+    const char *role;       /* system, user, assistant, developer */
+    const char *content;
+} chat_msg;
+
+/* Renders messages with the model's template family (ChatML, Llama-2,
+ * Llama-3, Mistral, Zephyr, Qwen; plain fallback).  Returns a malloc'd
+ * string or NULL with err set. */
+char *engine_chat_render(const engine *e, const chat_msg *msgs, int n,
+                         int add_generation_prompt, char *err, size_t errlen);
+
+/* ---- sampler ---------------------------------------------------------- */
+
+typedef struct sampler_params {
+    float temperature;      /* 0 = greedy */
+    float top_p;            /* 1 = off */
+    int top_k;              /* 0 = off */
+    float min_p;            /* 0 = off */
+    float repetition_penalty; /* 1 = off */
+    float presence_penalty;   /* 0 = off */
+    float frequency_penalty;  /* 0 = off */
+    uint64_t seed;
+    int n_bias;
+    const int32_t *bias_tokens;
+    const float *bias_values;
+} sampler_params;
+
+void sampler_params_default(sampler_params *p);
+
+typedef struct sampler sampler;
+sampler *sampler_create(const sampler_params *p, int n_vocab);
+void sampler_free(sampler *s);
+/* Picks a token from logits (modified in place), given the tokens of the
+ * sequence so far for the penalties. */
+int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int n_history);
+
+/* Log-softmax of raw logits: the chosen token's logprob, and the n best
+ * (ids and logprobs, best first).  n may be 0. */
+float logprobs_top(const float *logits, int n_vocab, int32_t chosen, int n,
+                   int32_t *top_ids, float *top_lp);
+
+#endif

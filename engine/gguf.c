@@ -1,0 +1,2 @@
+/* gguf: see engine/gguf.h or engine.h */
+#include "engine/engine.h"

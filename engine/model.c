@@ -1,0 +1,2 @@
+/* model: see engine/model.h or engine.h */
+#include "engine/engine.h"

@@ -1,0 +1,2 @@
+/* quant: see engine/quant.h or engine.h */
+#include "engine/engine.h"

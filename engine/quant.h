@@ -1,0 +1,27 @@
+/* Tensor element formats: dequantization (per row, so weights stay in their
+ * GGUF type and are expanded a row at a time), reference quantization (for
+ * tests and tools/mkmodel) and the fp32 dot product.  Private to engine/. */
+#ifndef SPARSED_QUANT_H
+#define SPARSED_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* dst[0..n) = row src of ggml type `type` (n a multiple of its block size). */
+void dequant_row(uint32_t type, const void *src, float *dst, int64_t n);
+/* Quantizes n floats into dst (ggml_row_size(type, n) bytes).  Round trips
+ * within the format's precision; used by tests and mkmodel. */
+void quantize_row(uint32_t type, const float *src, void *dst, int64_t n);
+
+/* sum a[i]*b[i]; AVX2/FMA when the CPU has it. */
+float dot_f32(const float *a, const float *b, int n);
+/* y += a * x */
+void axpy_f32(float *y, float a, const float *x, int n);
+
+/* fp16 / bf16 conversions */
+float fp16_to_f32(uint16_t h);
+uint16_t f32_to_fp16(float f);
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);
+
+#endif

@@ -1,0 +1,2 @@
+/* sampler: see engine/sampler.h or engine.h */
+#include "engine/engine.h"

@@ -1,0 +1,2 @@
+/* tokenizer: see engine/tokenizer.h or engine.h */
+#include "engine/engine.h"

@@ -1,0 +1,36 @@
+/* Tokenizers built from GGUF metadata: "llama" (SentencePiece BPE with
+ * scores and byte fallback) and "gpt2" (byte-level BPE with merges and the
+ * model's pre-tokenizer split).  Private to engine/. */
+#ifndef SPARSED_TOKENIZER_H
+#define SPARSED_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/gguf.h"
+
+typedef struct tokenizer tokenizer;
+
+tokenizer *tokenizer_load(const gguf_file *f, char *err, size_t errlen);
+void tokenizer_free(tokenizer *t);
+
+int tokenizer_n_vocab(const tokenizer *t);
+int tokenizer_bos(const tokenizer *t);      /* -1 if none */
+int tokenizer_eos(const tokenizer *t);
+int tokenizer_add_bos(const tokenizer *t);  /* model asks for BOS first */
+int tokenizer_is_eog(const tokenizer *t, int32_t tok);
+int tokenizer_is_control(const tokenizer *t, int32_t tok);
+/* Id of a token given its exact text ("<|im_end|>"), or -1. */
+int32_t tokenizer_find(const tokenizer *t, const char *text);
+
+/* Same contract as engine_tokenize. */
+int tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_bos,
+                     int parse_special, int32_t *out, int max);
+/* Same contract as engine_token_bytes. */
+int tokenizer_token_bytes(const tokenizer *t, int32_t tok, int show_special,
+                          char *buf, int len);
+/* 1 for "llama" (SentencePiece: decoded text of the first token loses its
+ * leading space), 0 for "gpt2". */
+int tokenizer_is_spm(const tokenizer *t);
+
+#endif

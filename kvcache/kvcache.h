@@ -1,0 +1,104 @@
+/* kvcache: the block-paged KV pool shared by all sequences.
+ *
+ * A page holds `block_size` consecutive tokens of one sequence, for every
+ * layer: K and V per KV head, the MSA index key per token (when the model
+ * has an indexer) and per KV head a key summary (channel-wise min, max and
+ * sum of the page's keys) for the training-free indexer.
+ *
+ * The pool knows pages and tokens only: no model math, no HTTP.  It keeps
+ * refcounts, per-sequence block tables, and a prefix cache keyed by a hash
+ * chain over full pages; cached pages nobody references are reused LRU.
+ *
+ * Not thread-safe: one owner (the scheduler loop, or a CLI) drives it.
+ */
+#ifndef SPARSED_KVCACHE_H
+#define SPARSED_KVCACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct kv_layout {
+    int n_layers;
+    int n_kv_heads;
+    int head_dim;
+    int block_size;   /* tokens per page: power of two, 16..256 */
+    int idx_dim;      /* MSA index key length per token; 0 = none */
+    int summaries;    /* 1: keep per-page key min/max/sum per KV head */
+} kv_layout;
+
+typedef struct kv_pool kv_pool;
+
+/* Validates the layout (message in err) and allocates n_pages pages.  With
+ * host_storage 0 only the bookkeeping exists: a device backend keeps the
+ * page data itself, in the same per-page layout. */
+kv_pool *kv_pool_create(const kv_layout *layout, int n_pages, int host_storage,
+                        char *err, size_t errlen);
+void kv_pool_free(kv_pool *p);
+
+const kv_layout *kv_pool_layout(const kv_pool *p);
+int kv_pool_n_pages(const kv_pool *p);
+/* Pages that can be handed out now: free ones plus cached, unreferenced ones. */
+int kv_pool_n_available(const kv_pool *p);
+/* Pages referenced by at least one sequence. */
+int kv_pool_n_used(const kv_pool *p);
+/* Cached (prefix-cache) pages that nobody references. */
+int kv_pool_n_cached(const kv_pool *p);
+
+/* Bytes of one page for one layer, and per page over all layers. */
+size_t kv_layer_page_floats(const kv_layout *l);
+size_t kv_page_bytes(const kv_layout *l);
+
+/* Page allocation.  alloc returns a page with refcount 1, or -1 when the
+ * pool is exhausted (the caller decides: wait, preempt, or fail). */
+int32_t kv_page_alloc(kv_pool *p);
+void kv_page_ref(kv_pool *p, int32_t page);
+void kv_page_unref(kv_pool *p, int32_t page);
+int kv_page_refcount(const kv_pool *p, int32_t page);
+
+/* Host storage of a page for one layer (NULL without host storage).
+ *   K, V:     [n_kv_heads][block_size][head_dim]
+ *   idx:      [block_size][idx_dim]
+ *   summary:  [n_kv_heads][3][head_dim]  (min, max, sum over filled slots) */
+float *kv_page_k(kv_pool *p, int32_t page, int layer);
+float *kv_page_v(kv_pool *p, int32_t page, int layer);
+float *kv_page_idx(kv_pool *p, int32_t page, int layer);
+float *kv_page_summary(kv_pool *p, int32_t page, int layer);
+
+/* A sequence's block table: pages[i] holds tokens [i*B, (i+1)*B). */
+typedef struct kv_seq {
+    int32_t *pages;
+    int n_pages;
+    int cap;
+    int n_tokens;     /* tokens whose K/V are (or are being) written */
+    int n_cached;     /* leading tokens that came from the prefix cache */
+    uint64_t *hashes; /* hash chain of the full pages published so far */
+    int n_hashed;
+} kv_seq;
+
+void kv_seq_init(kv_seq *s);
+/* Makes room for n_tokens in total.  Returns 0, or -1 with nothing changed
+ * when the pool has too few pages. */
+int kv_seq_reserve(kv_pool *p, kv_seq *s, int n_tokens);
+/* Drops every page reference; safe to call twice. */
+void kv_seq_release(kv_pool *p, kv_seq *s);
+/* Pages a sequence of n_tokens needs. */
+int kv_pages_for(const kv_layout *l, int n_tokens);
+
+/* Prefix cache.  match attaches the cached pages of the longest run of full
+ * pages that starts `tokens` (refcounts taken) to an empty sequence and
+ * returns the number of tokens covered (a multiple of B, at most n-1 so the
+ * caller always computes at least one token).  publish registers the full
+ * pages of a sequence whose K/V for tokens[0..n) are written. */
+int kv_seq_match_prefix(kv_pool *p, kv_seq *s, const int32_t *tokens, int n);
+void kv_seq_publish(kv_pool *p, kv_seq *s, const int32_t *tokens, int n);
+/* Hash of one full page given the previous page's hash (0 for the first). */
+uint64_t kv_block_hash(uint64_t prev, const int32_t *tokens, int n);
+
+typedef struct kv_stats {
+    uint64_t prefix_queries;   /* tokens looked up */
+    uint64_t prefix_hits;      /* tokens found */
+    uint64_t evictions;        /* cached pages reused for new data */
+} kv_stats;
+void kv_pool_stats(const kv_pool *p, kv_stats *out);
+
+#endif
