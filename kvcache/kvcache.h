@@ -44,7 +44,10 @@ int kv_pool_n_used(const kv_pool *p);
 /* Cached (prefix-cache) pages that nobody references. */
 int kv_pool_n_cached(const kv_pool *p);
 
-/* Bytes of one page for one layer, and per page over all layers. */
+/* Floats of one page for one layer, and bytes per page over all layers.
+ * A page is [n_layers][layer floats]; each layer is K, V, idx, summary in
+ * that order, padded to 16 floats so layers and pages stay 64-byte aligned.
+ * Host storage is one page-aligned block: page p starts at p * page bytes. */
 size_t kv_layer_page_floats(const kv_layout *l);
 size_t kv_page_bytes(const kv_layout *l);
 
@@ -63,6 +66,9 @@ float *kv_page_k(kv_pool *p, int32_t page, int layer);
 float *kv_page_v(kv_pool *p, int32_t page, int layer);
 float *kv_page_idx(kv_pool *p, int32_t page, int layer);
 float *kv_page_summary(kv_pool *p, int32_t page, int layer);
+/* Start of a page (layer 0's K): kv_page_bytes of it move as one unit.
+ * Contents of a freshly allocated page are stale, not zero. */
+float *kv_page_base(kv_pool *p, int32_t page);
 
 /* A sequence's block table: pages[i] holds tokens [i*B, (i+1)*B). */
 typedef struct kv_seq {
@@ -76,10 +82,12 @@ typedef struct kv_seq {
 } kv_seq;
 
 void kv_seq_init(kv_seq *s);
-/* Makes room for n_tokens in total.  Returns 0, or -1 with nothing changed
- * when the pool has too few pages. */
+/* Makes room for n_tokens in total and raises s->n_tokens to it.  Returns 0,
+ * or -1 with nothing changed when the pool has too few pages. */
 int kv_seq_reserve(kv_pool *p, kv_seq *s, int n_tokens);
-/* Drops every page reference; safe to call twice. */
+/* Drops every page reference (newest page first, so chain tails are evicted
+ * before their heads) and frees the table; safe to call twice.  The
+ * sequence is empty afterwards and may be reused. */
 void kv_seq_release(kv_pool *p, kv_seq *s);
 /* Pages a sequence of n_tokens needs. */
 int kv_pages_for(const kv_layout *l, int n_tokens);
@@ -95,10 +103,15 @@ void kv_seq_publish(kv_pool *p, kv_seq *s, const int32_t *tokens, int n);
 uint64_t kv_block_hash(uint64_t prev, const int32_t *tokens, int n);
 
 typedef struct kv_stats {
-    uint64_t prefix_queries;   /* tokens looked up */
+    uint64_t prefix_queries;   /* prompt tokens looked up (all n of each match) */
     uint64_t prefix_hits;      /* tokens found */
     uint64_t evictions;        /* cached pages reused for new data */
 } kv_stats;
 void kv_pool_stats(const kv_pool *p, kv_stats *out);
+
+/* Checks the pool's internal invariants (every page exactly one of free,
+ * referenced, cached; lists, counters and prefix table consistent).
+ * Returns 0, or -1 with a message.  O(n_pages): for tests and debugging. */
+int kv_pool_check(const kv_pool *p, char *err, size_t errlen);
 
 #endif
