@@ -1,2 +1,172 @@
-/* engine: see engine/engine.h or engine.h */
-#include "engine/engine.h"
+/* Engine lifetime: open the GGUF, build the model, tokenizer and threads,
+ * resolve the attention configuration. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/internal.h"
+
+const tokenizer *engine_tok(const engine *e) { return e->tok; }
+const gguf_file *engine_gguf(const engine *e) { return e->gf; }
+const engine_info *engine_get_info(const engine *e) { return &e->info; }
+const attn_config *engine_attn(const engine *e) { return &e->attn; }
+
+/* Fills the -1 ("model's value / default") fields of the attention config. */
+static int resolve_attn(engine *e, const attn_config *in, char *err, size_t errlen)
+{
+    const model *m = &e->m;
+    attn_config *c = &e->attn;
+    *c = *in;
+    if (attn_config_check(c, err, errlen))
+        return -1;
+    int msa = m->idx_dim > 0;
+    if (c->indexer == -1)
+        c->indexer = msa ? IDX_MSA : IDX_MINMAX;
+    if (c->indexer == IDX_MSA && !msa) {
+        snprintf(err, errlen, "indexer: msa needs a model with indexer weights; use minmax or mean");
+        return -1;
+    }
+    int use_msa = c->indexer == IDX_MSA;
+    if (c->block_size == -1)
+        c->block_size = use_msa ? m->idx_block : 64;
+    if (use_msa && c->block_size != m->idx_block)
+        fprintf(stderr, "sparsed: note: block size %d differs from the indexer's trained %d\n",
+                c->block_size, m->idx_block);
+    if (c->top_k_blocks == -1)
+        c->top_k_blocks = use_msa ? m->idx_top_k : 16;
+    if (c->local_blocks == -1)
+        c->local_blocks = use_msa ? m->idx_local : 2;
+    if (c->sink_blocks == -1)
+        c->sink_blocks = use_msa ? 0 : 1;
+    if (c->dense_layers == -1)
+        c->dense_layers = use_msa ? m->idx_dense_layers : 0;
+    if (c->mode == ATTN_AUTO)
+        c->mode = msa ? ATTN_SPARSE : ATTN_DENSE;
+    if (c->sparse_min_context == -1)
+        c->sparse_min_context = (c->top_k_blocks + c->local_blocks + c->sink_blocks) * c->block_size;
+    return attn_config_check(c, err, errlen);
+}
+
+int engine_layer_sparse(const engine *e, int l, int n_ctx)
+{
+    const attn_config *c = &e->attn;
+    if (c->mode != ATTN_SPARSE || l < c->dense_layers || n_ctx < c->sparse_min_context)
+        return 0;
+    /* an MSA model's dense layers carry no indexer weights */
+    return c->indexer != IDX_MSA || e->m.layers[l].has_indexer;
+}
+
+engine *engine_create(const engine_opts *o, char *err, size_t errlen)
+{
+    if (o->device && strcmp(o->device, "cpu")) {
+        snprintf(err, errlen, "device: '%s' is not available in this build (cpu)", o->device);
+        return NULL;
+    }
+    engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    e->gf = gguf_open(o->model_path, err, errlen);
+    if (!e->gf)
+        goto fail;
+    if (model_load(&e->m, e->gf, err, errlen))
+        goto fail;
+    e->tok = tokenizer_load(e->gf, err, errlen);
+    if (!e->tok)
+        goto fail;
+    if (tokenizer_n_vocab(e->tok) > e->m.n_vocab) {
+        snprintf(err, errlen, "model: tokenizer has %d tokens but the embedding only %d",
+                 tokenizer_n_vocab(e->tok), e->m.n_vocab);
+        goto fail;
+    }
+    if (resolve_attn(e, &o->attn, err, errlen))
+        goto fail;
+
+    int nt = o->n_threads > 0 ? o->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    e->pool = tpool_create(nt > 0 ? nt : 1);
+    int half = e->m.rope_dim / 2;
+    e->rope_freq = malloc((size_t)(half > 0 ? half : 1) * sizeof(float));
+    if (!e->pool || !e->rope_freq) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < half; i++)
+        e->rope_freq[i] = powf(e->m.rope_base, -2.0f * (float)i / (float)e->m.rope_dim);
+
+    engine_info *in = &e->info;
+    in->arch = e->m.arch;
+    in->name = gguf_get_str(e->gf, "general.name");
+    if (!in->name) {
+        const char *slash = strrchr(o->model_path, '/');
+        in->name = slash ? slash + 1 : o->model_path;
+    }
+    in->n_vocab = e->m.n_vocab;
+    in->n_ctx = e->m.n_ctx;
+    in->n_layers = e->m.n_layers;
+    in->n_embd = e->m.n_embd;
+    in->n_heads = e->m.n_heads;
+    in->n_kv_heads = e->m.n_kv_heads;
+    in->head_dim = e->m.head_dim;
+    in->has_indexer = e->m.idx_dim > 0;
+    in->bos = tokenizer_bos(e->tok);
+    in->eos = tokenizer_eos(e->tok);
+    in->add_bos = tokenizer_add_bos(e->tok);
+    in->chat_template = gguf_get_str(e->gf, "tokenizer.chat_template");
+    return e;
+fail:
+    engine_free(e);
+    return NULL;
+}
+
+static void scratch_free(scratch *s)
+{
+    free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v); free(s->att);
+    free(s->ff1); free(s->ff2); free(s->iq); free(s->ik);
+    free(s->tok_seq); free(s->tok_pos); free(s->xl);
+    memset(s, 0, sizeof *s);
+}
+
+void engine_free(engine *e)
+{
+    if (!e)
+        return;
+    scratch_free(&e->s);
+    tpool_free(e->pool);
+    free(e->rope_freq);
+    tokenizer_free(e->tok);
+    model_free(&e->m);
+    gguf_close(e->gf);
+    free(e);
+}
+
+kv_layout engine_kv_layout(const engine *e)
+{
+    kv_layout l = {
+        .n_layers = e->m.n_layers,
+        .n_kv_heads = e->m.n_kv_heads,
+        .head_dim = e->m.head_dim,
+        .block_size = e->attn.block_size,
+        .idx_dim = e->m.idx_dim,
+        .summaries = e->attn.indexer != IDX_MSA,
+    };
+    return l;
+}
+
+int engine_tokenize(const engine *e, const char *text, size_t len, int add_bos,
+                    int parse_special, int32_t *out, int max)
+{
+    return tokenizer_encode(e->tok, text, len, add_bos, parse_special, out, max);
+}
+
+int engine_token_bytes(const engine *e, int32_t tok, int show_special, char *buf, int len)
+{
+    return tokenizer_token_bytes(e->tok, tok, show_special, buf, len);
+}
+
+int engine_is_eog(const engine *e, int32_t tok)
+{
+    return tokenizer_is_eog(e->tok, tok);
+}

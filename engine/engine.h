@@ -19,14 +19,16 @@ enum attn_mode { ATTN_DENSE = 0, ATTN_SPARSE = 1, ATTN_AUTO = 2 };
 enum attn_indexer { IDX_MSA = 0, IDX_MINMAX = 1, IDX_MEAN = 2 };
 enum attn_group_reduce { GROUP_MAX = 0, GROUP_SUM = 1 };
 
+/* Every field but mode and group_reduce may be -1: "the model's value or
+ * the default", resolved by engine_create (engine_attn gives the result). */
 typedef struct attn_config {
-    int mode;               /* attn_mode; auto = sparse when the model or config asks */
-    int indexer;            /* attn_indexer; msa needs indexer weights */
-    int block_size;         /* tokens per KV page */
-    int top_k_blocks;       /* blocks chosen by the indexer, besides forced ones */
+    int mode;               /* attn_mode; auto = sparse iff the model has an MSA indexer */
+    int indexer;            /* attn_indexer; -1 = msa if the model has one, else minmax */
+    int block_size;         /* tokens per KV page (and per selection block) */
+    int top_k_blocks;       /* blocks chosen by the indexer, besides the forced ones */
     int local_blocks;       /* newest blocks always kept (the query's own included) */
-    int sink_blocks;        /* first blocks always kept (training-free indexer) */
-    int dense_layers;       /* leading layers that stay dense; -1 = model's value */
+    int sink_blocks;        /* first blocks always kept */
+    int dense_layers;       /* leading layers that stay dense */
     int sparse_min_context; /* dense below this context; -1 = (top_k+local+sink)*B; 0 = always sparse */
     int group_reduce;       /* how a GQA group's heads combine block scores */
 } attn_config;

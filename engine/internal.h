@@ -1,12 +1,40 @@
-/* Private to engine/: accessors shared by the engine's own files. */
+/* Private to engine/: the engine object and accessors shared by the
+ * engine's own files. */
 #ifndef SPARSED_ENGINE_INTERNAL_H
 #define SPARSED_ENGINE_INTERNAL_H
 
+#include "engine/cpu/cpu.h"
 #include "engine/engine.h"
 #include "engine/gguf.h"
+#include "engine/model.h"
 #include "engine/tokenizer.h"
+
+/* Per-step activations, grown to the largest batch seen. */
+typedef struct scratch {
+    int cap;                /* tokens */
+    float *x, *xb, *q, *k, *v, *att, *ff1, *ff2;
+    float *iq, *ik;         /* MSA index queries / keys */
+    int32_t *tok_seq, *tok_pos;
+    int logit_cap;          /* rows */
+    float *xl;              /* final-normed rows that want logits */
+} scratch;
+
+struct engine {
+    gguf_file *gf;
+    tokenizer *tok;
+    model m;
+    attn_config attn;       /* resolved: no -1 left but dense_layers as given */
+    engine_info info;
+    tpool *pool;
+    scratch s;
+    float *rope_freq;       /* [rope_dim/2] inverse frequencies */
+};
 
 const tokenizer *engine_tok(const engine *e);
 const gguf_file *engine_gguf(const engine *e);
+
+/* Whether layer l of a sequence with n_ctx visible tokens uses sparse
+ * attention under the resolved config. */
+int engine_layer_sparse(const engine *e, int l, int n_ctx);
 
 #endif

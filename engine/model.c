@@ -1,2 +1,245 @@
-/* model: see engine/model.h or engine.h */
-#include "engine/engine.h"
+/* Reads the llama-family hyperparameters and tensor directory of a GGUF
+ * file and checks every shape, so the forward pass can trust them. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/model.h"
+#include "engine/quant.h"
+
+typedef struct {
+    model *m;
+    const gguf_file *f;
+    char *err;
+    size_t errlen;
+    int failed;
+} loader;
+
+static void fail(loader *L, const char *fmt, ...)
+{
+    if (L->failed)
+        return;
+    L->failed = 1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(L->err, L->errlen, fmt, ap);
+    va_end(ap);
+}
+
+static int key_u32(loader *L, const char *suffix, int required, int def)
+{
+    char key[128];
+    uint32_t v;
+    snprintf(key, sizeof key, "%s.%s", L->m->arch, suffix);
+    if (gguf_get_u32(L->f, key, &v) == 0) {
+        if (v > (1u << 30)) {
+            fail(L, "model: %s = %u is out of range", key, v);
+            return def;
+        }
+        return (int)v;
+    }
+    if (required)
+        fail(L, "model: missing required key %s", key);
+    return def;
+}
+
+static float key_f32(loader *L, const char *suffix, float def)
+{
+    char key[128];
+    float v;
+    snprintf(key, sizeof key, "%s.%s", L->m->arch, suffix);
+    return gguf_get_f32(L->f, key, &v) == 0 ? v : def;
+}
+
+static const gguf_tensor *tensor(loader *L, const char *name, int required)
+{
+    const gguf_tensor *t = gguf_tensor_find(L->f, name);
+    if (!t && required)
+        fail(L, "model: missing tensor %s", name);
+    return t;
+}
+
+/* A matrix of `rows` outputs over `cols` inputs (GGUF dims [cols, rows]). */
+static wmat matrix(loader *L, const char *name, int cols, int rows, int required)
+{
+    wmat w = {0};
+    const gguf_tensor *t = tensor(L, name, required);
+    if (!t)
+        return w;
+    if (t->n_dims != 2 || t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows) {
+        fail(L, "model: tensor %s has shape [%llu, %llu], expected [%d, %d]", name,
+             (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], cols, rows);
+        return w;
+    }
+    w.data = t->data;
+    w.type = t->type;
+    w.rows = rows;
+    w.cols = cols;
+    w.row_bytes = ggml_row_size(t->type, cols);
+    return w;
+}
+
+/* A vector of n floats; dequantized into owned memory unless it is F32. */
+static const float *vector(loader *L, const char *name, int n, int required)
+{
+    const gguf_tensor *t = tensor(L, name, required);
+    if (!t)
+        return NULL;
+    if (t->ne[0] != (uint64_t)n || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1) {
+        fail(L, "model: tensor %s has %llu elements, expected %d", name,
+             (unsigned long long)t->ne[0], n);
+        return NULL;
+    }
+    if (t->type == GGML_F32)
+        return t->data;
+    float *v = malloc((size_t)n * sizeof *v);
+    float **o = realloc(L->m->owned, (size_t)(L->m->n_owned + 1) * sizeof *o);
+    if (!v || !o) {
+        free(v);
+        if (o)
+            L->m->owned = o;
+        fail(L, "model: out of memory");
+        return NULL;
+    }
+    L->m->owned = o;
+    o[L->m->n_owned++] = v;
+    dequant_row(t->type, t->data, v, n);
+    return v;
+}
+
+static void layer_name(char *buf, size_t n, int l, const char *what)
+{
+    snprintf(buf, n, "blk.%d.%s", l, what);
+}
+
+int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
+{
+    memset(m, 0, sizeof *m);
+    loader L = {m, f, err, errlen, 0};
+    const char *arch = gguf_get_str(f, "general.architecture");
+    if (!arch) {
+        snprintf(err, errlen, "model: missing required key general.architecture");
+        return -1;
+    }
+    if (strcmp(arch, "llama") && strcmp(arch, "qwen2") && strcmp(arch, "qwen3") &&
+        strcmp(arch, "mistral")) {
+        snprintf(err, errlen, "model: architecture '%s' is not supported (llama, qwen2, qwen3, mistral)",
+                 arch);
+        return -1;
+    }
+    snprintf(m->arch, sizeof m->arch, "%s", arch);
+
+    m->n_layers = key_u32(&L, "block_count", 1, 0);
+    m->n_embd = key_u32(&L, "embedding_length", 1, 0);
+    m->n_ff = key_u32(&L, "feed_forward_length", 1, 0);
+    m->n_heads = key_u32(&L, "attention.head_count", 1, 0);
+    m->n_kv_heads = key_u32(&L, "attention.head_count_kv", 0, m->n_heads);
+    m->n_ctx = key_u32(&L, "context_length", 0, 2048);
+    if (L.failed)
+        return -1;
+    if (m->n_layers < 1 || m->n_embd < 1 || m->n_ff < 1 || m->n_heads < 1 || m->n_kv_heads < 1 ||
+        m->n_heads % m->n_kv_heads) {
+        snprintf(err, errlen, "model: inconsistent shape (layers %d, embd %d, ff %d, heads %d, kv heads %d)",
+                 m->n_layers, m->n_embd, m->n_ff, m->n_heads, m->n_kv_heads);
+        return -1;
+    }
+    m->head_dim = key_u32(&L, "attention.key_length", 0, m->n_embd / m->n_heads);
+    int vdim = key_u32(&L, "attention.value_length", 0, m->head_dim);
+    if (m->head_dim < 2 || m->head_dim % 2 || vdim != m->head_dim || m->head_dim > 1024) {
+        snprintf(err, errlen, "model: head dimension %d (value %d) is not supported", m->head_dim, vdim);
+        return -1;
+    }
+    m->rope_dim = key_u32(&L, "rope.dimension_count", 0, m->head_dim);
+    if (m->rope_dim < 0 || m->rope_dim > m->head_dim || m->rope_dim % 2) {
+        snprintf(err, errlen, "model: rope.dimension_count %d does not fit head dim %d", m->rope_dim,
+                 m->head_dim);
+        return -1;
+    }
+    m->rope_base = key_f32(&L, "rope.freq_base", 10000.0f);
+    m->eps = key_f32(&L, "attention.layer_norm_rms_epsilon", 1e-5f);
+    /* GGUF llama files rotate adjacent pairs (the converter permutes Q/K);
+     * Qwen layouts rotate halves. */
+    int neox = strcmp(arch, "llama") && strcmp(arch, "mistral");
+    gguf_get_bool(f, "sparsed.rope.neox", &neox);
+    m->rope_neox = neox;
+
+    m->idx_dim = key_u32(&L, "attention.indexer.key_length", 0, 0);
+    if (m->idx_dim) {
+        m->idx_heads = key_u32(&L, "attention.indexer.head_count", 0, m->n_kv_heads);
+        m->idx_top_k = key_u32(&L, "attention.indexer.top_k", 0, 16);
+        m->idx_block = key_u32(&L, "attention.indexer.block_size", 0, 128);
+        m->idx_local = key_u32(&L, "attention.indexer.local_blocks", 0, 1);
+        m->idx_dense_layers = key_u32(&L, "attention.indexer.dense_layers", 0, 0);
+        if (m->idx_heads != m->n_kv_heads || m->idx_dim % 2) {
+            snprintf(err, errlen, "model: indexer needs one head per KV group (%d heads for %d groups) and an even key length",
+                     m->idx_heads, m->n_kv_heads);
+            return -1;
+        }
+    }
+
+    const gguf_tensor *te = tensor(&L, "token_embd.weight", 1);
+    if (L.failed)
+        return -1;
+    m->n_vocab = (int)te->ne[1];
+    m->tok_embd = matrix(&L, "token_embd.weight", m->n_embd, m->n_vocab, 1);
+    m->out_norm = vector(&L, "output_norm.weight", m->n_embd, 1);
+    if (gguf_tensor_find(f, "output.weight"))
+        m->output = matrix(&L, "output.weight", m->n_embd, m->n_vocab, 1);
+    else
+        m->output = m->tok_embd; /* tied embeddings */
+
+    m->layers = calloc((size_t)m->n_layers, sizeof *m->layers);
+    if (!m->layers) {
+        snprintf(err, errlen, "model: out of memory");
+        return -1;
+    }
+    int E = m->n_embd, D = m->head_dim, Hq = m->n_heads, Hkv = m->n_kv_heads;
+    char nm[96];
+    for (int l = 0; l < m->n_layers && !L.failed; l++) {
+        layer_w *w = &m->layers[l];
+#define NAME(s) (layer_name(nm, sizeof nm, l, s), nm)
+        w->attn_norm = vector(&L, NAME("attn_norm.weight"), E, 1);
+        w->ffn_norm = vector(&L, NAME("ffn_norm.weight"), E, 1);
+        w->q = matrix(&L, NAME("attn_q.weight"), E, Hq * D, 1);
+        w->k = matrix(&L, NAME("attn_k.weight"), E, Hkv * D, 1);
+        w->v = matrix(&L, NAME("attn_v.weight"), E, Hkv * D, 1);
+        w->o = matrix(&L, NAME("attn_output.weight"), Hq * D, E, 1);
+        w->q_bias = vector(&L, NAME("attn_q.bias"), Hq * D, 0);
+        w->k_bias = vector(&L, NAME("attn_k.bias"), Hkv * D, 0);
+        w->v_bias = vector(&L, NAME("attn_v.bias"), Hkv * D, 0);
+        w->q_norm = vector(&L, NAME("attn_q_norm.weight"), D, 0);
+        w->k_norm = vector(&L, NAME("attn_k_norm.weight"), D, 0);
+        w->gate = matrix(&L, NAME("ffn_gate.weight"), E, m->n_ff, 1);
+        w->up = matrix(&L, NAME("ffn_up.weight"), E, m->n_ff, 1);
+        w->down = matrix(&L, NAME("ffn_down.weight"), m->n_ff, E, 1);
+        if (m->idx_dim && gguf_tensor_find(f, NAME("indexer.k_proj.weight"))) {
+            w->has_indexer = 1;
+            w->iq = matrix(&L, NAME("indexer.q_proj.weight"), E, m->idx_heads * m->idx_dim, 1);
+            w->ik = matrix(&L, NAME("indexer.k_proj.weight"), E, m->idx_dim, 1);
+            w->iq_norm = vector(&L, NAME("indexer.q_norm.weight"), m->idx_dim, 1);
+            w->ik_norm = vector(&L, NAME("indexer.k_norm.weight"), m->idx_dim, 1);
+        }
+#undef NAME
+    }
+    if (L.failed) {
+        model_free(m);
+        return -1;
+    }
+    return 0;
+}
+
+void model_free(model *m)
+{
+    for (int i = 0; i < m->n_owned; i++)
+        free(m->owned[i]);
+    free(m->owned);
+    free(m->layers);
+    memset(m, 0, sizeof *m);
+}
+
+void model_embed(const model *m, int32_t tok, float *out)
+{
+    const wmat *w = &m->tok_embd;
+    dequant_row(w->type, (const char *)w->data + (size_t)tok * w->row_bytes, out, w->cols);
+}

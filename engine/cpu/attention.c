@@ -1,1 +1,119 @@
-#include "engine/engine.h"
+/* Paged attention on the CPU, dense or block-sparse.  One task per (token,
+ * KV group): the group's query heads walk the chosen blocks together, so
+ * each K/V block is read once per group, with an online softmax updated a
+ * block at a time. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/internal.h"
+#include "engine/quant.h"
+
+typedef struct {
+    engine *e;
+    kv_pool *pool;
+    const engine_batch *b;
+    int l;
+    const float *q, *iq;
+    float *out;
+} attn_job;
+
+static _Thread_local float *tl_buf;
+static _Thread_local size_t tl_cap;
+
+static float *tl_scratch(size_t n)
+{
+    if (n > tl_cap) {
+        free(tl_buf);
+        tl_buf = malloc(n * sizeof(float));
+        tl_cap = tl_buf ? n : 0;
+        if (!tl_buf)
+            abort();
+    }
+    return tl_buf;
+}
+
+static void attn_task(void *ctx, int i, int thread)
+{
+    (void)thread;
+    attn_job *j = ctx;
+    engine *e = j->e;
+    const model *m = &e->m;
+    int Hq = m->n_heads, Hkv = m->n_kv_heads, D = m->head_dim;
+    int hpg = Hq / Hkv, B = e->attn.block_size;
+    int t = i / Hkv, g = i % Hkv;
+    const engine_seq *sq = &j->b->seqs[e->s.tok_seq[t]];
+    int pos = e->s.tok_pos[t];
+    int last = pos / B;
+    const float *q = j->q + (size_t)t * Hq * D + (size_t)g * hpg * D;
+    float scale = 1.0f / sqrtf((float)D);
+
+    /* scratch: block list, per-head running max/sum, accumulators, scores */
+    size_t nb = (size_t)last + 1;
+    float *buf = tl_scratch(nb + 2 * (size_t)hpg + (size_t)hpg * D + (size_t)B);
+    int32_t *sel = (int32_t *)buf;
+    float *mx = buf + nb, *sum = mx + hpg, *acc = sum + hpg, *sc = acc + (size_t)hpg * D;
+
+    int n;
+    if (engine_layer_sparse(e, j->l, pos + 1)) {
+        sel_args a = {
+            .pool = j->pool, .cfg = &e->attn, .layer = j->l, .blocks = sq->blocks,
+            .pos = pos, .group = g, .q = q, .n_q = hpg, .head_dim = D,
+            .iq = j->iq ? j->iq + (size_t)t * m->idx_heads * m->idx_dim + (size_t)g * m->idx_dim : NULL,
+            .idx_dim = m->idx_dim,
+        };
+        n = sparse_select(&a, sel);
+    } else {
+        n = last + 1;
+        for (int k = 0; k < n; k++)
+            sel[k] = k;
+    }
+
+    for (int h = 0; h < hpg; h++) {
+        mx[h] = -INFINITY;
+        sum[h] = 0.0f;
+    }
+    memset(acc, 0, (size_t)hpg * D * sizeof(float));
+    for (int k = 0; k < n; k++) {
+        int bi = sel[k];
+        int32_t page = sq->blocks[bi];
+        const float *K = kv_page_k(j->pool, page, j->l) + (size_t)g * B * D;
+        const float *V = kv_page_v(j->pool, page, j->l) + (size_t)g * B * D;
+        int slots = bi == last ? pos - bi * B + 1 : B;
+        for (int h = 0; h < hpg; h++) {
+            const float *qh = q + (size_t)h * D;
+            float bm = -INFINITY;
+            for (int s = 0; s < slots; s++) {
+                sc[s] = dot_f32(qh, K + (size_t)s * D, D) * scale;
+                bm = sc[s] > bm ? sc[s] : bm;
+            }
+            float nm = bm > mx[h] ? bm : mx[h];
+            float corr = expf(mx[h] - nm);
+            float *ah = acc + (size_t)h * D;
+            if (corr != 1.0f) {
+                for (int d = 0; d < D; d++)
+                    ah[d] *= corr;
+                sum[h] *= corr;
+            }
+            for (int s = 0; s < slots; s++) {
+                float p = expf(sc[s] - nm);
+                sum[h] += p;
+                axpy_f32(ah, p, V + (size_t)s * D, D);
+            }
+            mx[h] = nm;
+        }
+    }
+    float *o = j->out + (size_t)t * Hq * D + (size_t)g * hpg * D;
+    for (int h = 0; h < hpg; h++) {
+        float inv = 1.0f / sum[h];
+        for (int d = 0; d < D; d++)
+            o[(size_t)h * D + d] = acc[(size_t)h * D + d] * inv;
+    }
+}
+
+void attention_layer(engine *e, kv_pool *pool, const engine_batch *b, int l,
+                     const float *q, const float *iq, float *out)
+{
+    attn_job j = {e, pool, b, l, q, iq, out};
+    tpool_run(e->pool, attn_task, &j, b->n_tokens * e->m.n_kv_heads);
+}

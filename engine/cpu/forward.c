@@ -1,1 +1,254 @@
-#include "engine/engine.h"
+/* The llama-family forward pass over a ragged batch, on the CPU.  All new
+ * tokens of all sequences go through each weight matrix together; K/V go
+ * to their pages before attention, which then reads only pages. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/internal.h"
+#include "engine/quant.h"
+
+static int grow(float **p, size_t n)
+{
+    float *q = realloc(*p, n * sizeof(float));
+    if (!q)
+        return -1;
+    *p = q;
+    return 0;
+}
+
+static int scratch_reserve(engine *e, int T, int rows)
+{
+    scratch *s = &e->s;
+    const model *m = &e->m;
+    if (T > s->cap) {
+        size_t E = m->n_embd, QD = (size_t)m->n_heads * m->head_dim,
+               KD = (size_t)m->n_kv_heads * m->head_dim, F = m->n_ff;
+        size_t IQ = (size_t)m->idx_heads * m->idx_dim;
+        if (grow(&s->x, T * E) || grow(&s->xb, T * (E > QD ? E : QD)) || grow(&s->q, T * QD) ||
+            grow(&s->k, T * KD) || grow(&s->v, T * KD) || grow(&s->att, T * QD) ||
+            grow(&s->ff1, T * F) || grow(&s->ff2, T * F) || grow(&s->iq, T * (IQ ? IQ : 1)) ||
+            grow(&s->ik, T * (m->idx_dim ? m->idx_dim : 1)))
+            return -1;
+        int32_t *a = realloc(s->tok_seq, (size_t)T * sizeof *a);
+        if (!a)
+            return -1;
+        s->tok_seq = a;
+        a = realloc(s->tok_pos, (size_t)T * sizeof *a);
+        if (!a)
+            return -1;
+        s->tok_pos = a;
+        s->cap = T;
+    }
+    if (rows > s->logit_cap) {
+        if (grow(&s->xl, (size_t)rows * m->n_embd))
+            return -1;
+        s->logit_cap = rows;
+    }
+    return 0;
+}
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    float ss = dot_f32(x, x, n) / (float)n;
+    float r = 1.0f / sqrtf(ss + eps);
+    for (int i = 0; i < n; i++)
+        out[i] = x[i] * r * w[i];
+}
+
+/* Rotates the first rope_dim dims of each of n heads at position pos. */
+static void rope(const engine *e, float *x, int n, int head_dim, int pos)
+{
+    const model *m = &e->m;
+    int half = m->rope_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float a = (float)pos * e->rope_freq[i];
+        float c = cosf(a), s = sinf(a);
+        for (int h = 0; h < n; h++) {
+            float *v = x + (size_t)h * head_dim;
+            int i0 = m->rope_neox ? i : 2 * i, i1 = m->rope_neox ? i + half : 2 * i + 1;
+            float x0 = v[i0], x1 = v[i1];
+            v[i0] = x0 * c - x1 * s;
+            v[i1] = x0 * s + x1 * c;
+        }
+    }
+}
+
+int engine_batch_rows(const engine_batch *b)
+{
+    int rows = 0;
+    for (int i = 0; i < b->n_seqs; i++)
+        rows += b->seqs[i].logits == 2 ? b->seqs[i].n_new : b->seqs[i].logits == 1;
+    return rows;
+}
+
+static int check_batch(const engine *e, kv_pool *pool, const engine_batch *b, char *err, size_t errlen)
+{
+    kv_layout want = engine_kv_layout(e);
+    const kv_layout *have = kv_pool_layout(pool);
+    if (memcmp(&want, have, sizeof want)) {
+        snprintf(err, errlen, "engine: the KV pool's layout does not match the model");
+        return -1;
+    }
+    if (b->n_tokens < 1 || b->n_seqs < 1 || !b->tokens || !b->seqs) {
+        snprintf(err, errlen, "engine: empty batch");
+        return -1;
+    }
+    int B = e->attn.block_size, covered = 0;
+    for (int i = 0; i < b->n_seqs; i++) {
+        const engine_seq *s = &b->seqs[i];
+        if (s->n_new < 1 || s->n_past < 0 || s->tok_offset != covered ||
+            s->n_past + s->n_new > s->n_blocks * B || !s->blocks || s->logits < 0 || s->logits > 2) {
+            snprintf(err, errlen, "engine: sequence %d of the batch is inconsistent", i);
+            return -1;
+        }
+        covered += s->n_new;
+        for (int k = 0; k < s->n_blocks; k++)
+            if (s->blocks[k] < 0 || s->blocks[k] >= kv_pool_n_pages(pool)) {
+                snprintf(err, errlen, "engine: sequence %d has page %d outside the pool", i, s->blocks[k]);
+                return -1;
+            }
+    }
+    if (covered != b->n_tokens) {
+        snprintf(err, errlen, "engine: sequences cover %d tokens, batch has %d", covered, b->n_tokens);
+        return -1;
+    }
+    for (int t = 0; t < b->n_tokens; t++)
+        if (b->tokens[t] < 0 || b->tokens[t] >= e->m.n_vocab) {
+            snprintf(err, errlen, "engine: token id %d is outside the vocabulary (%d)", b->tokens[t],
+                     e->m.n_vocab);
+            return -1;
+        }
+    return 0;
+}
+
+/* Writes token t's K, V (and index key / key summaries) into its page. */
+static void store_kv(engine *e, kv_pool *pool, const engine_batch *b, int l, int t)
+{
+    const model *m = &e->m;
+    int D = m->head_dim, Hkv = m->n_kv_heads, B = e->attn.block_size;
+    const engine_seq *sq = &b->seqs[e->s.tok_seq[t]];
+    int pos = e->s.tok_pos[t];
+    int32_t page = sq->blocks[pos / B];
+    int slot = pos % B;
+    float *K = kv_page_k(pool, page, l), *V = kv_page_v(pool, page, l);
+    float *S = kv_page_summary(pool, page, l);
+    for (int h = 0; h < Hkv; h++) {
+        const float *kh = e->s.k + ((size_t)t * Hkv + h) * D;
+        memcpy(K + ((size_t)h * B + slot) * D, kh, (size_t)D * sizeof(float));
+        memcpy(V + ((size_t)h * B + slot) * D, e->s.v + ((size_t)t * Hkv + h) * D,
+               (size_t)D * sizeof(float));
+        if (S)
+            summary_update(S + (size_t)h * 3 * D, kh, slot, D);
+    }
+    float *I = kv_page_idx(pool, page, l);
+    if (I && m->layers[l].has_indexer)
+        memcpy(I + (size_t)slot * m->idx_dim, e->s.ik + (size_t)t * m->idx_dim,
+               (size_t)m->idx_dim * sizeof(float));
+}
+
+static void add_bias(float *x, const float *bias, int T, int n)
+{
+    if (!bias)
+        return;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < n; i++)
+            x[(size_t)t * n + i] += bias[i];
+}
+
+static void head_norm(float *x, const float *w, int n_heads, int D, float eps)
+{
+    if (!w)
+        return;
+    for (int h = 0; h < n_heads; h++)
+        rmsnorm(x + (size_t)h * D, x + (size_t)h * D, w, D, eps);
+}
+
+int engine_step(engine *e, kv_pool *pool, const engine_batch *b, float *logits,
+                char *err, size_t errlen)
+{
+    if (check_batch(e, pool, b, err, errlen))
+        return -1;
+    const model *m = &e->m;
+    int T = b->n_tokens, rows = engine_batch_rows(b);
+    if (scratch_reserve(e, T, rows)) {
+        snprintf(err, errlen, "engine: out of memory for a batch of %d tokens", T);
+        return -1;
+    }
+    scratch *s = &e->s;
+    for (int i = 0; i < b->n_seqs; i++)
+        for (int k = 0; k < b->seqs[i].n_new; k++) {
+            s->tok_seq[b->seqs[i].tok_offset + k] = i;
+            s->tok_pos[b->seqs[i].tok_offset + k] = b->seqs[i].n_past + k;
+        }
+
+    int E = m->n_embd, D = m->head_dim, Hq = m->n_heads, Hkv = m->n_kv_heads;
+    int QD = Hq * D, KD = Hkv * D, F = m->n_ff;
+    for (int t = 0; t < T; t++)
+        model_embed(m, b->tokens[t], s->x + (size_t)t * E);
+
+    for (int l = 0; l < m->n_layers; l++) {
+        const layer_w *w = &m->layers[l];
+        for (int t = 0; t < T; t++)
+            rmsnorm(s->xb + (size_t)t * E, s->x + (size_t)t * E, w->attn_norm, E, m->eps);
+        matmul(e->pool, s->q, &w->q, s->xb, T);
+        matmul(e->pool, s->k, &w->k, s->xb, T);
+        matmul(e->pool, s->v, &w->v, s->xb, T);
+        add_bias(s->q, w->q_bias, T, QD);
+        add_bias(s->k, w->k_bias, T, KD);
+        add_bias(s->v, w->v_bias, T, KD);
+        if (w->has_indexer) {
+            matmul(e->pool, s->iq, &w->iq, s->xb, T);
+            matmul(e->pool, s->ik, &w->ik, s->xb, T);
+        }
+        for (int t = 0; t < T; t++) {
+            int pos = s->tok_pos[t];
+            float *qt = s->q + (size_t)t * QD, *kt = s->k + (size_t)t * KD;
+            head_norm(qt, w->q_norm, Hq, D, m->eps);
+            head_norm(kt, w->k_norm, Hkv, D, m->eps);
+            rope(e, qt, Hq, D, pos);
+            rope(e, kt, Hkv, D, pos);
+            if (w->has_indexer) {
+                float *iq = s->iq + (size_t)t * m->idx_heads * m->idx_dim;
+                float *ik = s->ik + (size_t)t * m->idx_dim;
+                head_norm(iq, w->iq_norm, m->idx_heads, m->idx_dim, m->eps);
+                head_norm(ik, w->ik_norm, 1, m->idx_dim, m->eps);
+                rope(e, iq, m->idx_heads, m->idx_dim, pos);
+                rope(e, ik, 1, m->idx_dim, pos);
+            }
+            store_kv(e, pool, b, l, t);
+        }
+        attention_layer(e, pool, b, l, s->q, w->has_indexer ? s->iq : NULL, s->att);
+        matmul(e->pool, s->xb, &w->o, s->att, T);
+        for (size_t i = 0; i < (size_t)T * E; i++)
+            s->x[i] += s->xb[i];
+
+        for (int t = 0; t < T; t++)
+            rmsnorm(s->xb + (size_t)t * E, s->x + (size_t)t * E, w->ffn_norm, E, m->eps);
+        matmul(e->pool, s->ff1, &w->gate, s->xb, T);
+        matmul(e->pool, s->ff2, &w->up, s->xb, T);
+        for (size_t i = 0; i < (size_t)T * F; i++) {
+            float g = s->ff1[i];
+            s->ff1[i] = g / (1.0f + expf(-g)) * s->ff2[i];
+        }
+        matmul(e->pool, s->xb, &w->down, s->ff1, T);
+        for (size_t i = 0; i < (size_t)T * E; i++)
+            s->x[i] += s->xb[i];
+    }
+
+    /* final norm and logits only for the rows that asked */
+    int r = 0;
+    for (int i = 0; i < b->n_seqs; i++) {
+        const engine_seq *sq = &b->seqs[i];
+        int first = sq->logits == 2 ? 0 : sq->n_new - 1;
+        if (!sq->logits)
+            continue;
+        for (int k = first; k < sq->n_new; k++, r++)
+            rmsnorm(s->xl + (size_t)r * E, s->x + (size_t)(sq->tok_offset + k) * E, m->out_norm, E,
+                    m->eps);
+    }
+    if (rows)
+        matmul(e->pool, logits, &m->output, s->xl, rows);
+    return rows;
+}

@@ -1,1 +1,65 @@
-#include "engine/engine.h"
+/* out = x @ W^T over ggml-typed weights.  Work is split into tiles of
+ * ROWS weight rows; a tile is dequantized once into a thread-local fp32
+ * buffer and then used against every token of the batch, so quantized
+ * weights are never expanded whole and prefill reuses each tile T times. */
+#include <stdlib.h>
+
+#include "engine/cpu/cpu.h"
+#include "engine/gguf.h"
+#include "engine/quant.h"
+
+#define ROWS 16
+
+typedef struct {
+    float *out;
+    const wmat *w;
+    const float *x;
+    int T;
+} mm_job;
+
+static _Thread_local float *tl_buf;
+static _Thread_local size_t tl_cap;
+
+static float *scratch(size_t n)
+{
+    if (n > tl_cap) {
+        free(tl_buf);
+        tl_buf = aligned_alloc(64, (n * sizeof(float) + 63) & ~(size_t)63);
+        tl_cap = tl_buf ? n : 0;
+    }
+    return tl_buf;
+}
+
+static void mm_tile(void *ctx, int tile, int thread)
+{
+    (void)thread;
+    mm_job *j = ctx;
+    const wmat *w = j->w;
+    int r0 = tile * ROWS;
+    int r1 = r0 + ROWS < w->rows ? r0 + ROWS : w->rows;
+    int K = w->cols;
+    const float *rows;
+    if (w->type == GGML_F32) {
+        rows = (const float *)((const char *)w->data + (size_t)r0 * w->row_bytes);
+    } else {
+        float *buf = scratch((size_t)ROWS * K);
+        if (!buf)
+            abort(); /* out of memory in a worker: nothing sane to return */
+        for (int r = r0; r < r1; r++)
+            dequant_row(w->type, (const char *)w->data + (size_t)r * w->row_bytes,
+                        buf + (size_t)(r - r0) * K, K);
+        rows = buf;
+    }
+    for (int t = 0; t < j->T; t++) {
+        const float *xt = j->x + (size_t)t * K;
+        float *ot = j->out + (size_t)t * w->rows;
+        for (int r = r0; r < r1; r++)
+            ot[r] = dot_f32(rows + (size_t)(r - r0) * K, xt, K);
+    }
+}
+
+void matmul(tpool *p, float *out, const wmat *w, const float *x, int T)
+{
+    mm_job j = {out, w, x, T};
+    tpool_run(p, mm_tile, &j, (w->rows + ROWS - 1) / ROWS);
+}

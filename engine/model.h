@@ -1,0 +1,43 @@
+/* Model hyperparameters and weights, loaded from a GGUF file.  Weights stay
+ * in the mapping in their GGUF types.  Private to engine/. */
+#ifndef SPARSED_MODEL_H
+#define SPARSED_MODEL_H
+
+#include "engine/cpu/cpu.h"
+#include "engine/gguf.h"
+
+typedef struct layer_w {
+    const float *attn_norm, *ffn_norm;
+    wmat q, k, v, o;
+    const float *q_bias, *k_bias, *v_bias;   /* Qwen2-style; NULL if absent */
+    const float *q_norm, *k_norm;            /* per-head QK RMSNorm; NULL if absent */
+    wmat gate, up, down;
+    /* MSA indexer; has_indexer 0 for dense layers */
+    int has_indexer;
+    wmat iq, ik;
+    const float *iq_norm, *ik_norm;
+} layer_w;
+
+typedef struct model {
+    char arch[32];
+    int n_vocab, n_embd, n_layers, n_heads, n_kv_heads, head_dim, n_ff, n_ctx;
+    int rope_dim;           /* rotated dims per head (partial rotary) */
+    int rope_neox;          /* 1: pairs (i, i+rope_dim/2); 0: adjacent pairs */
+    float rope_base;
+    float eps;
+    /* MSA indexer (idx_dim 0 when the model has none) */
+    int idx_heads, idx_dim, idx_top_k, idx_block, idx_local, idx_dense_layers;
+
+    wmat tok_embd, output;
+    const float *out_norm;
+    layer_w *layers;
+    float **owned;          /* dequantized norm vectors we allocated */
+    int n_owned;
+} model;
+
+int model_load(model *m, const gguf_file *f, char *err, size_t errlen);
+void model_free(model *m);
+/* Row `tok` of the embedding, as floats. */
+void model_embed(const model *m, int32_t tok, float *out);
+
+#endif
