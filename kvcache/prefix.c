@@ -116,6 +116,8 @@ int kv_seq_match_prefix(kv_pool *p, kv_seq *s, const int32_t *tokens, int n)
 void kv_seq_publish(kv_pool *p, kv_seq *s, const int32_t *tokens, int n)
 {
     if (!tokens || n <= 0) return;
+    /* Tokens past n_tokens cannot have been written. */
+    if (n > s->n_tokens) n = s->n_tokens;
     int B = p->l.block_size;
     int full = n / B;
     if (full > s->n_pages) full = s->n_pages;
