@@ -41,6 +41,8 @@ typedef struct gguf_kv {
     uint64_t arr_n;
     const void *arr;        /* uint64_t*, int64_t* or double* by arr_type */
     const gguf_str *arr_str;
+    /* arrays of arrays: arr_n entries, each an array value (key NULL) */
+    const struct gguf_kv *arr_kv;
 } gguf_kv;
 
 typedef struct gguf_tensor {
@@ -75,6 +77,15 @@ int gguf_get_i64(const gguf_file *f, const char *key, int64_t *out);
 int gguf_get_f32(const gguf_file *f, const char *key, float *out);
 int gguf_get_bool(const gguf_file *f, const char *key, int *out);
 const char *gguf_get_str(const gguf_file *f, const char *key);
+/* A string array: its entries and count; NULL if absent or not strings. */
+const gguf_str *gguf_get_arr_str(const gguf_file *f, const char *key, uint64_t *n);
+
+/* Alignment of tensor data (general.alignment, default 32) and the file
+ * offset where the data section starts. */
+uint32_t gguf_alignment(const gguf_file *f);
+uint64_t gguf_data_offset(const gguf_file *f);
+/* "u32", "string", ... for messages; "?" if unknown. */
+const char *gguf_vtype_name(uint32_t type);
 
 /* Block geometry of a tensor type: elements per block and bytes per block;
  * 0 for an unknown type. */
