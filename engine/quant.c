@@ -104,16 +104,29 @@ static void st_f16(uint8_t *p, float v)
 #ifdef QUANT_X86
 #include <cpuid.h>
 
-static int have_avx2;   /* AVX2 + FMA + F16C: every CPU with AVX2 has all three */
+static int cpu_avx2;     /* AVX2 + FMA + F16C: every CPU with AVX2 has all three */
+static int have_avx2;    /* cpu_avx2, unless turned off by quant_simd(0) */
 
 __attribute__((constructor)) static void quant_cpu_init(void)
 {
     unsigned a, b, c, d;
     __builtin_cpu_init();
     int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
-    have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+    cpu_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+    have_avx2 = cpu_avx2;
 }
 #endif
+
+int quant_simd(int enable)
+{
+#ifdef QUANT_X86
+    have_avx2 = enable && cpu_avx2;
+    return have_avx2;
+#else
+    (void)enable;
+    return 0;
+#endif
+}
 
 /* ---- dequantization ----------------------------------------------------- */
 

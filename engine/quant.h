@@ -18,6 +18,10 @@ float dot_f32(const float *a, const float *b, int n);
 /* y += a * x */
 void axpy_f32(float *y, float a, const float *x, int n);
 
+/* Turns the AVX2 kernels off (0) or back on (1, where the CPU has them);
+ * returns whether they are now in use.  For tests and benchmarks. */
+int quant_simd(int enable);
+
 /* fp16 / bf16 conversions */
 float fp16_to_f32(uint16_t h);
 uint16_t f32_to_fp16(float f);
