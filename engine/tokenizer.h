@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/engine.h"
 #include "engine/gguf.h"
 
 typedef struct tokenizer tokenizer;
@@ -32,5 +33,19 @@ int tokenizer_token_bytes(const tokenizer *t, int32_t tok, int show_special,
 /* 1 for "llama" (SentencePiece: decoded text of the first token loses its
  * leading space), 0 for "gpt2". */
 int tokenizer_is_spm(const tokenizer *t);
+
+/* Token text as stored in the vocabulary (byte-level or U+2581 spelling),
+ * NUL-terminated; NULL for an id out of range. */
+const char *tokenizer_token_text(const tokenizer *t, int32_t tok);
+
+/* Splits UTF-8 text the way the pre-tokenizer named pre ("gpt2", "smollm",
+ * "llama3", "qwen2", ...) does before BPE; writes the byte length of each
+ * piece (at most max) and returns the piece count, or -1 for an unknown
+ * pre-tokenizer or invalid UTF-8.  For tests. */
+int tokenizer_pretok_split(const char *pre, const char *text, size_t len,
+                           int *lens, int max);
+
+/* Streaming detokenizer over a tokenizer (detok_push without an engine). */
+int detok_push_tok(const tokenizer *t, detok *d, int32_t tok, char *out, int cap);
 
 #endif
