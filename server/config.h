@@ -1,0 +1,51 @@
+/* server configuration: every option as a flag (--max-running N), an
+ * environment variable (SPARSED_MAX_RUNNING) and a key of a JSON config file
+ * ("max_running"); flag > env > file > default.  Private to server/. */
+#ifndef SPARSED_SERVER_CONFIG_H
+#define SPARSED_SERVER_CONFIG_H
+
+#include <stdio.h>
+
+typedef struct srv_config {
+    char *model;
+    char *host;
+    int port;
+    char *config;
+    char *served_model_name;
+    char *api_key;
+    char *api_key_file;
+    /* engine */
+    char *device;
+    int threads;
+    char *attention;
+    char *indexer;
+    int block_size, top_k_blocks, local_blocks, sink_blocks, dense_layers, sparse_min_context;
+    /* KV pool and scheduler */
+    int kv_pages;
+    long long kv_memory;
+    int max_running;
+    int max_batch_tokens;
+    int max_queue;
+    long long max_queued_tokens;
+    int prefix_cache;
+    /* HTTP */
+    long long body_limit;
+    double request_timeout;
+    double shutdown_timeout;
+    double sse_keepalive;
+    int max_connections;
+    int connection_timeout;
+    int http_threads;
+    int access_log;
+} srv_config;
+
+/* Parses argv (argv[0] is "serve"), the environment and the config file.
+ * Returns 0 to go on, 1 when --help was printed, -1 on an error (printed,
+ * naming the option). */
+int config_load(srv_config *c, int argc, char **argv);
+void config_free(srv_config *c);
+void config_help(FILE *f);
+/* The source that set an option: 0 default, 1 file, 2 env, 3 flag. */
+int config_source(const srv_config *c, const char *name);
+
+#endif

@@ -1,0 +1,258 @@
+/* `sparsed serve`: configuration, model and pool, scheduler loop, HTTP.
+ *
+ * The scheduler's libuv loop runs on the main thread (it owns the engine
+ * and the pool); libmicrohttpd runs its own threads.  SIGTERM/SIGINT start a
+ * drain on the loop; when it ends, open streams get a moment to flush and
+ * the HTTP side stops. */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "server/internal.h"
+#include "server/server.h"
+
+#ifndef SPARSED_SOURCE_ROOT
+#define SPARSED_SOURCE_ROOT "."
+#endif
+
+#define DEFAULT_MODEL "models/stories260K.gguf"
+
+static char *default_model(void)
+{
+    if (access(DEFAULT_MODEL, R_OK) == 0)
+        return strdup(DEFAULT_MODEL);
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", SPARSED_SOURCE_ROOT, DEFAULT_MODEL);
+    if (access(path, R_OK) == 0)
+        return strdup(path);
+    /* beside an installed or built binary: <dir>/../models/... */
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = 0;
+            snprintf(path, sizeof path, "%s/../%s", exe, DEFAULT_MODEL);
+            if (access(path, R_OK) == 0)
+                return strdup(path);
+        }
+    }
+    return strdup(DEFAULT_MODEL);
+}
+
+static char *model_name_of(const char *path)
+{
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    size_t n = strlen(b);
+    if (n > 5 && !strcmp(b + n - 5, ".gguf"))
+        n -= 5;
+    return strndup(b, n);
+}
+
+static int add_key(server *srv, const char *k, size_t n)
+{
+    while (n && (k[n - 1] == ' ' || k[n - 1] == '\t' || k[n - 1] == '\r' || k[n - 1] == '\n'))
+        n--;
+    while (n && (*k == ' ' || *k == '\t')) {
+        k++;
+        n--;
+    }
+    if (!n || *k == '#')
+        return 0;
+    char **nk = realloc(srv->keys, (size_t)(srv->n_keys + 1) * sizeof *nk);
+    if (!nk)
+        return -1;
+    srv->keys = nk;
+    srv->keys[srv->n_keys] = strndup(k, n);
+    if (!srv->keys[srv->n_keys])
+        return -1;
+    srv->n_keys++;
+    if (n > srv->key_max)
+        srv->key_max = n;
+    return 0;
+}
+
+static int load_keys(server *srv)
+{
+    const srv_config *c = &srv->cfg;
+    if (c->api_key && *c->api_key && add_key(srv, c->api_key, strlen(c->api_key)))
+        return -1;
+    if (c->api_key_file) {
+        FILE *f = fopen(c->api_key_file, "r");
+        if (!f) {
+            fprintf(stderr, "sparsed serve: --api-key-file: cannot open %s: %s\n", c->api_key_file,
+                    strerror(errno));
+            return -1;
+        }
+        char line[4096];
+        while (fgets(line, sizeof line, f))
+            if (add_key(srv, line, strlen(line))) {
+                fclose(f);
+                return -1;
+            }
+        fclose(f);
+        if (srv->n_keys == 0) {
+            fprintf(stderr, "sparsed serve: --api-key-file: %s holds no keys\n", c->api_key_file);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int engine_options(const srv_config *c, engine_opts *eo)
+{
+    memset(eo, 0, sizeof *eo);
+    eo->model_path = c->model;
+    eo->device = c->device;
+    eo->n_threads = c->threads;
+    attn_config_default(&eo->attn);
+    if (strcmp(c->attention, "auto"))
+        eo->attn.mode = attn_mode_parse(c->attention);
+    if (strcmp(c->indexer, "auto"))
+        eo->attn.indexer = attn_indexer_parse(c->indexer);
+    /* -1 leaves the engine's default / the model's value */
+    if (c->block_size != -1) eo->attn.block_size = c->block_size;
+    if (c->top_k_blocks != -1) eo->attn.top_k_blocks = c->top_k_blocks;
+    if (c->local_blocks != -1) eo->attn.local_blocks = c->local_blocks;
+    if (c->sink_blocks != -1) eo->attn.sink_blocks = c->sink_blocks;
+    if (c->dense_layers != -1) eo->attn.dense_layers = c->dense_layers;
+    if (c->sparse_min_context != -1) eo->attn.sparse_min_context = c->sparse_min_context;
+    char err[256];
+    if (attn_config_check(&eo->attn, err, sizeof err)) {
+        fprintf(stderr, "sparsed serve: invalid attention options: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+int serve_main(int argc, char **argv)
+{
+    server *srv = calloc(1, sizeof *srv);
+    if (!srv)
+        return 1;
+    int rc = config_load(&srv->cfg, argc, argv);
+    if (rc) {
+        config_free(&srv->cfg);
+        free(srv);
+        return rc > 0 ? 0 : 2;
+    }
+    srv_config *cfg = &srv->cfg;
+    int exit_code = 1;
+    char err[512];
+    signal(SIGPIPE, SIG_IGN);
+
+    if (!cfg->model)
+        cfg->model = default_model();
+    if (load_keys(srv)) {
+        exit_code = 2;
+        goto out;
+    }
+    engine_opts eo;
+    if (engine_options(cfg, &eo)) {
+        exit_code = 2;
+        goto out;
+    }
+    srv->eng = engine_create(&eo, err, sizeof err);
+    if (!srv->eng) {
+        fprintf(stderr, "sparsed serve: cannot load model %s: %s\n", cfg->model, err);
+        goto out;
+    }
+    srv->info = engine_get_info(srv->eng);
+    srv->model_name = cfg->served_model_name ? strdup(cfg->served_model_name)
+                                             : model_name_of(cfg->model);
+    srv->created = time(NULL);
+
+    kv_layout lay = engine_kv_layout(srv->eng);
+    size_t page_bytes = kv_page_bytes(&lay);
+    long long pages = cfg->kv_pages;
+    if (pages == 0) {
+        pages = cfg->kv_memory / (long long)(page_bytes ? page_bytes : 1);
+        /* more than every running sequence at full context is never used */
+        long long useful = (long long)cfg->max_running * kv_pages_for(&lay, srv->info->n_ctx);
+        if (pages > useful)
+            pages = useful;
+    }
+    if (pages < 2 || pages > INT_MAX) {
+        fprintf(stderr, "sparsed serve: --kv-pages/--kv-memory give %lld pages of %zu bytes; need at least 2\n",
+                pages, page_bytes);
+        exit_code = 2;
+        goto out;
+    }
+    srv->pool = kv_pool_create(&lay, (int)pages, !strcmp(cfg->device, "cpu"), err, sizeof err);
+    if (!srv->pool) {
+        fprintf(stderr, "sparsed serve: cannot create the KV pool: %s\n", err);
+        goto out;
+    }
+
+    sched_backend be;
+    sched_backend_engine(&be, srv->eng);
+    sched_opts so;
+    sched_opts_default(&so);
+    so.max_running = cfg->max_running;
+    so.max_batch_tokens = cfg->max_batch_tokens;
+    so.max_queue = cfg->max_queue;
+    so.max_queued_tokens = (long)cfg->max_queued_tokens;
+    so.prefix_cache = cfg->prefix_cache;
+    so.request_timeout = cfg->request_timeout;
+    so.shutdown_timeout = cfg->shutdown_timeout;
+    so.keepalive = cfg->sse_keepalive;
+    so.handle_signals = 1;
+    so.model_name = srv->model_name;
+    srv->sc = sched_create(&be, srv->pool, &so, err, sizeof err);
+    if (!srv->sc) {
+        fprintf(stderr, "sparsed serve: %s\n", err);
+        goto out;
+    }
+
+    if (http_start(srv, err, sizeof err)) {
+        fprintf(stderr, "sparsed serve: %s\n", err);
+        goto out;
+    }
+    const attn_config *ac = engine_attn(srv->eng);
+    fprintf(stderr,
+            "sparsed: model %s (%s, %d layers, vocab %d, context %d) served as '%s'\n"
+            "sparsed: attention %s, KV pool %lld pages x %d tokens (%.1f MiB), max running %d, "
+            "batch tokens %d, prefix cache %s%s\n",
+            cfg->model, srv->info->arch, srv->info->n_layers, srv->info->n_vocab, srv->info->n_ctx,
+            srv->model_name, ac->mode == ATTN_SPARSE ? "sparse" : "dense", pages, lay.block_size,
+            (double)pages * (double)page_bytes / (1024.0 * 1024.0), cfg->max_running,
+            cfg->max_batch_tokens, cfg->prefix_cache ? "on" : "off",
+            srv->n_keys ? ", API keys required" : "");
+    const char *h = cfg->host;
+    int v6 = strchr(h, ':') != NULL;
+    fprintf(stderr, "sparsed: listening on http://%s%s%s:%d\n", v6 ? "[" : "", h, v6 ? "]" : "",
+            http_port(srv));
+    fflush(stderr);
+
+    sched_run(srv->sc);
+
+    /* Finished streams still have their last chunks to send. */
+    for (int i = 0; i < 200 && atomic_load(&srv->n_conns) > 0; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    fprintf(stderr, "sparsed: stopped\n");
+    exit_code = 0;
+
+out:
+    http_stop(srv);
+    sched_free(srv->sc);
+    kv_pool_free(srv->pool);
+    engine_free(srv->eng);
+    for (int i = 0; i < srv->n_keys; i++) {
+        memset(srv->keys[i], 0, strlen(srv->keys[i]));
+        free(srv->keys[i]);
+    }
+    free(srv->keys);
+    free(srv->model_name);
+    config_free(cfg);
+    free(srv);
+    return exit_code;
+}
