@@ -1,2 +1,351 @@
-/* chat: see engine/chat.h or engine.h */
-#include "engine/engine.h"
+/* Chat templates.  We do not run Jinja: the template text only tells which
+ * family it is (by telltale substrings), and each family is rendered here
+ * exactly as its published template renders under transformers'
+ * apply_chat_template (trim_blocks, lstrip_blocks).  tests/unit/test_chat.c
+ * checks this against jinja2 output (tools/tokref.py).  "developer" is the
+ * newer name of "system" and is rendered as it. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/internal.h"
+
+enum { FAM_PLAIN, FAM_CHATML, FAM_LLAMA3, FAM_LLAMA2, FAM_MISTRAL, FAM_ZEPHYR };
+static const char *const fam_names[] = {"plain", "chatml", "llama3", "llama2", "mistral", "zephyr"};
+
+static int family(const char *tmpl)
+{
+    if (!tmpl) return FAM_PLAIN;
+    if (strstr(tmpl, "<|im_start|>")) return FAM_CHATML;
+    if (strstr(tmpl, "<|start_header_id|>")) return FAM_LLAMA3;
+    if (strstr(tmpl, "[INST]")) return strstr(tmpl, "<<SYS>>") ? FAM_LLAMA2 : FAM_MISTRAL;
+    if (strstr(tmpl, "<|user|>")) return FAM_ZEPHYR;
+    return FAM_PLAIN;
+}
+
+const char *chat_template_family(const char *tmpl) { return fam_names[family(tmpl)]; }
+
+/* ---- string builder ----------------------------------------------------- */
+
+typedef struct sb {
+    char *s;
+    size_t n, cap;
+    int oom;
+} sb;
+
+static void sb_addn(sb *b, const char *s, size_t n)
+{
+    if (b->oom) return;
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n + 1) cap *= 2;
+        char *p = realloc(b->s, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->s = p;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->n, s, n);
+    b->n += n;
+    b->s[b->n] = 0;
+}
+
+static void sb_add(sb *b, const char *s) { sb_addn(b, s, strlen(s)); }
+
+/* Python's str.strip(): what Jinja's trim filter and .strip() do. */
+static int py_space_at(const char *s, size_t n, size_t i, int *len)
+{
+    static const char *const multi[] = {
+        "\xc2\x85", "\xc2\xa0", "\xe1\x9a\x80", "\xe2\x80\xa8", "\xe2\x80\xa9",
+        "\xe2\x80\xaf", "\xe2\x81\x9f", "\xe3\x80\x80",
+    };
+    unsigned char c = (unsigned char)s[i];
+    if (c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F)) {
+        *len = 1;
+        return 1;
+    }
+    if (c >= 0x80) {
+        for (size_t k = 0; k < sizeof(multi) / sizeof(multi[0]); k++) {
+            size_t m = strlen(multi[k]);
+            if (i + m <= n && memcmp(s + i, multi[k], m) == 0) {
+                *len = (int)m;
+                return 1;
+            }
+        }
+        /* U+2000..U+200A */
+        if (i + 3 <= n && c == 0xE2 && (unsigned char)s[i + 1] == 0x80 &&
+            (unsigned char)s[i + 2] >= 0x80 && (unsigned char)s[i + 2] <= 0x8A) {
+            *len = 3;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void sb_add_stripped(sb *b, const char *s)
+{
+    size_t n = strlen(s), a = 0, e = n;
+    int len;
+    while (a < e && py_space_at(s, n, a, &len)) a += (size_t)len;
+    /* from the right: find the end of the last non-space char */
+    size_t last = a;
+    for (size_t i = a; i < e;) {
+        if (py_space_at(s, n, i, &len)) i += (size_t)len;
+        else {
+            i++;
+            while (i < e && ((unsigned char)s[i] & 0xC0) == 0x80) i++;
+            last = i;
+        }
+    }
+    sb_addn(b, s + a, last - a);
+}
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static const char *role_of(const chat_msg *m)
+{
+    return strcmp(m->role, "developer") == 0 ? "system" : m->role;
+}
+
+static const char *content_of(const chat_msg *m) { return m->content ? m->content : ""; }
+
+static int is_role(const chat_msg *m, const char *r) { return strcmp(role_of(m), r) == 0; }
+
+/* The default system prompt a ChatML template writes when the conversation
+ * has none (SmolLM2, Qwen2): the literal text of "<|im_start|>system\n ...
+ * <|im_end|>" inside a template string.  Malloc'd, or NULL. */
+static char *chatml_default_system(const char *tmpl)
+{
+    static const char needle[] = "<|im_start|>system";
+    for (const char *p = strstr(tmpl, needle); p; p = strstr(p + 1, needle)) {
+        const char *q = p + sizeof(needle) - 1;
+        if (*q == '\n') q++;
+        else if (q[0] == '\\' && q[1] == 'n') q += 2;
+        else continue;
+        const char *end = strstr(q, "<|im_end|>");
+        if (!end) return NULL;
+        /* a quote or a brace means the text is an expression, not a literal */
+        if (memchr(q, '\'', (size_t)(end - q)) || memchr(q, '"', (size_t)(end - q)) ||
+            memchr(q, '{', (size_t)(end - q)) || memchr(q, '}', (size_t)(end - q)))
+            continue;
+        char *out = malloc((size_t)(end - q) + 1), *o = out;
+        if (!out) return NULL;
+        for (const char *s = q; s < end; s++) {
+            if (*s == '\\' && s + 1 < end) {
+                s++;
+                *o++ = *s == 'n' ? '\n' : *s == 't' ? '\t' : *s;
+            } else *o++ = *s;
+        }
+        *o = 0;
+        return out;
+    }
+    return NULL;
+}
+
+/* ---- the families ------------------------------------------------------- */
+
+static int render_chatml(sb *b, const char *tmpl, const chat_msg *m, int n, int add_gen)
+{
+    if (n > 0 && !is_role(&m[0], "system")) {
+        char *def = chatml_default_system(tmpl);
+        if (def) {
+            sb_add(b, "<|im_start|>system\n");
+            sb_add(b, def);
+            sb_add(b, "<|im_end|>\n");
+            free(def);
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        sb_add(b, "<|im_start|>");
+        sb_add(b, role_of(&m[i]));
+        sb_add(b, "\n");
+        sb_add(b, content_of(&m[i]));
+        sb_add(b, "<|im_end|>\n");
+    }
+    if (add_gen) sb_add(b, "<|im_start|>assistant\n");
+    return 0;
+}
+
+static int render_llama3(sb *b, const char *bos, const chat_msg *m, int n, int add_gen)
+{
+    for (int i = 0; i < n; i++) {
+        if (i == 0) sb_add(b, bos);
+        sb_add(b, "<|start_header_id|>");
+        sb_add(b, role_of(&m[i]));
+        sb_add(b, "<|end_header_id|>\n\n");
+        sb_add_stripped(b, content_of(&m[i]));
+        sb_add(b, "<|eot_id|>");
+    }
+    if (add_gen) sb_add(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    return 0;
+}
+
+/* Llama-2 and Mistral take one leading system message and then user and
+ * assistant turns. */
+static int inst_roles(const chat_msg *m, int n, const char *name, char *err, size_t errlen)
+{
+    for (int i = 0; i < n; i++) {
+        if (i == 0 && is_role(&m[i], "system")) continue;
+        if (!is_role(&m[i], "user") && !is_role(&m[i], "assistant")) {
+            set_err(err, errlen, "chat: the %s template takes one leading system message, then "
+                    "user and assistant turns; message %d is '%s'", name, i, m[i].role);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int render_llama2(sb *b, const char *bos, const char *eos, const chat_msg *m, int n,
+                         char *err, size_t errlen)
+{
+    if (inst_roles(m, n, "Llama-2", err, errlen)) return -1;
+    int start = n > 0 && is_role(&m[0], "system");
+    for (int i = start; i < n; i++) {
+        sb c = {0};
+        if (i == start && start) {
+            sb_add(&c, "<<SYS>>\n");
+            sb_add(&c, content_of(&m[0]));
+            sb_add(&c, "\n<</SYS>>\n\n");
+        }
+        sb_add(&c, content_of(&m[i]));
+        if (c.oom) {
+            free(c.s);
+            b->oom = 1;
+            return 0;
+        }
+        if (is_role(&m[i], "user")) {
+            sb_add(b, bos);
+            sb_add(b, "[INST] ");
+            sb_add_stripped(b, c.s);
+            sb_add(b, " [/INST]");
+        } else {
+            sb_add(b, " ");
+            sb_add_stripped(b, c.s);
+            sb_add(b, " ");
+            sb_add(b, eos);
+        }
+        free(c.s);
+    }
+    return 0;
+}
+
+static int render_mistral(sb *b, const char *bos, const char *eos, const chat_msg *m, int n,
+                          char *err, size_t errlen)
+{
+    if (inst_roles(m, n, "Mistral", err, errlen)) return -1;
+    int start = n > 0 && is_role(&m[0], "system");
+    sb_add(b, bos);
+    for (int i = start; i < n; i++) {
+        if (is_role(&m[i], "user")) {
+            sb_add(b, " [INST] ");
+            if (i == start && start) {
+                sb_add(b, content_of(&m[0]));
+                sb_add(b, "\n\n");
+            }
+            sb_add(b, content_of(&m[i]));
+            sb_add(b, " [/INST]");
+        } else {
+            sb_add(b, " ");
+            sb_add(b, content_of(&m[i]));
+            sb_add(b, eos);
+        }
+    }
+    return 0;
+}
+
+static int render_zephyr(sb *b, const char *eos, const chat_msg *m, int n, int add_gen,
+                         char *err, size_t errlen)
+{
+    for (int i = 0; i < n; i++) {
+        const char *r = role_of(&m[i]);
+        if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant")) {
+            set_err(err, errlen, "chat: the Zephyr template has no role '%s'", m[i].role);
+            return -1;
+        }
+        sb_add(b, "<|");
+        sb_add(b, r);
+        sb_add(b, "|>\n");
+        sb_add(b, content_of(&m[i]));
+        sb_add(b, eos);
+        sb_add(b, "\n");
+        if (i == n - 1 && add_gen) sb_add(b, "<|assistant|>\n");
+    }
+    return 0;
+}
+
+/* No template: "System: ...\nUser: ...\nAssistant:" */
+static int render_plain(sb *b, const chat_msg *m, int n, int add_gen)
+{
+    for (int i = 0; i < n; i++) {
+        const char *r = role_of(&m[i]);
+        char first = r[0] >= 'a' && r[0] <= 'z' ? (char)(r[0] - 32) : r[0];
+        if (first) {
+            sb_addn(b, &first, 1);
+            sb_add(b, r + 1);
+        }
+        sb_add(b, ": ");
+        sb_add(b, content_of(&m[i]));
+        sb_add(b, "\n");
+    }
+    if (add_gen) sb_add(b, "Assistant:");
+    return 0;
+}
+
+char *chat_render_template(const char *tmpl, const char *bos, const char *eos,
+                           const chat_msg *msgs, int n, int add_generation_prompt,
+                           char *err, size_t errlen)
+{
+    if (n < 0 || (n > 0 && !msgs)) {
+        set_err(err, errlen, "chat: no messages");
+        return NULL;
+    }
+    for (int i = 0; i < n; i++)
+        if (!msgs[i].role || !msgs[i].role[0]) {
+            set_err(err, errlen, "chat: message %d has no role", i);
+            return NULL;
+        }
+    if (!bos) bos = "";
+    if (!eos) eos = "";
+    sb b = {0};
+    sb_add(&b, "");     /* an empty conversation still gives a string */
+    int rc = 0;
+    switch (family(tmpl)) {
+    case FAM_CHATML: rc = render_chatml(&b, tmpl, msgs, n, add_generation_prompt); break;
+    case FAM_LLAMA3: rc = render_llama3(&b, bos, msgs, n, add_generation_prompt); break;
+    case FAM_LLAMA2: rc = render_llama2(&b, bos, eos, msgs, n, err, errlen); break;
+    case FAM_MISTRAL: rc = render_mistral(&b, bos, eos, msgs, n, err, errlen); break;
+    case FAM_ZEPHYR: rc = render_zephyr(&b, eos, msgs, n, add_generation_prompt, err, errlen); break;
+    default: rc = render_plain(&b, msgs, n, add_generation_prompt); break;
+    }
+    if (rc == 0 && b.oom) {
+        set_err(err, errlen, "chat: out of memory");
+        rc = -1;
+    }
+    if (rc != 0) {
+        free(b.s);
+        return NULL;
+    }
+    return b.s;
+}
+
+char *engine_chat_render(const engine *e, const chat_msg *msgs, int n,
+                         int add_generation_prompt, char *err, size_t errlen)
+{
+    const tokenizer *t = engine_tok(e);
+    const char *bos = tokenizer_token_text(t, tokenizer_bos(t));
+    const char *eos = tokenizer_token_text(t, tokenizer_eos(t));
+    return chat_render_template(engine_get_info(e)->chat_template, bos, eos, msgs, n,
+                                add_generation_prompt, err, errlen);
+}

@@ -33,6 +33,13 @@ struct engine {
 const tokenizer *engine_tok(const engine *e);
 const gguf_file *engine_gguf(const engine *e);
 
+/* chat.c: engine_chat_render over a template text (NULL: plain) and the
+ * BOS/EOS texts; the family it recognises ("chatml", "llama3", ...). */
+char *chat_render_template(const char *tmpl, const char *bos, const char *eos,
+                           const chat_msg *msgs, int n, int add_generation_prompt,
+                           char *err, size_t errlen);
+const char *chat_template_family(const char *tmpl);
+
 /* Whether layer l of a sequence with n_ctx visible tokens uses sparse
  * attention under the resolved config. */
 int engine_layer_sparse(const engine *e, int l, int n_ctx);
