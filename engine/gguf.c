@@ -97,6 +97,9 @@ static int fail(reader *r, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(r->err + k, r->errlen - (size_t)k, fmt, ap);
         va_end(ap);
+        /* names from the file may hold control bytes: keep it one line */
+        for (char *c = r->err; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
     }
     return -1;
 }

@@ -541,6 +541,7 @@ static const broken cases[] = {
     { "string past end in array", "past the end" },
     { "key past end of file", "truncated" },
     { "huge dim", "bad size" },
+    { "control bytes in a key", "unknown value type" },
 };
 enum { N_CASES = sizeof cases / sizeof cases[0] };
 
@@ -588,6 +589,13 @@ static uint8_t *make_broken(int k, size_t *len)
         gwb_u64(&v, 0);
         free(buf);
         out = raw_kv(len, GGUF_T_ARRAY, &v);
+    } else if (!strcmp(what, "control bytes in a key")) {
+        /* the error names the key; it must still be one line */
+        gguf_writer *w = base_writer();
+        gwb_u32(&v, 0);
+        gw_add_raw(w, "bad\nkey\r", 13, v.p, v.n);
+        free(buf);
+        out = finish(w, len);
     } else if (!strcmp(what, "bool of 2")) {
         gwb_u8(&v, 2);
         free(buf);
