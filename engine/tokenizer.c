@@ -432,7 +432,9 @@ tokenizer *tokenizer_load(const gguf_file *f, char *err, size_t errlen)
     t->eos = token_id(f, "tokenizer.ggml.eos_token_id", n);
     t->unk = token_id(f, "tokenizer.ggml.unknown_token_id", n);
     int v;
-    t->add_bos = gguf_get_bool(f, "tokenizer.ggml.add_bos_token", &v) == 0 ? v : kind == KIND_SPM;
+    /* default: llama.cpp's (SentencePiece and Llama-3 vocabularies want BOS) */
+    t->add_bos = gguf_get_bool(f, "tokenizer.ggml.add_bos_token", &v) == 0 ? v
+                 : kind == KIND_SPM || pre == PRE_LLAMA3;
     if (t->bos < 0) t->add_bos = 0;
     t->add_space_prefix = gguf_get_bool(f, "tokenizer.ggml.add_space_prefix", &v) == 0 ? v
                           : kind == KIND_SPM;
@@ -923,6 +925,7 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_b
                      int parse_special, int32_t *out, int max)
 {
     if ((!text && len) || len > (size_t)1 << 30 || !utf8_valid(text, len)) return -1;
+    if (!out || max < 0) max = 0;
     ivec v = {0};
     if (add_bos && t->bos >= 0) ivec_push(&v, t->bos);
     int after_special = 1;  /* SentencePiece prefixes a space to the first text too */

@@ -215,6 +215,7 @@ START_TEST(stories_metadata)
     ck_assert_int_eq(tokenizer_encode(t, "Once upon a time", 16, 0, 0, ids, 2), 4);
     ck_assert_int_eq(ids[1], 407);
     ck_assert_int_eq(ids[2], -7);
+    ck_assert_int_eq(tokenizer_encode(t, "Once upon a time", 16, 0, 0, NULL, 0), 4);  /* count only */
     ck_assert_int_eq(tokenizer_encode(t, "", 0, 0, 0, ids, 16), 0);
     ck_assert_int_eq(tokenizer_encode(t, "", 0, 1, 0, ids, 16), 1);
     ck_assert_int_eq(tokenizer_encode(t, NULL, 0, 0, 0, ids, 16), 0);
