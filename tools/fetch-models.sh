@@ -25,11 +25,15 @@ if [ -f "$out" ] && [ "$(sum "$out")" = "$SHA256" ]; then
 fi
 
 mkdir -p "$dest" || die "cannot create $dest"
-for py in python3 python; do
-    command -v $py >/dev/null 2>&1 && break
+# The repo's venv first (tools/deps.sh makes it; Debian's python3 may lack pip).
+py=
+for c in "$root/.venv/bin/python" python3 python; do
+    if command -v "$c" >/dev/null 2>&1 && "$c" -m pip --version >/dev/null 2>&1; then
+        py=$c
+        break
+    fi
 done
-command -v $py >/dev/null 2>&1 || die "python3 is needed to run pip"
-$py -m pip --version >/dev/null 2>&1 || die "pip is not available ($py -m pip)"
+[ -n "$py" ] || die "no python with pip found (.venv/bin/python, python3 -m pip)"
 
 tmp=$(mktemp -d) || die "mktemp failed"
 trap 'rm -rf "$tmp"' EXIT INT TERM
