@@ -3,7 +3,7 @@
  *
  * Nothing here is O(V log V): top-k is a heap selection (O(V log k)),
  * top-p without top-k a quickselect steered by probability mass (expected
- * O(V)), min-p a threshold on the logit; the draw walks the survivors once.
+ * O(V)), min-p a threshold on the weights; the draw walks the survivors once.
  * Penalties count the history in a per-call hash table, O(history).  A
  * sampler holds O(top_k) memory, not O(V), since a server keeps one per
  * running sequence; larger scratch is per call.
@@ -311,9 +311,9 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int n_
     int32_t best = argmax(logits, V);
     if (!(T > 0)) return best;
     float vmax = clean(logits[best]);
-    double inv_t = 1.0 / T;
+    float fit = (float)(1.0 / T);
     /* Everything banned, or a temperature so small only the max counts. */
-    if (vmax == -INFINITY || vmax == INFINITY || !isfinite(inv_t)) return best;
+    if (vmax == -INFINITY || vmax == INFINITY || !isfinite(fit)) return best;
     if (p->top_p <= 0) return best;
 
     int k = p->top_k > 0 && p->top_k < V ? p->top_k : 0;
@@ -322,7 +322,6 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int n_
      * w >= min_p.  It keeps a prefix of the ranking, like top-p, so cutting
      * by it first is the same as cutting after top-p. */
     float wmin = p->min_p > 0 ? fminf(p->min_p, 1.0f) : 0.0f;
-    float fit = (float)inv_t;
 
     if (k) {
         /* Heap selection, sorted best first; top-p and min-p cut the list. */
@@ -398,7 +397,7 @@ float logprobs_top(const float *logits, int n_vocab, int32_t chosen, int n,
     double lse = m;
     if (isfinite(m)) {
         double z = 0;
-        for (int i = 0; i < n_vocab; i++) z += exp((double)clean(logits[i]) - m);
+        for (int i = 0; i < n_vocab; i++) z += expf(clean(logits[i]) - m);
         lse = m + log(z);
     }
     int ok = isfinite(lse);

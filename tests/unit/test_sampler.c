@@ -337,14 +337,14 @@ START_TEST(top_p_large_vocab)
     for (int i = 0; i < V; i++) x[i] = 0;
     sampler *s = mk(1, 0, 0.5f, 0, 13, V);
     int32_t lo = V, hi = -1;
-    for (int r = 0; r < 120; r++) {
+    for (int r = 0; r < 60; r++) {
         int32_t t = draw(s, x, V);
         ck_assert_int_lt(t, V / 2);
         if (t < lo) lo = t;
         if (t > hi) hi = t;
     }
-    ck_assert_int_lt(lo, 5000);
-    ck_assert_int_gt(hi, 45000);
+    ck_assert_int_lt(lo, 10000);
+    ck_assert_int_gt(hi, 40000);
     sampler_free(s);
 
     /* Peaked: one token holds > 0.9 of the mass. */
@@ -446,6 +446,10 @@ START_TEST(degenerate_rows)
     float w[3] = { 1e30f, 2e30f, -1e30f };
     s = mk(1e-30f, 0, 1, 0, 1, 3);
     for (int r = 0; r < 20; r++) ck_assert_int_eq(draw(s, w, 3), 1);
+    sampler_free(s);
+    float u[3] = { 0.5f, 1, 0.25f };
+    s = mk(1e-40f, 0, 0.9f, 0, 1, 3); /* 1/T overflows a float */
+    for (int r = 0; r < 20; r++) ck_assert_int_eq(draw(s, u, 3), 1);
     sampler_free(s);
 }
 END_TEST
