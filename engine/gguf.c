@@ -369,6 +369,19 @@ static int cmp_t_offset(const void *a, const void *b)
 
 /* ---- the parser --------------------------------------------------------- */
 
+/* Makes room for entry i of a zeroed table of `size`-byte entries. */
+static int grow(void **tab, size_t *cap, size_t i, size_t size)
+{
+    if (i < *cap) return 0;
+    size_t n = *cap ? *cap * 2 : 64;
+    void *p = realloc(*tab, n * size);
+    if (!p) return -1;
+    memset((char *)p + *cap * size, 0, (n - *cap) * size);
+    *tab = p;
+    *cap = n;
+    return 0;
+}
+
 static int parse_tensor_info(reader *r, gguf_tensor *t, uint64_t idx)
 {
     if (rd_name(r, &t->name, "tensor", idx)) return -1;
@@ -444,18 +457,20 @@ static int parse(reader *r)
         return fail(r, "tensor count %llu is impossible for a file of %zu bytes",
                     (unsigned long long)f->n_tensors, r->len);
 
-    if (f->n_kv) {
-        f->kv = calloc((size_t)f->n_kv, sizeof(*f->kv));
-        f->kv_by_key = malloc((size_t)f->n_kv * sizeof(*f->kv_by_key));
-        if (!f->kv || !f->kv_by_key) return fail(r, "out of memory");
-    }
+    /* Tables grow as entries parse, so a count that lies costs nothing. */
+    size_t cap = 0;
     for (uint64_t i = 0; i < f->n_kv; i++) {
+        if (grow((void **)&f->kv, &cap, (size_t)i, sizeof(*f->kv))) return fail(r, "out of memory");
         gguf_kv *kv = &f->kv[i];
         uint32_t type = 0;
         if (rd_name(r, &kv->key, "key", i)) return -1;
         if (rd_u32(r, &type, kv->key)) return -1;
         if (rd_value(r, kv, type, kv->key, 0)) return -1;
-        f->kv_by_key[i] = kv;
+    }
+    if (f->n_kv) {
+        f->kv_by_key = malloc((size_t)f->n_kv * sizeof(*f->kv_by_key));
+        if (!f->kv_by_key) return fail(r, "out of memory");
+        for (uint64_t i = 0; i < f->n_kv; i++) f->kv_by_key[i] = &f->kv[i];
     }
     if (f->n_kv > 1) {
         qsort(f->kv_by_key, (size_t)f->n_kv, sizeof(*f->kv_by_key), cmp_kv_key);
@@ -478,14 +493,15 @@ static int parse(reader *r)
         f->alignment = (uint32_t)a;
     }
 
-    if (f->n_tensors) {
-        f->t = calloc((size_t)f->n_tensors, sizeof(*f->t));
-        f->t_by_name = malloc((size_t)f->n_tensors * sizeof(*f->t_by_name));
-        if (!f->t || !f->t_by_name) return fail(r, "out of memory");
-    }
+    cap = 0;
     for (uint64_t i = 0; i < f->n_tensors; i++) {
+        if (grow((void **)&f->t, &cap, (size_t)i, sizeof(*f->t))) return fail(r, "out of memory");
         if (parse_tensor_info(r, &f->t[i], i)) return -1;
-        f->t_by_name[i] = &f->t[i];
+    }
+    if (f->n_tensors) {
+        f->t_by_name = malloc((size_t)f->n_tensors * sizeof(*f->t_by_name));
+        if (!f->t_by_name) return fail(r, "out of memory");
+        for (uint64_t i = 0; i < f->n_tensors; i++) f->t_by_name[i] = &f->t[i];
     }
 
     /* The data section starts at the next alignment boundary. */
