@@ -100,6 +100,7 @@ int generate_main(int argc, char **argv)
     attn_config_default(&eo.attn);
     sampler_params sp;
     sampler_params_default(&sp);
+    sp.temperature = 0.0f; /* the CLI is for checks and scripts: greedy unless asked */
     const char *prompt = NULL;
     int max_tokens = 256, json = 0, c, seed = 0;
     optind = 1;

@@ -61,5 +61,12 @@ static void mm_tile(void *ctx, int tile, int thread)
 void matmul(tpool *p, float *out, const wmat *w, const float *x, int T)
 {
     mm_job j = {out, w, x, T};
-    tpool_run(p, mm_tile, &j, (w->rows + ROWS - 1) / ROWS);
+    int tiles = (w->rows + ROWS - 1) / ROWS;
+    /* below ~64K multiply-adds a thread hand-off costs more than it saves */
+    if ((size_t)w->rows * w->cols * T < 65536) {
+        for (int i = 0; i < tiles; i++)
+            mm_tile(&j, i, 0);
+        return;
+    }
+    tpool_run(p, mm_tile, &j, tiles);
 }

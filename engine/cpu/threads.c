@@ -2,6 +2,7 @@
  * an atomic counter; the caller works too.  Workers spin briefly before
  * sleeping, since a decode step issues hundreds of short jobs. */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -41,11 +42,12 @@ static void *worker(void *arg)
     tpool *p = wa->p;
     int id = wa->id;
     free(wa);
-    unsigned seen = atomic_load(&p->gen);
+    unsigned seen = 0; /* gen at creation: a late-starting worker must still see job 1 */
     for (;;) {
         int spins = 0;
         while (atomic_load_explicit(&p->gen, memory_order_acquire) == seen && spins < SPIN_ITERS)
-            spins++;
+            if (++spins % 256 == 0)
+                sched_yield(); /* an oversubscribed machine must not lose the slice to us */
         if (atomic_load_explicit(&p->gen, memory_order_acquire) == seen) {
             pthread_mutex_lock(&p->mu);
             while (atomic_load(&p->gen) == seen && !p->stop)
@@ -116,6 +118,7 @@ void tpool_run(tpool *p, tpool_fn fn, void *ctx, int n)
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     work(p, 0);
-    while (atomic_load_explicit(&p->busy, memory_order_acquire) > 0)
-        ;
+    for (int spins = 0; atomic_load_explicit(&p->busy, memory_order_acquire) > 0;)
+        if (++spins % 64 == 0)
+            sched_yield();
 }
