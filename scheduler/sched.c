@@ -382,6 +382,7 @@ int sched_submit(sched *s, const sched_prompt *prompts, int n_prompts, const sch
             q->n_tok = prompts[i].n;
             kv_seq_init(&q->kv);
             detok_init(&q->dt);
+            q->dt.first = 0;   /* generated text continues the prompt: keep its leading space */
             sampler_params sp = r->p.sampling;
             sp.seed = p->sampling.seed + (uint64_t)j;
             q->smp = sampler_create(&sp, s->be.n_vocab);

@@ -1108,7 +1108,9 @@ static void stream_choice(server *srv, gen_state *st, int index, const char *tex
     else
         cJSON_AddNullToObject(ch, "finish_reason");
     cJSON_AddItemToArray(arr, ch);
-    if (st->g.include_usage)
+    /* chat chunks carry "usage": null until the last (its schema allows
+     * null); the completions schema does not, so there it is left out */
+    if (st->g.include_usage && st->g.chat)
         cJSON_AddNullToObject(c, "usage");
     sse_json(sse, c);
 }
