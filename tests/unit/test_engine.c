@@ -280,6 +280,57 @@ START_TEST(test_bad_model_rejected)
 }
 END_TEST
 
+/* SmolLM2-135M-Instruct through its own chat template knows its capitals. */
+START_TEST(test_smollm2_chat_paris)
+{
+    char path[1100];
+    snprintf(path, sizeof path, "%s/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+             getenv("SPARSED_ROOT") ? getenv("SPARSED_ROOT") : ".");
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        printf("SKIP smollm2 chat: %s absent (tools/fetch-models.sh fetches it)\n", path);
+        return;
+    }
+    fclose(f);
+    engine_opts o = {.model_path = path, .n_threads = 2};
+    attn_config_default(&o.attn);
+    char err[256];
+    engine *e = engine_create(&o, err, sizeof err);
+    ck_assert_msg(e != NULL, "%s", err);
+    const engine_info *in = engine_get_info(e);
+    ck_assert_ptr_nonnull(in->chat_template);
+    chat_msg msgs[] = {{"user", "What is the capital of France?"}};
+    char *text = engine_chat_render(e, msgs, 1, 1, err, sizeof err);
+    ck_assert_msg(text != NULL, "%s", err);
+    int32_t toks[512];
+    int n = engine_tokenize(e, text, strlen(text), 0, 1, toks, 400);
+    free(text);
+    ck_assert(n > 10 && n < 400);
+    kv_pool *p = open_pool(e, 64);
+    kv_seq s;
+    kv_seq_init(&s);
+    float *logits = malloc((size_t)in->n_vocab * sizeof *logits);
+    char reply[2048] = "";
+    int len = 0, n_prompt = n;
+    detok d;
+    detok_init(&d);
+    for (int k = 0; k < 40 && n < 512; k++) {
+        step_one(e, p, &s, toks, k == 0 ? 0 : n - 1, k == 0 ? n_prompt : 1, logits);
+        int32_t t = argmax(logits, in->n_vocab);
+        if (engine_is_eog(e, t))
+            break;
+        toks[n++] = t;
+        len += detok_push(e, &d, t, reply + len, (int)sizeof reply - len);
+    }
+    printf("smollm2 reply: %s\n", reply);
+    ck_assert_msg(strstr(reply, "Paris") != NULL, "reply without Paris: %s", reply);
+    kv_seq_release(p, &s);
+    free(logits);
+    kv_pool_free(p);
+    engine_free(e);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("engine");
@@ -292,6 +343,7 @@ int main(void)
     tcase_add_test(tc, test_all_rows);
     tcase_add_test(tc, test_bad_batches_rejected);
     tcase_add_test(tc, test_bad_model_rejected);
+    tcase_add_test(tc, test_smollm2_chat_paris);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
