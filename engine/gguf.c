@@ -369,17 +369,17 @@ static int cmp_t_offset(const void *a, const void *b)
 
 /* ---- the parser --------------------------------------------------------- */
 
-/* Makes room for entry i of a zeroed table of `size`-byte entries. */
-static int grow(void **tab, size_t *cap, size_t i, size_t size)
+/* Makes room for entry i of a zeroed table of `size`-byte entries; the
+ * table (perhaps moved), or NULL when out of memory (tab left as it was). */
+static void *grow(void *tab, size_t *cap, size_t i, size_t size)
 {
-    if (i < *cap) return 0;
+    if (i < *cap) return tab;
     size_t n = *cap ? *cap * 2 : 64;
-    void *p = realloc(*tab, n * size);
-    if (!p) return -1;
-    memset((char *)p + *cap * size, 0, (n - *cap) * size);
-    *tab = p;
+    char *p = realloc(tab, n * size);
+    if (!p) return NULL;
+    memset(p + *cap * size, 0, (n - *cap) * size);
     *cap = n;
-    return 0;
+    return p;
 }
 
 static int parse_tensor_info(reader *r, gguf_tensor *t, uint64_t idx)
@@ -460,7 +460,9 @@ static int parse(reader *r)
     /* Tables grow as entries parse, so a count that lies costs nothing. */
     size_t cap = 0;
     for (uint64_t i = 0; i < f->n_kv; i++) {
-        if (grow((void **)&f->kv, &cap, (size_t)i, sizeof(*f->kv))) return fail(r, "out of memory");
+        gguf_kv *tab = grow(f->kv, &cap, (size_t)i, sizeof(*f->kv));
+        if (!tab) return fail(r, "out of memory");
+        f->kv = tab;
         gguf_kv *kv = &f->kv[i];
         uint32_t type = 0;
         if (rd_name(r, &kv->key, "key", i)) return -1;
@@ -495,7 +497,9 @@ static int parse(reader *r)
 
     cap = 0;
     for (uint64_t i = 0; i < f->n_tensors; i++) {
-        if (grow((void **)&f->t, &cap, (size_t)i, sizeof(*f->t))) return fail(r, "out of memory");
+        gguf_tensor *tab = grow(f->t, &cap, (size_t)i, sizeof(*f->t));
+        if (!tab) return fail(r, "out of memory");
+        f->t = tab;
         if (parse_tensor_info(r, &f->t[i], i)) return -1;
     }
     if (f->n_tensors) {
