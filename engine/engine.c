@@ -7,6 +7,9 @@
 #include <unistd.h>
 
 #include "engine/internal.h"
+#ifdef SPARSED_CUDA
+#include "engine/cuda/cuda_backend.h"
+#endif
 
 const tokenizer *engine_tok(const engine *e) { return e->tok; }
 const gguf_file *engine_gguf(const engine *e) { return e->gf; }
@@ -60,8 +63,19 @@ int engine_layer_sparse(const engine *e, int l, int n_ctx)
 
 engine *engine_create(const engine_opts *o, char *err, size_t errlen)
 {
-    if (o->device && strcmp(o->device, "cpu")) {
-        snprintf(err, errlen, "device: '%s' is not available in this build (cpu)", o->device);
+    int cuda = o->device && !strcmp(o->device, "cuda");
+    if (o->device && strcmp(o->device, "cpu") && !cuda) {
+        snprintf(err, errlen, "device: '%s' is not known (cpu, cuda)", o->device);
+        return NULL;
+    }
+#ifndef SPARSED_CUDA
+    if (cuda) {
+        snprintf(err, errlen, "device: cuda is not available in this build (cpu)");
+        return NULL;
+    }
+#endif
+    if (o->dtype && strcmp(o->dtype, "bf16") && strcmp(o->dtype, "f32")) {
+        snprintf(err, errlen, "dtype: '%s' is not known (bf16, f32)", o->dtype);
         return NULL;
     }
     engine *e = calloc(1, sizeof *e);
@@ -95,6 +109,13 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
     }
     for (int i = 0; i < half; i++)
         e->rope_freq[i] = powf(e->m.rope_base, -2.0f * (float)i / (float)e->m.rope_dim);
+#ifdef SPARSED_CUDA
+    if (cuda) {
+        e->cuda = cuda_backend_create(e, o->dtype && !strcmp(o->dtype, "f32"), err, errlen);
+        if (!e->cuda)
+            goto fail;
+    }
+#endif
 
     engine_info *in = &e->info;
     in->arch = e->m.arch;
@@ -133,6 +154,9 @@ void engine_free(engine *e)
 {
     if (!e)
         return;
+#ifdef SPARSED_CUDA
+    cuda_backend_free(e->cuda);
+#endif
     scratch_free(&e->s);
     tpool_free(e->pool);
     free(e->rope_freq);
@@ -153,6 +177,11 @@ kv_layout engine_kv_layout(const engine *e)
         .summaries = e->attn.indexer != IDX_MSA,
     };
     return l;
+}
+
+int engine_kv_host_storage(const engine *e)
+{
+    return e->cuda == NULL;
 }
 
 int engine_tokenize(const engine *e, const char *text, size_t len, int add_bos,

@@ -48,6 +48,7 @@ typedef struct engine_opts {
     const char *device;     /* "cpu" (default) or "cuda" */
     int n_threads;          /* 0 = all cores */
     attn_config attn;
+    const char *dtype;      /* cuda: "bf16" (default) or "f32" (weights, activations, K/V) */
 } engine_opts;
 
 typedef struct engine_info {
@@ -95,6 +96,12 @@ int engine_step(engine *e, kv_pool *pool, const engine_batch *b, float *logits,
                 char *err, size_t errlen);
 /* Logit rows a batch produces. */
 int engine_batch_rows(const engine_batch *b);
+/* As engine_step, but writes only each row's argmax (lowest id on ties) to
+ * ids; on a GPU the logits then never leave the device. */
+int engine_step_greedy(engine *e, kv_pool *pool, const engine_batch *b, int32_t *ids,
+                       char *err, size_t errlen);
+/* Whether the KV pool needs host storage (0: the device keeps the pages). */
+int engine_kv_host_storage(const engine *e);
 
 /* ---- tokenizer -------------------------------------------------------- */
 

@@ -28,6 +28,7 @@ struct engine {
     tpool *pool;
     scratch s;
     float *rope_freq;       /* [rope_dim/2] inverse frequencies */
+    struct cuda_backend *cuda; /* set when the engine runs on a GPU */
 };
 
 const tokenizer *engine_tok(const engine *e);

@@ -8,6 +8,9 @@
 
 #include "engine/internal.h"
 #include "engine/quant.h"
+#ifdef SPARSED_CUDA
+#include "engine/cuda/cuda_backend.h"
+#endif
 
 static int grow(float **p, size_t n)
 {
@@ -170,6 +173,10 @@ int engine_step(engine *e, kv_pool *pool, const engine_batch *b, float *logits,
 {
     if (check_batch(e, pool, b, err, errlen))
         return -1;
+#ifdef SPARSED_CUDA
+    if (e->cuda)
+        return cuda_backend_step(e->cuda, pool, b, logits, NULL, err, errlen);
+#endif
     const model *m = &e->m;
     int T = b->n_tokens, rows = engine_batch_rows(b);
     if (scratch_reserve(e, T, rows)) {
@@ -251,4 +258,32 @@ int engine_step(engine *e, kv_pool *pool, const engine_batch *b, float *logits,
     if (rows)
         matmul(e->pool, logits, &m->output, s->xl, rows);
     return rows;
+}
+
+int engine_step_greedy(engine *e, kv_pool *pool, const engine_batch *b, int32_t *ids,
+                       char *err, size_t errlen)
+{
+    if (check_batch(e, pool, b, err, errlen))
+        return -1;
+#ifdef SPARSED_CUDA
+    if (e->cuda)
+        return cuda_backend_step(e->cuda, pool, b, NULL, ids, err, errlen);
+#endif
+    int V = e->m.n_vocab, rows = engine_batch_rows(b);
+    float *logits = malloc((size_t)(rows > 0 ? rows : 1) * V * sizeof *logits);
+    if (!logits) {
+        snprintf(err, errlen, "engine: out of memory for %d logit rows", rows);
+        return -1;
+    }
+    int n = engine_step(e, pool, b, logits, err, errlen);
+    for (int r = 0; r < n; r++) {
+        const float *x = logits + (size_t)r * V;
+        int best = 0;
+        for (int i = 1; i < V; i++)
+            if (x[i] > x[best])
+                best = i;
+        ids[r] = best;
+    }
+    free(logits);
+    return n;
 }

@@ -1,0 +1,26 @@
+#!/bin/bash
+# Whole-model throughput of the CUDA engine (prefill and greedy decode,
+# batches of 1, 8 and 32 sequences) on a seeded random Llama made on the
+# spot with mkmodel (8 layers, embd 2048, 16/4 heads of 128, ff 5632, vocab
+# 32000, bf16: 0.5B parameters).  Uses the folder tests/gpu/pack.sh made
+# (PACK); writes bench.jsonl under OUT; the last line printed is the
+# headline (decode tokens/s at the largest batch).
+set -u -o pipefail
+cd "$(dirname "$0")/../.."
+P=${PACK:-build-cuda/gpu-pack}
+OUT=${OUT:-/tmp/gpu-model-out}
+MODEL=${MODEL:-/tmp/bench-llama-0.5b.gguf}
+mkdir -p "$OUT"
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}" && break
+done
+if [ ! -f "$MODEL" ]; then
+    $P/bin/mkmodel --out "$MODEL" --layers 8 --embd 2048 --heads 16 --kv-heads 4 --head-dim 128 --ff 5632 \
+        --vocab 32000 --type bf16 --seed 7 >/dev/null || exit 1
+fi
+log=/tmp/gpu-model-bench.log
+timeout 240 $P/bin/gpu_model_bench --model "$MODEL" --prompt 512 --batches 1,8,32 --steps 64 | tee $log
+rc=$?
+grep '^JSON ' $log | sed 's/^JSON //' > "$OUT/bench.jsonl"
+tail -1 "$OUT/bench.jsonl"
+exit $rc

@@ -1,0 +1,134 @@
+/* gpu_model_bench: whole-model throughput of the engine on one device.
+ *
+ *   gpu_model_bench --model PATH [--device cuda|cpu] [--dtype bf16|f32]
+ *                   [--prompt N] [--batches 1,8,32] [--steps N]
+ *
+ * For each batch size: that many sequences of N random prompt tokens are
+ * prefilled in one ragged batch (timed), then decoded greedily for `steps`
+ * steps, all sequences in each step (engine_step_greedy: on the GPU the
+ * argmax runs on the device).  Two untimed decode steps warm up first.
+ * Prints a table, then one JSON line per batch size. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/engine.h"
+#include "kvcache/kvcache.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void die(const char *what, const char *err)
+{
+    fprintf(stderr, "gpu_model_bench: %s: %s\n", what, err);
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    engine_opts o = {.device = "cuda"};
+    attn_config_default(&o.attn);
+    int prompt = 512, steps = 64, batches[16] = {1, 8, 32}, n_batches = 3;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define OPT(name) (!strcmp(a, name) && v && (i++, 1))
+        if (OPT("--model")) o.model_path = v;
+        else if (OPT("--device")) o.device = v;
+        else if (OPT("--dtype")) o.dtype = v;
+        else if (OPT("--prompt")) prompt = atoi(v);
+        else if (OPT("--steps")) steps = atoi(v);
+        else if (OPT("--batches")) {
+            n_batches = 0;
+            for (char *s = strtok(strdup(v), ","); s && n_batches < 16; s = strtok(NULL, ","))
+                batches[n_batches++] = atoi(s);
+        } else {
+            fprintf(stderr, "gpu_model_bench: unknown or incomplete option %s\n", a);
+            return 2;
+        }
+#undef OPT
+    }
+    if (!o.model_path || prompt < 1 || steps < 1)
+        die("usage", "gpu_model_bench --model PATH [--prompt N] [--batches 1,8,32] [--steps N]");
+    char err[512];
+    engine *e = engine_create(&o, err, sizeof err);
+    if (!e)
+        die("engine_create", err);
+    const engine_info *in = engine_get_info(e);
+    kv_layout lay = engine_kv_layout(e);
+    printf("model %s: %d layers, embd %d, heads %d/%d x %d, vocab %d; device %s, prompt %d, %d decode steps\n",
+           in->name, in->n_layers, in->n_embd, in->n_heads, in->n_kv_heads, in->head_dim, in->n_vocab, o.device,
+           prompt, steps);
+    printf("%6s %14s %14s %12s\n", "batch", "prefill tok/s", "decode tok/s", "ms/step");
+    char lines[16][512];
+    for (int bi = 0; bi < n_batches; bi++) {
+        int nb = batches[bi], len = prompt + steps + 3;
+        kv_pool *pool = kv_pool_create(&lay, nb * kv_pages_for(&lay, len) + 1, engine_kv_host_storage(e), err,
+                                       sizeof err);
+        if (!pool)
+            die("kv_pool_create", err);
+        kv_seq *seq = calloc((size_t)nb, sizeof *seq);
+        engine_seq *es = calloc((size_t)nb, sizeof *es);
+        int32_t *toks = malloc((size_t)nb * len * sizeof *toks), *flat = malloc((size_t)nb * prompt * sizeof *flat);
+        int32_t *ids = malloc((size_t)nb * sizeof *ids);
+        if (!seq || !es || !toks || !flat || !ids)
+            die("memory", "out of memory");
+        uint64_t r = 88172645463325252ull + (uint64_t)nb;
+        for (int s = 0; s < nb; s++) {
+            kv_seq_init(&seq[s]);
+            if (kv_seq_reserve(pool, &seq[s], len))
+                die("kv_seq_reserve", "pool full");
+            for (int k = 0; k < prompt; k++) {
+                r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+                toks[(size_t)s * len + k] = k == 0 && in->bos >= 0 ? in->bos : 3 + (int32_t)(r % (uint64_t)(in->n_vocab - 3));
+            }
+            memcpy(flat + (size_t)s * prompt, toks + (size_t)s * len, (size_t)prompt * sizeof *flat);
+            es[s] = (engine_seq){.n_past = 0, .n_new = prompt, .tok_offset = s * prompt, .blocks = seq[s].pages,
+                                 .n_blocks = seq[s].n_pages, .logits = 1};
+        }
+        engine_batch b = {.n_tokens = nb * prompt, .tokens = flat, .n_seqs = nb, .seqs = es};
+        double t0 = now();
+        if (engine_step_greedy(e, pool, &b, ids, err, sizeof err) != nb)
+            die("prefill", err);
+        double t_pre = now() - t0;
+        int pos = prompt;
+        double t_dec = 0;
+        for (int k = 0; k < steps + 2; k++) {
+            for (int s = 0; s < nb; s++) {
+                toks[(size_t)s * len + pos] = ids[s];
+                flat[s] = ids[s];
+                es[s] = (engine_seq){.n_past = pos, .n_new = 1, .tok_offset = s, .blocks = seq[s].pages,
+                                     .n_blocks = seq[s].n_pages, .logits = 1};
+            }
+            b.n_tokens = nb;
+            t0 = now();
+            if (engine_step_greedy(e, pool, &b, ids, err, sizeof err) != nb)
+                die("decode", err);
+            if (k >= 2)
+                t_dec += now() - t0;
+            pos++;
+        }
+        double pre_tps = nb * prompt / t_pre, dec_tps = (double)nb * steps / t_dec;
+        printf("%6d %14.0f %14.1f %12.3f\n", nb, pre_tps, dec_tps, 1e3 * t_dec / steps);
+        snprintf(lines[bi], sizeof lines[bi],
+                 "{\"batch\":%d,\"prompt\":%d,\"steps\":%d,\"prefill_tok_s\":%.1f,\"decode_tok_s\":%.2f,"
+                 "\"decode_ms_per_step\":%.4f}",
+                 nb, prompt, steps, pre_tps, dec_tps, 1e3 * t_dec / steps);
+        for (int s = 0; s < nb; s++)
+            kv_seq_release(pool, &seq[s]);
+        kv_pool_free(pool);
+        free(seq);
+        free(es);
+        free(toks);
+        free(flat);
+        free(ids);
+    }
+    for (int bi = 0; bi < n_batches; bi++)
+        printf("JSON %s\n", lines[bi]);
+    engine_free(e);
+    return 0;
+}

@@ -1,0 +1,724 @@
+/* The CUDA backend: weights upload, device K/V pages, and the forward pass
+ * over a ragged batch, mirroring cpu/forward.c step for step (see
+ * cuda_backend.h for the data layout). */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "engine/gguf.h"
+#include "engine/internal.h"
+#include "engine/quant.h"
+}
+#include "engine/cuda/cuda_attn.h"
+#include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/cuda_kernels.cuh"
+
+typedef struct dlayer {
+    void *wqkv;                 /* [nqkv][E]: Q, K, V, index queries, index key */
+    int nqkv;
+    void *wo, *wgu, *wdown;     /* [E][QD], [2F][E], [E][F] */
+    float *attn_norm, *ffn_norm, *q_bias, *k_bias, *v_bias, *q_norm, *k_norm, *iq_norm, *ik_norm;
+    int has_idx;
+} dlayer;
+
+struct cuda_backend {
+    const engine *e;
+    int f32;                    /* storage type float (1) or bf16 (0) */
+    size_t es;                  /* bytes per stored element */
+    char name[300];
+    cudaStream_t st;
+    cublasHandle_t blas;
+    dlayer *L;
+    void *emb, *out;            /* [V][E]; out == emb when tied */
+    float *out_norm, *rope_freq;
+    int use_cattn;              /* tuned attention kernels for dense layers */
+
+    /* device pages */
+    const kv_pool *kv_owner;
+    int kv_pages;
+    char *kv;
+    long long page_bytes, layer_bytes, off_k, off_v, off_idx, off_summ;
+
+    /* activations, grown to the largest batch */
+    int cap_t, cap_r;
+    float *x, *qkv, *gu, *logits;
+    void *xb, *q, *iq, *att, *h, *xl;
+    int32_t *ids;
+    size_t cap_meta;
+    int32_t *hmeta, *dmeta;     /* pinned host / device batch description */
+    size_t cap_sel, cap_sc, cap_ws;
+    int32_t *sel, *cnt;
+    float *scores;
+    void *ws;
+};
+
+#define CU(call)                                                                              \
+    do {                                                                                      \
+        cudaError_t rc_ = (call);                                                             \
+        if (rc_ != cudaSuccess) {                                                             \
+            snprintf(err, errlen, "cuda: %s: %s", #call, cudaGetErrorString(rc_));             \
+            return -1;                                                                        \
+        }                                                                                     \
+    } while (0)
+
+#define LAUNCHED() CU(cudaGetLastError())
+
+const char *cuda_backend_device_name(const cuda_backend *cb) { return cb->name; }
+
+/* ---- weights ---------------------------------------------------------------- */
+
+/* Dequantizes w a chunk of rows at a time and copies it to dst (rows
+ * consecutive, stored type), so no full fp32 copy ever exists on the host. */
+static int upload_matrix(cuda_backend *cb, void *dst, const wmat *w, char *err, size_t errlen)
+{
+    int cols = w->cols;
+    int chunk = (1 << 22) / cols;
+    if (chunk < 1)
+        chunk = 1;
+    if (chunk > w->rows)
+        chunk = w->rows;
+    float *tmp = (float *)malloc((size_t)chunk * cols * sizeof(float));
+    uint16_t *b16 = cb->f32 ? NULL : (uint16_t *)malloc((size_t)chunk * cols * sizeof(uint16_t));
+    if (!tmp || (!cb->f32 && !b16)) {
+        free(tmp);
+        free(b16);
+        snprintf(err, errlen, "cuda: out of host memory while uploading weights");
+        return -1;
+    }
+    int rc = 0;
+    for (int r0 = 0; r0 < w->rows && !rc; r0 += chunk) {
+        int n = w->rows - r0 < chunk ? w->rows - r0 : chunk;
+        for (int r = 0; r < n; r++)
+            dequant_row(w->type, (const char *)w->data + (size_t)(r0 + r) * w->row_bytes, tmp + (size_t)r * cols,
+                        cols);
+        size_t cnt = (size_t)n * cols;
+        const void *src = tmp;
+        if (!cb->f32) {
+            for (size_t i = 0; i < cnt; i++)
+                b16[i] = f32_to_bf16(tmp[i]);
+            src = b16;
+        }
+        cudaError_t ce = cudaMemcpy((char *)dst + (size_t)r0 * cols * cb->es, src, cnt * cb->es,
+                                    cudaMemcpyHostToDevice);
+        if (ce != cudaSuccess) {
+            snprintf(err, errlen, "cuda: uploading weights: %s", cudaGetErrorString(ce));
+            rc = -1;
+        }
+    }
+    free(tmp);
+    free(b16);
+    return rc;
+}
+
+static int dmalloc(void **p, size_t bytes, char *err, size_t errlen)
+{
+    *p = NULL;
+    cudaError_t ce = cudaMalloc(p, bytes ? bytes : 16);
+    if (ce != cudaSuccess) {
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        snprintf(err, errlen, "cuda: cannot allocate %zu MiB of device memory (%zu MiB free): %s", bytes >> 20,
+                 fr >> 20, cudaGetErrorString(ce));
+        *p = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* A float vector (norm weights, biases) on the device; NULL stays NULL. */
+static int upload_vec(float **dst, const float *src, int n, char *err, size_t errlen)
+{
+    *dst = NULL;
+    if (!src)
+        return 0;
+    if (dmalloc((void **)dst, (size_t)n * sizeof(float), err, errlen))
+        return -1;
+    CU(cudaMemcpy(*dst, src, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
+    return 0;
+}
+
+static int upload_model(cuda_backend *cb, char *err, size_t errlen)
+{
+    const model *m = &cb->e->m;
+    size_t es = cb->es;
+    int E = m->n_embd, D = m->head_dim, QD = m->n_heads * D, KD = m->n_kv_heads * D, F = m->n_ff;
+    int IQ = m->idx_heads * m->idx_dim;
+    if (dmalloc(&cb->emb, (size_t)m->n_vocab * E * es, err, errlen) ||
+        upload_matrix(cb, cb->emb, &m->tok_embd, err, errlen))
+        return -1;
+    if (m->output.data == m->tok_embd.data) {
+        cb->out = cb->emb;
+    } else if (dmalloc(&cb->out, (size_t)m->n_vocab * E * es, err, errlen) ||
+               upload_matrix(cb, cb->out, &m->output, err, errlen)) {
+        return -1;
+    }
+    if (upload_vec(&cb->out_norm, m->out_norm, E, err, errlen) ||
+        upload_vec(&cb->rope_freq, cb->e->rope_freq, m->rope_dim / 2 > 0 ? m->rope_dim / 2 : 0, err, errlen))
+        return -1;
+    cb->L = (dlayer *)calloc((size_t)m->n_layers, sizeof *cb->L);
+    if (!cb->L) {
+        snprintf(err, errlen, "cuda: out of host memory");
+        return -1;
+    }
+    for (int l = 0; l < m->n_layers; l++) {
+        const layer_w *w = &m->layers[l];
+        dlayer *d = &cb->L[l];
+        d->has_idx = w->has_indexer;
+        d->nqkv = QD + 2 * KD + (w->has_indexer ? IQ + m->idx_dim : 0);
+        if (dmalloc(&d->wqkv, (size_t)d->nqkv * E * es, err, errlen) ||
+            upload_matrix(cb, d->wqkv, &w->q, err, errlen) ||
+            upload_matrix(cb, (char *)d->wqkv + (size_t)QD * E * es, &w->k, err, errlen) ||
+            upload_matrix(cb, (char *)d->wqkv + (size_t)(QD + KD) * E * es, &w->v, err, errlen))
+            return -1;
+        if (w->has_indexer &&
+            (upload_matrix(cb, (char *)d->wqkv + (size_t)(QD + 2 * KD) * E * es, &w->iq, err, errlen) ||
+             upload_matrix(cb, (char *)d->wqkv + (size_t)(QD + 2 * KD + IQ) * E * es, &w->ik, err, errlen)))
+            return -1;
+        if (dmalloc(&d->wo, (size_t)E * QD * es, err, errlen) || upload_matrix(cb, d->wo, &w->o, err, errlen) ||
+            dmalloc(&d->wgu, (size_t)2 * F * E * es, err, errlen) ||
+            upload_matrix(cb, d->wgu, &w->gate, err, errlen) ||
+            upload_matrix(cb, (char *)d->wgu + (size_t)F * E * es, &w->up, err, errlen) ||
+            dmalloc(&d->wdown, (size_t)E * F * es, err, errlen) ||
+            upload_matrix(cb, d->wdown, &w->down, err, errlen))
+            return -1;
+        if (upload_vec(&d->attn_norm, w->attn_norm, E, err, errlen) ||
+            upload_vec(&d->ffn_norm, w->ffn_norm, E, err, errlen) ||
+            upload_vec(&d->q_bias, w->q_bias, QD, err, errlen) || upload_vec(&d->k_bias, w->k_bias, KD, err, errlen) ||
+            upload_vec(&d->v_bias, w->v_bias, KD, err, errlen) || upload_vec(&d->q_norm, w->q_norm, D, err, errlen) ||
+            upload_vec(&d->k_norm, w->k_norm, D, err, errlen) ||
+            upload_vec(&d->iq_norm, w->iq_norm, m->idx_dim, err, errlen) ||
+            upload_vec(&d->ik_norm, w->ik_norm, m->idx_dim, err, errlen))
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- lifetime --------------------------------------------------------------- */
+
+static void dfree(void *p)
+{
+    if (p)
+        cudaFree(p);
+}
+
+static void free_scratch(cuda_backend *cb)
+{
+    dfree(cb->x); dfree(cb->qkv); dfree(cb->gu); dfree(cb->xb); dfree(cb->q); dfree(cb->iq);
+    dfree(cb->att); dfree(cb->h);
+    cb->x = cb->qkv = cb->gu = NULL;
+    cb->xb = cb->q = cb->iq = cb->att = cb->h = NULL;
+    cb->cap_t = 0;
+}
+
+void cuda_backend_free(cuda_backend *cb)
+{
+    if (!cb)
+        return;
+    if (cb->L) {
+        for (int l = 0; l < cb->e->m.n_layers; l++) {
+            dlayer *d = &cb->L[l];
+            dfree(d->wqkv); dfree(d->wo); dfree(d->wgu); dfree(d->wdown);
+            dfree(d->attn_norm); dfree(d->ffn_norm); dfree(d->q_bias); dfree(d->k_bias); dfree(d->v_bias);
+            dfree(d->q_norm); dfree(d->k_norm); dfree(d->iq_norm); dfree(d->ik_norm);
+        }
+        free(cb->L);
+    }
+    if (cb->out != cb->emb)
+        dfree(cb->out);
+    dfree(cb->emb); dfree(cb->out_norm); dfree(cb->rope_freq);
+    dfree(cb->kv);
+    free_scratch(cb);
+    dfree(cb->xl); dfree(cb->logits); dfree(cb->ids);
+    dfree(cb->dmeta);
+    if (cb->hmeta)
+        cudaFreeHost(cb->hmeta);
+    dfree(cb->sel); dfree(cb->cnt); dfree(cb->scores); dfree(cb->ws);
+    if (cb->blas)
+        cublasDestroy(cb->blas);
+    if (cb->st)
+        cudaStreamDestroy(cb->st);
+    free(cb);
+}
+
+cuda_backend *cuda_backend_create(const engine *e, int f32, char *err, size_t errlen)
+{
+    int n = 0;
+    cudaError_t ce = cudaGetDeviceCount(&n);
+    if (ce != cudaSuccess || n < 1) {
+        snprintf(err, errlen, "device: no CUDA device (%s)",
+                 ce != cudaSuccess ? cudaGetErrorString(ce) : "none found");
+        return NULL;
+    }
+    cuda_backend *cb = (cuda_backend *)calloc(1, sizeof *cb);
+    if (!cb) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    cb->e = e;
+    cb->f32 = f32;
+    cb->es = f32 ? 4 : 2;
+    const model *m = &e->m;
+    cudaDeviceProp prop;
+    if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess) {
+        snprintf(err, errlen, "device: cannot open CUDA device 0");
+        goto fail;
+    }
+    snprintf(cb->name, sizeof cb->name, "%s, %d SMs", prop.name, prop.multiProcessorCount);
+    if (m->head_dim > 1024 || m->idx_dim > 1024) {
+        snprintf(err, errlen, "device: head dimension %d is not supported on cuda (at most 1024)", m->head_dim);
+        goto fail;
+    }
+    if (cudaStreamCreateWithFlags(&cb->st, cudaStreamNonBlocking) != cudaSuccess ||
+        cublasCreate(&cb->blas) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetStream(cb->blas, cb->st) != CUBLAS_STATUS_SUCCESS) {
+        snprintf(err, errlen, "device: cannot create a CUDA stream or cuBLAS handle");
+        goto fail;
+    }
+    /* fp32 mode is for exactness: no TF32 */
+    cublasSetMathMode(cb->blas, f32 ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH);
+    {
+        const char *ev = getenv("SPARSED_CUDA_ATTN");
+        int hpg = m->n_heads / m->n_kv_heads;
+        cb->use_cattn = !f32 && m->head_dim == 128 && e->attn.block_size % 64 == 0 && hpg <= 16 &&
+                        !(ev && !strcmp(ev, "generic"));
+    }
+    if (upload_model(cb, err, errlen))
+        goto fail;
+    return cb;
+fail:
+    cuda_backend_free(cb);
+    return NULL;
+}
+
+/* ---- per-step resources ----------------------------------------------------- */
+
+static long long al256(long long x) { return (x + 255) & ~255LL; }
+
+/* Device pages for this pool: one allocation, sized by its page count. */
+static int ensure_kv(cuda_backend *cb, const kv_pool *pool, char *err, size_t errlen)
+{
+    int n_pages = kv_pool_n_pages(pool);
+    if (cb->kv && cb->kv_owner == pool && cb->kv_pages == n_pages)
+        return 0;
+    dfree(cb->kv);
+    cb->kv = NULL;
+    const kv_layout *l = kv_pool_layout(pool);
+    long long es = (long long)cb->es;
+    long long kvb = al256((long long)l->n_kv_heads * l->block_size * l->head_dim * es);
+    long long ib = l->idx_dim ? al256((long long)l->block_size * l->idx_dim * es) : 0;
+    long long sb = l->summaries ? al256((long long)l->n_kv_heads * 3 * l->head_dim * es) : 0;
+    cb->off_k = 0;
+    cb->off_v = kvb;
+    cb->off_idx = 2 * kvb;
+    cb->off_summ = 2 * kvb + ib;
+    cb->layer_bytes = 2 * kvb + ib + sb;
+    cb->page_bytes = cb->layer_bytes * l->n_layers;
+    if (dmalloc((void **)&cb->kv, (size_t)(cb->page_bytes * n_pages), err, errlen))
+        return -1;
+    cb->kv_owner = pool;
+    cb->kv_pages = n_pages;
+    return 0;
+}
+
+static int ensure_scratch(cuda_backend *cb, int T, int R, char *err, size_t errlen)
+{
+    const model *m = &cb->e->m;
+    size_t es = cb->es;
+    if (T > cb->cap_t) {
+        free_scratch(cb);
+        int cap = (T + 63) & ~63;
+        size_t E = m->n_embd, QD = (size_t)m->n_heads * m->head_dim, F = m->n_ff, NQ = 0;
+        size_t IQ = (size_t)m->idx_heads * m->idx_dim;
+        for (int l = 0; l < m->n_layers; l++)
+            NQ = (size_t)cb->L[l].nqkv > NQ ? (size_t)cb->L[l].nqkv : NQ;
+        if (dmalloc((void **)&cb->x, cap * E * 4, err, errlen) || dmalloc((void **)&cb->qkv, cap * NQ * 4, err, errlen) ||
+            dmalloc((void **)&cb->gu, cap * 2 * F * 4, err, errlen) || dmalloc(&cb->xb, cap * E * es, err, errlen) ||
+            dmalloc(&cb->q, cap * QD * es, err, errlen) || dmalloc(&cb->iq, cap * (IQ ? IQ : 1) * es, err, errlen) ||
+            dmalloc(&cb->att, cap * QD * es, err, errlen) || dmalloc(&cb->h, cap * F * es, err, errlen))
+            return -1;
+        cb->cap_t = cap;
+    }
+    if (R > cb->cap_r) {
+        dfree(cb->xl); dfree(cb->logits); dfree(cb->ids);
+        cb->xl = NULL;
+        cb->logits = NULL;
+        cb->ids = NULL;
+        cb->cap_r = 0;
+        int cap = (R + 15) & ~15;
+        if (dmalloc(&cb->xl, (size_t)cap * m->n_embd * es, err, errlen) ||
+            dmalloc((void **)&cb->logits, (size_t)cap * m->n_vocab * 4, err, errlen) ||
+            dmalloc((void **)&cb->ids, (size_t)cap * 4, err, errlen))
+            return -1;
+        cb->cap_r = cap;
+    }
+    return 0;
+}
+
+/* Grows a device buffer to at least `need` bytes (contents dropped). */
+static int grow(void **p, size_t *cap, size_t need, char *err, size_t errlen)
+{
+    if (need <= *cap)
+        return 0;
+    dfree(*p);
+    *p = NULL;
+    *cap = 0;
+    if (dmalloc(p, need, err, errlen))
+        return -1;
+    *cap = need;
+    return 0;
+}
+
+/* out[T][rows] (+)= x[T][cols] . W[rows][cols]^T, fp32 accumulate. */
+static int gemm(cuda_backend *cb, const void *W, int rows, int cols, const void *x, int T, float *out, int ldo,
+                float beta, char *err, size_t errlen)
+{
+    const float one = 1.0f;
+    cudaDataType_t ty = cb->f32 ? CUDA_R_32F : CUDA_R_16BF;
+    cublasStatus_t s = cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, T, cols, &one, W, ty, cols, x, ty,
+                                    cols, &beta, out, CUDA_R_32F, ldo, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        snprintf(err, errlen, "cuda: cublasGemmEx (%d x %d x %d) failed: %d", rows, T, cols, (int)s);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- the step --------------------------------------------------------------- */
+
+typedef struct meta {
+    int T, R, n_fin, n_tab, n_seqs, max_blocks;
+    int32_t *tok, *pos, *tab, *row, *fin, *tables, *lens, *ptab;   /* device views */
+    int max_ctx, nb_max;
+} meta;
+
+/* Writes the batch description into pinned memory and sends it over. */
+static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *err, size_t errlen)
+{
+    int T = b->n_tokens, B = cb->e->attn.block_size;
+    int R = 0, n_tab = 0, max_blocks = 1;
+    for (int i = 0; i < b->n_seqs; i++) {
+        const engine_seq *s = &b->seqs[i];
+        R += s->logits == 2 ? s->n_new : s->logits == 1;
+        n_tab += s->n_blocks;
+        max_blocks = s->n_blocks > max_blocks ? s->n_blocks : max_blocks;
+    }
+    int want_ptab = cb->use_cattn;
+    size_t need = (size_t)4 * T + R + n_tab + b->n_seqs + (want_ptab ? (size_t)b->n_seqs * max_blocks : 0);
+    if (need > cb->cap_meta) {
+        if (cb->hmeta)
+            cudaFreeHost(cb->hmeta);
+        dfree(cb->dmeta);
+        cb->hmeta = NULL;
+        cb->dmeta = NULL;
+        cb->cap_meta = 0;
+        size_t cap = need * 2;
+        CU(cudaMallocHost((void **)&cb->hmeta, cap * sizeof(int32_t)));
+        if (dmalloc((void **)&cb->dmeta, cap * sizeof(int32_t), err, errlen))
+            return -1;
+        cb->cap_meta = cap;
+    }
+    int32_t *h = cb->hmeta;
+    int32_t *tok = h, *pos = h + T, *tab = h + 2 * T, *fin = h + 3 * T, *row = fin + T, *tables = row + R;
+    int32_t *lens = tables + n_tab, *ptab = lens + b->n_seqs;
+    memcpy(tok, b->tokens, (size_t)T * sizeof(int32_t));
+    int r = 0, nf = 0, off = 0;
+    mt->max_ctx = 0;
+    mt->nb_max = 1;
+    for (int i = 0; i < b->n_seqs; i++) {
+        const engine_seq *s = &b->seqs[i];
+        for (int k = 0; k < s->n_new; k++) {
+            int t = s->tok_offset + k, p = s->n_past + k;
+            pos[t] = p;
+            tab[t] = off;
+            /* the last token of the batch in each page rebuilds its summary */
+            if (p % B == B - 1 || k == s->n_new - 1)
+                fin[nf++] = t;
+        }
+        int first = s->logits == 2 ? 0 : s->n_new - 1;
+        if (s->logits)
+            for (int k = first; k < s->n_new; k++)
+                row[r++] = s->tok_offset + k;
+        memcpy(tables + off, s->blocks, (size_t)s->n_blocks * sizeof(int32_t));
+        off += s->n_blocks;
+        int ctx = s->n_past + s->n_new;
+        lens[i] = ctx;
+        mt->max_ctx = ctx > mt->max_ctx ? ctx : mt->max_ctx;
+        int nb = (ctx + B - 1) / B;
+        mt->nb_max = nb > mt->nb_max ? nb : mt->nb_max;
+        if (want_ptab) {
+            memcpy(ptab + (size_t)i * max_blocks, s->blocks, (size_t)s->n_blocks * sizeof(int32_t));
+            for (int k = s->n_blocks; k < max_blocks; k++)
+                ptab[(size_t)i * max_blocks + k] = s->blocks[0];
+        }
+    }
+    /* fin is sized T but only n_fin are used: keep offsets fixed */
+    CU(cudaMemcpyAsync(cb->dmeta, h, need * sizeof(int32_t), cudaMemcpyHostToDevice, cb->st));
+    int32_t *d = cb->dmeta;
+    mt->T = T;
+    mt->R = R;
+    mt->n_fin = nf;
+    mt->n_tab = n_tab;
+    mt->n_seqs = b->n_seqs;
+    mt->max_blocks = max_blocks;
+    mt->tok = d + (tok - h);
+    mt->pos = d + (pos - h);
+    mt->tab = d + (tab - h);
+    mt->fin = d + (fin - h);
+    mt->row = d + (row - h);
+    mt->tables = d + (tables - h);
+    mt->lens = d + (lens - h);
+    mt->ptab = d + (ptab - h);
+    return 0;
+}
+
+template <typename S>
+static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse, char *err, size_t errlen)
+{
+    const engine *e = cb->e;
+    const model *m = &e->m;
+    const attn_config *c = &e->attn;
+    int Hkv = m->n_kv_heads, D = m->head_dim, hpg = m->n_heads / Hkv;
+    char *lay = cb->kv + (long long)l * cb->layer_bytes;
+    int W = 0;
+    if (sparse) {
+        long long w = (long long)c->sink_blocks + c->top_k_blocks + c->local_blocks;
+        W = (int)(w < mt->nb_max ? w : mt->nb_max);
+        size_t rows = (size_t)mt->T * Hkv;
+        if (grow((void **)&cb->sel, &cb->cap_sel, rows * W * sizeof(int32_t) + rows * sizeof(int32_t), err, errlen) ||
+            grow((void **)&cb->scores, &cb->cap_sc, rows * mt->nb_max * sizeof(float), err, errlen))
+            return -1;
+        SelArgs s;
+        s.q = cb->q;
+        s.iq = cb->iq;
+        s.Hq = m->n_heads;
+        s.Hkv = Hkv;
+        s.D = D;
+        s.hpg = hpg;
+        s.idx_dim = m->idx_dim;
+        s.pos = mt->pos;
+        s.tab = mt->tab;
+        s.tables = mt->tables;
+        s.idx = lay + cb->off_idx;
+        s.summ = lay + cb->off_summ;
+        s.pb = cb->page_bytes;
+        s.B = c->block_size;
+        s.sink = c->sink_blocks;
+        s.local = c->local_blocks;
+        s.topk = c->top_k_blocks;
+        s.indexer = c->indexer == IDX_MSA ? SEL_MSA : c->indexer == IDX_MINMAX ? SEL_MINMAX : SEL_MEAN;
+        s.group_sum = c->group_reduce == GROUP_SUM;
+        s.min_ctx = c->sparse_min_context;
+        s.scores = cb->scores;
+        s.nbmax = mt->nb_max;
+        s.sel = cb->sel;
+        s.cnt = cb->sel + rows * W;
+        s.W = W;
+        size_t smem = (size_t)(c->indexer == IDX_MSA ? m->idx_dim : 2 * hpg * D) * sizeof(float);
+        if (smem > 48 * 1024)
+            CU(cudaFuncSetAttribute(select_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        select_kernel<S><<<(unsigned)rows, 128, smem, cb->st>>>(s);
+        LAUNCHED();
+    }
+    AttnArgs a;
+    a.q = cb->q;
+    a.out = cb->att;
+    a.T = mt->T;
+    a.Hq = m->n_heads;
+    a.Hkv = Hkv;
+    a.D = D;
+    a.hpg = hpg;
+    a.pos = mt->pos;
+    a.tab = mt->tab;
+    a.tables = mt->tables;
+    a.k = lay + cb->off_k;
+    a.v = lay + cb->off_v;
+    a.pb = cb->page_bytes;
+    a.B = c->block_size;
+    a.sel = sparse ? cb->sel : NULL;
+    a.cnt = sparse ? cb->sel + (size_t)mt->T * Hkv * W : NULL;
+    a.W = W;
+    a.scale = 1.0f / sqrtf((float)D);
+    size_t items = (size_t)mt->T * m->n_heads;
+    size_t smem = (size_t)4 * (2 * D + 32) * sizeof(float);
+    if (smem > 48 * 1024)
+        CU(cudaFuncSetAttribute(attn_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    attn_kernel<S><<<(unsigned)((items + 3) / 4), 128, smem, cb->st>>>(a);
+    LAUNCHED();
+    return 0;
+}
+
+/* Dense attention through the tuned kernels of cuda_attn.h: runs of decode
+ * sequences (one new token each, consecutive in the batch) in one call,
+ * every prefill chunk in its own. */
+static int attention_cattn(cuda_backend *cb, const engine_batch *b, const meta *mt, int l, char *err,
+                           size_t errlen)
+{
+    const engine *e = cb->e;
+    const model *m = &e->m;
+    char *lay = cb->kv + (long long)l * cb->layer_bytes;
+    cattn_pool p;
+    p.k = lay + cb->off_k;
+    p.v = lay + cb->off_v;
+    p.idx = lay + cb->off_idx;
+    p.summ = lay + cb->off_summ;
+    p.k_stride = p.v_stride = p.idx_stride = p.summ_stride = cb->page_bytes;
+    p.n_kv_heads = m->n_kv_heads;
+    p.head_dim = m->head_dim;
+    p.block_size = e->attn.block_size;
+    p.idx_dim = m->idx_dim;
+    p.idx_fp8 = 0;
+    int QD = m->n_heads * m->head_dim;
+    float scale = 1.0f / sqrtf((float)m->head_dim);
+    for (int i = 0; i < b->n_seqs;) {
+        const engine_seq *s = &b->seqs[i];
+        size_t off = (size_t)s->tok_offset * QD * 2;
+        int rc;
+        if (s->n_new == 1) {
+            int j = i, max_len = 1;
+            while (j < b->n_seqs && b->seqs[j].n_new == 1) {
+                int len = b->seqs[j].n_past + 1;
+                max_len = len > max_len ? len : max_len;
+                j++;
+            }
+            size_t ws = cattn_decode_ws(&p, j - i, m->n_heads, max_len);
+            if (grow(&cb->ws, &cb->cap_ws, ws, err, errlen))
+                return -1;
+            cattn_batch cbt;
+            cbt.tables = mt->ptab + (size_t)i * mt->max_blocks;
+            cbt.lens = mt->lens + i;
+            cbt.table_stride = mt->max_blocks;
+            cbt.batch = j - i;
+            cbt.max_len = max_len;
+            rc = cattn_decode(&p, &cbt, m->n_heads, (const char *)cb->q + off, (char *)cb->att + off, scale, cb->ws,
+                              cb->cap_ws, cb->st);
+            i = j;
+        } else {
+            rc = cattn_prefill(&p, mt->ptab + (size_t)i * mt->max_blocks, s->n_new, s->n_past, m->n_heads,
+                               (const char *)cb->q + off, (char *)cb->att + off, scale, NULL, 0, 0, cb->st);
+            i++;
+        }
+        if (rc) {
+            snprintf(err, errlen, "cuda: attention kernel: %s", cattn_strerror(rc));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+template <typename S>
+static int step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *logits, int32_t *ids, char *err,
+                size_t errlen)
+{
+    const engine *e = cb->e;
+    const model *m = &e->m;
+    int T = b->n_tokens;
+    meta mt;
+    if (ensure_kv(cb, pool, err, errlen) || upload_meta(cb, b, &mt, err, errlen) ||
+        ensure_scratch(cb, T, mt.R, err, errlen))
+        return -1;
+    int E = m->n_embd, D = m->head_dim, QD = m->n_heads * D, F = m->n_ff;
+    const kv_layout *kl = kv_pool_layout(pool);
+    cudaStream_t st = cb->st;
+
+    embed_kernel<S><<<T, 128, 0, st>>>((const S *)cb->emb, E, mt.tok, cb->x);
+    LAUNCHED();
+    for (int l = 0; l < m->n_layers; l++) {
+        const dlayer *d = &cb->L[l];
+        char *lay = cb->kv + (long long)l * cb->layer_bytes;
+        rmsnorm_kernel<S><<<T, 256, 0, st>>>(cb->x, NULL, d->attn_norm, E, m->eps, (S *)cb->xb);
+        LAUNCHED();
+        if (gemm(cb, d->wqkv, d->nqkv, E, cb->xb, T, cb->qkv, d->nqkv, 0.0f, err, errlen))
+            return -1;
+
+        PostArgs pa;
+        pa.qkv = cb->qkv;
+        pa.ld = d->nqkv;
+        pa.pos = mt.pos;
+        pa.tab = mt.tab;
+        pa.tables = mt.tables;
+        pa.rope_freq = cb->rope_freq;
+        pa.rope_dim = m->rope_dim;
+        pa.neox = m->rope_neox;
+        pa.Hq = m->n_heads;
+        pa.Hkv = m->n_kv_heads;
+        pa.D = D;
+        pa.idx_heads = m->idx_heads;
+        pa.idx_dim = m->idx_dim;
+        pa.has_idx = d->has_idx;
+        pa.q_bias = d->q_bias;
+        pa.k_bias = d->k_bias;
+        pa.v_bias = d->v_bias;
+        pa.q_norm = d->q_norm;
+        pa.k_norm = d->k_norm;
+        pa.iq_norm = d->iq_norm;
+        pa.ik_norm = d->ik_norm;
+        pa.eps = m->eps;
+        pa.q = cb->q;
+        pa.iq = cb->iq;
+        pa.k = lay + cb->off_k;
+        pa.v = lay + cb->off_v;
+        pa.idx = lay + cb->off_idx;
+        pa.pb = cb->page_bytes;
+        pa.B = e->attn.block_size;
+        int maxd = D > m->idx_dim ? D : m->idx_dim;
+        qkv_post_kernel<S><<<T, 256, (size_t)8 * maxd * sizeof(float), st>>>(pa);
+        LAUNCHED();
+        if (kl->summaries) {
+            summary_kernel<S><<<dim3(mt.n_fin, m->n_kv_heads), 128, 0, st>>>(
+                mt.fin, mt.pos, mt.tab, mt.tables, lay + cb->off_k, lay + cb->off_summ, cb->page_bytes,
+                e->attn.block_size, D);
+            LAUNCHED();
+        }
+
+        int sparse = engine_layer_sparse(e, l, mt.max_ctx);
+        if (!sparse && cb->use_cattn) {
+            if (attention_cattn(cb, b, &mt, l, err, errlen))
+                return -1;
+        } else if (attention_generic<S>(cb, &mt, l, sparse, err, errlen)) {
+            return -1;
+        }
+        /* x += att . Wo^T */
+        if (gemm(cb, d->wo, E, QD, cb->att, T, cb->x, E, 1.0f, err, errlen))
+            return -1;
+        rmsnorm_kernel<S><<<T, 256, 0, st>>>(cb->x, NULL, d->ffn_norm, E, m->eps, (S *)cb->xb);
+        LAUNCHED();
+        if (gemm(cb, d->wgu, 2 * F, E, cb->xb, T, cb->gu, 2 * F, 0.0f, err, errlen))
+            return -1;
+        size_t n = (size_t)T * F;
+        unsigned blocks = (unsigned)((n + 255) / 256 < 65535 ? (n + 255) / 256 : 65535);
+        swiglu_kernel<S><<<blocks, 256, 0, st>>>(cb->gu, F, n, (S *)cb->h);
+        LAUNCHED();
+        if (gemm(cb, d->wdown, E, F, cb->h, T, cb->x, E, 1.0f, err, errlen))
+            return -1;
+    }
+
+    if (mt.R) {
+        rmsnorm_kernel<S><<<mt.R, 256, 0, st>>>(cb->x, mt.row, cb->out_norm, E, m->eps, (S *)cb->xl);
+        LAUNCHED();
+        if (gemm(cb, cb->out, m->n_vocab, E, cb->xl, mt.R, cb->logits, m->n_vocab, 0.0f, err, errlen))
+            return -1;
+        if (ids) {
+            argmax_kernel<<<mt.R, 256, 0, st>>>(cb->logits, m->n_vocab, cb->ids);
+            LAUNCHED();
+            CU(cudaMemcpyAsync(ids, cb->ids, (size_t)mt.R * sizeof(int32_t), cudaMemcpyDeviceToHost, st));
+        }
+        if (logits)
+            CU(cudaMemcpyAsync(logits, cb->logits, (size_t)mt.R * m->n_vocab * sizeof(float),
+                               cudaMemcpyDeviceToHost, st));
+    }
+    CU(cudaStreamSynchronize(st));
+    CU(cudaGetLastError());
+    return mt.R;
+}
+
+int cuda_backend_step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *logits, int32_t *ids,
+                      char *err, size_t errlen)
+{
+    return cb->f32 ? step<float>(cb, pool, b, logits, ids, err, errlen)
+                   : step<bf16>(cb, pool, b, logits, ids, err, errlen);
+}

@@ -1,0 +1,53 @@
+/* The CUDA backend of the engine: the whole forward pass on one GPU.
+ * Private to engine/.  Plain C at the boundary, so engine.c and forward.c
+ * need no CUDA headers.
+ *
+ * Weights are dequantized from the GGUF mapping a row at a time and kept on
+ * the device in bf16 (Q/K/V plus the MSA indexer projections fused into one
+ * matrix per layer, gate and up into another); GEMMs are cuBLAS, bf16 in,
+ * fp32 accumulate.  The residual stream stays fp32.
+ *
+ * K/V live in device memory, one allocation for the whole pool, sized on
+ * the first step from the kv_pool's page count; the pool itself is only
+ * bookkeeping for this backend (its host storage, if any, is not touched).
+ * Per page and layer, as kvcache.h lays them out but in bf16:
+ *   K, V [n_kv_heads][B][head_dim], idx [B][idx_dim],
+ *   summary [n_kv_heads][3][head_dim] (min, max, sum of the page's keys).
+ */
+#ifndef SPARSED_CUDA_BACKEND_H
+#define SPARSED_CUDA_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/engine.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct engine;
+typedef struct cuda_backend cuda_backend;
+
+/* Uploads the model of e (already loaded, attention config resolved), in
+ * bf16, or in fp32 with f32 set (weights, activations and K/V: for
+ * exactness tests).  NULL with err set when there is no usable GPU or
+ * memory runs out. */
+cuda_backend *cuda_backend_create(const struct engine *e, int f32, char *err, size_t errlen);
+void cuda_backend_free(cuda_backend *cb);
+
+/* One engine step on the device for a batch that engine_step has already
+ * validated.  logits (rows x n_vocab, may be NULL) and ids (the argmax of
+ * each row, may be NULL) are written in engine_step's row order.  Returns
+ * the number of rows, or -1 with err set. */
+int cuda_backend_step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *logits,
+                      int32_t *ids, char *err, size_t errlen);
+
+/* Short description of the device ("NVIDIA H100 80GB HBM3, 132 SMs"). */
+const char *cuda_backend_device_name(const cuda_backend *cb);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

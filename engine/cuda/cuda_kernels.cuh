@@ -1,0 +1,494 @@
+/* Device kernels of the CUDA backend (private to engine/cuda): embedding,
+ * RMSNorm, the per-head Q/K/V/index post-processing (bias, QK norm, RoPE,
+ * page writes), key summaries, block selection, a generic paged attention,
+ * SwiGLU and argmax.  Storage type T is bf16 or float; arithmetic is fp32.
+ * Kept simple and general (any head dim up to 1024, any block size): the
+ * tuned attention for the common shapes is in cuda_attn.h. */
+#ifndef SPARSED_CUDA_KERNELS_CUH
+#define SPARSED_CUDA_KERNELS_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <limits.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+#define CK_INF __int_as_float(0x7f800000)
+
+static __device__ __forceinline__ float tof(float x) { return x; }
+static __device__ __forceinline__ float tof(bf16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T fromf(float x);
+template <> __device__ __forceinline__ float fromf<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 fromf<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+static __device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over the block (blockDim a multiple of 32, at most 1024). */
+static __device__ float block_sum(float v)
+{
+    __shared__ float sh[32];
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0)
+        sh[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        v = lane < nw ? sh[lane] : 0.0f;
+        v = warp_sum(v);
+        if (lane == 0)
+            sh[0] = v;
+    }
+    __syncthreads();
+    v = sh[0];
+    __syncthreads();
+    return v;
+}
+
+/* ---- embedding, norms, FFN ------------------------------------------------ */
+
+template <typename T>
+__global__ void embed_kernel(const T *emb, int E, const int32_t *tok, float *x)
+{
+    int t = blockIdx.x;
+    const T *row = emb + (size_t)tok[t] * E;
+    for (int i = threadIdx.x; i < E; i += blockDim.x)
+        x[(size_t)t * E + i] = tof(row[i]);
+}
+
+/* out[r] = x[rows ? rows[r] : r] * rsqrt(mean square + eps) * w, one block per row. */
+template <typename T>
+__global__ void rmsnorm_kernel(const float *x, const int32_t *rows, const float *w, int E, float eps, T *out)
+{
+    int r = blockIdx.x;
+    const float *xr = x + (size_t)(rows ? rows[r] : r) * E;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < E; i += blockDim.x)
+        ss += xr[i] * xr[i];
+    ss = block_sum(ss);
+    float inv = 1.0f / sqrtf(ss / (float)E + eps);
+    for (int i = threadIdx.x; i < E; i += blockDim.x)
+        out[(size_t)r * E + i] = fromf<T>(xr[i] * inv * w[i]);
+}
+
+/* h[t][j] = silu(gu[t][j]) * gu[t][F + j] */
+template <typename T>
+__global__ void swiglu_kernel(const float *gu, int F, size_t n, T *h)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t t = i / F, j = i % F;
+        float g = gu[t * 2 * F + j], u = gu[t * 2 * F + F + j];
+        h[i] = fromf<T>(g / (1.0f + expf(-g)) * u);
+    }
+}
+
+/* Per row, the first index of the largest value. */
+__global__ void argmax_kernel(const float *logits, int V, int32_t *ids)
+{
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const float *x = logits + (size_t)blockIdx.x * V;
+    float bv = -CK_INF;
+    int bi = INT_MAX;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        if (x[i] > bv || (x[i] == bv && i < bi)) {
+            bv = x[i];
+            bi = i;
+        }
+    for (int o = 16; o; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > bv || (ov == bv && oi < bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) {
+        sv[w] = bv;
+        si[w] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int k = 1; k < (int)(blockDim.x >> 5); k++)
+            if (sv[k] > bv || (sv[k] == bv && si[k] < bi)) {
+                bv = sv[k];
+                bi = si[k];
+            }
+        ids[blockIdx.x] = bi == INT_MAX ? 0 : bi;
+    }
+}
+
+/* ---- Q/K/V post-processing ------------------------------------------------ */
+
+struct PostArgs {
+    const float *qkv;           /* [T][ld]: Q, K, V, index queries, index key */
+    int ld;
+    const int32_t *pos, *tab, *tables;
+    const float *rope_freq;
+    int rope_dim, neox;
+    int Hq, Hkv, D, idx_heads, idx_dim, has_idx;
+    const float *q_bias, *k_bias, *v_bias, *q_norm, *k_norm, *iq_norm, *ik_norm;
+    float eps;
+    void *q, *iq;               /* [T][Hq][D], [T][idx_heads][idx_dim] */
+    char *k, *v, *idx;          /* this layer's arrays in page 0 */
+    long long pb;               /* bytes from one page to the next */
+    int B;
+};
+
+/* One block per token, one warp per head vector: bias, RMSNorm over the
+ * head, RoPE on the first rope_dim dims (adjacent or NEOX pairs), then the
+ * store (queries to the activations, keys/values/index key to the page). */
+template <typename T>
+__global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
+{
+    extern __shared__ float post_sm[];
+    int t = blockIdx.x, w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    int maxd = a.D > a.idx_dim ? a.D : a.idx_dim;
+    float *s = post_sm + (size_t)w * maxd;
+    int pos = a.pos[t];
+    long long page = a.tables[a.tab[t] + pos / a.B];
+    int slot = pos % a.B;
+    int D = a.D, QD = a.Hq * D, KD = a.Hkv * D, IQ = a.idx_heads * a.idx_dim;
+    int nu = a.Hq + 2 * a.Hkv + (a.has_idx ? a.idx_heads + 1 : 0);
+    const float *row = a.qkv + (size_t)t * a.ld;
+    int half = a.rope_dim / 2;
+    for (int u = w; u < nu; u += nw) {
+        const float *src, *bias = NULL, *nrm = NULL;
+        int n = D, rope = 1;
+        T *dst;
+        if (u < a.Hq) {
+            src = row + (size_t)u * D;
+            bias = a.q_bias ? a.q_bias + (size_t)u * D : NULL;
+            nrm = a.q_norm;
+            dst = (T *)a.q + (size_t)t * QD + (size_t)u * D;
+        } else if (u < a.Hq + a.Hkv) {
+            int h = u - a.Hq;
+            src = row + QD + (size_t)h * D;
+            bias = a.k_bias ? a.k_bias + (size_t)h * D : NULL;
+            nrm = a.k_norm;
+            dst = (T *)(a.k + page * a.pb) + ((size_t)h * a.B + slot) * D;
+        } else if (u < a.Hq + 2 * a.Hkv) {
+            int h = u - a.Hq - a.Hkv;
+            src = row + QD + KD + (size_t)h * D;
+            bias = a.v_bias ? a.v_bias + (size_t)h * D : NULL;
+            rope = 0;
+            dst = (T *)(a.v + page * a.pb) + ((size_t)h * a.B + slot) * D;
+        } else if (u < a.Hq + 2 * a.Hkv + a.idx_heads) {
+            int h = u - a.Hq - 2 * a.Hkv;
+            n = a.idx_dim;
+            src = row + QD + 2 * KD + (size_t)h * n;
+            nrm = a.iq_norm;
+            dst = (T *)a.iq + (size_t)t * IQ + (size_t)h * n;
+        } else {
+            n = a.idx_dim;
+            src = row + QD + 2 * KD + IQ;
+            nrm = a.ik_norm;
+            dst = (T *)(a.idx + page * a.pb) + (size_t)slot * n;
+        }
+        float ss = 0.0f;
+        for (int d = lane; d < n; d += 32) {
+            float v = src[d] + (bias ? bias[d] : 0.0f);
+            s[d] = v;
+            ss += v * v;
+        }
+        ss = warp_sum(ss);
+        if (nrm) {
+            float r = 1.0f / sqrtf(ss / (float)n + a.eps);
+            for (int d = lane; d < n; d += 32)
+                s[d] = s[d] * r * nrm[d];
+        }
+        __syncwarp();
+        for (int d = lane; d < n; d += 32) {
+            float o = s[d];
+            if (rope && d < a.rope_dim) {
+                int i = a.neox ? (d < half ? d : d - half) : d >> 1;
+                int i0 = a.neox ? i : 2 * i, i1 = a.neox ? i + half : 2 * i + 1;
+                if (i1 < n) {
+                    float ang = (float)pos * a.rope_freq[i];
+                    float c = cosf(ang), sn = sinf(ang);
+                    o = d == i0 ? s[i0] * c - s[i1] * sn : s[i0] * sn + s[i1] * c;
+                }
+            }
+            dst[d] = fromf<T>(o);
+        }
+        __syncwarp();
+    }
+}
+
+/* Key summaries (channel min, max, sum over the page's filled slots),
+ * recomputed from the stored keys for every page a token of the batch
+ * filled last: grid (n_fin, Hkv). */
+template <typename T>
+__global__ void summary_kernel(const int32_t *fin, const int32_t *pos, const int32_t *tab, const int32_t *tables,
+                               const char *k, char *summ, long long pb, int B, int D)
+{
+    int t = fin[blockIdx.x], h = blockIdx.y;
+    int p = pos[t];
+    long long page = tables[tab[t] + p / B];
+    int n = p % B + 1;
+    const T *K = (const T *)(k + page * pb) + (size_t)h * B * D;
+    T *S = (T *)(summ + page * pb) + (size_t)h * 3 * D;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float mn = CK_INF, mx = -CK_INF, sum = 0.0f;
+        for (int s = 0; s < n; s++) {
+            float v = tof(K[(size_t)s * D + d]);
+            mn = fminf(mn, v);
+            mx = fmaxf(mx, v);
+            sum += v;
+        }
+        S[d] = fromf<T>(mn);
+        S[D + d] = fromf<T>(mx);
+        S[2 * D + d] = fromf<T>(sum);
+    }
+}
+
+/* ---- block selection ------------------------------------------------------- */
+
+enum { SEL_MSA = 0, SEL_MINMAX = 1, SEL_MEAN = 2 };
+
+struct SelArgs {
+    const void *q, *iq;
+    int Hq, Hkv, D, hpg, idx_dim;
+    const int32_t *pos, *tab, *tables;
+    const char *idx, *summ;
+    long long pb;
+    int B, sink, local, topk, indexer, group_sum, min_ctx;
+    float *scores;              /* [T*Hkv][nbmax] */
+    int nbmax;
+    int32_t *sel, *cnt;         /* [T*Hkv][W], [T*Hkv]; cnt -1 = every block */
+    int W;
+};
+
+/* One block of 128 threads per (token, KV group), the CPU's rules
+ * (cpu/sparse.c): sink and local forced, top_k best of the rest (ties to
+ * the lower block), ascending output; when every block would be chosen the
+ * count is -1 and attention reads them all. */
+template <typename T>
+__global__ void __launch_bounds__(128) select_kernel(SelArgs a)
+{
+    extern __shared__ float sel_sm[];
+    __shared__ float rv[4];
+    __shared__ int ri[4];
+    int row = blockIdx.x, t = row / a.Hkv, g = row % a.Hkv;
+    int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    int pos = a.pos[t], nb = pos / a.B + 1;
+    int sink = a.sink < nb ? a.sink : nb;
+    int fl = nb - a.local > 0 ? nb - a.local : 0;
+    int ncand = fl > sink ? fl - sink : 0;
+    if (pos + 1 < a.min_ctx || ncand <= a.topk) {
+        if (tid == 0)
+            a.cnt[row] = -1;
+        return;
+    }
+    int D = a.D, msa = a.indexer == SEL_MSA;
+    int nq = msa ? 0 : a.group_sum ? 1 : a.hpg;
+    float *qs = sel_sm;
+    if (msa) {
+        const T *iq = (const T *)a.iq + ((size_t)t * a.Hkv + g) * a.idx_dim;
+        for (int i = tid; i < a.idx_dim; i += blockDim.x)
+            qs[i] = tof(iq[i]);
+    } else {
+        /* positive and negative parts of the group's queries, per head or summed */
+        const T *q = (const T *)a.q + ((size_t)t * a.Hq + (size_t)g * a.hpg) * D;
+        for (int d = tid; d < D; d += blockDim.x) {
+            for (int hh = 0; hh < nq; hh++)
+                qs[hh * D + d] = qs[(nq + hh) * D + d] = 0.0f;
+            for (int h = 0; h < a.hpg; h++) {
+                float v = tof(q[(size_t)h * D + d]);
+                int hh = nq == 1 ? 0 : h;
+                qs[hh * D + d] += v > 0 ? v : 0.0f;
+                qs[(nq + hh) * D + d] += v < 0 ? v : 0.0f;
+            }
+            if (a.indexer == SEL_MEAN)
+                for (int hh = 0; hh < nq; hh++)
+                    qs[hh * D + d] += qs[(nq + hh) * D + d];
+        }
+    }
+    __syncthreads();
+
+    float *sc = a.scores + (size_t)row * a.nbmax;
+    const int32_t *tbl = a.tables + a.tab[t];
+    for (int b = sink + w; b < fl; b += 4) {
+        long long page = tbl[b];
+        float best = -CK_INF;
+        if (msa) {
+            const T *ik = (const T *)(a.idx + page * a.pb);
+            for (int j = lane; j < a.B; j += 32) {
+                float v = 0.0f;
+                for (int d = 0; d < a.idx_dim; d++)
+                    v += qs[d] * tof(ik[(size_t)j * a.idx_dim + d]);
+                best = v > best ? v : best;
+            }
+            best = warp_max(best);
+        } else {
+            const T *S = (const T *)(a.summ + page * a.pb) + (size_t)g * 3 * D;
+            for (int hh = 0; hh < nq; hh++) {
+                float v = 0.0f;
+                for (int d = lane; d < D; d += 32)
+                    v += a.indexer == SEL_MINMAX
+                             ? qs[hh * D + d] * tof(S[D + d]) + qs[(nq + hh) * D + d] * tof(S[d])
+                             : qs[hh * D + d] * tof(S[2 * D + d]);
+                v = warp_sum(v);
+                if (a.indexer == SEL_MEAN)
+                    v *= 1.0f / (float)a.B;
+                best = v > best ? v : best;
+            }
+        }
+        if (lane == 0)
+            sc[b] = isnan(best) ? -CK_INF : best;
+    }
+    __syncthreads();
+
+    /* top_k rounds of a block-wide argmax; taken blocks become NaN */
+    int32_t *out = a.sel + (size_t)row * a.W;
+    for (int k = 0; k < a.topk; k++) {
+        float bv = -CK_INF;
+        int bi = INT_MAX;
+        for (int b = sink + tid; b < fl; b += blockDim.x) {
+            float v = sc[b];
+            if (!isnan(v) && (v > bv || (v == bv && b < bi))) {
+                bv = v;
+                bi = b;
+            }
+        }
+        for (int o = 16; o; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ov > bv || (ov == bv && oi < bi)) {
+                bv = ov;
+                bi = oi;
+            }
+        }
+        if (lane == 0) {
+            rv[w] = bv;
+            ri[w] = bi;
+        }
+        __syncthreads();
+        if (tid == 0) {
+            for (int x = 1; x < 4; x++)
+                if (rv[x] > bv || (rv[x] == bv && ri[x] < bi)) {
+                    bv = rv[x];
+                    bi = ri[x];
+                }
+            out[sink + k] = bi;
+            sc[bi] = __int_as_float(0x7fc00000);
+        }
+        __syncthreads();
+    }
+    if (tid == 0) {
+        for (int i = 0; i < sink; i++)
+            out[i] = i;
+        int32_t *c = out + sink;
+        for (int i = 1; i < a.topk; i++) {
+            int32_t v = c[i];
+            int j = i - 1;
+            for (; j >= 0 && c[j] > v; j--)
+                c[j + 1] = c[j];
+            c[j + 1] = v;
+        }
+        int n = sink + a.topk;
+        for (int b = fl; b < nb; b++)
+            out[n++] = b;
+        a.cnt[row] = n;
+    }
+}
+
+/* ---- generic paged attention ---------------------------------------------- */
+
+struct AttnArgs {
+    const void *q;
+    void *out;
+    int T, Hq, Hkv, D, hpg;
+    const int32_t *pos, *tab, *tables;
+    const char *k, *v;
+    long long pb;
+    int B;
+    const int32_t *sel, *cnt;   /* NULL: every visible block */
+    int W;
+    float scale;
+};
+
+/* One warp per (token, query head): 32 keys at a time, one per lane, with an
+ * online softmax; the lanes then share the 32 probabilities to update the
+ * output, which they own by dimension. */
+template <typename T>
+__global__ void __launch_bounds__(128) attn_kernel(AttnArgs a)
+{
+    extern __shared__ float attn_sm[];
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int item = blockIdx.x * 4 + w;
+    if (item >= a.T * a.Hq)
+        return;
+    int D = a.D, t = item / a.Hq, h = item % a.Hq, g = h / a.hpg;
+    float *qs = attn_sm + (size_t)w * (2 * D + 32), *acc = qs + D, *ps = acc + D;
+    const T *qp = (const T *)a.q + (size_t)item * D;
+    for (int d = lane; d < D; d += 32) {
+        qs[d] = tof(qp[d]);
+        acc[d] = 0.0f;
+    }
+    __syncwarp();
+    int pos = a.pos[t], last = pos / a.B;
+    const int32_t *tbl = a.tables + a.tab[t];
+    int n = last + 1;
+    const int32_t *lst = NULL;
+    if (a.sel) {
+        int c = a.cnt[t * a.Hkv + g];
+        if (c >= 0) {
+            n = c;
+            lst = a.sel + ((size_t)t * a.Hkv + g) * a.W;
+        }
+    }
+    float m = -CK_INF, l = 0.0f;
+    for (int k = 0; k < n; k++) {
+        int bi = lst ? lst[k] : k;
+        long long page = tbl[bi];
+        const T *K = (const T *)(a.k + page * a.pb) + (size_t)g * a.B * D;
+        const T *V = (const T *)(a.v + page * a.pb) + (size_t)g * a.B * D;
+        int slots = bi == last ? pos - bi * a.B + 1 : a.B;
+        for (int s0 = 0; s0 < slots; s0 += 32) {
+            int s = s0 + lane;
+            float sc = -CK_INF;
+            if (s < slots) {
+                const T *kr = K + (size_t)s * D;
+                float dot = 0.0f;
+                for (int d = 0; d < D; d++)
+                    dot += qs[d] * tof(kr[d]);
+                sc = dot * a.scale;
+            }
+            float nm = fmaxf(m, warp_max(sc));
+            float corr = expf(m - nm);
+            float p = s < slots ? expf(sc - nm) : 0.0f;
+            l = l * corr + warp_sum(p);
+            ps[lane] = p;
+            __syncwarp();
+            int nj = slots - s0 < 32 ? slots - s0 : 32;
+            for (int d = lane; d < D; d += 32) {
+                float av = acc[d] * corr;
+                for (int j = 0; j < nj; j++)
+                    av += ps[j] * tof(V[(size_t)(s0 + j) * D + d]);
+                acc[d] = av;
+            }
+            __syncwarp();
+            m = nm;
+        }
+    }
+    T *o = (T *)a.out + (size_t)item * D;
+    float inv = 1.0f / l;
+    for (int d = lane; d < D; d += 32)
+        o[d] = fromf<T>(acc[d] * inv);
+}
+
+#endif

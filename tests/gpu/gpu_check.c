@@ -1,0 +1,334 @@
+/* gpu_check: the CUDA engine against the CPU engine on the same batches.
+ *
+ *   gpu_check --model PATH [--dtype bf16|f32] [--label NAME]
+ *             [--prompts N,N,...] [--decode N] [--greedy-ref FILE]
+ *             [--attention dense|sparse|auto] [--indexer msa|minmax|mean]
+ *             [--block-size N] [--top-k-blocks N] [--local-blocks N]
+ *             [--sink-blocks N] [--dense-layers N] [--sparse-min-context N]
+ *             [--vs-dense] [--vs-generic] [--tol X] [--device cuda|cpu]
+ *
+ * Runs seeded random prompts as one ragged prefill batch (every row of the
+ * first sequence asks for logits), then decode steps of all sequences in
+ * one batch, feeding both engines the CPU's greedy tokens, and compares
+ * every logit row: relative L2 error ||gpu - cpu|| / ||cpu||.  With
+ * --greedy-ref it also decodes greedily from BOS on the GPU alone
+ * (engine_step_greedy: argmax on the device) and counts how many of the
+ * reference ids it reproduces.  --vs-dense adds a second GPU engine with
+ * dense attention (same batches; a sparse run whose top-k covers every
+ * block must equal it); --vs-generic one with the generic attention
+ * kernels instead of the tuned ones.  Prints one JSON object; exits 1
+ * when an error exceeds --tol or a greedy id differs. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "kvcache/kvcache.h"
+
+#define MAX_SEQS 8
+
+typedef struct run {
+    engine *e;
+    kv_pool *pool;
+    kv_seq seq[MAX_SEQS];
+} run;
+
+static void die(const char *what, const char *err)
+{
+    fprintf(stderr, "gpu_check: %s: %s\n", what, err);
+    exit(2);
+}
+
+/* An engine and a pool with room for n_seqs sequences of max_len tokens. */
+static void run_open(run *r, engine_opts *o, int n_seqs, int max_len)
+{
+    char err[512];
+    r->e = engine_create(o, err, sizeof err);
+    if (!r->e)
+        die("engine_create", err);
+    kv_layout l = engine_kv_layout(r->e);
+    int pages = n_seqs * kv_pages_for(&l, max_len) + 2;
+    r->pool = kv_pool_create(&l, pages, engine_kv_host_storage(r->e), err, sizeof err);
+    if (!r->pool)
+        die("kv_pool_create", err);
+    for (int i = 0; i < MAX_SEQS; i++)
+        kv_seq_init(&r->seq[i]);
+}
+
+static void run_close(run *r)
+{
+    if (!r->e)
+        return;
+    for (int i = 0; i < MAX_SEQS; i++)
+        kv_seq_release(r->pool, &r->seq[i]);
+    kv_pool_free(r->pool);
+    engine_free(r->e);
+    memset(r, 0, sizeof *r);
+}
+
+/* One batch over n sequences: seq i computes toks[i][past[i] .. past[i]+nn[i]). */
+static int run_step(run *r, int n, int32_t **toks, const int *past, const int *nn, const int *want,
+                    float *logits, int32_t *ids)
+{
+    engine_seq es[MAX_SEQS];
+    int32_t flat[8192];
+    int T = 0;
+    char err[512];
+    for (int i = 0; i < n; i++) {
+        if (kv_seq_reserve(r->pool, &r->seq[i], past[i] + nn[i]))
+            die("kv_seq_reserve", "pool full");
+        es[i] = (engine_seq){.n_past = past[i], .n_new = nn[i], .tok_offset = T, .blocks = r->seq[i].pages,
+                             .n_blocks = r->seq[i].n_pages, .logits = want[i]};
+        memcpy(flat + T, toks[i] + past[i], (size_t)nn[i] * sizeof(int32_t));
+        T += nn[i];
+    }
+    engine_batch b = {.n_tokens = T, .tokens = flat, .n_seqs = n, .seqs = es};
+    int rows = ids ? engine_step_greedy(r->e, r->pool, &b, ids, err, sizeof err)
+                   : engine_step(r->e, r->pool, &b, logits, err, sizeof err);
+    if (rows < 0)
+        die("engine_step", err);
+    return rows;
+}
+
+static double rel_err(const float *a, const float *ref, int n)
+{
+    double num = 0, den = 0;
+    for (int i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        if (isnan(a[i]))
+            return INFINITY;
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+static int argmax(const float *x, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b])
+            b = i;
+    return b;
+}
+
+typedef struct stats {
+    double max_err, sum_err;
+    int rows, agree;
+} stats;
+
+static void compare(stats *s, const float *got, const float *ref, int rows, int V)
+{
+    for (int r = 0; r < rows; r++) {
+        double e = rel_err(got + (size_t)r * V, ref + (size_t)r * V, V);
+        s->max_err = e > s->max_err ? e : s->max_err;
+        s->sum_err += e;
+        s->agree += argmax(got + (size_t)r * V, V) == argmax(ref + (size_t)r * V, V);
+        s->rows++;
+    }
+}
+
+static void print_stats(const char *name, const stats *s)
+{
+    printf(",\"%s\":{\"rows\":%d,\"max_rel_err\":%.3e,\"mean_rel_err\":%.3e,\"argmax_agree\":%d}", name, s->rows,
+           s->max_err, s->rows ? s->sum_err / s->rows : 0.0, s->agree);
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static int rnd(int n)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (int)(rng % (uint64_t)n);
+}
+
+static int read_ids(const char *path, int32_t *ids, int max)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        die("cannot open", path);
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (line[0] == '#')
+            continue;
+        for (char *s = strtok(line, " \n"); s && n < max; s = strtok(NULL, " \n"))
+            ids[n++] = atoi(s);
+    }
+    fclose(f);
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    engine_opts o = {.model_path = NULL, .device = "cpu", .n_threads = 0};
+    attn_config_default(&o.attn);
+    const char *label = "run", *greedy_ref = NULL, *dtype = "bf16", *device = "cuda";
+    int prompts[MAX_SEQS] = {37, 150, 9}, n_seqs = 3, n_decode = 16, vs_dense = 0, vs_generic = 0;
+    double tol = 2e-2;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define OPT(name) (!strcmp(a, name) && v && (i++, 1))
+        if (OPT("--model")) o.model_path = v;
+        else if (OPT("--dtype")) dtype = v;
+        else if (OPT("--device")) device = v;
+        else if (OPT("--label")) label = v;
+        else if (OPT("--decode")) n_decode = atoi(v);
+        else if (OPT("--greedy-ref")) greedy_ref = v;
+        else if (OPT("--tol")) tol = atof(v);
+        else if (OPT("--attention")) o.attn.mode = attn_mode_parse(v);
+        else if (OPT("--indexer")) o.attn.indexer = attn_indexer_parse(v);
+        else if (OPT("--block-size")) o.attn.block_size = atoi(v);
+        else if (OPT("--top-k-blocks")) o.attn.top_k_blocks = atoi(v);
+        else if (OPT("--local-blocks")) o.attn.local_blocks = atoi(v);
+        else if (OPT("--sink-blocks")) o.attn.sink_blocks = atoi(v);
+        else if (OPT("--dense-layers")) o.attn.dense_layers = atoi(v);
+        else if (OPT("--sparse-min-context")) o.attn.sparse_min_context = atoi(v);
+        else if (OPT("--prompts")) {
+            n_seqs = 0;
+            for (char *s = strtok(strdup(v), ","); s && n_seqs < MAX_SEQS; s = strtok(NULL, ","))
+                prompts[n_seqs++] = atoi(s);
+        } else if (!strcmp(a, "--vs-dense")) vs_dense = 1;
+        else if (!strcmp(a, "--vs-generic")) vs_generic = 1;
+        else {
+            fprintf(stderr, "gpu_check: unknown or incomplete option %s\n", a);
+            return 2;
+        }
+#undef OPT
+    }
+    if (!o.model_path || n_seqs < 1)
+        die("usage", "gpu_check --model PATH [options]");
+
+    /* engines: CPU reference, GPU, optional GPU dense / GPU generic */
+    int longest = 0;
+    for (int i = 0; i < n_seqs; i++)
+        longest = prompts[i] > longest ? prompts[i] : longest;
+    int max_len = longest + n_decode + 1;
+    int total = 0;
+    for (int i = 0; i < n_seqs; i++)
+        total += prompts[i];
+    if (total > 8192)
+        die("--prompts", "at most 8192 tokens in all");
+    run cpu = {0}, gpu = {0}, alt = {0};
+    engine_opts oc = o;
+    oc.device = "cpu";
+    run_open(&cpu, &oc, n_seqs, max_len);
+    engine_opts og = o;
+    og.device = device;
+    og.dtype = dtype;
+    run_open(&gpu, &og, n_seqs, max_len);
+    const char *alt_name = NULL;
+    if (vs_dense) {
+        engine_opts od = og;
+        od.attn.mode = ATTN_DENSE;
+        run_open(&alt, &od, n_seqs, max_len);
+        alt_name = "gpu_vs_gpu_dense";
+    } else if (vs_generic) {
+        setenv("SPARSED_CUDA_ATTN", "generic", 1);
+        run_open(&alt, &og, n_seqs, max_len);
+        unsetenv("SPARSED_CUDA_ATTN");
+        alt_name = "gpu_vs_gpu_generic";
+    }
+    const engine_info *in = engine_get_info(cpu.e);
+    const attn_config *ac = engine_attn(gpu.e);
+    int V = in->n_vocab;
+
+    int32_t *toks[MAX_SEQS];
+    int past[MAX_SEQS], nn[MAX_SEQS], want[MAX_SEQS];
+    for (int i = 0; i < n_seqs; i++) {
+        toks[i] = malloc((size_t)max_len * sizeof(int32_t));
+        toks[i][0] = in->bos >= 0 ? in->bos : 1;
+        for (int k = 1; k < prompts[i]; k++)
+            toks[i][k] = 3 + rnd(V - 3);
+        past[i] = 0;
+        nn[i] = prompts[i];
+        want[i] = i == 0 ? 2 : 1;
+    }
+    int max_rows = prompts[0] + n_seqs;
+    float *lc = malloc((size_t)max_rows * V * sizeof(float));
+    float *lg = malloc((size_t)max_rows * V * sizeof(float));
+    float *la = malloc((size_t)max_rows * V * sizeof(float));
+    stats s_pre = {0}, s_dec = {0}, s_alt = {0};
+    int fail = 0;
+
+    /* prefill: all sequences in one ragged batch */
+    int rows = run_step(&cpu, n_seqs, toks, past, nn, want, lc, NULL);
+    if (run_step(&gpu, n_seqs, toks, past, nn, want, lg, NULL) != rows)
+        die("rows", "GPU and CPU disagree on the row count");
+    compare(&s_pre, lg, lc, rows, V);
+    if (alt.e) {
+        run_step(&alt, n_seqs, toks, past, nn, want, la, NULL);
+        compare(&s_alt, lg, la, rows, V);
+    }
+    /* decode: the CPU's greedy tokens fed to both */
+    for (int step = 0; step < n_decode; step++) {
+        int r0 = 0;
+        for (int i = 0; i < n_seqs; i++) {
+            int row = want[i] == 2 ? r0 + nn[i] - 1 : r0;
+            r0 += want[i] == 2 ? nn[i] : 1;
+            int len = past[i] + nn[i];
+            toks[i][len] = argmax(lc + (size_t)row * V, V);
+            past[i] = len;
+            nn[i] = 1;
+        }
+        for (int i = 0; i < n_seqs; i++)
+            want[i] = 1;
+        rows = run_step(&cpu, n_seqs, toks, past, nn, want, lc, NULL);
+        run_step(&gpu, n_seqs, toks, past, nn, want, lg, NULL);
+        compare(&s_dec, lg, lc, rows, V);
+        if (alt.e) {
+            run_step(&alt, n_seqs, toks, past, nn, want, la, NULL);
+            compare(&s_alt, lg, la, rows, V);
+        }
+    }
+    if (s_pre.max_err > tol || s_dec.max_err > tol || (alt.e && s_alt.max_err > tol))
+        fail = 1;
+
+    printf("{\"label\":\"%s\",\"model\":\"%s\",\"dtype\":\"%s\",\"device\":\"%s\",\"n_vocab\":%d,"
+           "\"attn\":{\"mode\":%d,\"indexer\":%d,\"block_size\":%d,\"top_k_blocks\":%d,\"local_blocks\":%d,"
+           "\"sink_blocks\":%d,\"dense_layers\":%d,\"sparse_min_context\":%d},\"prompts\":[",
+           label, in->name, dtype, device, V, ac->mode, ac->indexer, ac->block_size, ac->top_k_blocks, ac->local_blocks,
+           ac->sink_blocks, ac->dense_layers, ac->sparse_min_context);
+    for (int i = 0; i < n_seqs; i++)
+        printf("%s%d", i ? "," : "", prompts[i]);
+    printf("],\"decode_steps\":%d,\"tol\":%.1e", n_decode, tol);
+    print_stats("prefill_vs_cpu", &s_pre);
+    print_stats("decode_vs_cpu", &s_dec);
+    if (alt.e)
+        print_stats(alt_name, &s_alt);
+
+    if (greedy_ref) {
+        int32_t ref[1024], ids[1];
+        int n_ref = read_ids(greedy_ref, ref, 1024);
+        run_close(&gpu);
+        run_open(&gpu, &og, 1, n_ref + 2);
+        int32_t *seq = malloc((size_t)(n_ref + 2) * sizeof(int32_t));
+        seq[0] = in->bos;
+        int match = 0, first_diff = -1;
+        for (int k = 0; k < n_ref; k++) {
+            int p = k, one = 1, w = 1;
+            run_step(&gpu, 1, &seq, &p, &one, &w, NULL, ids);
+            seq[k + 1] = ids[0];
+            if (ids[0] == ref[k] && first_diff < 0)
+                match++;
+            else if (first_diff < 0)
+                first_diff = k;
+        }
+        printf(",\"greedy\":{\"reference\":%d,\"matched_prefix\":%d,\"first_diff\":%d}", n_ref, match, first_diff);
+        if (match != n_ref)
+            fail = 1;
+        free(seq);
+    }
+    printf(",\"pass\":%s}\n", fail ? "false" : "true");
+    for (int i = 0; i < n_seqs; i++)
+        free(toks[i]);
+    free(lc);
+    free(lg);
+    free(la);
+    run_close(&alt);
+    run_close(&gpu);
+    run_close(&cpu);
+    return fail;
+}

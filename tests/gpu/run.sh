@@ -1,0 +1,129 @@
+#!/bin/bash
+# GPU checks of the CUDA engine, on a machine with an NVIDIA GPU.  Uses the
+# folder tests/gpu/pack.sh made (PACK, default build-cuda/gpu-pack), so the
+# machine needs no compiler.  Writes under OUT: checks.jsonl (one object per
+# check from gpu_check), memcheck.log, run.log and gpu-engine-<date>.json
+# (card, commit, every number).  BENCH=1 also runs bench/gpu/model.sh.
+# Exit status: the number of failed checks.
+set -u -o pipefail
+cd "$(dirname "$0")/../.."
+P=${PACK:-build-cuda/gpu-pack}
+OUT=${OUT:-/tmp/gpu-engine-out}
+COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+W=/tmp/gpu-engine-work    # scratch that does not come back
+mkdir -p "$OUT" "$W"
+exec > >(tee -a "$OUT/run.log") 2>&1
+
+# cuBLAS from the toolkit or from a Python wheel
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+         $(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__) + "/lib")' 2>/dev/null); do
+    [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}" && break
+done
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+C=$P/bin/gpu_check
+M=$P/models
+REF=$P/data/stories260K-greedy.txt
+: > "$OUT/checks.jsonl"
+fails=0
+check() {
+    local label=$1 line rc
+    shift
+    line=$(timeout 150 "$C" --label "$label" "$@" 2>"$W/err.txt")
+    rc=$?
+    if [ -z "$line" ]; then
+        line="{\"label\":\"$label\",\"pass\":false,\"error\":\"rc $rc: $(tr -d '"\\\n' < "$W/err.txt" | cut -c1-300)\"}"
+    fi
+    echo "$line" >> "$OUT/checks.jsonl"
+    [ $rc -eq 0 ] || fails=$((fails + 1))
+    printf '%-28s rc=%d %s\n' "$label" $rc "$(echo "$line" | cut -c1-400)"
+}
+
+# stories260K: fp32 must reproduce the published greedy ids and the CPU logits
+check stories-f32 --model $M/stories260K.gguf --dtype f32 --tol 1e-4 --greedy-ref $REF
+check stories-bf16 --model $M/stories260K.gguf --tol 2e-2 --greedy-ref $REF
+# random Llama, head dim 128: tuned attention kernels, against the CPU and the generic kernel
+check llama-q4k-bf16 --model $M/llama-q4k.gguf --prompts 300,77,5 --vs-generic
+check llama-q4k-f32 --model $M/llama-q4k.gguf --dtype f32 --tol 1e-4 --prompts 300,77,5
+check qwen-q8-bf16 --model $M/qwen-q8.gguf --prompts 200,31,64
+check qwen-q8-f32 --model $M/qwen-q8.gguf --dtype f32 --tol 1e-4 --prompts 200,31,64
+# random MSA model: sparse from 80 tokens on (top 4 + 1 local blocks of 16)
+check m3-msa-f32 --model $M/m3-tiny.gguf --dtype f32 --tol 1e-4 --prompts 200,120,33 --decode 24
+check m3-msa-bf16 --model $M/m3-tiny.gguf --prompts 200,120,33 --decode 24
+# top-k covering every block: sparse must equal dense on the GPU
+check m3-msa-cover-vs-dense --model $M/m3-tiny.gguf --prompts 200,120,33 --top-k-blocks 1000 --sparse-min-context 0 --vs-dense --tol 1e-6
+# training-free indexers on the Llama: summaries, sink + local + top-k selection
+check llama-minmax-f32 --model $M/llama-q4k.gguf --dtype f32 --tol 1e-4 --prompts 300,77,40 \
+    --attention sparse --indexer minmax --block-size 16 --top-k-blocks 4 --local-blocks 2 --sink-blocks 1 \
+    --sparse-min-context 0
+check llama-minmax-bf16 --model $M/llama-q4k.gguf --prompts 300,77,40 \
+    --attention sparse --indexer minmax --block-size 16 --top-k-blocks 4 --local-blocks 2 --sink-blocks 1 \
+    --sparse-min-context 0
+check qwen-mean-f32 --model $M/qwen-q8.gguf --dtype f32 --tol 1e-4 --prompts 200,31,64 \
+    --attention sparse --indexer mean --block-size 16 --top-k-blocks 3 --local-blocks 1 --sink-blocks 1 \
+    --sparse-min-context 0
+check llama-minmax-cover-vs-dense --model $M/llama-q4k.gguf --prompts 300,77,40 \
+    --attention sparse --indexer minmax --block-size 64 --top-k-blocks 1000 --sparse-min-context 0 --vs-dense --tol 1e-6
+
+# sparsed generate on the GPU against the CPU (stories260K, greedy, 256 tokens)
+gen() { LD_LIBRARY_PATH="$P/lib:${LD_LIBRARY_PATH:-}" timeout 120 $P/bin/sparsed generate --model $M/stories260K.gguf \
+        --max-tokens 256 --json "$@" 2>&1 | tail -1; }
+gen --device cpu > "$W/gen-cpu.json"
+gen --device cuda > "$W/gen-cuda.json"
+echo "generate cpu:  $(cut -c1-120 "$W/gen-cpu.json")"
+echo "generate cuda: $(cut -c1-120 "$W/gen-cuda.json")"
+
+# compute-sanitizer memcheck over the three kernel paths (generic dense,
+# sparse selection, tuned attention)
+: > "$OUT/memcheck.log"
+mc_fail=0
+for args in "--model $M/stories260K.gguf --prompts 20,70,5" \
+            "--model $M/m3-tiny.gguf --prompts 120,90,3" \
+            "--model $M/llama-q4k.gguf --prompts 130,7,2 --attention sparse --indexer minmax --block-size 64 --top-k-blocks 1 --sparse-min-context 0" \
+            "--model $M/llama-q4k.gguf --prompts 130,7,2"; do
+    echo "== $args" >> "$OUT/memcheck.log"
+    timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 $C --label memcheck --decode 3 --tol 1e9 $args \
+        >> "$OUT/memcheck.log" 2>&1 || mc_fail=$((mc_fail + 1))
+    grep "ERROR SUMMARY" "$OUT/memcheck.log" | tail -1
+done
+[ $mc_fail -eq 0 ] || fails=$((fails + 1))
+
+if [ -n "${BENCH:-}" ]; then
+    PACK=$P OUT=$OUT bash bench/gpu/model.sh || fails=$((fails + 1))
+fi
+
+python3 - "$OUT" "$COMMIT" $fails $mc_fail "$W" <<'PY'
+import json, sys, os, datetime
+out, commit, fails, mc_fail, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+checks = [json.loads(l) for l in open(os.path.join(out, "checks.jsonl")) if l.strip()]
+def toks(p):
+    try: return json.loads(open(p).read())["tokens"]
+    except Exception: return None
+a, b = toks(os.path.join(work, "gen-cpu.json")), toks(os.path.join(work, "gen-cuda.json"))
+same = None
+if a is not None and b is not None:
+    same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+mc = open(os.path.join(out, "memcheck.log")).read()
+bench = []
+bp = os.path.join(out, "bench.jsonl")
+if os.path.exists(bp):
+    bench = [json.loads(l) for l in open(bp) if l.strip()]
+res = {
+    "what": "CUDA engine against the CPU engine (tests/gpu/run.sh)",
+    "date": datetime.date.today().isoformat(),
+    "commit": commit,
+    "card": open(os.path.join(out, "gpu.txt")).read().strip(),
+    "checks": checks,
+    "generate_stories_greedy": {"cpu_tokens": len(a) if a else None, "cuda_tokens": len(b) if b else None,
+                                "equal_prefix": same},
+    "memcheck": {"runs": mc.count("== "), "failed_runs": mc_fail,
+                 "summaries": [l.strip() for l in mc.splitlines() if "ERROR SUMMARY" in l]},
+    "bench": bench,
+    "failed": fails,
+}
+name = os.path.join(out, "gpu-engine-%s.json" % res["date"])
+json.dump(res, open(name, "w"), indent=1)
+print("wrote", name)
+PY
+echo "failed checks: $fails"
+exit $fails
