@@ -107,6 +107,7 @@ struct sched {
 
     atomic_int draining;
     atomic_int running_loop;
+    atomic_int loop_done;     /* sched_run returned */
     atomic_int stop_now;      /* second signal or drain timeout */
     atomic_int engine_failures;
     _Atomic double heartbeat;
@@ -287,7 +288,7 @@ void sched_req_release(sched_req *r)
     r->inext = s->cancel_head;
     s->cancel_head = r;
     pthread_mutex_unlock(&s->mu);
-    if (atomic_load(&s->running_loop))
+    if (!atomic_load(&s->loop_done))
         uv_async_send(&s->wake);
     req_unref(r);
 }
@@ -1174,6 +1175,7 @@ sched *sched_create(const sched_backend *b, kv_pool *pool, const sched_opts *o,
     metrics_init(&s->m);
     atomic_init(&s->draining, 0);
     atomic_init(&s->running_loop, 0);
+    atomic_init(&s->loop_done, 0);
     atomic_init(&s->stop_now, 0);
     atomic_init(&s->engine_failures, 0);
     s->heartbeat = now_s();
@@ -1216,6 +1218,7 @@ int sched_run(sched *s)
     if (atomic_load(&s->draining))
         start_drain(s);
     uv_run(&s->loop, UV_RUN_DEFAULT);
+    atomic_store(&s->loop_done, 1);
     atomic_store(&s->running_loop, 0);
     return 0;
 }
@@ -1223,7 +1226,7 @@ int sched_run(sched *s)
 void sched_drain(sched *s)
 {
     atomic_store(&s->draining, 1);
-    if (atomic_load(&s->running_loop))
+    if (!atomic_load(&s->loop_done))
         uv_async_send(&s->wake);
 }
 
@@ -1262,14 +1265,15 @@ void sched_free(sched *s)
     free(s);
 }
 
+/* Requests submitted before the loop starts wait in the incoming list. */
 int sched_ready(sched *s)
 {
-    return s && atomic_load(&s->running_loop) && !atomic_load(&s->draining);
+    return s && !atomic_load(&s->loop_done) && !atomic_load(&s->draining);
 }
 
 int sched_healthy(sched *s)
 {
-    if (!s || !atomic_load(&s->running_loop))
+    if (!s || atomic_load(&s->loop_done))
         return 0;
     if (atomic_load(&s->engine_failures) >= 3)
         return 0;
