@@ -202,29 +202,80 @@ static void deq_q6_k(const uint8_t *b, float *y, int64_t nb)
         const int8_t *sc = (const int8_t *)(b + 192);
         float d = ld_f16(b + 208);
         for (int n = 0; n < 2; n++, ql += 64, qh += 32, sc += 8, y += 128) {
-            for (int l = 0; l < 32; l++) {
-                int is = l / 16;
-                int q1 = ((ql[l] & 0xf) | ((qh[l] >> 0) & 3) << 4) - 32;
-                int q2 = ((ql[l + 32] & 0xf) | ((qh[l] >> 2) & 3) << 4) - 32;
-                int q3 = ((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) - 32;
-                int q4 = ((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) - 32;
-                y[l] = d * sc[is] * (float)q1;
-                y[l + 32] = d * sc[is + 2] * (float)q2;
-                y[l + 64] = d * sc[is + 4] * (float)q3;
-                y[l + 96] = d * sc[is + 6] * (float)q4;
+            /* two runs of 16 with fixed scales, so the inner loop vectorizes */
+            for (int is = 0; is < 2; is++) {
+                float s1 = d * sc[is], s2 = d * sc[is + 2], s3 = d * sc[is + 4], s4 = d * sc[is + 6];
+                for (int l = 16 * is; l < 16 * is + 16; l++) {
+                    int q1 = ((ql[l] & 0xf) | ((qh[l] >> 0) & 3) << 4) - 32;
+                    int q2 = ((ql[l + 32] & 0xf) | ((qh[l] >> 2) & 3) << 4) - 32;
+                    int q3 = ((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) - 32;
+                    int q4 = ((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) - 32;
+                    y[l] = s1 * (float)q1;
+                    y[l + 32] = s2 * (float)q2;
+                    y[l + 64] = s3 * (float)q3;
+                    y[l + 96] = s4 * (float)q4;
+                }
             }
         }
     }
 }
 
 #ifdef QUANT_X86
-__attribute__((target("avx2,fma,f16c")))
-static void deq_f16_avx2(const uint8_t *s, float *y, int64_t n)
+/* AVX2 versions of the common formats.  Each computes exactly what the
+ * scalar code does (one multiply, then one add for Q4_1), so results are
+ * bit-identical whichever path runs. */
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+AVX2 static void deq_f16_avx2(const uint8_t *s, float *y, int64_t n)
 {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + 2 * i))));
     for (; i < n; i++) y[i] = ld_f16(s + 2 * i);
+}
+
+AVX2 static void deq_bf16_avx2(const uint8_t *s, float *y, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + 2 * i)));
+        _mm256_storeu_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+    }
+    for (; i < n; i++) y[i] = bf16_to_f32((uint16_t)(s[2 * i] | s[2 * i + 1] << 8));
+}
+
+AVX2 static void deq_q8_0_avx2(const uint8_t *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, b += 34, y += 32) {
+        __m256 d = _mm256_set1_ps(ld_f16(b));
+        for (int k = 0; k < 32; k += 8) {
+            __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + k)));
+            _mm256_storeu_ps(y + k, _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)));
+        }
+    }
+}
+
+/* 8 nibble values from the low 8 bytes of v, as floats */
+AVX2 static __m256 nib8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
+
+AVX2 static void deq_q4_avx2(const uint8_t *b, float *y, int64_t nb, int with_min)
+{
+    const __m128i mask = _mm_set1_epi8(0x0f);
+    const size_t bsz = with_min ? 20 : 18;
+    for (int64_t i = 0; i < nb; i++, b += bsz, y += 32) {
+        __m256 d = _mm256_set1_ps(ld_f16(b));
+        /* Q4_0: x = d * (q - 8); Q4_1: x = d * q + m */
+        __m256 m = _mm256_set1_ps(with_min ? ld_f16(b + 2) : 0.0f);
+        __m256 off = _mm256_set1_ps(with_min ? 0.0f : 8.0f);
+        __m128i qs = _mm_loadu_si128((const __m128i *)(b + (with_min ? 4 : 2)));
+        __m128i lo = _mm_and_si128(qs, mask), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+        __m256 v[4] = { nib8(lo), nib8(_mm_srli_si128(lo, 8)), nib8(hi), nib8(_mm_srli_si128(hi, 8)) };
+        for (int k = 0; k < 4; k++) {
+            __m256 r = with_min ? _mm256_add_ps(_mm256_mul_ps(d, v[k]), m)
+                                : _mm256_mul_ps(d, _mm256_sub_ps(v[k], off));
+            _mm256_storeu_ps(y + 8 * k, r);
+        }
+    }
 }
 #endif
 
@@ -248,11 +299,23 @@ void dequant_row(uint32_t type, const void *src, float *dst, int64_t n)
         for (int64_t i = 0; i < n; i++) dst[i] = ld_f16(s + 2 * i);
         break;
     case GGML_BF16:
+#ifdef QUANT_X86
+        if (have_avx2) {
+            deq_bf16_avx2(s, dst, n);
+            break;
+        }
+#endif
         for (int64_t i = 0; i < n; i++) dst[i] = bf16_to_f32((uint16_t)(s[2 * i] | s[2 * i + 1] << 8));
         break;
+#ifdef QUANT_X86
+    case GGML_Q4_0: have_avx2 ? deq_q4_avx2(s, dst, nb, 0) : deq_q4_0(s, dst, nb); break;
+    case GGML_Q4_1: have_avx2 ? deq_q4_avx2(s, dst, nb, 1) : deq_q4_1(s, dst, nb); break;
+    case GGML_Q8_0: have_avx2 ? deq_q8_0_avx2(s, dst, nb) : deq_q8_0(s, dst, nb); break;
+#else
     case GGML_Q4_0: deq_q4_0(s, dst, nb); break;
     case GGML_Q4_1: deq_q4_1(s, dst, nb); break;
     case GGML_Q8_0: deq_q8_0(s, dst, nb); break;
+#endif
     case GGML_Q4_K: deq_q4_k(s, dst, nb); break;
     case GGML_Q6_K: deq_q6_k(s, dst, nb); break;
     }
@@ -416,8 +479,7 @@ void quantize_row(uint32_t type, const float *src, void *dst, int64_t n)
 /* ---- fp32 vector kernels ------------------------------------------------ */
 
 #ifdef QUANT_X86
-__attribute__((target("avx2,fma")))
-static float dot_avx2(const float *a, const float *b, int n)
+AVX2 static float dot_avx2(const float *a, const float *b, int n)
 {
     __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
     int i = 0;
@@ -438,8 +500,7 @@ static float dot_avx2(const float *a, const float *b, int n)
     return r;
 }
 
-__attribute__((target("avx2,fma")))
-static void axpy_avx2(float *y, float a, const float *x, int n)
+AVX2 static void axpy_avx2(float *y, float a, const float *x, int n)
 {
     __m256 va = _mm256_set1_ps(a);
     int i = 0;

@@ -324,6 +324,51 @@ START_TEST(test_block_extremes)
 }
 END_TEST
 
+/* The SIMD decoders give bit-identical rows to the scalar ones, on random
+ * quantized bytes (scales kept finite). */
+START_TEST(test_simd_matches_scalar)
+{
+    uint32_t type = formats[_i].type;
+    enum { N = 1024 + 256 };
+    size_t rb = ggml_row_size(type, N), ts = ggml_type_size(type);
+    uint8_t *b = malloc(rb + 1);
+    float *y0 = malloc(N * sizeof(float)), *y1 = malloc(N * sizeof(float));
+    uint64_t s = 41 + (uint64_t)_i;
+    for (size_t i = 0; i < rb + 1; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        b[i] = (uint8_t)(s >> 56);
+    }
+    uint8_t *row = b + 1;    /* odd address on purpose */
+    if (type == GGML_F16 || type == GGML_BF16 || type == GGML_F32) {
+        /* every bit pattern except NaNs */
+        for (int i = 0; i < N; i++) {
+            uint16_t h = (uint16_t)(row[2 * i] | row[2 * i + 1] << 8);
+            if (type != GGML_F32 && (h & 0x7f80) == 0x7f80) row[2 * i + 1] &= 0xbf;
+            if (type == GGML_F16 && (h & 0x7c00) == 0x7c00) row[2 * i + 1] &= 0xbb;
+        }
+        if (type == GGML_F32) memset(row, 0x3f, rb);
+    } else {
+        for (size_t k = 0; k < rb / ts; k++) {
+            uint8_t *blk = row + k * ts;
+            /* fp16 fields: small finite values */
+            size_t pos[2] = { 0, 2 };
+            int nf = type == GGML_Q4_1 || type == GGML_Q4_K ? 2 : 1;
+            if (type == GGML_Q6_K) pos[0] = 208;
+            for (int f = 0; f < nf; f++) blk[pos[f] + 1] &= 0x3b;
+        }
+    }
+    quant_simd(0);
+    dequant_row(type, row, y0, N);
+    quant_simd(1);
+    dequant_row(type, row, y1, N);
+    for (int i = 0; i < N; i++) ck_assert(isfinite(y0[i]));
+    ck_assert_msg(memcmp(y0, y1, N * sizeof(float)) == 0, "%s: paths differ", ggml_type_name(type));
+    free(b);
+    free(y0);
+    free(y1);
+}
+END_TEST
+
 /* ---- fp32 kernels --------------------------------------------------------- */
 
 /* _i = 0: the scalar kernels, 1: SIMD where the CPU has it */
@@ -385,6 +430,7 @@ int main(void)
     tcase_add_test(tc, test_f16_bf16_rows);
     tcase_add_loop_test(tc, test_roundtrip, 0, sizeof formats / sizeof formats[0]);
     tcase_add_test(tc, test_block_extremes);
+    tcase_add_loop_test(tc, test_simd_matches_scalar, 0, sizeof formats / sizeof formats[0]);
     tcase_add_loop_test(tc, test_dot_axpy, 0, 2);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
