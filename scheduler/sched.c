@@ -1201,6 +1201,10 @@ sched *sched_create(const sched_backend *b, kv_pool *pool, const sched_opts *o,
         uv_signal_init(&s->loop, &s->sig_term);
         uv_signal_init(&s->loop, &s->sig_int);
         s->sig_term.data = s->sig_int.data = s;
+        /* Caught from now on (the loop handles them once it runs), so a
+         * signal during startup drains instead of killing. */
+        uv_signal_start(&s->sig_term, on_signal, SIGTERM);
+        uv_signal_start(&s->sig_int, on_signal, SIGINT);
     }
     update_gauges(s);
     return s;
@@ -1208,10 +1212,6 @@ sched *sched_create(const sched_backend *b, kv_pool *pool, const sched_opts *o,
 
 int sched_run(sched *s)
 {
-    if (s->o.handle_signals) {
-        uv_signal_start(&s->sig_term, on_signal, SIGTERM);
-        uv_signal_start(&s->sig_int, on_signal, SIGINT);
-    }
     uv_timer_start(&s->tick, on_tick, 250, 250);
     atomic_store(&s->running_loop, 1);
     s->heartbeat = now_s();

@@ -27,7 +27,8 @@ class Daemon:
     """A running `sparsed serve`; stderr is collected in self.log."""
 
     def __init__(self, *args, env=None, model=MODEL, wait=True):
-        self.args = [BINARY, "serve", "--model", model, "--port", "0", "--threads", "2"] + list(args)
+        self.args = [BINARY, "serve"] + (["--model", model] if model else []) + \
+            ["--port", "0", "--threads", "2"] + list(args)
         e = dict(os.environ)
         for k in list(e):
             if k.startswith("SPARSED_") and k not in ("SPARSED_ROOT", "SPARSED_BUILD"):

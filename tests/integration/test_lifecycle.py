@@ -1,0 +1,228 @@
+"""Daemon lifecycle: a client that disconnects mid-stream frees its pages;
+SIGTERM drains in-flight streams (not ready meanwhile) and exits 0; the
+drain and request timeouts; keep-alive comments; configuration sources."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import requests
+
+from conftest import BINARY, ROOT, MODEL_NAME, Daemon, need_binary
+
+LONG = {"prompt": "Once upon a time", "max_tokens": 1900, "temperature": 0, "ignore_eos": True}
+
+
+def raw_stream_start(d, body, n_events=3):
+    """Opens a stream on a raw socket and reads until n_events data lines arrived."""
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=30)
+    payload = json.dumps(dict(body, stream=True)).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
+    got = b""
+    while got.count(b"data: ") < n_events:
+        chunk = s.recv(65536)
+        assert chunk, "stream closed early: %r" % got[:500]
+        got += chunk
+    return s, got
+
+
+def test_disconnect_frees_pages(make_daemon):
+    d = make_daemon()
+    s, got = raw_stream_start(d, LONG)
+    assert b"200 OK" in got.split(b"\r\n", 1)[0]
+    d.wait_metric("sparsed_kv_pages_used", lambda v: v > 0, timeout=10)
+    s.close()
+    d.wait_metric("sparsed_kv_pages_used", lambda v: v == 0, timeout=30)
+    d.wait_metric("vllm:num_requests_running", lambda v: v == 0, timeout=30)
+    m = d.metrics()
+    assert m['vllm:request_success_total{model_name="%s",finished_reason="abort"}' % MODEL_NAME] == 1
+    assert m["vllm:generation_tokens_total"] < 1900, "generation went on after the client left"
+    # the daemon still serves
+    assert d.post("/v1/completions", {"prompt": "Hi", "max_tokens": 3}).status_code == 200
+
+
+def test_sigterm_drains_streams(make_daemon):
+    d = make_daemon("--shutdown-timeout", "120")
+    n = 3
+    out = [None] * n
+    started = threading.Barrier(n + 1)
+
+    def worker(i):
+        r = requests.post(d.url + "/v1/completions", json=dict(LONG, max_tokens=1200, stream=True),
+                          stream=True, timeout=300)
+        it = r.iter_content(chunk_size=None)
+        first = next(it)
+        started.wait()
+        rest = b"".join(it)
+        out[i] = first + rest
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    started.wait(60)
+    d.signal(signal.SIGTERM)
+    # draining (once the loop has seen the signal): not ready, no new work, but alive
+    deadline = time.time() + 20
+    while True:
+        r = requests.get(d.url + "/ready", timeout=10)
+        if r.status_code != 200 or time.time() > deadline:
+            break
+        time.sleep(0.01)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+    assert any(t.is_alive() for t in threads), "the streams ended before the drain began"
+    r = requests.post(d.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=10)
+    assert r.status_code == 503 and r.headers.get("Retry-After")
+    assert r.json()["error"]["code"] == "server_draining"
+    assert requests.get(d.url + "/health", timeout=10).status_code == 200
+    for t in threads:
+        t.join(300)
+    rc = d.proc.wait(120)
+    assert rc == 0, d.log[-3000:]
+    for body in out:
+        events = [json.loads(b[6:]) for b in body.decode().split("\n\n") if b.startswith("data: {")]
+        assert body.endswith(b"data: [DONE]\n\n")
+        text_chunks = [e for e in events if e["choices"]]
+        assert text_chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert len(text_chunks) >= 1000, "the stream was cut short"
+
+
+def test_drain_timeout_ends_streams(make_daemon):
+    # 16 sequences one at a time: far longer than the drain allows
+    d = make_daemon("--shutdown-timeout", "0.5", "--max-running", "1")
+    s, got = raw_stream_start(d, dict(LONG, n=16))
+    t0 = time.time()
+    d.signal(signal.SIGTERM)
+    s.settimeout(60)
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    assert d.proc.wait(60) == 0
+    assert time.time() - t0 < 30
+    assert b'"error"' in got and b"data: [DONE]" in got
+
+
+def test_request_timeout(make_daemon):
+    d = make_daemon("--request-timeout", "0.5")
+    r = d.post("/v1/completions", LONG)
+    assert r.status_code == 504, r.text
+    e = r.json()["error"]
+    assert e["type"] == "timeout_error" and e["code"] == "request_timeout"
+    d.wait_metric("sparsed_kv_pages_used", lambda v: v == 0)
+
+
+def test_keepalive_while_queued(make_daemon):
+    d = make_daemon("--max-running", "1", "--sse-keepalive", "0.2")
+    s, _ = raw_stream_start(d, dict(LONG, n=16))   # holds the only running slot for long
+    r = requests.post(d.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "stream": True},
+                      stream=True, timeout=300)
+    it = r.iter_content(chunk_size=None)
+    first = next(it)
+    assert first.startswith(b": keep-alive\n\n"), first
+    s.close()   # frees the slot: the queued request runs
+    body = first + b"".join(it)
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert b'"finish_reason":"length"' in body
+
+
+def test_help_lists_every_option():
+    need_binary()
+    p = subprocess.run([BINARY, "serve", "--help"], capture_output=True, timeout=30)
+    assert p.returncode == 0
+    out = p.stdout.decode()
+    for opt in ("--model", "--host", "--port", "--config", "--device", "--threads", "--attention", "--indexer",
+                "--block-size", "--top-k-blocks", "--local-blocks", "--sink-blocks", "--dense-layers",
+                "--sparse-min-context", "--kv-pages", "--kv-memory", "--max-running", "--max-batch-tokens",
+                "--max-queue", "--max-queued-tokens", "--body-limit", "--request-timeout", "--shutdown-timeout",
+                "--api-key", "--api-key-file", "--served-model-name", "--max-connections",
+                "--connection-timeout", "SPARSED_MAX_RUNNING"):
+        assert opt in out, opt
+
+
+def bad_start(args, env=None):
+    need_binary()
+    e = {k: v for k, v in os.environ.items() if not k.startswith("SPARSED_")}
+    e.update(env or {})
+    p = subprocess.run([BINARY, "serve", "--port", "0"] + args, capture_output=True, timeout=60, env=e, cwd=ROOT)
+    return p.returncode, p.stderr.decode()
+
+
+def test_invalid_values_rejected(tmp_path):
+    cases = [
+        (["--max-running", "0"], None, "--max-running"),
+        (["--port", "70000"], None, "--port"),
+        (["--attention", "fast"], None, "--attention"),
+        (["--indexer", "best"], None, "--indexer"),
+        (["--block-size", "48"], None, "--block-size"),
+        (["--kv-memory", "lots"], None, "--kv-memory"),
+        (["--request-timeout", "-1"], None, "--request-timeout"),
+        (["--prefix-cache=maybe"], None, "--prefix-cache"),
+        (["--no-such-option", "1"], None, "--no-such-option"),
+        (["--max-batch-tokens"], None, "--max-batch-tokens"),
+        ([], {"SPARSED_MAX_QUEUE": "abc"}, "SPARSED_MAX_QUEUE"),
+        (["--host", "not-an-address"], None, "--host"),
+        (["--model", "/nonexistent.gguf"], None, "/nonexistent.gguf"),
+    ]
+    cfg = tmp_path / "bad.json"
+    cfg.write_text('{"max_running": 4, "max_runing": 5}')
+    cases.append((["--config", str(cfg)], None, "max_runing"))
+    cfg2 = tmp_path / "bad2.json"
+    cfg2.write_text('{"max_running": "many"}')
+    cases.append((["--config", str(cfg2)], None, "--max-running"))
+    for args, env, needle in cases:
+        rc, err = bad_start(args, env)
+        assert rc != 0, args
+        assert needle in err, (args, err)
+
+
+def test_precedence_flag_env_file(tmp_path):
+    need_binary()
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"served_model_name": "from-file", "max-running": 3}))
+    d = Daemon("--config", str(cfg))
+    try:
+        assert requests.get(d.url + "/v1/models", timeout=10).json()["data"][0]["id"] == "from-file"
+    finally:
+        assert d.stop() == 0
+    d = Daemon("--config", str(cfg), env={"SPARSED_SERVED_MODEL_NAME": "from-env"})
+    try:
+        assert requests.get(d.url + "/v1/models", timeout=10).json()["data"][0]["id"] == "from-env"
+    finally:
+        assert d.stop() == 0
+    d = Daemon("--config", str(cfg), "--served-model-name", "from-flag",
+               env={"SPARSED_SERVED_MODEL_NAME": "from-env"})
+    try:
+        assert requests.get(d.url + "/v1/models", timeout=10).json()["data"][0]["id"] == "from-flag"
+        assert "max running 3" in d.log
+    finally:
+        assert d.stop() == 0
+
+
+def test_default_model_from_repo_root():
+    need_binary()
+    d = Daemon(model=None)
+    try:
+        assert requests.get(d.url + "/v1/models", timeout=10).json()["data"][0]["id"] == MODEL_NAME
+        assert requests.post(d.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2},
+                             timeout=60).status_code == 200
+    finally:
+        assert d.stop() == 0
+
+
+def test_preset_configs_load():
+    need_binary()
+    cdir = os.path.join(ROOT, "configs")
+    files = sorted(f for f in os.listdir(cdir) if f.endswith(".json")) if os.path.isdir(cdir) else []
+    assert files, "no configs/*.json"
+    for f in files:
+        d = Daemon("--config", os.path.join(cdir, f), "--kv-pages", "64", "--device", "cpu")
+        try:
+            assert requests.get(d.url + "/ready", timeout=10).status_code == 200
+        finally:
+            assert d.stop() == 0
