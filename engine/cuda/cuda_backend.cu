@@ -26,6 +26,16 @@ typedef struct dlayer {
     int has_idx;
 } dlayer;
 
+/* A captured decode step and what it was captured for. */
+#define N_GRAPHS 16
+typedef struct graph_slot {
+    cudaGraphExec_t exec;
+    int T, R, n_seqs, mb, want_ids;
+    unsigned gen;
+    unsigned long long used;
+    unsigned char *modes;       /* [n_layers] */
+} graph_slot;
+
 struct cuda_backend {
     const engine *e;
     int f32;                    /* storage type float (1) or bf16 (0) */
@@ -55,6 +65,15 @@ struct cuda_backend {
     int32_t *sel, *cnt;
     float *scores;
     void *ws;
+    void *blas_ws;              /* cuBLAS workspace (fixed, so GEMMs can be captured) */
+    int *modes;                 /* [n_layers] attention mode of the current step */
+
+    /* CUDA graphs of decode steps (SPARSED_CUDA_GRAPHS=1) */
+    int use_graphs;
+    unsigned gen;               /* bumped whenever a buffer moves: graphs then go stale */
+    graph_slot graphs[N_GRAPHS];
+    unsigned long long clock;
+    int n_captures;
 };
 
 #define CU(call)                                                                              \
@@ -237,7 +256,13 @@ void cuda_backend_free(cuda_backend *cb)
     dfree(cb->dmeta);
     if (cb->hmeta)
         cudaFreeHost(cb->hmeta);
-    dfree(cb->sel); dfree(cb->cnt); dfree(cb->scores); dfree(cb->ws);
+    dfree(cb->sel); dfree(cb->cnt); dfree(cb->scores); dfree(cb->ws); dfree(cb->blas_ws);
+    for (int i = 0; i < N_GRAPHS; i++) {
+        if (cb->graphs[i].exec)
+            cudaGraphExecDestroy(cb->graphs[i].exec);
+        free(cb->graphs[i].modes);
+    }
+    free(cb->modes);
     if (cb->blas)
         cublasDestroy(cb->blas);
     if (cb->st)
@@ -278,6 +303,26 @@ cuda_backend *cuda_backend_create(const engine *e, int f32, char *err, size_t er
         cublasSetStream(cb->blas, cb->st) != CUBLAS_STATUS_SUCCESS) {
         snprintf(err, errlen, "device: cannot create a CUDA stream or cuBLAS handle");
         goto fail;
+    }
+    if (dmalloc(&cb->blas_ws, (size_t)32 << 20, err, errlen) ||
+        cublasSetWorkspace(cb->blas, cb->blas_ws, (size_t)32 << 20) != CUBLAS_STATUS_SUCCESS) {
+        if (cb->blas_ws)
+            snprintf(err, errlen, "device: cannot set the cuBLAS workspace");
+        goto fail;
+    }
+    cb->modes = (int *)calloc((size_t)m->n_layers, sizeof(int));
+    if (!cb->modes) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < N_GRAPHS; i++)
+        if (!(cb->graphs[i].modes = (unsigned char *)calloc((size_t)m->n_layers, 1))) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+    {
+        const char *g = getenv("SPARSED_CUDA_GRAPHS");
+        cb->use_graphs = g && !strcmp(g, "1");
     }
     /* fp32 mode is for exactness: no TF32 */
     cublasSetMathMode(cb->blas, f32 ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH);
@@ -322,6 +367,7 @@ static int ensure_kv(cuda_backend *cb, const kv_pool *pool, char *err, size_t er
         return -1;
     cb->kv_owner = pool;
     cb->kv_pages = n_pages;
+    cb->gen++;
     return 0;
 }
 
@@ -329,6 +375,8 @@ static int ensure_scratch(cuda_backend *cb, int T, int R, char *err, size_t errl
 {
     const model *m = &cb->e->m;
     size_t es = cb->es;
+    if (T > cb->cap_t || R > cb->cap_r)
+        cb->gen++;
     if (T > cb->cap_t) {
         free_scratch(cb);
         int cap = (T + 63) & ~63;
@@ -391,12 +439,34 @@ static int gemm(cuda_backend *cb, const void *W, int rows, int cols, const void 
 /* ---- the step --------------------------------------------------------------- */
 
 typedef struct meta {
-    int T, R, n_fin, n_tab, n_seqs, max_blocks;
+    int T, R, n_fin, n_seqs;
+    int mb;                     /* block-table width, a power of two >= every table */
+    int max_ctx;
     int32_t *tok, *pos, *tab, *row, *fin, *tables, *lens, *ptab;   /* device views */
-    int max_ctx, nb_max;
 } meta;
 
-/* Writes the batch description into pinned memory and sends it over. */
+enum { MODE_GENERIC = 0, MODE_CATTN = 1, MODE_SPARSE = 2 };
+
+/* How layer l attends in this step: sparse only when some token selects
+ * fewer blocks than it sees (both conditions grow with the position, so the
+ * longest sequence decides); otherwise dense, through the tuned kernels
+ * when the shape allows. */
+static int layer_mode(const cuda_backend *cb, int l, int max_ctx)
+{
+    const attn_config *c = &cb->e->attn;
+    if (engine_layer_sparse(cb->e, l, max_ctx)) {
+        int nb = (max_ctx - 1) / c->block_size + 1;
+        int sink = c->sink_blocks < nb ? c->sink_blocks : nb;
+        int fl = nb - c->local_blocks > 0 ? nb - c->local_blocks : 0;
+        if (fl - sink > c->top_k_blocks)
+            return MODE_SPARSE;
+    }
+    return cb->use_cattn ? MODE_CATTN : MODE_GENERIC;
+}
+
+/* Writes the batch description into pinned memory and sends it over.  The
+ * offsets depend only on (T, R, n_seqs, mb), so a captured graph stays
+ * valid while those do. */
 static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *err, size_t errlen)
 {
     int T = b->n_tokens, B = cb->e->attn.block_size;
@@ -407,8 +477,10 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
         n_tab += s->n_blocks;
         max_blocks = s->n_blocks > max_blocks ? s->n_blocks : max_blocks;
     }
-    int want_ptab = cb->use_cattn;
-    size_t need = (size_t)4 * T + R + n_tab + b->n_seqs + (want_ptab ? (size_t)b->n_seqs * max_blocks : 0);
+    int mb = 1;
+    while (mb < max_blocks)
+        mb *= 2;
+    size_t need = (size_t)4 * T + R + b->n_seqs + (size_t)b->n_seqs * mb + n_tab;
     if (need > cb->cap_meta) {
         if (cb->hmeta)
             cudaFreeHost(cb->hmeta);
@@ -416,6 +488,7 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
         cb->hmeta = NULL;
         cb->dmeta = NULL;
         cb->cap_meta = 0;
+        cb->gen++;
         size_t cap = need * 2;
         CU(cudaMallocHost((void **)&cb->hmeta, cap * sizeof(int32_t)));
         if (dmalloc((void **)&cb->dmeta, cap * sizeof(int32_t), err, errlen))
@@ -423,12 +496,11 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
         cb->cap_meta = cap;
     }
     int32_t *h = cb->hmeta;
-    int32_t *tok = h, *pos = h + T, *tab = h + 2 * T, *fin = h + 3 * T, *row = fin + T, *tables = row + R;
-    int32_t *lens = tables + n_tab, *ptab = lens + b->n_seqs;
+    int32_t *tok = h, *pos = h + T, *tab = h + 2 * T, *fin = h + 3 * T, *row = fin + T, *lens = row + R;
+    int32_t *ptab = lens + b->n_seqs, *tables = ptab + (size_t)b->n_seqs * mb;
     memcpy(tok, b->tokens, (size_t)T * sizeof(int32_t));
     int r = 0, nf = 0, off = 0;
     mt->max_ctx = 0;
-    mt->nb_max = 1;
     for (int i = 0; i < b->n_seqs; i++) {
         const engine_seq *s = &b->seqs[i];
         for (int k = 0; k < s->n_new; k++) {
@@ -448,31 +520,84 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
         int ctx = s->n_past + s->n_new;
         lens[i] = ctx;
         mt->max_ctx = ctx > mt->max_ctx ? ctx : mt->max_ctx;
-        int nb = (ctx + B - 1) / B;
-        mt->nb_max = nb > mt->nb_max ? nb : mt->nb_max;
-        if (want_ptab) {
-            memcpy(ptab + (size_t)i * max_blocks, s->blocks, (size_t)s->n_blocks * sizeof(int32_t));
-            for (int k = s->n_blocks; k < max_blocks; k++)
-                ptab[(size_t)i * max_blocks + k] = s->blocks[0];
-        }
+        /* padded copy for the tuned kernels (entries past the end unread) */
+        memcpy(ptab + (size_t)i * mb, s->blocks, (size_t)s->n_blocks * sizeof(int32_t));
+        for (int k = s->n_blocks; k < mb; k++)
+            ptab[(size_t)i * mb + k] = s->blocks[0];
     }
-    /* fin is sized T but only n_fin are used: keep offsets fixed */
     CU(cudaMemcpyAsync(cb->dmeta, h, need * sizeof(int32_t), cudaMemcpyHostToDevice, cb->st));
     int32_t *d = cb->dmeta;
     mt->T = T;
     mt->R = R;
     mt->n_fin = nf;
-    mt->n_tab = n_tab;
     mt->n_seqs = b->n_seqs;
-    mt->max_blocks = max_blocks;
+    mt->mb = mb;
     mt->tok = d + (tok - h);
     mt->pos = d + (pos - h);
     mt->tab = d + (tab - h);
     mt->fin = d + (fin - h);
     mt->row = d + (row - h);
-    mt->tables = d + (tables - h);
     mt->lens = d + (lens - h);
     mt->ptab = d + (ptab - h);
+    mt->tables = d + (tables - h);
+    return 0;
+}
+
+/* Width of the selection lists: every forced and chosen block fits. */
+static int sel_width(const cuda_backend *cb, const meta *mt)
+{
+    const attn_config *c = &cb->e->attn;
+    long long w = (long long)c->sink_blocks + c->top_k_blocks + c->local_blocks;
+    return (int)(w < mt->mb ? w : mt->mb);
+}
+
+static cattn_pool cattn_layer(const cuda_backend *cb, int l)
+{
+    const model *m = &cb->e->m;
+    char *lay = cb->kv + (long long)l * cb->layer_bytes;
+    cattn_pool p;
+    p.k = lay + cb->off_k;
+    p.v = lay + cb->off_v;
+    p.idx = lay + cb->off_idx;
+    p.summ = lay + cb->off_summ;
+    p.k_stride = p.v_stride = p.idx_stride = p.summ_stride = cb->page_bytes;
+    p.n_kv_heads = m->n_kv_heads;
+    p.head_dim = m->head_dim;
+    p.block_size = cb->e->attn.block_size;
+    p.idx_dim = m->idx_dim;
+    p.idx_fp8 = 0;
+    return p;
+}
+
+/* Every buffer the step needs, allocated before any kernel runs (nothing
+ * may be allocated while a graph is being captured). */
+static int reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, const int *modes, char *err,
+                   size_t errlen)
+{
+    const model *m = &cb->e->m;
+    int any_sparse = 0, any_cattn = 0;
+    for (int l = 0; l < m->n_layers; l++) {
+        any_sparse |= modes[l] == MODE_SPARSE;
+        any_cattn |= modes[l] == MODE_CATTN;
+    }
+    size_t c0 = cb->cap_sel, c1 = cb->cap_sc, c2 = cb->cap_ws;
+    if (any_sparse) {
+        size_t rows = (size_t)mt->T * m->n_kv_heads, W = (size_t)sel_width(cb, mt);
+        if (grow((void **)&cb->sel, &cb->cap_sel, rows * W * sizeof(int32_t) + rows * sizeof(int32_t), err, errlen) ||
+            grow((void **)&cb->scores, &cb->cap_sc, rows * mt->mb * sizeof(float), err, errlen))
+            return -1;
+    }
+    if (any_cattn) {
+        cattn_pool p = cattn_layer(cb, 0);
+        int n_dec = 0;
+        for (int i = 0; i < b->n_seqs; i++)
+            n_dec += b->seqs[i].n_new == 1;
+        size_t ws = n_dec ? cattn_decode_ws(&p, n_dec, m->n_heads, mt->mb * cb->e->attn.block_size) : 16;
+        if (grow(&cb->ws, &cb->cap_ws, ws, err, errlen))
+            return -1;
+    }
+    if (cb->cap_sel != c0 || cb->cap_sc != c1 || cb->cap_ws != c2)
+        cb->gen++;
     return 0;
 }
 
@@ -484,14 +609,9 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
     const attn_config *c = &e->attn;
     int Hkv = m->n_kv_heads, D = m->head_dim, hpg = m->n_heads / Hkv;
     char *lay = cb->kv + (long long)l * cb->layer_bytes;
-    int W = 0;
+    int W = sparse ? sel_width(cb, mt) : 0;
+    size_t rows = (size_t)mt->T * Hkv;
     if (sparse) {
-        long long w = (long long)c->sink_blocks + c->top_k_blocks + c->local_blocks;
-        W = (int)(w < mt->nb_max ? w : mt->nb_max);
-        size_t rows = (size_t)mt->T * Hkv;
-        if (grow((void **)&cb->sel, &cb->cap_sel, rows * W * sizeof(int32_t) + rows * sizeof(int32_t), err, errlen) ||
-            grow((void **)&cb->scores, &cb->cap_sc, rows * mt->nb_max * sizeof(float), err, errlen))
-            return -1;
         SelArgs s;
         s.q = cb->q;
         s.iq = cb->iq;
@@ -514,7 +634,7 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
         s.group_sum = c->group_reduce == GROUP_SUM;
         s.min_ctx = c->sparse_min_context;
         s.scores = cb->scores;
-        s.nbmax = mt->nb_max;
+        s.nbmax = mt->mb;
         s.sel = cb->sel;
         s.cnt = cb->sel + rows * W;
         s.W = W;
@@ -540,7 +660,7 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
     a.pb = cb->page_bytes;
     a.B = c->block_size;
     a.sel = sparse ? cb->sel : NULL;
-    a.cnt = sparse ? cb->sel + (size_t)mt->T * Hkv * W : NULL;
+    a.cnt = sparse ? cb->sel + rows * W : NULL;
     a.W = W;
     a.scale = 1.0f / sqrtf((float)D);
     size_t items = (size_t)mt->T * m->n_heads;
@@ -558,20 +678,8 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
 static int attention_cattn(cuda_backend *cb, const engine_batch *b, const meta *mt, int l, char *err,
                            size_t errlen)
 {
-    const engine *e = cb->e;
-    const model *m = &e->m;
-    char *lay = cb->kv + (long long)l * cb->layer_bytes;
-    cattn_pool p;
-    p.k = lay + cb->off_k;
-    p.v = lay + cb->off_v;
-    p.idx = lay + cb->off_idx;
-    p.summ = lay + cb->off_summ;
-    p.k_stride = p.v_stride = p.idx_stride = p.summ_stride = cb->page_bytes;
-    p.n_kv_heads = m->n_kv_heads;
-    p.head_dim = m->head_dim;
-    p.block_size = e->attn.block_size;
-    p.idx_dim = m->idx_dim;
-    p.idx_fp8 = 0;
+    const model *m = &cb->e->m;
+    cattn_pool p = cattn_layer(cb, l);
     int QD = m->n_heads * m->head_dim;
     float scale = 1.0f / sqrtf((float)m->head_dim);
     for (int i = 0; i < b->n_seqs;) {
@@ -579,26 +687,20 @@ static int attention_cattn(cuda_backend *cb, const engine_batch *b, const meta *
         size_t off = (size_t)s->tok_offset * QD * 2;
         int rc;
         if (s->n_new == 1) {
-            int j = i, max_len = 1;
-            while (j < b->n_seqs && b->seqs[j].n_new == 1) {
-                int len = b->seqs[j].n_past + 1;
-                max_len = len > max_len ? len : max_len;
+            int j = i;
+            while (j < b->n_seqs && b->seqs[j].n_new == 1)
                 j++;
-            }
-            size_t ws = cattn_decode_ws(&p, j - i, m->n_heads, max_len);
-            if (grow(&cb->ws, &cb->cap_ws, ws, err, errlen))
-                return -1;
             cattn_batch cbt;
-            cbt.tables = mt->ptab + (size_t)i * mt->max_blocks;
+            cbt.tables = mt->ptab + (size_t)i * mt->mb;
             cbt.lens = mt->lens + i;
-            cbt.table_stride = mt->max_blocks;
+            cbt.table_stride = mt->mb;
             cbt.batch = j - i;
-            cbt.max_len = max_len;
+            cbt.max_len = mt->mb * cb->e->attn.block_size; /* a bound, fixed while mb is */
             rc = cattn_decode(&p, &cbt, m->n_heads, (const char *)cb->q + off, (char *)cb->att + off, scale, cb->ws,
                               cb->cap_ws, cb->st);
             i = j;
         } else {
-            rc = cattn_prefill(&p, mt->ptab + (size_t)i * mt->max_blocks, s->n_new, s->n_past, m->n_heads,
+            rc = cattn_prefill(&p, mt->ptab + (size_t)i * mt->mb, s->n_new, s->n_past, m->n_heads,
                                (const char *)cb->q + off, (char *)cb->att + off, scale, NULL, 0, 0, cb->st);
             i++;
         }
@@ -610,22 +712,18 @@ static int attention_cattn(cuda_backend *cb, const engine_batch *b, const meta *
     return 0;
 }
 
+/* Every kernel and GEMM of one step, on cb->st: no allocation, no host
+ * synchronization, so that it can be captured into a graph. */
 template <typename S>
-static int step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *logits, int32_t *ids, char *err,
-                size_t errlen)
+static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, const int *modes, int want_ids,
+                   char *err, size_t errlen)
 {
     const engine *e = cb->e;
     const model *m = &e->m;
-    int T = b->n_tokens;
-    meta mt;
-    if (ensure_kv(cb, pool, err, errlen) || upload_meta(cb, b, &mt, err, errlen) ||
-        ensure_scratch(cb, T, mt.R, err, errlen))
-        return -1;
-    int E = m->n_embd, D = m->head_dim, QD = m->n_heads * D, F = m->n_ff;
-    const kv_layout *kl = kv_pool_layout(pool);
+    int T = mt->T, E = m->n_embd, D = m->head_dim, QD = m->n_heads * D, F = m->n_ff;
     cudaStream_t st = cb->st;
 
-    embed_kernel<S><<<T, 128, 0, st>>>((const S *)cb->emb, E, mt.tok, cb->x);
+    embed_kernel<S><<<T, 128, 0, st>>>((const S *)cb->emb, E, mt->tok, cb->x);
     LAUNCHED();
     for (int l = 0; l < m->n_layers; l++) {
         const dlayer *d = &cb->L[l];
@@ -638,9 +736,9 @@ static int step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *l
         PostArgs pa;
         pa.qkv = cb->qkv;
         pa.ld = d->nqkv;
-        pa.pos = mt.pos;
-        pa.tab = mt.tab;
-        pa.tables = mt.tables;
+        pa.pos = mt->pos;
+        pa.tab = mt->tab;
+        pa.tables = mt->tables;
         pa.rope_freq = cb->rope_freq;
         pa.rope_dim = m->rope_dim;
         pa.neox = m->rope_neox;
@@ -668,18 +766,17 @@ static int step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *l
         int maxd = D > m->idx_dim ? D : m->idx_dim;
         qkv_post_kernel<S><<<T, 256, (size_t)8 * maxd * sizeof(float), st>>>(pa);
         LAUNCHED();
-        if (kl->summaries) {
-            summary_kernel<S><<<dim3(mt.n_fin, m->n_kv_heads), 128, 0, st>>>(
-                mt.fin, mt.pos, mt.tab, mt.tables, lay + cb->off_k, lay + cb->off_summ, cb->page_bytes,
+        if (cb->off_summ < cb->layer_bytes) {
+            summary_kernel<S><<<dim3(mt->n_fin, m->n_kv_heads), 128, 0, st>>>(
+                mt->fin, mt->pos, mt->tab, mt->tables, lay + cb->off_k, lay + cb->off_summ, cb->page_bytes,
                 e->attn.block_size, D);
             LAUNCHED();
         }
 
-        int sparse = engine_layer_sparse(e, l, mt.max_ctx);
-        if (!sparse && cb->use_cattn) {
-            if (attention_cattn(cb, b, &mt, l, err, errlen))
+        if (modes[l] == MODE_CATTN) {
+            if (attention_cattn(cb, b, mt, l, err, errlen))
                 return -1;
-        } else if (attention_generic<S>(cb, &mt, l, sparse, err, errlen)) {
+        } else if (attention_generic<S>(cb, mt, l, modes[l] == MODE_SPARSE, err, errlen)) {
             return -1;
         }
         /* x += att . Wo^T */
@@ -696,22 +793,113 @@ static int step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *l
         if (gemm(cb, d->wdown, E, F, cb->h, T, cb->x, E, 1.0f, err, errlen))
             return -1;
     }
-
-    if (mt.R) {
-        rmsnorm_kernel<S><<<mt.R, 256, 0, st>>>(cb->x, mt.row, cb->out_norm, E, m->eps, (S *)cb->xl);
+    if (mt->R) {
+        rmsnorm_kernel<S><<<mt->R, 256, 0, st>>>(cb->x, mt->row, cb->out_norm, E, m->eps, (S *)cb->xl);
         LAUNCHED();
-        if (gemm(cb, cb->out, m->n_vocab, E, cb->xl, mt.R, cb->logits, m->n_vocab, 0.0f, err, errlen))
+        if (gemm(cb, cb->out, m->n_vocab, E, cb->xl, mt->R, cb->logits, m->n_vocab, 0.0f, err, errlen))
             return -1;
-        if (ids) {
-            argmax_kernel<<<mt.R, 256, 0, st>>>(cb->logits, m->n_vocab, cb->ids);
+        if (want_ids) {
+            argmax_kernel<<<mt->R, 256, 0, st>>>(cb->logits, m->n_vocab, cb->ids);
             LAUNCHED();
-            CU(cudaMemcpyAsync(ids, cb->ids, (size_t)mt.R * sizeof(int32_t), cudaMemcpyDeviceToHost, st));
         }
-        if (logits)
-            CU(cudaMemcpyAsync(logits, cb->logits, (size_t)mt.R * m->n_vocab * sizeof(float),
-                               cudaMemcpyDeviceToHost, st));
     }
-    CU(cudaStreamSynchronize(st));
+    return 0;
+}
+
+/* ---- decode graphs ---------------------------------------------------------- */
+
+/* A captured step is valid for the same shape, layer modes and buffers. */
+static int graph_key_eq(const graph_slot *g, const meta *mt, const int *modes, int n_layers, int want_ids,
+                        unsigned gen)
+{
+    if (!g->exec || g->T != mt->T || g->R != mt->R || g->n_seqs != mt->n_seqs || g->mb != mt->mb ||
+        g->want_ids != want_ids || g->gen != gen)
+        return 0;
+    for (int l = 0; l < n_layers; l++)
+        if (g->modes[l] != (unsigned char)modes[l])
+            return 0;
+    return 1;
+}
+
+template <typename S>
+static int run_graph(cuda_backend *cb, const engine_batch *b, const meta *mt, const int *modes, int want_ids,
+                     char *err, size_t errlen)
+{
+    int L = cb->e->m.n_layers;
+    graph_slot *slot = NULL, *lru = &cb->graphs[0];
+    for (int i = 0; i < N_GRAPHS; i++) {
+        graph_slot *g = &cb->graphs[i];
+        if (graph_key_eq(g, mt, modes, L, want_ids, cb->gen)) {
+            slot = g;
+            break;
+        }
+        if (g->used < lru->used)
+            lru = g;
+    }
+    if (!slot) {
+        slot = lru;
+        if (slot->exec)
+            cudaGraphExecDestroy(slot->exec);
+        slot->exec = NULL;
+        CU(cudaStreamBeginCapture(cb->st, cudaStreamCaptureModeRelaxed));
+        int rc = forward<S>(cb, b, mt, modes, want_ids, err, errlen);
+        cudaGraph_t g = NULL;
+        cudaError_t ce = cudaStreamEndCapture(cb->st, &g);
+        if (rc || ce != cudaSuccess) {
+            if (g)
+                cudaGraphDestroy(g);
+            if (!rc)
+                snprintf(err, errlen, "cuda: graph capture failed: %s", cudaGetErrorString(ce));
+            return -1;
+        }
+        ce = cudaGraphInstantiate(&slot->exec, g, 0);
+        cudaGraphDestroy(g);
+        if (ce != cudaSuccess) {
+            slot->exec = NULL;
+            snprintf(err, errlen, "cuda: graph instantiation failed: %s", cudaGetErrorString(ce));
+            return -1;
+        }
+        slot->T = mt->T;
+        slot->R = mt->R;
+        slot->n_seqs = mt->n_seqs;
+        slot->mb = mt->mb;
+        slot->want_ids = want_ids;
+        slot->gen = cb->gen;
+        for (int l = 0; l < L; l++)
+            slot->modes[l] = (unsigned char)modes[l];
+        cb->n_captures++;
+    }
+    slot->used = ++cb->clock;
+    CU(cudaGraphLaunch(slot->exec, cb->st));
+    return 0;
+}
+
+template <typename S>
+static int step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *logits, int32_t *ids, char *err,
+                size_t errlen)
+{
+    const model *m = &cb->e->m;
+    meta mt;
+    if (ensure_kv(cb, pool, err, errlen) || upload_meta(cb, b, &mt, err, errlen) ||
+        ensure_scratch(cb, b->n_tokens, mt.R, err, errlen))
+        return -1;
+    for (int l = 0; l < m->n_layers; l++)
+        cb->modes[l] = layer_mode(cb, l, mt.max_ctx);
+    if (reserve(cb, b, &mt, cb->modes, err, errlen))
+        return -1;
+    int want_ids = ids != NULL;
+    /* decode steps (one token per sequence) replay a captured graph */
+    int rc = cb->use_graphs && mt.T == mt.n_seqs
+                 ? run_graph<S>(cb, b, &mt, cb->modes, want_ids, err, errlen)
+                 : forward<S>(cb, b, &mt, cb->modes, want_ids, err, errlen);
+    if (rc)
+        return -1;
+    if (mt.R && ids)
+        CU(cudaMemcpyAsync(ids, cb->ids, (size_t)mt.R * sizeof(int32_t), cudaMemcpyDeviceToHost, cb->st));
+    if (mt.R && logits)
+        CU(cudaMemcpyAsync(logits, cb->logits, (size_t)mt.R * m->n_vocab * sizeof(float), cudaMemcpyDeviceToHost,
+                           cb->st));
+    CU(cudaStreamSynchronize(cb->st));
     CU(cudaGetLastError());
     return mt.R;
 }
@@ -722,3 +910,5 @@ int cuda_backend_step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, fl
     return cb->f32 ? step<float>(cb, pool, b, logits, ids, err, errlen)
                    : step<bf16>(cb, pool, b, logits, ids, err, errlen);
 }
+
+int cuda_backend_graph_captures(const cuda_backend *cb) { return cb->n_captures; }

@@ -1,0 +1,626 @@
+/* attn_prefill: paged prefill kernels.
+ *
+ * prefill_kernel: causal flash-attention 2 over paged K/V.  A CTA owns 128
+ * query tokens of one head (4 warps x 32 rows); 64-key K/V tiles stream
+ * through a cp.async double buffer.  With a block list it visits only the
+ * listed blocks (block-sparse prefill with a mask shared by a query block).
+ *
+ * MSA prefill runs in two stages:
+ *  1. msa_select_kernel: per 64 new tokens x 4 groups (256 rows, one per
+ *     thread), index scores iq . ik on tensor cores for every earlier
+ *     block, max-pooled per block in registers and folded into a running
+ *     per-row top-k in shared memory.  No score matrix reaches memory.
+ *  2. KV-block outer sparse attention over a chunk of tokens: bucket the
+ *     (token, slot) pairs of the chunk by selected block, let one CTA per
+ *     (block, group) load the block's K/V once and run every query that
+ *     chose it (two tokens x 16 heads per warp), write a normalised partial
+ *     per (token, slot, head); a last kernel merges the partials by their
+ *     log-sum-exp.
+ */
+#include <climits>
+
+#include "attn_util.cuh"
+#include "cuda_attn.h"
+
+/* ---- dense / block-list prefill ------------------------------------------- */
+
+#define PF_ROWS 128
+#define PF_KT 64
+#define PF_STAGE_BYTES (2 * PF_KT * 256)
+#define PF_SMEM (PF_ROWS * 256 + 2 * PF_STAGE_BYTES)
+#define PF_MAX_LIST 512
+
+struct PfArgs {
+    const bf16 *q;
+    bf16 *out;
+    const char *k, *v;
+    long long k_stride, v_stride;
+    const int32_t *table;
+    int n_q, q_pos0, n_heads, n_kv, ratio, B;
+    const int32_t *blist;
+    int blist_w, blist_per_kvh;
+    float scale_log2;
+};
+
+static __device__ __forceinline__ void pf_load(const PfArgs &a, int kvh, int key0, int kv_len, uint32_t dst)
+{
+    long long page = a.table[key0 / a.B];
+    int off = key0 % a.B;
+    const char *kp = a.k + page * a.k_stride + (long long)(kvh * a.B + off) * 256;
+    const char *vp = a.v + page * a.v_stride + (long long)(kvh * a.B + off) * 256;
+#pragma unroll
+    for (int i = 0; i < PF_KT * 16 / 128; i++) {
+        int c = threadIdx.x + 128 * i;
+        int r = c >> 4, ch = c & 15;
+        bool ok = key0 + r < kv_len;
+        cp16(dst + swz(r, ch), kp + r * 256 + ch * 16, ok);
+        cp16(dst + PF_KT * 256 + swz(r, ch), vp + r * 256 + ch * 16, ok);
+    }
+}
+
+__global__ void __launch_bounds__(128) prefill_kernel(PfArgs a)
+{
+    extern __shared__ __align__(128) unsigned char smem[];
+    __shared__ int s_list[PF_MAX_LIST];
+    __shared__ int s_n;
+    const int qt = gridDim.x - 1 - blockIdx.x; /* longest rows first */
+    const int h = blockIdx.y, kvh = h / a.ratio;
+    const int q0 = qt * PF_ROWS;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const uint32_t qs = smem_u32(smem), kvs = qs + PF_ROWS * 256;
+    const int kv_len = a.q_pos0 + a.n_q;
+    const int p_lo = a.q_pos0 + q0, p_hi = a.q_pos0 + min(q0 + PF_ROWS, a.n_q) - 1;
+
+    for (int c = threadIdx.x; c < PF_ROWS * 16; c += 128) {
+        int r = c >> 4, ch = c & 15, tok = q0 + r;
+        bool ok = tok < a.n_q;
+        cp16(qs + swz(r, ch), a.q + ((long long)(ok ? tok : 0) * a.n_heads + h) * 128 + ch * 8, ok);
+    }
+    cp_commit();
+
+    int n_tiles;
+    if (a.blist) {
+        if (threadIdx.x == 0) {
+            const int32_t *row = a.blist + ((long long)qt * (a.blist_per_kvh ? a.n_kv : 1) +
+                                            (a.blist_per_kvh ? kvh : 0)) * a.blist_w;
+            int n = 0;
+            for (int i = 0; i < a.blist_w; i++)
+                if (row[i] >= 0 && row[i] * a.B <= p_hi) s_list[n++] = row[i];
+            s_n = n;
+        }
+        __syncthreads();
+        n_tiles = 2 * s_n;
+    } else {
+        n_tiles = (p_hi + PF_KT) / PF_KT;
+    }
+#define PF_KEY0(it) (a.blist ? s_list[(it) >> 1] * a.B + ((it) & 1) * PF_KT : (it) * PF_KT)
+
+    AttnState st;
+    attn_state_init(st);
+    int rowpos[2][2];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) rowpos[mt][hh] = p_lo + warp * 32 + mt * 16 + (lane >> 2) + 8 * hh;
+
+    if (n_tiles > 0) pf_load(a, kvh, PF_KEY0(0), kv_len, kvs);
+    cp_commit();
+    for (int it = 0; it < n_tiles; it++) {
+        if (it + 1 < n_tiles) pf_load(a, kvh, PF_KEY0(it + 1), kv_len, kvs + ((it + 1) & 1) * PF_STAGE_BYTES);
+        cp_commit();
+        cp_wait<1>();
+        __syncthreads();
+        const int key0 = PF_KEY0(it);
+        const uint32_t ks = kvs + (it & 1) * PF_STAGE_BYTES;
+        attn_tile64(st, qs + warp * 32 * 256, ks, ks + PF_KT * 256, key0, key0 + PF_KT - 1 > p_lo, rowpos,
+                    a.scale_log2);
+        __syncthreads();
+    }
+#undef PF_KEY0
+    cp_wait<0>();
+    attn_state_finish(st);
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            int tok = q0 + warp * 32 + mt * 16 + (lane >> 2) + 8 * hh;
+            if (tok >= a.n_q) continue;
+            float inv = st.l[mt][hh] > 0.f ? 1.f / st.l[mt][hh] : 0.f;
+            uint32_t *op = (uint32_t *)(a.out + ((long long)tok * a.n_heads + h) * 128 + 2 * (lane & 3));
+#pragma unroll
+            for (int n = 0; n < 16; n++)
+                op[4 * n] = pack_bf16(st.o[mt][n][2 * hh] * inv, st.o[mt][n][2 * hh + 1] * inv);
+        }
+}
+
+/* ---- MSA stage 1: fused index scoring, block max and top-k ---------------- */
+
+#define IX_TOK 64
+#define IX_STAGE_BYTES (128 * 256)
+
+struct IxArgs {
+    const bf16 *iq;
+    const char *idx;
+    long long istride;
+    const int32_t *table;
+    int n_q, q_pos0, B, top_k, local;
+    int32_t *sel;
+};
+
+static __device__ __forceinline__ void ix_load(const IxArgs &a, int kb, uint32_t dst)
+{
+    const char *src = a.idx + (long long)a.table[kb] * a.istride;
+#pragma unroll
+    for (int i = 0; i < 128 * 16 / 256; i++) {
+        int c = threadIdx.x + 256 * i;
+        cp16(dst + swz(c >> 4, c & 15), src + c * 16);
+    }
+}
+
+__global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
+{
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int tile = gridDim.x - 1 - blockIdx.x; /* most blocks first */
+    const int t0 = tile * IX_TOK;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = warp >> 1, th = warp & 1;
+
+    /* this warp's 32 rows (tokens t0+th*32.., group g) as A fragments */
+    uint32_t qa[2][8][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++) {
+        int rlo = t0 + th * 32 + mt * 16 + (lane >> 2), rhi = rlo + 8;
+        const bf16 *plo = a.iq + ((long long)rlo * 4 + g) * 128;
+        const bf16 *phi = a.iq + ((long long)rhi * 4 + g) * 128;
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) {
+            int c = 16 * kk + 2 * (lane & 3);
+            qa[mt][kk][0] = rlo < a.n_q ? *(const uint32_t *)(plo + c) : 0u;
+            qa[mt][kk][1] = rhi < a.n_q ? *(const uint32_t *)(phi + c) : 0u;
+            qa[mt][kk][2] = rlo < a.n_q ? *(const uint32_t *)(plo + c + 8) : 0u;
+            qa[mt][kk][3] = rhi < a.n_q ? *(const uint32_t *)(phi + c + 8) : 0u;
+        }
+    }
+    /* the row this thread keeps the top list of */
+    const int my_mt = (lane & 3) >> 1, my_hh = lane & 1;
+    const int my_tok = t0 + th * 32 + my_mt * 16 + (lane >> 2) + 8 * my_hh;
+    const int my_pos = a.q_pos0 + my_tok;
+    const int my_cand = my_tok < a.n_q ? max(0, my_pos / a.B - a.local + 1) : 0;
+    const int last = min(t0 + IX_TOK, a.n_q) - 1;
+    const int nb = max(0, (a.q_pos0 + last) / a.B - a.local + 1);
+
+    float *ls = (float *)(smem + 2 * IX_STAGE_BYTES);
+    int *li = (int *)(ls + a.top_k * 256);
+    const int col = threadIdx.x;
+    int cnt = 0;
+    float thr = NEG_INF;
+
+    const uint32_t base = smem_u32(smem);
+    const int k_row = (lane >> 4) * 8 + (lane & 7), k_cb = (lane >> 3) & 1;
+    if (nb > 0) ix_load(a, 0, base);
+    cp_commit();
+    for (int kb = 0; kb < nb; kb++) {
+        if (kb + 1 < nb) ix_load(a, kb + 1, base + ((kb + 1) & 1) * IX_STAGE_BYTES);
+        cp_commit();
+        cp_wait<1>();
+        __syncthreads();
+        const uint32_t ks = base + (kb & 1) * IX_STAGE_BYTES;
+        float bm[2][2] = {{NEG_INF, NEG_INF}, {NEG_INF, NEG_INF}};
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            float acc[2][8][4];
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int n = 0; n < 8; n++) acc[mt][n][0] = acc[mt][n][1] = acc[mt][n][2] = acc[mt][n][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < 8; kk++) {
+#pragma unroll
+                for (int np = 0; np < 4; np++) {
+                    uint32_t b[4];
+                    ldsm4(b, ks + swz(64 * half + 16 * np + k_row, 2 * kk + k_cb));
+                    mma16816(acc[0][2 * np], qa[0][kk], b[0], b[1]);
+                    mma16816(acc[0][2 * np + 1], qa[0][kk], b[2], b[3]);
+                    mma16816(acc[1][2 * np], qa[1][kk], b[0], b[1]);
+                    mma16816(acc[1][2 * np + 1], qa[1][kk], b[2], b[3]);
+                }
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int n = 0; n < 8; n++) {
+                    bm[mt][0] = fmaxf(bm[mt][0], fmaxf(acc[mt][n][0], acc[mt][n][1]));
+                    bm[mt][1] = fmaxf(bm[mt][1], fmaxf(acc[mt][n][2], acc[mt][n][3]));
+                }
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++) {
+                bm[mt][hh] = fmaxf(bm[mt][hh], __shfl_xor_sync(0xffffffffu, bm[mt][hh], 1));
+                bm[mt][hh] = fmaxf(bm[mt][hh], __shfl_xor_sync(0xffffffffu, bm[mt][hh], 2));
+            }
+        float v = my_mt ? (my_hh ? bm[1][1] : bm[1][0]) : (my_hh ? bm[0][1] : bm[0][0]);
+        if (a.top_k > 0 && kb < my_cand && v > thr) {
+            int pos = cnt < a.top_k ? cnt : a.top_k - 1;
+            while (pos > 0 && ls[(pos - 1) * 256 + col] < v) {
+                ls[pos * 256 + col] = ls[(pos - 1) * 256 + col];
+                li[pos * 256 + col] = li[(pos - 1) * 256 + col];
+                pos--;
+            }
+            ls[pos * 256 + col] = v;
+            li[pos * 256 + col] = kb;
+            if (cnt < a.top_k) cnt++;
+            thr = cnt == a.top_k ? ls[(a.top_k - 1) * 256 + col] : NEG_INF;
+        }
+        __syncthreads();
+    }
+    cp_wait<0>();
+    if (my_tok < a.n_q) {
+        const int W = a.top_k + a.local;
+        int32_t *o = a.sel + ((long long)my_tok * 4 + g) * W;
+        for (int i = 0; i < a.top_k; i++) o[i] = i < cnt ? li[i * 256 + col] : -1;
+        for (int l = 0; l < a.local; l++) {
+            int blk = my_pos / a.B - a.local + 1 + l;
+            o[a.top_k + l] = blk >= 0 ? blk : -1;
+        }
+    }
+}
+
+/* ---- MSA stage 2: KV-block outer sparse attention -------------------------- */
+
+__global__ void sp_count_kernel(const int32_t *sel, long long n, int W, int nblk, int *cnt)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int b = sel[i];
+    if (b >= 0) atomicAdd(&cnt[(int)((i / W) & 3) * nblk + b], 1);
+}
+
+__global__ void sp_fill_kernel(const int32_t *sel, long long n, int W, int nblk, int *fill, int *list)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int b = sel[i];
+    if (b < 0) return;
+    int pos = atomicAdd(&fill[(int)((i / W) & 3) * nblk + b], 1);
+    list[pos] = (int)(i / (4 * W)) * 64 + (int)(i % W);
+}
+
+/* Exclusive scan of cnt into off and fill (one CTA of 1024 threads). */
+__global__ void __launch_bounds__(1024) sp_scan_kernel(const int *cnt, int *off, int *fill, int n)
+{
+    __shared__ int part[1024];
+    const int per = (n + 1023) / 1024;
+    const int lo = threadIdx.x * per, hi = min(n, lo + per);
+    int s = 0;
+    for (int i = lo; i < hi; i++) s += cnt[i];
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (int x = 1; x < 1024; x <<= 1) {
+        int v = threadIdx.x >= x ? part[threadIdx.x - x] : 0;
+        __syncthreads();
+        part[threadIdx.x] += v;
+        __syncthreads();
+    }
+    int run = part[threadIdx.x] - s;
+    for (int i = lo; i < hi; i++) {
+        off[i] = fill[i] = run;
+        run += cnt[i];
+    }
+}
+
+#define SP_WARPS 4
+#define SP_SMEM (2 * 128 * 256 + SP_WARPS * 32 * 256)
+
+struct SpArgs {
+    const bf16 *q;
+    const char *k, *v;
+    long long k_stride, v_stride;
+    const int32_t *table;
+    const int *cnt, *off, *list;
+    float *plse;
+    bf16 *part;
+    int c0, q_pos0, n_heads, ratio, B, W, nblk;
+    float scale_log2;
+};
+
+__global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
+{
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int blk = blockIdx.x, g = blockIdx.y;
+    const int n = a.cnt[g * a.nblk + blk];
+    if (n == 0) return;
+    const int *items = a.list + a.off[g * a.nblk + blk];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const uint32_t ks = smem_u32(smem), vs = ks + 128 * 256, qw = vs + 128 * 256 + warp * 32 * 256;
+
+    {
+        long long page = a.table[blk];
+        const char *kp = a.k + page * a.k_stride + (long long)g * a.B * 256;
+        const char *vp = a.v + page * a.v_stride + (long long)g * a.B * 256;
+        for (int c = threadIdx.x; c < 128 * 16; c += SP_WARPS * 32) {
+            cp16(ks + swz(c >> 4, c & 15), kp + c * 16);
+            cp16(vs + swz(c >> 4, c & 15), vp + c * 16);
+        }
+        cp_commit();
+        cp_wait<0>();
+        __syncthreads();
+    }
+
+    for (int ip = warp; 2 * ip < n; ip += SP_WARPS) {
+        int it[2], tok[2];
+        bool ok[2];
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            ok[j] = 2 * ip + j < n;
+            it[j] = ok[j] ? items[2 * ip + j] : items[2 * ip];
+            tok[j] = a.c0 + (it[j] >> 6);
+        }
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            int c = lane + 32 * i;
+            int r = c >> 4, ch = c & 15, j = r >> 4, hd = r & 15;
+            bool v = ok[j] && hd < a.ratio;
+            const bf16 *src = a.q + ((long long)tok[j] * a.n_heads + g * a.ratio + (v ? hd : 0)) * 128 + ch * 8;
+            cp16(qw + swz(r, ch), src, v);
+        }
+        cp_commit();
+        cp_wait<0>();
+        __syncwarp();
+
+        int rowpos[2][2];
+        bool need_mask = false;
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            int pos = a.q_pos0 + tok[j];
+            bool diag = pos / a.B == blk;
+            need_mask |= diag;
+            rowpos[j][0] = rowpos[j][1] = diag ? pos : INT_MAX;
+        }
+        AttnState st;
+        attn_state_init(st);
+#pragma unroll 1
+        for (int sub = 0; sub < 4; sub++)
+            attn_tile32(st, qw, ks + sub * 32 * 256, vs + sub * 32 * 256, blk * a.B + 32 * sub, need_mask, rowpos,
+                        a.scale_log2);
+        attn_state_finish(st);
+
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            if (!ok[j]) continue;
+            long long prow0 = ((long long)(it[j] >> 6) * 4 + g) * a.W + (it[j] & 63);
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++) {
+                int hd = (lane >> 2) + 8 * hh;
+                if (hd >= a.ratio) continue;
+                long long prow = prow0 * a.ratio + hd;
+                float l = st.l[j][hh];
+                float inv = 1.f / l;
+                uint32_t *op = (uint32_t *)(a.part + prow * 128 + 2 * (lane & 3));
+#pragma unroll
+                for (int nn = 0; nn < 16; nn++)
+                    op[4 * nn] = pack_bf16(st.o[j][nn][2 * hh] * inv, st.o[j][nn][2 * hh + 1] * inv);
+                if ((lane & 3) == 0) a.plse[prow] = st.m[j][hh] + log2f(l);
+            }
+        }
+        __syncwarp();
+    }
+}
+
+/* One warp per (token, head): merges the token's selected-block partials. */
+__global__ void __launch_bounds__(256) sp_combine_kernel(const int32_t *sel, const float *plse, const bf16 *part,
+                                                         int c0, int n_tok, int n_heads, int ratio, int W,
+                                                         bf16 *out)
+{
+    const long long wid = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (wid >= (long long)n_tok * n_heads) return;
+    const int tl = (int)(wid / n_heads), head = (int)(wid % n_heads);
+    const int g = head / ratio, hd = head % ratio;
+    const int32_t *s = sel + ((long long)(c0 + tl) * 4 + g) * W;
+    const long long prow0 = ((long long)tl * 4 + g) * W;
+    float M = NEG_INF;
+    for (int j = 0; j < W; j++)
+        if (s[j] >= 0) M = fmaxf(M, plse[(prow0 + j) * ratio + hd]);
+    float acc[4] = {0.f, 0.f, 0.f, 0.f}, wsum = 0.f;
+    for (int j = 0; j < W; j++) {
+        if (s[j] < 0) continue;
+        long long prow = (prow0 + j) * ratio + hd;
+        float w = exp2f(plse[prow] - M);
+        uint2 v = *(const uint2 *)(part + prow * 128 + 4 * lane);
+        wsum += w;
+        acc[0] += w * bf_lo(v.x);
+        acc[1] += w * bf_hi(v.x);
+        acc[2] += w * bf_lo(v.y);
+        acc[3] += w * bf_hi(v.y);
+    }
+    float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+    uint2 r;
+    r.x = pack_bf16(acc[0] * inv, acc[1] * inv);
+    r.y = pack_bf16(acc[2] * inv, acc[3] * inv);
+    *(uint2 *)(out + ((long long)(c0 + tl) * n_heads + head) * 128 + 4 * lane) = r;
+}
+
+/* ---- host side ------------------------------------------------------------ */
+
+static size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+extern "C" int cattn_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, int n_heads,
+                             const void *q, void *out, float scale, const int32_t *blist, int blist_w,
+                             int blist_kvh_stride, void *stream)
+{
+    static int attr_done = 0;
+    if (!p || !table || n_q <= 0 || q_pos0 < 0 || n_heads <= 0 || p->n_kv_heads <= 0 || n_heads % p->n_kv_heads)
+        return CATTN_EINVAL;
+    if (p->head_dim != 128 || p->block_size < 64 || p->block_size % 64) return CATTN_ESHAPE;
+    if (blist && (p->block_size != 128 || q_pos0 % 128 || blist_w <= 0 || blist_w > PF_MAX_LIST))
+        return CATTN_ESHAPE;
+    if (!attr_done) {
+        CUDA_TRY(cudaFuncSetAttribute(prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, PF_SMEM));
+        attr_done = 1;
+    }
+    PfArgs a;
+    a.q = (const bf16 *)q;
+    a.out = (bf16 *)out;
+    a.k = (const char *)p->k;
+    a.v = (const char *)p->v;
+    a.k_stride = p->k_stride;
+    a.v_stride = p->v_stride;
+    a.table = table;
+    a.n_q = n_q;
+    a.q_pos0 = q_pos0;
+    a.n_heads = n_heads;
+    a.n_kv = p->n_kv_heads;
+    a.ratio = n_heads / p->n_kv_heads;
+    a.B = p->block_size;
+    a.blist = blist;
+    a.blist_w = blist_w;
+    a.blist_per_kvh = blist_kvh_stride != 0;
+    a.scale_log2 = scale * LOG2E_F;
+    dim3 grid((n_q + PF_ROWS - 1) / PF_ROWS, n_heads);
+    prefill_kernel<<<grid, 128, PF_SMEM, (cudaStream_t)stream>>>(a);
+    CUDA_TRY(cudaGetLastError());
+    return 0;
+}
+
+static int msa_check(const cattn_pool *p, int n_q, int q_pos0, int n_heads, int top_k, int local)
+{
+    if (!p || n_q <= 0 || q_pos0 < 0 || top_k < 0 || local < 1 || top_k + local > 64 || n_heads <= 0)
+        return CATTN_EINVAL;
+    if (p->n_kv_heads != 4 || p->head_dim != 128 || p->block_size != 128 || p->idx_dim != 128 || p->idx_fp8 ||
+        n_heads % 4 || n_heads / 4 > 16 || top_k > 32)
+        return CATTN_ESHAPE;
+    return 0;
+}
+
+extern "C" int cattn_msa_select_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0,
+                                        const void *iq, int top_k, int local, int32_t *sel, void *stream)
+{
+    int rc = msa_check(p, n_q, q_pos0, 4, top_k, local);
+    if (rc) return rc;
+    if (!table || !iq || !sel || !p->idx) return CATTN_EINVAL;
+    static int attr_done = 0;
+    size_t smem = 2 * IX_STAGE_BYTES + (size_t)(top_k > 0 ? top_k : 1) * 256 * 8;
+    if (!attr_done) {
+        CUDA_TRY(cudaFuncSetAttribute(msa_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      2 * IX_STAGE_BYTES + 32 * 256 * 8));
+        attr_done = 1;
+    }
+    IxArgs a;
+    a.iq = (const bf16 *)iq;
+    a.idx = (const char *)p->idx;
+    a.istride = p->idx_stride;
+    a.table = table;
+    a.n_q = n_q;
+    a.q_pos0 = q_pos0;
+    a.B = p->block_size;
+    a.top_k = top_k;
+    a.local = local;
+    a.sel = sel;
+    msa_select_kernel<<<(n_q + IX_TOK - 1) / IX_TOK, 256, smem, (cudaStream_t)stream>>>(a);
+    CUDA_TRY(cudaGetLastError());
+    return 0;
+}
+
+/* Workspace of stage 2 for a chunk of `chunk` tokens. */
+static size_t sp_ws(int nblk, int W, int ratio, long long chunk, size_t *off)
+{
+    size_t o = 0;
+    off[0] = o; o += al256((size_t)4 * nblk * sizeof(int));       /* cnt */
+    off[1] = o; o += al256((size_t)4 * nblk * sizeof(int));       /* off */
+    off[2] = o; o += al256((size_t)4 * nblk * sizeof(int));       /* fill */
+    off[3] = o; o += al256((size_t)chunk * 4 * W * sizeof(int));  /* list */
+    off[4] = o; o += al256((size_t)chunk * 4 * W * ratio * sizeof(float));
+    off[5] = o; o += al256((size_t)chunk * 4 * W * ratio * 128 * sizeof(bf16));
+    return o;
+}
+
+extern "C" size_t cattn_msa_prefill_ws(const cattn_pool *p, int n_q, int q_pos0, int n_heads, int top_k, int local,
+                                       int chunk)
+{
+    size_t off[6];
+    int nblk = (q_pos0 + n_q + p->block_size - 1) / p->block_size;
+    if (chunk < 128) chunk = 128;
+    return sp_ws(nblk, top_k + local, n_heads / 4, chunk, off);
+}
+
+extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0,
+                                        int n_heads, const void *q, void *out, float scale, int n_sel,
+                                        const int32_t *sel, void *ws, size_t ws_bytes, void *stream)
+{
+    static int attr_done = 0;
+    int rc = msa_check(p, n_q, q_pos0, n_heads, 0, 1);
+    if (rc) return rc;
+    if (!table || !q || !out || !sel || n_sel < 1 || n_sel > 64) return CATTN_EINVAL;
+    cudaStream_t st = (cudaStream_t)stream;
+    if (!attr_done) {
+        CUDA_TRY(cudaFuncSetAttribute(sp_attn_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SP_SMEM));
+        attr_done = 1;
+    }
+    const int B = p->block_size, W = n_sel, ratio = n_heads / 4;
+    const int nblk = (q_pos0 + n_q + B - 1) / B;
+    size_t off[6];
+    /* largest chunk (multiple of 128 tokens) the workspace holds */
+    size_t fixed = sp_ws(nblk, W, ratio, 0, off);
+    size_t per_tok = sp_ws(nblk, W, ratio, 128, off) - fixed;
+    if (ws_bytes < fixed + per_tok) return CATTN_EWORKSPACE;
+    long long chunk = (long long)((ws_bytes - fixed) / per_tok) * 128;
+    while (chunk > 128 && sp_ws(nblk, W, ratio, chunk, off) > ws_bytes) chunk -= 128;
+    if (chunk > n_q) chunk = n_q;
+    sp_ws(nblk, W, ratio, chunk, off);
+    char *w = (char *)ws;
+    int *cnt = (int *)(w + off[0]), *offs = (int *)(w + off[1]), *fill = (int *)(w + off[2]);
+    int *list = (int *)(w + off[3]);
+
+    SpArgs a;
+    a.q = (const bf16 *)q;
+    a.k = (const char *)p->k;
+    a.v = (const char *)p->v;
+    a.k_stride = p->k_stride;
+    a.v_stride = p->v_stride;
+    a.table = table;
+    a.cnt = cnt;
+    a.off = offs;
+    a.list = list;
+    a.plse = (float *)(w + off[4]);
+    a.part = (bf16 *)(w + off[5]);
+    a.q_pos0 = q_pos0;
+    a.n_heads = n_heads;
+    a.ratio = ratio;
+    a.B = B;
+    a.W = W;
+    a.scale_log2 = scale * LOG2E_F;
+    for (int c0 = 0; c0 < n_q; c0 += (int)chunk) {
+        int c1 = (int)(c0 + chunk < n_q ? c0 + chunk : n_q);
+        int nb = (q_pos0 + c1 + B - 1) / B; /* blocks this chunk can select */
+        long long n = (long long)(c1 - c0) * 4 * W;
+        const int32_t *s = sel + (long long)c0 * 4 * W;
+        CUDA_TRY(cudaMemsetAsync(cnt, 0, (size_t)4 * nb * sizeof(int), st));
+        int nthr = 256;
+        long long nblocks = (n + nthr - 1) / nthr;
+        sp_count_kernel<<<(unsigned)nblocks, nthr, 0, st>>>(s, n, W, nb, cnt);
+        sp_scan_kernel<<<1, 1024, 0, st>>>(cnt, offs, fill, 4 * nb);
+        sp_fill_kernel<<<(unsigned)nblocks, nthr, 0, st>>>(s, n, W, nb, fill, list);
+        a.c0 = c0;
+        a.nblk = nb;
+        sp_attn_kernel<<<dim3(nb, 4), SP_WARPS * 32, SP_SMEM, st>>>(a);
+        long long warps = (long long)(c1 - c0) * n_heads;
+        sp_combine_kernel<<<(unsigned)((warps * 32 + 255) / 256), 256, 0, st>>>(sel, a.plse, a.part, c0, c1 - c0,
+                                                                               n_heads, ratio, W, (bf16 *)out);
+        CUDA_TRY(cudaGetLastError());
+    }
+    return 0;
+}
+
+extern "C" int cattn_msa_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, int n_heads,
+                                 const void *q, const void *iq, void *out, float scale, int top_k, int local,
+                                 int32_t *sel, void *ws, size_t ws_bytes, void *stream)
+{
+    int rc = msa_check(p, n_q, q_pos0, n_heads, top_k, local);
+    if (rc) return rc;
+    rc = cattn_msa_select_prefill(p, table, n_q, q_pos0, iq, top_k, local, sel, stream);
+    if (rc) return rc;
+    return cattn_msa_attend_prefill(p, table, n_q, q_pos0, n_heads, q, out, scale, top_k + local, sel, ws, ws_bytes,
+                                    stream);
+}

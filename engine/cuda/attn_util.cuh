@@ -1,0 +1,240 @@
+/* attn_util: device helpers shared by the attention kernels (private to
+ * engine/cuda).  Tensor-core tiles use mma.sync m16n8k16 bf16 with fp32
+ * accumulators; operands reach registers through ldmatrix from shared
+ * memory tiles of 128-element (256-byte) rows, XOR-swizzled in 16-byte
+ * chunks so that eight rows read at one column hit eight different banks.
+ */
+#ifndef SPARSED_ATTN_UTIL_CUH
+#define SPARSED_ATTN_UTIL_CUH
+
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+#define NEG_INF (-__int_as_float(0x7f800000))
+#define LOG2E_F 1.4426950408889634f
+
+/* ---- shared memory, async copies ---------------------------------------- */
+
+static __device__ __forceinline__ uint32_t smem_u32(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* Copies 16 bytes; when !valid the destination is zero-filled and nothing is
+ * read (src must still be a mapped address). */
+static __device__ __forceinline__ void cp16(uint32_t dst, const void *src, bool valid = true)
+{
+    int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+static __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N> static __device__ __forceinline__ void cp_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* Byte offset of 16-byte chunk c (0..15) of row r in a swizzled 256-byte-row tile. */
+static __device__ __forceinline__ uint32_t swz(int r, int c)
+{
+    return (uint32_t)(r * 256 + ((c ^ (r & 7)) << 4));
+}
+
+/* ---- tensor core ---------------------------------------------------------- */
+
+static __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], uint32_t addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+static __device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], uint32_t addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+static __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+static __device__ __forceinline__ float bf_lo(uint32_t v) { return __uint_as_float(v << 16); }
+static __device__ __forceinline__ float bf_hi(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
+
+/* Two e4m3 bytes (low half of v) to two floats. */
+static __device__ __forceinline__ float2 e4m3x2_to_f2(uint16_t v)
+{
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)v, __NV_E4M3);
+    return __half22float2(*reinterpret_cast<__half2 *>(&h));
+}
+
+/* ---- a warp's 32 query rows against K/V tiles ------------------------------
+ * Q: 32 rows (two m16 tiles) in a swizzled tile at q_s; K, V: 64 rows at
+ * k_s, v_s.  Scores are scaled into the log2 domain; a key at position
+ * key0+j is masked for row r when need_mask and key0+j > rowpos[r].
+ * Keeps the flash-attention state: O (unnormalised), running max m and a
+ * per-thread partial row sum l (summed over the quad at the end).
+ * Row of (mt, h): mt*16 + lane/4 + 8*h. */
+struct AttnState {
+    float o[2][16][4];
+    float m[2][2];
+    float l[2][2];
+};
+
+static __device__ __forceinline__ void attn_state_init(AttnState &st)
+{
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++) {
+#pragma unroll
+        for (int n = 0; n < 16; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) st.o[mt][n][e] = 0.f;
+        st.m[mt][0] = st.m[mt][1] = NEG_INF;
+        st.l[mt][0] = st.l[mt][1] = 0.f;
+    }
+}
+
+/* 32 keys per call keeps the score tile at 32 registers; the caller's
+ * 64-key stage is two calls. */
+static __device__ __forceinline__ void attn_tile32(AttnState &st, uint32_t q_s, uint32_t k_s, uint32_t v_s,
+                                                   int key0, bool need_mask, const int (&rowpos)[2][2],
+                                                   float scale_log2)
+{
+    const int lane = threadIdx.x & 31;
+    float s[2][4][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[mt][n][e] = 0.f;
+
+    const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8;
+    const int a_cb = lane >> 4;
+    const int k_row = (lane >> 4) * 8 + (lane & 7);
+    const int k_cb = (lane >> 3) & 1;
+#pragma unroll
+    for (int kk = 0; kk < 8; kk++) {
+        uint32_t a0[4], a1[4];
+        ldsm4(a0, q_s + swz(a_row, 2 * kk + a_cb));
+        ldsm4(a1, q_s + swz(16 + a_row, 2 * kk + a_cb));
+#pragma unroll
+        for (int np = 0; np < 2; np++) {
+            uint32_t b[4];
+            ldsm4(b, k_s + swz(16 * np + k_row, 2 * kk + k_cb));
+            mma16816(s[0][2 * np], a0, b[0], b[1]);
+            mma16816(s[0][2 * np + 1], a0, b[2], b[3]);
+            mma16816(s[1][2 * np], a1, b[0], b[1]);
+            mma16816(s[1][2 * np + 1], a1, b[2], b[3]);
+        }
+    }
+
+    /* scale, mask, online softmax */
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float mx = NEG_INF;
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float v = s[mt][n][2 * h + e] * scale_log2;
+                    if (need_mask && key0 + 8 * n + 2 * (lane & 3) + e > rowpos[mt][h]) v = NEG_INF;
+                    s[mt][n][2 * h + e] = v;
+                    mx = fmaxf(mx, v);
+                }
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float mnew = fmaxf(st.m[mt][h], mx);
+            float base = mnew == NEG_INF ? 0.f : mnew;
+            float corr = exp2f(st.m[mt][h] - base);
+            st.m[mt][h] = mnew;
+            float sum = 0.f;
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float p = exp2f(s[mt][n][2 * h + e] - base);
+                    s[mt][n][2 * h + e] = p;
+                    sum += p;
+                }
+            }
+            st.l[mt][h] = st.l[mt][h] * corr + sum;
+#pragma unroll
+            for (int n = 0; n < 16; n++) {
+                st.o[mt][n][2 * h] *= corr;
+                st.o[mt][n][2 * h + 1] *= corr;
+            }
+        }
+    }
+
+    /* O += P V */
+    const int v_row = ((lane >> 3) & 1) * 8 + (lane & 7);
+    const int v_cb = lane >> 4;
+#pragma unroll
+    for (int kk = 0; kk < 2; kk++) {
+        uint32_t pa[2][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++) {
+            pa[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+            pa[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+            pa[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+            pa[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int dp = 0; dp < 8; dp++) {
+            uint32_t b[4];
+            ldsm4t(b, v_s + swz(16 * kk + v_row, 2 * dp + v_cb));
+            mma16816(st.o[0][2 * dp], pa[0], b[0], b[1]);
+            mma16816(st.o[0][2 * dp + 1], pa[0], b[2], b[3]);
+            mma16816(st.o[1][2 * dp], pa[1], b[0], b[1]);
+            mma16816(st.o[1][2 * dp + 1], pa[1], b[2], b[3]);
+        }
+    }
+}
+
+/* A 64-key tile (rows 0..63 of swizzled K and V tiles). */
+static __device__ __forceinline__ void attn_tile64(AttnState &st, uint32_t q_s, uint32_t k_s, uint32_t v_s,
+                                                   int key0, bool need_mask, const int (&rowpos)[2][2],
+                                                   float scale_log2)
+{
+#pragma unroll 1
+    for (int sub = 0; sub < 2; sub++)
+        attn_tile32(st, q_s, k_s + sub * 32 * 256, v_s + sub * 32 * 256, key0 + 32 * sub, need_mask, rowpos,
+                    scale_log2);
+}
+
+/* Quad-sums the partial row sums; call once after the last tile. */
+static __device__ __forceinline__ void attn_state_finish(AttnState &st)
+{
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float v = st.l[mt][h];
+            v += __shfl_xor_sync(0xffffffffu, v, 1);
+            v += __shfl_xor_sync(0xffffffffu, v, 2);
+            st.l[mt][h] = v;
+        }
+}
+
+#define CUDA_TRY(x)                                   \
+    do {                                              \
+        cudaError_t e_ = (x);                         \
+        if (e_ != cudaSuccess) return (int)e_;        \
+    } while (0)
+
+#endif

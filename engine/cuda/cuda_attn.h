@@ -1,0 +1,120 @@
+/* cuda_attn: attention kernels over the paged KV pool (private to engine/).
+ *
+ * Every pointer below is a device pointer; bf16 tensors are passed as void*
+ * so that C callers need no CUDA headers.  Calls are asynchronous on
+ * `stream` (a cudaStream_t, NULL for the default stream) and return 0, a
+ * negative CATTN_E* code for bad arguments, or a positive cudaError_t.
+ *
+ * Page layout (kvcache.h), per page and layer, bf16 on the device:
+ *   K, V     [n_kv_heads][B][head_dim]
+ *   idx      [B][idx_dim]                 (bf16, or fp8 e4m3 when idx_fp8)
+ *   summary  [n_kv_heads][3][head_dim]    (min, max, sum over the page)
+ * Each array has its own base pointer and byte stride from one page to the
+ * next, so one interleaved allocation and separate ones both fit.  Keys and
+ * index keys already carry RoPE.
+ *
+ * Tensors of activations are token-major: q and out [tokens][n_heads][hd],
+ * index queries iq [tokens][n_kv_heads][idx_dim] (one index head per KV
+ * group, as in MiniMax-M3).
+ *
+ * Selection lists (MSA and training-free) hold `sink + top_k + local` block
+ * ids per (token or sequence, KV group): the sink blocks first, then the
+ * top_k best other blocks (unordered), then the local blocks, the newest
+ * one last; -1 marks an empty slot.  top_k counts blocks besides the forced
+ * ones (M3: top_k 15 + local 1 = 16 blocks, 2048 tokens).
+ *
+ * Supported shapes: head_dim 128; B a multiple of 64 (MSA and block lists:
+ * B = 128); idx_dim 128 with n_kv_heads index heads (MSA: n_kv_heads 4);
+ * n_heads / n_kv_heads <= 16.
+ */
+#ifndef SPARSED_CUDA_ATTN_H
+#define SPARSED_CUDA_ATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { CATTN_EINVAL = -1, CATTN_ESHAPE = -2, CATTN_EWORKSPACE = -3 };
+
+typedef struct cattn_pool {
+    const void *k, *v, *idx, *summ;
+    long long k_stride, v_stride, idx_stride, summ_stride; /* bytes per page */
+    int n_kv_heads, head_dim, block_size, idx_dim, idx_fp8;
+} cattn_pool;
+
+/* A batch of sequences for decode: sequence b has lens[b] tokens (the new
+ * one included, its K/V/index key already in the pool) and pages
+ * tables[b * table_stride + i] for tokens [i*B, (i+1)*B). */
+typedef struct cattn_batch {
+    const int32_t *tables;
+    const int32_t *lens;
+    int table_stride;
+    int batch;
+    int max_len;          /* host-side bound on lens[], sizes the split */
+} cattn_batch;
+
+const char *cattn_strerror(int rc);
+
+/* ---- decode: one new token per sequence ---------------------------------- */
+
+/* Dense paged decode (split-KV flash decoding). */
+size_t cattn_decode_ws(const cattn_pool *p, int batch, int n_heads, int max_len);
+int cattn_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q, void *out,
+                 float scale, void *ws, size_t ws_bytes, void *stream);
+
+/* MSA decode: scores every index key of each sequence with the group's
+ * index query, takes block maxima, selects per group on the device and runs
+ * the paged decode over the selected pages.  sel (optional) receives the
+ * lists, [batch][n_kv_heads][top_k + local]. */
+size_t cattn_msa_decode_ws(const cattn_pool *p, int batch, int n_heads, int max_len, int top_k, int local);
+int cattn_msa_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q, const void *iq,
+                     void *out, float scale, int top_k, int local, int32_t *sel, void *ws, size_t ws_bytes,
+                     void *stream);
+
+/* Training-free decode: Quest upper bound sum_d max(q_d min_d, q_d max_d)
+ * from the page summaries, summed over the group's query heads; sink and
+ * local blocks forced.  sel: [batch][n_kv_heads][sink + top_k + local]. */
+size_t cattn_quest_decode_ws(const cattn_pool *p, int batch, int n_heads, int max_len, int top_k, int local,
+                             int sink);
+int cattn_quest_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q, void *out,
+                       float scale, int top_k, int local, int sink, int32_t *sel, void *ws, size_t ws_bytes,
+                       void *stream);
+
+/* ---- prefill: n_q new tokens of one sequence at positions q_pos0.. ------- */
+
+/* Causal paged prefill (tensor cores, flash-attention 2 style).  With blist
+ * (block-sparse prefill, B = 128, q_pos0 a multiple of 128) query tile t
+ * (tokens [128t, 128t+128) of the new ones) and KV head h attend only to
+ * the logical blocks blist[(t * n_kv_heads + h) * kvh_stride...]: blist_w
+ * entries, -1 = none; kvh_stride 0 shares one list across KV heads, else
+ * it must be blist_w.  The diagonal block is masked causally. */
+int cattn_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, int n_heads, const void *q,
+                  void *out, float scale, const int32_t *blist, int blist_w, int blist_kvh_stride, void *stream);
+
+/* MSA prefill.  Stage 1 (fused, no score matrix in memory): per new token
+ * and group, tensor-core scores against every earlier block's index keys,
+ * block max-pooling and a running top-k, written to sel
+ * [n_q][n_kv_heads][top_k + local].  Stage 2: block-sparse attention with
+ * exact per-token selection, KV-block outer (each selected block is read
+ * once per chunk of tokens), partial results merged per token.  The
+ * workspace bounds the chunk; cattn_msa_prefill_ws(.., chunk) gives the
+ * bytes for a chunk of `chunk` tokens (at least 128). */
+size_t cattn_msa_prefill_ws(const cattn_pool *p, int n_q, int q_pos0, int n_heads, int top_k, int local,
+                            int chunk);
+int cattn_msa_select_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, const void *iq,
+                             int top_k, int local, int32_t *sel, void *stream);
+int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, int n_heads,
+                             const void *q, void *out, float scale, int n_sel, const int32_t *sel, void *ws,
+                             size_t ws_bytes, void *stream);
+int cattn_msa_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, int n_heads, const void *q,
+                      const void *iq, void *out, float scale, int top_k, int local, int32_t *sel, void *ws,
+                      size_t ws_bytes, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
