@@ -18,20 +18,6 @@ typedef struct {
     float *out;
 } attn_job;
 
-static _Thread_local float *tl_buf;
-static _Thread_local size_t tl_cap;
-
-static float *tl_scratch(size_t n)
-{
-    if (n > tl_cap) {
-        free(tl_buf);
-        tl_buf = malloc(n * sizeof(float));
-        tl_cap = tl_buf ? n : 0;
-        if (!tl_buf)
-            abort();
-    }
-    return tl_buf;
-}
 
 static void attn_task(void *ctx, int i, int thread)
 {
@@ -50,7 +36,7 @@ static void attn_task(void *ctx, int i, int thread)
 
     /* scratch: block list, per-head running max/sum, accumulators, scores */
     size_t nb = (size_t)last + 1;
-    float *buf = tl_scratch(nb + 2 * (size_t)hpg + (size_t)hpg * D + (size_t)B);
+    float *buf = cpu_scratch(SCRATCH_ATTN, sizeof(float) * (nb + 2 * (size_t)hpg + (size_t)hpg * D + (size_t)B));
     int32_t *sel = (int32_t *)buf;
     float *mx = buf + nb, *sum = mx + hpg, *acc = sum + hpg, *sc = acc + (size_t)hpg * D;
 

@@ -16,6 +16,12 @@ void tpool_free(tpool *p);
 int tpool_size(const tpool *p);
 void tpool_run(tpool *p, tpool_fn fn, void *ctx, int n);
 
+/* Per-thread scratch that grows as needed, 64-byte aligned; one buffer per
+ * slot so nested users (attention calling selection) don't collide.  Pool
+ * workers free theirs when they exit. */
+enum { SCRATCH_MATMUL, SCRATCH_ATTN, SCRATCH_SELECT, SCRATCH_SLOTS };
+void *cpu_scratch(int slot, size_t bytes);
+
 /* ---- weights ---------------------------------------------------------- */
 typedef struct wmat {
     const void *data;       /* ggml-typed rows, in the mapping */

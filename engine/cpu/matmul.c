@@ -17,18 +17,6 @@ typedef struct {
     int T;
 } mm_job;
 
-static _Thread_local float *tl_buf;
-static _Thread_local size_t tl_cap;
-
-static float *scratch(size_t n)
-{
-    if (n > tl_cap) {
-        free(tl_buf);
-        tl_buf = aligned_alloc(64, (n * sizeof(float) + 63) & ~(size_t)63);
-        tl_cap = tl_buf ? n : 0;
-    }
-    return tl_buf;
-}
 
 static void mm_tile(void *ctx, int tile, int thread)
 {
@@ -42,9 +30,7 @@ static void mm_tile(void *ctx, int tile, int thread)
     if (w->type == GGML_F32) {
         rows = (const float *)((const char *)w->data + (size_t)r0 * w->row_bytes);
     } else {
-        float *buf = scratch((size_t)ROWS * K);
-        if (!buf)
-            abort(); /* out of memory in a worker: nothing sane to return */
+        float *buf = cpu_scratch(SCRATCH_MATMUL, sizeof(float) * ROWS * (size_t)K);
         for (int r = r0; r < r1; r++)
             dequant_row(w->type, (const char *)w->data + (size_t)r * w->row_bytes,
                         buf + (size_t)(r - r0) * K, K);

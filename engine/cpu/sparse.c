@@ -17,19 +17,9 @@
 #include "engine/cpu/cpu.h"
 #include "engine/quant.h"
 
-static _Thread_local void *tl_buf;
-static _Thread_local size_t tl_cap;
-
 static void *scratch(size_t bytes)
 {
-    if (bytes > tl_cap) {
-        free(tl_buf);
-        tl_buf = malloc(bytes);
-        tl_cap = tl_buf ? bytes : 0;
-        if (!tl_buf)
-            abort();
-    }
-    return tl_buf;
+    return cpu_scratch(SCRATCH_SELECT, bytes);
 }
 
 /* a ranks before b: higher score, then lower block index (a total order,

@@ -26,6 +26,29 @@ struct tpool {
 
 typedef struct { tpool *p; int id; } worker_arg;
 
+static _Thread_local struct { void *p; size_t cap; } scratch[SCRATCH_SLOTS];
+
+void *cpu_scratch(int slot, size_t bytes)
+{
+    if (bytes > scratch[slot].cap) {
+        free(scratch[slot].p);
+        scratch[slot].p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        scratch[slot].cap = scratch[slot].p ? bytes : 0;
+        if (!scratch[slot].p)
+            abort(); /* out of memory inside a worker: nothing sane to return */
+    }
+    return scratch[slot].p;
+}
+
+static void scratch_release(void)
+{
+    for (int i = 0; i < SCRATCH_SLOTS; i++) {
+        free(scratch[i].p);
+        scratch[i].p = NULL;
+        scratch[i].cap = 0;
+    }
+}
+
 static void work(tpool *p, int thread)
 {
     for (;;) {
@@ -54,8 +77,10 @@ static void *worker(void *arg)
                 pthread_cond_wait(&p->cv, &p->mu);
             pthread_mutex_unlock(&p->mu);
         }
-        if (p->stop)
+        if (p->stop) {
+            scratch_release();
             return NULL;
+        }
         seen = atomic_load(&p->gen);
         work(p, id);
         atomic_fetch_sub_explicit(&p->busy, 1, memory_order_release);
