@@ -12,7 +12,7 @@ meson compile -C build-test
 meson test -C build-test --print-errorlogs --num-processes 2
 
 if [ ! -f build-asan/build.ninja ]; then
-    meson setup build-asan -Dwerror=true -Dbuildtype=debug -Db_sanitize=address,undefined \
+    meson setup build-asan -Dwerror=true -Dbuildtype=debug -Db_sanitize=address,undefined -Dcuda=disabled \
         -Db_lundef=false
 fi
 meson compile -C build-asan
