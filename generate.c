@@ -195,7 +195,8 @@ int generate_main(int argc, char **argv)
     int n_prompt = n;
 
     kv_layout lay = engine_kv_layout(e);
-    pool = kv_pool_create(&lay, kv_pages_for(&lay, n_prompt + max_tokens) + 1, 1, err, sizeof err);
+    pool = kv_pool_create(&lay, kv_pages_for(&lay, n_prompt + max_tokens) + 1,
+                          engine_kv_host_storage(e), err, sizeof err);
     smp = sampler_create(&sp, info->n_vocab);
     if (!pool || !smp) {
         fprintf(stderr, "sparsed generate: %s\n", pool ? "out of memory" : err);
