@@ -22,12 +22,12 @@ if ! "$BIN" info >/dev/null 2>&1; then
         -o "$BIN" bench/gpu/attn_bench.cu engine/cuda/attn_decode.cu engine/cuda/attn_prefill.cu || exit 1
 fi
 if [ -z "${SKIP_CHECK:-}" ]; then
-    timeout 240 "$BIN" check 2>&1 | tee "$OUT/check.log"
+    timeout 150 "$BIN" check 2>&1 | tee "$OUT/check.log"
 fi
-timeout 300 "$BIN" bench "$NS" "$MASKDIR" 2>&1 | tee "$OUT/cuda.log"
+timeout 200 "$BIN" bench "$NS" "$MASKDIR" 2>&1 | tee "$OUT/cuda.log"
 flex=""
 [ -n "${NO_FLEX:-}" ] && flex="--no-flex"
-timeout 400 python3 bench/gpu/torch_bench.py --ns "$NS" --maskdir "$MASKDIR" --prefill-1m "$PREFILL_1M" $flex \
+timeout ${TORCH_TIMEOUT:-220} python3 bench/gpu/torch_bench.py --ns "$NS" --maskdir "$MASKDIR" --prefill-1m "$PREFILL_1M" $flex \
     2>&1 | tee "$OUT/torch.log"
 grep -E "FAIL|PASS" "$OUT/check.log" 2>/dev/null | tail -40
 python3 bench/gpu/report.py "$OUT/cuda.log" "$OUT/torch.log" --commit "$COMMIT" \

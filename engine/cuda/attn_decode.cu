@@ -240,97 +240,137 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const float *part_o
 }
 
 /* ---- MSA index scoring for decode -----------------------------------------
- * One warp per candidate page: 128 index keys against the 4 groups' index
- * queries, fp32 dots by FFMA (the kernel is bound by reading the keys).
- * bf16: 16 lanes per key (8 dims each); fp8: 8 lanes per key (16 dims).
- * The four dot products of a key are reduce-scattered over its lanes so
- * that each lane ends with the full dot of one group. */
+ * Bound by reading the index keys, so the keys stream through a cp.async
+ * pipeline of whole pages (3 stages of 32 KB bf16, or 6 of 16 KB fp8) and
+ * the dot products run on tensor cores: each warp takes 32 keys of the page
+ * as the A operand (fp8 keys widened to f16 on the way) against the four
+ * groups' index queries as an n8 B operand; block maxima are reduced in
+ * registers and across the four warps. */
 
-static __device__ __forceinline__ float rs4(float a0, float a1, float a2, float a3, int lane, int x1, int x2)
+#define SC_THREADS 128
+
+static __device__ __forceinline__ void mma16816_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
 {
-    bool up1 = lane & x1;
-    float s0 = up1 ? a0 : a2, s1 = up1 ? a1 : a3;
-    float k0 = up1 ? a2 : a0, k1 = up1 ? a3 : a1;
-    k0 += __shfl_xor_sync(0xffffffffu, s0, x1);
-    k1 += __shfl_xor_sync(0xffffffffu, s1, x1);
-    bool up2 = lane & x2;
-    float sx = up2 ? k0 : k1, kx = up2 ? k1 : k0;
-    return kx + __shfl_xor_sync(0xffffffffu, sx, x2);
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+static __device__ __forceinline__ uint32_t e4m3x2_to_h2(uint16_t v)
+{
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)v, __NV_E4M3);
+    return (uint32_t)h.x | ((uint32_t)h.y << 16);
+}
+static __device__ __forceinline__ uint32_t pack_h2(float lo, float hi)
+{
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
 }
 
-template <bool FP8>
-__global__ void __launch_bounds__(256) msa_score_kernel(const char *idx, long long istride, int B,
-                                                        const int32_t *tables, int ts, const int32_t *lens,
-                                                        const bf16 *iq, float *scores, int sstride, int local)
-{
-    const int b = blockIdx.y;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int len = lens[b];
-    const int ncand = (len + B - 1) / B - local;
-    constexpr int DPL = FP8 ? 16 : 8;          /* dims per lane */
-    const int chunk = FP8 ? (lane & 7) : (lane & 15);
-    float q[4][DPL];
-    const bf16 *iqb = iq + (long long)b * 4 * 128;
-#pragma unroll
-    for (int g = 0; g < 4; g++)
-#pragma unroll
-        for (int j = 0; j < DPL; j++) q[g][j] = __bfloat162float(iqb[g * 128 + chunk * DPL + j]);
+template <bool FP8> struct ScoreCfg {
+    static constexpr int PAGE = FP8 ? 128 * 128 : 128 * 256;
+    static constexpr int STAGES = FP8 ? 6 : 3;
+    static constexpr int SMEM = PAGE * STAGES;
+};
 
-    for (int blk = blockIdx.x * 8 + warp; blk < ncand; blk += gridDim.x * 8) {
-        const char *base = idx + (long long)tables[(long long)b * ts + blk] * istride;
-        float best = NEG_INF;
-        constexpr int TPI = FP8 ? 4 : 2;        /* keys per warp load */
-        constexpr int U = 8;
-        for (int t0 = 0; t0 < B; t0 += TPI * U) {
-            uint4 kv[U];
+template <bool FP8>
+__global__ void __launch_bounds__(SC_THREADS) msa_score_kernel(const char *idx, long long istride, int B,
+                                                               const int32_t *tables, int ts, const int32_t *lens,
+                                                               const bf16 *iq, float *scores, int sstride, int local)
+{
+    typedef ScoreCfg<FP8> C;
+    extern __shared__ __align__(128) unsigned char smem[];
+    __shared__ float red[4][4];
+    const int b = blockIdx.y, tid = threadIdx.x;
+    const int warp = tid >> 5, lane = tid & 31;
+    const int ncand = (lens[b] + B - 1) / B - local;
+    const int n_my = (int)blockIdx.x < ncand ? (ncand - blockIdx.x + gridDim.x - 1) / gridDim.x : 0;
+
+    /* index queries as the B operand: column n = lane/4 is group n (< 4) */
+    uint32_t bq[8][2];
+    const int gq = lane >> 2;
+    const bf16 *iqb = iq + ((long long)b * 4 + (gq < 4 ? gq : 0)) * 128;
 #pragma unroll
-            for (int u = 0; u < U; u++) {
-                int tok = t0 + u * TPI + (FP8 ? (lane >> 3) : (lane >> 4));
-                kv[u] = ((const uint4 *)(base + (long long)tok * (FP8 ? 128 : 256)))[chunk];
-            }
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                float acc[4] = {0.f, 0.f, 0.f, 0.f};
-                const uint32_t w[4] = {kv[u].x, kv[u].y, kv[u].z, kv[u].w};
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    if (FP8) {
-                        float2 f0 = e4m3x2_to_f2((uint16_t)(w[i] & 0xffff));
-                        float2 f1 = e4m3x2_to_f2((uint16_t)(w[i] >> 16));
-#pragma unroll
-                        for (int g = 0; g < 4; g++)
-                            acc[g] += f0.x * q[g][4 * i] + f0.y * q[g][4 * i + 1] + f1.x * q[g][4 * i + 2] +
-                                      f1.y * q[g][4 * i + 3];
-                    } else {
-                        float x0 = bf_lo(w[i]), x1 = bf_hi(w[i]);
-#pragma unroll
-                        for (int g = 0; g < 4; g++) acc[g] += x0 * q[g][2 * i] + x1 * q[g][2 * i + 1];
-                    }
-                }
-                float v;
-                if (FP8) {
-                    v = rs4(acc[0], acc[1], acc[2], acc[3], lane, 4, 2);
-                    v += __shfl_xor_sync(0xffffffffu, v, 1);
-                } else {
-                    v = rs4(acc[0], acc[1], acc[2], acc[3], lane, 8, 4);
-                    v += __shfl_xor_sync(0xffffffffu, v, 2);
-                    v += __shfl_xor_sync(0xffffffffu, v, 1);
-                }
-                best = fmaxf(best, v);
-            }
-        }
-        int g;
-        if (FP8) {
-            best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, 8));
-            best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, 16));
-            g = ((lane >> 2) & 1) * 2 + ((lane >> 1) & 1);
-            if (lane < 8 && (lane & 1) == 0) scores[((long long)b * 4 + g) * sstride + blk] = best;
+    for (int kk = 0; kk < 8; kk++) {
+        int c = 16 * kk + 2 * (lane & 3);
+        if (gq >= 4) {
+            bq[kk][0] = bq[kk][1] = 0u;
+        } else if (FP8) {
+            bq[kk][0] = pack_h2(__bfloat162float(iqb[c]), __bfloat162float(iqb[c + 1]));
+            bq[kk][1] = pack_h2(__bfloat162float(iqb[c + 8]), __bfloat162float(iqb[c + 9]));
         } else {
-            best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, 16));
-            g = ((lane >> 3) & 1) * 2 + ((lane >> 2) & 1);
-            if (lane < 16 && (lane & 3) == 0) scores[((long long)b * 4 + g) * sstride + blk] = best;
+            bq[kk][0] = *(const uint32_t *)(iqb + c);
+            bq[kk][1] = *(const uint32_t *)(iqb + c + 8);
         }
     }
+
+    const uint32_t base = smem_u32(smem);
+    auto load = [&](int i) {
+        const char *src = idx + (long long)tables[(long long)b * ts + blockIdx.x + (long long)i * gridDim.x] * istride;
+        uint32_t dst = base + (i % C::STAGES) * C::PAGE;
+#pragma unroll
+        for (int j = 0; j < C::PAGE / 16 / SC_THREADS; j++) {
+            int c = tid + SC_THREADS * j;
+            if (FP8) {
+                int r = c >> 3, ch = c & 7;
+                cp16(dst + r * 128 + ((ch ^ (r & 7)) << 4), src + c * 16);
+            } else {
+                cp16(dst + swz(c >> 4, c & 15), src + c * 16);
+            }
+        }
+    };
+#pragma unroll
+    for (int i = 0; i < C::STAGES - 1; i++) {
+        if (i < n_my) load(i);
+        cp_commit();
+    }
+    const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_cb = lane >> 4;
+    for (int i = 0; i < n_my; i++) {
+        if (i + C::STAGES - 1 < n_my) load(i + C::STAGES - 1);
+        cp_commit();
+        cp_wait<C::STAGES - 1>();
+        __syncthreads();
+        const uint32_t st = base + (i % C::STAGES) * C::PAGE;
+        float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) {
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                uint32_t a[4];
+                if (FP8) {
+                    int rlo = 32 * warp + 16 * mt + (lane >> 2), rhi = rlo + 8;
+                    int o = 2 * (lane & 3);
+                    const unsigned char *sp = smem + (st - base);
+                    a[0] = e4m3x2_to_h2(*(const uint16_t *)(sp + rlo * 128 + ((kk ^ (rlo & 7)) << 4) + o));
+                    a[1] = e4m3x2_to_h2(*(const uint16_t *)(sp + rhi * 128 + ((kk ^ (rhi & 7)) << 4) + o));
+                    a[2] = e4m3x2_to_h2(*(const uint16_t *)(sp + rlo * 128 + ((kk ^ (rlo & 7)) << 4) + o + 8));
+                    a[3] = e4m3x2_to_h2(*(const uint16_t *)(sp + rhi * 128 + ((kk ^ (rhi & 7)) << 4) + o + 8));
+                    mma16816_f16(acc[mt], a, bq[kk][0], bq[kk][1]);
+                } else {
+                    ldsm4(a, st + swz(32 * warp + 16 * mt + a_row, 2 * kk + a_cb));
+                    mma16816(acc[mt], a, bq[kk][0], bq[kk][1]);
+                }
+            }
+        }
+        /* columns 2q, 2q+1 (q = lane & 3) of rows lane/4 and lane/4 + 8 */
+        float v0 = fmaxf(fmaxf(acc[0][0], acc[0][2]), fmaxf(acc[1][0], acc[1][2]));
+        float v1 = fmaxf(fmaxf(acc[0][1], acc[0][3]), fmaxf(acc[1][1], acc[1][3]));
+#pragma unroll
+        for (int x = 4; x < 32; x <<= 1) {
+            v0 = fmaxf(v0, __shfl_xor_sync(0xffffffffu, v0, x));
+            v1 = fmaxf(v1, __shfl_xor_sync(0xffffffffu, v1, x));
+        }
+        if (lane < 2) {
+            red[warp][2 * lane] = v0;
+            red[warp][2 * lane + 1] = v1;
+        }
+        __syncthreads();
+        if (tid < 4) {
+            float m = fmaxf(fmaxf(red[0][tid], red[1][tid]), fmaxf(red[2][tid], red[3][tid]));
+            scores[((long long)b * 4 + tid) * sstride + blockIdx.x + (long long)i * gridDim.x] = m;
+        }
+    }
+    cp_wait<0>();
 }
 
 /* ---- training-free (Quest) scoring for decode -----------------------------
@@ -370,7 +410,11 @@ __global__ void __launch_bounds__(256) quest_score_kernel(const char *summ, long
 /* ---- block selection -------------------------------------------------------
  * One CTA per (sequence, group): forced sink and local blocks, then the
  * top_k best candidates by a 4-pass radix select on order-preserving keys
- * (no sort), then the rewritten page table of the selection. */
+ * (no sort) held in shared memory, then the rewritten page table of the
+ * selection. */
+
+#define TOPK_THREADS 1024
+#define TOPK_SMEM_KEYS 16384
 
 static __device__ __forceinline__ uint32_t ord_key(float f)
 {
@@ -378,10 +422,12 @@ static __device__ __forceinline__ uint32_t ord_key(float f)
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-__global__ void __launch_bounds__(512) topk_kernel(const float *scores, int sstride, const int32_t *lens, int B,
-                                                   int rows_per_seq, int sink, int top_k, int local, int32_t *sel,
-                                                   const int32_t *tables, int ts, int32_t *tab_out, int32_t *len_out)
+__global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores, int sstride, const int32_t *lens,
+                                                            int B, int rows_per_seq, int sink, int top_k, int local,
+                                                            int32_t *sel, const int32_t *tables, int ts,
+                                                            int32_t *tab_out, int32_t *len_out)
 {
+    extern __shared__ uint32_t keys[];
     __shared__ int hist[256];
     __shared__ int s_bin, s_rem, cnt_gt, cnt_eq;
     const int row = blockIdx.x, b = row / rows_per_seq, tid = threadIdx.x;
@@ -391,6 +437,8 @@ __global__ void __launch_bounds__(512) topk_kernel(const float *scores, int sstr
     const int c0 = min(sink, nblk), c1 = max(c0, nblk - local), ncand = c1 - c0;
     int32_t *o = sel + (long long)row * W;
     const float *sc = scores + (long long)row * sstride + c0;
+    const bool in_smem = ncand <= TOPK_SMEM_KEYS;
+#define KEY(i) (in_smem ? keys[i] : ord_key(sc[i]))
 
     if (tid < sink) o[tid] = tid < c0 ? tid : -1;
     if (tid < local) {
@@ -400,6 +448,8 @@ __global__ void __launch_bounds__(512) topk_kernel(const float *scores, int sstr
     if (ncand <= top_k) {
         for (int i = tid; i < top_k; i += blockDim.x) o[sink + i] = i < ncand ? c0 + i : -1;
     } else {
+        if (in_smem)
+            for (int i = tid; i < ncand; i += blockDim.x) keys[i] = ord_key(sc[i]);
         uint32_t prefix = 0, mask = 0;
         int rem = top_k;
         for (int pass = 0; pass < 4; pass++) {
@@ -407,7 +457,7 @@ __global__ void __launch_bounds__(512) topk_kernel(const float *scores, int sstr
             for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
             __syncthreads();
             for (int i = tid; i < ncand; i += blockDim.x) {
-                uint32_t k = ord_key(sc[i]);
+                uint32_t k = KEY(i);
                 if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255], 1);
             }
             __syncthreads();
@@ -443,7 +493,7 @@ __global__ void __launch_bounds__(512) topk_kernel(const float *scores, int sstr
         __syncthreads();
         const int n_gt = top_k - rem;
         for (int i = tid; i < ncand; i += blockDim.x) {
-            uint32_t k = ord_key(sc[i]);
+            uint32_t k = KEY(i);
             if (k > prefix) {
                 o[sink + atomicAdd(&cnt_gt, 1)] = c0 + i;
             } else if (k == prefix) {
@@ -452,6 +502,7 @@ __global__ void __launch_bounds__(512) topk_kernel(const float *scores, int sstr
             }
         }
     }
+#undef KEY
     if (!tab_out) return;
     __syncthreads();
     if (tid == 0) {
@@ -477,19 +528,22 @@ static int n_sms(void)
     return n;
 }
 
-static int dec_splits(int rows, int max_len)
+/* Two CTAs per SM in all (one is resident at a time: 128 KB of shared
+ * memory), each warp with at least min_tiles tiles so its copies pipeline;
+ * sparse decode (few keys) takes one tile per warp. */
+static int dec_splits(int rows, int max_len, int min_tiles)
 {
     int ntiles = (max_len + DEC_TILE - 1) / DEC_TILE;
-    int s = (4 * n_sms() + rows - 1) / rows;
-    int cap = (ntiles + DEC_WARPS - 1) / DEC_WARPS;
+    int s = (2 * n_sms() + rows - 1) / rows;
+    int cap = (ntiles + DEC_WARPS * min_tiles - 1) / (DEC_WARPS * min_tiles);
     if (s > cap) s = cap;
     if (s > 1024) s = 1024;
     return s < 1 ? 1 : s;
 }
 
-static size_t dec_ws(int batch, int n_heads, int n_kv, int max_len)
+static size_t dec_ws(int batch, int n_heads, int n_kv, int max_len, int min_tiles)
 {
-    size_t s = (size_t)dec_splits(batch * n_kv, max_len);
+    size_t s = (size_t)dec_splits(batch * n_kv, max_len, min_tiles);
     return (size_t)batch * n_heads * s * (128 + 1) * sizeof(float);
 }
 
@@ -506,7 +560,7 @@ static int check_pool(const cattn_pool *p, int n_heads)
 /* Split-KV decode over tables with per-KV-head strides. */
 static int decode_run(const cattn_pool *p, int batch, int n_heads, const void *q, void *out, float scale,
                       const int32_t *tables, long long ts_seq, int ts_kvh, const int32_t *lens, int ls_seq,
-                      int ls_kvh, int max_len, void *ws, size_t ws_bytes, cudaStream_t st)
+                      int ls_kvh, int max_len, int min_tiles, void *ws, size_t ws_bytes, cudaStream_t st)
 {
     static int attr_done = 0;
     if (!attr_done) {
@@ -514,8 +568,8 @@ static int decode_run(const cattn_pool *p, int batch, int n_heads, const void *q
         attr_done = 1;
     }
     int n_kv = p->n_kv_heads;
-    int splits = dec_splits(batch * n_kv, max_len);
-    if (ws_bytes < dec_ws(batch, n_heads, n_kv, max_len)) return CATTN_EWORKSPACE;
+    int splits = dec_splits(batch * n_kv, max_len, min_tiles);
+    if (ws_bytes < dec_ws(batch, n_heads, n_kv, max_len, min_tiles)) return CATTN_EWORKSPACE;
     DecArgs a;
     a.q = (const bf16 *)q;
     a.k = (const char *)p->k;
@@ -557,7 +611,7 @@ extern "C" const char *cattn_strerror(int rc)
 
 extern "C" size_t cattn_decode_ws(const cattn_pool *p, int batch, int n_heads, int max_len)
 {
-    return dec_ws(batch, n_heads, p->n_kv_heads, max_len);
+    return dec_ws(batch, n_heads, p->n_kv_heads, max_len, 4);
 }
 
 extern "C" int cattn_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q, void *out,
@@ -567,7 +621,7 @@ extern "C" int cattn_decode(const cattn_pool *p, const cattn_batch *b, int n_hea
     if (rc) return rc;
     if (!b || b->batch <= 0 || b->max_len <= 0) return CATTN_EINVAL;
     return decode_run(p, b->batch, n_heads, q, out, scale, b->tables, b->table_stride, 0, b->lens, 1, 0,
-                      b->max_len, ws, ws_bytes, (cudaStream_t)stream);
+                      b->max_len, 4, ws, ws_bytes, (cudaStream_t)stream);
 }
 
 /* Sparse decode workspace: scores, selection, rewritten tables, lengths,
@@ -581,7 +635,7 @@ static size_t sparse_ws(const cattn_pool *p, int batch, int n_heads, int max_len
     off[1] = o; o += align256((size_t)rows * W * sizeof(int32_t));
     off[2] = o; o += align256((size_t)rows * W * sizeof(int32_t));
     off[3] = o; o += align256((size_t)rows * sizeof(int32_t));
-    off[4] = o; o += dec_ws(batch, n_heads, p->n_kv_heads, W * p->block_size);
+    off[4] = o; o += dec_ws(batch, n_heads, p->n_kv_heads, W * p->block_size, 1);
     return o;
 }
 
@@ -615,30 +669,43 @@ static int sparse_decode(const cattn_pool *p, const cattn_batch *b, int n_heads,
     int32_t *tab = (int32_t *)(w + off[2]);
     int32_t *lens = (int32_t *)(w + off[3]);
     const int nblk = (b->max_len + B - 1) / B;
-    const int chunks = (nblk + 7) / 8;
+    static int attr_done = 0;
+    if (!attr_done) {
+        CUDA_TRY(cudaFuncSetAttribute(msa_score_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      ScoreCfg<false>::SMEM));
+        CUDA_TRY(cudaFuncSetAttribute(msa_score_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      ScoreCfg<true>::SMEM));
+        CUDA_TRY(cudaFuncSetAttribute(topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      TOPK_SMEM_KEYS * 4));
+        attr_done = 1;
+    }
     if (iq) {
-        if (n_kv != 4 || p->idx_dim != 128 || !p->idx) return CATTN_ESHAPE;
-        dim3 grid(chunks < 1024 ? chunks : 1024, b->batch);
+        if (n_kv != 4 || p->idx_dim != 128 || B != 128 || !p->idx) return CATTN_ESHAPE;
+        int per_seq = (2 * n_sms() + b->batch - 1) / b->batch;
+        dim3 grid(nblk < per_seq ? nblk : per_seq, b->batch);
         if (p->idx_fp8)
-            msa_score_kernel<true><<<grid, 256, 0, st>>>((const char *)p->idx, p->idx_stride, B, b->tables,
-                                                         b->table_stride, b->lens, (const bf16 *)iq, scores, nblk,
-                                                         local);
+            msa_score_kernel<true><<<grid, SC_THREADS, ScoreCfg<true>::SMEM, st>>>(
+                (const char *)p->idx, p->idx_stride, B, b->tables, b->table_stride, b->lens, (const bf16 *)iq,
+                scores, nblk, local);
         else
-            msa_score_kernel<false><<<grid, 256, 0, st>>>((const char *)p->idx, p->idx_stride, B, b->tables,
-                                                          b->table_stride, b->lens, (const bf16 *)iq, scores, nblk,
-                                                          local);
+            msa_score_kernel<false><<<grid, SC_THREADS, ScoreCfg<false>::SMEM, st>>>(
+                (const char *)p->idx, p->idx_stride, B, b->tables, b->table_stride, b->lens, (const bf16 *)iq,
+                scores, nblk, local);
     } else {
         if (!p->summ) return CATTN_ESHAPE;
+        const int chunks = (nblk + 7) / 8;
         dim3 grid(chunks < 256 ? chunks : 256, n_kv, b->batch);
         quest_score_kernel<<<grid, 256, 0, st>>>((const char *)p->summ, p->summ_stride, B, b->tables,
                                                  b->table_stride, b->lens, (const bf16 *)q, n_heads, n_kv,
                                                  n_heads / n_kv, scores, nblk, local);
     }
     CUDA_TRY(cudaGetLastError());
-    topk_kernel<<<b->batch * n_kv, 512, 0, st>>>(scores, nblk, b->lens, B, n_kv, sink, top_k, local,
-                                                  sel ? sel : sel_ws, b->tables, b->table_stride, tab, lens);
+    size_t tk_smem = (size_t)(nblk < TOPK_SMEM_KEYS ? nblk : TOPK_SMEM_KEYS) * 4;
+    topk_kernel<<<b->batch * n_kv, TOPK_THREADS, tk_smem, st>>>(scores, nblk, b->lens, B, n_kv, sink, top_k, local,
+                                                                 sel ? sel : sel_ws, b->tables, b->table_stride, tab,
+                                                                 lens);
     CUDA_TRY(cudaGetLastError());
-    return decode_run(p, b->batch, n_heads, q, out, scale, tab, (long long)n_kv * W, W, lens, n_kv, 1, W * B,
+    return decode_run(p, b->batch, n_heads, q, out, scale, tab, (long long)n_kv * W, W, lens, n_kv, 1, W * B, 1,
                       w + off[4], ws_bytes - off[4], st);
 }
 

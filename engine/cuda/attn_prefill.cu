@@ -310,8 +310,9 @@ __global__ void __launch_bounds__(1024) sp_scan_kernel(const int *cnt, int *off,
     }
 }
 
-#define SP_WARPS 4
-#define SP_SMEM (2 * 128 * 256 + SP_WARPS * 32 * 256)
+#define SP_WARPS 8
+#define SP_QBYTES (32 * 256)
+#define SP_SMEM (2 * 128 * 256 + SP_WARPS * 2 * SP_QBYTES)
 
 struct SpArgs {
     const bf16 *q;
@@ -321,11 +322,32 @@ struct SpArgs {
     const int *cnt, *off, *list;
     float *plse;
     bf16 *part;
-    int c0, q_pos0, n_heads, ratio, B, W, nblk;
+    int c0, q_pos0, kv_len, n_heads, ratio, B, W, nblk;
     float scale_log2;
 };
 
-__global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
+/* Q rows of a pair of (token, slot) items: row r = 16 * item + head. */
+static __device__ __forceinline__ void sp_load_q(const SpArgs &a, const int *items, int n, int ip, int g,
+                                                 uint32_t dst, int lane)
+{
+    int tok[2];
+    bool ok[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        ok[j] = 2 * ip + j < n;
+        tok[j] = a.c0 + (items[ok[j] ? 2 * ip + j : 2 * ip] >> 6);
+    }
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        int c = lane + 32 * i;
+        int r = c >> 4, ch = c & 15, j = r >> 4, hd = r & 15;
+        bool v = ok[j] && hd < a.ratio;
+        const bf16 *src = a.q + ((long long)tok[j] * a.n_heads + g * a.ratio + (v ? hd : 0)) * 128 + ch * 8;
+        cp16(dst + swz(r, ch), src, v);
+    }
+}
+
+__global__ void __launch_bounds__(SP_WARPS * 32, 1) sp_attn_kernel(SpArgs a)
 {
     extern __shared__ __align__(128) unsigned char smem[];
     const int blk = blockIdx.x, g = blockIdx.y;
@@ -333,79 +355,85 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
     if (n == 0) return;
     const int *items = a.list + a.off[g * a.nblk + blk];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const uint32_t ks = smem_u32(smem), vs = ks + 128 * 256, qw = vs + 128 * 256 + warp * 32 * 256;
+    const uint32_t ks = smem_u32(smem), vs = ks + 128 * 256;
+    const uint32_t qw = vs + 128 * 256 + warp * 2 * SP_QBYTES;
+    unsigned char *qw_p = smem + 2 * 128 * 256 + warp * 2 * SP_QBYTES;
+    const int n_pairs = (n + 1) / 2;
 
     {
         long long page = a.table[blk];
         const char *kp = a.k + page * a.k_stride + (long long)g * a.B * 256;
         const char *vp = a.v + page * a.v_stride + (long long)g * a.B * 256;
+        const int valid = a.kv_len - blk * a.B; /* rows past the sequence: zeros, not stale data */
         for (int c = threadIdx.x; c < 128 * 16; c += SP_WARPS * 32) {
-            cp16(ks + swz(c >> 4, c & 15), kp + c * 16);
-            cp16(vs + swz(c >> 4, c & 15), vp + c * 16);
+            bool ok = (c >> 4) < valid;
+            cp16(ks + swz(c >> 4, c & 15), kp + c * 16, ok);
+            cp16(vs + swz(c >> 4, c & 15), vp + c * 16, ok);
         }
+        if (warp < n_pairs) sp_load_q(a, items, n, warp, g, qw, lane);
         cp_commit();
         cp_wait<0>();
         __syncthreads();
     }
 
-    for (int ip = warp; 2 * ip < n; ip += SP_WARPS) {
-        int it[2], tok[2];
-        bool ok[2];
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-            ok[j] = 2 * ip + j < n;
-            it[j] = ok[j] ? items[2 * ip + j] : items[2 * ip];
-            tok[j] = a.c0 + (it[j] >> 6);
-        }
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            int c = lane + 32 * i;
-            int r = c >> 4, ch = c & 15, j = r >> 4, hd = r & 15;
-            bool v = ok[j] && hd < a.ratio;
-            const bf16 *src = a.q + ((long long)tok[j] * a.n_heads + g * a.ratio + (v ? hd : 0)) * 128 + ch * 8;
-            cp16(qw + swz(r, ch), src, v);
-        }
+    int j = 0;
+    for (int ip = warp; ip < n_pairs; ip += SP_WARPS, j++) {
+        const uint32_t qcur = qw + (j & 1) * SP_QBYTES;
+        unsigned char *qcur_p = qw_p + (j & 1) * SP_QBYTES;
+        if (ip + SP_WARPS < n_pairs) sp_load_q(a, items, n, ip + SP_WARPS, g, qw + ((j + 1) & 1) * SP_QBYTES, lane);
         cp_commit();
-        cp_wait<0>();
+        cp_wait<1>();
         __syncwarp();
 
-        int rowpos[2][2];
-        bool need_mask = false;
+        int it[2], rowpos[2][2];
+        bool ok[2], need_mask = false;
 #pragma unroll
-        for (int j = 0; j < 2; j++) {
-            int pos = a.q_pos0 + tok[j];
+        for (int q = 0; q < 2; q++) {
+            ok[q] = 2 * ip + q < n;
+            it[q] = items[ok[q] ? 2 * ip + q : 2 * ip];
+            int pos = a.q_pos0 + a.c0 + (it[q] >> 6);
             bool diag = pos / a.B == blk;
             need_mask |= diag;
-            rowpos[j][0] = rowpos[j][1] = diag ? pos : INT_MAX;
+            rowpos[q][0] = rowpos[q][1] = diag ? pos : INT_MAX;
         }
         AttnState st;
         attn_state_init(st);
 #pragma unroll 1
         for (int sub = 0; sub < 4; sub++)
-            attn_tile32(st, qw, ks + sub * 32 * 256, vs + sub * 32 * 256, blk * a.B + 32 * sub, need_mask, rowpos,
+            attn_tile32(st, qcur, ks + sub * 32 * 256, vs + sub * 32 * 256, blk * a.B + 32 * sub, need_mask, rowpos,
                         a.scale_log2);
         attn_state_finish(st);
 
+        /* normalised O through this pair's Q buffer, then 16-byte stores */
+        __syncwarp();
 #pragma unroll
-        for (int j = 0; j < 2; j++) {
-            if (!ok[j]) continue;
-            long long prow0 = ((long long)(it[j] >> 6) * 4 + g) * a.W + (it[j] & 63);
+        for (int q = 0; q < 2; q++)
 #pragma unroll
             for (int hh = 0; hh < 2; hh++) {
-                int hd = (lane >> 2) + 8 * hh;
-                if (hd >= a.ratio) continue;
-                long long prow = prow0 * a.ratio + hd;
-                float l = st.l[j][hh];
-                float inv = 1.f / l;
-                uint32_t *op = (uint32_t *)(a.part + prow * 128 + 2 * (lane & 3));
+                int r = 16 * q + (lane >> 2) + 8 * hh;
+                float inv = 1.f / st.l[q][hh];
 #pragma unroll
                 for (int nn = 0; nn < 16; nn++)
-                    op[4 * nn] = pack_bf16(st.o[j][nn][2 * hh] * inv, st.o[j][nn][2 * hh + 1] * inv);
-                if ((lane & 3) == 0) a.plse[prow] = st.m[j][hh] + log2f(l);
+                    *(uint32_t *)(qcur_p + swz(r, nn) + 4 * (lane & 3)) =
+                        pack_bf16(st.o[q][nn][2 * hh] * inv, st.o[q][nn][2 * hh + 1] * inv);
+                int hd = (lane >> 2) + 8 * hh;
+                if (ok[q] && hd < a.ratio && (lane & 3) == 0) {
+                    long long prow = (((long long)(it[q] >> 6) * 4 + g) * a.W + (it[q] & 63)) * a.ratio + hd;
+                    a.plse[prow] = st.m[q][hh] + log2f(st.l[q][hh]);
+                }
             }
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            int c = lane + 32 * i;
+            int r = c >> 4, ch = c & 15, q = r >> 4, hd = r & 15;
+            if (!ok[q] || hd >= a.ratio) continue;
+            long long prow = (((long long)(it[q] >> 6) * 4 + g) * a.W + (it[q] & 63)) * a.ratio + hd;
+            *(uint4 *)(a.part + prow * 128 + ch * 8) = *(const uint4 *)(qcur_p + swz(r, ch));
         }
         __syncwarp();
     }
+    cp_wait<0>();
 }
 
 /* One warp per (token, head): merges the token's selected-block partials. */
@@ -586,6 +614,7 @@ extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *tabl
     a.plse = (float *)(w + off[4]);
     a.part = (bf16 *)(w + off[5]);
     a.q_pos0 = q_pos0;
+    a.kv_len = q_pos0 + n_q;
     a.n_heads = n_heads;
     a.ratio = ratio;
     a.B = B;

@@ -72,13 +72,6 @@ static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 static __device__ __forceinline__ float bf_lo(uint32_t v) { return __uint_as_float(v << 16); }
 static __device__ __forceinline__ float bf_hi(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
 
-/* Two e4m3 bytes (low half of v) to two floats. */
-static __device__ __forceinline__ float2 e4m3x2_to_f2(uint16_t v)
-{
-    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)v, __NV_E4M3);
-    return __half22float2(*reinterpret_cast<__half2 *>(&h));
-}
-
 /* ---- a warp's 32 query rows against K/V tiles ------------------------------
  * Q: 32 rows (two m16 tiles) in a swizzled tile at q_s; K, V: 64 rows at
  * k_s, v_s.  Scores are scaled into the log2 domain; a key at position
