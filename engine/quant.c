@@ -244,10 +244,13 @@ AVX2 static void deq_bf16_avx2(const uint8_t *s, float *y, int64_t n)
     for (; i < n; i++) y[i] = bf16_to_f32((uint16_t)(s[2 * i] | s[2 * i + 1] << 8));
 }
 
+/* fp16 at p through F16C: exact, as ld_f16, without the call */
+AVX2 static float ld_f16_avx2(const uint8_t *p) { return _cvtsh_ss((uint16_t)(p[0] | p[1] << 8)); }
+
 AVX2 static void deq_q8_0_avx2(const uint8_t *b, float *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, b += 34, y += 32) {
-        __m256 d = _mm256_set1_ps(ld_f16(b));
+        __m256 d = _mm256_set1_ps(ld_f16_avx2(b));
         for (int k = 0; k < 32; k += 8) {
             __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + k)));
             _mm256_storeu_ps(y + k, _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)));
@@ -263,9 +266,9 @@ AVX2 static void deq_q4_avx2(const uint8_t *b, float *y, int64_t nb, int with_mi
     const __m128i mask = _mm_set1_epi8(0x0f);
     const size_t bsz = with_min ? 20 : 18;
     for (int64_t i = 0; i < nb; i++, b += bsz, y += 32) {
-        __m256 d = _mm256_set1_ps(ld_f16(b));
+        __m256 d = _mm256_set1_ps(ld_f16_avx2(b));
         /* Q4_0: x = d * (q - 8); Q4_1: x = d * q + m */
-        __m256 m = _mm256_set1_ps(with_min ? ld_f16(b + 2) : 0.0f);
+        __m256 m = _mm256_set1_ps(with_min ? ld_f16_avx2(b + 2) : 0.0f);
         __m256 off = _mm256_set1_ps(with_min ? 0.0f : 8.0f);
         __m128i qs = _mm_loadu_si128((const __m128i *)(b + (with_min ? 4 : 2)));
         __m128i lo = _mm_and_si128(qs, mask), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
@@ -278,6 +281,65 @@ AVX2 static void deq_q4_avx2(const uint8_t *b, float *y, int64_t nb, int with_mi
     }
 }
 #endif
+
+#ifdef QUANT_X86
+/* Fused dequantize-and-dot for Q4_0/Q4_1/Q8_0 rows: the same arithmetic
+ * as deq_*_avx2 followed by dot_f32, without storing the expanded row. */
+AVX2 static float dot_q_avx2(uint32_t type, const uint8_t *b, const float *x, int64_t nb)
+{
+    const __m128i mask = _mm_set1_epi8(0x0f);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t i = 0; i < nb; i++, x += 32) {
+        __m256 d = _mm256_set1_ps(ld_f16_avx2(b));
+        __m256 v[4];
+        if (type == GGML_Q8_0) {
+            for (int k = 0; k < 4; k++) {
+                __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + 8 * k)));
+                v[k] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(q));
+            }
+            b += 34;
+        } else {
+            int with_min = type == GGML_Q4_1;
+            __m256 m = _mm256_set1_ps(with_min ? ld_f16_avx2(b + 2) : 0.0f);
+            __m256 off = _mm256_set1_ps(8.0f);
+            __m128i qs = _mm_loadu_si128((const __m128i *)(b + (with_min ? 4 : 2)));
+            __m128i lo = _mm_and_si128(qs, mask), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+            __m256 n4[4] = {nib8(lo), nib8(_mm_srli_si128(lo, 8)), nib8(hi), nib8(_mm_srli_si128(hi, 8))};
+            for (int k = 0; k < 4; k++)
+                v[k] = with_min ? _mm256_add_ps(_mm256_mul_ps(d, n4[k]), m)
+                                : _mm256_mul_ps(d, _mm256_sub_ps(n4[k], off));
+            b += with_min ? 20 : 18;
+        }
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm256_fmadd_ps(v[k], _mm256_loadu_ps(x + 8 * k), acc[k]);
+    }
+    __m256 t = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+#endif
+
+int dot_row_fused(uint32_t type)
+{
+#ifdef QUANT_X86
+    return have_avx2 && (type == GGML_Q4_0 || type == GGML_Q4_1 || type == GGML_Q8_0);
+#else
+    (void)type;
+    return 0;
+#endif
+}
+
+float dot_row(uint32_t type, const void *row, const float *x, int64_t n)
+{
+#ifdef QUANT_X86
+    if (dot_row_fused(type))
+        return dot_q_avx2(type, row, x, n / 32);
+#endif
+    (void)type; (void)row; (void)x; (void)n;
+    return 0.0f; /* callers check dot_row_fused first */
+}
 
 void dequant_row(uint32_t type, const void *src, float *dst, int64_t n)
 {

@@ -22,6 +22,11 @@ void axpy_f32(float *y, float a, const float *x, int n);
  * returns whether they are now in use.  For tests and benchmarks. */
 int quant_simd(int enable);
 
+/* dot of one Q4_0/Q4_1/Q8_0 row with fp32 x, dequantizing in registers;
+ * available where dot_row_fused(type) says so (AVX2). */
+int dot_row_fused(uint32_t type);
+float dot_row(uint32_t type, const void *row, const float *x, int64_t n);
+
 /* fp16 / bf16 conversions */
 float fp16_to_f32(uint16_t h);
 uint16_t f32_to_fp16(float f);

@@ -9,6 +9,7 @@
 #include "engine/quant.h"
 
 #define ROWS 16
+#define FUSED_MAX_T 2
 
 typedef struct {
     float *out;
@@ -27,6 +28,16 @@ static void mm_tile(void *ctx, int tile, int thread)
     int r1 = r0 + ROWS < w->rows ? r0 + ROWS : w->rows;
     int K = w->cols;
     const float *rows;
+    if (j->T <= FUSED_MAX_T && dot_row_fused(w->type)) {
+        /* decode: few tokens, so expanding the tile would cost more than it saves */
+        for (int t = 0; t < j->T; t++) {
+            const float *xt = j->x + (size_t)t * K;
+            float *ot = j->out + (size_t)t * w->rows;
+            for (int r = r0; r < r1; r++)
+                ot[r] = dot_row(w->type, (const char *)w->data + (size_t)r * w->row_bytes, xt, K);
+        }
+        return;
+    }
     if (w->type == GGML_F32) {
         rows = (const float *)((const char *)w->data + (size_t)r0 * w->row_bytes);
     } else {

@@ -414,6 +414,35 @@ START_TEST(test_dot_axpy)
 }
 END_TEST
 
+/* The fused dequantize-and-dot equals dequant_row then dot_f32 up to
+ * summation order. */
+START_TEST(test_dot_row)
+{
+    static const uint32_t types[] = {GGML_Q4_0, GGML_Q4_1, GGML_Q8_0};
+    enum { N = 576 };
+    uint64_t s = 5;
+    float x[N], w[N], wd[N];
+    uint8_t row[N * 2];
+    for (int k = 0; k < 3; k++) {
+        if (!dot_row_fused(types[k]))
+            return; /* no AVX2 here: the fused path does not exist */
+        for (int i = 0; i < N; i++) {
+            x[i] = gauss(&s);
+            w[i] = gauss(&s) + (types[k] == GGML_Q4_1 ? 0.5f : 0.0f);
+        }
+        quantize_row(types[k], w, row, N);
+        dequant_row(types[k], row, wd, N);
+        double ref = 0, mag = 0;
+        for (int i = 0; i < N; i++) {
+            ref += (double)wd[i] * x[i];
+            mag += fabs((double)wd[i] * x[i]);
+        }
+        float got = dot_row(types[k], row, x, N);
+        ck_assert_msg(fabs(got - ref) <= 1e-5 * mag, "type %u: %g vs %g", types[k], got, ref);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("quant");
@@ -432,6 +461,7 @@ int main(void)
     tcase_add_test(tc, test_block_extremes);
     tcase_add_loop_test(tc, test_simd_matches_scalar, 0, sizeof formats / sizeof formats[0]);
     tcase_add_loop_test(tc, test_dot_axpy, 0, 2);
+    tcase_add_test(tc, test_dot_row);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
