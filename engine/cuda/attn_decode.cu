@@ -456,9 +456,16 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
             const int shift = 24 - 8 * pass;
             for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
             __syncthreads();
-            for (int i = tid; i < ncand; i += blockDim.x) {
-                uint32_t k = KEY(i);
-                if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255], 1);
+            /* block maxima share their top bits: aggregate equal bins per
+             * warp so the shared atomics do not serialise on one address */
+            for (int i0 = 0; i0 < ncand; i0 += blockDim.x) {
+                int i = i0 + tid, bin = -1;
+                if (i < ncand) {
+                    uint32_t k = KEY(i);
+                    if ((k & mask) == prefix) bin = (int)((k >> shift) & 255);
+                }
+                unsigned peers = __match_any_sync(0xffffffffu, bin);
+                if (bin >= 0 && (tid & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
             }
             __syncthreads();
             if (tid < 32) {

@@ -136,6 +136,7 @@ __global__ void __launch_bounds__(128) prefill_kernel(PfArgs a)
 /* ---- MSA stage 1: fused index scoring, block max and top-k ---------------- */
 
 #define IX_TOK 64
+#define IX_STAGES 3
 #define IX_STAGE_BYTES (128 * 256)
 
 struct IxArgs {
@@ -189,7 +190,7 @@ __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
     const int last = min(t0 + IX_TOK, a.n_q) - 1;
     const int nb = max(0, (a.q_pos0 + last) / a.B - a.local + 1);
 
-    float *ls = (float *)(smem + 2 * IX_STAGE_BYTES);
+    float *ls = (float *)(smem + IX_STAGES * IX_STAGE_BYTES);
     int *li = (int *)(ls + a.top_k * 256);
     const int col = threadIdx.x;
     int cnt = 0;
@@ -197,14 +198,18 @@ __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
 
     const uint32_t base = smem_u32(smem);
     const int k_row = (lane >> 4) * 8 + (lane & 7), k_cb = (lane >> 3) & 1;
-    if (nb > 0) ix_load(a, 0, base);
-    cp_commit();
-    for (int kb = 0; kb < nb; kb++) {
-        if (kb + 1 < nb) ix_load(a, kb + 1, base + ((kb + 1) & 1) * IX_STAGE_BYTES);
+#pragma unroll
+    for (int s = 0; s < IX_STAGES - 1; s++) {
+        if (s < nb) ix_load(a, s, base + s * IX_STAGE_BYTES);
         cp_commit();
-        cp_wait<1>();
-        __syncthreads();
-        const uint32_t ks = base + (kb & 1) * IX_STAGE_BYTES;
+    }
+    for (int kb = 0; kb < nb; kb++) {
+        cp_wait<IX_STAGES - 2>();
+        __syncthreads(); /* block kb landed; everyone is done with block kb-1's stage */
+        if (kb + IX_STAGES - 1 < nb)
+            ix_load(a, kb + IX_STAGES - 1, base + ((kb + IX_STAGES - 1) % IX_STAGES) * IX_STAGE_BYTES);
+        cp_commit();
+        const uint32_t ks = base + (kb % IX_STAGES) * IX_STAGE_BYTES;
         float bm[2][2] = {{NEG_INF, NEG_INF}, {NEG_INF, NEG_INF}};
 #pragma unroll
         for (int half = 0; half < 2; half++) {
@@ -253,7 +258,6 @@ __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
             if (cnt < a.top_k) cnt++;
             thr = cnt == a.top_k ? ls[(a.top_k - 1) * 256 + col] : NEG_INF;
         }
-        __syncthreads();
     }
     cp_wait<0>();
     if (my_tok < a.n_q) {
@@ -310,9 +314,9 @@ __global__ void __launch_bounds__(1024) sp_scan_kernel(const int *cnt, int *off,
     }
 }
 
-#define SP_WARPS 8
+#define SP_WARPS 4
 #define SP_QBYTES (32 * 256)
-#define SP_SMEM (2 * 128 * 256 + SP_WARPS * 2 * SP_QBYTES)
+#define SP_SMEM (2 * 128 * 256 + SP_WARPS * SP_QBYTES)
 
 struct SpArgs {
     const bf16 *q;
@@ -347,7 +351,7 @@ static __device__ __forceinline__ void sp_load_q(const SpArgs &a, const int *ite
     }
 }
 
-__global__ void __launch_bounds__(SP_WARPS * 32, 1) sp_attn_kernel(SpArgs a)
+__global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
 {
     extern __shared__ __align__(128) unsigned char smem[];
     const int blk = blockIdx.x, g = blockIdx.y;
@@ -356,8 +360,8 @@ __global__ void __launch_bounds__(SP_WARPS * 32, 1) sp_attn_kernel(SpArgs a)
     const int *items = a.list + a.off[g * a.nblk + blk];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const uint32_t ks = smem_u32(smem), vs = ks + 128 * 256;
-    const uint32_t qw = vs + 128 * 256 + warp * 2 * SP_QBYTES;
-    unsigned char *qw_p = smem + 2 * 128 * 256 + warp * 2 * SP_QBYTES;
+    const uint32_t qcur = vs + 128 * 256 + warp * SP_QBYTES;
+    unsigned char *qcur_p = smem + 2 * 128 * 256 + warp * SP_QBYTES;
     const int n_pairs = (n + 1) / 2;
 
     {
@@ -370,20 +374,19 @@ __global__ void __launch_bounds__(SP_WARPS * 32, 1) sp_attn_kernel(SpArgs a)
             cp16(ks + swz(c >> 4, c & 15), kp + c * 16, ok);
             cp16(vs + swz(c >> 4, c & 15), vp + c * 16, ok);
         }
-        if (warp < n_pairs) sp_load_q(a, items, n, warp, g, qw, lane);
+        if (warp < n_pairs) sp_load_q(a, items, n, warp, g, qcur, lane);
         cp_commit();
         cp_wait<0>();
         __syncthreads();
     }
 
-    int j = 0;
-    for (int ip = warp; ip < n_pairs; ip += SP_WARPS, j++) {
-        const uint32_t qcur = qw + (j & 1) * SP_QBYTES;
-        unsigned char *qcur_p = qw_p + (j & 1) * SP_QBYTES;
-        if (ip + SP_WARPS < n_pairs) sp_load_q(a, items, n, ip + SP_WARPS, g, qw + ((j + 1) & 1) * SP_QBYTES, lane);
-        cp_commit();
-        cp_wait<1>();
-        __syncwarp();
+    for (int ip = warp; ip < n_pairs; ip += SP_WARPS) {
+        if (ip != warp) { /* the first pair came with K/V */
+            sp_load_q(a, items, n, ip, g, qcur, lane);
+            cp_commit();
+            cp_wait<0>();
+            __syncwarp();
+        }
 
         int it[2], rowpos[2][2];
         bool ok[2], need_mask = false;
@@ -529,10 +532,10 @@ extern "C" int cattn_msa_select_prefill(const cattn_pool *p, const int32_t *tabl
     if (rc) return rc;
     if (!table || !iq || !sel || !p->idx) return CATTN_EINVAL;
     static int attr_done = 0;
-    size_t smem = 2 * IX_STAGE_BYTES + (size_t)(top_k > 0 ? top_k : 1) * 256 * 8;
+    size_t smem = IX_STAGES * IX_STAGE_BYTES + (size_t)(top_k > 0 ? top_k : 1) * 256 * 8;
     if (!attr_done) {
         CUDA_TRY(cudaFuncSetAttribute(msa_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      2 * IX_STAGE_BYTES + 32 * 256 * 8));
+                                      IX_STAGES * IX_STAGE_BYTES + 32 * 256 * 8));
         attr_done = 1;
     }
     IxArgs a;
