@@ -7,8 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-#include "engine/cpu/cpu.h"
+#include "engine/internal.h"
 #include "kvcache/kvcache.h"
 
 /* ---- random numbers --------------------------------------------------- */
@@ -378,6 +379,371 @@ START_TEST(test_nan_scores_rank_last)
 }
 END_TEST
 
+
+/* ---- the engine end to end -------------------------------------------- */
+
+static char tmpdir[256];
+
+static void tmp_setup(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/sparsed-test-sparse-XXXXXX");
+    ck_assert_msg(mkdtemp(tmpdir) != NULL, "mkdtemp failed");
+}
+
+static void tmp_teardown(void)
+{
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", tmpdir);
+}
+
+/* Writes a random model with tools/mkmodel into the temp dir (once per
+ * argument string) and returns its path. */
+static const char *mkmodel(const char *args)
+{
+    static char path[512];
+    unsigned h = 5381;
+    for (const char *c = args; *c; c++)
+        h = h * 33 + (unsigned char)*c;
+    snprintf(path, sizeof path, "%s/m%08x.gguf", tmpdir, h);
+    if (access(path, R_OK) == 0)
+        return path;
+    const char *build = getenv("SPARSED_BUILD");
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "'%s/tools/mkmodel' --out '%s' %s >/dev/null", build ? build : "build",
+             path, args);
+    ck_assert_msg(system(cmd) == 0, "mkmodel failed: %s", cmd);
+    return path;
+}
+
+static engine *open_engine(const char *path, const attn_config *c, int threads)
+{
+    engine_opts o = {.model_path = path, .n_threads = threads, .attn = *c};
+    char err[256];
+    engine *e = engine_create(&o, err, sizeof err);
+    ck_assert_msg(e != NULL, "engine_create(%s): %s", path, err);
+    return e;
+}
+
+static attn_config dense_cfg(int B)
+{
+    attn_config c;
+    attn_config_default(&c);
+    c.mode = ATTN_DENSE;
+    c.block_size = B;
+    return c;
+}
+
+/* Prefills n tokens in two chunks (every row's logits), then decodes
+ * n_dec more one at a time; writes (n + n_dec) rows of logits.  The pool is
+ * returned with the sequence still in it when keep is non-NULL. */
+static void run_seq(engine *e, const int32_t *toks, int n, int n_dec, float *rows, kv_pool **keep,
+                    kv_seq *keep_seq)
+{
+    kv_layout l = engine_kv_layout(e);
+    int total = n + n_dec;
+    char err[256];
+    kv_pool *p = kv_pool_create(&l, kv_pages_for(&l, total) + 1, 1, err, sizeof err);
+    ck_assert_msg(p != NULL, "%s", err);
+    kv_seq s;
+    kv_seq_init(&s);
+    int V = engine_get_info(e)->n_vocab;
+    int done = 0;
+    while (done < total) {
+        int n_new = done < n ? (done == 0 ? n / 2 + 1 : n - done) : 1;
+        ck_assert_int_eq(kv_seq_reserve(p, &s, done + n_new), 0);
+        engine_seq es = {.n_past = done, .n_new = n_new, .blocks = s.pages, .n_blocks = s.n_pages,
+                         .logits = 2};
+        engine_batch b = {.n_tokens = n_new, .tokens = toks + done, .n_seqs = 1, .seqs = &es};
+        int r = engine_step(e, p, &b, rows + (size_t)done * V, err, sizeof err);
+        ck_assert_msg(r == n_new, "engine_step: %s", err);
+        done += n_new;
+    }
+    if (keep) {
+        *keep = p;
+        *keep_seq = s;
+        return;
+    }
+    kv_seq_release(p, &s);
+    kv_pool_free(p);
+}
+
+static void random_tokens(int32_t *t, int n, int vocab)
+{
+    for (int i = 0; i < n; i++)
+        t[i] = 3 + (int32_t)(rnd() % (uint32_t)(vocab - 3));
+}
+
+/* Largest relative error (L2, per row) between two sets of rows. */
+static double max_rel_err(const float *a, const float *b, int rows, int V)
+{
+    double worst = 0;
+    for (int r = 0; r < rows; r++) {
+        double num = 0, den = 0;
+        for (int i = 0; i < V; i++) {
+            double d = (double)a[(size_t)r * V + i] - b[(size_t)r * V + i];
+            num += d * d;
+            den += (double)b[(size_t)r * V + i] * b[(size_t)r * V + i];
+        }
+        double e = sqrt(num / (den > 0 ? den : 1));
+        worst = e > worst ? e : worst;
+    }
+    return worst;
+}
+
+/* Sparse with top_k covering every block against dense on one model:
+ * prefill (in two chunks) and decode rows. */
+static void check_exact(const char *path, int B, int indexer, int reduce, const char *what)
+{
+    enum { N_DEC = 3 };
+    int n = 3 * B + 5;
+    attn_config dc = dense_cfg(B);
+    attn_config sc = cfg_of(indexer, B, 1 << 20, 1, indexer == IDX_MSA ? 0 : 1, reduce);
+    sc.dense_layers = -1;
+    engine *de = open_engine(path, &dc, 2), *se = open_engine(path, &sc, 2);
+    /* the sparse path is really taken, from the first token on */
+    int l_sparse = engine_attn(se)->dense_layers;
+    ck_assert_msg(engine_layer_sparse(se, l_sparse, 1), "%s: layer %d is not sparse", what, l_sparse);
+    ck_assert(!engine_layer_sparse(de, l_sparse, n));
+    int V = engine_get_info(de)->n_vocab;
+    int32_t *toks = malloc((size_t)(n + N_DEC) * sizeof *toks);
+    random_tokens(toks, n + N_DEC, V);
+    float *dr = malloc((size_t)(n + N_DEC) * V * sizeof(float));
+    float *sr = malloc((size_t)(n + N_DEC) * V * sizeof(float));
+    run_seq(de, toks, n, N_DEC, dr, NULL, NULL);
+    run_seq(se, toks, n, N_DEC, sr, NULL, NULL);
+    double err = max_rel_err(sr, dr, n + N_DEC, V);
+    ck_assert_msg(err < 1e-5, "%s: sparse vs dense relative error %g", what, err);
+    free(toks);
+    free(dr);
+    free(sr);
+    engine_free(de);
+    engine_free(se);
+}
+
+static const int exact_B[] = {16, 32, 64, 128};
+static const int exact_kv[] = {8, 4, 2, 1};   /* 8 query heads: GQA 1, 2, 4, 8 */
+
+/* Training-free indexers on Llama-shaped models. */
+START_TEST(test_exact_full_budget_llama)
+{
+    int B = exact_B[_i % 4], kv = exact_kv[_i / 4];
+    char args[256], what[128];
+    snprintf(args, sizeof args,
+             "--preset tiny --layers 2 --embd 64 --heads 8 --kv-heads %d --head-dim 16 --ff 96 "
+             "--vocab 300 --seed %d", kv, 11 + kv);
+    const char *path = mkmodel(args);
+    snprintf(what, sizeof what, "llama B=%d gqa=%d minmax/max", B, 8 / kv);
+    check_exact(path, B, IDX_MINMAX, GROUP_MAX, what);
+    snprintf(what, sizeof what, "llama B=%d gqa=%d mean/sum", B, 8 / kv);
+    check_exact(path, B, IDX_MEAN, GROUP_SUM, what);
+}
+END_TEST
+
+/* The MSA indexer on M3-style models (QK norm, partial rotary, first layer
+ * dense). */
+START_TEST(test_exact_full_budget_msa)
+{
+    int B = exact_B[_i % 4], kv = exact_kv[_i / 4];
+    char args[256], what[128];
+    snprintf(args, sizeof args, "--preset m3-tiny --layers 3 --kv-heads %d --indexer-block %d --vocab 300 --seed %d",
+             kv, B, 21 + kv);
+    snprintf(what, sizeof what, "msa B=%d gqa=%d", B, 8 / kv);
+    check_exact(mkmodel(args), B, IDX_MSA, GROUP_MAX, what);
+}
+END_TEST
+
+/* A partial budget really drops blocks: logits move away from dense, and
+ * the same run repeated (on another thread count too) is bit-identical. */
+START_TEST(test_partial_budget_differs_and_is_deterministic)
+{
+    int msa = _i;
+    int B = 16, n = 12 * B;
+    const char *path = msa ? mkmodel("--preset m3-tiny --layers 3 --indexer-block 16 --vocab 300 --seed 5")
+                           : mkmodel("--preset tiny --layers 2 --embd 64 --heads 8 --kv-heads 2 "
+                                     "--head-dim 16 --ff 96 --vocab 300 --seed 6");
+    attn_config dc = dense_cfg(B);
+    attn_config sc = cfg_of(msa ? IDX_MSA : IDX_MINMAX, B, 2, 1, msa ? 0 : 1, GROUP_MAX);
+    sc.dense_layers = -1;
+    engine *de = open_engine(path, &dc, 2), *s1 = open_engine(path, &sc, 1), *s2 = open_engine(path, &sc, 2);
+    int V = engine_get_info(de)->n_vocab;
+    int32_t toks[12 * 16 + 2];
+    random_tokens(toks, n + 2, V);
+    size_t sz = (size_t)(n + 2) * V * sizeof(float);
+    float *dr = malloc(sz), *a = malloc(sz), *b = malloc(sz);
+    kv_pool *pool;
+    kv_seq seq;
+    run_seq(de, toks, n, 2, dr, NULL, NULL);
+    run_seq(s1, toks, n, 2, a, NULL, NULL);
+    run_seq(s2, toks, n, 2, b, &pool, &seq);
+    ck_assert_msg(memcmp(a, b, sz) == 0, "sparse runs differ between 1 and 2 threads");
+    /* rows whose context fits the budget (1 sink + 2 + 1 local blocks) are
+     * dense anyway; later rows differ */
+    int fit = (msa ? 3 : 4) * B;
+    double early = max_rel_err(a, dr, fit, V);
+    double late = max_rel_err(a + (size_t)(n + 1) * V, dr + (size_t)(n + 1) * V, 1, V);
+    ck_assert_msg(early < 1e-5, "rows within the budget differ from dense: %g", early);
+    ck_assert_msg(late > 1e-3, "last row equals dense (%g): no block was dropped", late);
+    /* and the selection at the end keeps 4 (msa: 3) of the 13 blocks */
+    int32_t out[16];
+    float q[8 * 32], iq[32];
+    for (int i = 0; i < 8 * 32; i++)
+        q[i] = frand();
+    for (int i = 0; i < 32; i++)
+        iq[i] = frand();
+    const attn_config *rc = engine_attn(s2);
+    sel_args sa = {.pool = pool, .cfg = rc, .layer = rc->dense_layers, .blocks = seq.pages,
+                   .pos = n + 1, .q = q, .n_q = 4, .head_dim = engine_get_info(s2)->head_dim,
+                   .iq = iq, .idx_dim = 32};
+    ck_assert_int_eq(sparse_select(&sa, out), msa ? 3 : 4);
+    kv_seq_release(pool, &seq);
+    kv_pool_free(pool);
+    free(dr);
+    free(a);
+    free(b);
+    engine_free(de);
+    engine_free(s1);
+    engine_free(s2);
+}
+END_TEST
+
+/* On pages the engine filled (real index keys, real keys and the summaries
+ * forward.c keeps, prefill and decode), selection agrees with the
+ * definition for random queries, and the summaries are min/max/sum. */
+START_TEST(test_engine_pages_match_definition)
+{
+    int msa = _i;
+    int B = 16, n = 20 * B + 7;
+    const char *path = msa ? mkmodel("--preset m3-tiny --layers 3 --indexer-block 16 --vocab 300 --seed 9")
+                           : mkmodel("--preset tiny --layers 2 --embd 64 --heads 8 --kv-heads 2 "
+                                     "--head-dim 16 --ff 96 --vocab 300 --seed 10");
+    attn_config sc = cfg_of(msa ? IDX_MSA : IDX_MINMAX, B, 3, 1, msa ? 0 : 1, GROUP_MAX);
+    sc.dense_layers = -1;
+    engine *e = open_engine(path, &sc, 2);
+    const engine_info *in = engine_get_info(e);
+    int V = in->n_vocab, D = in->head_dim, G = in->n_kv_heads, nq = in->n_heads / G;
+    int32_t *toks = malloc((size_t)(n + 3) * sizeof *toks);
+    random_tokens(toks, n + 3, V);
+    float *rows = malloc((size_t)(n + 3) * V * sizeof(float));
+    kv_pool *pool;
+    kv_seq seq;
+    run_seq(e, toks, n, 3, rows, &pool, &seq);
+    fixture f = {.pool = pool, .blocks = seq.pages};
+    const attn_config *rc = engine_attn(e);
+    float *q = malloc((size_t)nq * D * sizeof(float)), iq[32];
+    char what[160];
+    for (int trial = 0; trial < 40; trial++) {
+        attn_config c = *rc;
+        if (!msa) {
+            c.indexer = trial % 2 ? IDX_MEAN : IDX_MINMAX;
+            c.group_reduce = (trial / 2) % 2 ? GROUP_SUM : GROUP_MAX;
+        }
+        c.top_k_blocks = 1 + trial % 6;
+        for (int i = 0; i < nq * D; i++)
+            q[i] = frand();
+        for (int i = 0; i < 32; i++)
+            iq[i] = frand();
+        int pos = B * 4 + (int)(rnd() % (uint32_t)(n + 3 - B * 4));
+        sel_args a = {.pool = pool, .cfg = &c, .layer = rc->dense_layers + trial % 2, .blocks = seq.pages,
+                      .pos = pos, .group = trial % G, .q = q, .n_q = nq, .head_dim = D,
+                      .iq = msa ? iq : NULL, .idx_dim = 32};
+        snprintf(what, sizeof what, "%s pos=%d layer=%d indexer=%d reduce=%d k=%d", msa ? "msa" : "llama",
+                 pos, a.layer, c.indexer, c.group_reduce, c.top_k_blocks);
+        check_selection(&f, &a, what);
+    }
+    if (!msa) {
+        /* summaries over the filled slots, the last page partial */
+        int total = n + 3;
+        for (int b = 0; b < seq.n_pages; b++)
+            for (int l = 0; l < 2; l++)
+                for (int h = 0; h < G; h++) {
+                    int cnt = b == total / B ? total % B : B;
+                    const float *K = kv_page_k(pool, seq.pages[b], l) + (size_t)h * B * D;
+                    const float *S = kv_page_summary(pool, seq.pages[b], l) + (size_t)h * 3 * D;
+                    for (int d = 0; d < D; d++) {
+                        float mn = INFINITY, mx = -INFINITY;
+                        double sum = 0;
+                        for (int s = 0; s < cnt; s++) {
+                            float k = K[(size_t)s * D + d];
+                            mn = k < mn ? k : mn;
+                            mx = k > mx ? k : mx;
+                            sum += k;
+                        }
+                        ck_assert(S[d] == mn && S[D + d] == mx);
+                        ck_assert(fabs(S[2 * D + d] - sum) < 1e-4 * (1 + fabs(sum)));
+                    }
+                }
+    }
+    kv_seq_release(pool, &seq);
+    kv_pool_free(pool);
+    free(q);
+    free(toks);
+    free(rows);
+    engine_free(e);
+}
+END_TEST
+
+static int read_reference(int32_t *ids, int max)
+{
+    char path[1100];
+    snprintf(path, sizeof path, "%s/tests/data/stories260K-greedy.txt",
+             getenv("SPARSED_ROOT") ? getenv("SPARSED_ROOT") : ".");
+    FILE *f = fopen(path, "r");
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    char line[1024];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (line[0] == '#')
+            continue;
+        for (char *s = strtok(line, " \n"); s && n < max; s = strtok(NULL, " \n"))
+            ids[n++] = atoi(s);
+    }
+    fclose(f);
+    return n;
+}
+
+/* stories260K, sparse from the first token with every block in budget,
+ * decodes the published 256 greedy tokens (both training-free indexers,
+ * smallest and default-ish block sizes). */
+START_TEST(test_stories_sparse_full_budget_greedy)
+{
+    static const struct { int indexer, B; } cases[] = {{IDX_MINMAX, 16}, {IDX_MEAN, 64}};
+    int32_t ref[256];
+    ck_assert_int_eq(read_reference(ref, 256), 256);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/models/stories260K.gguf",
+             getenv("SPARSED_ROOT") ? getenv("SPARSED_ROOT") : ".");
+    attn_config c = cfg_of(cases[_i].indexer, cases[_i].B, 1 << 20, 1, 1, GROUP_MAX);
+    engine *e = open_engine(path, &c, 2);
+    ck_assert(engine_layer_sparse(e, 0, 1));
+    kv_layout l = engine_kv_layout(e);
+    char err[256];
+    kv_pool *p = kv_pool_create(&l, kv_pages_for(&l, 260), 1, err, sizeof err);
+    ck_assert_msg(p != NULL, "%s", err);
+    kv_seq s;
+    kv_seq_init(&s);
+    int32_t toks[260];
+    float logits[512];
+    toks[0] = engine_get_info(e)->bos;
+    for (int k = 0; k < 256; k++) {
+        ck_assert_int_eq(kv_seq_reserve(p, &s, k + 1), 0);
+        engine_seq es = {.n_past = k, .n_new = 1, .blocks = s.pages, .n_blocks = s.n_pages, .logits = 1};
+        engine_batch b = {.n_tokens = 1, .tokens = toks + k, .n_seqs = 1, .seqs = &es};
+        ck_assert_msg(engine_step(e, p, &b, logits, err, sizeof err) == 1, "%s", err);
+        int best = 0;
+        for (int i = 1; i < 512; i++)
+            if (logits[i] > logits[best])
+                best = i;
+        toks[k + 1] = best;
+        ck_assert_msg(best == ref[k], "token %d: got %d, published %d", k, best, ref[k]);
+    }
+    kv_seq_release(p, &s);
+    kv_pool_free(p);
+    engine_free(e);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("sparse");
@@ -390,6 +756,16 @@ static Suite *suite(void)
     tcase_add_test(t, test_msa_max_pooling_and_causality);
     tcase_add_test(t, test_nan_scores_rank_last);
     suite_add_tcase(s, t);
+
+    TCase *en = tcase_create("engine");
+    tcase_set_timeout(en, 300);
+    tcase_add_unchecked_fixture(en, tmp_setup, tmp_teardown);
+    tcase_add_loop_test(en, test_exact_full_budget_llama, 0, 16);
+    tcase_add_loop_test(en, test_exact_full_budget_msa, 0, 16);
+    tcase_add_loop_test(en, test_partial_budget_differs_and_is_deterministic, 0, 2);
+    tcase_add_loop_test(en, test_engine_pages_match_definition, 0, 2);
+    tcase_add_loop_test(en, test_stories_sparse_full_budget_greedy, 0, 2);
+    suite_add_tcase(s, en);
     return s;
 }
 
