@@ -26,6 +26,11 @@ if [ -f tests/integration/requirements.txt ] &&
     .venv/bin/pip install -q --disable-pip-version-check -r tests/integration/requirements.txt
     cp tests/integration/requirements.txt .venv/.requirements
 fi
+if [ -f tests/deploy/requirements.txt ] &&
+   ! cmp -s tests/deploy/requirements.txt .venv/.requirements-deploy 2>/dev/null; then
+    .venv/bin/pip install -q --disable-pip-version-check -r tests/deploy/requirements.txt
+    cp tests/deploy/requirements.txt .venv/.requirements-deploy
+fi
 
 if [ -x tools/fetch-models.sh ]; then
     bash tools/fetch-models.sh
