@@ -4,6 +4,7 @@
  *   attn_bench check            compare every kernel with a float64 host
  *                               reference on random paged data
  *   attn_bench bench N[,N..]    time them; print "ROW {json}" lines
+ *   attn_bench profile N        the decode paths once each, for ncu
  *
  * Inputs are random (never zeros), outputs are poisoned with NaN before
  * each run and every CUDA call is checked.  The block masks of the
@@ -867,8 +868,17 @@ typedef void (*run_fn)(void *ctx);
 
 /* Median microseconds of fn; with graph the call is captured once and
  * replayed; flush evicts L2 before each timed run (outside the events). */
+/* profile mode (under ncu): plain launches, no replays beyond two runs */
+static int g_profile = 0;
+
 static double time_us(run_fn fn, void *ctx, int warm, int reps, int graph, int flush)
 {
+    if (g_profile) {
+        warm = 0;
+        reps = 2;
+        graph = 0;
+        flush = 0;
+    }
     cudaGraphExec_t ge = NULL;
     fn(ctx); /* first call outside capture: one-time attributes */
     CK(cudaStreamSynchronize(g_st));
@@ -1195,7 +1205,7 @@ static int run_bench(const char *ns, const char *maskdir)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: attn_bench info | check | bench N[,N...] [maskdir]\n");
+        fprintf(stderr, "usage: attn_bench info | check | bench N[,N...] [maskdir] | profile N\n");
         return 2;
     }
     cudaDeviceProp prop;
@@ -1207,6 +1217,15 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "info")) return 0;
     if (!strcmp(argv[1], "check")) return run_checks();
     if (!strcmp(argv[1], "bench") && argc >= 3) return run_bench(argv[2], argc >= 4 ? argv[3] : NULL);
+    if (!strcmp(argv[1], "profile") && argc >= 3) {
+        long n = atol(argv[2]);
+        g_profile = 1;
+        bench_decode(M3, n, 1, 1, 0);
+        bench_decode(M3, n, 1, 1, 1);
+        bench_decode(L3, n, 1, 2, 0);
+        bench_decode(M3, n, 1, 0, 0);
+        return g_fail ? 1 : 0;
+    }
     fprintf(stderr, "unknown mode %s\n", argv[1]);
     return 2;
 }

@@ -3,7 +3,8 @@
 # runs here is already in build-gpu/), runs the correctness checks, times our
 # kernels and the PyTorch baselines on the same card, and writes logs and
 # gpu-attn-<date>.json under $OUT.  Env: NS (token counts), PREFILL_1M
-# (shapes whose 1M SDPA prefill runs), COMMIT, SKIP_CHECK, NO_FLEX.
+# (shapes whose 1M SDPA prefill runs), COMMIT, SKIP_CHECK, NO_FLEX, PROFILE
+# (ncu durations of the decode kernels at 1M).
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gpu-out}
@@ -23,6 +24,14 @@ if ! "$BIN" info >/dev/null 2>&1; then
 fi
 if [ -z "${SKIP_CHECK:-}" ]; then
     timeout 150 "$BIN" check 2>&1 | tee "$OUT/check.log"
+fi
+if [ -n "${PROFILE:-}" ] && command -v ncu >/dev/null; then
+    # per-kernel durations of the decode paths at 1M (MSA bf16, MSA fp8, Quest, dense)
+    timeout 150 ncu --clock-control none --metrics gpu__time_duration.sum \
+        -k regex:'msa_score|topk|decode_kernel|decode_combine|quest_score' "$BIN" profile 1048576 \
+        >"$OUT/ncu.txt" 2>&1
+    awk '/^  [a-z_]+.*\([0-9]+, [0-9]+, [0-9]+\)x/ {name=$1} /gpu__time_duration.sum/ {print name, $(NF-1), $NF}' \
+        "$OUT/ncu.txt" | tee "$OUT/ncu-summary.txt"
 fi
 timeout 200 "$BIN" bench "$NS" "$MASKDIR" 2>&1 | tee "$OUT/cuda.log"
 flex=""

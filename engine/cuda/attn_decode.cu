@@ -248,6 +248,7 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const float *part_o
  * registers and across the four warps. */
 
 #define SC_THREADS 128
+#define SC_MAX_PAGES 512
 
 static __device__ __forceinline__ void mma16816_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
 {
@@ -304,9 +305,16 @@ __global__ void __launch_bounds__(SC_THREADS) msa_score_kernel(const char *idx, 
         }
     }
 
+    /* this CTA's page ids up front: no table read on the copy path */
+    __shared__ int pid[SC_MAX_PAGES];
+    const bool pid_smem = n_my <= SC_MAX_PAGES;
+    if (pid_smem)
+        for (int i = tid; i < n_my; i += SC_THREADS) pid[i] = tables[(long long)b * ts + blockIdx.x + (long long)i * gridDim.x];
+    __syncthreads();
     const uint32_t base = smem_u32(smem);
     auto load = [&](int i) {
-        const char *src = idx + (long long)tables[(long long)b * ts + blockIdx.x + (long long)i * gridDim.x] * istride;
+        long long page = pid_smem ? pid[i] : tables[(long long)b * ts + blockIdx.x + (long long)i * gridDim.x];
+        const char *src = idx + page * istride;
         uint32_t dst = base + (i % C::STAGES) * C::PAGE;
 #pragma unroll
         for (int j = 0; j < C::PAGE / 16 / SC_THREADS; j++) {
@@ -448,24 +456,47 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
     if (ncand <= top_k) {
         for (int i = tid; i < top_k; i += blockDim.x) o[sink + i] = i < ncand ? c0 + i : -1;
     } else {
-        if (in_smem)
-            for (int i = tid; i < ncand; i += blockDim.x) keys[i] = ord_key(sc[i]);
-        uint32_t prefix = 0, mask = 0;
+        /* keys share their leading bits (block maxima lie close together):
+         * find the common prefix of min and max and select on the bits below
+         * it, 8 at a time, so the histograms spread over many bins */
+        uint32_t kmin = 0xffffffffu, kmax = 0;
+        for (int i = tid; i < ncand; i += blockDim.x) {
+            uint32_t k = ord_key(sc[i]);
+            if (in_smem) keys[i] = k;
+            kmin = min(kmin, k);
+            kmax = max(kmax, k);
+        }
+        kmin = __reduce_min_sync(0xffffffffu, kmin);
+        kmax = __reduce_max_sync(0xffffffffu, kmax);
+        if ((tid & 31) == 0) {
+            hist[tid >> 5] = (int)kmin;
+            hist[32 + (tid >> 5)] = (int)kmax;
+        }
+        __syncthreads();
+        if (tid < 32) {
+            uint32_t a = (uint32_t)hist[tid], c = (uint32_t)hist[32 + tid];
+            if (tid >= (int)(blockDim.x >> 5)) a = 0xffffffffu, c = 0;
+            a = __reduce_min_sync(0xffffffffu, a);
+            c = __reduce_max_sync(0xffffffffu, c);
+            if (tid == 0) s_bin = (int)a, s_rem = (int)c;
+        }
+        __syncthreads();
+        kmin = (uint32_t)s_bin;
+        kmax = (uint32_t)s_rem;
+        __syncthreads();
+        const uint32_t diff = kmin ^ kmax;
+        int hi = diff ? 32 - __clz(diff) : 0; /* bits [0, hi) differ */
+        uint32_t mask = hi >= 32 ? 0u : ~((1u << hi) - 1u);
+        uint32_t prefix = kmax & mask;
         int rem = top_k;
-        for (int pass = 0; pass < 4; pass++) {
-            const int shift = 24 - 8 * pass;
+        while (hi > 0) {
+            const int width = hi < 8 ? hi : 8, shift = hi - width;
+            const uint32_t wmask = (1u << width) - 1u;
             for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
             __syncthreads();
-            /* block maxima share their top bits: aggregate equal bins per
-             * warp so the shared atomics do not serialise on one address */
-            for (int i0 = 0; i0 < ncand; i0 += blockDim.x) {
-                int i = i0 + tid, bin = -1;
-                if (i < ncand) {
-                    uint32_t k = KEY(i);
-                    if ((k & mask) == prefix) bin = (int)((k >> shift) & 255);
-                }
-                unsigned peers = __match_any_sync(0xffffffffu, bin);
-                if (bin >= 0 && (tid & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
+            for (int i = tid; i < ncand; i += blockDim.x) {
+                uint32_t k = KEY(i);
+                if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & wmask], 1);
             }
             __syncthreads();
             if (tid < 32) {
@@ -492,8 +523,9 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
             }
             __syncthreads();
             prefix |= (uint32_t)s_bin << shift;
-            mask |= 255u << shift;
+            mask |= wmask << shift;
             rem = s_rem;
+            hi = shift;
             __syncthreads();
         }
         if (tid == 0) cnt_gt = cnt_eq = 0;
