@@ -410,6 +410,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         atomic_init(&c->pending, 0);
         *con_cls = c;
         atomic_fetch_add(&srv->n_conns, 1);
+        /* headers are in: from now on the connection's idle limit applies */
+        if (srv->cfg.header_timeout && srv->cfg.header_timeout != srv->cfg.connection_timeout)
+            MHD_set_connection_option(mc, MHD_CONNECTION_OPTION_TIMEOUT,
+                                      (unsigned)srv->cfg.connection_timeout);
         snprintf(c->path, sizeof c->path, "%s", url);
         c->route = route_of(url, model_id, sizeof model_id);
         unsigned long n = atomic_fetch_add(&srv->next_id, 1) + 1;
@@ -497,13 +501,25 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
                           : toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT ? "client_abort"
                           : toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ? "timeout"
                           : toe == MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN ? "shutdown" : "error";
+        /* token counts and scheduler timings only for generation routes */
+        char toks[96] = "prompt_tokens=- output_tokens=- queue_ms=- ttft_ms=-";
+        if (c->have_st) {
+            int pt = c->st.prompt_tokens, ot = c->st.completion_tokens;
+            if (!c->st.done) {   /* cut short: count what was submitted and streamed */
+                for (int i = 0; i < c->st.g.n_prompts; i++)
+                    pt += c->st.g.prompt_len[i];
+                for (int i = 0; i < c->st.n_choices; i++)
+                    ot += c->st.ch[i].n_tokens;
+            }
+            char ttft[24] = "-";
+            if (c->st.done && c->st.ttft_s >= 0)
+                snprintf(ttft, sizeof ttft, "%.1f", c->st.ttft_s * 1000.0);
+            snprintf(toks, sizeof toks, "prompt_tokens=%d output_tokens=%d queue_ms=%.1f ttft_ms=%s",
+                     pt, ot, c->st.queue_s * 1000.0, ttft);
+        }
         char line[512];
-        snprintf(line, sizeof line,
-                 "sparsed: access id=%s route=%s status=%d prompt_tokens=%d output_tokens=%d "
-                 "queue_ms=%.1f ttft_ms=%.1f total_ms=%.1f end=%s\n",
-                 c->id, c->route == R_NONE ? "-" : c->path, status, c->st.prompt_tokens,
-                 c->st.completion_tokens, c->st.queue_s * 1000.0,
-                 c->st.ttft_s >= 0 ? c->st.ttft_s * 1000.0 : -1.0, total, how);
+        snprintf(line, sizeof line, "sparsed: access id=%s route=%s status=%d %s total_ms=%.1f end=%s\n",
+                 c->id, c->route == R_NONE ? "-" : c->path, status, toks, total, how);
         fputs(line, stderr);
     }
     atomic_fetch_sub(&srv->n_conns, 1);
@@ -558,7 +574,13 @@ int http_start(server *srv, char *err, size_t errlen)
                               MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                               MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads,
                               MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
-                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout,
+                              MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                              (unsigned)cfg->max_connections_per_client,
+                              /* until a request's headers are in (slow-header clients) */
+                              MHD_OPTION_CONNECTION_TIMEOUT,
+                              (unsigned)(cfg->header_timeout ? cfg->header_timeout
+                                                             : cfg->connection_timeout),
+                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->header_limit,
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
                               MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
                               MHD_OPTION_END);

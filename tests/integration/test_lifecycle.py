@@ -52,7 +52,7 @@ def test_sigterm_drains_streams(make_daemon):
     started = threading.Barrier(n + 1)
 
     def worker(i):
-        r = requests.post(d.url + "/v1/completions", json=dict(LONG, max_tokens=1200, stream=True),
+        r = requests.post(d.url + "/v1/completions", json=dict(LONG, max_tokens=400, stream=True),
                           stream=True, timeout=300)
         it = r.iter_content(chunk_size=None)
         first = next(it)
@@ -85,9 +85,10 @@ def test_sigterm_drains_streams(make_daemon):
     for body in out:
         events = [json.loads(b[6:]) for b in body.decode().split("\n\n") if b.startswith("data: {")]
         assert body.endswith(b"data: [DONE]\n\n")
+        assert all("choices" in e for e in events), d.log[-1500:]
         text_chunks = [e for e in events if e["choices"]]
         assert text_chunks[-1]["choices"][0]["finish_reason"] == "length"
-        assert len(text_chunks) >= 1000, "the stream was cut short"
+        assert len(text_chunks) >= 390, "the stream was cut short"
 
 
 def test_drain_timeout_ends_streams(make_daemon):
