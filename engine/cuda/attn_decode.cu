@@ -31,6 +31,8 @@ struct DecArgs {
     const int32_t *lens;
     int ls_seq, ls_kvh;
     float *part_o, *part_lse;
+    int *merge_cnt; /* per (sequence, KV head), zero on entry: the last CTA merges */
+    bf16 *out;
     int B, n_kv, n_heads, ratio, n_splits;
     float scale_log2;
 };
@@ -217,6 +219,42 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) decode_kernel(DecArgs a)
             *(float4 *)&po[d] = acc;
         }
         if ((threadIdx.x & 7) == 0) a.part_lse[row] = lt > 0.f ? M + log2f(lt) : NEG_INF;
+    }
+    if (!a.merge_cnt) return;
+
+    /* the last CTA of this (sequence, KV head) merges the splits */
+    __shared__ int s_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int *cnt = a.merge_cnt + (long long)b * a.n_kv + kvh;
+        s_last = atomicAdd(cnt, 1) == a.n_splits - 1;
+        if (s_last) *cnt = 0;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    for (int r2 = warp; r2 < a.ratio; r2 += DEC_WARPS) {
+        long long row0 = ((long long)b * a.n_heads + kvh * a.ratio + r2) * a.n_splits;
+        float M = NEG_INF;
+        for (int x = lane; x < a.n_splits; x += 32) M = fmaxf(M, __ldcg(a.part_lse + row0 + x));
+#pragma unroll
+        for (int x = 16; x; x >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, x));
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+        float wsum = 0.f;
+        if (M != NEG_INF) {
+            for (int x = 0; x < a.n_splits; x++) {
+                float w = exp2f(__ldcg(a.part_lse + row0 + x) - M);
+                float4 v = __ldcg((const float4 *)(a.part_o + (row0 + x) * 128) + lane);
+                wsum += w;
+                acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
+            }
+        }
+        float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+        uint2 o2;
+        o2.x = pack_bf16(acc.x * inv, acc.y * inv);
+        o2.y = pack_bf16(acc.z * inv, acc.w * inv);
+        *(uint2 *)(a.out + (row0 / a.n_splits) * 128 + 4 * lane) = o2;
     }
 }
 
@@ -423,6 +461,7 @@ __global__ void __launch_bounds__(256) quest_score_kernel(const char *summ, long
 
 #define TOPK_THREADS 1024
 #define TOPK_SMEM_KEYS 16384
+#define TOPK_MAX_W 256
 
 static __device__ __forceinline__ uint32_t ord_key(float f)
 {
@@ -433,7 +472,7 @@ static __device__ __forceinline__ uint32_t ord_key(float f)
 __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores, int sstride, const int32_t *lens,
                                                             int B, int rows_per_seq, int sink, int top_k, int local,
                                                             int32_t *sel, const int32_t *tables, int ts,
-                                                            int32_t *tab_out, int32_t *len_out)
+                                                            int32_t *tab_out, int32_t *len_out, int *merge_cnt)
 {
     extern __shared__ uint32_t keys[];
     __shared__ int hist[256];
@@ -443,7 +482,7 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
     const int len = lens[b];
     const int nblk = (len + B - 1) / B;
     const int c0 = min(sink, nblk), c1 = max(c0, nblk - local), ncand = c1 - c0;
-    int32_t *o = sel + (long long)row * W;
+    __shared__ int o[TOPK_MAX_W]; /* the row's selection, copied out at the end */
     const float *sc = scores + (long long)row * sstride + c0;
     const bool in_smem = ncand <= TOPK_SMEM_KEYS;
 #define KEY(i) (in_smem ? keys[i] : ord_key(sc[i]))
@@ -542,15 +581,25 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
         }
     }
 #undef KEY
-    if (!tab_out) return;
     __syncthreads();
-    if (tid == 0) {
+    for (int i = tid; i < W; i += blockDim.x) sel[(long long)row * W + i] = o[i];
+    if (!tab_out) return;
+    /* compact the valid entries (order kept: the newest block stays last)
+     * with one warp, 32 entries per step */
+    if (tid < 32) {
         int n = 0;
-        for (int i = 0; i < W; i++) {
-            int blk = o[i];
-            if (blk >= 0) tab_out[(long long)row * W + n++] = tables[(long long)b * ts + blk];
+        for (int i0 = 0; i0 < W; i0 += 32) {
+            int i = i0 + tid, blk = i < W ? o[i] : -1;
+            unsigned v = __ballot_sync(0xffffffffu, blk >= 0);
+            if (blk >= 0)
+                tab_out[(long long)row * W + n + __popc(v & ((1u << tid) - 1u))] =
+                    tables[(long long)b * ts + blk];
+            n += __popc(v);
         }
-        len_out[row] = (n - 1) * B + (len - (nblk - 1) * B);
+        if (tid == 0) {
+            len_out[row] = (n - 1) * B + (len - (nblk - 1) * B);
+            if (merge_cnt) merge_cnt[row] = 0;
+        }
     }
 }
 
@@ -599,7 +648,8 @@ static int check_pool(const cattn_pool *p, int n_heads)
 /* Split-KV decode over tables with per-KV-head strides. */
 static int decode_run(const cattn_pool *p, int batch, int n_heads, const void *q, void *out, float scale,
                       const int32_t *tables, long long ts_seq, int ts_kvh, const int32_t *lens, int ls_seq,
-                      int ls_kvh, int max_len, int min_tiles, void *ws, size_t ws_bytes, cudaStream_t st)
+                      int ls_kvh, int max_len, int min_tiles, int *merge_cnt, void *ws, size_t ws_bytes,
+                      cudaStream_t st)
 {
     static int attr_done = 0;
     if (!attr_done) {
@@ -623,6 +673,8 @@ static int decode_run(const cattn_pool *p, int batch, int n_heads, const void *q
     a.ls_kvh = ls_kvh;
     a.part_o = (float *)ws;
     a.part_lse = a.part_o + (size_t)batch * n_heads * splits * 128;
+    a.merge_cnt = merge_cnt;
+    a.out = (bf16 *)out;
     a.B = p->block_size;
     a.n_kv = n_kv;
     a.n_heads = n_heads;
@@ -632,6 +684,7 @@ static int decode_run(const cattn_pool *p, int batch, int n_heads, const void *q
     dim3 grid(splits, n_kv, batch);
     decode_kernel<<<grid, DEC_WARPS * 32, DEC_SMEM, st>>>(a);
     CUDA_TRY(cudaGetLastError());
+    if (merge_cnt) return 0;
     decode_combine_kernel<<<batch * n_heads, 128, 0, st>>>(a.part_o, a.part_lse, splits, (bf16 *)out);
     CUDA_TRY(cudaGetLastError());
     return 0;
@@ -660,7 +713,7 @@ extern "C" int cattn_decode(const cattn_pool *p, const cattn_batch *b, int n_hea
     if (rc) return rc;
     if (!b || b->batch <= 0 || b->max_len <= 0) return CATTN_EINVAL;
     return decode_run(p, b->batch, n_heads, q, out, scale, b->tables, b->table_stride, 0, b->lens, 1, 0,
-                      b->max_len, 4, ws, ws_bytes, (cudaStream_t)stream);
+                      b->max_len, 4, NULL, ws, ws_bytes, (cudaStream_t)stream);
 }
 
 /* Sparse decode workspace: scores, selection, rewritten tables, lengths,
@@ -674,6 +727,7 @@ static size_t sparse_ws(const cattn_pool *p, int batch, int n_heads, int max_len
     off[1] = o; o += align256((size_t)rows * W * sizeof(int32_t));
     off[2] = o; o += align256((size_t)rows * W * sizeof(int32_t));
     off[3] = o; o += align256((size_t)rows * sizeof(int32_t));
+    off[5] = o; o += align256((size_t)rows * sizeof(int32_t));
     off[4] = o; o += dec_ws(batch, n_heads, p->n_kv_heads, W * p->block_size, 1);
     return o;
 }
@@ -681,14 +735,14 @@ static size_t sparse_ws(const cattn_pool *p, int batch, int n_heads, int max_len
 extern "C" size_t cattn_msa_decode_ws(const cattn_pool *p, int batch, int n_heads, int max_len, int top_k,
                                       int local)
 {
-    size_t off[5];
+    size_t off[6];
     return sparse_ws(p, batch, n_heads, max_len, top_k + local, off);
 }
 
 extern "C" size_t cattn_quest_decode_ws(const cattn_pool *p, int batch, int n_heads, int max_len, int top_k,
                                         int local, int sink)
 {
-    size_t off[5];
+    size_t off[6];
     return sparse_ws(p, batch, n_heads, max_len, sink + top_k + local, off);
 }
 
@@ -699,14 +753,16 @@ static int sparse_decode(const cattn_pool *p, const cattn_batch *b, int n_heads,
     int rc = check_pool(p, n_heads);
     if (rc) return rc;
     if (!b || b->batch <= 0 || b->max_len <= 0 || top_k < 0 || local < 1 || sink < 0) return CATTN_EINVAL;
+    if (sink + top_k + local > TOPK_MAX_W) return CATTN_ESHAPE;
     const int W = sink + top_k + local, B = p->block_size, n_kv = p->n_kv_heads;
-    size_t off[5];
+    size_t off[6];
     if (ws_bytes < sparse_ws(p, b->batch, n_heads, b->max_len, W, off)) return CATTN_EWORKSPACE;
     char *w = (char *)ws;
     float *scores = (float *)(w + off[0]);
     int32_t *sel_ws = (int32_t *)(w + off[1]);
     int32_t *tab = (int32_t *)(w + off[2]);
     int32_t *lens = (int32_t *)(w + off[3]);
+    int *merge_cnt = (int *)(w + off[5]);
     const int nblk = (b->max_len + B - 1) / B;
     static int attr_done = 0;
     if (!attr_done) {
@@ -742,10 +798,10 @@ static int sparse_decode(const cattn_pool *p, const cattn_batch *b, int n_heads,
     size_t tk_smem = (size_t)(nblk < TOPK_SMEM_KEYS ? nblk : TOPK_SMEM_KEYS) * 4;
     topk_kernel<<<b->batch * n_kv, TOPK_THREADS, tk_smem, st>>>(scores, nblk, b->lens, B, n_kv, sink, top_k, local,
                                                                  sel ? sel : sel_ws, b->tables, b->table_stride, tab,
-                                                                 lens);
+                                                                 lens, merge_cnt);
     CUDA_TRY(cudaGetLastError());
     return decode_run(p, b->batch, n_heads, q, out, scale, tab, (long long)n_kv * W, W, lens, n_kv, 1, W * B, 1,
-                      w + off[4], ws_bytes - off[4], st);
+                      merge_cnt, w + off[4], ws_bytes - off[4], st);
 }
 
 extern "C" int cattn_msa_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q,
