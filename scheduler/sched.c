@@ -529,6 +529,8 @@ static void active_remove(sched *s, sched_req *r)
     s->n_active--;
 }
 
+static void update_gauges(sched *s);
+
 /* Ends a request: every sequence retired, a last event queued, the loop's
  * reference dropped. */
 static void req_end(sched *s, sched_req *r, int status, const char *msg, int finish_reason)
@@ -566,9 +568,12 @@ static void req_end(sched *s, sched_req *r, int status, const char *msg, int fin
         ev->cached_tokens = r->cached_tokens;
         ev->queue_s = r->t_admit > 0 ? r->t_admit - r->t_submit : t - r->t_submit;
         ev->ttft_s = r->t_first > 0 ? r->t_first - r->t_submit : -1;
-        push_event(r, ev);
     }
     active_remove(s, r);
+    /* A client that reads /metrics right after its reply sees r gone. */
+    update_gauges(s);
+    if (ev)
+        push_event(r, ev);
     /* Other sequences of r may still be in this step's batch: drop the
      * loop's reference when the callback is over. */
     r->dnext = s->dead;
