@@ -74,7 +74,8 @@ struct sched_req {
     float *bias_val;
     double t_submit, t_admit, t_first, t_event;
     struct sched_req *anext, *aprev;   /* active list (loop) */
-    struct sched_req *inext;           /* incoming / cancel lists */
+    struct sched_req *inext;           /* incoming list */
+    struct sched_req *cnext;           /* cancel list (a request may be on both) */
     struct sched_req *dnext;           /* ended, unreferenced after the callback */
 };
 
@@ -283,9 +284,9 @@ void sched_req_release(sched_req *r)
     atomic_store(&r->cancelled, 1);
     pthread_mutex_lock(&s->mu);
     atomic_fetch_add(&r->refs, 1);
-    r->inext = NULL;
-    /* cancel list is LIFO; order does not matter */
-    r->inext = s->cancel_head;
+    /* LIFO; order does not matter.  The request may still be on the
+     * incoming list too, hence its own link. */
+    r->cnext = s->cancel_head;
     s->cancel_head = r;
     pthread_mutex_unlock(&s->mu);
     if (!atomic_load(&s->loop_done))
@@ -612,8 +613,8 @@ static void take_incoming(sched *s)
             q_push_back(s, &r->seqs[i]);
     }
     for (sched_req *r = cn, *nx; r; r = nx) {
-        nx = r->inext;
-        r->inext = NULL;
+        nx = r->cnext;
+        r->cnext = NULL;
         if (!r->ended)
             req_end(s, r, 0, NULL, SCHED_FINISH_ABORT);
         req_unref(r);   /* the reference sched_req_release took for this list */

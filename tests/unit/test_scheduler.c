@@ -659,6 +659,64 @@ START_TEST(keepalive_while_waiting)
 }
 END_TEST
 
+/* Released while still on the incoming list (the client left at once):
+ * the requests around it are unaffected and nothing stays behind. */
+START_TEST(release_before_pickup)
+{
+    world w;
+    sched_opts o;
+    sched_opts_default(&o);
+    world_start(&w, 64, &o);
+    int32_t prompt[20], ref[12];
+    make_prompt(prompt, 20, 8);
+    int nref = reference(prompt, 20, 12, ref);
+    sched_params p;
+    params(&p, 1, 12);
+    enum { N = 6 };
+    static result r[N];
+    sched_req *q[N];
+    for (int i = 0; i < N; i++) {
+        result_init(&r[i], 1);
+        q[i] = submit(&w, prompt, 20, &p, &r[i]);
+    }
+    sched_req_release(q[1]);
+    sched_req_release(q[4]);
+    world_run(&w);
+    for (int i = 0; i < N; i++) {
+        if (i == 1 || i == 4)
+            continue;
+        collect(q[i], &r[i], 10);
+        sched_req_release(q[i]);
+        ck_assert_int_eq(r[i].n_toks[0], nref);
+        ck_assert_mem_eq(r[i].toks[0], ref, (size_t)nref * sizeof(int32_t));
+    }
+    /* and again with the loop running */
+    for (int i = 0; i < N; i++) {
+        result_init(&r[i], 1);
+        q[i] = submit(&w, prompt, 20, &p, &r[i]);
+        if (i % 2)
+            sched_req_release(q[i]);
+    }
+    for (int i = 0; i < N; i += 2) {
+        collect(q[i], &r[i], 10);
+        sched_req_release(q[i]);
+        ck_assert_int_eq(r[i].n_toks[0], nref);
+    }
+    for (int i = 0; i < 2000; i++) {
+        sched_stats st;
+        sched_get_stats(w.s, &st);
+        if (st.running == 0 && st.waiting == 0 && st.kv_used == 0)
+            break;
+        usleep(1000);
+    }
+    sched_stats st;
+    sched_get_stats(w.s, &st);
+    ck_assert_int_eq(st.running + st.waiting, 0);
+    ck_assert_int_eq(st.kv_used, 0);
+    world_stop(&w);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("scheduler");
@@ -675,6 +733,7 @@ static Suite *suite(void)
     tcase_add_test(t, timeout_and_engine_error);
     tcase_add_test(t, drain_finishes_inflight);
     tcase_add_test(t, keepalive_while_waiting);
+    tcase_add_test(t, release_before_pickup);
     suite_add_tcase(s, t);
     return s;
 }
