@@ -56,6 +56,7 @@ struct sched_req {
     void (*notify)(void *);
     void *user;
     struct evnode *ev_head, *ev_tail;
+    atomic_int n_queued;      /* events not yet taken by the caller */
 
     /* loop side */
     sched *s;
@@ -122,6 +123,7 @@ struct sched {
     int n_running;
     uint64_t order;
     int admit_blocked;        /* the queue head did not fit; retry when pages free */
+    int n_paused;             /* sequences the last step left out: their output is unread */
     int32_t *btok;
     engine_seq *bseq;
     seq **bmap;
@@ -226,6 +228,7 @@ static void push_event(sched_req *r, sched_event *ev)
     else
         r->ev_head = n;
     r->ev_tail = n;
+    atomic_fetch_add(&r->n_queued, 1);
     if (!r->released && r->notify)
         r->notify(r->user);
     pthread_mutex_unlock(&r->mu);
@@ -245,6 +248,14 @@ static sched_event *new_event(int type, int index, const char *text, int len)
     return ev;
 }
 
+/* A request whose caller leaves this many events unread (a stalled stream
+ * reader) gets no more tokens until it catches up: its output buffers
+ * stay bounded.  Each sequence may run this far ahead. */
+static int queue_limit(const sched_req *r)
+{
+    return 64 + 8 * r->n_seqs;
+}
+
 sched_event *sched_req_next(sched_req *r)
 {
     pthread_mutex_lock(&r->mu);
@@ -257,6 +268,10 @@ sched_event *sched_req_next(sched_req *r)
     pthread_mutex_unlock(&r->mu);
     if (!n)
         return NULL;
+    /* halfway down from the limit: wake the loop, which may have paused r */
+    if (atomic_fetch_sub(&r->n_queued, 1) == queue_limit(r) / 2 + 1 &&
+        !atomic_load(&r->s->loop_done))
+        uv_async_send(&r->s->wake);
     sched_event *ev = n->ev;
     free(n);
     return ev;
@@ -336,6 +351,7 @@ int sched_submit(sched *s, const sched_prompt *prompts, int n_prompts, const sch
     pthread_mutex_init(&r->mu, NULL);
     atomic_init(&r->refs, 2);
     atomic_init(&r->cancelled, 0);
+    atomic_init(&r->n_queued, 0);
     r->notify = notify;
     r->user = user;
     r->s = s;
@@ -815,6 +831,11 @@ static void admit(sched *s)
             q = next;
             continue;
         }
+        if (atomic_load(&q->req->n_queued) >= queue_limit(q->req)) {
+            s->n_paused++;   /* back when its reader catches up */
+            q = next;
+            continue;
+        }
         sched_req *r = q->req;
         int matched = 0;
         if (s->o.prefix_cache && q->kv.n_pages == 0)
@@ -892,6 +913,16 @@ static int build_batch(sched *s, int *n_tokens)
         seq *q = s->running[i];
         int remain = q->n_tok - q->n_done;
         int take;
+        if (atomic_load(&q->req->n_queued) >= queue_limit(q->req)) {
+            /* its reader is behind: no tokens now, and its slot and pages
+             * go to whoever waits (the prefix cache keeps most of them) */
+            s->n_paused++;
+            if (s->wait_head) {
+                preempt(s, q);
+                i--;
+            }
+            continue;
+        }
         if (remain == 1) {
             if (dec_budget == 0)
                 continue;
@@ -956,13 +987,15 @@ static void update_gauges(sched *s)
     pthread_mutex_unlock(&s->m.mu);
 }
 
-static void step(sched *s)
+/* Returns the number of sequences stepped. */
+static int step(sched *s)
 {
+    s->n_paused = 0;
     admit(s);
     int nt = 0;
     int ns = build_batch(s, &nt);
     if (ns == 0)
-        return;
+        return 0;
     engine_batch b = {.n_tokens = nt, .tokens = s->btok, .n_seqs = ns, .seqs = s->bseq};
     char err[256] = "";
     int rows = s->be.step(s->be.ctx, s->pool, &b, s->logits, err, sizeof err);
@@ -975,7 +1008,7 @@ static void step(sched *s)
         for (int i = 0; i < ns; i++)
             if (!s->bmap[i]->req->ended)
                 req_end(s, s->bmap[i]->req, 500, msg, 0);
-        return;
+        return ns;
     }
     atomic_store(&s->engine_failures, 0);
     pthread_mutex_lock(&s->m.mu);
@@ -1008,6 +1041,7 @@ static void step(sched *s)
         }
         seq_token(s, q, t, lp);
     }
+    return ns;
 }
 
 /* ---- loop callbacks ---------------------------------------------------- */
@@ -1023,9 +1057,11 @@ static void on_work(uv_idle_t *h)
 {
     sched *s = h->data;
     take_incoming(s);
-    step(s);
+    int ns = step(s);
     update_gauges(s);
-    if (!has_work(s)) {
+    /* Only paused sequences left: sleep until a reader catches up (its
+     * wakeup), a request comes or goes, or the next tick. */
+    if (!has_work(s) || (ns == 0 && s->n_paused > 0)) {
         uv_idle_stop(&s->work);
         s->work_on = 0;
     }
@@ -1093,7 +1129,8 @@ static void on_tick(uv_timer_t *h)
             req_end(s, r, 504, "the request timed out", 0);
             continue;
         }
-        if (s->o.keepalive > 0 && t - r->t_event >= s->o.keepalive) {
+        if (s->o.keepalive > 0 && t - r->t_event >= s->o.keepalive &&
+            atomic_load(&r->n_queued) == 0) {
             sched_event *ev = new_event(SCHED_EV_KEEPALIVE, 0, NULL, 0);
             if (ev)
                 push_event(r, ev);
