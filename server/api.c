@@ -918,6 +918,18 @@ int api_parse_gen(server *srv, const char *body, size_t len, int chat, gen_req *
         long long room = n_ctx - longest;
         max_tokens = chat ? room : (room < 16 ? room : 16);
     }
+    /* the operator's cap (--max-tokens) bounds what one request may take */
+    int cap = srv->cfg.max_tokens;
+    if (cap > 0 && max_tokens > cap) {
+        if (has_mt) {
+            apierr_set(e, 400, chat && !field(root, "max_tokens") ? "max_completion_tokens" : "max_tokens",
+                       "integer_above_max_value",
+                       "Invalid 'max_tokens': integer above maximum value. This server generates at "
+                       "most %d tokens per choice, but %lld were requested.", cap, max_tokens);
+            goto out;
+        }
+        max_tokens = cap;
+    }
     if (longest >= n_ctx || longest + max_tokens > n_ctx) {
         long long mt = max_tokens > 0 ? max_tokens : 1;
         apierr_set(e, 400, what, "context_length_exceeded",

@@ -14,6 +14,7 @@ typedef struct srv_config {
     char *served_model_name;
     char *api_key;
     char *api_key_file;
+    char *user;
     /* engine */
     char *device;
     int threads;
@@ -26,6 +27,7 @@ typedef struct srv_config {
     int max_running;
     int max_batch_tokens;
     int max_queue;
+    int max_tokens;
     long long max_queued_tokens;
     int prefix_cache;
     /* HTTP */
@@ -34,7 +36,10 @@ typedef struct srv_config {
     double shutdown_timeout;
     double sse_keepalive;
     int max_connections;
+    int max_connections_per_client;
     int connection_timeout;
+    int header_timeout;
+    long long header_limit;
     int http_threads;
     int access_log;
 } srv_config;

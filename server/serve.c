@@ -5,7 +5,9 @@
  * drain on the loop; when it ends, open streams get a moment to flush and
  * the HTTP side stops. */
 #include <errno.h>
+#include <grp.h>
 #include <limits.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,6 +134,36 @@ static int engine_options(const srv_config *c, engine_opts *eo)
     return 0;
 }
 
+/* --user: leaves root for NAME (its groups, then its uid) once the port is
+ * bound and the model loaded; fails if a step fails or root comes back. */
+static int drop_user(const char *name)
+{
+    struct passwd *pw = getpwnam(name);
+    if (!pw) {
+        fprintf(stderr, "sparsed serve: --user: no user named '%s'\n", name);
+        return -1;
+    }
+    uid_t uid = pw->pw_uid;
+    gid_t gid = pw->pw_gid;
+    if (geteuid() != 0) {
+        if (uid == geteuid())
+            return 0;
+        fprintf(stderr, "sparsed serve: --user %s: only root can switch users\n", name);
+        return -1;
+    }
+    if (initgroups(name, gid) || setgid(gid) || setuid(uid)) {
+        fprintf(stderr, "sparsed serve: --user %s: %s\n", name, strerror(errno));
+        return -1;
+    }
+    if (uid != 0 && (setuid(0) == 0 || seteuid(0) == 0)) {
+        fprintf(stderr, "sparsed serve: --user %s: root could be regained; stopping\n", name);
+        return -1;
+    }
+    fprintf(stderr, "sparsed: running as user %s (uid %u, gid %u)\n", name, (unsigned)uid,
+            (unsigned)gid);
+    return 0;
+}
+
 int serve_main(int argc, char **argv)
 {
     server *srv = calloc(1, sizeof *srv);
@@ -213,6 +245,10 @@ int serve_main(int argc, char **argv)
 
     if (http_start(srv, err, sizeof err)) {
         fprintf(stderr, "sparsed serve: %s\n", err);
+        goto out;
+    }
+    if (cfg->user && drop_user(cfg->user)) {
+        exit_code = 2;
         goto out;
     }
     const attn_config *ac = engine_attn(srv->eng);
