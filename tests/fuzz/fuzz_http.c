@@ -50,7 +50,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     char *args[] = {"serve", "--model", model, "--port", "0", "--threads", "1",
                     "--http-threads", "2", "--kv-pages", "64", "--max-running", "8",
                     "--body-limit", "65536", "--request-timeout", "5", "--no-access-log",
-                    "--connection-timeout", "5", NULL};
+                    "--connection-timeout", "5", "--max-tokens", "16", NULL};
     if (config_load(&srv.cfg, (int)(sizeof args / sizeof args[0]) - 1, args))
         abort();
     char err[256];
