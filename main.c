@@ -24,8 +24,12 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+        /* everything in one place: the subcommands, then every serve option */
         usage(stdout);
-        return 0;
+        putchar('\n');
+        fflush(stdout);
+        char *help[] = {"serve", "--help", NULL};
+        return serve_main(2, help);
     }
     if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) {
         printf("sparsed %s\n", SPARSED_VERSION);
