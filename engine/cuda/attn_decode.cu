@@ -60,6 +60,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) decode_kernel(DecArgs a)
     extern __shared__ __align__(128) unsigned char smem[];
     const int s = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    pdl_wait(); /* lens and tables may come from topk_kernel */
     const int L = a.lens[(long long)b * a.ls_seq + kvh * a.ls_kvh];
     const int32_t *tab = a.tables + b * a.ts_seq + (long long)kvh * a.ts_kvh;
     const int ntiles = (L + DEC_TILE - 1) / DEC_TILE;
@@ -322,6 +323,7 @@ __global__ void __launch_bounds__(SC_THREADS) msa_score_kernel(const char *idx, 
     __shared__ float red[4][4];
     const int b = blockIdx.y, tid = threadIdx.x;
     const int warp = tid >> 5, lane = tid & 31;
+    pdl_trigger();
     const int ncand = (lens[b] + B - 1) / B - local;
     const int n_my = (int)blockIdx.x < ncand ? (ncand - blockIdx.x + gridDim.x - 1) / gridDim.x : 0;
 
@@ -428,6 +430,7 @@ __global__ void __launch_bounds__(256) quest_score_kernel(const char *summ, long
                                                           float *scores, int sc_stride, int local)
 {
     __shared__ float qs[16][128];
+    pdl_trigger();
     const int kvh = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     for (int i = threadIdx.x; i < ratio * 128; i += blockDim.x)
@@ -455,13 +458,16 @@ __global__ void __launch_bounds__(256) quest_score_kernel(const char *summ, long
 
 /* ---- block selection -------------------------------------------------------
  * One CTA per (sequence, group): forced sink and local blocks, then the
- * top_k best candidates by a 4-pass radix select on order-preserving keys
- * (no sort) held in shared memory, then the rewritten page table of the
+ * top_k best candidates on order-preserving keys (no sort): for top_k <= 32
+ * and up to 16K candidates by repeated warp maxima over keys in registers
+ * (two rounds, about top_k steps each), else by a radix select of up to 4
+ * passes over keys in shared memory; then the rewritten page table of the
  * selection. */
 
 #define TOPK_THREADS 1024
 #define TOPK_SMEM_KEYS 16384
 #define TOPK_MAX_W 256
+#define TOPK_REG 16 /* keys per thread on the register path */
 
 static __device__ __forceinline__ uint32_t ord_key(float f)
 {
@@ -477,6 +483,9 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
     extern __shared__ uint32_t keys[];
     __shared__ int hist[256];
     __shared__ int s_bin, s_rem, cnt_gt, cnt_eq;
+    __shared__ uint32_t wl[TOPK_THREADS]; /* per-warp top lists (register path) */
+    pdl_trigger();
+    pdl_wait(); /* the scores */
     const int row = blockIdx.x, b = row / rows_per_seq, tid = threadIdx.x;
     const int W = sink + top_k + local;
     const int len = lens[b];
@@ -494,6 +503,79 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
     }
     if (ncand <= top_k) {
         for (int i = tid; i < top_k; i += blockDim.x) o[sink + i] = i < ncand ? c0 + i : -1;
+    } else if (top_k <= 32 && ncand <= TOPK_THREADS * TOPK_REG) {
+        /* keys in registers (one load round); each warp pulls its top_k by
+         * repeated warp max, then warp 0 does the same over the 32 lists.
+         * The top_k-th key overall is the threshold: any key above it is in
+         * its own warp's top_k.  0 pads (real keys are above 0). */
+        const int warp = tid >> 5, lane = tid & 31;
+        uint32_t kr[TOPK_REG], kc[TOPK_REG];
+#pragma unroll
+        for (int j = 0; j < TOPK_REG; j++) {
+            int i = tid + j * TOPK_THREADS;
+            kr[j] = kc[j] = i < ncand ? ord_key(sc[i]) : 0u;
+        }
+        uint32_t lm = 0;
+#pragma unroll
+        for (int j = 0; j < TOPK_REG; j++) lm = max(lm, kr[j]);
+        for (int it = 0; it < top_k; it++) {
+            uint32_t wm = __reduce_max_sync(0xffffffffu, lm);
+            int who = __ffs(__ballot_sync(0xffffffffu, lm == wm)) - 1;
+            if (lane == 0) wl[warp * 32 + it] = wm;
+            if (lane == who) {
+                bool done = false;
+                lm = 0;
+#pragma unroll
+                for (int j = 0; j < TOPK_REG; j++) {
+                    if (!done && kr[j] == wm) kr[j] = 0, done = true;
+                    lm = max(lm, kr[j]);
+                }
+            }
+        }
+        __syncthreads();
+        if (warp == 0) {
+            uint32_t cr[32];
+            lm = 0;
+#pragma unroll
+            for (int j = 0; j < 32; j++) {
+                cr[j] = j < top_k ? wl[lane * 32 + j] : 0u;
+                lm = max(lm, cr[j]);
+            }
+            uint32_t cur = 0;
+            int first = 0;
+            for (int it = 0; it < top_k; it++) {
+                uint32_t wm = __reduce_max_sync(0xffffffffu, lm);
+                int who = __ffs(__ballot_sync(0xffffffffu, lm == wm)) - 1;
+                if (it == 0 || wm != cur) cur = wm, first = it;
+                if (lane == who) {
+                    bool done = false;
+                    lm = 0;
+#pragma unroll
+                    for (int j = 0; j < 32; j++) {
+                        if (!done && cr[j] == wm) cr[j] = 0, done = true;
+                        lm = max(lm, cr[j]);
+                    }
+                }
+            }
+            if (lane == 0) {
+                s_bin = (int)cur; /* the threshold key */
+                s_rem = top_k - first;
+                cnt_gt = cnt_eq = 0;
+            }
+        }
+        __syncthreads();
+        const uint32_t thr = (uint32_t)s_bin;
+        const int rem = s_rem, n_gt = top_k - rem;
+#pragma unroll
+        for (int j = 0; j < TOPK_REG; j++) {
+            int i = tid + j * TOPK_THREADS;
+            if (kc[j] > thr) {
+                o[sink + atomicAdd(&cnt_gt, 1)] = c0 + i;
+            } else if (kc[j] == thr) {
+                int e = atomicAdd(&cnt_eq, 1);
+                if (e < rem) o[sink + n_gt + e] = c0 + i;
+            }
+        }
     } else {
         /* keys share their leading bits (block maxima lie close together):
          * find the common prefix of min and max and select on the bits below
@@ -649,7 +731,7 @@ static int check_pool(const cattn_pool *p, int n_heads)
 static int decode_run(const cattn_pool *p, int batch, int n_heads, const void *q, void *out, float scale,
                       const int32_t *tables, long long ts_seq, int ts_kvh, const int32_t *lens, int ls_seq,
                       int ls_kvh, int max_len, int min_tiles, int *merge_cnt, void *ws, size_t ws_bytes,
-                      cudaStream_t st)
+                      cudaStream_t st, bool pdl)
 {
     static int attr_done = 0;
     if (!attr_done) {
@@ -682,7 +764,8 @@ static int decode_run(const cattn_pool *p, int batch, int n_heads, const void *q
     a.n_splits = splits;
     a.scale_log2 = scale * LOG2E_F;
     dim3 grid(splits, n_kv, batch);
-    decode_kernel<<<grid, DEC_WARPS * 32, DEC_SMEM, st>>>(a);
+    if (pdl) CUDA_TRY(launch_pdl(decode_kernel, grid, dim3(DEC_WARPS * 32), DEC_SMEM, st, a));
+    else decode_kernel<<<grid, DEC_WARPS * 32, DEC_SMEM, st>>>(a);
     CUDA_TRY(cudaGetLastError());
     if (merge_cnt) return 0;
     decode_combine_kernel<<<batch * n_heads, 128, 0, st>>>(a.part_o, a.part_lse, splits, (bf16 *)out);
@@ -713,7 +796,7 @@ extern "C" int cattn_decode(const cattn_pool *p, const cattn_batch *b, int n_hea
     if (rc) return rc;
     if (!b || b->batch <= 0 || b->max_len <= 0) return CATTN_EINVAL;
     return decode_run(p, b->batch, n_heads, q, out, scale, b->tables, b->table_stride, 0, b->lens, 1, 0,
-                      b->max_len, 4, NULL, ws, ws_bytes, (cudaStream_t)stream);
+                      b->max_len, 4, NULL, ws, ws_bytes, (cudaStream_t)stream, false);
 }
 
 /* Sparse decode workspace: scores, selection, rewritten tables, lengths,
@@ -796,12 +879,14 @@ static int sparse_decode(const cattn_pool *p, const cattn_batch *b, int n_heads,
     }
     CUDA_TRY(cudaGetLastError());
     size_t tk_smem = (size_t)(nblk < TOPK_SMEM_KEYS ? nblk : TOPK_SMEM_KEYS) * 4;
-    topk_kernel<<<b->batch * n_kv, TOPK_THREADS, tk_smem, st>>>(scores, nblk, b->lens, B, n_kv, sink, top_k, local,
-                                                                 sel ? sel : sel_ws, b->tables, b->table_stride, tab,
-                                                                 lens, merge_cnt);
+    /* top-k and the decode start early (programmatic dependent launch) and
+     * wait in-kernel, so their launches overlap the previous kernel's tail */
+    CUDA_TRY(launch_pdl(topk_kernel, dim3(b->batch * n_kv), dim3(TOPK_THREADS), tk_smem, st, scores, nblk, b->lens, B,
+                        n_kv, sink, top_k, local, sel ? sel : sel_ws, b->tables, b->table_stride, tab, lens,
+                        merge_cnt));
     CUDA_TRY(cudaGetLastError());
     return decode_run(p, b->batch, n_heads, q, out, scale, tab, (long long)n_kv * W, W, lens, n_kv, 1, W * B, 1,
-                      merge_cnt, w + off[4], ws_bytes - off[4], st);
+                      merge_cnt, w + off[4], ws_bytes - off[4], st, true);
 }
 
 extern "C" int cattn_msa_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q,

@@ -6,7 +6,7 @@
  * listed blocks (block-sparse prefill with a mask shared by a query block).
  *
  * MSA prefill runs in two stages:
- *  1. msa_select_kernel: per 64 new tokens x 4 groups (256 rows, one per
+ *  1. msa_select_kernel: per 128 new tokens x 4 groups (512 rows, two per
  *     thread), index scores iq . ik on tensor cores for every earlier
  *     block, max-pooled per block in registers and folded into a running
  *     per-row top-k in shared memory.  No score matrix reaches memory.
@@ -133,9 +133,16 @@ __global__ void __launch_bounds__(128) prefill_kernel(PfArgs a)
         }
 }
 
-/* ---- MSA stage 1: fused index scoring, block max and top-k ---------------- */
+/* ---- MSA stage 1: fused index scoring, block max and top-k ----------------
+ * A CTA owns 128 tokens x 4 groups = 512 rows; warp w takes the 64 rows of
+ * group w/2, tokens (w&1)*64.., as A fragments in registers, so each B
+ * fragment read from shared memory feeds 8 MMAs (32-row warps fed 4, and
+ * the ldmatrix traffic matched the tensor rate).  Keys go by quarters of 32
+ * to keep the accumulators at 64 registers.  Each thread keeps the top
+ * lists of two rows. */
 
-#define IX_TOK 64
+#define IX_TOK 128
+#define IX_ROWS 512
 #define IX_STAGES 3
 #define IX_STAGE_BYTES (128 * 256)
 
@@ -158,19 +165,35 @@ static __device__ __forceinline__ void ix_load(const IxArgs &a, int kb, uint32_t
     }
 }
 
+/* Inserts v (block kb) into the sorted list of column col. */
+static __device__ __forceinline__ void ix_insert(float *ls, int *li, int top_k, int col, int &cnt, float &thr,
+                                                 float v, int kb)
+{
+    int pos = cnt < top_k ? cnt : top_k - 1;
+    while (pos > 0 && ls[(pos - 1) * IX_ROWS + col] < v) {
+        ls[pos * IX_ROWS + col] = ls[(pos - 1) * IX_ROWS + col];
+        li[pos * IX_ROWS + col] = li[(pos - 1) * IX_ROWS + col];
+        pos--;
+    }
+    ls[pos * IX_ROWS + col] = v;
+    li[pos * IX_ROWS + col] = kb;
+    if (cnt < top_k) cnt++;
+    thr = cnt == top_k ? ls[(top_k - 1) * IX_ROWS + col] : NEG_INF;
+}
+
 __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
 {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tile = gridDim.x - 1 - blockIdx.x; /* most blocks first */
     const int t0 = tile * IX_TOK;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int g = warp >> 1, th = warp & 1;
+    const int g = warp >> 1, tw = t0 + (warp & 1) * 64;
 
-    /* this warp's 32 rows (tokens t0+th*32.., group g) as A fragments */
-    uint32_t qa[2][8][4];
+    /* this warp's 64 rows (tokens tw.., group g) as A fragments */
+    uint32_t qa[4][8][4];
 #pragma unroll
-    for (int mt = 0; mt < 2; mt++) {
-        int rlo = t0 + th * 32 + mt * 16 + (lane >> 2), rhi = rlo + 8;
+    for (int mt = 0; mt < 4; mt++) {
+        int rlo = tw + mt * 16 + (lane >> 2), rhi = rlo + 8;
         const bf16 *plo = a.iq + ((long long)rlo * 4 + g) * 128;
         const bf16 *phi = a.iq + ((long long)rhi * 4 + g) * 128;
 #pragma unroll
@@ -182,19 +205,21 @@ __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
             qa[mt][kk][3] = rhi < a.n_q ? *(const uint32_t *)(phi + c + 8) : 0u;
         }
     }
-    /* the row this thread keeps the top list of */
-    const int my_mt = (lane & 3) >> 1, my_hh = lane & 1;
-    const int my_tok = t0 + th * 32 + my_mt * 16 + (lane >> 2) + 8 * my_hh;
-    const int my_pos = a.q_pos0 + my_tok;
-    const int my_cand = my_tok < a.n_q ? max(0, my_pos / a.B - a.local + 1) : 0;
+    /* the two rows this thread keeps the lists of: m-tile lane&3, both halves */
+    const int my_mt = lane & 3, my_r = my_mt * 16 + (lane >> 2); /* rows my_r, my_r + 8 */
+    const int col0 = (warp >> 1) * 128 + (warp & 1) * 64 + my_r;
+    int my_cand[2], cnt[2] = {0, 0};
+    float thr[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        int tok = tw + my_r + 8 * hh;
+        my_cand[hh] = tok < a.n_q ? max(0, (a.q_pos0 + tok) / a.B - a.local + 1) : 0;
+    }
     const int last = min(t0 + IX_TOK, a.n_q) - 1;
     const int nb = max(0, (a.q_pos0 + last) / a.B - a.local + 1);
 
     float *ls = (float *)(smem + IX_STAGES * IX_STAGE_BYTES);
-    int *li = (int *)(ls + a.top_k * 256);
-    const int col = threadIdx.x;
-    int cnt = 0;
-    float thr = NEG_INF;
+    int *li = (int *)(ls + a.top_k * IX_ROWS);
 
     const uint32_t base = smem_u32(smem);
     const int k_row = (lane >> 4) * 8 + (lane & 7), k_cb = (lane >> 3) & 1;
@@ -210,62 +235,65 @@ __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
             ix_load(a, kb + IX_STAGES - 1, base + ((kb + IX_STAGES - 1) % IX_STAGES) * IX_STAGE_BYTES);
         cp_commit();
         const uint32_t ks = base + (kb % IX_STAGES) * IX_STAGE_BYTES;
-        float bm[2][2] = {{NEG_INF, NEG_INF}, {NEG_INF, NEG_INF}};
+        float bm[4][2];
 #pragma unroll
-        for (int half = 0; half < 2; half++) {
-            float acc[2][8][4];
+        for (int mt = 0; mt < 4; mt++) bm[mt][0] = bm[mt][1] = NEG_INF;
 #pragma unroll
-            for (int mt = 0; mt < 2; mt++)
+        for (int qt = 0; qt < 4; qt++) {
+            float acc[4][4][4];
 #pragma unroll
-                for (int n = 0; n < 8; n++) acc[mt][n][0] = acc[mt][n][1] = acc[mt][n][2] = acc[mt][n][3] = 0.f;
+            for (int mt = 0; mt < 4; mt++)
+#pragma unroll
+                for (int n = 0; n < 4; n++) acc[mt][n][0] = acc[mt][n][1] = acc[mt][n][2] = acc[mt][n][3] = 0.f;
 #pragma unroll
             for (int kk = 0; kk < 8; kk++) {
 #pragma unroll
-                for (int np = 0; np < 4; np++) {
+                for (int np = 0; np < 2; np++) {
                     uint32_t b[4];
-                    ldsm4(b, ks + swz(64 * half + 16 * np + k_row, 2 * kk + k_cb));
-                    mma16816(acc[0][2 * np], qa[0][kk], b[0], b[1]);
-                    mma16816(acc[0][2 * np + 1], qa[0][kk], b[2], b[3]);
-                    mma16816(acc[1][2 * np], qa[1][kk], b[0], b[1]);
-                    mma16816(acc[1][2 * np + 1], qa[1][kk], b[2], b[3]);
+                    ldsm4(b, ks + swz(32 * qt + 16 * np + k_row, 2 * kk + k_cb));
+#pragma unroll
+                    for (int mt = 0; mt < 4; mt++) {
+                        mma16816(acc[mt][2 * np], qa[mt][kk], b[0], b[1]);
+                        mma16816(acc[mt][2 * np + 1], qa[mt][kk], b[2], b[3]);
+                    }
                 }
             }
 #pragma unroll
-            for (int mt = 0; mt < 2; mt++)
+            for (int mt = 0; mt < 4; mt++)
 #pragma unroll
-                for (int n = 0; n < 8; n++) {
+                for (int n = 0; n < 4; n++) {
                     bm[mt][0] = fmaxf(bm[mt][0], fmaxf(acc[mt][n][0], acc[mt][n][1]));
                     bm[mt][1] = fmaxf(bm[mt][1], fmaxf(acc[mt][n][2], acc[mt][n][3]));
                 }
         }
 #pragma unroll
-        for (int mt = 0; mt < 2; mt++)
+        for (int mt = 0; mt < 4; mt++)
 #pragma unroll
             for (int hh = 0; hh < 2; hh++) {
                 bm[mt][hh] = fmaxf(bm[mt][hh], __shfl_xor_sync(0xffffffffu, bm[mt][hh], 1));
                 bm[mt][hh] = fmaxf(bm[mt][hh], __shfl_xor_sync(0xffffffffu, bm[mt][hh], 2));
             }
-        float v = my_mt ? (my_hh ? bm[1][1] : bm[1][0]) : (my_hh ? bm[0][1] : bm[0][0]);
-        if (a.top_k > 0 && kb < my_cand && v > thr) {
-            int pos = cnt < a.top_k ? cnt : a.top_k - 1;
-            while (pos > 0 && ls[(pos - 1) * 256 + col] < v) {
-                ls[pos * 256 + col] = ls[(pos - 1) * 256 + col];
-                li[pos * 256 + col] = li[(pos - 1) * 256 + col];
-                pos--;
-            }
-            ls[pos * 256 + col] = v;
-            li[pos * 256 + col] = kb;
-            if (cnt < a.top_k) cnt++;
-            thr = cnt == a.top_k ? ls[(a.top_k - 1) * 256 + col] : NEG_INF;
+        float v[2] = {bm[0][0], bm[0][1]};
+#pragma unroll
+        for (int mt = 1; mt < 4; mt++)
+            if (my_mt == mt) v[0] = bm[mt][0], v[1] = bm[mt][1];
+        if (a.top_k > 0) {
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++)
+                if (kb < my_cand[hh] && v[hh] > thr[hh])
+                    ix_insert(ls, li, a.top_k, col0 + 8 * hh, cnt[hh], thr[hh], v[hh], kb);
         }
     }
     cp_wait<0>();
-    if (my_tok < a.n_q) {
-        const int W = a.top_k + a.local;
-        int32_t *o = a.sel + ((long long)my_tok * 4 + g) * W;
-        for (int i = 0; i < a.top_k; i++) o[i] = i < cnt ? li[i * 256 + col] : -1;
+    const int W = a.top_k + a.local;
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        const int tok = tw + my_r + 8 * hh, pos = a.q_pos0 + tok, col = col0 + 8 * hh;
+        if (tok >= a.n_q) continue;
+        int32_t *o = a.sel + ((long long)tok * 4 + g) * W;
+        for (int i = 0; i < a.top_k; i++) o[i] = i < cnt[hh] ? li[i * IX_ROWS + col] : -1;
         for (int l = 0; l < a.local; l++) {
-            int blk = my_pos / a.B - a.local + 1 + l;
+            int blk = pos / a.B - a.local + 1 + l;
             o[a.top_k + l] = blk >= 0 ? blk : -1;
         }
     }
@@ -532,10 +560,10 @@ extern "C" int cattn_msa_select_prefill(const cattn_pool *p, const int32_t *tabl
     if (rc) return rc;
     if (!table || !iq || !sel || !p->idx) return CATTN_EINVAL;
     static int attr_done = 0;
-    size_t smem = IX_STAGES * IX_STAGE_BYTES + (size_t)(top_k > 0 ? top_k : 1) * 256 * 8;
+    size_t smem = IX_STAGES * IX_STAGE_BYTES + (size_t)(top_k > 0 ? top_k : 1) * IX_ROWS * 8;
     if (!attr_done) {
         CUDA_TRY(cudaFuncSetAttribute(msa_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      IX_STAGES * IX_STAGE_BYTES + 32 * 256 * 8));
+                                      IX_STAGES * IX_STAGE_BYTES + 32 * IX_ROWS * 8));
         attr_done = 1;
     }
     IxArgs a;
