@@ -261,6 +261,20 @@ static enum MHD_Result start_stream(conn *c)
     return ret;
 }
 
+/* Whether the client has gone: MHD does not watch a connection that waits
+ * for its reply, so a non-streaming request looks for itself (a peek that
+ * sees end of file or an error; bytes of a pipelined request are left). */
+static int peer_closed(conn *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci)
+        return 0;
+    char b;
+    ssize_t n = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 /* Non-streaming: drains events; replies once the request is done. */
 static enum MHD_Result poll_whole(conn *c)
 {
@@ -275,6 +289,13 @@ static enum MHD_Result poll_whole(conn *c)
             if (c->st.err.status)
                 return reply_err(c, &c->st.err);
             return reply_json(c, 200, gen_response(c->srv, &c->st));
+        }
+        if (peer_closed(c)) {
+            /* cancel now; MHD closes the connection and logs it */
+            sched_req_release(c->req);
+            c->req = NULL;
+            c->status = 499;
+            return MHD_NO;
         }
         if (suspend_if_idle(c))
             return MHD_YES;

@@ -45,6 +45,36 @@ def test_disconnect_frees_pages(make_daemon):
     assert d.post("/v1/completions", {"prompt": "Hi", "max_tokens": 3}).status_code == 200
 
 
+def test_nonstream_disconnect_frees_pages(make_daemon):
+    # a waiting (suspended) request notices its client left at the keep-alive wakeup
+    d = make_daemon("--sse-keepalive", "0.3", "--max-running", "1")
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=30)
+    payload = json.dumps(dict(LONG, n=8)).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
+    d.wait_metric("sparsed_kv_pages_used", lambda v: v > 0, timeout=10)
+    s.close()
+    d.wait_metric("vllm:num_requests_running", lambda v: v == 0, timeout=30)
+    d.wait_metric("sparsed_kv_pages_used", lambda v: v == 0, timeout=30)
+    assert d.metrics()["vllm:generation_tokens_total"] < 8 * 1900
+
+
+def test_stalled_readers_hold_no_thread(make_daemon):
+    # one HTTP thread; streams nobody reads must not keep others waiting
+    d = make_daemon("--http-threads", "1")
+    stalled = []
+    for i in range(3):
+        s, _ = raw_stream_start(d, dict(LONG, prompt="Once upon a time %d" % i), n_events=1)
+        stalled.append(s)
+    for i in range(5):
+        r = requests.post(d.url + "/v1/completions", json={"prompt": "Hi %d" % i, "max_tokens": 4}, timeout=30)
+        assert r.status_code == 200
+    assert requests.get(d.url + "/health", timeout=10).status_code == 200
+    for s in stalled:
+        s.close()
+    d.wait_metric("sparsed_kv_pages_used", lambda v: v == 0, timeout=30)
+
+
 def test_sigterm_drains_streams(make_daemon):
     d = make_daemon("--shutdown-timeout", "120")
     n = 3
