@@ -29,6 +29,12 @@ struct engine {
     scratch s;
     float *rope_freq;       /* [rope_dim/2] inverse frequencies */
     struct cuda_backend *cuda; /* set when the engine runs on a GPU */
+    /* Benchmarks' window on CPU attention (bench/quality): called per layer
+     * once the batch's K/V are in the pages, with the post-RoPE queries
+     * [T][Hq*D] and MSA index queries (or NULL).  NULL in normal use. */
+    void (*attn_probe)(void *ctx, kv_pool *pool, const engine_batch *b, int layer,
+                       const float *q, const float *iq);
+    void *attn_probe_ctx;
 };
 
 const tokenizer *engine_tok(const engine *e);

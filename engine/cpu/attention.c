@@ -101,5 +101,7 @@ void attention_layer(engine *e, kv_pool *pool, const engine_batch *b, int l,
                      const float *q, const float *iq, float *out)
 {
     attn_job j = {e, pool, b, l, q, iq, out};
+    if (e->attn_probe)
+        e->attn_probe(e->attn_probe_ctx, pool, b, l, q, iq);
     tpool_run(e->pool, attn_task, &j, b->n_tokens * e->m.n_kv_heads);
 }
