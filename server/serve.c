@@ -217,7 +217,7 @@ int serve_main(int argc, char **argv)
         exit_code = 2;
         goto out;
     }
-    srv->pool = kv_pool_create(&lay, (int)pages, !strcmp(cfg->device, "cpu"), err, sizeof err);
+    srv->pool = kv_pool_create(&lay, (int)pages, engine_kv_host_storage(srv->eng), err, sizeof err);
     if (!srv->pool) {
         fprintf(stderr, "sparsed serve: cannot create the KV pool: %s\n", err);
         goto out;

@@ -2,6 +2,8 @@
  *
  *   gpu_model_bench --model PATH [--device cuda|cpu] [--dtype bf16|f32]
  *                   [--prompt N] [--batches 1,8,32] [--steps N] [--label S]
+ *   gpu_model_bench --model PATH --context N [--chunk C] [--attention dense|sparse]
+ *                   [--steps N] [--max-seconds S] [--label S]
  *
  * For each batch size: that many sequences of N random prompt tokens are
  * prefilled in one ragged batch (run twice: the second is timed, so
@@ -9,7 +11,13 @@
  * `steps` steps, all sequences in each step (engine_step_greedy: on the
  * GPU the argmax runs on the device).  Two untimed decode steps warm up
  * first.
- * Prints a table, then one JSON line per batch size. */
+ * Prints a table, then one JSON line per batch size.
+ *
+ * With --context: one sequence of N random tokens prefilled C tokens per
+ * engine_step (as the scheduler chunks a long prompt), then `steps` greedy
+ * decode steps at that length.  Prints a progress line per chunk and one
+ * JSON line; past --max-seconds of prefill it stops and reports the
+ * tokens done (partial: true). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,11 +39,93 @@ static void die(const char *what, const char *err)
     exit(2);
 }
 
+/* Long-context mode: chunked prefill of one sequence, then decode. */
+static int long_context(engine *e, int n_ctx, int chunk, int steps, double max_s, const char *label)
+{
+    char err[512];
+    const engine_info *in = engine_get_info(e);
+    const attn_config *ac = engine_attn(e);
+    kv_layout lay = engine_kv_layout(e);
+    int len = n_ctx + steps + 3;
+    double t0 = now();
+    kv_pool *pool = kv_pool_create(&lay, kv_pages_for(&lay, len) + 1, engine_kv_host_storage(e), err, sizeof err);
+    if (!pool)
+        die("kv_pool_create", err);
+    kv_seq seq;
+    kv_seq_init(&seq);
+    if (kv_seq_reserve(pool, &seq, len))
+        die("kv_seq_reserve", "pool full");
+    int32_t *toks = malloc((size_t)len * sizeof *toks), id = 0;
+    if (!toks)
+        die("memory", "out of memory");
+    uint64_t r = 88172645463325252ull;
+    for (int k = 0; k < n_ctx; k++) {
+        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+        toks[k] = k == 0 && in->bos >= 0 ? in->bos : 3 + (int32_t)(r % (uint64_t)(in->n_vocab - 3));
+    }
+    /* the first step allocates the device pages: not timed */
+    engine_seq es = {.n_past = 0, .n_new = 1, .tok_offset = 0, .blocks = seq.pages, .n_blocks = seq.n_pages,
+                     .logits = 1};
+    engine_batch b = {.n_tokens = 1, .tokens = toks, .n_seqs = 1, .seqs = &es};
+    if (engine_step_greedy(e, pool, &b, &id, err, sizeof err) != 1)
+        die("warm-up", err);
+    fprintf(stderr, "%s: pool of %d pages ready in %.1f s\n", label, kv_pool_n_pages(pool), now() - t0);
+    double t_pre = 0;
+    int done = 0, partial = 0;
+    while (done < n_ctx) {
+        int n = n_ctx - done < chunk ? n_ctx - done : chunk;
+        es = (engine_seq){.n_past = done, .n_new = n, .tok_offset = 0, .blocks = seq.pages, .n_blocks = seq.n_pages,
+                          .logits = 1};
+        b = (engine_batch){.n_tokens = n, .tokens = toks + done, .n_seqs = 1, .seqs = &es};
+        t0 = now();
+        if (engine_step_greedy(e, pool, &b, &id, err, sizeof err) != 1)
+            die("prefill", err);
+        t_pre += now() - t0;
+        done += n;
+        fprintf(stderr, "%s: prefill %d/%d tokens, %.2f s\n", label, done, n_ctx, t_pre);
+        if (t_pre > max_s && done < n_ctx) {
+            partial = 1;
+            break;
+        }
+    }
+    double t_dec = 0;
+    int pos = done, timed = 0;
+    for (int k = 0; k < steps + 2 && !partial; k++) {
+        toks[pos] = id;
+        es = (engine_seq){.n_past = pos, .n_new = 1, .tok_offset = 0, .blocks = seq.pages, .n_blocks = seq.n_pages,
+                          .logits = 1};
+        b = (engine_batch){.n_tokens = 1, .tokens = toks + pos, .n_seqs = 1, .seqs = &es};
+        t0 = now();
+        if (engine_step_greedy(e, pool, &b, &id, err, sizeof err) != 1)
+            die("decode", err);
+        if (k >= 2) {
+            t_dec += now() - t0;
+            timed++;
+        }
+        pos++;
+    }
+    printf("JSON {\"label\":\"%s\",\"attention\":\"%s\",\"context\":%d,\"chunk\":%d,\"prefilled\":%d,"
+           "\"partial\":%s,\"prefill_s\":%.3f,\"prefill_tok_s\":%.1f,\"decode_steps\":%d,"
+           "\"decode_tok_s\":%.2f,\"decode_ms_per_token\":%.4f,\"kv_pages\":%d,\"top_k_blocks\":%d,"
+           "\"local_blocks\":%d,\"block_size\":%d,\"dense_layers\":%d}\n",
+           label, ac->mode == ATTN_SPARSE ? "sparse" : "dense", n_ctx, chunk, done, partial ? "true" : "false",
+           t_pre, done / (t_pre > 0 ? t_pre : 1), timed, timed ? timed / t_dec : 0.0,
+           timed ? 1e3 * t_dec / timed : 0.0, kv_pool_n_pages(pool), ac->top_k_blocks, ac->local_blocks,
+           ac->block_size, ac->dense_layers);
+    fflush(stdout);
+    kv_seq_release(pool, &seq);
+    kv_pool_free(pool);
+    free(toks);
+    return partial;
+}
+
 int main(int argc, char **argv)
 {
     engine_opts o = {.device = "cuda"};
     attn_config_default(&o.attn);
     int prompt = 512, steps = 64, batches[16] = {1, 8, 32}, n_batches = 3;
+    int context = 0, chunk = 16384;
+    double max_s = 1e9;
     const char *label = "";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -46,6 +136,10 @@ int main(int argc, char **argv)
         else if (OPT("--prompt")) prompt = atoi(v);
         else if (OPT("--steps")) steps = atoi(v);
         else if (OPT("--label")) label = v;
+        else if (OPT("--context")) context = atoi(v);
+        else if (OPT("--chunk")) chunk = atoi(v);
+        else if (OPT("--max-seconds")) max_s = atof(v);
+        else if (OPT("--attention")) o.attn.mode = attn_mode_parse(v);
         else if (OPT("--batches")) {
             n_batches = 0;
             for (char *s = strtok(strdup(v), ","); s && n_batches < 16; s = strtok(NULL, ","))
@@ -64,6 +158,16 @@ int main(int argc, char **argv)
         die("engine_create", err);
     const engine_info *in = engine_get_info(e);
     kv_layout lay = engine_kv_layout(e);
+    if (context > 0) {
+        if (chunk < 1 || chunk > context)
+            chunk = context;
+        printf("model %s: %d layers, embd %d, heads %d/%d x %d, vocab %d; device %s, context %d in chunks of %d\n",
+               in->name, in->n_layers, in->n_embd, in->n_heads, in->n_kv_heads, in->head_dim, in->n_vocab, o.device,
+               context, chunk);
+        int rc = long_context(e, context, chunk, steps, max_s, label);
+        engine_free(e);
+        return rc;
+    }
     printf("model %s: %d layers, embd %d, heads %d/%d x %d, vocab %d; device %s, prompt %d, %d decode steps\n",
            in->name, in->n_layers, in->n_embd, in->n_heads, in->n_kv_heads, in->head_dim, in->n_vocab, o.device,
            prompt, steps);

@@ -47,6 +47,8 @@ struct cuda_backend {
     void *emb, *out;            /* [V][E]; out == emb when tied */
     float *out_norm, *rope_freq;
     int use_cattn;              /* tuned attention kernels for dense layers */
+    int fast_msa, fast_quest;   /* ... and for sparse ones (MSA; Quest decode) */
+    int force_sparse;           /* sparse kernels even where every block is chosen (tests) */
 
     /* device pages */
     const kv_pool *kv_owner;
@@ -331,6 +333,19 @@ cuda_backend *cuda_backend_create(const engine *e, int f32, char *err, size_t er
         int hpg = m->n_heads / m->n_kv_heads;
         cb->use_cattn = !f32 && m->head_dim == 128 && e->attn.block_size % 64 == 0 && hpg <= 16 &&
                         !(ev && !strcmp(ev, "generic"));
+        /* The tuned sparse kernels select exactly as cpu/sparse.c does
+         * (ties aside) when their shape holds and no token below
+         * sparse_min_context could select fewer blocks than it sees. */
+        const attn_config *c = &e->attn;
+        const char *sv = getenv("SPARSED_CUDA_SPARSE");
+        long long forced = (long long)c->sink_blocks + c->top_k_blocks + c->local_blocks;
+        int ok = cb->use_cattn && c->mode == ATTN_SPARSE && c->sparse_min_context <= forced * c->block_size &&
+                 c->local_blocks >= 1 && !(sv && !strcmp(sv, "generic"));
+        cb->fast_msa = ok && c->indexer == IDX_MSA && c->sink_blocks == 0 && c->block_size == 128 &&
+                       m->n_kv_heads == 4 && m->idx_dim == 128 && m->idx_heads == 4 && c->top_k_blocks <= 32 &&
+                       c->top_k_blocks + c->local_blocks <= 64;
+        cb->fast_quest = ok && c->indexer == IDX_MINMAX && c->group_reduce == GROUP_SUM && forced <= 256;
+        cb->force_sparse = sv && !strcmp(sv, "force");
     }
     if (upload_model(cb, err, errlen))
         goto fail;
@@ -445,21 +460,22 @@ typedef struct meta {
     int32_t *tok, *pos, *tab, *row, *fin, *tables, *lens, *ptab;   /* device views */
 } meta;
 
-enum { MODE_GENERIC = 0, MODE_CATTN = 1, MODE_SPARSE = 2 };
+enum { MODE_GENERIC = 0, MODE_CATTN = 1, MODE_SPARSE = 2, MODE_FAST_SPARSE = 3 };
 
 /* How layer l attends in this step: sparse only when some token selects
  * fewer blocks than it sees (both conditions grow with the position, so the
- * longest sequence decides); otherwise dense, through the tuned kernels
- * when the shape allows. */
-static int layer_mode(const cuda_backend *cb, int l, int max_ctx)
+ * longest sequence decides), through the tuned kernels of cuda_attn.h when
+ * they fit (MSA: decode and prefill; Quest: steps of decode tokens only),
+ * else the generic ones; otherwise dense, tuned when the shape allows. */
+static int layer_mode(const cuda_backend *cb, int l, int max_ctx, int all_decode)
 {
     const attn_config *c = &cb->e->attn;
     if (engine_layer_sparse(cb->e, l, max_ctx)) {
         int nb = (max_ctx - 1) / c->block_size + 1;
         int sink = c->sink_blocks < nb ? c->sink_blocks : nb;
         int fl = nb - c->local_blocks > 0 ? nb - c->local_blocks : 0;
-        if (fl - sink > c->top_k_blocks)
-            return MODE_SPARSE;
+        if (fl - sink > c->top_k_blocks || cb->force_sparse)
+            return cb->fast_msa || (cb->fast_quest && all_decode) ? MODE_FAST_SPARSE : MODE_SPARSE;
     }
     return cb->use_cattn ? MODE_CATTN : MODE_GENERIC;
 }
@@ -569,16 +585,19 @@ static cattn_pool cattn_layer(const cuda_backend *cb, int l)
     return p;
 }
 
+static int fast_sparse_reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, char *err, size_t errlen);
+
 /* Every buffer the step needs, allocated before any kernel runs (nothing
  * may be allocated while a graph is being captured). */
 static int reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, const int *modes, char *err,
                    size_t errlen)
 {
     const model *m = &cb->e->m;
-    int any_sparse = 0, any_cattn = 0;
+    int any_sparse = 0, any_cattn = 0, any_fast = 0;
     for (int l = 0; l < m->n_layers; l++) {
         any_sparse |= modes[l] == MODE_SPARSE;
         any_cattn |= modes[l] == MODE_CATTN;
+        any_fast |= modes[l] == MODE_FAST_SPARSE;
     }
     size_t c0 = cb->cap_sel, c1 = cb->cap_sc, c2 = cb->cap_ws;
     if (any_sparse) {
@@ -596,8 +615,96 @@ static int reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         if (grow(&cb->ws, &cb->cap_ws, ws, err, errlen))
             return -1;
     }
+    if (any_fast && fast_sparse_reserve(cb, b, mt, err, errlen))
+        return -1;
     if (cb->cap_sel != c0 || cb->cap_sc != c1 || cb->cap_ws != c2)
         cb->gen++;
+    return 0;
+}
+
+/* Runs of decode sequences (one new token each, consecutive in the batch)
+ * go to the tuned kernels as one batch: [*i, returned end). */
+static int decode_run_end(const engine_batch *b, int i)
+{
+    while (i < b->n_seqs && b->seqs[i].n_new == 1)
+        i++;
+    return i;
+}
+
+/* Prefill chunk of the MSA prefill's stage 2: bounds its workspace (about
+ * 70 KB a token for M3's 16 blocks and 4 heads a group). */
+#define FAST_PREFILL_CHUNK 4096
+
+/* Workspace and selection lists of the tuned sparse kernels for this batch
+ * (the largest any one call needs: the calls run one after another). */
+static int fast_sparse_reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, char *err, size_t errlen)
+{
+    const model *m = &cb->e->m;
+    const attn_config *c = &cb->e->attn;
+    cattn_pool p = cattn_layer(cb, 0);
+    int max_len = mt->mb * c->block_size;
+    size_t ws = cb->cap_ws, sel = cb->cap_sel;
+    for (int i = 0; i < b->n_seqs;) {
+        const engine_seq *s = &b->seqs[i];
+        size_t need;
+        if (s->n_new == 1) {
+            int j = decode_run_end(b, i);
+            need = cb->fast_msa ? cattn_msa_decode_ws(&p, j - i, m->n_heads, max_len, c->top_k_blocks, c->local_blocks)
+                                : cattn_quest_decode_ws(&p, j - i, m->n_heads, max_len, c->top_k_blocks,
+                                                        c->local_blocks, c->sink_blocks);
+            i = j;
+        } else {
+            int chunk = s->n_new < FAST_PREFILL_CHUNK ? s->n_new : FAST_PREFILL_CHUNK;
+            need = cattn_msa_prefill_ws(&p, s->n_new, s->n_past, m->n_heads, c->top_k_blocks, c->local_blocks,
+                                        chunk);
+            size_t ns = (size_t)s->n_new * m->n_kv_heads * (c->top_k_blocks + c->local_blocks) * sizeof(int32_t);
+            sel = ns > sel ? ns : sel;
+            i++;
+        }
+        ws = need > ws ? need : ws;
+    }
+    return grow(&cb->ws, &cb->cap_ws, ws, err, errlen) || grow((void **)&cb->sel, &cb->cap_sel, sel, err, errlen);
+}
+
+/* Sparse attention through the tuned kernels: MSA (decode runs and
+ * prefill chunks, selection on the device) or Quest (decode runs). */
+static int attention_fast_sparse(cuda_backend *cb, const engine_batch *b, const meta *mt, int l, char *err,
+                                 size_t errlen)
+{
+    const model *m = &cb->e->m;
+    const attn_config *c = &cb->e->attn;
+    cattn_pool p = cattn_layer(cb, l);
+    size_t QD = (size_t)m->n_heads * m->head_dim, IQ = (size_t)m->idx_heads * m->idx_dim;
+    float scale = 1.0f / sqrtf((float)m->head_dim);
+    for (int i = 0; i < b->n_seqs;) {
+        const engine_seq *s = &b->seqs[i];
+        const char *q = (const char *)cb->q + (size_t)s->tok_offset * QD * 2;
+        const char *iq = (const char *)cb->iq + (size_t)s->tok_offset * IQ * 2;
+        char *out = (char *)cb->att + (size_t)s->tok_offset * QD * 2;
+        int rc;
+        if (s->n_new == 1) {
+            int j = decode_run_end(b, i);
+            cattn_batch cbt;
+            cbt.tables = mt->ptab + (size_t)i * mt->mb;
+            cbt.lens = mt->lens + i;
+            cbt.table_stride = mt->mb;
+            cbt.batch = j - i;
+            cbt.max_len = mt->mb * c->block_size;
+            rc = cb->fast_msa ? cattn_msa_decode(&p, &cbt, m->n_heads, q, iq, out, scale, c->top_k_blocks,
+                                                 c->local_blocks, NULL, cb->ws, cb->cap_ws, cb->st)
+                              : cattn_quest_decode(&p, &cbt, m->n_heads, q, out, scale, c->top_k_blocks,
+                                                   c->local_blocks, c->sink_blocks, NULL, cb->ws, cb->cap_ws, cb->st);
+            i = j;
+        } else {
+            rc = cattn_msa_prefill(&p, mt->ptab + (size_t)i * mt->mb, s->n_new, s->n_past, m->n_heads, q, iq, out,
+                                   scale, c->top_k_blocks, c->local_blocks, cb->sel, cb->ws, cb->cap_ws, cb->st);
+            i++;
+        }
+        if (rc) {
+            snprintf(err, errlen, "cuda: sparse attention kernel: %s", cattn_strerror(rc));
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -776,6 +883,9 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         if (modes[l] == MODE_CATTN) {
             if (attention_cattn(cb, b, mt, l, err, errlen))
                 return -1;
+        } else if (modes[l] == MODE_FAST_SPARSE) {
+            if (attention_fast_sparse(cb, b, mt, l, err, errlen))
+                return -1;
         } else if (attention_generic<S>(cb, mt, l, modes[l] == MODE_SPARSE, err, errlen)) {
             return -1;
         }
@@ -884,7 +994,7 @@ static int step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *l
         ensure_scratch(cb, b->n_tokens, mt.R, err, errlen))
         return -1;
     for (int l = 0; l < m->n_layers; l++)
-        cb->modes[l] = layer_mode(cb, l, mt.max_ctx);
+        cb->modes[l] = layer_mode(cb, l, mt.max_ctx, mt.T == mt.n_seqs);
     if (reserve(cb, b, &mt, cb->modes, err, errlen))
         return -1;
     int want_ids = ids != NULL;

@@ -5,6 +5,7 @@
  *             [--attention dense|sparse|auto] [--indexer msa|minmax|mean]
  *             [--block-size N] [--top-k-blocks N] [--local-blocks N]
  *             [--sink-blocks N] [--dense-layers N] [--sparse-min-context N]
+ *             [--group-sum] [--force-sparse]
  *             [--vs-dense] [--vs-generic] [--vs-graphs] [--graphs]
  *             [--tol X] [--tol-alt X] [--greedy-info] [--device cuda|cpu]
  *
@@ -18,7 +19,10 @@
  * dense attention (same batches; a sparse run whose top-k covers every
  * block must equal it); --vs-generic one with the generic attention
  * kernels instead of the tuned ones; --vs-graphs one that replays decode
- * steps from CUDA graphs (--graphs: the main GPU engine does).  Prints
+ * steps from CUDA graphs (--graphs: the main GPU engine does).
+ * --force-sparse makes the GPU engines run their sparse kernels even where
+ * the top-k covers every block (so that such a run, against --vs-dense,
+ * tests the sparse kernels rather than the dense fallback).  Prints
  * one JSON object; exits 1 when an error against the CPU exceeds --tol,
  * one against the second GPU engine exceeds --tol-alt (default --tol), or
  * a greedy id differs (unless --greedy-info). */
@@ -200,6 +204,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--vs-generic")) vs_generic = 1;
         else if (!strcmp(a, "--vs-graphs")) vs_graphs = 1;
         else if (!strcmp(a, "--graphs")) graphs = 1;
+        else if (!strcmp(a, "--group-sum")) o.attn.group_reduce = GROUP_SUM;
+        else if (!strcmp(a, "--force-sparse")) setenv("SPARSED_CUDA_SPARSE", "force", 1);
         else if (!strcmp(a, "--greedy-info")) greedy_info = 1;
         else {
             fprintf(stderr, "gpu_check: unknown or incomplete option %s\n", a);

@@ -28,4 +28,8 @@ $MK --out $P/models/qwen-q8.gguf --layers 2 --embd 256 --heads 8 --kv-heads 2 --
     --ff 512 --vocab 1024 --type q8_0 --qk-norm --neox --rope-dim 32 --seed 2 >/dev/null
 # MSA: M3-style indexer, first layer dense, blocks of 16, top 4 + 1 local
 $MK --out $P/models/m3-tiny.gguf --preset m3-tiny --seed 3 >/dev/null
+# MSA in the tuned sparse kernels' shape: 4 KV heads of 128, index heads
+# 4 x 128, blocks of 128, top 4 + 1 local, first layer dense
+$MK --out $P/models/m3-128.gguf --preset m3-1b --layers 3 --embd 256 --head-dim 128 --ff 512 --vocab 2048 \
+    --ctx 8192 --indexer-top-k 4 --dense-layers 1 --type q8_0 --seed 4 >/dev/null
 du -sh $P

@@ -5,6 +5,8 @@
 # check from gpu_check), memcheck.log, run.log and gpu-engine-<date>.json
 # (card, commit, every number).  BENCH=1 also runs bench/gpu/model.sh;
 # memcheck runs start only while less than DEADLINE seconds (400) passed.
+# ONLY=sparse runs just the checks of the tuned sparse kernels (and their
+# memcheck run).
 # Exit status: the number of failed checks.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
@@ -44,6 +46,33 @@ check() {
 # 3e-2 (bf16 weights, activations and K/V).  Sparse runs in bf16 with a
 # small top-k are informational ("-info", tol 1): a bf16 score that flips a
 # near-tie picks another block, so they are checked in f32 instead.
+# tuned sparse kernels (cuda_attn.h) on an M3-shaped model: 4 KV heads of
+# 128, index heads 4 x 128, blocks of 128, first layer dense.  Against the
+# generic sparse kernels (same bf16 pages: same selection but for exact
+# ties) and, with a top-k covering every block and the sparse path forced,
+# against dense attention; bf16 against the CPU is informational.
+check m3-128-fast-vs-generic --model $M/m3-128.gguf --prompts 900,500,130 --decode 16 --tol 1 \
+    --top-k-blocks 2 --sparse-min-context 0 --vs-generic --tol-alt 3e-2
+check m3-128-cover-vs-dense --model $M/m3-128.gguf --prompts 2000,700,130 --decode 16 \
+    --top-k-blocks 32 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 2e-2
+check m3-128-fast-graphs --model $M/m3-128.gguf --prompts 900,500,130 --decode 16 --tol 1 \
+    --top-k-blocks 2 --sparse-min-context 0 --vs-graphs --tol-alt 0
+check llama-quest-fast-vs-generic --model $M/llama-q4k.gguf --prompts 600,300,130 --decode 16 --tol 1 \
+    --attention sparse --indexer minmax --group-sum --block-size 64 --top-k-blocks 2 --local-blocks 1 \
+    --sink-blocks 1 --sparse-min-context 0 --vs-generic --tol-alt 3e-2
+check llama-quest-cover-vs-dense --model $M/llama-q4k.gguf --prompts 600,300,130 --decode 16 \
+    --attention sparse --indexer minmax --group-sum --block-size 64 --top-k-blocks 200 --local-blocks 1 \
+    --sink-blocks 1 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 2e-2
+if [ "${ONLY:-}" = sparse ]; then
+    : > "$OUT/memcheck.log"
+    echo "== --model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1" >> "$OUT/memcheck.log"
+    timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $C --label memcheck --decode 3 --tol 1e9 \
+        --model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0 \
+        >> "$OUT/memcheck.log" 2>&1 || fails=$((fails + 1))
+    grep "ERROR SUMMARY" "$OUT/memcheck.log" | tail -1
+    echo "failed checks: $fails"
+    exit $fails
+fi
 # stories260K: fp32 must reproduce the published greedy ids and the CPU logits
 check stories-f32 --model $M/stories260K.gguf --dtype f32 --tol 1e-4 --greedy-ref $REF
 check stories-f32-graphs --model $M/stories260K.gguf --dtype f32 --tol 1e-4 --greedy-ref $REF --graphs
@@ -98,7 +127,8 @@ mc_fail=0
 for args in "--model $M/stories260K.gguf --prompts 20,70,5" \
             "--model $M/m3-tiny.gguf --prompts 120,90,3" \
             "--model $M/llama-q4k.gguf --prompts 130,7,2 --attention sparse --indexer minmax --block-size 64 --top-k-blocks 1 --sparse-min-context 0" \
-            "--model $M/llama-q4k.gguf --prompts 130,7,2 --vs-graphs"; do
+            "--model $M/llama-q4k.gguf --prompts 130,7,2 --vs-graphs" \
+            "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0"; do
     if [ $SECONDS -gt ${DEADLINE:-400} ]; then
         echo "== skipped (time): $args" >> "$OUT/memcheck.log"
         continue

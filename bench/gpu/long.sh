@@ -1,0 +1,112 @@
+#!/bin/bash
+# Long-context model benchmark of the CUDA engine: an M3-shaped 1B-class
+# MSA model made on the spot with mkmodel (preset m3-1b: 16 layers, embd
+# 2048, 16 query / 4 KV heads of 128, index heads 4 x 128, blocks of 128,
+# top 16 + 1 local, first 2 layers dense; bf16, random weights), one
+# sequence prefilled CHUNK tokens per engine_step, then greedy decode.
+# Rows: sparse and dense at 128K, sparse at 1M (dense prefill at 1M is
+# quadratic: minutes, so only its floor is given).  Each row is appended to
+# OUT/long.jsonl as soon as it is measured; OUT/gpu-model.json gathers
+# them with the card and the floors (datasheet bandwidth and bf16 rate).
+# SERVE=1 also runs a `sparsed serve --device cuda` smoke test.  Uses the
+# folder tests/gpu/pack.sh made (PACK).
+set -u -o pipefail
+cd "$(dirname "$0")/../.."
+P=${PACK:-build-cuda/gpu-pack}
+OUT=${OUT:-/tmp/gpu-long-out}
+MODEL=${MODEL:-/tmp/m3-1b.gguf}
+LAYERS=${LAYERS:-16}
+CHUNK=${CHUNK:-16384}
+STEPS=${STEPS:-32}
+COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+mkdir -p "$OUT"
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}" && break
+done
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt"
+if [ ! -f "$MODEL" ]; then
+    $P/bin/mkmodel --out "$MODEL" --preset m3-1b --layers $LAYERS --ctx 1048576 --seed 11 || exit 1
+fi
+: > "$OUT/long.jsonl"
+row() {   # label attention context max-seconds
+    timeout ${4}s $P/bin/gpu_model_bench --model "$MODEL" --label "$1" --attention "$2" --context "$3" \
+        --chunk $CHUNK --steps $STEPS --max-seconds $(( $4 - 60 )) 2>&1 | tee -a "$OUT/long.log" |
+        grep '^JSON ' | sed 's/^JSON //' >> "$OUT/long.jsonl"
+}
+row sparse-128k sparse 131072 ${T128:-120}
+row dense-128k dense 131072 ${T128:-120}
+row sparse-1m sparse 1048576 ${T1M:-240}
+
+if [ -n "${SERVE:-}" ]; then
+    # one completion over HTTP from the daemon on the GPU
+    $P/bin/sparsed serve --device cuda --model $P/models/stories260K.gguf --port 18089 > "$OUT/serve.log" 2>&1 &
+    spid=$!
+    python3 - "$OUT/serve.json" <<'PY'
+import json, sys, time, urllib.request
+base = "http://127.0.0.1:18089"
+for _ in range(100):
+    try:
+        urllib.request.urlopen(base + "/health", timeout=1).read()
+        break
+    except Exception:
+        time.sleep(0.2)
+req = urllib.request.Request(base + "/v1/completions", method="POST",
+                             data=json.dumps({"prompt": "Once upon a time", "max_tokens": 32,
+                                              "temperature": 0}).encode(),
+                             headers={"Content-Type": "application/json"})
+res = {"status": None}
+try:
+    with urllib.request.urlopen(req, timeout=30) as r:
+        body = json.loads(r.read())
+        res = {"status": r.status, "text": body["choices"][0]["text"], "usage": body.get("usage")}
+except Exception as e:
+    res["error"] = str(e)
+json.dump(res, open(sys.argv[1], "w"))
+print("serve:", res)
+PY
+    kill $spid 2>/dev/null
+    wait $spid 2>/dev/null
+fi
+
+python3 - "$OUT" "$COMMIT" <<'PY'
+import json, os, sys, datetime
+out, commit = sys.argv[1], sys.argv[2]
+card = open(os.path.join(out, "gpu.txt")).read().strip()
+bw, fl = (4.8e12, 989e12) if "H200" in card else (3.35e12, 989e12)   # datasheet: bytes/s, bf16 dense FLOP/s
+# m3-1b: E 2048, 16 q / 4 kv heads of 128, F 5632, V 32000 (tied? count both), index 4 x 128
+E, Hq, Hkv, D, F, V, L, Ld, I = 2048, 16, 4, 128, 5632, 32000, 16, 2, 128
+layer = E * (Hq * D + 2 * Hkv * D) + Hq * D * E + 3 * E * F
+params = L * layer + (L - Ld) * E * (Hkv * I + I) + 2 * V * E
+kv_tok = 2 * Hkv * D * 2            # bytes of K and V per token and layer
+sel = 17 * 128                      # tokens a sparse query reads (top 16 + 1 local blocks)
+def floors(n, sparse):
+    wb = 2 * params
+    if sparse:
+        dec = wb + Ld * n * kv_tok + (L - Ld) * (n * I * 2 + sel * kv_tok)
+        att = Ld * n * n * Hq * D * 2 + (L - Ld) * (n * n * Hkv * I + 4 * n * sel * Hq * D)
+    else:
+        dec = wb + L * n * kv_tok
+        att = L * n * n * Hq * D * 2
+    return {"decode_ms": 1e3 * dec / bw, "prefill_s": (2 * params * n + att) / fl}
+rows = [json.loads(l) for l in open(os.path.join(out, "long.jsonl")) if l.strip()]
+for r in rows:
+    f = floors(r["context"], r["attention"] == "sparse")
+    r["floor_decode_ms"] = round(f["decode_ms"], 3)
+    r["floor_prefill_s"] = round(f["prefill_s"], 3)
+ref = {"dense-1m (floor only)": floors(1 << 20, False)}
+serve = None
+sp = os.path.join(out, "serve.json")
+if os.path.exists(sp):
+    serve = json.load(open(sp))
+res = {"what": "long-context model benchmark of the CUDA engine (bench/gpu/long.sh)",
+       "date": datetime.date.today().isoformat(), "commit": commit, "card": card,
+       "model": "mkmodel --preset m3-1b (random bf16, %.2fB parameters)" % (params / 1e9),
+       "floor_basis": "datasheet %.2f TB/s, %.0f TFLOP/s bf16; decode reads weights + KV (+ index keys)" %
+                      (bw / 1e12, fl / 1e12),
+       "rows": rows, "floors_unmeasured": ref, "serve_smoke": serve}
+json.dump(res, open(os.path.join(out, "gpu-model.json"), "w"), indent=1)
+print("%-12s %9s %10s %10s %10s %10s" % ("row", "prefill s", "floor s", "dec tok/s", "ms/token", "floor ms"))
+for r in rows:
+    print("%-12s %9.2f %10.2f %10.1f %10.3f %10.3f" % (r["label"], r["prefill_s"], r["floor_prefill_s"],
+          r["decode_tok_s"], r["decode_ms_per_token"], r["floor_decode_ms"]))
+PY
