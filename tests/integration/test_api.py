@@ -280,3 +280,26 @@ def test_health_ready_metrics(daemon):
                  "sparsed_batch_size_count", "sparsed_kv_pages_used", "sparsed_kv_pages_total"):
         assert name in m, name
     assert m["vllm:generation_tokens_total"] > 0
+
+
+def test_smollm2_chat_template_and_eog(make_daemon):
+    """A real chat model: its template renders the messages and its end-of-turn
+    token ends generation (finish_reason stop)."""
+    import os
+    from conftest import ROOT
+    path = os.path.join(ROOT, ".cache", "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not os.path.exists(path):
+        pytest.skip("SmolLM2 not at %s (tools/deps.sh fetches it)" % path)
+    d = make_daemon(model=path)
+    c = sdk(d)
+    msgs = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"}]
+    r = c.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", messages=msgs, max_tokens=40,
+                                  temperature=0)
+    schemas.check("CreateChatCompletionResponse", r.model_dump(exclude_unset=True))
+    assert r.choices[0].finish_reason == "stop", r.choices[0]
+    assert "Paris" in r.choices[0].message.content
+    assert "<|im_end|>" not in r.choices[0].message.content
+    chunks = list(c.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", messages=msgs, max_tokens=40,
+                                            temperature=0, stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == r.choices[0].message.content
