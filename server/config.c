@@ -502,5 +502,12 @@ int config_load(srv_config *c, int argc, char **argv)
                 c->block_size);
         return -1;
     }
+    /* every running sequence must fit one decode token into a step, or the
+     * youngest would wait for the oldest to finish */
+    if (c->max_batch_tokens < c->max_running) {
+        fprintf(stderr, "sparsed serve: --max-batch-tokens (%d) must be at least --max-running (%d)\n",
+                c->max_batch_tokens, c->max_running);
+        return -1;
+    }
     return 0;
 }

@@ -196,6 +196,7 @@ def test_invalid_values_rejected(tmp_path):
         (["--prefix-cache=maybe"], None, "--prefix-cache"),
         (["--no-such-option", "1"], None, "--no-such-option"),
         (["--max-batch-tokens"], None, "--max-batch-tokens"),
+        (["--max-running", "64", "--max-batch-tokens", "32"], None, "--max-batch-tokens"),
         ([], {"SPARSED_MAX_QUEUE": "abc"}, "SPARSED_MAX_QUEUE"),
         (["--host", "not-an-address"], None, "--host"),
         (["--model", "/nonexistent.gguf"], None, "/nonexistent.gguf"),
