@@ -475,6 +475,40 @@ static __device__ __forceinline__ uint32_t ord_key(float f)
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+/* A warp pulls the largest keys out of its lanes' arrays, every copy of a
+ * value at once (so no lane searches serially), until top_k are out or only
+ * zeros (pads) remain; emit(value, rank of its first copy, copies) runs on
+ * the whole warp for each value in turn. */
+template <int N, typename F>
+static __device__ __forceinline__ void warp_pull(uint32_t (&k)[N], int top_k, F emit)
+{
+    int got = 0;
+    while (got < top_k) {
+        uint32_t t[N / 2];
+#pragma unroll
+        for (int j = 0; j < N / 2; j++) t[j] = max(k[j], k[j + N / 2]);
+        static_assert(N == 16 || N == 32, "warp_pull: N is 16 or 32");
+        if constexpr (N == 32) {
+#pragma unroll
+            for (int j = 0; j < 8; j++) t[j] = max(t[j], t[j + 8]);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) t[j] = max(t[j], t[j + 4]);
+        t[0] = max(max(t[0], t[2]), max(t[1], t[3]));
+        const uint32_t wm = __reduce_max_sync(0xffffffffu, t[0]);
+        if (wm == 0) break;
+        unsigned bits = 0;
+#pragma unroll
+        for (int j = 0; j < N; j++) {
+            bits |= (unsigned)(k[j] == wm) << j;
+            k[j] = k[j] == wm ? 0u : k[j];
+        }
+        const int m = (int)__reduce_add_sync(0xffffffffu, (unsigned)__popc(bits));
+        emit(wm, got, m);
+        got += m;
+    }
+}
+
 __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores, int sstride, const int32_t *lens,
                                                             int B, int rows_per_seq, int sink, int top_k, int local,
                                                             int32_t *sel, const int32_t *tables, int ts,
@@ -483,7 +517,7 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
     extern __shared__ uint32_t keys[];
     __shared__ int hist[256];
     __shared__ int s_bin, s_rem, cnt_gt, cnt_eq;
-    __shared__ uint32_t wl[TOPK_THREADS]; /* per-warp top lists (register path) */
+    __shared__ uint32_t wl[32 * 33]; /* per-warp top lists, padded (register path) */
     pdl_trigger();
     pdl_wait(); /* the scores */
     const int row = blockIdx.x, b = row / rows_per_seq, tid = threadIdx.x;
@@ -504,74 +538,48 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
     if (ncand <= top_k) {
         for (int i = tid; i < top_k; i += blockDim.x) o[sink + i] = i < ncand ? c0 + i : -1;
     } else if (top_k <= 32 && ncand <= TOPK_THREADS * TOPK_REG) {
-        /* keys in registers (one load round); each warp pulls its top_k by
-         * repeated warp max, then warp 0 does the same over the 32 lists.
-         * The top_k-th key overall is the threshold: any key above it is in
-         * its own warp's top_k.  0 pads (real keys are above 0). */
+        /* keys in registers (one load round; a copy in shared memory for the
+         * last pass); each warp pulls its top_k, then warp 0 pulls the top_k
+         * of the 32 lists.  The top_k-th key overall is the threshold: any
+         * key above it is in its own warp's top_k.  0 pads (real keys are
+         * above 0). */
         const int warp = tid >> 5, lane = tid & 31;
-        uint32_t kr[TOPK_REG], kc[TOPK_REG];
+        uint32_t kr[TOPK_REG];
 #pragma unroll
         for (int j = 0; j < TOPK_REG; j++) {
             int i = tid + j * TOPK_THREADS;
-            kr[j] = kc[j] = i < ncand ? ord_key(sc[i]) : 0u;
+            kr[j] = i < ncand ? ord_key(sc[i]) : 0u;
+            if (i < ncand) keys[i] = kr[j];
         }
-        uint32_t lm = 0;
-#pragma unroll
-        for (int j = 0; j < TOPK_REG; j++) lm = max(lm, kr[j]);
-        for (int it = 0; it < top_k; it++) {
-            uint32_t wm = __reduce_max_sync(0xffffffffu, lm);
-            int who = __ffs(__ballot_sync(0xffffffffu, lm == wm)) - 1;
-            if (lane == 0) wl[warp * 32 + it] = wm;
-            if (lane == who) {
-                bool done = false;
-                lm = 0;
-#pragma unroll
-                for (int j = 0; j < TOPK_REG; j++) {
-                    if (!done && kr[j] == wm) kr[j] = 0, done = true;
-                    lm = max(lm, kr[j]);
-                }
-            }
-        }
+        wl[warp * 33 + lane] = 0;
+        __syncwarp();
+        warp_pull(kr, top_k, [&](uint32_t v, int got, int m) {
+            if (lane >= got && lane < got + m && lane < top_k) wl[warp * 33 + lane] = v;
+        });
         __syncthreads();
         if (warp == 0) {
             uint32_t cr[32];
-            lm = 0;
 #pragma unroll
-            for (int j = 0; j < 32; j++) {
-                cr[j] = j < top_k ? wl[lane * 32 + j] : 0u;
-                lm = max(lm, cr[j]);
-            }
-            uint32_t cur = 0;
-            int first = 0;
-            for (int it = 0; it < top_k; it++) {
-                uint32_t wm = __reduce_max_sync(0xffffffffu, lm);
-                int who = __ffs(__ballot_sync(0xffffffffu, lm == wm)) - 1;
-                if (it == 0 || wm != cur) cur = wm, first = it;
-                if (lane == who) {
-                    bool done = false;
-                    lm = 0;
-#pragma unroll
-                    for (int j = 0; j < 32; j++) {
-                        if (!done && cr[j] == wm) cr[j] = 0, done = true;
-                        lm = max(lm, cr[j]);
-                    }
-                }
-            }
+            for (int j = 0; j < 32; j++) cr[j] = wl[lane * 33 + j];
+            uint32_t thr = 0;
+            int n_gt = 0;
+            warp_pull(cr, top_k, [&](uint32_t v, int got, int m) {
+                if (got < top_k && got + m >= top_k) thr = v, n_gt = got;
+            });
             if (lane == 0) {
-                s_bin = (int)cur; /* the threshold key */
-                s_rem = top_k - first;
+                s_bin = (int)thr; /* the threshold key */
+                s_rem = top_k - n_gt;
                 cnt_gt = cnt_eq = 0;
             }
         }
         __syncthreads();
         const uint32_t thr = (uint32_t)s_bin;
         const int rem = s_rem, n_gt = top_k - rem;
-#pragma unroll
-        for (int j = 0; j < TOPK_REG; j++) {
-            int i = tid + j * TOPK_THREADS;
-            if (kc[j] > thr) {
+        for (int i = tid; i < ncand; i += TOPK_THREADS) {
+            uint32_t k = keys[i];
+            if (k > thr) {
                 o[sink + atomicAdd(&cnt_gt, 1)] = c0 + i;
-            } else if (kc[j] == thr) {
+            } else if (k == thr) {
                 int e = atomicAdd(&cnt_eq, 1);
                 if (e < rem) o[sink + n_gt + e] = c0 + i;
             }

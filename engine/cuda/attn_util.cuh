@@ -249,7 +249,11 @@ static cudaError_t launch_pdl(void (*kern)(Params...), dim3 grid, dim3 block, si
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+#ifdef CATTN_NO_PDL /* build knob: plain stream order, for A/B timing */
+    at[0].val.programmaticStreamSerializationAllowed = 0;
+#else
     at[0].val.programmaticStreamSerializationAllowed = 1;
+#endif
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
