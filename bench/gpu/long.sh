@@ -8,7 +8,9 @@
 # quadratic: minutes, so only its floor is given).  Each row is appended to
 # OUT/long.jsonl as soon as it is measured; OUT/gpu-model.json gathers
 # them with the card and the floors (datasheet bandwidth and bf16 rate).
-# SERVE=1 also runs a `sparsed serve --device cuda` smoke test.  Uses the
+# ROWS picks rows by label.  SERVE=1 also runs `sparsed serve --device
+# cuda` smoke tests (stories260K; the small MSA model with a prompt past
+# sparse_min_context).  Uses the
 # folder tests/gpu/pack.sh made (PACK).
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
@@ -24,11 +26,13 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
     [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}" && break
 done
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt"
-if [ ! -f "$MODEL" ]; then
+ROWS=${ROWS-"sparse-128k dense-128k sparse-1m"}   # ROWS= runs none
+if [ -n "$ROWS" ] && [ ! -f "$MODEL" ]; then
     $P/bin/mkmodel --out "$MODEL" --preset m3-1b --layers $LAYERS --ctx 1048576 --seed 11 || exit 1
 fi
 : > "$OUT/long.jsonl"
 row() {   # label attention context max-seconds
+    case " $ROWS " in *" $1 "*) ;; *) return ;; esac
     timeout ${4}s $P/bin/gpu_model_bench --model "$MODEL" --label "$1" --attention "$2" --context "$3" \
         --chunk $CHUNK --steps $STEPS --max-seconds $(( $4 - 60 )) 2>&1 | tee -a "$OUT/long.log" |
         grep '^JSON ' | sed 's/^JSON //' >> "$OUT/long.jsonl"
@@ -37,35 +41,41 @@ row sparse-128k sparse 131072 ${T128:-120}
 row dense-128k dense 131072 ${T128:-120}
 row sparse-1m sparse 1048576 ${T1M:-240}
 
-if [ -n "${SERVE:-}" ]; then
-    # one completion over HTTP from the daemon on the GPU
-    $P/bin/sparsed serve --device cuda --model $P/models/stories260K.gguf --port 18089 > "$OUT/serve.log" 2>&1 &
-    spid=$!
-    python3 - "$OUT/serve.json" <<'PY'
+serve_smoke() {   # name model prompt-repeats: one completion over HTTP from the daemon on the GPU
+    LD_LIBRARY_PATH="$P/lib:${LD_LIBRARY_PATH:-}" $P/bin/sparsed serve --device cuda --model "$2" --port 18089 \
+        > "$OUT/serve-$1.log" 2>&1 &
+    local spid=$!
+    python3 - "$OUT/serve.jsonl" "$1" "$3" <<'PY'
 import json, sys, time, urllib.request
 base = "http://127.0.0.1:18089"
-for _ in range(100):
+for _ in range(150):
     try:
         urllib.request.urlopen(base + "/health", timeout=1).read()
         break
     except Exception:
         time.sleep(0.2)
+prompt = "Once upon a time there was a little cat who sat on a mat. " * int(sys.argv[3])
 req = urllib.request.Request(base + "/v1/completions", method="POST",
-                             data=json.dumps({"prompt": "Once upon a time", "max_tokens": 32,
-                                              "temperature": 0}).encode(),
+                             data=json.dumps({"prompt": prompt, "max_tokens": 32, "temperature": 0}).encode(),
                              headers={"Content-Type": "application/json"})
-res = {"status": None}
+res = {"name": sys.argv[2], "status": None}
 try:
-    with urllib.request.urlopen(req, timeout=30) as r:
+    with urllib.request.urlopen(req, timeout=60) as r:
         body = json.loads(r.read())
-        res = {"status": r.status, "text": body["choices"][0]["text"], "usage": body.get("usage")}
+        res.update(status=r.status, text=body["choices"][0]["text"], usage=body.get("usage"))
 except Exception as e:
     res["error"] = str(e)
-json.dump(res, open(sys.argv[1], "w"))
+open(sys.argv[1], "a").write(json.dumps(res) + "\n")
 print("serve:", res)
 PY
     kill $spid 2>/dev/null
     wait $spid 2>/dev/null
+}
+if [ -n "${SERVE:-}" ]; then
+    : > "$OUT/serve.jsonl"
+    serve_smoke stories260K $P/models/stories260K.gguf 1
+    # MSA model, prompt past sparse_min_context: the tuned sparse kernels
+    serve_smoke m3-128 $P/models/m3-128.gguf 40
 fi
 
 python3 - "$OUT" "$COMMIT" <<'PY'
@@ -95,9 +105,9 @@ for r in rows:
     r["floor_prefill_s"] = round(f["prefill_s"], 3)
 ref = {"dense-1m (floor only)": floors(1 << 20, False)}
 serve = None
-sp = os.path.join(out, "serve.json")
+sp = os.path.join(out, "serve.jsonl")
 if os.path.exists(sp):
-    serve = json.load(open(sp))
+    serve = [json.loads(l) for l in open(sp) if l.strip()]
 res = {"what": "long-context model benchmark of the CUDA engine (bench/gpu/long.sh)",
        "date": datetime.date.today().isoformat(), "commit": commit, "card": card,
        "model": "mkmodel --preset m3-1b (random bf16, %.2fB parameters)" % (params / 1e9),

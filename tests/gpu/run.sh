@@ -47,19 +47,27 @@ check() {
 # small top-k are informational ("-info", tol 1): a bf16 score that flips a
 # near-tie picks another block, so they are checked in f32 instead.
 # tuned sparse kernels (cuda_attn.h) on an M3-shaped model: 4 KV heads of
-# 128, index heads 4 x 128, blocks of 128, first layer dense.  Against the
-# generic sparse kernels (same bf16 pages: same selection but for exact
-# ties) and, with a top-k covering every block and the sparse path forced,
-# against dense attention; bf16 against the CPU is informational.
-check m3-128-fast-vs-generic --model $M/m3-128.gguf --prompts 900,500,130 --decode 16 --tol 1 \
-    --top-k-blocks 2 --sparse-min-context 0 --vs-generic --tol-alt 3e-2
+# 128, index heads 4 x 128, blocks of 128, first layer dense.  Checked,
+# with a top-k covering every block and the sparse path forced, against
+# dense attention and the CPU.  With a small top-k the selection of a
+# random model flips on near-ties under any change of rounding (bf16 vs
+# the CPU's fp32, or the two GPU paths' summation orders), so those runs
+# are informational: the tuned path against the CPU and the generic path,
+# and the generic path against the CPU for the error level to expect.
+check m3-128-fast-bf16-info --model $M/m3-128.gguf --prompts 900,500,130 --decode 16 --tol 1 \
+    --top-k-blocks 2 --sparse-min-context 0 --vs-generic --tol-alt 1
+SPARSED_CUDA_ATTN=generic check m3-128-generic-bf16-info --model $M/m3-128.gguf --prompts 900,500,130 \
+    --decode 16 --tol 1 --top-k-blocks 2 --sparse-min-context 0
 check m3-128-cover-vs-dense --model $M/m3-128.gguf --prompts 2000,700,130 --decode 16 \
     --top-k-blocks 32 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 2e-2
 check m3-128-fast-graphs --model $M/m3-128.gguf --prompts 900,500,130 --decode 16 --tol 1 \
     --top-k-blocks 2 --sparse-min-context 0 --vs-graphs --tol-alt 0
-check llama-quest-fast-vs-generic --model $M/llama-q4k.gguf --prompts 600,300,130 --decode 16 --tol 1 \
+check llama-quest-fast-bf16-info --model $M/llama-q4k.gguf --prompts 600,300,130 --decode 16 --tol 1 \
     --attention sparse --indexer minmax --group-sum --block-size 64 --top-k-blocks 2 --local-blocks 1 \
-    --sink-blocks 1 --sparse-min-context 0 --vs-generic --tol-alt 3e-2
+    --sink-blocks 1 --sparse-min-context 0 --vs-generic --tol-alt 1
+SPARSED_CUDA_ATTN=generic check llama-quest-generic-bf16-info --model $M/llama-q4k.gguf --prompts 600,300,130 \
+    --decode 16 --tol 1 --attention sparse --indexer minmax --group-sum --block-size 64 --top-k-blocks 2 \
+    --local-blocks 1 --sink-blocks 1 --sparse-min-context 0
 check llama-quest-cover-vs-dense --model $M/llama-q4k.gguf --prompts 600,300,130 --decode 16 \
     --attention sparse --indexer minmax --group-sum --block-size 64 --top-k-blocks 200 --local-blocks 1 \
     --sink-blocks 1 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 2e-2
