@@ -458,55 +458,19 @@ __global__ void __launch_bounds__(256) quest_score_kernel(const char *summ, long
 
 /* ---- block selection -------------------------------------------------------
  * One CTA per (sequence, group): forced sink and local blocks, then the
- * top_k best candidates on order-preserving keys (no sort): for top_k <= 32
- * and up to 16K candidates by repeated warp maxima over keys in registers
- * (two rounds, about top_k steps each), else by a radix select of up to 4
- * passes over keys in shared memory; then the rewritten page table of the
- * selection. */
+ * top_k best candidates by a 4-pass radix select on order-preserving keys
+ * (no sort) held in shared memory, then the rewritten page table of the
+ * selection.  (Pulling the top_k by repeated warp maxima was tried in v6:
+ * top_k steps over every key on one SM cost 18 us against 12.) */
 
 #define TOPK_THREADS 1024
 #define TOPK_SMEM_KEYS 16384
 #define TOPK_MAX_W 256
-#define TOPK_REG 16 /* keys per thread on the register path */
 
 static __device__ __forceinline__ uint32_t ord_key(float f)
 {
     uint32_t u = __float_as_uint(f);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-/* A warp pulls the largest keys out of its lanes' arrays, every copy of a
- * value at once (so no lane searches serially), until top_k are out or only
- * zeros (pads) remain; emit(value, rank of its first copy, copies) runs on
- * the whole warp for each value in turn. */
-template <int N, typename F>
-static __device__ __forceinline__ void warp_pull(uint32_t (&k)[N], int top_k, F emit)
-{
-    int got = 0;
-    while (got < top_k) {
-        uint32_t t[N / 2];
-#pragma unroll
-        for (int j = 0; j < N / 2; j++) t[j] = max(k[j], k[j + N / 2]);
-        static_assert(N == 16 || N == 32, "warp_pull: N is 16 or 32");
-        if constexpr (N == 32) {
-#pragma unroll
-            for (int j = 0; j < 8; j++) t[j] = max(t[j], t[j + 8]);
-        }
-#pragma unroll
-        for (int j = 0; j < 4; j++) t[j] = max(t[j], t[j + 4]);
-        t[0] = max(max(t[0], t[2]), max(t[1], t[3]));
-        const uint32_t wm = __reduce_max_sync(0xffffffffu, t[0]);
-        if (wm == 0) break;
-        unsigned bits = 0;
-#pragma unroll
-        for (int j = 0; j < N; j++) {
-            bits |= (unsigned)(k[j] == wm) << j;
-            k[j] = k[j] == wm ? 0u : k[j];
-        }
-        const int m = (int)__reduce_add_sync(0xffffffffu, (unsigned)__popc(bits));
-        emit(wm, got, m);
-        got += m;
-    }
 }
 
 __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores, int sstride, const int32_t *lens,
@@ -517,7 +481,6 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
     extern __shared__ uint32_t keys[];
     __shared__ int hist[256];
     __shared__ int s_bin, s_rem, cnt_gt, cnt_eq;
-    __shared__ uint32_t wl[32 * 33]; /* per-warp top lists, padded (register path) */
     pdl_trigger();
     pdl_wait(); /* the scores */
     const int row = blockIdx.x, b = row / rows_per_seq, tid = threadIdx.x;
@@ -537,63 +500,34 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
     }
     if (ncand <= top_k) {
         for (int i = tid; i < top_k; i += blockDim.x) o[sink + i] = i < ncand ? c0 + i : -1;
-    } else if (top_k <= 32 && ncand <= TOPK_THREADS * TOPK_REG) {
-        /* keys in registers (one load round; a copy in shared memory for the
-         * last pass); each warp pulls its top_k, then warp 0 pulls the top_k
-         * of the 32 lists.  The top_k-th key overall is the threshold: any
-         * key above it is in its own warp's top_k.  0 pads (real keys are
-         * above 0). */
-        const int warp = tid >> 5, lane = tid & 31;
-        uint32_t kr[TOPK_REG];
-#pragma unroll
-        for (int j = 0; j < TOPK_REG; j++) {
-            int i = tid + j * TOPK_THREADS;
-            kr[j] = i < ncand ? ord_key(sc[i]) : 0u;
-            if (i < ncand) keys[i] = kr[j];
-        }
-        wl[warp * 33 + lane] = 0;
-        __syncwarp();
-        warp_pull(kr, top_k, [&](uint32_t v, int got, int m) {
-            if (lane >= got && lane < got + m && lane < top_k) wl[warp * 33 + lane] = v;
-        });
-        __syncthreads();
-        if (warp == 0) {
-            uint32_t cr[32];
-#pragma unroll
-            for (int j = 0; j < 32; j++) cr[j] = wl[lane * 33 + j];
-            uint32_t thr = 0;
-            int n_gt = 0;
-            warp_pull(cr, top_k, [&](uint32_t v, int got, int m) {
-                if (got < top_k && got + m >= top_k) thr = v, n_gt = got;
-            });
-            if (lane == 0) {
-                s_bin = (int)thr; /* the threshold key */
-                s_rem = top_k - n_gt;
-                cnt_gt = cnt_eq = 0;
-            }
-        }
-        __syncthreads();
-        const uint32_t thr = (uint32_t)s_bin;
-        const int rem = s_rem, n_gt = top_k - rem;
-        for (int i = tid; i < ncand; i += TOPK_THREADS) {
-            uint32_t k = keys[i];
-            if (k > thr) {
-                o[sink + atomicAdd(&cnt_gt, 1)] = c0 + i;
-            } else if (k == thr) {
-                int e = atomicAdd(&cnt_eq, 1);
-                if (e < rem) o[sink + n_gt + e] = c0 + i;
-            }
-        }
     } else {
         /* keys share their leading bits (block maxima lie close together):
          * find the common prefix of min and max and select on the bits below
          * it, 8 at a time, so the histograms spread over many bins */
         uint32_t kmin = 0xffffffffu, kmax = 0;
-        for (int i = tid; i < ncand; i += blockDim.x) {
-            uint32_t k = ord_key(sc[i]);
-            if (in_smem) keys[i] = k;
-            kmin = min(kmin, k);
-            kmax = max(kmax, k);
+        if (in_smem) {
+            /* all loads first, in one round (the plain loop waits on each) */
+            uint32_t kv[TOPK_SMEM_KEYS / TOPK_THREADS];
+#pragma unroll
+            for (int j = 0; j < TOPK_SMEM_KEYS / TOPK_THREADS; j++) {
+                int i = tid + j * TOPK_THREADS;
+                kv[j] = i < ncand ? ord_key(sc[i]) : 0u;
+            }
+#pragma unroll
+            for (int j = 0; j < TOPK_SMEM_KEYS / TOPK_THREADS; j++) {
+                int i = tid + j * TOPK_THREADS;
+                if (i < ncand) {
+                    keys[i] = kv[j];
+                    kmin = min(kmin, kv[j]);
+                    kmax = max(kmax, kv[j]);
+                }
+            }
+        } else {
+            for (int i = tid; i < ncand; i += blockDim.x) {
+                uint32_t k = ord_key(sc[i]);
+                kmin = min(kmin, k);
+                kmax = max(kmax, k);
+            }
         }
         kmin = __reduce_min_sync(0xffffffffu, kmin);
         kmax = __reduce_max_sync(0xffffffffu, kmax);
