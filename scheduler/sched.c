@@ -28,6 +28,9 @@
 
 enum { SEQ_WAITING, SEQ_RUNNING, SEQ_DONE };
 
+/* Logit rows a step may spend on prompt logprobs (beyond one per sequence). */
+#define PLP_ROWS 64
+
 typedef struct seq {
     struct sched_req *req;
     int index;                /* choice index */
@@ -37,6 +40,7 @@ typedef struct seq {
     int n_prompt;
     int n_gen;
     int n_done;               /* tokens with K/V in the pool */
+    int plp_next;             /* next prompt position whose logprob is owed (prompt_logprobs) */
     kv_seq kv;
     sampler *smp;
     detok dt;
@@ -316,8 +320,9 @@ int sched_submit(sched *s, const sched_prompt *prompts, int n_prompts, const sch
                  char *err, size_t errlen)
 {
     *out = NULL;
-    if (n_prompts < 1 || p->n < 1 || p->max_tokens < 1 || p->n_stop < 0 ||
-        p->n_stop > SCHED_MAX_STOP || p->logprobs > SCHED_MAX_LOGPROBS) {
+    if (n_prompts < 1 || p->n < 1 || p->max_tokens < (p->prompt_logprobs >= 0 ? 0 : 1) ||
+        p->n_stop < 0 || p->n_stop > SCHED_MAX_STOP || p->logprobs > SCHED_MAX_LOGPROBS ||
+        p->prompt_logprobs > SCHED_MAX_LOGPROBS) {
         snprintf(err, errlen, "invalid scheduling parameters");
         return SCHED_EINVAL;
     }
@@ -398,6 +403,8 @@ int sched_submit(sched *s, const sched_prompt *prompts, int n_prompts, const sch
                 goto oom_r;
             memcpy(q->tok, prompts[i].tokens, (size_t)prompts[i].n * sizeof(int32_t));
             q->n_tok = prompts[i].n;
+            /* the first choice of each prompt carries its prompt logprobs */
+            q->plp_next = p->prompt_logprobs >= 0 && j == 0 ? 1 : prompts[i].n;
             kv_seq_init(&q->kv);
             detok_init(&q->dt);
             q->dt.first = 0;   /* generated text continues the prompt: keep its leading space */
@@ -838,7 +845,8 @@ static void admit(sched *s)
         }
         sched_req *r = q->req;
         int matched = 0;
-        if (s->o.prefix_cache && q->kv.n_pages == 0)
+        /* prompt logprobs need the logits of every prompt token: no cache */
+        if (s->o.prefix_cache && q->kv.n_pages == 0 && q->plp_next >= q->n_prompt)
             matched = kv_seq_match_prefix(s->pool, &q->kv, q->tok, q->n_tok);
         int need = kv_pages_for(&s->layout, q->n_tok + 1) - q->kv.n_pages;
         int avail = kv_pool_n_available(s->pool);
@@ -895,6 +903,22 @@ static seq *youngest(sched *s)
     return y;
 }
 
+/* Emits the logprob of prompt token `pos` from the row that predicts it. */
+static void prompt_logprob(sched *s, seq *q, int pos, const float *row)
+{
+    if (pos < q->plp_next || pos >= q->n_prompt)
+        return;
+    sched_event *ev = new_event(SCHED_EV_PROMPT_TOKEN, q->index, NULL, 0);
+    if (ev) {
+        ev->pos = pos;
+        ev->token = q->tok[pos];
+        ev->n_top = q->req->p.prompt_logprobs;
+        ev->logprob = logprobs_top(row, s->be.n_vocab, q->tok[pos], ev->n_top, ev->top_ids, ev->top_lp);
+        push_event(q->req, ev);
+    }
+    q->plp_next = pos + 1;
+}
+
 /* Builds the batch; returns the number of sequences in it. */
 static int build_batch(sched *s, int *n_tokens)
 {
@@ -905,6 +929,7 @@ static int build_batch(sched *s, int *n_tokens)
     int budget = s->o.max_batch_tokens;
     int dec_budget = decodes < budget ? decodes : budget;
     int pre_budget = budget - dec_budget;
+    int plp_budget = PLP_ROWS;   /* logit rows for prompt logprobs this step */
     int nt = 0, ns = 0;
 
     /* Oldest first; a sequence that cannot get pages preempts the youngest,
@@ -929,9 +954,14 @@ static int build_batch(sched *s, int *n_tokens)
             take = 1;
         } else {
             take = remain < pre_budget ? remain : pre_budget;
+            if (q->plp_next < q->n_prompt && take > plp_budget)
+                take = plp_budget;
             if (take == 0)
                 continue;
         }
+        int plp = q->plp_next < q->n_prompt;
+        if (plp && take > plp_budget)
+            continue;   /* a decode-sized step of it waits for the next */
         int preempted_self = 0;
         while (kv_seq_reserve(s->pool, &q->kv, q->n_done + take)) {
             seq *y = youngest(s);
@@ -950,6 +980,8 @@ static int build_batch(sched *s, int *n_tokens)
             dec_budget--;
         else
             pre_budget -= take;
+        if (plp)
+            plp_budget -= take;
         memcpy(s->btok + nt, q->tok + q->n_done, (size_t)take * sizeof(int32_t));
         engine_seq *es = &s->bseq[ns];
         es->n_past = q->n_done;
@@ -957,7 +989,7 @@ static int build_batch(sched *s, int *n_tokens)
         es->tok_offset = nt;
         es->blocks = q->kv.pages;
         es->n_blocks = q->kv.n_pages;
-        es->logits = take == remain ? 1 : 0;
+        es->logits = plp ? 2 : take == remain ? 1 : 0;
         s->bmap[ns++] = q;
         nt += take;
     }
@@ -1021,14 +1053,31 @@ static int step(sched *s)
     int row = 0;
     for (int i = 0; i < ns; i++) {
         seq *q = s->bmap[i];
-        q->n_done += s->bseq[i].n_new;
+        const engine_seq *es = &s->bseq[i];
+        q->n_done += es->n_new;
         if (s->o.prefix_cache)
             kv_seq_publish(s->pool, &q->kv, q->tok, q->n_done);
-        if (!s->bseq[i].logits)
+        if (!es->logits)
             continue;
+        if (es->logits == 2) {
+            /* row k predicts the token after position n_past + k */
+            if (!q->req->ended && q->state == SEQ_RUNNING)
+                for (int k = 0; k < es->n_new; k++)
+                    prompt_logprob(s, q, es->n_past + k + 1,
+                                   s->logits + (size_t)(row + k) * s->be.n_vocab);
+            row += es->n_new - 1;
+            if (q->n_done < q->n_tok) {   /* a chunk short of the prompt's end */
+                row++;
+                continue;
+            }
+        }
         float *lg = s->logits + (size_t)row++ * s->be.n_vocab;
         if (q->req->ended || q->state != SEQ_RUNNING)
             continue;
+        if (q->req->p.max_tokens == 0) {   /* echo scoring: the prompt only */
+            seq_finish(s, q, SCHED_FINISH_LENGTH);
+            continue;
+        }
         const float *lp = NULL;
         if (q->req->p.logprobs >= 0) {
             memcpy(s->lpbuf, lg, (size_t)s->be.n_vocab * sizeof(float));
@@ -1227,7 +1276,7 @@ sched *sched_create(const sched_backend *b, kv_pool *pool, const sched_opts *o,
     s->btok = malloc((size_t)o->max_batch_tokens * sizeof(int32_t));
     s->bseq = calloc((size_t)o->max_running, sizeof(engine_seq));
     s->bmap = calloc((size_t)o->max_running, sizeof(seq *));
-    s->logits = malloc((size_t)rows * (size_t)b->n_vocab * sizeof(float));
+    s->logits = malloc((size_t)(rows + PLP_ROWS) * (size_t)b->n_vocab * sizeof(float));
     s->lpbuf = malloc((size_t)b->n_vocab * sizeof(float));
     if (!s->model_name || !s->running || !s->btok || !s->bseq || !s->bmap || !s->logits ||
         !s->lpbuf || uv_loop_init(&s->loop)) {

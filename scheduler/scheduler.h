@@ -61,9 +61,10 @@ typedef struct sched_prompt {
 
 typedef struct sched_params {
     int n;                    /* sequences per prompt, >= 1 */
-    int max_tokens;           /* generated tokens per sequence, >= 1 */
+    int max_tokens;           /* generated tokens per sequence, >= 1 (0 with prompt_logprobs) */
     int ignore_eos;
     int logprobs;             /* -1: off; else alternatives per token, 0..SCHED_MAX_LOGPROBS */
+    int prompt_logprobs;      /* -1: off; else logprobs of prompt tokens 1.. (echo), with alternatives */
     sampler_params sampling;  /* seed used as given for sequence 0, seed+j for j; bias arrays copied */
     const char *const *stop;  /* stop strings (copied), not part of the output */
     int n_stop;
@@ -77,11 +78,13 @@ enum sched_ev_type {
     SCHED_EV_DONE,       /* every sequence ended: usage and timings; the last event */
     SCHED_EV_ERROR,      /* the request failed (status, message); the last event */
     SCHED_EV_KEEPALIVE,  /* nothing happened for a while (long prefill or queue) */
+    SCHED_EV_PROMPT_TOKEN, /* logprob of prompt token `pos` (>= 1), for the first choice of its prompt */
 };
 
 typedef struct sched_event {
     int type;
     int index;                /* choice index */
+    int pos;                  /* PROMPT_TOKEN: position in the prompt */
     int32_t token;
     float logprob;
     int n_top;

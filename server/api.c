@@ -878,7 +878,8 @@ int api_parse_gen(server *srv, const char *body, size_t len, int chat, gen_req *
 
     long long max_tokens = -1;
     int has_mt = 0;
-    if (get_int(root, "max_tokens", 1, 2147483647.0, &max_tokens, &has_mt, e))
+    /* echo with max_tokens 0 scores the prompt alone (logprobs of its tokens) */
+    if (get_int(root, "max_tokens", g->echo ? 0 : 1, 2147483647.0, &max_tokens, &has_mt, e))
         goto out;
     if (chat) {
         long long mct;
@@ -942,6 +943,11 @@ int api_parse_gen(server *srv, const char *body, size_t len, int chat, gen_req *
     g->sp.n = g->n;
     g->sp.max_tokens = g->max_tokens;
     g->sp.logprobs = g->logprobs;
+    g->sp.prompt_logprobs = -1;
+    if (g->echo && g->logprobs >= 0)
+        g->sp.prompt_logprobs = g->logprobs;
+    else if (g->max_tokens == 0)
+        g->sp.prompt_logprobs = 0;   /* nothing to generate: the scheduler still runs the prompt */
     g->sp.stop = (const char *const *)g->stop;
     g->sp.n_stop = g->n_stop;
     rc = 0;
@@ -980,7 +986,50 @@ int gen_state_init(gen_state *st, server *srv, int n_choices)
     st->n_choices = n_choices;
     st->ch = calloc((size_t)n_choices, sizeof *st->ch);
     st->created = time(NULL);
+    if (st->g.echo && st->g.logprobs >= 0) {
+        st->plp = calloc((size_t)st->g.n_prompts, sizeof *st->plp);
+        st->plp_off = calloc((size_t)st->g.n_prompts, sizeof *st->plp_off);
+        st->plp_sent = calloc((size_t)n_choices, sizeof *st->plp_sent);
+        if (!st->plp || !st->plp_off || !st->plp_sent)
+            return -1;
+    }
     return st->ch ? 0 : -1;
+}
+
+/* Byte offset of each prompt token's text in the detokenized prompt. */
+static int *prompt_offsets(server *srv, const int32_t *t, int n)
+{
+    int *off = malloc((size_t)(n ? n : 1) * sizeof(int));
+    if (!off)
+        return NULL;
+    detok d;
+    detok_init(&d);
+    char piece[1024];
+    int at = 0;
+    for (int i = 0; i < n; i++) {
+        off[i] = at;
+        int k = detok_push(srv->eng, &d, t[i], piece, sizeof piece);
+        at += k > 0 ? k : 0;
+    }
+    return off;
+}
+
+/* The logprobs object of a prompt so far; created with its first token
+ * (which has no logprob: nothing predicts it). */
+static cJSON *prompt_lp(server *srv, gen_state *st, int p)
+{
+    if (st->plp[p])
+        return st->plp[p];
+    st->plp_off[p] = prompt_offsets(srv, st->g.prompts[p], st->g.prompt_len[p]);
+    cJSON *lp = cJSON_CreateObject();
+    char s[800];
+    token_string(srv, st->g.prompts[p][0], s, sizeof s, NULL, NULL);
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(lp, "tokens"), cJSON_CreateString(s));
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(lp, "token_logprobs"), cJSON_CreateNull());
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(lp, "top_logprobs"), cJSON_CreateNull());
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(lp, "text_offset"), cJSON_CreateNumber(0));
+    st->plp[p] = lp;
+    return lp;
 }
 
 void gen_state_free(gen_state *st)
@@ -989,6 +1038,15 @@ void gen_state_free(gen_state *st)
         sb_free(&st->ch[i].text);
         cJSON_Delete(st->ch[i].lp);
     }
+    for (int p = 0; p < st->g.n_prompts; p++) {
+        if (st->plp)
+            cJSON_Delete(st->plp[p]);
+        if (st->plp_off)
+            free(st->plp_off[p]);
+    }
+    free(st->plp);
+    free(st->plp_off);
+    free(st->plp_sent);
     free(st->ch);
     gen_req_free(&st->g);
     memset(st, 0, sizeof *st);
@@ -1171,6 +1229,24 @@ void gen_stream_close(server *srv, gen_state *st, sbuf *sse)
     sb_puts(sse, "data: [DONE]\n\n");
 }
 
+/* Stream, echo + logprobs: the prompt's first token (no logprob) opens a
+ * choice's logprobs. */
+static void stream_plp_first(server *srv, gen_state *st, int i, sbuf *sse)
+{
+    if (!st->plp || st->plp_sent[i])
+        return;
+    st->plp_sent[i] = 1;
+    cJSON *first = cJSON_Duplicate(prompt_lp(srv, st, i / st->g.n), 1);
+    /* only the first entry: later ones stream as they come */
+    const char *keys[] = {"tokens", "token_logprobs", "top_logprobs", "text_offset"};
+    for (int k = 0; k < 4; k++) {
+        cJSON *a = cJSON_GetObjectItem(first, keys[k]);
+        while (cJSON_GetArraySize(a) > 1)
+            cJSON_DeleteItemFromArray(a, 1);
+    }
+    stream_choice(srv, st, i, "", first, NULL, sse);
+}
+
 void gen_apply(server *srv, gen_state *st, const sched_event *ev, sbuf *sse)
 {
     switch (ev->type) {
@@ -1180,10 +1256,12 @@ void gen_apply(server *srv, gen_state *st, const sched_event *ev, sbuf *sse)
             return;
         choice_acc *c = &st->ch[ev->index];
         size_t offset = c->text.len;
-        if (st->g.echo && !sse) {
+        if (st->g.echo) {
             const char *echo = st->g.echo_text[ev->index / st->g.n];
             offset += echo ? strlen(echo) : 0;
         }
+        if (sse)
+            stream_plp_first(srv, st, ev->index, sse);
         cJSON *lp = NULL;
         if (ev->type == SCHED_EV_TOKEN) {
             c->n_tokens++;
@@ -1206,6 +1284,7 @@ void gen_apply(server *srv, gen_state *st, const sched_event *ev, sbuf *sse)
             }
             if (fin)
                 stream_choice(srv, st, ev->index, st->g.chat ? NULL : "", NULL, fin, sse);
+            sb_put(&c->text, ev->text, (size_t)ev->text_len);   /* for the offsets */
         } else {
             sb_put(&c->text, ev->text, (size_t)ev->text_len);
             if (lp) {
@@ -1253,6 +1332,25 @@ void gen_apply(server *srv, gen_state *st, const sched_event *ev, sbuf *sse)
         if (sse)
             sb_puts(sse, ": keep-alive\n\n");
         break;
+    case SCHED_EV_PROMPT_TOKEN: {
+        int p = ev->index / st->g.n;
+        if (!st->plp || p < 0 || p >= st->g.n_prompts || ev->pos < 1 || ev->pos >= st->g.prompt_len[p])
+            return;
+        cJSON *obj = prompt_lp(srv, st, p);
+        size_t off = st->plp_off[p] ? (size_t)st->plp_off[p][ev->pos] : 0;
+        if (!sse) {
+            cmpl_token_lp(srv, obj, ev, off);
+            return;
+        }
+        for (int j = 0; j < st->g.n; j++) {
+            int i = p * st->g.n + j;
+            stream_plp_first(srv, st, i, sse);
+            cJSON *lp = cmpl_lp_new();
+            cmpl_token_lp(srv, lp, ev, off);
+            stream_choice(srv, st, i, "", lp, NULL, sse);
+        }
+        break;
+    }
     }
 }
 
@@ -1295,8 +1393,22 @@ char *gen_response(server *srv, gen_state *st)
                 cJSON_AddStringToObject(ch, "text", text);
             }
             if (st->g.logprobs >= 0) {
-                cJSON_AddItemToObject(ch, "logprobs", c->lp ? c->lp : cmpl_lp_new());
+                cJSON *gen = c->lp ? c->lp : cmpl_lp_new();
                 c->lp = NULL;
+                if (st->plp) {
+                    /* echo: the prompt's tokens first, then the generated ones */
+                    cJSON *all = cJSON_Duplicate(prompt_lp(srv, st, i / st->g.n), 1);
+                    const char *keys[] = {"tokens", "token_logprobs", "top_logprobs", "text_offset"};
+                    for (int k = 0; k < 4; k++) {
+                        cJSON *src = cJSON_GetObjectItem(gen, keys[k]);
+                        cJSON *dst = cJSON_GetObjectItem(all, keys[k]);
+                        while (cJSON_GetArraySize(src) > 0)
+                            cJSON_AddItemToArray(dst, cJSON_DetachItemFromArray(src, 0));
+                    }
+                    cJSON_Delete(gen);
+                    gen = all;
+                }
+                cJSON_AddItemToObject(ch, "logprobs", gen);
             } else {
                 cJSON_AddNullToObject(ch, "logprobs");
             }

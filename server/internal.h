@@ -92,6 +92,9 @@ typedef struct choice_acc {
 
 typedef struct gen_state {
     gen_req g;
+    cJSON **plp;              /* completions echo + logprobs: per prompt, its tokens' logprobs */
+    int **plp_off;            /* per prompt, each token's byte offset in the echoed text */
+    int *plp_sent;            /* stream: per choice, whether the prompt's first token went out */
     char id[48];
     time_t created;
     int n_choices;

@@ -303,3 +303,45 @@ def test_smollm2_chat_template_and_eog(make_daemon):
     chunks = list(c.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", messages=msgs, max_tokens=40,
                                             temperature=0, stream=True))
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == r.choices[0].message.content
+
+
+def echo_patch(schema):
+    """Echo with logprobs: the prompt's first token has no logprob (null),
+    as OpenAI's own API returns; the spec's item types leave null out."""
+    lp = schema["properties"]["choices"]["items"]["properties"]["logprobs"]["anyOf"][0]["properties"]
+    lp["token_logprobs"]["items"] = {"type": ["number", "null"]}
+    lp["top_logprobs"]["items"] = {"anyOf": [lp["top_logprobs"]["items"], {"type": "null"}]}
+    return schema
+
+
+def test_echo_logprobs_scores_the_prompt(daemon):
+    gen = daemon.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 8, "temperature": 0,
+                                          "logprobs": 2}).json()
+    text = gen["choices"][0]["text"]
+    n_prompt = daemon.post("/tokenize", {"prompt": PROMPT}).json()["count"]
+    scored = daemon.post("/v1/completions", {"prompt": PROMPT + text, "max_tokens": 0, "echo": True,
+                                             "logprobs": 2}).json()
+    schemas.check("CreateCompletionResponse", scored, echo_patch)
+    ch = scored["choices"][0]
+    assert ch["text"] == PROMPT + text and scored["usage"]["completion_tokens"] == 0
+    lp = ch["logprobs"]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert len(lp["tokens"]) == scored["usage"]["prompt_tokens"]
+    # the continuation scored as prompt has the logprobs it had when generated
+    g = gen["choices"][0]["logprobs"]
+    assert lp["tokens"][n_prompt:] == g["tokens"]
+    for a, b in zip(lp["token_logprobs"][n_prompt:], g["token_logprobs"]):
+        assert a == pytest.approx(b, abs=1e-4)
+    # offsets point into the echoed text
+    for tok, off in zip(lp["tokens"][1:], lp["text_offset"][1:]):
+        assert ch["text"][off:].startswith(tok.lstrip()) or ch["text"][off:].startswith(tok)
+    # with generation after the prompt, and streamed
+    both = daemon.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 3, "echo": True, "logprobs": 1,
+                                           "temperature": 0}).json()
+    blp = both["choices"][0]["logprobs"]
+    assert len(blp["tokens"]) == n_prompt + 3
+    ev = sse_events(daemon.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 3, "echo": True,
+                                                    "logprobs": 1, "temperature": 0, "stream": True}, stream=True))
+    toks = [t for e in ev if isinstance(e, dict) for c in e["choices"] if c["logprobs"]
+            for t in c["logprobs"]["tokens"]]
+    assert toks == blp["tokens"]

@@ -8,6 +8,7 @@
  * Token t reads as the letter 'a' + t % 26; token V-1 ends generation.
  */
 #include <check.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,10 +80,13 @@ static int fake_step(void *ctx, kv_pool *pool, const engine_batch *b, float *log
             }
             hist[pos] = (int32_t)k[0];
         }
-        float *row = logits + (size_t)rows++ * V;
-        for (int v = 0; v < V; v++)
-            row[v] = 0;
-        row[next_of(hist, total)] = 10;
+        /* logits 1: the row after the last token; 2: one after each new token */
+        for (int k = q->logits == 2 ? 0 : q->n_new - 1; k < q->n_new; k++) {
+            float *row = logits + (size_t)rows++ * V;
+            for (int v = 0; v < V; v++)
+                row[v] = 0;
+            row[next_of(hist, q->n_past + k + 1)] = 10;
+        }
         free(hist);
     }
     return rows;
@@ -234,6 +238,7 @@ static void params(sched_params *p, int n, int max_tokens)
     p->n = n;
     p->max_tokens = max_tokens;
     p->logprobs = -1;
+    p->prompt_logprobs = -1;
     sampler_params_default(&p->sampling);
     p->sampling.temperature = 0;
 }
@@ -717,6 +722,80 @@ START_TEST(release_before_pickup)
 }
 END_TEST
 
+/* Echo scoring: every prompt token's logprob from the row before it, over
+ * several chunks (more than a step's prompt-logprob rows), with
+ * max_tokens 0 (no generation) and with generation after. */
+START_TEST(prompt_logprobs)
+{
+    world w;
+    sched_opts o;
+    sched_opts_default(&o);
+    o.max_batch_tokens = 100;
+    world_start(&w, 64, &o);
+    world_run(&w);
+    enum { PL = 150 };
+    int32_t prompt[PL];
+    make_prompt(prompt, PL, 11);
+    /* make some prompt tokens the model's own prediction */
+    for (int i = 1; i < PL; i += 3)
+        prompt[i] = next_of(prompt, i);
+    const float hit = 10.0f - logf(expf(10.0f) + (V - 1)), miss = -logf(expf(10.0f) + (V - 1));
+    for (int mt = 0; mt <= 5; mt += 5) {
+        sched_params p;
+        params(&p, 2, mt);
+        p.prompt_logprobs = 1;
+        result r;
+        result_init(&r, 2);
+        sched_prompt sp = {prompt, PL};
+        sched_req *q = NULL;
+        char err[256];
+        ck_assert_int_eq(sched_submit(w.s, &sp, 1, &p, on_notify, &r, &q, err, sizeof err), SCHED_OK);
+        int seen = 0;
+        while (!r.done) {
+            sched_event *ev = sched_req_next(q);
+            if (!ev) {
+                usleep(500);
+                continue;
+            }
+            if (ev->type == SCHED_EV_PROMPT_TOKEN) {
+                ck_assert_int_eq(ev->index, 0);
+                ck_assert_int_eq(ev->pos, seen + 1);
+                ck_assert_int_eq(ev->token, prompt[ev->pos]);
+                float want = next_of(prompt, ev->pos) == prompt[ev->pos] ? hit : miss;
+                ck_assert_float_eq_tol(ev->logprob, want, 1e-4);
+                ck_assert_int_eq(ev->n_top, 1);
+                ck_assert_int_eq(ev->top_ids[0], next_of(prompt, ev->pos));
+                seen++;
+            } else if (ev->type == SCHED_EV_TOKEN) {
+                ck_assert_int_eq(seen, PL - 1);   /* the prompt's logprobs come first */
+                r.n_toks[ev->index]++;
+            } else if (ev->type == SCHED_EV_DONE || ev->type == SCHED_EV_ERROR) {
+                r.done = 1;
+                r.error_status = ev->status;
+                r.completion = ev->completion_tokens;
+            }
+            sched_event_free(ev);
+        }
+        sched_req_release(q);
+        ck_assert_int_eq(r.error_status, 0);
+        ck_assert_int_eq(seen, PL - 1);
+        ck_assert_int_eq(r.completion, 2 * mt);
+        ck_assert_int_eq(r.n_toks[0], mt);
+        ck_assert_int_eq(r.n_toks[1], mt);
+    }
+    /* max_tokens 0 needs prompt logprobs */
+    sched_params p;
+    params(&p, 1, 0);
+    sched_prompt sp = {prompt, 10};
+    sched_req *q = NULL;
+    char err[256];
+    result r;
+    result_init(&r, 1);
+    ck_assert_int_eq(sched_submit(w.s, &sp, 1, &p, on_notify, &r, &q, err, sizeof err), SCHED_EINVAL);
+    world_stop(&w);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("scheduler");
@@ -734,6 +813,7 @@ static Suite *suite(void)
     tcase_add_test(t, drain_finishes_inflight);
     tcase_add_test(t, keepalive_while_waiting);
     tcase_add_test(t, release_before_pickup);
+    tcase_add_test(t, prompt_logprobs);
     suite_add_tcase(s, t);
     return s;
 }
