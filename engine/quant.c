@@ -590,6 +590,51 @@ float dot_f32(const float *a, const float *b, int n)
     return (s0 + s1) + (s2 + s3);
 }
 
+#ifdef QUANT_X86
+AVX2 static void dot4x3_avx2(const float *a, size_t lda, const float *b, size_t ldb, int n, float *out)
+{
+    /* 12 accumulators + 3 columns + 1 row: the 16 ymm registers, no spills */
+    __m256 acc[4][3];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 3; j++)
+            acc[i][j] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 8 <= n; k += 8) {
+        __m256 bv[3];
+        for (int j = 0; j < 3; j++)
+            bv[j] = _mm256_loadu_ps(b + j * ldb + k);
+        for (int i = 0; i < 4; i++) {
+            __m256 av = _mm256_loadu_ps(a + i * lda + k);
+            for (int j = 0; j < 3; j++)
+                acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 3; j++) {
+            __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc[i][j]), _mm256_extractf128_ps(acc[i][j], 1));
+            r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+            r = _mm_add_ss(r, _mm_movehdup_ps(r));
+            float s = _mm_cvtss_f32(r);
+            for (int kk = k; kk < n; kk++)
+                s += a[i * lda + kk] * b[j * ldb + kk];
+            out[i * 3 + j] = s;
+        }
+}
+#endif
+
+void dot_f32_4x3(const float *a, size_t lda, const float *b, size_t ldb, int n, float *out)
+{
+#ifdef QUANT_X86
+    if (have_avx2) {
+        dot4x3_avx2(a, lda, b, ldb, n, out);
+        return;
+    }
+#endif
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 3; j++)
+            out[i * 3 + j] = dot_f32(a + i * lda, b + j * ldb, n);
+}
+
 void axpy_f32(float *y, float a, const float *x, int n)
 {
 #ifdef QUANT_X86

@@ -15,6 +15,9 @@ void quantize_row(uint32_t type, const float *src, void *dst, int64_t n);
 
 /* sum a[i]*b[i]; AVX2/FMA when the CPU has it. */
 float dot_f32(const float *a, const float *b, int n);
+/* out[i*3+j] = dot(a + i*lda, b + j*ldb) for i < 4, j < 3: twelve dots
+ * sharing their loads, the matmul kernel for several tokens at once. */
+void dot_f32_4x3(const float *a, size_t lda, const float *b, size_t ldb, int n, float *out);
 /* y += a * x */
 void axpy_f32(float *y, float a, const float *x, int n);
 

@@ -1,7 +1,8 @@
-/* out = x @ W^T over ggml-typed weights.  Work is split into tiles of
- * ROWS weight rows; a tile is dequantized once into a thread-local fp32
- * buffer and then used against every token of the batch, so quantized
- * weights are never expanded whole and prefill reuses each tile T times. */
+/* out = x @ W^T over ggml-typed weights, in tiles of ROWS weight rows.
+ * Decode (a token or two) dots Q4_0/Q4_1/Q8_0 rows straight from their
+ * blocks.  Otherwise a tile is dequantized once into per-thread fp32
+ * scratch and used against every token of the batch, four rows by three
+ * tokens at a time; quantized weights are never expanded whole. */
 #include <stdlib.h>
 
 #include "engine/cpu/cpu.h"
@@ -47,7 +48,22 @@ static void mm_tile(void *ctx, int tile, int thread)
                         buf + (size_t)(r - r0) * K, K);
         rows = buf;
     }
-    for (int t = 0; t < j->T; t++) {
+    int t = 0;
+    float o12[12];
+    for (; t + 3 <= j->T; t += 3) {
+        int r = r0;
+        for (; r + 4 <= r1; r += 4) {
+            dot_f32_4x3(rows + (size_t)(r - r0) * K, (size_t)K, j->x + (size_t)t * K, (size_t)K, K, o12);
+            for (int a = 0; a < 4; a++)
+                for (int b = 0; b < 3; b++)
+                    j->out[(size_t)(t + b) * w->rows + r + a] = o12[a * 3 + b];
+        }
+        for (; r < r1; r++)
+            for (int b = 0; b < 3; b++)
+                j->out[(size_t)(t + b) * w->rows + r] =
+                    dot_f32(rows + (size_t)(r - r0) * K, j->x + (size_t)(t + b) * K, K);
+    }
+    for (; t < j->T; t++) {
         const float *xt = j->x + (size_t)t * K;
         float *ot = j->out + (size_t)t * w->rows;
         for (int r = r0; r < r1; r++)

@@ -443,6 +443,35 @@ START_TEST(test_dot_row)
 }
 END_TEST
 
+/* The 4x3 tile equals twelve dot_f32 calls up to summation order, for
+ * lengths with and without a tail, on both paths. */
+START_TEST(test_dot_4x3)
+{
+    enum { N = 203 };
+    uint64_t s = 9;
+    float a[4 * N], b[3 * N], out[12];
+    for (int i = 0; i < 4 * N; i++) a[i] = gauss(&s);
+    for (int i = 0; i < 3 * N; i++) b[i] = gauss(&s);
+    for (int simd = 0; simd < 2; simd++) {
+        quant_simd(simd);
+        for (int n = 1; n <= N; n += 29) {
+            dot_f32_4x3(a, N, b, N, n, out);
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 3; j++) {
+                    double ref = 0, mag = 0;
+                    for (int k = 0; k < n; k++) {
+                        ref += (double)a[i * N + k] * b[j * N + k];
+                        mag += fabs((double)a[i * N + k] * b[j * N + k]);
+                    }
+                    ck_assert_msg(fabs(out[i * 3 + j] - ref) <= 1e-5 * mag + 1e-6,
+                                  "simd %d n %d (%d,%d): %g vs %g", simd, n, i, j, out[i * 3 + j], ref);
+                }
+        }
+    }
+    quant_simd(1);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("quant");
@@ -462,6 +491,7 @@ int main(void)
     tcase_add_loop_test(tc, test_simd_matches_scalar, 0, sizeof formats / sizeof formats[0]);
     tcase_add_loop_test(tc, test_dot_axpy, 0, 2);
     tcase_add_test(tc, test_dot_row);
+    tcase_add_test(tc, test_dot_4x3);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
