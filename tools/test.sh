@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: the release build with warnings as errors (unit,
-# integration and deploy suites), then the unit suite again under
-# ASan+UBSan.  Expects tools/deps.sh to have run.
+# integration, reliability and deploy suites), then the unit, integration
+# and reliability suites again under ASan+UBSan (LeakSanitizer on the
+# daemon's exit), then each fuzz target for 60 s.  Expects tools/deps.sh
+# to have run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,5 +18,14 @@ if [ ! -f build-asan/build.ninja ]; then
         -Db_lundef=false
 fi
 meson compile -C build-asan
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 --timeout-multiplier 4
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 --timeout-multiplier 4
+# The daemon itself under ASan+UBSan: these suites start build-asan/sparsed
+# (meson sets SPARSED_BUILD), and LeakSanitizer checks each daemon when it
+# exits after its SIGTERM drain (the tests require exit status 0).
+meson test -C build-asan --suite integration --suite reliability --print-errorlogs --num-processes 2 \
+    --timeout-multiplier 4
+unset ASAN_OPTIONS UBSAN_OPTIONS
+
+# Every libFuzzer target (tests/fuzz/fuzz_*.c) for 60 s from its corpus.
+tests/fuzz/run.sh 60
