@@ -131,10 +131,23 @@ def test_header_and_body_size_limits(make_daemon):
     assert request(d.port, "POST", "/v1/completions", CMPL)[0] == 200
 
 
-# A stream far bigger than every socket buffer on the way (the kernel may
-# hold 4 MiB for one socket): chat chunks with 20 alternatives each, about
-# 1.6 KiB per token, 8 choices of 1000 tokens.
-STORY = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 1000,
+
+
+def story_tokens():
+    """Tokens per choice for a stream of twice what the kernel may buffer
+    for one socket (tcp_wmem's maximum; 4 MiB by default) at 1.5 KB per
+    token, over 8 choices."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+            wmem = int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        wmem = 4 << 20
+    return max(200, min(2000, 2 * wmem // 1500 // 8))
+
+
+# A stream far bigger than every socket buffer on the way: chat chunks with
+# 20 alternatives each (about 1.6 KB per token).
+STORY = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": story_tokens(),
          "n": 8, "stream": True, "ignore_eos": True, "logprobs": True, "top_logprobs": 20,
          "temperature": 0}
 TOTAL = STORY["n"] * STORY["max_tokens"]
