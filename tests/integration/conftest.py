@@ -96,7 +96,7 @@ class Daemon:
             v = self.metrics().get(name)
             if v is not None and pred(v):
                 return v
-            time.sleep(0.05)
+            time.sleep(0.02)
         raise AssertionError("metric %s stayed at %r" % (name, v))
 
     def signal(self, sig=signal.SIGTERM):
