@@ -96,9 +96,18 @@ int main(int argc, char **argv)
     time_t t = time(NULL);
     char date[32];
     strftime(date, sizeof date, "%Y-%m-%d", gmtime(&t));
+    /* the machine may be shared: record how busy it was */
+    double load = -1;
+    FILE *lf = fopen("/proc/loadavg", "r");
+    if (lf) {
+        if (fscanf(lf, "%lf", &load) != 1)
+            load = -1;
+        fclose(lf);
+    }
     if (jf)
-        fprintf(jf, "{\"bench\":\"cpu-throughput\",\"date\":\"%s\",\"commit\":\"%s\",\"cpus\":%ld,\"rows\":[",
-                date, commit ? commit : "", sysconf(_SC_NPROCESSORS_ONLN));
+        fprintf(jf, "{\"bench\":\"cpu-throughput\",\"date\":\"%s\",\"commit\":\"%s\",\"cpus\":%ld,"
+                "\"loadavg_1m\":%.2f,\"rows\":[",
+                date, commit ? commit : "", sysconf(_SC_NPROCESSORS_ONLN), load);
     printf("%-40s %7s %8s %14s %14s\n", "model", "threads", "prefill", "prefill tok/s", "decode tok/s");
     int rows = 0;
     double head_p = 0, head_d = 0;
