@@ -3,6 +3,7 @@
  * each K/V block is read once per group, with an online softmax updated a
  * block at a time. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,7 +17,14 @@ typedef struct {
     int l;
     const float *q, *iq;
     float *out;
+    /* MSA: block scores of every group, scored ahead for the tokens whose
+     * selection needs them (off[t] into scores, SIZE_MAX otherwise) */
+    float *scores;
+    size_t *off;
+    int chunks;             /* scoring tasks per token */
 } attn_job;
+
+enum { SCORE_CHUNK = 32 };  /* blocks per scoring task */
 
 
 static void attn_task(void *ctx, int i, int thread)
@@ -47,6 +55,7 @@ static void attn_task(void *ctx, int i, int thread)
             .pos = pos, .group = g, .q = q, .n_q = hpg, .head_dim = D,
             .iq = j->iq ? j->iq + (size_t)t * m->idx_heads * m->idx_dim + (size_t)g * m->idx_dim : NULL,
             .idx_dim = m->idx_dim,
+            .scores = j->scores && j->off[t] != SIZE_MAX ? j->scores + j->off[t] + (size_t)g * nb : NULL,
         };
         n = sparse_select(&a, sel);
     } else {
@@ -97,11 +106,63 @@ static void attn_task(void *ctx, int i, int thread)
     }
 }
 
+/* One token's MSA scores for all groups over a chunk of its blocks. */
+static void score_task(void *ctx, int i, int thread)
+{
+    (void)thread;
+    attn_job *j = ctx;
+    engine *e = j->e;
+    int t = i / j->chunks, b0 = i % j->chunks * SCORE_CHUNK;
+    int pos = e->s.tok_pos[t], nb = pos / e->attn.block_size + 1;
+    if (j->off[t] == SIZE_MAX || b0 >= nb)
+        return;
+    sel_args a = {
+        .pool = j->pool, .cfg = &e->attn, .layer = j->l, .blocks = j->b->seqs[e->s.tok_seq[t]].blocks,
+        .pos = pos, .iq = j->iq + (size_t)t * e->m.idx_heads * e->m.idx_dim, .idx_dim = e->m.idx_dim,
+    };
+    sparse_score_msa(&a, e->m.n_kv_heads, b0, nb - b0 < SCORE_CHUNK ? nb : b0 + SCORE_CHUNK,
+                     j->scores + j->off[t]);
+}
+
+/* MSA scoring ahead of attention: the index keys are read once for all
+ * groups (one task per group would read them once per group), in tasks
+ * over block ranges so that one decode token still uses every thread.
+ * Without memory for it each selection scores its own group. */
+static void score_ahead(attn_job *j)
+{
+    engine *e = j->e;
+    int T = j->b->n_tokens, B = e->attn.block_size, max_nb = 0;
+    size_t total = 0;
+    j->off = malloc((size_t)T * sizeof *j->off);
+    if (!j->off)
+        return;
+    for (int t = 0; t < T; t++) {
+        int pos = e->s.tok_pos[t];
+        j->off[t] = SIZE_MAX;
+        if (engine_layer_sparse(e, j->l, pos + 1) && sparse_needs_scores(&e->attn, pos)) {
+            j->off[t] = total;
+            total += (size_t)e->m.n_kv_heads * (pos / B + 1);
+            max_nb = pos / B + 1 > max_nb ? pos / B + 1 : max_nb;
+        }
+    }
+    if (!total || !(j->scores = malloc(total * sizeof(float)))) {
+        free(j->off);
+        j->off = NULL;
+        return;
+    }
+    j->chunks = (max_nb + SCORE_CHUNK - 1) / SCORE_CHUNK;
+    tpool_run(e->pool, score_task, j, T * j->chunks);
+}
+
 void attention_layer(engine *e, kv_pool *pool, const engine_batch *b, int l,
                      const float *q, const float *iq, float *out)
 {
-    attn_job j = {e, pool, b, l, q, iq, out};
+    attn_job j = {e, pool, b, l, q, iq, out, NULL, NULL, 0};
     if (e->attn_probe)
         e->attn_probe(e->attn_probe_ctx, pool, b, l, q, iq);
+    if (iq && e->attn.indexer == IDX_MSA)
+        score_ahead(&j);
     tpool_run(e->pool, attn_task, &j, b->n_tokens * e->m.n_kv_heads);
+    free(j.scores);
+    free(j.off);
 }

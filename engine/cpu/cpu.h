@@ -49,12 +49,24 @@ typedef struct sel_args {
     int n_q, head_dim;
     const float *iq;          /* MSA: the group's index query [idx_dim], else NULL */
     int idx_dim;
+    const float *scores;      /* MSA: this group's block scores from sparse_score_msa
+                               * (indexed by block), or NULL to score here */
 } sel_args;
 
 /* Writes the logical block indices (into the block table) the query
  * attends to, ascending and distinct, and returns their count.  out has room
  * for pos / block_size + 1 entries. */
 int sparse_select(const sel_args *a, int32_t *out);
+
+/* Whether a selection at pos must score blocks (it does not when the
+ * budget covers every block that is not forced). */
+int sparse_needs_scores(const attn_config *cfg, int pos);
+
+/* MSA block scores of one query token for n_groups KV groups at once, so
+ * the index keys are read once for all groups: a->iq holds the groups'
+ * index queries [n_groups][idx_dim]; scores[g * (pos / B + 1) + b] for the
+ * blocks b in [b0, b1). */
+void sparse_score_msa(const sel_args *a, int n_groups, int b0, int b1, float *scores);
 
 /* Keeps a page's key summary current after K of `slot` was written:
  * slot 0 starts it, later slots widen min/max and add to the sum. */

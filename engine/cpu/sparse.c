@@ -113,13 +113,42 @@ static float score_tf(const sel_args *a, const tf_query *t, int b)
     return best;
 }
 
+void sparse_score_msa(const sel_args *a, int n_groups, int b0, int b1, float *scores)
+{
+    int B = a->cfg->block_size, d = a->idx_dim, nb = a->pos / B + 1;
+    for (int b = b0; b < b1; b++) {
+        const float *ik = kv_page_idx(a->pool, a->blocks[b], a->layer);
+        int n = block_count(b, a->pos, B);
+        for (int g = 0; g < n_groups; g++)
+            scores[(size_t)g * nb + b] = -INFINITY;
+        for (int j = 0; j < n; j++)
+            for (int g = 0; g < n_groups; g++) {
+                float v = dot_f32(a->iq + (size_t)g * d, ik + (size_t)j * d, d);
+                float *s = &scores[(size_t)g * nb + b];
+                *s = v > *s ? v : *s;
+            }
+    }
+}
+
+/* Candidates: the visible blocks in [sink, first_local). */
+static int candidates(const attn_config *c, int nb, int *sink, int *first_local)
+{
+    *sink = c->sink_blocks < nb ? c->sink_blocks : nb;
+    *first_local = nb - c->local_blocks > 0 ? nb - c->local_blocks : 0;
+    return *first_local > *sink ? *first_local - *sink : 0;
+}
+
+int sparse_needs_scores(const attn_config *cfg, int pos)
+{
+    int sink, first_local;
+    return candidates(cfg, pos / cfg->block_size + 1, &sink, &first_local) > cfg->top_k_blocks;
+}
+
 int sparse_select(const sel_args *a, int32_t *out)
 {
     const attn_config *c = a->cfg;
-    int nb = a->pos / c->block_size + 1;
-    int sink = c->sink_blocks < nb ? c->sink_blocks : nb;
-    int first_local = nb - c->local_blocks > 0 ? nb - c->local_blocks : 0;
-    int n_cand = first_local > sink ? first_local - sink : 0;
+    int nb = a->pos / c->block_size + 1, sink, first_local;
+    int n_cand = candidates(c, nb, &sink, &first_local);
     if (n_cand <= c->top_k_blocks) {
         /* everything visible is chosen: exactly the dense block list */
         for (int i = 0; i < nb; i++)
@@ -160,7 +189,7 @@ int sparse_select(const sel_args *a, int32_t *out)
     }
 
     for (int b = sink; b < first_local; b++) {
-        float s = msa ? score_msa(a, b) : score_tf(a, &t, b);
+        float s = msa ? (a->scores ? a->scores[b] : score_msa(a, b)) : score_tf(a, &t, b);
         score[b] = isnan(s) ? -INFINITY : s;
         cand[b - sink] = b;
     }

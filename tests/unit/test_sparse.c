@@ -353,6 +353,52 @@ START_TEST(test_msa_max_pooling_and_causality)
 }
 END_TEST
 
+/* Scoring every group in one pass over the index keys (in block chunks, as
+ * attention.c does ahead of the selections) chooses exactly what each
+ * group's own scoring chooses. */
+START_TEST(test_msa_scores_ahead_match)
+{
+    enum { G = 4, IDX = 32 };
+    int B = 16, n_tok = B * 40 + 9;
+    fixture f;
+    fixture_make(&f, 2, G, 16, B, IDX, n_tok);
+    float iq[G * IDX];
+    int32_t a_out[64], b_out[64];
+    float *scores = malloc((size_t)G * 64 * sizeof(float));
+    for (int trial = 0; trial < 30; trial++) {
+        for (int i = 0; i < G * IDX; i++)
+            iq[i] = frand();
+        int pos = B * 12 + (int)(rnd() % (uint32_t)(n_tok - B * 12));
+        int nb = pos / B + 1;
+        attn_config c = cfg_of(IDX_MSA, B, 1 + trial % 7, 1 + trial % 2, trial % 3 == 0, GROUP_MAX);
+        sel_args all = {.pool = f.pool, .cfg = &c, .layer = trial % 2, .blocks = f.blocks, .pos = pos,
+                        .iq = iq, .idx_dim = IDX};
+        ck_assert(sparse_needs_scores(&c, pos));
+        int cut = nb / 3;
+        sparse_score_msa(&all, G, 0, cut, scores);
+        sparse_score_msa(&all, G, cut, nb, scores);
+        for (int g = 0; g < G; g++) {
+            sel_args one = all;
+            one.group = g;
+            one.iq = iq + g * IDX;
+            int n1 = sparse_select(&one, a_out);
+            one.scores = scores + (size_t)g * nb;
+            int n2 = sparse_select(&one, b_out);
+            ck_assert_int_eq(n1, n2);
+            for (int i = 0; i < n1; i++)
+                ck_assert_int_eq(a_out[i], b_out[i]);
+        }
+    }
+    /* and no scoring is needed when the budget covers every block */
+    attn_config c = cfg_of(IDX_MSA, B, 40, 1, 0, GROUP_MAX);
+    ck_assert(!sparse_needs_scores(&c, n_tok - 1));
+    c.top_k_blocks = 39;
+    ck_assert(sparse_needs_scores(&c, n_tok - 1));
+    free(scores);
+    fixture_free(&f);
+}
+END_TEST
+
 /* NaN scores (a broken model) rank last instead of breaking the order. */
 START_TEST(test_nan_scores_rank_last)
 {
@@ -684,6 +730,134 @@ START_TEST(test_engine_pages_match_definition)
 }
 END_TEST
 
+/* The engine's attention output in its last layer, captured after each
+ * step, against attention computed here from the pages over the blocks
+ * sparse_select names (its own scoring, group by group). */
+typedef struct capture {
+    int layer, qd, iqd;
+    float *q, *iq;
+} capture;
+
+static void cap_probe(void *ctx, kv_pool *pool, const engine_batch *b, int layer, const float *q,
+                      const float *iq)
+{
+    (void)pool;
+    capture *c = ctx;
+    if (layer != c->layer)
+        return;
+    memcpy(c->q, q, (size_t)b->n_tokens * c->qd * sizeof(float));
+    if (iq)
+        memcpy(c->iq, iq, (size_t)b->n_tokens * c->iqd * sizeof(float));
+}
+
+static void check_attention(engine *e, kv_pool *pool, const capture *c, const int32_t *blocks, int n_past,
+                            int T, const char *what)
+{
+    const engine_info *in = engine_get_info(e);
+    const attn_config *ac = engine_attn(e);
+    int D = in->head_dim, G = in->n_kv_heads, hpg = in->n_heads / G, B = ac->block_size;
+    int nb_max = (n_past + T - 1) / B + 1, dropped = 0;
+    int32_t *sel = malloc((size_t)nb_max * sizeof *sel);
+    double *w = malloc((size_t)(n_past + T) * sizeof *w);
+    for (int t = 0; t < T; t++) {
+        int pos = n_past + t, n;
+        for (int g = 0; g < G; g++) {
+            const float *qg = c->q + (size_t)t * c->qd + (size_t)g * hpg * D;
+            if (engine_layer_sparse(e, c->layer, pos + 1)) {
+                sel_args a = {.pool = pool, .cfg = ac, .layer = c->layer, .blocks = blocks, .pos = pos,
+                              .group = g, .q = qg, .n_q = hpg, .head_dim = D,
+                              .iq = c->iqd ? c->iq + (size_t)t * c->iqd + (size_t)g * (c->iqd / G) : NULL,
+                              .idx_dim = c->iqd / G};
+                n = sparse_select(&a, sel);
+            } else {
+                n = pos / B + 1;
+                for (int i = 0; i < n; i++)
+                    sel[i] = i;
+            }
+            dropped += pos / B + 1 - n;
+            for (int h = 0; h < hpg; h++) {
+                const float *qh = qg + (size_t)h * D;
+                double mx = -INFINITY, sum = 0;
+                int m = 0;
+                for (int i = 0; i < n; i++)
+                    for (int s = 0; s < B && sel[i] * B + s <= pos; s++, m++) {
+                        const float *k = kv_page_k(pool, blocks[sel[i]], c->layer) + ((size_t)g * B + s) * D;
+                        double d = 0;
+                        for (int x = 0; x < D; x++)
+                            d += (double)qh[x] * k[x];
+                        w[m] = d / sqrt((double)D);
+                        mx = w[m] > mx ? w[m] : mx;
+                    }
+                for (int i = 0; i < m; i++)
+                    sum += w[i] = exp(w[i] - mx);
+                const float *got = e->s.att + (size_t)t * in->n_heads * D + (size_t)(g * hpg + h) * D;
+                for (int x = 0; x < D; x++) {
+                    double o = 0;
+                    m = 0;
+                    for (int i = 0; i < n; i++)
+                        for (int s = 0; s < B && sel[i] * B + s <= pos; s++, m++)
+                            o += w[m] * kv_page_v(pool, blocks[sel[i]], c->layer)[((size_t)g * B + s) * D + x];
+                    o /= sum;
+                    ck_assert_msg(fabs(got[x] - o) < 1e-4 * (1 + fabs(o)),
+                                  "%s: pos %d group %d head %d dim %d: engine %.7f, reference %.7f", what, pos,
+                                  g, h, x, got[x], o);
+                }
+            }
+        }
+    }
+    /* the budget does drop blocks in the later tokens */
+    if (n_past + T > 8 * B)
+        ck_assert_msg(dropped > 0, "%s: no block dropped", what);
+    free(sel);
+    free(w);
+}
+
+START_TEST(test_engine_attention_matches_reference)
+{
+    int msa = _i / 2, reduce = _i % 2;
+    int B = 16, n = 10 * B + 3;
+    const char *path = msa ? mkmodel("--preset m3-tiny --layers 3 --kv-heads 4 --indexer-block 16 --vocab 300 --seed 31")
+                           : mkmodel("--preset tiny --layers 2 --embd 64 --heads 8 --kv-heads 2 "
+                                     "--head-dim 16 --ff 96 --vocab 300 --seed 32");
+    attn_config sc = cfg_of(msa ? IDX_MSA : IDX_MINMAX, B, 2, 1, msa ? 0 : 1, reduce);
+    sc.dense_layers = -1;
+    engine *e = open_engine(path, &sc, 2);
+    const engine_info *in = engine_get_info(e);
+    capture c = {.layer = in->n_layers - 1, .qd = in->n_heads * in->head_dim,
+                 .iqd = msa ? in->n_kv_heads * 32 : 0};
+    c.q = malloc((size_t)n * c.qd * sizeof(float));
+    c.iq = malloc((size_t)n * (c.iqd ? c.iqd : 1) * sizeof(float));
+    e->attn_probe = cap_probe;
+    e->attn_probe_ctx = &c;
+    kv_layout l = engine_kv_layout(e);
+    char err[256], what[64];
+    kv_pool *p = kv_pool_create(&l, kv_pages_for(&l, n + 4) + 1, 1, err, sizeof err);
+    ck_assert_msg(p != NULL, "%s", err);
+    kv_seq s;
+    kv_seq_init(&s);
+    int32_t toks[10 * 16 + 8];
+    random_tokens(toks, n + 4, in->n_vocab);
+    float *logits = malloc((size_t)in->n_vocab * sizeof(float));
+    /* a prefill in two chunks, then decode steps */
+    int steps[] = {n / 2, n - n / 2, 1, 1, 1, 1}, done = 0;
+    for (size_t k = 0; k < sizeof steps / sizeof steps[0]; k++) {
+        ck_assert_int_eq(kv_seq_reserve(p, &s, done + steps[k]), 0);
+        engine_seq es = {.n_past = done, .n_new = steps[k], .blocks = s.pages, .n_blocks = s.n_pages, .logits = 1};
+        engine_batch b = {.n_tokens = steps[k], .tokens = toks + done, .n_seqs = 1, .seqs = &es};
+        ck_assert_msg(engine_step(e, p, &b, logits, err, sizeof err) == 1, "%s", err);
+        snprintf(what, sizeof what, "%s reduce=%d step %zu", msa ? "msa" : "minmax", reduce, k);
+        check_attention(e, p, &c, s.pages, done, steps[k], what);
+        done += steps[k];
+    }
+    kv_seq_release(p, &s);
+    kv_pool_free(p);
+    free(c.q);
+    free(c.iq);
+    free(logits);
+    engine_free(e);
+}
+END_TEST
+
 static int read_reference(int32_t *ids, int max)
 {
     char path[1100];
@@ -755,6 +929,7 @@ static Suite *suite(void)
     tcase_add_test(t, test_ties_pick_lower_blocks);
     tcase_add_test(t, test_msa_max_pooling_and_causality);
     tcase_add_test(t, test_nan_scores_rank_last);
+    tcase_add_test(t, test_msa_scores_ahead_match);
     suite_add_tcase(s, t);
 
     TCase *en = tcase_create("engine");
@@ -764,6 +939,7 @@ static Suite *suite(void)
     tcase_add_loop_test(en, test_exact_full_budget_msa, 0, 16);
     tcase_add_loop_test(en, test_partial_budget_differs_and_is_deterministic, 0, 2);
     tcase_add_loop_test(en, test_engine_pages_match_definition, 0, 2);
+    tcase_add_loop_test(en, test_engine_attention_matches_reference, 0, 4);
     tcase_add_loop_test(en, test_stories_sparse_full_budget_greedy, 0, 2);
     suite_add_tcase(s, en);
     return s;
