@@ -32,17 +32,23 @@ static int resolve_attn(engine *e, const attn_config *in, char *err, size_t errl
         return -1;
     }
     int use_msa = c->indexer == IDX_MSA;
+    /* Training-free defaults from bench/quality (bench/README.md): blocks of
+     * 64 (32 recalls a little more, but the CUDA kernels want multiples of
+     * 64), sink block 0 and 2 local blocks always kept, and a budget of
+     * about 4096 tokens in all. */
     if (c->block_size == -1)
         c->block_size = use_msa ? m->idx_block : 64;
     if (use_msa && c->block_size != m->idx_block)
         fprintf(stderr, "sparsed: note: block size %d differs from the indexer's trained %d\n",
                 c->block_size, m->idx_block);
-    if (c->top_k_blocks == -1)
-        c->top_k_blocks = use_msa ? m->idx_top_k : 16;
     if (c->local_blocks == -1)
         c->local_blocks = use_msa ? m->idx_local : 2;
     if (c->sink_blocks == -1)
         c->sink_blocks = use_msa ? 0 : 1;
+    if (c->top_k_blocks == -1) {
+        int k = 4096 / c->block_size - c->local_blocks - c->sink_blocks;
+        c->top_k_blocks = use_msa ? m->idx_top_k : k > 1 ? k : 1;
+    }
     if (c->dense_layers == -1)
         c->dense_layers = use_msa ? m->idx_dense_layers : 0;
     if (c->mode == ATTN_AUTO)
