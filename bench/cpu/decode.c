@@ -1,17 +1,16 @@
 /* CPU decode step time against context length, dense against sparse.
  *
- *   decode --out FILE [--ctx 8192,16384,...] [--steps N] [--threads N]
- *          LLAMA_MODEL [M3_MODEL]
+ *   decode --out FILE [--ctx 8192,16384,...] [--steps N] [--threads N] MODEL...
  *
  * Small mkmodel models (bench/cpu/run.sh: 2 layers, 8 query / 2 KV heads of
- * 64) so attention dominates the step.  Prefilling 128K tokens would take
+ * 64, and an M3-proportioned one) so attention dominates the step.  Prefilling 128K tokens would take
  * hours on two cores, so the pages of the first ctx tokens are filled with
  * random K, V and index keys directly (summaries through summary_update, as
  * the forward pass keeps them); only decode steps are timed.  The Llama
  * model runs dense and with the training-free indexer (its resolved
- * defaults), the M3-style one dense and with MSA (the model's top-k and
- * block size).  Prints a table; the last line is the ratio at the largest
- * context.  JSON rows go to --out. */
+ * defaults), the M3-style ones dense and with MSA (the model's top-k and
+ * block size).  Each model's label is its file name.  Prints a table; the
+ * last line is the ratio at the largest context.  JSON rows go to --out. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,8 +77,9 @@ static void fill(engine *e, kv_pool *p, const kv_seq *s, int n)
         }
 }
 
-/* Median seconds of `steps` decode steps after ctx filled tokens. */
-static double time_decode(engine *e, int ctx, int steps)
+/* Median seconds of `steps` decode steps after ctx filled tokens (and the
+ * fastest in *best: the least disturbed by other work on the machine). */
+static double time_decode(engine *e, int ctx, int steps, double *best)
 {
     kv_layout l = engine_kv_layout(e);
     char err[256];
@@ -109,6 +109,7 @@ static double time_decode(engine *e, int ctx, int steps)
     }
     qsort(t, (size_t)steps, sizeof(double), cmp_d);
     double med = t[steps / 2];
+    *best = t[0];
     free(t);
     free(logits);
     kv_seq_release(p, &s);
@@ -139,19 +140,19 @@ int main(int argc, char **argv)
         {"out", 1, 0, 'o'}, {"ctx", 1, 0, 'c'}, {"steps", 1, 0, 's'}, {"threads", 1, 0, 't'}, {0, 0, 0, 0},
     };
     const char *out = NULL, *ctxs = "8192,16384,32768,65536,131072";
-    int steps = 9, threads = 0, c;
+    int steps = 15, threads = 0, c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
         case 'o': out = optarg; break;
         case 'c': ctxs = optarg; break;
         case 's': steps = atoi(optarg); break;
         case 't': threads = atoi(optarg); break;
-        default: die("usage: decode --out FILE [--ctx LIST] [--steps N] [--threads N] LLAMA [M3]");
+        default: die("usage: decode --out FILE [--ctx LIST] [--steps N] [--threads N] MODEL...");
         }
     }
     int n_models = argc - optind;
-    if (n_models < 1 || n_models > 2 || steps < 1)
-        die("usage: decode --out FILE [--ctx LIST] [--steps N] [--threads N] LLAMA [M3]");
+    if (n_models < 1 || n_models > 8 || steps < 1)
+        die("usage: decode --out FILE [--ctx LIST] [--steps N] [--threads N] MODEL... (1 to 8)");
     int ctx[16], nc = 0;
     for (char *s = (char *)ctxs, *end; *s && nc < 16; s = *end ? end + 1 : end) {
         ctx[nc++] = (int)strtol(s, &end, 10);
@@ -188,30 +189,35 @@ int main(int argc, char **argv)
                 "{\"host\": \"%s\", \"cpu\": \"%s\", \"threads\": %d}, \"steps\": %d, \"rows\": [",
                 commit ? commit : "unknown", date, u.nodename, cpu, threads, steps);
 
-    printf("%-10s %-7s %8s %12s %12s %8s\n", "model", "indexer", "context", "dense ms", "sparse ms", "ratio");
-    double last_ratio[2] = {0, 0};
-    const char *last_idx[2] = {"", ""};
+    printf("%-12s %-7s %8s %12s %12s %8s\n", "model", "indexer", "context", "dense ms", "sparse ms", "ratio");
+    double last_ratio[8] = {0};
+    char label[8][64];
     int first = 1;
     for (int m = 0; m < n_models; m++) {
         const char *path = argv[optind + m];
         engine *de = open_engine(path, ATTN_DENSE, threads), *se = open_engine(path, ATTN_SPARSE, threads);
         const attn_config *a = engine_attn(se);
-        const char *label = engine_get_info(se)->has_indexer ? "m3-style" : "llama";
+        const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+        snprintf(label[m], sizeof label[m], "%.*s", (int)strcspn(base, "."), base);
+        const engine_info *in = engine_get_info(se);
         for (int i = 0; i < nc; i++) {
-            double td = time_decode(de, ctx[i], steps), ts = time_decode(se, ctx[i], steps);
-            printf("%-10s %-7s %8d %12.2f %12.2f %7.2fx\n", label, idx_name(a->indexer), ctx[i], td * 1e3,
+            double bd, bs;
+            double td = time_decode(de, ctx[i], steps, &bd), ts = time_decode(se, ctx[i], steps, &bs);
+            printf("%-12s %-7s %8d %12.2f %12.2f %7.2fx\n", label[m], idx_name(a->indexer), ctx[i], td * 1e3,
                    ts * 1e3, td / ts);
             fflush(stdout);
             if (f) {
-                fprintf(f, "%s\n  {\"model\": \"%s\", \"indexer\": \"%s\", \"block_size\": %d, "
-                        "\"top_k_blocks\": %d, \"local_blocks\": %d, \"sink_blocks\": %d, "
-                        "\"context\": %d, \"dense_ms\": %.3f, \"sparse_ms\": %.3f, \"ratio\": %.3f}",
-                        first ? "" : ",", label, idx_name(a->indexer), a->block_size, a->top_k_blocks,
-                        a->local_blocks, a->sink_blocks, ctx[i], td * 1e3, ts * 1e3, td / ts);
+                fprintf(f, "%s\n  {\"model\": \"%s\", \"heads\": %d, \"kv_heads\": %d, \"head_dim\": %d, "
+                        "\"idx_dim\": %d, \"indexer\": \"%s\", \"block_size\": %d, \"top_k_blocks\": %d, "
+                        "\"local_blocks\": %d, \"sink_blocks\": %d, \"context\": %d, \"dense_ms\": %.3f, "
+                        "\"sparse_ms\": %.3f, \"dense_min_ms\": %.3f, \"sparse_min_ms\": %.3f, \"ratio\": %.3f}",
+                        first ? "" : ",", label[m], in->n_heads, in->n_kv_heads, in->head_dim,
+                        in->has_indexer ? se->m.idx_dim : 0, idx_name(a->indexer), a->block_size,
+                        a->top_k_blocks, a->local_blocks, a->sink_blocks, ctx[i], td * 1e3, ts * 1e3, bd * 1e3,
+                        bs * 1e3, td / ts);
                 first = 0;
             }
             last_ratio[m] = td / ts;
-            last_idx[m] = idx_name(a->indexer);
         }
         engine_free(de);
         engine_free(se);
@@ -220,9 +226,9 @@ int main(int argc, char **argv)
         fprintf(f, "\n]}\n");
         fclose(f);
     }
-    printf("decode step at %d tokens, sparse vs dense: %s %.1fx", ctx[nc - 1], last_idx[0], last_ratio[0]);
-    if (n_models > 1)
-        printf(", %s %.1fx", last_idx[1], last_ratio[1]);
+    printf("decode step at %d tokens, dense / sparse time:", ctx[nc - 1]);
+    for (int m = 0; m < n_models; m++)
+        printf("%s %s %.1fx", m ? "," : "", label[m], last_ratio[m]);
     printf("\n");
     return 0;
 }
