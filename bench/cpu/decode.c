@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/utsname.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine/engine.h"
 #include "engine/internal.h"
@@ -184,10 +185,15 @@ int main(int argc, char **argv)
     char date[32];
     time_t tt = time(NULL);
     strftime(date, sizeof date, "%Y-%m-%d", gmtime(&tt));
+    /* the machine may be shared: record how busy it was */
+    double load[1] = {-1};
+    getloadavg(load, 1);
     if (f)
         fprintf(f, "{\"bench\": \"cpu-decode\", \"commit\": \"%s\", \"date\": \"%s\", \"machine\": "
-                "{\"host\": \"%s\", \"cpu\": \"%s\", \"threads\": %d}, \"steps\": %d, \"rows\": [",
-                commit ? commit : "unknown", date, u.nodename, cpu, threads, steps);
+                "{\"host\": \"%s\", \"cpu\": \"%s\", \"cores\": %ld, \"threads\": %d, \"load1\": %.2f}, "
+                "\"steps\": %d, \"rows\": [",
+                commit ? commit : "unknown", date, u.nodename, cpu, sysconf(_SC_NPROCESSORS_ONLN),
+                threads ? threads : (int)sysconf(_SC_NPROCESSORS_ONLN), load[0], steps);
 
     printf("%-12s %-7s %8s %12s %12s %8s\n", "model", "indexer", "context", "dense ms", "sparse ms", "ratio");
     double last_ratio[8] = {0};
