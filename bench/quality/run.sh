@@ -7,7 +7,7 @@
 # SmolLM2-135M (stories260K, much faster, when SmolLM2 is absent).
 #
 #   bench/quality/run.sh [recall] [ppl] [passkey]     (default: all three)
-# Environment: BUILD (build dir), MODEL, TEXT, and the sparse config under
+# Environment: BUILD (build dir), MODEL, TEXT, OUT (results file), and the config under
 # test: IDX (minmax), RED (sum), B (32), SINK (1), LOCAL (2), BUDGET (0.25).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -47,7 +47,7 @@ for t in $tasks; do
     esac
 done
 
-out=bench/results/quality-$(date -u +%F).json
+out=${OUT:-bench/results/quality-$(date -u +%F).json}
 COMMIT=$(git rev-parse --short HEAD) MACHINE="$(uname -n) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)" \
 python3 - "$tmp" "$out" <<'EOF'
 import glob, json, os, sys, datetime
@@ -57,20 +57,24 @@ res = {"bench": "quality", "commit": os.environ["COMMIT"], "machine": os.environ
 if os.path.exists(out):   # keep the tasks this run did not redo
     old = json.load(open(out))
     res.update({k: v for k, v in old.items() if k in ("recall", "ppl", "passkey")})
-ppl = {}
+ppl = {"sparse": []}
 for f in sorted(glob.glob(tmp + "/*.json")):
     d = json.load(open(f))
-    if d["task"] == "ppl":
-        ppl[d["config"]["mode"]] = d
+    if d["task"] == "ppl" and d["config"]["mode"] == "dense":
+        ppl["dense"] = d
+    elif d["task"] == "ppl":
+        ppl["sparse"].append(d)
     else:
         res[d["task"]] = d
-if ppl and "dense" not in ppl and "recall" in res:
-    r = res["recall"]
-    ppl["dense"] = {"ppl": r["dense_ppl"], "ppl_late": r["dense_ppl_late"], "source": "recall prefill"}
-if ppl:
+if ppl["sparse"]:
+    if "dense" not in ppl and "recall" in res:
+        r = res["recall"]
+        ppl["dense"] = {"ppl": r["dense_ppl"], "ppl_late": r["dense_ppl_late"], "source": "recall prefill"}
+    for d in ppl["sparse"]:
+        if "dense" in ppl:
+            d["vs_dense"] = d["ppl"] / ppl["dense"]["ppl"] - 1
+            d["late_vs_dense"] = d["ppl_late"] / ppl["dense"]["ppl_late"] - 1
     res["ppl"] = ppl
-    if "dense" in ppl and "sparse" in ppl:
-        res["ppl"]["sparse_vs_dense"] = ppl["sparse"]["ppl"] / ppl["dense"]["ppl"] - 1
 json.dump(res, open(out, "w"), indent=1)
 print("wrote", out)
 EOF
