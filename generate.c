@@ -26,7 +26,8 @@ static void usage(FILE *f)
         "  --device cpu|cuda        engine backend (default cpu)\n"
         "  --attention dense|sparse|auto   --indexer msa|minmax|mean\n"
         "  --block-size N  --top-k-blocks N  --local-blocks N  --sink-blocks N\n"
-        "  --dense-layers N  --sparse-min-context N (0 = sparse at any length)\n");
+        "  --dense-layers N  --sparse-min-context N (0 = sparse at any length)\n"
+        "  --group-reduce sum|max   training-free block score over a GQA group's heads\n");
 }
 
 static int parse_int(const char *name, const char *s, long lo, long hi, int *out)
@@ -78,7 +79,7 @@ static void json_string(FILE *f, const char *s, size_t n)
 
 enum { O_MODEL = 256, O_PROMPT, O_MAXTOK, O_TEMP, O_SEED, O_THREADS, O_JSON, O_DEVICE,
        O_ATTN, O_INDEXER, O_BLOCK, O_TOPKB, O_LOCAL, O_SINK, O_DENSE, O_MINCTX,
-       O_TOPK, O_TOPP, O_MINP, O_REP, O_HELP };
+       O_TOPK, O_TOPP, O_MINP, O_REP, O_GROUP, O_HELP };
 
 int generate_main(int argc, char **argv)
 {
@@ -91,6 +92,7 @@ int generate_main(int argc, char **argv)
         {"block-size", required_argument, 0, O_BLOCK}, {"top-k-blocks", required_argument, 0, O_TOPKB},
         {"local-blocks", required_argument, 0, O_LOCAL}, {"sink-blocks", required_argument, 0, O_SINK},
         {"dense-layers", required_argument, 0, O_DENSE},
+        {"group-reduce", required_argument, 0, O_GROUP},
         {"sparse-min-context", required_argument, 0, O_MINCTX},
         {"top-k", required_argument, 0, O_TOPK}, {"top-p", required_argument, 0, O_TOPP},
         {"min-p", required_argument, 0, O_MINP}, {"repetition-penalty", required_argument, 0, O_REP},
@@ -124,6 +126,12 @@ int generate_main(int argc, char **argv)
         case O_INDEXER:
             if ((eo.attn.indexer = attn_indexer_parse(optarg)) < 0) {
                 fprintf(stderr, "sparsed generate: --indexer: must be msa, minmax or mean\n");
+                bad = 1;
+            }
+            break;
+        case O_GROUP:
+            if ((eo.attn.group_reduce = attn_group_reduce_parse(optarg)) < 0) {
+                fprintf(stderr, "sparsed generate: --group-reduce: must be sum or max\n");
                 bad = 1;
             }
             break;

@@ -40,6 +40,12 @@ int attn_indexer_parse(const char *s)
     return lookup(s, names, 3);
 }
 
+int attn_group_reduce_parse(const char *s)
+{
+    static const char *const names[] = {"max", "sum"};
+    return lookup(s, names, 2);
+}
+
 int attn_config_check(const attn_config *c, char *err, size_t errlen)
 {
     if (c->mode < ATTN_DENSE || c->mode > ATTN_AUTO) {

@@ -38,6 +38,7 @@ void attn_config_default(attn_config *c);
 /* Parses a name ("dense", "msa", ...) into the enum; -1 if unknown. */
 int attn_mode_parse(const char *s);
 int attn_indexer_parse(const char *s);
+int attn_group_reduce_parse(const char *s);
 /* Checks ranges; writes a message naming the field. */
 int attn_config_check(const attn_config *c, char *err, size_t errlen);
 

@@ -20,6 +20,7 @@ typedef struct srv_config {
     int threads;
     char *attention;
     char *indexer;
+    char *group_reduce;
     int block_size, top_k_blocks, local_blocks, sink_blocks, dense_layers, sparse_min_context;
     /* KV pool and scheduler */
     int kv_pages;

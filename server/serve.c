@@ -119,6 +119,7 @@ static int engine_options(const srv_config *c, engine_opts *eo)
         eo->attn.mode = attn_mode_parse(c->attention);
     if (strcmp(c->indexer, "auto"))
         eo->attn.indexer = attn_indexer_parse(c->indexer);
+    eo->attn.group_reduce = attn_group_reduce_parse(c->group_reduce);
     /* -1 leaves the engine's default / the model's value */
     if (c->block_size != -1) eo->attn.block_size = c->block_size;
     if (c->top_k_blocks != -1) eo->attn.top_k_blocks = c->top_k_blocks;
