@@ -744,12 +744,9 @@ static int parse_bias(server *srv, const cJSON *root, gen_req *g, apierr *e)
     return 0;
 }
 
-int api_parse_gen(server *srv, const char *body, size_t len, int chat, gen_req *g, apierr *e)
+/* The body as a JSON object: one value, nothing after it but whitespace. */
+static cJSON *json_body(const char *body, size_t len, apierr *e)
 {
-    memset(g, 0, sizeof *g);
-    g->chat = chat;
-    g->logprobs = -1;
-    g->n = 1;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
     if (root && end) {
@@ -764,14 +761,27 @@ int api_parse_gen(server *srv, const char *body, size_t len, int chat, gen_req *
         apierr_set(e, 400, NULL, NULL,
                    "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
                    "using your HTTP library correctly. The OpenAI API expects a JSON payload.)");
-        return -1;
+        return NULL;
     }
-    int rc = -1;
     if (!cJSON_IsObject(root)) {
         apierr_set(e, 400, NULL, NULL, "The request body must be a JSON object, but got %s.",
                    json_type(root));
-        goto out;
+        cJSON_Delete(root);
+        return NULL;
     }
+    return root;
+}
+
+int api_parse_gen(server *srv, const char *body, size_t len, int chat, gen_req *g, apierr *e)
+{
+    memset(g, 0, sizeof *g);
+    g->chat = chat;
+    g->logprobs = -1;
+    g->n = 1;
+    cJSON *root = json_body(body, len, e);
+    if (!root)
+        return -1;
+    int rc = -1;
 
     const cJSON *model = field(root, "model");
     if (model && !cJSON_IsString(model)) {
@@ -1460,26 +1470,9 @@ char *api_model(server *srv, const char *id, apierr *e)
 
 static cJSON *parse_object(const char *body, size_t len, apierr *e)
 {
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-    if (root && end) {
-        while (end < body + len && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
-            end++;
-        if (end != body + len) {
-            cJSON_Delete(root);
-            root = NULL;
-        }
-    }
-    if (!root) {
-        apierr_set(e, 400, NULL, NULL, "We could not parse the JSON body of your request.");
+    cJSON *root = json_body(body, len, e);
+    if (!root)
         return NULL;
-    }
-    if (!cJSON_IsObject(root)) {
-        apierr_set(e, 400, NULL, NULL, "The request body must be a JSON object, but got %s.",
-                   json_type(root));
-        cJSON_Delete(root);
-        return NULL;
-    }
     const cJSON *model = field(root, "model");
     if (model && (!cJSON_IsString(model) || strcmp(model->valuestring, "") == 0)) {
         apierr_set(e, 400, "model", "invalid_type", "Invalid type for 'model': expected a string.");
