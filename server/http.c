@@ -19,8 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <microhttpd.h>
 
@@ -55,6 +57,10 @@ typedef struct conn {
     size_t out_off;
     int closed;               /* [DONE] written */
 } conn;
+
+/* Random per process, so replicas behind one balancer (and a replica
+ * restarted within the second) never hand out the same request id. */
+static unsigned id_salt;
 
 static double now_s(void)
 {
@@ -438,7 +444,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         snprintf(c->path, sizeof c->path, "%s", url);
         c->route = route_of(url, model_id, sizeof model_id);
         unsigned long n = atomic_fetch_add(&srv->next_id, 1) + 1;
-        unsigned r = (unsigned)(n * 2654435761u) ^ (unsigned)time(NULL);
+        unsigned r = (unsigned)(n * 2654435761u) ^ id_salt;
         snprintf(c->id, sizeof c->id, "%s%08lx%08x",
                  c->route == R_CHAT ? "chatcmpl-" : c->route == R_COMPLETIONS ? "cmpl-" : "req-", n, r);
 
@@ -568,6 +574,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 int http_start(server *srv, char *err, size_t errlen)
 {
     const srv_config *cfg = &srv->cfg;
+    if (getrandom(&id_salt, sizeof id_salt, 0) != (ssize_t)sizeof id_salt)
+        id_salt = (unsigned)time(NULL) ^ ((unsigned)getpid() << 16);
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;

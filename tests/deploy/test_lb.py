@@ -359,6 +359,13 @@ def run(tmp):
     elapsed = now() - t_start
 
     # ---- what the clients saw ----
+    # Request ids are the join key between client, nginx's log and each
+    # replica's log, so replicas must never hand out the same one (they once
+    # did: a replica's id was its counter and the second, so a stream B held
+    # at the kill was blamed on A2, whose log showed that id completed).
+    rids = [r["rid"] for r in results if r["rid"]]
+    dup = sorted({x for x in rids if rids.count(x) > 1})
+    assert not dup, "two requests got the same X-Request-Id: %s" % dup[:5]
     before_kill = [r for r in results if r["t0"] < t_kill]
     after_term = [r for r in results if t_draining < r["t0"] < t_a2]
     after_kill = [r for r in results if r["t0"] > t_kill]
