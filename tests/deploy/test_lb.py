@@ -72,7 +72,8 @@ class Daemon:
                 # One stream at a time: a replica holding two finishes them one
                 # after the other, so while it drains it has fewer connections
                 # than its peer and least_conn sends it a new request, which
-                # it must refuse with 503 and nginx must move (checked).
+                # it must refuse with 503 and nginx must move (checked; see
+                # run() for why two extra requests make sure of it).
                 "--max-running", "1",
                 "--shutdown-timeout", str(SHUTDOWN_TIMEOUT)]
         self.log_f = open(self.logpath, "w")
@@ -272,6 +273,15 @@ class Load:
             r["t_end"] = now()
         return r
 
+    def extra(self, max_tokens):
+        """One request outside the workers' loop, recorded like theirs."""
+        with self.lock:
+            self.sent += 1
+            seq = self.sent
+        r = self.one(seq, max_tokens)
+        with self.lock:
+            self.results.append(r)
+
     def snapshot(self):
         with self.lock:
             return list(self.results)
@@ -319,6 +329,14 @@ def run(tmp):
     # port closing) marks the point after which it must accept nothing.
     wait_for(lambda: a.ready_status() != 200, 10, "A to stop being ready", 0.002)
     t_draining = now()
+    # Two more requests at once while A drains.  The workers alone may not
+    # reach it: when their reads lag, A's scheduler gives a stalled stream's
+    # slot to the waiting one, so A's two streams can end together and A
+    # exit before a worker asks again.  With two more on B, least_conn sends
+    # one of these to A, which must refuse it (503) for nginx to move it.
+    extras = [threading.Thread(target=load.extra, args=(SHORT,), daemon=True) for _ in range(2)]
+    for t in extras:
+        t.start()
     rc = a.proc.wait(SHUTDOWN_TIMEOUT + 15)
     t_a_exit = now()
     assert rc == 0, "A exited %d after SIGTERM:\n%s" % (rc, a.log()[-3000:])
@@ -353,6 +371,8 @@ def run(tmp):
     wait_for(lambda: len([r for r in load.done_after(t_kill) if r["t_end"]]) >= 16, 40,
              "requests after the kill", 0.05)
     t_kill_end = now()
+    for t in extras:
+        t.join(40)
     results = load.finish()
     lb.stop()
     ent = lb.entries()
