@@ -269,6 +269,10 @@ int serve_main(int argc, char **argv)
     fflush(stderr);
 
     sched_run(srv->sc);
+    /* The drain is over and the loop no longer handles signals: one more
+     * must not kill the process mid-cleanup (exit status 0, leak check). */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
 
     /* Finished streams still have their last chunks to send. */
     for (int i = 0; i < 200 && atomic_load(&srv->n_conns) > 0; i++) {
