@@ -59,7 +59,8 @@ static void check_error(const apierr *e)
 static void check_request(const gen_req *g)
 {
     const engine_info *in = srv.info;
-    if (g->n_prompts < 1 || g->n < 1 || g->n_prompts * g->n > 256 || g->max_tokens < 1)
+    /* max_tokens 0 only with echo (the prompt is scored, nothing generated) */
+    if (g->n_prompts < 1 || g->n < 1 || g->n_prompts * g->n > 256 || g->max_tokens < !g->echo)
         __builtin_trap();
     if (g->n_stop < 0 || g->n_stop > SCHED_MAX_STOP || g->logprobs > SCHED_MAX_LOGPROBS)
         __builtin_trap();

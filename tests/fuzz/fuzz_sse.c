@@ -96,8 +96,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     g->logprobs = f >> 4 & 1 ? data[2] % (SCHED_MAX_LOGPROBS + 1) : -1;
     g->n = 1 + (data[1] & 3);
     int n_prompts = 1 + (data[1] >> 2 & 3);
+    int plen = 1 + (data[2] >> 5);   /* prompt tokens, for echo scoring */
     for (int i = 0; i < n_prompts; i++) {
-        int32_t *t = malloc(sizeof *t);
+        int32_t *t = malloc((size_t)plen * sizeof *t);
         char **pp = realloc(g->prompts, (size_t)(i + 1) * sizeof *pp);
         int *pl = realloc(g->prompt_len, (size_t)(i + 1) * sizeof *pl);
         char **pe = realloc(g->echo_text, (size_t)(i + 1) * sizeof *pe);
@@ -109,10 +110,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             gen_req_free(g);
             return 0;
         }
-        t[0] = 1;
+        for (int k = 0; k < plen; k++)
+            t[k] = 1 + (int32_t)(k * 37 + i) % (srv.info->n_vocab - 1);
         g->prompts[i] = t;
-        g->prompt_len[i] = 1;
-        g->echo_text[i] = g->echo && (data[1] & 0x40) ? strdup("Once\xc3\xa9 \"upon\"\n") : NULL;
+        g->prompt_len[i] = plen;
+        g->echo_text[i] = g->echo ? strdup(data[1] & 0x40 ? "Once\xc3\xa9 \"upon\"\n" : "") : NULL;
         g->n_prompts = i + 1;
     }
     snprintf(st.id, sizeof st.id, "cmpl-fuzz");
@@ -134,11 +136,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         sched_event *ev = calloc(1, sizeof *ev + tl + 1);
         if (!ev)
             break;
-        ev->type = h[0] % 5;
+        ev->type = h[0] % 6;
+        ev->pos = h[3] % 10;
         ev->index = (int)(int8_t)h[1] % (st.n_choices + 2);
         ev->token = (int32_t)(h[2] | h[3] << 8) % (srv.info->n_vocab + 4) - 2;
         ev->logprob = lp_values[h[4] % 6];
-        if (g->logprobs >= 0 && ev->type == SCHED_EV_TOKEN) {
+        if (g->logprobs >= 0 && (ev->type == SCHED_EV_TOKEN || ev->type == SCHED_EV_PROMPT_TOKEN)) {
             ev->n_top = g->logprobs;
             for (int k = 0; k < ev->n_top; k++) {
                 ev->top_ids[k] = (ev->token + k * 7) % srv.info->n_vocab;
