@@ -8,7 +8,7 @@ library is used, so it runs anywhere python3 does.
 
     bench/serve/loadgen.py --url http://127.0.0.1:8080 [--model NAME]
         [--concurrency 1,8,32] [--requests 32] [--max-tokens 64]
-        [--prompt-words 64] [--chat] [--api-key KEY] [--out FILE]
+        [--prompt-words 64 | --prompt-tokens N] [--chat] [--api-key KEY] [--out FILE]
 
 Prints a table whose last line is the headline (output tokens/s at the
 highest concurrency) and writes bench/results/serve-<model>-<date>.json
@@ -57,6 +57,7 @@ class Client:
         if api_key:
             self.headers["Authorization"] = "Bearer " + api_key
         self.conn = None
+        self.prompt_tokens = None   # of the last streamed request, from its usage chunk
 
     def _conn(self):
         if self.conn is None:
@@ -72,6 +73,17 @@ class Client:
         if r.status != 200:
             raise RuntimeError("GET %s: %d %s" % (path, r.status, body[:200]))
         return json.loads(body)
+
+    def count_tokens(self, model, text):
+        """Prompt tokens of `text` by the server's tokenizer (a one-token completion)."""
+        c = self._conn()
+        c.request("POST", self.base + "/v1/completions", headers=self.headers,
+                  body=json.dumps({"model": model, "prompt": text, "max_tokens": 1}))
+        r = c.getresponse()
+        body = r.read()
+        if r.status != 200:
+            raise RuntimeError("counting tokens: %d %s" % (r.status, body[:200]))
+        return json.loads(body)["usage"]["prompt_tokens"]
 
     def stream(self, path, body):
         """Sends one streaming request; returns (ttft, [chunk gaps], completion tokens, error)."""
@@ -103,6 +115,7 @@ class Client:
                     ev = json.loads(data)
                     if ev.get("usage"):
                         usage = ev["usage"].get("completion_tokens", usage)
+                        self.prompt_tokens = ev["usage"].get("prompt_tokens")
                     has_text = any((ch.get("text") or (ch.get("delta") or {}).get("content"))
                                    for ch in ev.get("choices", []))
                     if has_text:
@@ -122,7 +135,7 @@ class Client:
 def run_level(args, model, conc, n_requests, seed_base):
     lock = threading.Lock()
     next_i = [0]
-    res = {"ttft": [], "itl": [], "tokens": 0, "errors": [], "done": 0, "latency": []}
+    res = {"ttft": [], "itl": [], "tokens": 0, "errors": [], "done": 0, "latency": [], "prompt": []}
     path = "/v1/chat/completions" if args.chat else "/v1/completions"
 
     def worker():
@@ -151,6 +164,8 @@ def run_level(args, model, conc, n_requests, seed_base):
                 res["done"] += 1
                 res["tokens"] += toks
                 res["latency"].append(lat)
+                if cl.prompt_tokens:
+                    res["prompt"].append(cl.prompt_tokens)
                 if ttft is not None:
                     res["ttft"].append(ttft)
                 res["itl"].extend(gaps)
@@ -179,6 +194,7 @@ def run_level(args, model, conc, n_requests, seed_base):
         "itl_ms_p99": ms(pct(res["itl"], 99)),
         "latency_ms_p50": ms(pct(res["latency"], 50)),
         "mean_tokens_per_request": round(res["tokens"] / max(res["done"], 1), 1),
+        "mean_prompt_tokens": round(sum(res["prompt"]) / len(res["prompt"]), 1) if res["prompt"] else None,
     }
 
 
@@ -200,6 +216,8 @@ def machine():
 
 
 def commit():
+    if os.environ.get("SPARSED_COMMIT"):   # where the tree has no .git (a copied checkout)
+        return os.environ["SPARSED_COMMIT"]
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         return subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -217,6 +235,8 @@ def main():
                     help="requests per level (default: max(8, 3 x concurrency))")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt-words", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=0,
+                    help="size prompts to about N tokens of the server's tokenizer (overrides --prompt-words)")
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--chat", action="store_true", help="use /v1/chat/completions")
     ap.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
@@ -228,6 +248,8 @@ def main():
     cl = Client(args.url, args.api_key)
     model = args.model or cl.get_json("/v1/models")["data"][0]["id"]
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    if args.prompt_tokens > 0:
+        args.prompt_words = max(1, round(args.prompt_tokens * 1000 / cl.count_tokens(model, prompt_text(-1, 1000))))
     # one warm-up request so the first level does not pay for cold caches
     run_level(args, model, 1, 1, 10 ** 6)
     rows = []
