@@ -70,7 +70,7 @@ struct cuda_backend {
     void *blas_ws;              /* cuBLAS workspace (fixed, so GEMMs can be captured) */
     int *modes;                 /* [n_layers] attention mode of the current step */
 
-    /* CUDA graphs of decode steps (SPARSED_CUDA_GRAPHS=1) */
+    /* CUDA graphs of decode steps (default; SPARSED_CUDA_GRAPHS=0 turns them off) */
     int use_graphs;
     unsigned gen;               /* bumped whenever a buffer moves: graphs then go stale */
     graph_slot graphs[N_GRAPHS];
@@ -323,8 +323,9 @@ cuda_backend *cuda_backend_create(const engine *e, int f32, char *err, size_t er
             goto fail;
         }
     {
+        /* on by default (decode steps are launch-bound); SPARSED_CUDA_GRAPHS=0 for eager launches */
         const char *g = getenv("SPARSED_CUDA_GRAPHS");
-        cb->use_graphs = g && !strcmp(g, "1");
+        cb->use_graphs = !(g && !strcmp(g, "0"));
     }
     /* fp32 mode is for exactness: no TF32 */
     cublasSetMathMode(cb->blas, f32 ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH);

@@ -43,7 +43,7 @@ void cuda_backend_free(cuda_backend *cb);
 int cuda_backend_step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *logits,
                       int32_t *ids, char *err, size_t errlen);
 
-/* Decode graphs captured so far (SPARSED_CUDA_GRAPHS=1 turns them on). */
+/* Decode graphs captured so far (on by default; SPARSED_CUDA_GRAPHS=0 turns them off). */
 int cuda_backend_graph_captures(const cuda_backend *cb);
 
 /* Short description of the device ("NVIDIA H100 80GB HBM3, 132 SMs"). */

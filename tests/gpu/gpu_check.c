@@ -235,8 +235,7 @@ int main(int argc, char **argv)
     engine_opts og = o;
     og.device = device;
     og.dtype = dtype;
-    if (graphs)
-        setenv("SPARSED_CUDA_GRAPHS", "1", 1);
+    setenv("SPARSED_CUDA_GRAPHS", graphs ? "1" : "0", 1);   /* the engine's default is on */
     run_open(&gpu, &og, n_seqs, max_len);
     unsetenv("SPARSED_CUDA_GRAPHS");
     const char *alt_name = NULL;
