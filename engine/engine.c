@@ -190,6 +190,16 @@ int engine_kv_host_storage(const engine *e)
     return e->cuda == NULL;
 }
 
+size_t engine_kv_page_bytes(const engine *e)
+{
+    kv_layout l = engine_kv_layout(e);
+#ifdef SPARSED_CUDA
+    if (e->cuda)
+        return cuda_backend_page_bytes(e->cuda, &l);
+#endif
+    return kv_page_bytes(&l);
+}
+
 int engine_tokenize(const engine *e, const char *text, size_t len, int add_bos,
                     int parse_special, int32_t *out, int max)
 {

@@ -103,6 +103,9 @@ int engine_step_greedy(engine *e, kv_pool *pool, const engine_batch *b, int32_t 
                        char *err, size_t errlen);
 /* Whether the KV pool needs host storage (0: the device keeps the pages). */
 int engine_kv_host_storage(const engine *e);
+/* Bytes one KV page takes where this engine keeps it (host f32, or device
+ * bf16/f32): what sizes a pool from a memory budget. */
+size_t engine_kv_page_bytes(const engine *e);
 
 /* ---- tokenizer -------------------------------------------------------- */
 

@@ -203,7 +203,7 @@ int serve_main(int argc, char **argv)
     srv->created = time(NULL);
 
     kv_layout lay = engine_kv_layout(srv->eng);
-    size_t page_bytes = kv_page_bytes(&lay);
+    size_t page_bytes = engine_kv_page_bytes(srv->eng);
     long long pages = cfg->kv_pages;
     if (pages == 0) {
         pages = cfg->kv_memory / (long long)(page_bytes ? page_bytes : 1);

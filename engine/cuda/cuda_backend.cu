@@ -361,6 +361,23 @@ fail:
 static long long al256(long long x) { return (x + 255) & ~255LL; }
 
 /* Device pages for this pool: one allocation, sized by its page count. */
+/* One layer's share of a device page: K and V (kvb bytes each), index keys
+ * (ib), summaries; each 256-byte aligned. */
+static long long layer_page_bytes(const cuda_backend *cb, const kv_layout *l, long long *kvb, long long *ib)
+{
+    long long es = (long long)cb->es;
+    *kvb = al256((long long)l->n_kv_heads * l->block_size * l->head_dim * es);
+    *ib = l->idx_dim ? al256((long long)l->block_size * l->idx_dim * es) : 0;
+    long long sb = l->summaries ? al256((long long)l->n_kv_heads * 3 * l->head_dim * es) : 0;
+    return 2 * *kvb + *ib + sb;
+}
+
+size_t cuda_backend_page_bytes(const cuda_backend *cb, const kv_layout *l)
+{
+    long long kvb, ib;
+    return (size_t)(layer_page_bytes(cb, l, &kvb, &ib) * l->n_layers);
+}
+
 static int ensure_kv(cuda_backend *cb, const kv_pool *pool, char *err, size_t errlen)
 {
     int n_pages = kv_pool_n_pages(pool);
@@ -369,15 +386,12 @@ static int ensure_kv(cuda_backend *cb, const kv_pool *pool, char *err, size_t er
     dfree(cb->kv);
     cb->kv = NULL;
     const kv_layout *l = kv_pool_layout(pool);
-    long long es = (long long)cb->es;
-    long long kvb = al256((long long)l->n_kv_heads * l->block_size * l->head_dim * es);
-    long long ib = l->idx_dim ? al256((long long)l->block_size * l->idx_dim * es) : 0;
-    long long sb = l->summaries ? al256((long long)l->n_kv_heads * 3 * l->head_dim * es) : 0;
+    long long kvb, ib;
+    cb->layer_bytes = layer_page_bytes(cb, l, &kvb, &ib);
     cb->off_k = 0;
     cb->off_v = kvb;
     cb->off_idx = 2 * kvb;
     cb->off_summ = 2 * kvb + ib;
-    cb->layer_bytes = 2 * kvb + ib + sb;
     cb->page_bytes = cb->layer_bytes * l->n_layers;
     if (dmalloc((void **)&cb->kv, (size_t)(cb->page_bytes * n_pages), err, errlen))
         return -1;

@@ -43,6 +43,9 @@ void cuda_backend_free(cuda_backend *cb);
 int cuda_backend_step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *logits,
                       int32_t *ids, char *err, size_t errlen);
 
+/* Device bytes of one KV page of layout l (all layers). */
+size_t cuda_backend_page_bytes(const cuda_backend *cb, const kv_layout *l);
+
 /* Decode graphs captured so far (on by default; SPARSED_CUDA_GRAPHS=0 turns them off). */
 int cuda_backend_graph_captures(const cuda_backend *cb);
 
