@@ -919,6 +919,20 @@ static void prompt_logprob(sched *s, seq *q, int pos, const float *row)
     q->plp_next = pos + 1;
 }
 
+/* Prompt tokens still to prefill of the sequences after running[i] (whose
+ * readers keep up), counted up to cap. */
+static int later_prefill(const sched *s, int i, int cap)
+{
+    int sum = 0;
+    for (int j = i + 1; j < s->n_running && sum < cap; j++) {
+        const seq *q = s->running[j];
+        int remain = q->n_tok - q->n_done;
+        if (remain > 1 && atomic_load(&q->req->n_queued) < queue_limit(q->req))
+            sum += remain;
+    }
+    return sum < cap ? sum : cap;
+}
+
 /* Builds the batch; returns the number of sequences in it. */
 static int build_batch(sched *s, int *n_tokens)
 {
@@ -954,6 +968,14 @@ static int build_batch(sched *s, int *n_tokens)
             take = 1;
         } else {
             take = remain < pre_budget ? remain : pre_budget;
+            /* a long prompt leaves up to half of the prefill budget to the
+             * prompts behind it: a short request arriving during a
+             * million-token prefill starts at once, not after it */
+            if (take > pre_budget / 2) {
+                int later = later_prefill(s, i, pre_budget / 2);
+                if (take > pre_budget - later)
+                    take = pre_budget - later;
+            }
             if (q->plp_next < q->n_prompt && take > plp_budget)
                 take = plp_budget;
             if (take == 0)

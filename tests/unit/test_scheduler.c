@@ -26,6 +26,9 @@ typedef struct fake {
     int fail;           /* step returns an error */
     int steps;
     int max_seqs;       /* largest batch seen */
+    int watch_first[2]; /* watch_step[i]: the step (1-based) at which the */
+    int watch_len[2];   /* sequence starting with token watch_first[i] first */
+    int watch_step[2];  /* reached watch_len[i] tokens (0 = not yet) */
 } fake;
 
 /* The model: next token from the whole history (never EOG unless the
@@ -68,6 +71,10 @@ static int fake_step(void *ctx, kv_pool *pool, const engine_batch *b, float *log
             k[0] = (float)b->tokens[q->tok_offset + i];
             k[1] = (float)pos;
         }
+        int first = (int)kv_page_k(pool, q->blocks[0], 0)[0];
+        for (int w = 0; w < 2; w++)
+            if (f->watch_len[w] && !f->watch_step[w] && first == f->watch_first[w] && total >= f->watch_len[w])
+                f->watch_step[w] = f->steps;
         if (!q->logits)
             continue;
         int32_t *hist = malloc((size_t)total * sizeof(int32_t));
@@ -664,6 +671,59 @@ START_TEST(keepalive_while_waiting)
 }
 END_TEST
 
+/* A short request behind a long prompt is prefilled beside it and
+ * finishes before the long prompt's prefill does, every output exact. */
+START_TEST(short_beside_long_prefill)
+{
+    enum { LONG = 3000, SHORT = 20, MT = 4 };
+    world w;
+    sched_opts o;
+    sched_opts_default(&o);
+    o.max_batch_tokens = 64;
+    world_start(&w, 256, &o);
+    static int32_t lp[LONG + MT];
+    int32_t sp[SHORT + MT];
+    make_prompt(lp, LONG, 5);
+    make_prompt(sp, SHORT, 6);
+    ck_assert_int_ne(lp[0], sp[0]);
+    /* the short one's last decode step, and the long prompt's last chunk */
+    w.f.watch_first[0] = sp[0];
+    w.f.watch_len[0] = SHORT + MT - 1;
+    w.f.watch_first[1] = lp[0];
+    w.f.watch_len[1] = LONG;
+    sched_params p;
+    params(&p, 1, MT);
+    p.ignore_eos = 1;
+    static result rl, rs;
+    result_init(&rl, 1);
+    result_init(&rs, 1);
+    sched_req *ql = submit(&w, lp, LONG, &p, &rl);
+    sched_req *qs = submit(&w, sp, SHORT, &p, &rs);
+    world_run(&w);
+    collect(qs, &rs, 30);
+    collect(ql, &rl, 60);
+    sched_req_release(qs);
+    sched_req_release(ql);
+    /* 3000 tokens in steps of at most 64 take 47 steps or more; the short
+     * request needs a few */
+    ck_assert_int_gt(w.f.watch_step[0], 0);
+    ck_assert_int_ge(w.f.watch_step[1], LONG / 64);
+    ck_assert_int_lt(w.f.watch_step[0], 10);
+    result *r[2] = {&rs, &rl};
+    int32_t *h[2] = {sp, lp};
+    int n[2] = {SHORT, LONG};
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(r[i]->error_status, 0);
+        ck_assert_int_eq(r[i]->n_toks[0], MT);
+        for (int k = 0; k < MT; k++) {
+            h[i][n[i] + k] = next_of(h[i], n[i] + k);
+            ck_assert_int_eq(r[i]->toks[0][k], h[i][n[i] + k]);
+        }
+    }
+    world_stop(&w);
+}
+END_TEST
+
 /* Released while still on the incoming list (the client left at once):
  * the requests around it are unaffected and nothing stays behind. */
 START_TEST(release_before_pickup)
@@ -812,6 +872,7 @@ static Suite *suite(void)
     tcase_add_test(t, timeout_and_engine_error);
     tcase_add_test(t, drain_finishes_inflight);
     tcase_add_test(t, keepalive_while_waiting);
+    tcase_add_test(t, short_beside_long_prefill);
     tcase_add_test(t, release_before_pickup);
     tcase_add_test(t, prompt_logprobs);
     suite_add_tcase(s, t);
