@@ -194,15 +194,27 @@ def main():
             done_during += 1
         for x, y in zip(r["times"], r["times"][1:]):
             (during if win[0] <= x and y <= win[1] else outside).append(y - x)
+    started = [r["times"][0] - r["t0"] for r in others
+               if r["status"] == 200 and r["times"] and win[0] <= r["t0"] <= win[1]]
     res["others"] = {
+        "ttft_ms_of_those_started_during_prefill": {"n": len(started), "p50": ms(pct(started, 50)),
+                                                    "max": ms(max(started) if started else None)},
         "streams": a.others, "requests_ok": done_total, "requests_failed": bad,
         "completed_during_long_prefill": done_during,
         "itl_ms_during_prefill": {"n": len(during), "p50": ms(pct(during, 50)), "p99": ms(pct(during, 99)),
                                   "max": ms(max(during) if during else None)},
         "itl_ms_outside": {"n": len(outside), "p50": ms(pct(outside, 50)), "p99": ms(pct(outside, 99))},
     }
+    # every other request on one line, in ms from the long request's send:
+    # [start, first token or None, end, tokens, status]
+    rel = lambda t: None if t is None else round((t - t_send) * 1000.0)
+    res["others"]["requests"] = [[rel(r["t0"]), rel(r["times"][0] if r["times"] else None), rel(r["t1"]),
+                                  len(r["times"]), r["status"]] for r in others]
+    res["keepalive_ms"] = [rel(t) for t in long["comments"]]
     json.dump(res, open(a.out, "w"), indent=1)
-    print(json.dumps(res, indent=1))
+    brief = dict(res, others={k: v for k, v in res["others"].items() if k != "requests"})
+    brief.pop("keepalive_ms")
+    print(json.dumps(brief, indent=1))
     ok = status == 200 and long["done"] and bad == 0 and done_total > 0
     return 0 if ok else 1
 
