@@ -415,6 +415,52 @@ static enum MHD_Result dispatch(conn *c, const char *model_id)
     return reply_errf(c, 404, NULL, "not_found", "Not found.");
 }
 
+/* ---- request head size --------------------------------------------------- */
+
+/* libmicrohttpd answers a request head that does not fit the connection's
+ * memory itself, with an HTML page.  So its memory is HEAD_MEM_FACTOR times
+ * --header-limit, and the limit is enforced here, with our JSON error: a
+ * head over the limit by up to about that factor (less 64 bytes per header
+ * line, which libmicrohttpd keeps beside the text) reaches on_request.
+ * The cost: libmicrohttpd clears and so touches all of it between requests,
+ * so each kept-alive connection holds 4 x 32K = 128 KiB at the default. */
+#define HEAD_MEM_FACTOR 4
+
+static enum MHD_Result add_header_size(void *cls, enum MHD_ValueKind kind, const char *key,
+                                       size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    (void)key;
+    (void)value;
+    *(size_t *)cls += key_size + value_size + 4;   /* "Key: value\r\n" */
+    return MHD_YES;
+}
+
+/* 0 when the request line plus headers fit --header-limit; else 414 when the
+ * request line alone is over it, 431 otherwise. */
+static int head_over_limit(struct MHD_Connection *mc, const char *method, const char *url,
+                           size_t limit)
+{
+    size_t hdrs = 0;
+    MHD_get_connection_values_n(mc, MHD_HEADER_KIND, add_header_size, &hdrs);
+    size_t total;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(mc, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    if (ci) {
+        total = ci->header_size;
+    } else {
+        /* not expected once headers are in; the parsed parts then */
+        size_t query = 0;
+        MHD_get_connection_values_n(mc, MHD_GET_ARGUMENT_KIND, add_header_size, &query);
+        total = strlen(method) + strlen(url) + query + 12 + hdrs + 2;
+    }
+    if (total <= limit)
+        return 0;
+    /* the request line: what is not a header line nor the final CRLF */
+    size_t line = total > hdrs + 2 ? total - hdrs - 2 : 0;
+    return line > limit ? 414 : 431;
+}
+
 /* ---- MHD callbacks --------------------------------------------------------- */
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const char *url,
@@ -448,6 +494,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         snprintf(c->id, sizeof c->id, "%s%08lx%08x",
                  c->route == R_CHAT ? "chatcmpl-" : c->route == R_COMPLETIONS ? "cmpl-" : "req-", n, r);
 
+        int big = head_over_limit(mc, method, url, (size_t)srv->cfg.header_limit);
+        if (big) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "Request %s too large: the limit for the request line and "
+                     "headers together is %lld bytes.", big == 414 ? "line (URI)" : "headers",
+                     srv->cfg.header_limit);
+            return reply_errf(c, big, NULL, big == 414 ? "uri_too_long" : "request_headers_too_large",
+                              msg);
+        }
         int open_route = c->route == R_HEALTH || c->route == R_READY;
         if (!open_route &&
             !key_ok(srv, MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Authorization")))
@@ -503,7 +558,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
 static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)mc;
     server *srv = cls;
     conn *c = *con_cls;
     if (!c)
@@ -514,7 +568,10 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
         c->req = NULL;
     }
     int status = c->status;
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && c->phase != 3)
+    const union MHD_ConnectionInfo *ci;
+    if (!status && (ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_HTTP_STATUS)))
+        status = (int)ci->http_status;   /* libmicrohttpd's own error (a malformed chunked body) */
+    else if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && c->phase != 3)
         status = 499;   /* client went away before the reply */
     if (status >= 200 && status < 300)
         atomic_fetch_add(&srv->http_2xx, 1);
@@ -609,7 +666,9 @@ int http_start(server *srv, char *err, size_t errlen)
                               MHD_OPTION_CONNECTION_TIMEOUT,
                               (unsigned)(cfg->header_timeout ? cfg->header_timeout
                                                              : cfg->connection_timeout),
-                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->header_limit,
+                              /* room for heads over --header-limit: on_request answers them */
+                              MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+                              (size_t)cfg->header_limit * HEAD_MEM_FACTOR,
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
                               MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
                               MHD_OPTION_END);

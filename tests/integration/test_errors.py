@@ -239,3 +239,87 @@ def test_queue_full_503(make_daemon):
             schemas.check("ErrorResponse", r.json())
             assert r.json()["error"]["code"] == "queue_full"
     assert requests.get(d.url + "/v1/models", timeout=10).json()["data"][0]["id"] == MODEL_NAME
+
+
+# ---- request heads over --header-limit ------------------------------------
+
+def check_error(r, status, code):
+    """r is an OpenAI error object with this status and code, sent as JSON."""
+    assert r.status_code == status, (r.status_code, r.headers, r.text[:200])
+    assert r.headers.get("Content-Type") == "application/json", r.headers
+    e = r.json()
+    schemas.check("ErrorResponse", e)
+    assert set(e["error"]) == {"message", "type", "param", "code"}
+    assert e["error"]["code"] == code and e["error"]["type"] == "invalid_request_error"
+    assert e["error"]["param"] is None and "8192 bytes" in e["error"]["message"]
+
+
+def test_oversized_head_gets_json_431_and_414(make_daemon):
+    """A request line plus headers over --header-limit is refused with our JSON
+    error, not libmicrohttpd's HTML page, whatever the route and before the
+    API key is looked at; the daemon serves normally afterwards."""
+    d = make_daemon("--header-limit", "8K", "--api-key", KEY)
+    code = "request_headers_too_large"
+    # one big header (an oversized cookie or token), on every kind of route
+    big = {"X-Big": "a" * 9000}
+    check_error(requests.get(d.url + "/health", headers=big, timeout=30), 431, code)
+    check_error(requests.get(d.url + "/v1/models", headers=dict(AUTH, **big), timeout=30), 431, code)
+    check_error(requests.get(d.url + "/v1/models", headers=big, timeout=30), 431, code)   # not 401
+    check_error(requests.get(d.url + "/no/such/route", headers=big, timeout=30), 431, code)
+    r = send(d, "POST", C, cmpl(), dict(AUTH, **big))
+    check_error(r, 431, code)
+    # three times the limit in one header, and many ordinary header lines
+    check_error(requests.get(d.url + "/health", headers={"X-Big": "b" * 24000}, timeout=30), 431, code)
+    many = {"X-Forwarded-Item-%03d" % i: "v" * 40 for i in range(150)}   # about 10 KB
+    check_error(requests.get(d.url + "/health", headers=many, timeout=30), 431, code)
+    # a request line over the limit by itself: 414
+    r = requests.get(d.url + "/v1/models?q=" + "q" * 9000, headers=AUTH, timeout=30)
+    check_error(r, 414, "uri_too_long")
+    # just under the limit: served
+    assert requests.get(d.url + "/health", headers={"X-Fine": "c" * 7000}, timeout=30).status_code == 200
+    r = send(d, "POST", C, cmpl(max_tokens=3, temperature=0), dict(AUTH, **{"X-Fine": "c" * 7000}))
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+    # the OpenAI SDK sees a status error carrying our code
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=d.url + "/v1", api_key=KEY, max_retries=0, timeout=60,
+                           default_headers={"X-Big": "d" * 12000})
+    with pytest.raises(openai.APIStatusError) as ei:
+        client.completions.create(model=MODEL_NAME, prompt="Once", max_tokens=2)
+    assert ei.value.status_code == 431 and ei.value.code == code, ei.value
+    # and the daemon goes on serving; the refusals were counted as 4xx
+    ok = openai.OpenAI(base_url=d.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    out = ok.completions.create(model=MODEL_NAME, prompt="Once", max_tokens=3, temperature=0)
+    assert out.usage.completion_tokens >= 1
+    m = d.metrics(headers=AUTH)
+    assert m['sparsed_http_responses_total{code="4xx"}'] == 9
+    assert m["sparsed_kv_pages_used"] == 0
+
+
+def test_errors_libmicrohttpd_answers_itself_are_logged(make_daemon):
+    """What never reaches our handler with its headers parsed stays
+    libmicrohttpd's reply (server/README.md lists these); one that it sends
+    after our handler has the request (a malformed chunked body) is still
+    counted and logged with its real status, and nothing is left behind."""
+    d = make_daemon()
+    for payload, status in ((b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                             b"Connection: close\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", 400),
+                            (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                             b"Connection: close\r\n\r\n" + b"f" * 24 + b"\r\n{}\r\n0\r\n\r\n", 413)):
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=30)
+        try:
+            s.sendall(payload)
+            got = b""
+            while True:
+                k = s.recv(65536)
+                if not k:
+                    break
+                got += k
+        finally:
+            s.close()
+        assert got.startswith(b"HTTP/1.1 %d " % status), got[:200]
+    assert requests.get(d.url + "/health", timeout=10).status_code == 200
+    m = d.metrics()
+    assert m['sparsed_http_responses_total{code="4xx"}'] == 2
+    assert d.stop() == 0
+    logged = [l for l in d.lines if "access id=cmpl-" in l]
+    assert len(logged) == 2 and "status=400 " in logged[0] and "status=413 " in logged[1], logged
