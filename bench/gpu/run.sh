@@ -20,7 +20,8 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,driver_version --f
 if ! "$BIN" info >/dev/null 2>&1; then
     echo "building $BIN"
     nvcc -O3 -std=c++17 -I. -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 \
-        -o "$BIN" bench/gpu/attn_bench.cu engine/cuda/attn_decode.cu engine/cuda/attn_prefill.cu || exit 1
+        -o "$BIN" bench/gpu/attn_bench.cu engine/cuda/attn_decode.cu engine/cuda/attn_prefill.cu \
+        engine/cuda/attn_prefill_sm90.cu || exit 1
 fi
 if [ -z "${SKIP_CHECK:-}" ]; then
     timeout 150 "$BIN" check 2>&1 | tee "$OUT/check.log"

@@ -19,6 +19,7 @@
  */
 #include <climits>
 
+#include "attn_sm90.h"
 #include "attn_util.cuh"
 #include "cuda_attn.h"
 
@@ -515,6 +516,10 @@ extern "C" int cattn_prefill(const cattn_pool *p, const int32_t *table, int n_q,
     if (p->head_dim != 128 || p->block_size < 64 || p->block_size % 64) return CATTN_ESHAPE;
     if (blist && (p->block_size != 128 || q_pos0 % 128 || blist_w <= 0 || blist_w > PF_MAX_LIST))
         return CATTN_ESHAPE;
+    /* Hopper: the wgmma kernel (attn_prefill_sm90.cu) when this build has it and the shape fits */
+    int rc = cattn_prefill_sm90(p, table, n_q, q_pos0, n_heads, q, out, scale, blist, blist_w, blist_kvh_stride,
+                                stream);
+    if (rc != 1) return rc;
     if (!attr_done) {
         CUDA_TRY(cudaFuncSetAttribute(prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, PF_SMEM));
         attr_done = 1;

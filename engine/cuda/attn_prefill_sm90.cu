@@ -1,0 +1,537 @@
+/* attn_prefill_sm90: causal paged prefill for Hopper (sm_90a), in the
+ * manner of FlashAttention-3.
+ *
+ * A CTA owns 128 query rows of one head and runs three warpgroups:
+ *  - warpgroup 0 is the producer: one warp issues bulk tensor copies (TMA)
+ *    of the Q tile and of each K and V page tile into 128-byte-swizzled
+ *    shared memory, completing on mbarriers, two stages deep; the others
+ *    exit after giving up their registers (setmaxnreg);
+ *  - warpgroups 1 and 2 are consumers of 64 rows each: S = Q K^T is a chain
+ *    of wgmma m64n128k16 with both operands in shared memory (K-major), the
+ *    online softmax runs on the fp32 accumulators in registers, and
+ *    O += P V takes P from registers (bf16, the accumulator layout is the A
+ *    fragment layout) and V from shared memory as an MN-major B operand.
+ *    The S GEMM of tile j+1 is issued before the P V GEMM of tile j, so the
+ *    softmax of tile j+1 overlaps the tensor cores (FA3's intra-warpgroup
+ *    pipelining).
+ *
+ * Key tiles are whole pages (B = 128).  The paged pool is one 3-d tensor
+ * per K and V for the copy engine: (dim, row within the page = kvh*B + t,
+ * page) with the page stride as the outer stride, so a tile is one copy per
+ * 64-column half at coordinates (d0, kvh*128, page) and the page order can
+ * be anything.  The page holding the sequence's last token gets its V rows
+ * past the end zeroed (copied by the producer warp instead of TMA): P is 0
+ * there, but 0 * NaN from stale memory would not be.
+ *
+ * The kernel body exists only in the sm_90a build; cattn_prefill_sm90 asks
+ * the runtime which binary it would run and declines otherwise.
+ * CATTN_PREFILL_SM90=0 in the environment turns it off (the mma.sync kernel
+ * runs), =1 makes a decline an error (CATTN_ESHAPE), for tests;
+ * CATTN_SM90_PINGPONG=0 turns off the warpgroup ping-pong.
+ */
+#include <cuda.h> /* CUtensorMap and its enums (types only; the encoder comes through the runtime) */
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn_sm90.h"
+#include "attn_util.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define H_SM90 1
+#endif
+
+#define H_ROWS 128                       /* query rows per CTA */
+#define H_TILE (128 * 256)               /* a 128 x 128 bf16 tile: two swizzled 128-row x 128-byte halves */
+#define H_HALF (128 * 128)               /* bytes of one half */
+#define H_STAGES 2
+#define H_SMEM (H_TILE * (1 + 2 * H_STAGES) + 1024)
+#define H_MAX_LIST 512
+#define H_THREADS 384
+#define H_PAGE_EXTENT (1u << 24) /* pages the tensor maps admit (coordinates only; no bounds are relied on) */
+
+struct HArgs {
+    bf16 *out;
+    const char *v;
+    long long v_stride;
+    const int32_t *table;
+    const int32_t *blist;
+    int n_q, q_pos0, n_heads, n_kv, ratio, n_qt, blist_w, blist_per_kvh;
+    float scale_log2;
+};
+
+#ifdef H_SM90
+/* ---- mbarriers, bulk tensor copies ---------------------------------------- */
+
+static __device__ __forceinline__ void mb_init(uint32_t bar, int count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+static __device__ __forceinline__ void mb_expect(uint32_t bar, uint32_t bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+static __device__ __forceinline__ void mb_arrive(uint32_t bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+static __device__ __forceinline__ void mb_wait(uint32_t bar, uint32_t parity)
+{
+    uint32_t done;
+    do {
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     " selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+static __device__ __forceinline__ void tma3(uint32_t dst, const CUtensorMap *map, int c0, int c1, int c2,
+                                            uint32_t bar)
+{
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+                 "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+                 : "memory");
+}
+
+/* ---- wgmma ------------------------------------------------------------------
+ * Shared-memory descriptors, 128-byte swizzle (layout type 1 in bits 62-63).
+ * K-major tile (rows of 128 bytes, 8-row atoms of 1024 bytes): SBO = 1024,
+ * LBO unused.  MN-major tile (V: keys are K, 64 dims per 128-byte row): LBO
+ * = 16 KB from one 64-column half to the next along N, SBO = 1024 from one
+ * 8-key group to the next along K. */
+static __device__ __forceinline__ uint64_t desc_kmaj(uint32_t addr)
+{
+    return (uint64_t)((addr & 0x3ffff) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+static __device__ __forceinline__ uint64_t desc_mnmaj(uint32_t addr)
+{
+    return (uint64_t)((addr & 0x3ffff) >> 4) | ((uint64_t)(H_HALF >> 4) << 16) | (64ull << 32) | (1ull << 62);
+}
+static __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+static __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> static __device__ __forceinline__ void wg_wait()
+{
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+/* keeps the compiler from moving accesses of accumulators across a wait */
+static __device__ __forceinline__ void reg_fence(float (&d)[64])
+{
+#pragma unroll
+    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+#define WG_D8(i) \
+    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+#define WG_D64 WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24), WG_D8(32), WG_D8(40), WG_D8(48), WG_D8(56)
+#define WG_R64                                                                                                      \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
+    "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "  \
+    "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+
+/* D (64 x 128, fp32) (+)= A (64 x 16, smem K-major) * B (16 x 128, smem K-major) */
+static __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t da, uint64_t db, int accum)
+{
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n"
+                 " wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_R64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : WG_D64
+                 : "l"(da), "l"(db), "r"(accum));
+}
+/* D += A (64 x 16, bf16 registers) * B (16 x 128, smem MN-major) */
+static __device__ __forceinline__ void wgmma_rs(float (&d)[64], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                uint64_t db)
+{
+    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_R64
+                 ", {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
+                 : WG_D64
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(db));
+}
+
+/* Ping-pong between the two consumer warpgroups (FA3): warpgroup w issues
+ * its GEMMs only after named barrier 1+w, then hands the turn to the other,
+ * so one's softmax runs while the other's GEMMs occupy the tensor cores. */
+static __device__ __forceinline__ void turn_wait(int wg)
+{
+    asm volatile("bar.sync %0, 256;\n" ::"r"(1 + wg) : "memory");
+}
+static __device__ __forceinline__ void turn_pass(int wg)
+{
+    asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - wg) : "memory");
+}
+
+static __device__ __forceinline__ float ex2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* S = Q K^T for this warpgroup's 64 rows and one 128-key tile. */
+static __device__ __forceinline__ void gemm_qk(float (&s)[64], uint32_t qa, uint32_t kt)
+{
+#pragma unroll
+    for (int kk = 0; kk < 8; kk++) {
+        uint32_t off = (kk >> 2) * H_HALF + (kk & 3) * 32;
+        wgmma_ss(s, desc_kmaj(qa + off), desc_kmaj(kt + off), kk > 0);
+    }
+}
+/* O += P V; P as bf16 A fragments (4 registers per 16 keys). */
+static __device__ __forceinline__ void gemm_pv(float (&o)[64], const uint32_t (&p)[32], uint32_t vt)
+{
+#pragma unroll
+    for (int kk = 0; kk < 8; kk++)
+        wgmma_rs(o, p[4 * kk], p[4 * kk + 1], p[4 * kk + 2], p[4 * kk + 3], desc_mnmaj(vt + kk * 16 * 128));
+}
+
+/* Online softmax over one tile of S (fp32 accumulator layout: s[4j + e] is
+ * row r0 + 8*(e>>1), key key0 + 8j + 2*(lane&3) + (e&1)).  Leaves P in s,
+ * updates m (log2 domain) and the per-thread partial sums l; corr is the
+ * factor the previous O must be scaled by. */
+static __device__ __forceinline__ void softmax_tile(float (&s)[64], float (&m)[2], float (&l)[2], float (&corr)[2],
+                                                    bool need_mask, int key0, int r0, float sl2, int lane)
+{
+    if (need_mask) {
+#pragma unroll
+        for (int j = 0; j < 16; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if (key0 + 8 * j + 2 * (lane & 3) + (e & 1) > r0 + 8 * (e >> 1)) s[4 * j + e] = NEG_INF;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        float mx = NEG_INF;
+#pragma unroll
+        for (int j = 0; j < 16; j++) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        float mnew = fmaxf(m[h], mx * sl2);
+        float base = mnew == NEG_INF ? 0.f : mnew;
+        corr[h] = ex2(m[h] - base);
+        m[h] = mnew;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < 16; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float pv = ex2(fmaf(s[4 * j + 2 * h + e], sl2, -base));
+                s[4 * j + 2 * h + e] = pv;
+                sum += pv;
+            }
+        l[h] = l[h] * corr[h] + sum;
+    }
+}
+
+static __device__ __forceinline__ void pack_p(uint32_t (&p)[32], const float (&s)[64])
+{
+#pragma unroll
+    for (int kk = 0; kk < 8; kk++) {
+        p[4 * kk + 0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+        p[4 * kk + 1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+        p[4 * kk + 2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+        p[4 * kk + 3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+}
+#endif /* H_SM90 */
+
+template <bool PP>
+__global__ void __launch_bounds__(H_THREADS, 1)
+    prefill_sm90_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
+                        const __grid_constant__ CUtensorMap tv, const HArgs a)
+{
+#ifdef H_SM90
+    extern __shared__ unsigned char smem_raw[];
+    __shared__ __align__(8) uint64_t bars[1 + 4 * H_STAGES];
+    __shared__ int s_list[H_MAX_LIST];
+    __shared__ int s_n;
+
+    const int bid = blockIdx.x;
+    const int qt = a.n_qt - 1 - bid / a.n_heads; /* longest rows first, heads of one KV group together */
+    const int h = bid % a.n_heads, kvh = h / a.ratio;
+    const int q0 = qt * H_ROWS;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int kv_len = a.q_pos0 + a.n_q;
+    const int p_lo = a.q_pos0 + q0, p_hi = a.q_pos0 + min(q0 + H_ROWS, a.n_q) - 1;
+
+    const uint32_t sbase = (smem_u32(smem_raw) + 1023) & ~1023u;
+    const uint32_t qs = sbase, ks0 = sbase + H_TILE, vs0 = sbase + (1 + H_STAGES) * H_TILE;
+    unsigned char *vs0_p = smem_raw + (vs0 - smem_u32(smem_raw));
+    const uint32_t bar0 = smem_u32(bars);
+    const uint32_t q_full = bar0;
+#define K_FULL(s) (bar0 + 8 * (1 + (s)))
+#define V_FULL(s) (bar0 + 8 * (1 + H_STAGES + (s)))
+#define K_EMPTY(s) (bar0 + 8 * (1 + 2 * H_STAGES + (s)))
+#define V_EMPTY(s) (bar0 + 8 * (1 + 3 * H_STAGES + (s)))
+
+    if (threadIdx.x == 0) {
+        mb_init(q_full, 1);
+        for (int s = 0; s < H_STAGES; s++) {
+            mb_init(K_FULL(s), 1);
+            mb_init(V_FULL(s), 1);
+            mb_init(K_EMPTY(s), 8); /* lane 0 of each consumer warp */
+            mb_init(V_EMPTY(s), 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        if (a.blist) {
+            const int32_t *row = a.blist + ((long long)qt * (a.blist_per_kvh ? a.n_kv : 1) +
+                                            (a.blist_per_kvh ? kvh : 0)) * a.blist_w;
+            int n = 0;
+            for (int i = 0; i < a.blist_w; i++)
+                if (row[i] >= 0 && row[i] * 128 <= p_hi) s_list[n++] = row[i];
+            s_n = n;
+        }
+    }
+    __syncthreads();
+    const int n_tiles = a.blist ? s_n : p_hi / 128 + 1;
+#define H_KB(it) (a.blist ? s_list[it] : (it))
+
+    if (warp < 4) {
+        /* ---- producer ---- */
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (warp != 0) return;
+        if (lane == 0) {
+            mb_expect(q_full, H_TILE);
+            tma3(qs, &tq, 0, h, q0, q_full);
+            tma3(qs + H_HALF, &tq, 64, h, q0, q_full);
+        }
+        for (int it = 0; it < n_tiles; it++) {
+            /* Keeps lanes 1-31 from running ahead of lane 0's waits: a parity wait can only
+             * tell the current phase from the one before, so a lane two tiles ahead would
+             * see a stage as free and overwrite it in the partial-page copy below. */
+            __syncwarp();
+            const int st = it % H_STAGES;
+            const uint32_t ph = (it / H_STAGES) & 1;
+            const int kb = H_KB(it);
+            const int page = a.table[kb];
+            const uint32_t kst = ks0 + st * H_TILE, vst = vs0 + st * H_TILE;
+            if (lane == 0) {
+                mb_wait(K_EMPTY(st), ph ^ 1);
+                mb_expect(K_FULL(st), H_TILE);
+                tma3(kst, &tk, 0, kvh * 128, page, K_FULL(st));
+                tma3(kst + H_HALF, &tk, 64, kvh * 128, page, K_FULL(st));
+            }
+            if (kb * 128 + 128 <= kv_len) {
+                if (lane == 0) {
+                    mb_wait(V_EMPTY(st), ph ^ 1);
+                    mb_expect(V_FULL(st), H_TILE);
+                    tma3(vst, &tv, 0, kvh * 128, page, V_FULL(st));
+                    tma3(vst + H_HALF, &tv, 64, kvh * 128, page, V_FULL(st));
+                }
+            } else {
+                /* the sequence's last, partial page: rows past the end are zeros */
+                mb_wait(V_EMPTY(st), ph ^ 1);
+                const int valid = kv_len - kb * 128;
+                const char *src = a.v + (long long)page * a.v_stride + (long long)kvh * 128 * 256;
+                unsigned char *dst = vs0_p + st * H_TILE;
+                for (int i = lane; i < 128 * 16; i += 32) {
+                    const int r = i >> 4, c = i & 15;
+                    uint4 val = make_uint4(0u, 0u, 0u, 0u);
+                    if (r < valid) val = *(const uint4 *)(src + r * 256 + c * 16);
+                    *(uint4 *)(dst + (c >> 3) * H_HALF + r * 128 + (((c & 7) ^ (r & 7)) << 4)) = val;
+                }
+                asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                __syncwarp();
+                if (lane == 0) mb_arrive(V_FULL(st));
+            }
+        }
+        return;
+    }
+
+    /* ---- consumers ---- */
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    const int wg = (threadIdx.x >> 7) - 1, wi = warp & 3;
+    const int r0 = p_lo + 64 * wg + 16 * wi + (lane >> 2); /* position of this thread's first row */
+    const int wg_lo = p_lo + 64 * wg;
+    const uint32_t qa = qs + wg * 64 * 128;
+    float o[64], s[64], m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f}, corr[2];
+    uint32_t p[32];
+#pragma unroll
+    for (int i = 0; i < 64; i++) o[i] = 0.f;
+
+    mb_wait(q_full, 0); /* even with no tiles: the copy must land before the CTA exits */
+    if (n_tiles > 0) {
+        if (PP && wg == 1) turn_pass(wg); /* warpgroup 0 goes first */
+        {
+            const int key0 = H_KB(0) * 128;
+            mb_wait(K_FULL(0), 0);
+            if (PP) turn_wait(wg);
+            wg_fence();
+            gemm_qk(s, qa, ks0);
+            wg_commit();
+            if (PP) turn_pass(wg);
+            wg_wait<0>();
+            reg_fence(s);
+            if (lane == 0) mb_arrive(K_EMPTY(0));
+            softmax_tile(s, m, l, corr, key0 + 127 > wg_lo, key0, r0, a.scale_log2, lane);
+            pack_p(p, s);
+        }
+        for (int it = 1; it < n_tiles; it++) {
+            const int st = it % H_STAGES, pst = (it - 1) % H_STAGES;
+            const uint32_t ph = (it / H_STAGES) & 1, pph = ((it - 1) / H_STAGES) & 1;
+            const int key0 = H_KB(it) * 128;
+            mb_wait(K_FULL(st), ph);
+            mb_wait(V_FULL(pst), pph); /* V(it-1) was copied before K(it): no wait in practice */
+            if (PP) turn_wait(wg);
+            wg_fence();
+            gemm_qk(s, qa, ks0 + st * H_TILE);
+            wg_commit();
+            gemm_pv(o, p, vs0 + pst * H_TILE);
+            wg_commit();
+            if (PP) turn_pass(wg);
+            wg_wait<1>();
+            reg_fence(s);
+            if (lane == 0) mb_arrive(K_EMPTY(st));
+            softmax_tile(s, m, l, corr, key0 + 127 > wg_lo, key0, r0, a.scale_log2, lane);
+            wg_wait<0>();
+            reg_fence(o);
+            if (lane == 0) mb_arrive(V_EMPTY(pst));
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                o[4 * j] *= corr[0];
+                o[4 * j + 1] *= corr[0];
+                o[4 * j + 2] *= corr[1];
+                o[4 * j + 3] *= corr[1];
+            }
+            pack_p(p, s);
+        }
+        {
+            const int pst = (n_tiles - 1) % H_STAGES;
+            const uint32_t pph = ((n_tiles - 1) / H_STAGES) & 1;
+            mb_wait(V_FULL(pst), pph);
+            if (PP) turn_wait(wg);
+            wg_fence();
+            gemm_pv(o, p, vs0 + pst * H_TILE);
+            wg_commit();
+            if (PP && wg == 0) turn_pass(wg); /* balances warpgroup 1's first pass */
+            wg_wait<0>();
+            reg_fence(o);
+        }
+    }
+#undef H_KB
+
+    /* ---- epilogue: normalise, store bf16 ---- */
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        float v = l[hh];
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+        const float inv = v > 0.f ? 1.f / v : 0.f;
+        const int tok = q0 + 64 * wg + 16 * wi + (lane >> 2) + 8 * hh;
+        if (tok >= a.n_q) continue;
+        uint32_t *op = (uint32_t *)(a.out + ((long long)tok * a.n_heads + h) * 128 + 2 * (lane & 3));
+#pragma unroll
+        for (int j = 0; j < 16; j++) op[4 * j] = pack_bf16(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
+    }
+#undef K_FULL
+#undef V_FULL
+#undef K_EMPTY
+#undef V_EMPTY
+#endif /* H_SM90 */
+}
+
+/* ---- host side ------------------------------------------------------------ */
+
+typedef CUresult (*encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                              const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
+                              CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+/* 3-d bf16 map, 128-byte swizzle, box (64, b1, b2). */
+static int make_map(encode_fn enc, CUtensorMap *m, const void *base, cuuint64_t d1, cuuint64_t d2, cuuint64_t s1,
+                    cuuint64_t s2, cuuint32_t b1, cuuint32_t b2)
+{
+    cuuint64_t dims[3] = {128, d1, d2};
+    cuuint64_t strides[2] = {s1, s2};
+    cuuint32_t box[3] = {64, b1, b2};
+    cuuint32_t estr[3] = {1, 1, 1};
+    CUresult r = enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, (void *)base, dims, strides, box, estr,
+                     CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    return r == CUDA_SUCCESS ? 0 : 1;
+}
+
+#define H_MAX_DEV 16
+static int g_ready[H_MAX_DEV]; /* 0 unknown, 1 usable, -1 not */
+static encode_fn g_encode;
+
+static int sm90_probe(void)
+{
+    int dev, major, minor;
+    if (cudaGetDevice(&dev) != cudaSuccess) return -1;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+        return -1;
+    if (major != 9 || minor != 0) return -1;
+    cudaFuncAttributes fa;
+    if (cudaFuncGetAttributes(&fa, prefill_sm90_kernel<false>) != cudaSuccess) {
+        cudaGetLastError();
+        return -1;
+    }
+    if (fa.binaryVersion != 90) return -1; /* no sm_90a machine code in this build */
+    if (cudaFuncSetAttribute(prefill_sm90_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, H_SMEM) !=
+            cudaSuccess ||
+        cudaFuncSetAttribute(prefill_sm90_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, H_SMEM) !=
+            cudaSuccess) {
+        cudaGetLastError();
+        return -1;
+    }
+    if (!g_encode) {
+        void *fn = NULL;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) !=
+                cudaSuccess ||
+            q != cudaDriverEntryPointSuccess || !fn) {
+            cudaGetLastError();
+            return -1;
+        }
+        g_encode = (encode_fn)fn;
+    }
+    return 1;
+}
+
+int cattn_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, int n_heads,
+                       const void *q, void *out, float scale, const int32_t *blist, int blist_w,
+                       int blist_kvh_stride, void *stream)
+{
+    const char *env = getenv("CATTN_PREFILL_SM90"); /* read per call: benchmarks switch it for A/B runs */
+    if (env && !strcmp(env, "0")) return 1;
+    const int decline = env && !strcmp(env, "1") ? CATTN_ESHAPE : 1; /* "1": required (tests) */
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= H_MAX_DEV) return 1;
+    if (!g_ready[dev]) g_ready[dev] = sm90_probe();
+    if (g_ready[dev] < 0) return decline;
+    if (p->block_size != 128 || p->head_dim != 128 || (blist && blist_w > H_MAX_LIST)) return decline;
+    if (((uintptr_t)p->k | (uintptr_t)p->v | (uintptr_t)q) & 15) return decline;
+    if ((p->k_stride | p->v_stride) & 15 || p->k_stride <= 0 || p->v_stride <= 0 ||
+        p->k_stride >= (1ll << 40) || p->v_stride >= (1ll << 40))
+        return decline;
+    const int n_kv = p->n_kv_heads;
+    CUtensorMap tq, tk, tv;
+    if (make_map(g_encode, &tq, q, (cuuint64_t)n_heads, (cuuint64_t)n_q, 256, (cuuint64_t)n_heads * 256, 1,
+                 H_ROWS) ||
+        make_map(g_encode, &tk, p->k, (cuuint64_t)n_kv * 128, H_PAGE_EXTENT, 256, (cuuint64_t)p->k_stride, 128,
+                 1) ||
+        make_map(g_encode, &tv, p->v, (cuuint64_t)n_kv * 128, H_PAGE_EXTENT, 256, (cuuint64_t)p->v_stride, 128,
+                 1))
+        return decline;
+    HArgs a;
+    a.out = (bf16 *)out;
+    a.v = (const char *)p->v;
+    a.v_stride = p->v_stride;
+    a.table = table;
+    a.blist = blist;
+    a.n_q = n_q;
+    a.q_pos0 = q_pos0;
+    a.n_heads = n_heads;
+    a.n_kv = n_kv;
+    a.ratio = n_heads / n_kv;
+    a.n_qt = (n_q + H_ROWS - 1) / H_ROWS;
+    a.blist_w = blist_w;
+    a.blist_per_kvh = blist_kvh_stride != 0;
+    a.scale_log2 = scale * LOG2E_F;
+    const char *pp = getenv("CATTN_SM90_PINGPONG"); /* on unless "0" */
+    if (!pp || strcmp(pp, "0"))
+        prefill_sm90_kernel<true><<<a.n_qt * n_heads, H_THREADS, H_SMEM, (cudaStream_t)stream>>>(tq, tk, tv, a);
+    else
+        prefill_sm90_kernel<false><<<a.n_qt * n_heads, H_THREADS, H_SMEM, (cudaStream_t)stream>>>(tq, tk, tv, a);
+    CUDA_TRY(cudaGetLastError());
+    return 0;
+}

@@ -1,0 +1,18 @@
+/* attn_sm90: entry points of the Hopper (sm_90a) kernels, private to
+ * engine/cuda.  Each returns 0 when it ran the work, 1 when it does not
+ * apply (wrong device, shape or build: the caller falls back to its
+ * portable kernel), or an error code like the public functions. */
+#ifndef SPARSED_ATTN_SM90_H
+#define SPARSED_ATTN_SM90_H
+
+#include <stdint.h>
+
+#include "cuda_attn.h"
+
+/* cattn_prefill on wgmma (FlashAttention-3 style); same arguments, already
+ * validated by the caller.  Environment: CATTN_PREFILL_SM90=0 disables it. */
+int cattn_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, int n_heads, const void *q,
+                       void *out, float scale, const int32_t *blist, int blist_w, int blist_kvh_stride,
+                       void *stream);
+
+#endif
