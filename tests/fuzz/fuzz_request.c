@@ -9,15 +9,11 @@
  * field is inside the limits the scheduler and engine rely on. */
 #include <math.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "server/internal.h"
-
-#ifndef SPARSED_SOURCE_ROOT
-#define SPARSED_SOURCE_ROOT "."
-#endif
+#include "tests/fuzz/common.h"
 
 static server srv;
 
@@ -25,22 +21,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    const char *root = getenv("SPARSED_ROOT");
-    char path[4096], err[256];
-    snprintf(path, sizeof path, "%s/models/stories260K.gguf", root ? root : SPARSED_SOURCE_ROOT);
-    engine_opts eo;
-    memset(&eo, 0, sizeof eo);
-    eo.model_path = path;
-    eo.device = "cpu";
-    eo.n_threads = 1;
-    attn_config_default(&eo.attn);
-    srv.eng = engine_create(&eo, err, sizeof err);
-    if (!srv.eng) {
-        fprintf(stderr, "fuzz_request: %s: %s\n", path, err);
-        abort();
-    }
-    srv.info = engine_get_info(srv.eng);
-    srv.model_name = (char *)"stories260K";
+    fuzz_server_init(&srv, "fuzz_request");
     return 0;
 }
 
