@@ -4,6 +4,8 @@
  *   attn_bench check            compare every kernel with a float64 host
  *                               reference on random paged data
  *   attn_bench bench N[,N..]    time them; print "ROW {json}" lines
+ *   attn_bench prefill N[,N..] [maskdir]  the prefill rows only, sm90
+ *                               kernel with and without ping-pong, then mma.sync
  *   attn_bench profile N        the decode paths once each, for ncu
  *
  * Inputs are random (never zeros), outputs are poisoned with NaN before
@@ -846,6 +848,10 @@ static int run_checks(void)
     check_dense_prefill(L3, 1000, 0, 0);
     check_dense_prefill(L3, 2048, 0, 1);
     check_dense_prefill(L3, 1000, 1024, 1);
+    check_dense_prefill(L3, 4096, 0, 0);  /* whole pages, 32 key tiles */
+    check_dense_prefill(L3, 333, 5000, 0); /* prefix not page-aligned, partial last page */
+    check_dense_prefill(M3, 1, 129, 0);
+    check_dense_prefill(L3, 4096, 128, 1);
     check_msa_prefill(3000, 1096, 1024);
     check_msa_prefill(2048, 0, 100000);
     check_msa_prefill(1500, 600, 512);
@@ -1217,6 +1223,25 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "info")) return 0;
     if (!strcmp(argv[1], "check")) return run_checks();
     if (!strcmp(argv[1], "bench") && argc >= 3) return run_bench(argv[2], argc >= 4 ? argv[3] : NULL);
+    if (!strcmp(argv[1], "prefill") && argc >= 3) {
+        /* prefill rows only (L3-8B dense and block list, M3 dense up to 32K): default,
+         * sm90 without ping-pong, then the mma.sync kernel */
+        const char *ns = argv[2], *maskdir = argc >= 4 ? argv[3] : NULL;
+        static const char *passes[3] = {"default", "CATTN_SM90_PINGPONG=0", "CATTN_PREFILL_SM90=0"};
+        for (int pass = 0; pass < 3; pass++) {
+            if (pass == 1) setenv("CATTN_SM90_PINGPONG", "0", 1);
+            if (pass == 2) unsetenv("CATTN_SM90_PINGPONG"), setenv("CATTN_PREFILL_SM90", "0", 1);
+            printf("== prefill pass %s\n", passes[pass]);
+            for (const char *c = ns; *c;) {
+                long n = strtol(c, (char **)&c, 10);
+                if (*c == ',') c++;
+                bench_prefill(L3, n, 2, maskdir);
+                bench_prefill(L3, n, 0, maskdir);
+                if (n <= 32768) bench_prefill(M3, n, 0, maskdir);
+            }
+        }
+        return g_fail ? 1 : 0;
+    }
     if (!strcmp(argv[1], "profile") && argc >= 3) {
         long n = atol(argv[2]);
         g_profile = 1;
