@@ -564,6 +564,9 @@ extern "C" int cattn_msa_select_prefill(const cattn_pool *p, const int32_t *tabl
     int rc = msa_check(p, n_q, q_pos0, 4, top_k, local);
     if (rc) return rc;
     if (!table || !iq || !sel || !p->idx) return CATTN_EINVAL;
+    /* Hopper: the wgmma selection (attn_prefill_sm90.cu) when this build has it */
+    rc = cattn_msa_select_prefill_sm90(p, table, n_q, q_pos0, iq, top_k, local, sel, stream);
+    if (rc != 1) return rc;
     static int attr_done = 0;
     size_t smem = IX_STAGES * IX_STAGE_BYTES + (size_t)(top_k > 0 ? top_k : 1) * IX_ROWS * 8;
     if (!attr_done) {

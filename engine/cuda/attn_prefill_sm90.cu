@@ -1,5 +1,6 @@
 /* attn_prefill_sm90: causal paged prefill for Hopper (sm_90a), in the
- * manner of FlashAttention-3.
+ * manner of FlashAttention-3, and the MSA prefill's selection stage on
+ * wgmma (msa_select_sm90_kernel, further down).
  *
  * A CTA owns 128 query rows of one head and runs three warpgroups:
  *  - warpgroup 0 is the producer: one warp issues bulk tensor copies (TMA)
@@ -428,6 +429,185 @@ __global__ void __launch_bounds__(H_THREADS, 1)
 #endif /* H_SM90 */
 }
 
+/* ---- MSA selection (stage 1 of the MSA prefill) on wgmma --------------------
+ * Same work as msa_select_kernel in attn_prefill.cu: a CTA owns 128 tokens x
+ * 4 groups = 512 index-query rows, scores them against every earlier
+ * block's 128 index keys, max-pools per block and keeps a running top-k per
+ * row in shared memory.  Here warpgroup 0's first warp streams the index-key
+ * pages through TMA (3 stages, 128B swizzle) and warpgroups 1 and 2 own 256
+ * rows each: 4 m64 tiles whose A fragments stay in registers (128
+ * registers), so each block is 4 x 8 wgmma m64n128k16 (A from registers, B
+ * the K-major key tile) per warpgroup, then a row max over the 64-register
+ * accumulator.  The two warpgroups' GEMMs and reductions interleave. */
+#define X_ROWS 512
+#define X_STAGES 3
+#define X_LIST_MAX 32
+#define X_SMEM (X_STAGES * H_TILE + X_LIST_MAX * X_ROWS * 8 + 1024)
+
+struct XArgs {
+    const bf16 *iq;
+    const int32_t *table;
+    int n_q, q_pos0, B, top_k, local;
+    int32_t *sel;
+};
+
+#ifdef H_SM90
+/* D (64 x 128) (+)= A (64 x 16, bf16 registers) * B (16 x 128, smem K-major) */
+static __device__ __forceinline__ void wgmma_rs_k(float (&d)[64], const uint32_t (&a)[4], uint64_t db, int accum)
+{
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %69, 0;\n"
+                 " wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_R64
+                 ", {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+                 : WG_D64
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accum));
+}
+
+/* Inserts v (block kb) into the sorted list of column col (as ix_insert). */
+static __device__ __forceinline__ void x_insert(float *ls, int *li, int top_k, int col, int &cnt, float &thr,
+                                                float v, int kb)
+{
+    int pos = cnt < top_k ? cnt : top_k - 1;
+    while (pos > 0 && ls[(pos - 1) * X_ROWS + col] < v) {
+        ls[pos * X_ROWS + col] = ls[(pos - 1) * X_ROWS + col];
+        li[pos * X_ROWS + col] = li[(pos - 1) * X_ROWS + col];
+        pos--;
+    }
+    ls[pos * X_ROWS + col] = v;
+    li[pos * X_ROWS + col] = kb;
+    if (cnt < top_k) cnt++;
+    thr = cnt == top_k ? ls[(top_k - 1) * X_ROWS + col] : NEG_INF;
+}
+#endif
+
+__global__ void __launch_bounds__(H_THREADS, 1)
+    msa_select_sm90_kernel(const __grid_constant__ CUtensorMap tx, const XArgs a)
+{
+#ifdef H_SM90
+    extern __shared__ unsigned char smem_raw[];
+    __shared__ __align__(8) uint64_t bars[2 * X_STAGES];
+    const int tile = gridDim.x - 1 - blockIdx.x; /* most blocks first */
+    const int t0 = tile * 128;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int last = min(t0 + 128, a.n_q) - 1;
+    const int nb = max(0, (a.q_pos0 + last) / a.B - a.local + 1);
+    const uint32_t sbase = (smem_u32(smem_raw) + 1023) & ~1023u;
+    unsigned char *lists = smem_raw + (sbase - smem_u32(smem_raw)) + X_STAGES * H_TILE;
+    const uint32_t bar0 = smem_u32(bars);
+#define X_FULL(s) (bar0 + 8 * (s))
+#define X_EMPTY(s) (bar0 + 8 * (X_STAGES + (s)))
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < X_STAGES; s++) {
+            mb_init(X_FULL(s), 1);
+            mb_init(X_EMPTY(s), 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (warp < 4) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (warp != 0 || lane != 0) return; /* one thread issues every copy */
+        for (int kb = 0; kb < nb; kb++) {
+            const int st = kb % X_STAGES;
+            const uint32_t ph = (kb / X_STAGES) & 1;
+            const int page = a.table[kb];
+            const uint32_t dst = sbase + st * H_TILE;
+            mb_wait(X_EMPTY(st), ph ^ 1);
+            mb_expect(X_FULL(st), H_TILE);
+            tma3(dst, &tx, 0, 0, page, X_FULL(st));
+            tma3(dst + H_HALF, &tx, 64, 0, page, X_FULL(st));
+        }
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    const int wg = (threadIdx.x >> 7) - 1, wi = warp & 3;
+    /* m-tile mt of warpgroup wg: group 2*wg + (mt >> 1), tokens t0 + (mt & 1) * 64 + 0..63;
+     * this warp's 16 rows of it start at + 16 * wi */
+    uint32_t qa[4][8][4];
+#pragma unroll
+    for (int mt = 0; mt < 4; mt++) {
+        const int g = 2 * wg + (mt >> 1);
+        const int rlo = t0 + (mt & 1) * 64 + 16 * wi + (lane >> 2), rhi = rlo + 8;
+        const bf16 *plo = a.iq + ((long long)rlo * 4 + g) * 128;
+        const bf16 *phi = a.iq + ((long long)rhi * 4 + g) * 128;
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) {
+            const int c = 16 * kk + 2 * (lane & 3);
+            qa[mt][kk][0] = rlo < a.n_q ? *(const uint32_t *)(plo + c) : 0u;
+            qa[mt][kk][1] = rhi < a.n_q ? *(const uint32_t *)(phi + c) : 0u;
+            qa[mt][kk][2] = rlo < a.n_q ? *(const uint32_t *)(plo + c + 8) : 0u;
+            qa[mt][kk][3] = rhi < a.n_q ? *(const uint32_t *)(phi + c + 8) : 0u;
+        }
+    }
+    /* each quad member keeps the lists of m-tile (lane & 3)'s two rows */
+    const int my_mt = lane & 3;
+    const int my_g = 2 * wg + (my_mt >> 1);
+    const int my_t = (my_mt & 1) * 64 + 16 * wi + (lane >> 2); /* token offset of the first row */
+    const int col0 = my_g * 128 + my_t;
+    float *ls = (float *)lists;
+    int *li = (int *)(ls + a.top_k * X_ROWS);
+    int my_cand[2], cnt[2] = {0, 0};
+    float thr[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        const int tok = t0 + my_t + 8 * hh;
+        my_cand[hh] = tok < a.n_q ? max(0, (a.q_pos0 + tok) / a.B - a.local + 1) : 0;
+    }
+
+    float acc[64];
+    for (int kb = 0; kb < nb; kb++) {
+        const int st = kb % X_STAGES;
+        const uint32_t ph = (kb / X_STAGES) & 1;
+        const uint32_t kt = sbase + st * H_TILE;
+        mb_wait(X_FULL(st), ph);
+        float v[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int mt = 0; mt < 4; mt++) {
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < 8; kk++)
+                wgmma_rs_k(acc, qa[mt][kk], desc_kmaj(kt + (kk >> 2) * H_HALF + (kk & 3) * 32), kk > 0);
+            wg_commit();
+            wg_wait<0>();
+            reg_fence(acc);
+            float m0 = NEG_INF, m1 = NEG_INF;
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                m0 = fmaxf(m0, fmaxf(acc[4 * j], acc[4 * j + 1]));
+                m1 = fmaxf(m1, fmaxf(acc[4 * j + 2], acc[4 * j + 3]));
+            }
+            m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, 1));
+            m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, 2));
+            m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, 1));
+            m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, 2));
+            if (my_mt == mt) v[0] = m0, v[1] = m1;
+        }
+        if (lane == 0) mb_arrive(X_EMPTY(st));
+        if (a.top_k > 0) {
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++)
+                if (kb < my_cand[hh] && v[hh] > thr[hh])
+                    x_insert(ls, li, a.top_k, col0 + 8 * hh, cnt[hh], thr[hh], v[hh], kb);
+        }
+    }
+    const int W = a.top_k + a.local;
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        const int tok = t0 + my_t + 8 * hh, pos = a.q_pos0 + tok, col = col0 + 8 * hh;
+        if (tok >= a.n_q) continue;
+        int32_t *o = a.sel + ((long long)tok * 4 + my_g) * W;
+        for (int i = 0; i < a.top_k; i++) o[i] = i < cnt[hh] ? li[i * X_ROWS + col] : -1;
+        for (int l = 0; l < a.local; l++) {
+            const int blk = pos / a.B - a.local + 1 + l;
+            o[a.top_k + l] = blk >= 0 ? blk : -1;
+        }
+    }
+#undef X_FULL
+#undef X_EMPTY
+#endif /* H_SM90 */
+}
+
 /* ---- host side ------------------------------------------------------------ */
 
 typedef CUresult (*encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
@@ -469,6 +649,8 @@ static int sm90_probe(void)
     if (cudaFuncSetAttribute(prefill_sm90_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, H_SMEM) !=
             cudaSuccess ||
         cudaFuncSetAttribute(prefill_sm90_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, H_SMEM) !=
+            cudaSuccess ||
+        cudaFuncSetAttribute(msa_select_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, X_SMEM) !=
             cudaSuccess) {
         cudaGetLastError();
         return -1;
@@ -532,6 +714,36 @@ int cattn_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q
         prefill_sm90_kernel<true><<<a.n_qt * n_heads, H_THREADS, H_SMEM, (cudaStream_t)stream>>>(tq, tk, tv, a);
     else
         prefill_sm90_kernel<false><<<a.n_qt * n_heads, H_THREADS, H_SMEM, (cudaStream_t)stream>>>(tq, tk, tv, a);
+    CUDA_TRY(cudaGetLastError());
+    return 0;
+}
+
+int cattn_msa_select_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, const void *iq,
+                                  int top_k, int local, int32_t *sel, void *stream)
+{
+    const char *env = getenv("CATTN_SELECT_SM90");
+    if (env && !strcmp(env, "0")) return 1;
+    const int decline = env && !strcmp(env, "1") ? CATTN_ESHAPE : 1;
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= H_MAX_DEV) return 1;
+    if (!g_ready[dev]) g_ready[dev] = sm90_probe();
+    if (g_ready[dev] < 0) return decline;
+    if (p->block_size != 128 || p->idx_dim != 128 || p->idx_fp8 || top_k > X_LIST_MAX) return decline;
+    if (((uintptr_t)p->idx & 15) || (p->idx_stride & 15) || p->idx_stride <= 0 || p->idx_stride >= (1ll << 40))
+        return decline;
+    CUtensorMap tx;
+    if (make_map(g_encode, &tx, p->idx, 128, H_PAGE_EXTENT, 256, (cuuint64_t)p->idx_stride, 128, 1)) return decline;
+    XArgs a;
+    a.iq = (const bf16 *)iq;
+    a.table = table;
+    a.n_q = n_q;
+    a.q_pos0 = q_pos0;
+    a.B = p->block_size;
+    a.top_k = top_k;
+    a.local = local;
+    a.sel = sel;
+    const size_t smem = X_STAGES * H_TILE + (size_t)(top_k > 0 ? top_k : 1) * X_ROWS * 8 + 1024;
+    msa_select_sm90_kernel<<<(n_q + 127) / 128, H_THREADS, smem, (cudaStream_t)stream>>>(tx, a);
     CUDA_TRY(cudaGetLastError());
     return 0;
 }

@@ -15,4 +15,9 @@ int cattn_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q
                        void *out, float scale, const int32_t *blist, int blist_w, int blist_kvh_stride,
                        void *stream);
 
+/* cattn_msa_select_prefill on wgmma; arguments validated by the caller.
+ * Environment: CATTN_SELECT_SM90=0 disables it, =1 makes a decline an error. */
+int cattn_msa_select_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, const void *iq,
+                                  int top_k, int local, int32_t *sel, void *stream);
+
 #endif
