@@ -6,6 +6,8 @@
  *   attn_bench bench N[,N..]    time them; print "ROW {json}" lines
  *   attn_bench prefill N[,N..] [maskdir]  the prefill rows only, sm90
  *                               kernel with and without ping-pong, then mma.sync
+ *   attn_bench msa N[,N..]      the MSA prefill rows only, sm90 selection
+ *                               then mma.sync selection
  *   attn_bench profile N        the decode paths once each, for ncu
  *
  * Inputs are random (never zeros), outputs are poisoned with NaN before
@@ -1238,6 +1240,19 @@ int main(int argc, char **argv)
                 bench_prefill(L3, n, 2, maskdir);
                 bench_prefill(L3, n, 0, maskdir);
                 if (n <= 32768) bench_prefill(M3, n, 0, maskdir);
+            }
+        }
+        return g_fail ? 1 : 0;
+    }
+    if (!strcmp(argv[1], "msa") && argc >= 3) {
+        /* MSA prefill rows only (M3: select, attend, whole): default, then the mma.sync selection */
+        for (int pass = 0; pass < 2; pass++) {
+            if (pass) setenv("CATTN_SELECT_SM90", "0", 1);
+            printf("== msa pass %s\n", pass ? "CATTN_SELECT_SM90=0" : "default");
+            for (const char *c = argv[2]; *c;) {
+                long n = strtol(c, (char **)&c, 10);
+                if (*c == ',') c++;
+                bench_prefill(M3, n, 1, NULL);
             }
         }
         return g_fail ? 1 : 0;
