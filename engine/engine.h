@@ -101,6 +101,27 @@ int engine_batch_rows(const engine_batch *b);
  * ids; on a GPU the logits then never leave the device. */
 int engine_step_greedy(engine *e, kv_pool *pool, const engine_batch *b, int32_t *ids,
                        char *err, size_t errlen);
+/* Sampling inside the step, where the logits are: one entry per logit row
+ * (rows with logits == 2 are not allowed).  The pick is sampler_pick's
+ * with the row's u; with n_logprobs >= 0 also the chosen token's logprob
+ * and the n_logprobs best (as logprobs_top).  On a GPU only these come
+ * back, not the logits. */
+#define ENGINE_SAMPLE_MAX_K 1024     /* top_k above this: sample on the host */
+#define ENGINE_MAX_LOGPROBS 20
+typedef struct engine_sample {
+    float temperature, top_p, min_p;
+    int top_k;
+    double u;               /* sampler_draw's number */
+    int n_logprobs;         /* -1: none; else 0..ENGINE_MAX_LOGPROBS */
+} engine_sample;
+typedef struct engine_sampled {
+    int32_t id;
+    float logprob;
+    int32_t top_ids[ENGINE_MAX_LOGPROBS];
+    float top_lp[ENGINE_MAX_LOGPROBS];
+} engine_sampled;
+int engine_step_sample(engine *e, kv_pool *pool, const engine_batch *b, const engine_sample *rows,
+                       engine_sampled *out, char *err, size_t errlen);
 /* Whether the KV pool needs host storage (0: the device keeps the pages). */
 int engine_kv_host_storage(const engine *e);
 /* Bytes one KV page takes where this engine keeps it (host f32, or device
@@ -169,8 +190,20 @@ typedef struct sampler sampler;
 sampler *sampler_create(const sampler_params *p, int n_vocab);
 void sampler_free(sampler *s);
 /* Picks a token from logits (modified in place), given the tokens of the
- * sequence so far for the penalties. */
+ * sequence so far for the penalties: the penalties, then sampler_pick with
+ * sampler_draw's number. */
 int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int n_history);
+/* The next uniform number in [0, 1) of the sampler's stream, or 0 without
+ * consuming it when its parameters pick without one (greedy). */
+double sampler_draw(sampler *s);
+/* The pick itself, without bias or penalties: temperature, top-k, top-p,
+ * min-p, and the draw u.  Greedy (and ties to the lowest id) when the
+ * temperature is 0.  Top-k survivors are drawn from in rank order, the
+ * others in id order. */
+int32_t sampler_pick(const sampler_params *p, const float *logits, int n_vocab, double u);
+const sampler_params *sampler_get_params(const sampler *s);
+/* No logit bias and no penalties: its pick needs the logits alone. */
+int sampler_plain(const sampler *s);
 
 /* Log-softmax of raw logits: the chosen token's logprob, and the n best
  * (ids and logprobs, best first).  n may be 0. */

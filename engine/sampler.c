@@ -3,10 +3,12 @@
  *
  * Nothing here is O(V log V): top-k is a heap selection (O(V log k)),
  * top-p without top-k a quickselect steered by probability mass (expected
- * O(V)), min-p a threshold on the weights; the draw walks the survivors once.
+ * O(V)), min-p a threshold on the weights; the draw walks the survivors once
+ * (top-k's in rank order, the others in id order: the rule the CUDA engine's
+ * sampler follows too, so a seed picks the same tokens from the same logits).
  * Penalties count the history in a per-call hash table, O(history).  A
- * sampler holds O(top_k) memory, not O(V), since a server keeps one per
- * running sequence; larger scratch is per call.
+ * sampler holds no O(V) memory, since a server keeps one per running
+ * sequence; scratch is per call.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -26,8 +28,6 @@ struct sampler {
     float *bias_values;
     int n_vocab;
     uint64_t rng[4];
-    cand *c;        /* candidate scratch */
-    int c_cap;
 };
 
 void sampler_params_default(sampler_params *p)
@@ -108,20 +108,7 @@ void sampler_free(sampler *s)
     if (!s) return;
     free(s->bias_tokens);
     free(s->bias_values);
-    free(s->c);
     free(s);
-}
-
-static int reserve(void **buf, int *cap, int n, size_t elem)
-{
-    if (n <= *cap) return 0;
-    int c = *cap ? *cap : 64;
-    while (c < n) c = c > (1 << 29) ? n : c * 2;
-    void *b = realloc(*buf, (size_t)c * elem);
-    if (!b) return -1;
-    *buf = b;
-    *cap = c;
-    return 0;
 }
 
 /* ---- selection -------------------------------------------------------- */
@@ -239,12 +226,12 @@ static int apply_penalties(sampler *s, float *logits, const int32_t *history, in
     return 0;
 }
 
-/* Draws from candidates c[0..n) by their weights w. */
-static int32_t draw_cands(sampler *s, const cand *c, int n)
+/* Draws from candidates c[0..n) by their weights w, in their order. */
+static int32_t draw_cands(double u01, const cand *c, int n)
 {
     double z = 0;
     for (int i = 0; i < n; i++) z += c[i].w;
-    double u = rng_uniform(s->rng) * z, acc = 0;
+    double u = u01 * z, acc = 0;
     int32_t last = c[0].id;
     for (int i = 0; i < n; i++) {
         if (c[i].w <= 0) continue;
@@ -300,13 +287,39 @@ static int nucleus(cand *c, int n, double target)
     return hi;
 }
 
-int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int n_history)
+/* Whether a pick from p draws a uniform number (the same test wherever the
+ * pick runs, so a seed gives one stream of draws). */
+static int needs_draw(const sampler_params *p)
+{
+    return p->temperature > 0 && isfinite((float)(1.0 / p->temperature)) && p->top_p > 0;
+}
+
+double sampler_draw(sampler *s)
+{
+    return needs_draw(&s->p) ? rng_uniform(s->rng) : 0.0;
+}
+
+const sampler_params *sampler_get_params(const sampler *s)
+{
+    return &s->p;
+}
+
+int sampler_plain(const sampler *s)
 {
     const sampler_params *p = &s->p;
-    int V = s->n_vocab;
+    return p->n_bias == 0 && !(p->repetition_penalty > 0 && p->repetition_penalty != 1.0f) &&
+           p->presence_penalty == 0 && p->frequency_penalty == 0;
+}
+
+int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int n_history)
+{
     /* Without scratch memory for the penalties we still answer: unpenalized. */
     (void)apply_penalties(s, logits, history, n_history);
+    return sampler_pick(&s->p, logits, s->n_vocab, sampler_draw(s));
+}
 
+int32_t sampler_pick(const sampler_params *p, const float *logits, int V, double u)
+{
     float T = p->temperature;
     int32_t best = argmax(logits, V);
     if (!(T > 0)) return best;
@@ -324,25 +337,29 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int n_
     float wmin = p->min_p > 0 ? fminf(p->min_p, 1.0f) : 0.0f;
 
     if (k) {
-        /* Heap selection, sorted best first; top-p and min-p cut the list. */
-        if (reserve((void **)&s->c, &s->c_cap, k, sizeof *s->c)) return best;
-        int n = top_k_select(logits, V, k, 0, s->c);
+        /* Heap selection, sorted best first; top-p and min-p cut the list;
+         * the draw walks it in that order. */
+        cand *c = malloc((size_t)k * sizeof *c);
+        if (!c) return best;
+        int n = top_k_select(logits, V, k, 0, c);
         double z = 0;
-        for (int i = 0; i < n; i++) z += s->c[i].w = expf((s->c[i].v - vmax) * fit);
+        for (int i = 0; i < n; i++) z += c[i].w = expf((c[i].v - vmax) * fit);
         double acc = 0, target = use_p ? (double)p->top_p * z : INFINITY;
         int cut = n;
         for (int i = 0; i < n; i++) {
-            if (s->c[i].w < wmin) {
+            if (c[i].w < wmin) {
                 cut = i;
                 break;
             }
-            acc += s->c[i].w;
+            acc += c[i].w;
             if (acc >= target) {
                 cut = i + 1;
                 break;
             }
         }
-        return draw_cands(s, s->c, cut > 0 ? cut : 1);
+        int32_t out = draw_cands(u, c, cut > 0 ? cut : 1);
+        free(c);
+        return out;
     }
 
     /* No top-k: one pass of weights over the vocabulary.  The scratch is per
@@ -357,31 +374,43 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int n_
         if (x >= wmin) zk += x;
     }
     int32_t out = best;
-    if (!use_p) {
-        /* Walk in id order to the drawn mass. */
-        double u = rng_uniform(s->rng) * zk, acc = 0;
-        for (int i = 0; i < V; i++) {
-            if (w[i] < wmin || w[i] <= 0) continue;
-            acc += w[i];
-            out = i;
-            if (u < acc) break;
-        }
-    } else {
+    float keep = wmin;     /* the draw takes tokens with w >= keep (and w > 0) */
+    cand worst = { INFINITY, -1, 0 }; /* ... that rank no lower than worst */
+    double zs = zk;
+    if (use_p) {
         /* Tokens with w < eps hold less than V * eps <= (1 - top_p) * z
          * together, so the rest reaches the top-p mass without them: drop
          * them before the selection (usually most of the vocabulary). */
         float eps = fmaxf((float)(0.5 * (1.0 - (double)p->top_p) * z / V), wmin);
         cand *c = malloc((size_t)V * sizeof *c);
-        if (c) {
-            int n = 0;
-            for (int i = 0; i < V; i++) { /* branch-free: the test is a coin flip */
-                c[n] = (cand){ logits[i], i, w[i] };
-                n += w[i] >= eps && w[i] > 0;
-            }
-            n = nucleus(c, n, (double)p->top_p * z);
-            out = draw_cands(s, c, n > 0 ? n : 1);
-            free(c);
+        if (!c) {
+            free(w);
+            return best;
         }
+        int n = 0;
+        for (int i = 0; i < V; i++) { /* branch-free: the test is a coin flip */
+            c[n] = (cand){ logits[i], i, w[i] };
+            n += w[i] >= eps && w[i] > 0;
+        }
+        n = nucleus(c, n, (double)p->top_p * z);
+        if (n < 1) n = 1;
+        worst = c[0];
+        zs = 0;
+        for (int i = 0; i < n; i++) {
+            if (better(worst, c[i])) worst = c[i];
+            zs += c[i].w;
+        }
+        keep = eps;
+        free(c);
+    }
+    /* Walk the kept tokens in id order to the drawn mass. */
+    double t = u * zs, acc = 0;
+    for (int i = 0; i < V; i++) {
+        if (w[i] < keep || w[i] <= 0) continue;
+        if (use_p && better(worst, (cand){ logits[i], i, 0 })) continue;
+        acc += w[i];
+        out = i;
+        if (t < acc) break;
     }
     free(w);
     return out;

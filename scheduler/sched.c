@@ -26,6 +26,8 @@
 #include "scheduler/metrics.h"
 #include "scheduler/scheduler.h"
 
+_Static_assert(SCHED_MAX_LOGPROBS == ENGINE_MAX_LOGPROBS, "a token's alternatives fit both");
+
 enum { SEQ_WAITING, SEQ_RUNNING, SEQ_DONE };
 
 /* Logit rows a step may spend on prompt logprobs (beyond one per sequence). */
@@ -133,6 +135,8 @@ struct sched {
     seq **bmap;
     float *logits;
     float *lpbuf;
+    engine_sample *srows;     /* sampling in the step: a row per sequence */
+    engine_sampled *sout;
 
     sched_metrics_t m;
 };
@@ -165,6 +169,11 @@ static int be_step(void *ctx, kv_pool *pool, const engine_batch *b, float *logit
 {
     return engine_step(ctx, pool, b, logits, err, errlen);
 }
+static int be_step_sample(void *ctx, kv_pool *pool, const engine_batch *b, const engine_sample *rows,
+                          engine_sampled *out, char *err, size_t errlen)
+{
+    return engine_step_sample(ctx, pool, b, rows, out, err, errlen);
+}
 static int be_is_eog(void *ctx, int32_t tok) { return engine_is_eog(ctx, tok); }
 static int be_detok(void *ctx, detok *d, int32_t tok, char *out, int cap)
 {
@@ -178,6 +187,7 @@ void sched_backend_engine(sched_backend *b, engine *e)
     b->n_vocab = in->n_vocab;
     b->n_ctx = in->n_ctx;
     b->step = be_step;
+    b->step_sample = be_step_sample;
     b->is_eog = be_is_eog;
     b->detok = be_detok;
 }
@@ -718,7 +728,7 @@ static void seq_finish(sched *s, seq *q, int reason)
 }
 
 /* Handles one sampled token: appends it, releases text, checks stops. */
-static void seq_token(sched *s, seq *q, int32_t t, const float *lp_logits)
+static void seq_token(sched *s, seq *q, int32_t t, const float *lp_logits, const engine_sampled *lp_done)
 {
     sched_req *r = q->req;
     double now = now_s();
@@ -793,6 +803,12 @@ static void seq_token(sched *s, seq *q, int32_t t, const float *lp_logits)
                 int ntop = r->p.logprobs;
                 ev->logprob = logprobs_top(lp_logits, s->be.n_vocab, t, ntop, ev->top_ids,
                                            ev->top_lp);
+                ev->n_top = ntop;
+            } else if (lp_done && r->p.logprobs >= 0) {
+                int ntop = r->p.logprobs;
+                ev->logprob = lp_done->logprob;
+                memcpy(ev->top_ids, lp_done->top_ids, (size_t)ntop * sizeof(int32_t));
+                memcpy(ev->top_lp, lp_done->top_lp, (size_t)ntop * sizeof(float));
                 ev->n_top = ntop;
             }
             push_event(r, ev);
@@ -1041,6 +1057,35 @@ static void update_gauges(sched *s)
     pthread_mutex_unlock(&s->m.mu);
 }
 
+/* Fills s->srows when the batch can sample inside the step: a backend that
+ * can, and rows that need the logits alone (no penalties, logit bias or
+ * prompt logprobs).  Draws each row's number from its sampler, as the
+ * host path would right after the step. */
+static int sample_in_step(sched *s, int ns)
+{
+    if (!s->be.step_sample)
+        return 0;
+    for (int i = 0; i < ns; i++) {
+        const engine_seq *es = &s->bseq[i];
+        const seq *q = s->bmap[i];
+        if (es->logits == 2 || (es->logits && (!q->smp || !sampler_plain(q->smp) ||
+                                               sampler_get_params(q->smp)->top_k > ENGINE_SAMPLE_MAX_K)))
+            return 0;
+    }
+    int r = 0;
+    for (int i = 0; i < ns; i++) {
+        seq *q = s->bmap[i];
+        if (!s->bseq[i].logits)
+            continue;
+        const sampler_params *p = sampler_get_params(q->smp);
+        int live = !q->req->ended && q->state == SEQ_RUNNING && q->req->p.max_tokens != 0;
+        s->srows[r++] = (engine_sample){.temperature = p->temperature, .top_p = p->top_p, .min_p = p->min_p,
+                                        .top_k = p->top_k, .u = live ? sampler_draw(q->smp) : 0.0,
+                                        .n_logprobs = q->req->p.logprobs};
+    }
+    return 1;
+}
+
 /* Returns the number of sequences stepped. */
 static int step(sched *s)
 {
@@ -1052,7 +1097,9 @@ static int step(sched *s)
         return 0;
     engine_batch b = {.n_tokens = nt, .tokens = s->btok, .n_seqs = ns, .seqs = s->bseq};
     char err[256] = "";
-    int rows = s->be.step(s->be.ctx, s->pool, &b, s->logits, err, sizeof err);
+    int sampled = sample_in_step(s, ns);
+    int rows = sampled ? s->be.step_sample(s->be.ctx, s->pool, &b, s->srows, s->sout, err, sizeof err)
+                       : s->be.step(s->be.ctx, s->pool, &b, s->logits, err, sizeof err);
     s->heartbeat = now_s();
     if (rows < 0) {
         atomic_fetch_add(&s->engine_failures, 1);
@@ -1093,11 +1140,20 @@ static int step(sched *s)
                 continue;
             }
         }
-        float *lg = s->logits + (size_t)row++ * s->be.n_vocab;
+        float *lg = s->logits + (size_t)row * s->be.n_vocab;
+        const engine_sampled *done = sampled ? &s->sout[row] : NULL;
+        row++;
         if (q->req->ended || q->state != SEQ_RUNNING)
             continue;
         if (q->req->p.max_tokens == 0) {   /* echo scoring: the prompt only */
             seq_finish(s, q, SCHED_FINISH_LENGTH);
+            continue;
+        }
+        if (done) {
+            if (done->id < 0 || done->id >= s->be.n_vocab)
+                req_end(s, q->req, 500, "sampler returned an invalid token", 0);
+            else
+                seq_token(s, q, done->id, NULL, done);
             continue;
         }
         const float *lp = NULL;
@@ -1110,7 +1166,7 @@ static int step(sched *s)
             req_end(s, q->req, 500, "sampler returned an invalid token", 0);
             continue;
         }
-        seq_token(s, q, t, lp);
+        seq_token(s, q, t, lp, NULL);
     }
     return ns;
 }
@@ -1300,8 +1356,10 @@ sched *sched_create(const sched_backend *b, kv_pool *pool, const sched_opts *o,
     s->bmap = calloc((size_t)o->max_running, sizeof(seq *));
     s->logits = malloc((size_t)(rows + PLP_ROWS) * (size_t)b->n_vocab * sizeof(float));
     s->lpbuf = malloc((size_t)b->n_vocab * sizeof(float));
+    s->srows = malloc((size_t)rows * sizeof *s->srows);
+    s->sout = malloc((size_t)rows * sizeof *s->sout);
     if (!s->model_name || !s->running || !s->btok || !s->bseq || !s->bmap || !s->logits ||
-        !s->lpbuf || uv_loop_init(&s->loop)) {
+        !s->lpbuf || !s->srows || !s->sout || uv_loop_init(&s->loop)) {
         snprintf(err, errlen, "out of memory");
         sched_free(s);
         return NULL;
@@ -1375,6 +1433,8 @@ void sched_free(sched *s)
     free(s->bmap);
     free(s->logits);
     free(s->lpbuf);
+    free(s->srows);
+    free(s->sout);
     free(s->model_name);
     free(s);
 }

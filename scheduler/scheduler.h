@@ -27,6 +27,10 @@ typedef struct sched_backend {
                 char *err, size_t errlen);
     int (*is_eog)(void *ctx, int32_t tok);
     int (*detok)(void *ctx, detok *d, int32_t tok, char *out, int cap);
+    /* Optional: the step with sampling where the logits are (engine_step_sample),
+     * used for batches whose rows need no penalties, bias or prompt logprobs. */
+    int (*step_sample)(void *ctx, kv_pool *pool, const engine_batch *b, const engine_sample *rows,
+                       engine_sampled *out, char *err, size_t errlen);
 } sched_backend;
 
 void sched_backend_engine(sched_backend *b, engine *e);

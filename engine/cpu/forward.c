@@ -287,3 +287,57 @@ int engine_step_greedy(engine *e, kv_pool *pool, const engine_batch *b, int32_t 
     free(logits);
     return n;
 }
+
+/* Rows must be sampled, not scored: a prompt-logprob row has no draw. */
+static int check_sample_rows(const engine_batch *b, const engine_sample *rows, char *err, size_t errlen)
+{
+    int r = 0;
+    for (int i = 0; i < b->n_seqs; i++) {
+        if (b->seqs[i].logits == 2) {
+            snprintf(err, errlen, "engine: sampling in the step needs one logit row per sequence");
+            return -1;
+        }
+        if (!b->seqs[i].logits)
+            continue;
+        const engine_sample *p = &rows[r++];
+        if (p->top_k > ENGINE_SAMPLE_MAX_K || p->n_logprobs > ENGINE_MAX_LOGPROBS || !(p->u >= 0 && p->u < 1)) {
+            snprintf(err, errlen, "engine: sampling row %d: top_k %d, logprobs %d or u %g out of range", r - 1,
+                     p->top_k, p->n_logprobs, p->u);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int engine_step_sample(engine *e, kv_pool *pool, const engine_batch *b, const engine_sample *rows,
+                       engine_sampled *out, char *err, size_t errlen)
+{
+    if (check_batch(e, pool, b, err, errlen) || check_sample_rows(b, rows, err, errlen))
+        return -1;
+#ifdef SPARSED_CUDA
+    if (e->cuda)
+        return cuda_backend_step_sample(e->cuda, pool, b, rows, out, err, errlen);
+#endif
+    int V = e->m.n_vocab, n_rows = engine_batch_rows(b);
+    float *logits = malloc((size_t)(n_rows > 0 ? n_rows : 1) * V * sizeof *logits);
+    if (!logits) {
+        snprintf(err, errlen, "engine: out of memory for %d logit rows", n_rows);
+        return -1;
+    }
+    int n = engine_step(e, pool, b, logits, err, errlen);
+    for (int r = 0; r < n; r++) {
+        const float *x = logits + (size_t)r * V;
+        const engine_sample *p = &rows[r];
+        sampler_params sp;
+        sampler_params_default(&sp);
+        sp.temperature = p->temperature;
+        sp.top_p = p->top_p;
+        sp.top_k = p->top_k;
+        sp.min_p = p->min_p;
+        out[r].id = sampler_pick(&sp, x, V, p->u);
+        if (p->n_logprobs >= 0)
+            out[r].logprob = logprobs_top(x, V, out[r].id, p->n_logprobs, out[r].top_ids, out[r].top_lp);
+    }
+    free(logits);
+    return n;
+}

@@ -17,6 +17,7 @@ extern "C" {
 #include "engine/cuda/cuda_attn.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_kernels.cuh"
+#include "engine/cuda/sample.cuh"
 
 typedef struct dlayer {
     void *wqkv;                 /* [nqkv][E]: Q, K, V, index queries, index key */
@@ -69,6 +70,9 @@ struct cuda_backend {
     void *ws;
     void *blas_ws;              /* cuBLAS workspace (fixed, so GEMMs can be captured) */
     int *modes;                 /* [n_layers] attention mode of the current step */
+    size_t cap_srows, cap_sout;
+    engine_sample *srows;       /* sampling in the step: rows in, picks out */
+    engine_sampled *sout;
 
     /* CUDA graphs of decode steps (default; SPARSED_CUDA_GRAPHS=0 turns them off) */
     int use_graphs;
@@ -255,6 +259,7 @@ void cuda_backend_free(cuda_backend *cb)
     dfree(cb->kv);
     free_scratch(cb);
     dfree(cb->xl); dfree(cb->logits); dfree(cb->ids);
+    dfree(cb->srows); dfree(cb->sout);
     dfree(cb->dmeta);
     if (cb->hmeta)
         cudaFreeHost(cb->hmeta);
@@ -999,9 +1004,29 @@ static int run_graph(cuda_backend *cb, const engine_batch *b, const meta *mt, co
     return 0;
 }
 
+/* Samples each logit row on the device (sample.cuh) and brings back the
+ * picks, with the logprobs only when some row asked. */
+static int sample_rows(cuda_backend *cb, int R, const engine_sample *rows, engine_sampled *out, char *err,
+                       size_t errlen)
+{
+    int V = cb->e->m.n_vocab, lp = 0;
+    for (int r = 0; r < R; r++)
+        lp |= rows[r].n_logprobs >= 0;
+    CU(cudaMemcpyAsync(cb->srows, rows, (size_t)R * sizeof *rows, cudaMemcpyHostToDevice, cb->st));
+    sample_kernel<<<R, SK_T, 0, cb->st>>>(cb->logits, V, cb->srows, cb->sout);
+    CU(cudaGetLastError());
+    if (lp) {
+        CU(cudaMemcpyAsync(out, cb->sout, (size_t)R * sizeof *out, cudaMemcpyDeviceToHost, cb->st));
+    } else {   /* the ids alone: a strided copy of one int per row */
+        CU(cudaMemcpy2DAsync(out, sizeof *out, cb->sout, sizeof *out, sizeof(int32_t), (size_t)R,
+                             cudaMemcpyDeviceToHost, cb->st));
+    }
+    return 0;
+}
+
 template <typename S>
-static int step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *logits, int32_t *ids, char *err,
-                size_t errlen)
+static int step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *logits, int32_t *ids,
+                const engine_sample *srows, engine_sampled *sout, char *err, size_t errlen)
 {
     const model *m = &cb->e->m;
     meta mt;
@@ -1012,6 +1037,9 @@ static int step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *l
         cb->modes[l] = layer_mode(cb, l, mt.max_ctx, mt.T == mt.n_seqs);
     if (reserve(cb, b, &mt, cb->modes, err, errlen))
         return -1;
+    if (srows && (grow((void **)&cb->srows, &cb->cap_srows, (size_t)(mt.R ? mt.R : 1) * sizeof *srows, err, errlen) ||
+                  grow((void **)&cb->sout, &cb->cap_sout, (size_t)(mt.R ? mt.R : 1) * sizeof *sout, err, errlen)))
+        return -1;
     int want_ids = ids != NULL;
     /* decode steps (one token per sequence) replay a captured graph */
     int rc = cb->use_graphs && mt.T == mt.n_seqs
@@ -1021,6 +1049,8 @@ static int step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *l
         return -1;
     if (mt.R && ids)
         CU(cudaMemcpyAsync(ids, cb->ids, (size_t)mt.R * sizeof(int32_t), cudaMemcpyDeviceToHost, cb->st));
+    if (mt.R && srows && sample_rows(cb, mt.R, srows, sout, err, errlen))
+        return -1;
     if (mt.R && logits)
         CU(cudaMemcpyAsync(logits, cb->logits, (size_t)mt.R * m->n_vocab * sizeof(float), cudaMemcpyDeviceToHost,
                            cb->st));
@@ -1032,8 +1062,15 @@ static int step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *l
 int cuda_backend_step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *logits, int32_t *ids,
                       char *err, size_t errlen)
 {
-    return cb->f32 ? step<float>(cb, pool, b, logits, ids, err, errlen)
-                   : step<bf16>(cb, pool, b, logits, ids, err, errlen);
+    return cb->f32 ? step<float>(cb, pool, b, logits, ids, NULL, NULL, err, errlen)
+                   : step<bf16>(cb, pool, b, logits, ids, NULL, NULL, err, errlen);
+}
+
+int cuda_backend_step_sample(cuda_backend *cb, kv_pool *pool, const engine_batch *b, const engine_sample *rows,
+                             engine_sampled *out, char *err, size_t errlen)
+{
+    return cb->f32 ? step<float>(cb, pool, b, NULL, NULL, rows, out, err, errlen)
+                   : step<bf16>(cb, pool, b, NULL, NULL, rows, out, err, errlen);
 }
 
 int cuda_backend_graph_captures(const cuda_backend *cb) { return cb->n_captures; }

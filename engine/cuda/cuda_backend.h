@@ -43,6 +43,11 @@ void cuda_backend_free(cuda_backend *cb);
 int cuda_backend_step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *logits,
                       int32_t *ids, char *err, size_t errlen);
 
+/* As cuda_backend_step, sampling each logit row on the device by rows[r]
+ * (engine_step_sample): only the picks and requested logprobs come back. */
+int cuda_backend_step_sample(cuda_backend *cb, kv_pool *pool, const engine_batch *b, const engine_sample *rows,
+                             engine_sampled *out, char *err, size_t errlen);
+
 /* Device bytes of one KV page of layout l (all layers). */
 size_t cuda_backend_page_bytes(const cuda_backend *cb, const kv_layout *l);
 

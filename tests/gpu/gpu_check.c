@@ -15,7 +15,10 @@
  * every logit row: relative L2 error ||gpu - cpu|| / ||cpu||.  With
  * --greedy-ref it also decodes greedily from BOS on the GPU alone
  * (engine_step_greedy: argmax on the device) and counts how many of the
- * reference ids it reproduces.  --vs-dense adds a second GPU engine with
+ * reference ids it reproduces.  Each decode step also runs again with
+ * sampling inside the step (engine_step_sample: on the device) under a
+ * cycle of settings and random draws, against sampler_pick and
+ * logprobs_top on the logits the step returned.  --vs-dense adds a second GPU engine with
  * dense attention (same batches; a sparse run whose top-k covers every
  * block must equal it); --vs-generic one with the generic attention
  * kernels instead of the tuned ones; --vs-graphs one that replays decode
@@ -76,8 +79,8 @@ static void run_close(run *r)
 }
 
 /* One batch over n sequences: seq i computes toks[i][past[i] .. past[i]+nn[i]). */
-static int run_step(run *r, int n, int32_t **toks, const int *past, const int *nn, const int *want,
-                    float *logits, int32_t *ids)
+static int run_step_s(run *r, int n, int32_t **toks, const int *past, const int *nn, const int *want,
+                      float *logits, int32_t *ids, const engine_sample *srows, engine_sampled *sout)
 {
     engine_seq es[MAX_SEQS];
     int32_t flat[8192];
@@ -92,11 +95,18 @@ static int run_step(run *r, int n, int32_t **toks, const int *past, const int *n
         T += nn[i];
     }
     engine_batch b = {.n_tokens = T, .tokens = flat, .n_seqs = n, .seqs = es};
-    int rows = ids ? engine_step_greedy(r->e, r->pool, &b, ids, err, sizeof err)
-                   : engine_step(r->e, r->pool, &b, logits, err, sizeof err);
+    int rows = srows ? engine_step_sample(r->e, r->pool, &b, srows, sout, err, sizeof err)
+               : ids ? engine_step_greedy(r->e, r->pool, &b, ids, err, sizeof err)
+                     : engine_step(r->e, r->pool, &b, logits, err, sizeof err);
     if (rows < 0)
         die("engine_step", err);
     return rows;
+}
+
+static int run_step(run *r, int n, int32_t **toks, const int *past, const int *nn, const int *want,
+                    float *logits, int32_t *ids)
+{
+    return run_step_s(r, n, toks, past, nn, want, logits, ids, NULL, NULL);
 }
 
 static double rel_err(const float *a, const float *ref, int n)
@@ -121,6 +131,61 @@ static int argmax(const float *x, int n)
     return b;
 }
 
+/* Sampling inside the step (on the GPU: on the device) against the host's
+ * sampler_pick and logprobs_top on the logits the same step gave. */
+typedef struct sstats {
+    int rows, diff, lp_rows, lp_diff;
+    double lp_err;
+} sstats;
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static int rnd(int n);
+
+static void check_sampling(sstats *st, run *r, int n, int32_t **toks, const int *past, const int *nn,
+                           const int *want, const float *logits, int V, int step)
+{
+    static const engine_sample kinds[] = {
+        {.temperature = 0}, {.temperature = 0.8f, .top_p = 1}, {.temperature = 1.3f, .top_p = 1, .top_k = 5},
+        {.temperature = 1.0f, .top_p = 0.7f}, {.temperature = 0.9f, .top_p = 0.9f, .min_p = 0.05f, .top_k = 40},
+        {.temperature = 1.1f, .top_p = 1, .min_p = 0.2f}, {.temperature = 1.0f, .top_p = 1, .top_k = 1024},
+        {.temperature = 2.0f, .top_p = 0.95f}, {.temperature = 0.5f, .top_p = 0.5f, .top_k = 700}};
+    int K = (int)(sizeof kinds / sizeof kinds[0]);
+    engine_sample rows[MAX_SEQS];
+    engine_sampled out[MAX_SEQS];
+    for (int i = 0; i < n; i++) {
+        rows[i] = kinds[(step * n + i) % K];
+        rows[i].u = (double)rnd(1 << 30) / (double)(1 << 30);
+        rows[i].n_logprobs = (i + step) % 3 == 0 ? 5 : -1;
+    }
+    run_step_s(r, n, toks, past, nn, want, NULL, NULL, rows, out);
+    for (int i = 0; i < n; i++) {
+        const float *x = logits + (size_t)i * V;
+        sampler_params sp;
+        sampler_params_default(&sp);
+        sp.temperature = rows[i].temperature;
+        sp.top_p = rows[i].top_p;
+        sp.top_k = rows[i].top_k;
+        sp.min_p = rows[i].min_p;
+        int want_id = sampler_pick(&sp, x, V, rows[i].u);
+        st->rows++;
+        st->diff += out[i].id != want_id;
+        if (rows[i].n_logprobs < 0)
+            continue;
+        int32_t ti[ENGINE_MAX_LOGPROBS];
+        float tl[ENGINE_MAX_LOGPROBS];
+        float lp = logprobs_top(x, V, out[i].id, rows[i].n_logprobs, ti, tl);
+        double e = fabs((double)lp - out[i].logprob);
+        int bad = 0;
+        for (int k = 0; k < rows[i].n_logprobs; k++) {
+            bad |= ti[k] != out[i].top_ids[k];
+            e = fmax(e, fabs((double)tl[k] - out[i].top_lp[k]));
+        }
+        st->lp_rows++;
+        st->lp_diff += bad;
+        st->lp_err = fmax(st->lp_err, e);
+    }
+}
+
 typedef struct stats {
     double max_err, sum_err;
     int rows, agree;
@@ -143,7 +208,6 @@ static void print_stats(const char *name, const stats *s)
            s->max_err, s->rows ? s->sum_err / s->rows : 0.0, s->agree);
 }
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static int rnd(int n)
 {
     rng ^= rng << 13;
@@ -275,6 +339,7 @@ int main(int argc, char **argv)
     float *lg = malloc((size_t)max_rows * V * sizeof(float));
     float *la = malloc((size_t)max_rows * V * sizeof(float));
     stats s_pre = {0}, s_dec = {0}, s_alt = {0};
+    sstats s_smp = {0};
     int fail = 0;
 
     /* prefill: all sequences in one ragged batch */
@@ -302,12 +367,18 @@ int main(int argc, char **argv)
         rows = run_step(&cpu, n_seqs, toks, past, nn, want, lc, NULL);
         run_step(&gpu, n_seqs, toks, past, nn, want, lg, NULL);
         compare(&s_dec, lg, lc, rows, V);
+        /* the same step again, sampled in the step (same K/V written) */
+        check_sampling(&s_smp, &gpu, n_seqs, toks, past, nn, want, lg, V, step);
         if (alt.e) {
             run_step(&alt, n_seqs, toks, past, nn, want, la, NULL);
             compare(&s_alt, lg, la, rows, V);
         }
     }
     if (s_pre.max_err > tol || s_dec.max_err > tol || (alt.e && s_alt.max_err > tol_alt))
+        fail = 1;
+    /* the same rule on the same logits: equal picks (a pick may differ only
+     * when u falls within rounding of a boundary: never seen at this size) */
+    if (s_smp.diff || s_smp.lp_diff || s_smp.lp_err > 1e-4)
         fail = 1;
 
     printf("{\"label\":\"%s\",\"model\":\"%s\",\"dtype\":\"%s\",\"device\":\"%s\",\"n_vocab\":%d,"
@@ -322,6 +393,8 @@ int main(int argc, char **argv)
     print_stats("decode_vs_cpu", &s_dec);
     if (alt.e)
         print_stats(alt_name, &s_alt);
+    printf(",\"sample_in_step\":{\"rows\":%d,\"picks_differ\":%d,\"logprob_rows\":%d,\"top_ids_differ\":%d,"
+           "\"max_logprob_err\":%.2e}", s_smp.rows, s_smp.diff, s_smp.lp_rows, s_smp.lp_diff, s_smp.lp_err);
 
     if (greedy_ref) {
         int32_t ref[1024], ids[1];

@@ -85,6 +85,10 @@ fi
 check stories-f32 --model $M/stories260K.gguf --dtype f32 --tol 1e-4 --greedy-ref $REF
 check stories-f32-graphs --model $M/stories260K.gguf --dtype f32 --tol 1e-4 --greedy-ref $REF --graphs
 check stories-bf16 --model $M/stories260K.gguf --greedy-ref $REF --greedy-info
+# sampling in the step over a 32K vocabulary (31+ logits per thread of the device sampler)
+$P/bin/mkmodel --out $W/llama-v32k.gguf --layers 2 --embd 256 --heads 4 --kv-heads 2 --head-dim 64 --ff 512 \
+    --vocab 32000 --type q8_0 --seed 5 >/dev/null
+check llama-v32k-bf16 --model $W/llama-v32k.gguf --prompts 60,20,7 --decode 24
 # random Llama, head dim 128: tuned attention kernels, against the CPU and the generic kernel
 check llama-q4k-bf16 --model $M/llama-q4k.gguf --prompts 300,77,5 --vs-generic
 check llama-q4k-f32 --model $M/llama-q4k.gguf --dtype f32 --tol 1e-4 --prompts 300,77,5

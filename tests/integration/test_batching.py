@@ -146,3 +146,46 @@ def test_preemption_all_complete(make_daemon):
         alone = d.post("/v1/completions", dict(body, prompt=prompts[i])).json()
         assert alone["choices"][0]["text"] == results[i].json()["choices"][0]["text"]
     assert d.metrics()["sparsed_kv_pages_used"] == 0
+
+
+SAMPLING = [dict(temperature=0.8), dict(temperature=1.3, top_k=5), dict(temperature=1.0, top_p=0.7),
+            dict(temperature=0.9, top_k=40, top_p=0.9, min_p=0.05), dict(temperature=1.1, min_p=0.2),
+            dict(temperature=0.7, top_p=0.95, logprobs=3), dict(temperature=1.0, top_k=2000)]
+
+
+def sampled(d, i, kw, host=False):
+    body = dict(kw, prompt=story(i), max_tokens=24, seed=100 + i, ignore_eos=True)
+    if "logprobs" not in body:
+        body["logprobs"] = 0
+    if host:   # a logit bias of 0 changes no logit but sends the row to the host sampler
+        body["logit_bias"] = {"1": 0}
+    return run_stream(d, body)
+
+
+def test_sampling_in_the_step_matches_the_host(daemon):
+    """Rows with only temperature, top-k, top-p and min-p are sampled inside
+    the engine step (on a GPU, on the device); rows with a logit bias on the
+    host.  The same seed gives the same tokens and logprobs either way, alone
+    or batched with other rows of other settings."""
+    n = len(SAMPLING)
+    alone = [sampled(daemon, i, SAMPLING[i]) for i in range(n)]
+    host = [sampled(daemon, i, SAMPLING[i], host=True) for i in range(n)]
+    for i in range(n):
+        assert len(alone[i][0]) == 24
+        assert alone[i] == host[i], "settings %r: step and host samplers differ" % SAMPLING[i]
+    assert len({tuple(a[0]) for a in alone}) > 1, "different settings and seeds gave one output"
+
+    results = [None] * n
+    barrier = threading.Barrier(n)
+
+    def worker(i):
+        barrier.wait()
+        results[i] = sampled(daemon, i, SAMPLING[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(n):
+        assert results[i] == alone[i], "settings %r differ when batched" % SAMPLING[i]

@@ -1,0 +1,467 @@
+/* Sampling on the device: sampler_pick's rule (engine/sampler.c) and
+ * logprobs_top over each logit row, one block of SK_T threads per row, so
+ * only the chosen ids (and requested logprobs) go back to the host.
+ *
+ * Same rule, same order of the draw: top-k survivors sorted by rank and
+ * walked in that order, every other draw walked in id order, each thread
+ * owning a contiguous run of ids.  Sums are in double like the host's;
+ * they differ from it only in association order (and expf in an ulp), so
+ * a pick can differ from the host's only when u falls within rounding of a
+ * boundary.  Thresholds (the k-th best, the top-p cut) are found by
+ * bisection over order-preserving 32-bit keys of the logits, with ties
+ * broken by id as on the host.  Included by cuda_backend.cu.
+ */
+#include <float.h>
+
+#define SK_T 1024
+#define SK_W (SK_T / 32)
+
+struct SkShared {
+    double d[SK_W];
+    float f[SK_W];
+    int i[SK_W];
+    float cv[SK_T];   /* top-k candidates: value, id, weight */
+    int ci[SK_T];
+    float cw[SK_T];
+    int n_cand;
+    int result;
+};
+
+static __device__ __forceinline__ float sk_clean(float v) { return v != v ? -INFINITY : v; }
+
+/* a ranks before b: higher value, then lower id */
+static __device__ __forceinline__ bool sk_better(float av, int ai, float bv, int bi)
+{
+    return av > bv || (av == bv && ai < bi);
+}
+
+/* Order-preserving key of a float (NaN cleaned to -inf before). */
+static __device__ __forceinline__ unsigned sk_key(float f)
+{
+    unsigned u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static __device__ double sk_sum(SkShared &sh, double v)
+{
+    for (int o = 16; o; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __syncthreads();
+    if (lane == 0)
+        sh.d[w] = v;
+    __syncthreads();
+    double t = 0;
+    for (int k = 0; k < SK_W; k++)   /* fixed order: every thread gets the same bits */
+        t += sh.d[k];
+    return t;
+}
+
+static __device__ int sk_count(SkShared &sh, int v)
+{
+    v = __reduce_add_sync(0xffffffffu, v);
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __syncthreads();
+    if (lane == 0)
+        sh.i[w] = v;
+    __syncthreads();
+    int t = 0;
+    for (int k = 0; k < SK_W; k++)
+        t += sh.i[k];
+    return t;
+}
+
+/* Best (value, id) over the block by rank; id INT_MAX when nothing qualified. */
+static __device__ void sk_best(SkShared &sh, float &bv, int &bi)
+{
+    for (int o = 16; o; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (sk_better(ov, oi, bv, bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __syncthreads();
+    if (lane == 0) {
+        sh.f[w] = bv;
+        sh.i[w] = bi;
+    }
+    __syncthreads();
+    bv = sh.f[0];
+    bi = sh.i[0];
+    for (int k = 1; k < SK_W; k++)
+        if (sk_better(sh.f[k], sh.i[k], bv, bi)) {
+            bv = sh.f[k];
+            bi = sh.i[k];
+        }
+}
+
+/* Exclusive prefix over the block of one double per thread (thread order). */
+static __device__ double sk_scan(SkShared &sh, double v)
+{
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    double inc = v;
+    for (int o = 1; o < 32; o <<= 1) {
+        double y = __shfl_up_sync(0xffffffffu, inc, o);
+        if (lane >= o)
+            inc += y;
+    }
+    __syncthreads();
+    if (lane == 31)
+        sh.d[w] = inc;
+    __syncthreads();
+    double before = 0;
+    for (int k = 0; k < w; k++)
+        before += sh.d[k];
+    return before + inc - v;
+}
+
+/* The draw over a set in id order: the first id of the set whose running
+ * mass passes target, else the set's last id (target rounded up to the
+ * total).  in(i, w) says whether id i is in the set, and its weight. */
+template <typename In>
+static __device__ int sk_walk(SkShared &sh, int lo, int hi, double target, In in)
+{
+    double mine = 0;
+    int last = -1;
+    for (int i = lo; i < hi; i++) {
+        float w;
+        if (in(i, w)) {
+            mine += w;
+            last = i;
+        }
+    }
+    double acc = sk_scan(sh, mine);
+    if (threadIdx.x == 0)
+        sh.result = INT_MAX;
+    __syncthreads();
+    if (mine > 0 && target >= acc && target < acc + mine) {
+        int r = last;   /* rounding may leave the crossing short of the run's end */
+        for (int i = lo; i < hi; i++) {
+            float w;
+            if (!in(i, w))
+                continue;
+            acc += w;
+            if (target < acc) {
+                r = i;
+                break;
+            }
+        }
+        atomicMin(&sh.result, r);   /* runs that overlap by rounding: the lowest id */
+    }
+    __syncthreads();
+    int r = sh.result;
+    if (r != INT_MAX)
+        return r;
+    for (int o = 16; o; o >>= 1)
+        last = max(last, __shfl_xor_sync(0xffffffffu, last, o));
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0)
+        sh.i[threadIdx.x >> 5] = last;
+    __syncthreads();
+    int t = -1;
+    for (int k = 0; k < SK_W; k++)
+        t = max(t, sh.i[k]);
+    return t;
+}
+
+/* Largest key t with f(t) true, f monotone (true at 0 when any key is). */
+template <typename F>
+static __device__ unsigned sk_bisect(F f)
+{
+    unsigned a = 0, b = 0xffffffffu;
+    while (a < b) {
+        unsigned mid = a + (unsigned)(((unsigned long long)b - a + 1) / 2);
+        if (f(mid))
+            a = mid;
+        else
+            b = mid - 1;
+    }
+    return a;
+}
+
+__global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V, const engine_sample *rows,
+                                                      engine_sampled *out)
+{
+    __shared__ SkShared sh;
+    const float *x = logits + (size_t)blockIdx.x * V;
+    const engine_sample p = rows[blockIdx.x];
+    int chunk = (V + SK_T - 1) / SK_T;
+    int lo = min(V, (int)threadIdx.x * chunk), hi = min(V, lo + chunk);
+
+    /* argmax, lowest id on ties; all -inf gives 0 like the host */
+    float vmax = -INFINITY;
+    int best = INT_MAX;
+    for (int i = lo; i < hi; i++) {
+        float v = sk_clean(x[i]);
+        if (sk_better(v, i, vmax, best) && v > -INFINITY) {
+            vmax = v;
+            best = i;
+        }
+    }
+    sk_best(sh, vmax, best);
+    if (best == INT_MAX) {
+        best = 0;
+        vmax = -INFINITY;
+    }
+
+    int pick = best;
+    float T = p.temperature;
+    float fit = (float)(1.0 / T);
+    if (T > 0 && vmax != -INFINITY && vmax != INFINITY && isfinite(fit) && p.top_p > 0) {
+        float wmin = p.min_p > 0 ? fminf(p.min_p, 1.0f) : 0.0f;
+        int k = p.top_k > 0 && p.top_k < V ? p.top_k : 0;
+        bool use_p = p.top_p < 1.0f;
+        if (k) {
+            /* the k best finite logits by rank (fewer when fewer are finite) */
+            int n_fin = 0;
+            for (int i = lo; i < hi; i++)
+                n_fin += sk_clean(x[i]) > -INFINITY;
+            n_fin = sk_count(sh, n_fin);
+            unsigned thr = 0;
+            int need_ties = 0;   /* of the ties at thr, the lowest ids taken */
+            bool all = n_fin <= k;
+            if (!all) {
+                thr = sk_bisect([&](unsigned t) {
+                    int c = 0;
+                    for (int i = lo; i < hi; i++) {
+                        float v = sk_clean(x[i]);
+                        c += v > -INFINITY && sk_key(v) >= t;
+                    }
+                    return sk_count(sh, c) >= k;
+                });
+                int gt = 0, eq = 0;
+                for (int i = lo; i < hi; i++) {
+                    float v = sk_clean(x[i]);
+                    if (v > -INFINITY) {
+                        gt += sk_key(v) > thr;
+                        eq += sk_key(v) == thr;
+                    }
+                }
+                need_ties = k - sk_count(sh, gt);
+                /* ties before this thread's run, in id order */
+                int tb = (int)sk_scan(sh, (double)eq);
+                eq = tb;   /* reuse as the running tie rank */
+                if (threadIdx.x == 0)
+                    sh.n_cand = 0;
+                __syncthreads();
+                for (int i = lo; i < hi; i++) {
+                    float v = sk_clean(x[i]);
+                    if (!(v > -INFINITY))
+                        continue;
+                    unsigned kk = sk_key(v);
+                    bool take = kk > thr || (kk == thr && eq++ < need_ties);
+                    if (take) {
+                        int s = atomicAdd(&sh.n_cand, 1);
+                        sh.cv[s] = v;
+                        sh.ci[s] = i;
+                    }
+                }
+            } else {
+                if (threadIdx.x == 0)
+                    sh.n_cand = 0;
+                __syncthreads();
+                for (int i = lo; i < hi; i++) {
+                    float v = sk_clean(x[i]);
+                    if (v > -INFINITY) {
+                        int s = atomicAdd(&sh.n_cand, 1);
+                        sh.cv[s] = v;
+                        sh.ci[s] = i;
+                    }
+                }
+            }
+            __syncthreads();
+            int n = sh.n_cand;
+            int t = threadIdx.x;
+            if (t >= n) {
+                sh.cv[t] = -INFINITY;
+                sh.ci[t] = INT_MAX;
+            }
+            __syncthreads();
+            /* bitonic sort of SK_T entries, best first */
+            for (int size = 2; size <= SK_T; size <<= 1)
+                for (int stride = size >> 1; stride > 0; stride >>= 1) {
+                    int j = t ^ stride;
+                    if (j > t) {
+                        bool up = (t & size) == 0;
+                        float av = sh.cv[t], bv = sh.cv[j];
+                        int ai = sh.ci[t], bi = sh.ci[j];
+                        bool swap = up ? sk_better(bv, bi, av, ai) : sk_better(av, ai, bv, bi);
+                        if (swap) {
+                            sh.cv[t] = bv;
+                            sh.cv[j] = av;
+                            sh.ci[t] = bi;
+                            sh.ci[j] = ai;
+                        }
+                    }
+                    __syncthreads();
+                }
+            if (t < n)
+                sh.cw[t] = expf((sh.cv[t] - vmax) * fit);
+            __syncthreads();
+            if (t == 0) {
+                /* the host's loop, in the same order */
+                double z = 0;
+                for (int i = 0; i < n; i++)
+                    z += sh.cw[i];
+                double acc = 0, target = use_p ? (double)p.top_p * z : INFINITY;
+                int cut = n;
+                for (int i = 0; i < n; i++) {
+                    if (sh.cw[i] < wmin) {
+                        cut = i;
+                        break;
+                    }
+                    acc += sh.cw[i];
+                    if (acc >= target) {
+                        cut = i + 1;
+                        break;
+                    }
+                }
+                if (cut < 1)
+                    cut = 1;
+                double zc = 0;
+                for (int i = 0; i < cut; i++)
+                    zc += sh.cw[i];
+                double u = p.u * zc;
+                int r = sh.ci[0];
+                acc = 0;
+                for (int i = 0; i < cut; i++) {
+                    if (sh.cw[i] <= 0)
+                        continue;
+                    acc += sh.cw[i];
+                    r = sh.ci[i];
+                    if (u < acc)
+                        break;
+                }
+                sh.result = r;
+            }
+            __syncthreads();
+            pick = sh.result;
+        } else {
+            double z = 0, zk = 0;
+            for (int i = lo; i < hi; i++) {
+                float w = expf((sk_clean(x[i]) - vmax) * fit);
+                z += w;
+                if (w >= wmin)
+                    zk += w;
+            }
+            z = sk_sum(sh, z);
+            zk = sk_sum(sh, zk);
+            if (!use_p) {
+                pick = sk_walk(sh, lo, hi, p.u * zk, [&](int i, float &w) {
+                    w = expf((sk_clean(x[i]) - vmax) * fit);
+                    return w >= wmin && w > 0;
+                });
+            } else {
+                float eps = fmaxf((float)(0.5 * (1.0 - (double)p.top_p) * z / V), wmin);
+                double target = (double)p.top_p * z;
+                auto wt = [&](int i) { return expf((sk_clean(x[i]) - vmax) * fit); };
+                /* mass of the candidates (w >= eps, w > 0) with key >= t */
+                auto mass = [&](unsigned t) {
+                    double m = 0;
+                    for (int i = lo; i < hi; i++) {
+                        float v = sk_clean(x[i]), w = wt(i);
+                        if (w >= eps && w > 0 && sk_key(v) >= t)
+                            m += w;
+                    }
+                    return sk_sum(sh, m);
+                };
+                /* the nucleus: the fewest best candidates reaching target,
+                 * all of them when none does */
+                unsigned thr = 0;
+                int tie_cut = INT_MAX;   /* ties at thr kept up to this id */
+                if (mass(0) >= target) {
+                    thr = sk_bisect([&](unsigned t) { return mass(t) >= target; });
+                    double gt = thr == 0xffffffffu ? 0.0 : mass(thr + 1);
+                    double mine = 0;
+                    for (int i = lo; i < hi; i++) {
+                        float v = sk_clean(x[i]), w = wt(i);
+                        if (w >= eps && w > 0 && sk_key(v) == thr)
+                            mine += w;
+                    }
+                    double acc = gt + sk_scan(sh, mine);
+                    if (threadIdx.x == 0)
+                        sh.result = INT_MAX;
+                    __syncthreads();
+                    if (mine > 0 && acc < target && acc + mine >= target) {
+                        for (int i = lo; i < hi; i++) {
+                            float v = sk_clean(x[i]), w = wt(i);
+                            if (!(w >= eps && w > 0 && sk_key(v) == thr))
+                                continue;
+                            acc += w;
+                            if (acc >= target) {
+                                atomicMin(&sh.result, i);
+                                break;
+                            }
+                        }
+                    }
+                    __syncthreads();
+                    tie_cut = sh.result;
+                    __syncthreads();
+                }
+                auto in = [&](int i, float &w) {
+                    float v = sk_clean(x[i]);
+                    w = wt(i);
+                    if (!(w >= eps && w > 0))
+                        return false;
+                    unsigned kk = sk_key(v);
+                    return kk > thr || (kk == thr && i <= tie_cut);
+                };
+                double zn = 0;
+                for (int i = lo; i < hi; i++) {
+                    float w;
+                    if (in(i, w))
+                        zn += w;
+                }
+                zn = sk_sum(sh, zn);
+                pick = sk_walk(sh, lo, hi, p.u * zn, in);
+                if (pick < 0)
+                    pick = best;
+            }
+        }
+    }
+
+    engine_sampled *o = out + blockIdx.x;
+    if (threadIdx.x == 0)
+        o->id = pick;
+    if (p.n_logprobs < 0)
+        return;
+    /* logprobs_top: log-softmax of the raw row */
+    double lse = vmax;
+    if (isfinite(vmax)) {
+        double z = 0;
+        for (int i = lo; i < hi; i++)
+            z += expf(sk_clean(x[i]) - vmax);
+        lse = vmax + log(sk_sum(sh, z));
+    }
+    bool ok = isfinite(lse);
+    if (threadIdx.x == 0)
+        o->logprob = ok && pick >= 0 && pick < V ? (float)(sk_clean(x[pick]) - lse) : -INFINITY;
+    /* the n best by rank, -inf entries included, one block max each */
+    float pv = INFINITY;
+    int pi = -1;
+    for (int j = 0; j < p.n_logprobs; j++) {
+        float bv = -INFINITY;
+        int bi = INT_MAX;
+        bool any = false;
+        for (int i = lo; i < hi; i++) {
+            float v = sk_clean(x[i]);
+            if (sk_better(pv, pi, v, i) && (!any || sk_better(v, i, bv, bi))) {
+                bv = v;
+                bi = i;
+                any = true;
+            }
+        }
+        sk_best(sh, bv, bi);
+        if (threadIdx.x == 0) {
+            o->top_ids[j] = bi == INT_MAX ? -1 : bi;
+            o->top_lp[j] = bi != INT_MAX && ok ? (float)(bv - lse) : -INFINITY;
+        }
+        pv = bv;
+        pi = bi;
+        if (bi == INT_MAX)
+            pv = -INFINITY, pi = INT_MAX;   /* nothing left: the rest stay empty */
+    }
+}
