@@ -27,6 +27,15 @@ struct SkShared {
     int result;
 };
 
+/* A block barrier with each warp converged first: the lanes of a warp
+ * split in data-dependent branches, and a barrier reached by a split warp
+ * was seen not to order shared memory (H200, CUDA 13). */
+static __device__ __forceinline__ void sk_sync()
+{
+    __syncwarp();
+    __syncthreads();
+}
+
 static __device__ __forceinline__ float sk_clean(float v) { return v != v ? -INFINITY : v; }
 
 /* a ranks before b: higher value, then lower id */
@@ -47,10 +56,10 @@ static __device__ double sk_sum(SkShared &sh, double v)
     for (int o = 16; o; o >>= 1)
         v += __shfl_xor_sync(0xffffffffu, v, o);
     int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    __syncthreads();
+    sk_sync();
     if (lane == 0)
         sh.d[w] = v;
-    __syncthreads();
+    sk_sync();
     double t = 0;
     for (int k = 0; k < SK_W; k++)   /* fixed order: every thread gets the same bits */
         t += sh.d[k];
@@ -61,10 +70,10 @@ static __device__ int sk_count(SkShared &sh, int v)
 {
     v = __reduce_add_sync(0xffffffffu, v);
     int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    __syncthreads();
+    sk_sync();
     if (lane == 0)
         sh.i[w] = v;
-    __syncthreads();
+    sk_sync();
     int t = 0;
     for (int k = 0; k < SK_W; k++)
         t += sh.i[k];
@@ -77,25 +86,28 @@ static __device__ void sk_best(SkShared &sh, float &bv, int &bi)
     for (int o = 16; o; o >>= 1) {
         float ov = __shfl_xor_sync(0xffffffffu, bv, o);
         int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (sk_better(ov, oi, bv, bi)) {
-            bv = ov;
-            bi = oi;
-        }
+        bool t = sk_better(ov, oi, bv, bi);
+        bv = t ? ov : bv;
+        bi = t ? oi : bi;
     }
     int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    __syncthreads();
+    sk_sync();
     if (lane == 0) {
         sh.f[w] = bv;
         sh.i[w] = bi;
     }
-    __syncthreads();
-    bv = sh.f[0];
-    bi = sh.i[0];
-    for (int k = 1; k < SK_W; k++)
-        if (sk_better(sh.f[k], sh.i[k], bv, bi)) {
-            bv = sh.f[k];
-            bi = sh.i[k];
-        }
+    sk_sync();
+    float rv = sh.f[0];
+    int ri = sh.i[0];
+    for (int k = 1; k < SK_W; k++) {
+        float v = sh.f[k];
+        int i = sh.i[k];
+        bool t = sk_better(v, i, rv, ri);
+        rv = t ? v : rv;
+        ri = t ? i : ri;
+    }
+    bv = rv;
+    bi = ri;
 }
 
 /* Exclusive prefix over the block of one double per thread (thread order). */
@@ -108,10 +120,10 @@ static __device__ double sk_scan(SkShared &sh, double v)
         if (lane >= o)
             inc += y;
     }
-    __syncthreads();
+    sk_sync();
     if (lane == 31)
         sh.d[w] = inc;
-    __syncthreads();
+    sk_sync();
     double before = 0;
     for (int k = 0; k < w; k++)
         before += sh.d[k];
@@ -136,7 +148,7 @@ static __device__ int sk_walk(SkShared &sh, int lo, int hi, double target, In in
     double acc = sk_scan(sh, mine);
     if (threadIdx.x == 0)
         sh.result = INT_MAX;
-    __syncthreads();
+    sk_sync();
     if (mine > 0 && target >= acc && target < acc + mine) {
         int r = last;   /* rounding may leave the crossing short of the run's end */
         for (int i = lo; i < hi; i++) {
@@ -151,16 +163,16 @@ static __device__ int sk_walk(SkShared &sh, int lo, int hi, double target, In in
         }
         atomicMin(&sh.result, r);   /* runs that overlap by rounding: the lowest id */
     }
-    __syncthreads();
+    sk_sync();
     int r = sh.result;
     if (r != INT_MAX)
         return r;
     for (int o = 16; o; o >>= 1)
         last = max(last, __shfl_xor_sync(0xffffffffu, last, o));
-    __syncthreads();
+    sk_sync();
     if ((threadIdx.x & 31) == 0)
         sh.i[threadIdx.x >> 5] = last;
-    __syncthreads();
+    sk_sync();
     int t = -1;
     for (int k = 0; k < SK_W; k++)
         t = max(t, sh.i[k]);
@@ -246,7 +258,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                 eq = tb;   /* reuse as the running tie rank */
                 if (threadIdx.x == 0)
                     sh.n_cand = 0;
-                __syncthreads();
+                sk_sync();
                 for (int i = lo; i < hi; i++) {
                     float v = sk_clean(x[i]);
                     if (!(v > -INFINITY))
@@ -262,7 +274,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
             } else {
                 if (threadIdx.x == 0)
                     sh.n_cand = 0;
-                __syncthreads();
+                sk_sync();
                 for (int i = lo; i < hi; i++) {
                     float v = sk_clean(x[i]);
                     if (v > -INFINITY) {
@@ -272,14 +284,14 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                     }
                 }
             }
-            __syncthreads();
+            sk_sync();
             int n = sh.n_cand;
             int t = threadIdx.x;
             if (t >= n) {
                 sh.cv[t] = -INFINITY;
                 sh.ci[t] = INT_MAX;
             }
-            __syncthreads();
+            sk_sync();
             /* bitonic sort of SK_T entries, best first */
             for (int size = 2; size <= SK_T; size <<= 1)
                 for (int stride = size >> 1; stride > 0; stride >>= 1) {
@@ -296,11 +308,11 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                             sh.ci[j] = ai;
                         }
                     }
-                    __syncthreads();
+                    sk_sync();
                 }
             if (t < n)
                 sh.cw[t] = expf((sh.cv[t] - vmax) * fit);
-            __syncthreads();
+            sk_sync();
             if (t == 0) {
                 /* the host's loop, in the same order */
                 double z = 0;
@@ -337,7 +349,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                 }
                 sh.result = r;
             }
-            __syncthreads();
+            sk_sync();
             pick = sh.result;
         } else {
             double z = 0, zk = 0;
@@ -384,7 +396,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                     double acc = gt + sk_scan(sh, mine);
                     if (threadIdx.x == 0)
                         sh.result = INT_MAX;
-                    __syncthreads();
+                    sk_sync();
                     if (mine > 0 && acc < target && acc + mine >= target) {
                         for (int i = lo; i < hi; i++) {
                             float v = sk_clean(x[i]), w = wt(i);
@@ -397,9 +409,9 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                             }
                         }
                     }
-                    __syncthreads();
+                    sk_sync();
                     tie_cut = sh.result;
-                    __syncthreads();
+                    sk_sync();
                 }
                 auto in = [&](int i, float &w) {
                     float v = sk_clean(x[i]);

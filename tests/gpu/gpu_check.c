@@ -18,7 +18,8 @@
  * reference ids it reproduces.  Each decode step also runs again with
  * sampling inside the step (engine_step_sample: on the device) under a
  * cycle of settings and random draws, against sampler_pick and
- * logprobs_top on the logits the step returned.  --vs-dense adds a second GPU engine with
+ * logprobs_top on the logits the step returned (GPU_CHECK_DEBUG=1 prints
+ * the rows that differ).  --vs-dense adds a second GPU engine with
  * dense attention (same batches; a sparse run whose top-k covers every
  * block must equal it); --vs-generic one with the generic attention
  * kernels instead of the tuned ones; --vs-graphs one that replays decode
@@ -179,6 +180,14 @@ static void check_sampling(sstats *st, run *r, int n, int32_t **toks, const int 
         for (int k = 0; k < rows[i].n_logprobs; k++) {
             bad |= ti[k] != out[i].top_ids[k];
             e = fmax(e, fabs((double)tl[k] - out[i].top_lp[k]));
+        }
+        if ((bad || e > 1e-4 || out[i].id != want_id) && getenv("GPU_CHECK_DEBUG")) {
+            fprintf(stderr, "row %d step %d kind T=%g k=%d p=%g minp=%g u=%g pick dev %d host %d\n", i, step,
+                    rows[i].temperature, rows[i].top_k, rows[i].top_p, rows[i].min_p, rows[i].u, out[i].id, want_id);
+            fprintf(stderr, "  lp dev %g host %g\n", out[i].logprob, lp);
+            for (int k = 0; k < rows[i].n_logprobs; k++)
+                fprintf(stderr, "  top %d: dev %d %g  host %d %g (x %g)\n", k, out[i].top_ids[k], out[i].top_lp[k],
+                        ti[k], tl[k], x[ti[k]]);
         }
         st->lp_rows++;
         st->lp_diff += bad;
