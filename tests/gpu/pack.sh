@@ -9,6 +9,9 @@ cd "$(dirname "$0")/../.."
 B=build-cuda
 P=$B/gpu-pack
 [ -f $B/build.ninja ] || meson setup $B -Dcuda=enabled
+# meson records no header dependencies for nvcc: rebuild the CUDA objects so
+# that an edited .cuh is never packed stale
+rm -f $B/engine/cuda/libsparsed_cuda.a.p/*.o
 ninja -C $B sparsed tests/gpu/gpu_check bench/gpu_model_bench tools/mkmodel
 rm -rf $P
 mkdir -p $P/bin $P/lib $P/models $P/data
