@@ -8,7 +8,9 @@ completions back to back.  Records for the long request: the HTTP status,
 prompt tokens, time to first token, the SSE keep-alive comments received
 while it was prefilled (count and the longest silence), and its decode
 rate; for the other streams: inter-token latency and completed requests
-during the long prefill and outside it.  Standard library only.
+during the long prefill (from when the body was tokenized, timed with the
+same document refused for asking more tokens than the context holds, to
+the first token) and outside it.  Standard library only.
 
     long_request.py --url http://127.0.0.1:8080 --tokens 1048000 --out res.json
 """
@@ -110,6 +112,18 @@ def main():
     rng = random.Random(11)
     doc = " ".join(rng.choice(words) for _ in range(n_words))
 
+    # parsing and tokenizing the body alone: the same document with more
+    # tokens asked than the context holds is refused once it is tokenized
+    t0 = time.perf_counter()
+    u = urllib.parse.urlparse(a.url)
+    c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=600)
+    c.request("POST", "/v1/completions", body=json.dumps({"prompt": doc, "max_tokens": 1 << 30}),
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    r.read()
+    tokenize_s = time.perf_counter() - t0 if r.status == 400 else 0.0
+    c.close()
+
     stop = threading.Event()
     others = []   # per request: {"t0", "times": [token times], "ok"}
     lock = threading.Lock()
@@ -168,7 +182,8 @@ def main():
     marks = [t_send] + long["comments"] + ([t_first] if t_first else [t_end])
     silences = [b - x for x, b in zip(marks, marks[1:])]
     res = {"label": a.label, "status": status, "error": err, "body_bytes": len(json.dumps(body)),
-           "target_tokens": a.tokens, "tokens_per_word": round(per_word, 4)}
+           "target_tokens": a.tokens, "tokens_per_word": round(per_word, 4),
+           "parse_and_tokenize_s": round(tokenize_s, 3)}
     if status == 200 and t_first:
         dec = long["tokens"]
         res.update({
@@ -182,8 +197,9 @@ def main():
             "decode_tok_s": round((len(dec) - 1) / (dec[-1] - dec[0]), 2) if len(dec) > 1 else None,
             "total_s": round(t_end - t_send, 3),
         })
-    # the other streams, split by the long request's prefill window
-    win = (t_send, t_first or t_end)
+    # the other streams, split by the long request's prefill window (from
+    # when its body was tokenized to its first token)
+    win = (t_send + tokenize_s, t_first or t_end)
     during, outside, done_during, done_total, bad = [], [], 0, 0, 0
     for r in others:
         if r["status"] != 200:
@@ -210,6 +226,7 @@ def main():
     rel = lambda t: None if t is None else round((t - t_send) * 1000.0)
     res["others"]["requests"] = [[rel(r["t0"]), rel(r["times"][0] if r["times"] else None), rel(r["t1"]),
                                   len(r["times"]), r["status"]] for r in others]
+    res["others"]["requests_fields"] = "ms from the long request's send: start, first token, end; tokens; status"
     res["keepalive_ms"] = [rel(t) for t in long["comments"]]
     json.dump(res, open(a.out, "w"), indent=1)
     brief = dict(res, others={k: v for k, v in res["others"].items() if k != "requests"})
