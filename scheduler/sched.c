@@ -159,6 +159,7 @@ void sched_opts_default(sched_opts *o)
     o->request_timeout = 600;
     o->shutdown_timeout = 30;
     o->keepalive = 5;
+    o->interactive_context = 32768;
     o->handle_signals = 1;
 }
 
@@ -935,6 +936,10 @@ static void prompt_logprob(sched *s, seq *q, int pos, const float *row)
     q->plp_next = pos + 1;
 }
 
+/* The smallest prefill chunk interactive_context cuts to: below this a
+ * step's fixed costs (weights, launches) outweigh its attention. */
+#define MIN_CHUNK 128
+
 /* Prompt tokens still to prefill of the sequences after running[i] (whose
  * readers keep up), counted up to cap. */
 static int later_prefill(const sched *s, int i, int cap)
@@ -991,6 +996,17 @@ static int build_batch(sched *s, int *n_tokens)
                 int later = later_prefill(s, i, pre_budget / 2);
                 if (take > pre_budget - later)
                     take = pre_budget - later;
+            }
+            /* beside decoding sequences, a chunk deep in a long context
+             * costs its attention over the whole context: keep the step
+             * (the others' inter-token time) to a full chunk's at
+             * interactive_context tokens */
+            int ic = s->o.interactive_context;
+            if (decodes > 0 && ic > 0 && q->n_done > ic) {
+                long long cap = (long long)s->o.max_batch_tokens * ic / q->n_done;
+                cap = cap < MIN_CHUNK ? MIN_CHUNK : cap;
+                if (take > cap)
+                    take = (int)cap;
             }
             if (q->plp_next < q->n_prompt && take > plp_budget)
                 take = plp_budget;
@@ -1325,9 +1341,9 @@ static void on_wake_all(uv_async_t *h)
 sched *sched_create(const sched_backend *b, kv_pool *pool, const sched_opts *o,
                     char *err, size_t errlen)
 {
-    if (o->max_running < 1 || o->max_batch_tokens < 1 || o->max_queue < 1 ||
+    if (o->max_running < 1 || o->max_batch_tokens < 1 || o->max_queue < 1 || o->interactive_context < 0 ||
         o->max_queued_tokens < 1) {
-        snprintf(err, errlen, "scheduler limits must be >= 1");
+        snprintf(err, errlen, "scheduler limits must be >= 1 (interactive_context >= 0)");
         return NULL;
     }
     sched *s = calloc(1, sizeof *s);

@@ -27,6 +27,7 @@ typedef struct srv_config {
     long long kv_memory;
     int max_running;
     int max_batch_tokens;
+    int interactive_context;
     int max_queue;
     int max_tokens;
     long long max_queued_tokens;

@@ -230,6 +230,7 @@ int serve_main(int argc, char **argv)
     sched_opts_default(&so);
     so.max_running = cfg->max_running;
     so.max_batch_tokens = cfg->max_batch_tokens;
+    so.interactive_context = cfg->interactive_context;
     so.max_queue = cfg->max_queue;
     so.max_queued_tokens = (long)cfg->max_queued_tokens;
     so.prefix_cache = cfg->prefix_cache;

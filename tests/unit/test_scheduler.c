@@ -29,6 +29,8 @@ typedef struct fake {
     int watch_first[2]; /* watch_step[i]: the step (1-based) at which the */
     int watch_len[2];   /* sequence starting with token watch_first[i] first */
     int watch_step[2];  /* reached watch_len[i] tokens (0 = not yet) */
+    int ic_budget, ic;  /* interactive_context check: the step's budget and context */
+    int ic_over, ic_cut; /* chunks beside a decode over their cap; chunks cut below 256 */
 } fake;
 
 /* The model: next token from the whole history (never EOG unless the
@@ -58,6 +60,19 @@ static int fake_step(void *ctx, kv_pool *pool, const engine_batch *b, float *log
         f->max_seqs = b->n_seqs;
     const kv_layout *l = kv_pool_layout(pool);
     int B = l->block_size, rows = 0;
+    if (f->ic) {
+        int decoding = 0;
+        for (int s = 0; s < b->n_seqs; s++)
+            decoding |= b->seqs[s].n_new == 1 && b->seqs[s].logits;
+        for (int s = 0; s < b->n_seqs; s++) {
+            const engine_seq *q = &b->seqs[s];
+            if (!decoding || q->n_new == 1 || q->n_past <= f->ic)
+                continue;
+            long cap = (long)f->ic_budget * f->ic / q->n_past;
+            f->ic_over += q->n_new > (cap < 128 ? 128 : cap);
+            f->ic_cut += q->n_new < 256;
+        }
+    }
     for (int s = 0; s < b->n_seqs; s++) {
         const engine_seq *q = &b->seqs[s];
         int total = q->n_past + q->n_new;
@@ -724,6 +739,55 @@ START_TEST(short_beside_long_prefill)
 }
 END_TEST
 
+/* With a sequence decoding, a long prompt's chunks shrink as its context
+ * grows past interactive_context (so the decoding one's steps stay short);
+ * outputs exact. */
+START_TEST(interactive_context_chunks)
+{
+    enum { LONG = 3000, SHORT = 20, MT_LONG = 4, MT_SHORT = 300 };
+    world w;
+    sched_opts o;
+    sched_opts_default(&o);
+    o.max_batch_tokens = 1024;
+    o.interactive_context = 256;
+    world_start(&w, 256, &o);
+    w.f.ic_budget = 1024;
+    w.f.ic = 256;
+    static int32_t lp[LONG + MT_LONG], sp[SHORT + MT_SHORT];
+    make_prompt(lp, LONG, 8);
+    make_prompt(sp, SHORT, 9);
+    sched_params p;
+    params(&p, 1, MT_SHORT);
+    p.ignore_eos = 1;
+    static result rl, rs;
+    result_init(&rl, 1);
+    result_init(&rs, 1);
+    sched_req *qs = submit(&w, sp, SHORT, &p, &rs);   /* decoding first */
+    params(&p, 1, MT_LONG);
+    p.ignore_eos = 1;
+    sched_req *ql = submit(&w, lp, LONG, &p, &rl);
+    world_run(&w);
+    collect(ql, &rl, 60);
+    collect(qs, &rs, 60);
+    sched_req_release(qs);
+    sched_req_release(ql);
+    ck_assert_int_eq(w.f.ic_over, 0);
+    ck_assert_int_gt(w.f.ic_cut, 0);
+    result *r[2] = {&rs, &rl};
+    int32_t *h[2] = {sp, lp};
+    int n[2] = {SHORT, LONG}, mt[2] = {MT_SHORT, MT_LONG};
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(r[i]->error_status, 0);
+        ck_assert_int_eq(r[i]->n_toks[0], mt[i]);
+        for (int k = 0; k < mt[i]; k++) {
+            h[i][n[i] + k] = next_of(h[i], n[i] + k);
+            ck_assert_int_eq(r[i]->toks[0][k], h[i][n[i] + k]);
+        }
+    }
+    world_stop(&w);
+}
+END_TEST
+
 /* Released while still on the incoming list (the client left at once):
  * the requests around it are unaffected and nothing stays behind. */
 START_TEST(release_before_pickup)
@@ -873,6 +937,7 @@ static Suite *suite(void)
     tcase_add_test(t, drain_finishes_inflight);
     tcase_add_test(t, keepalive_while_waiting);
     tcase_add_test(t, short_beside_long_prefill);
+    tcase_add_test(t, interactive_context_chunks);
     tcase_add_test(t, release_before_pickup);
     tcase_add_test(t, prompt_logprobs);
     suite_add_tcase(s, t);
