@@ -19,19 +19,13 @@ import http.client
 import json
 import random
 import sys
+import os
 import threading
 import time
 import urllib.parse
 
-
-def pct(xs, p):
-    if not xs:
-        return None
-    xs = sorted(xs)
-    k = (len(xs) - 1) * p / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "serve"))
+from loadgen import pct  # noqa: E402  (the serving benchmark's percentile)
 
 
 def ms(v):

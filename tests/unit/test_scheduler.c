@@ -686,6 +686,18 @@ START_TEST(keepalive_while_waiting)
 }
 END_TEST
 
+/* r holds the model's continuation of prompt h[0..n) for mt tokens, run
+ * through end-of-generation tokens (ignore_eos); h has room for them. */
+static void expect_continuation(const result *r, int32_t *h, int n, int mt)
+{
+    ck_assert_int_eq(r->error_status, 0);
+    ck_assert_int_eq(r->n_toks[0], mt);
+    for (int k = 0; k < mt; k++) {
+        h[n + k] = next_of(h, n + k);
+        ck_assert_int_eq(r->toks[0][k], h[n + k]);
+    }
+}
+
 /* A short request behind a long prompt is prefilled beside it and
  * finishes before the long prompt's prefill does, every output exact. */
 START_TEST(short_beside_long_prefill)
@@ -724,17 +736,8 @@ START_TEST(short_beside_long_prefill)
     ck_assert_int_gt(w.f.watch_step[0], 0);
     ck_assert_int_ge(w.f.watch_step[1], LONG / 64);
     ck_assert_int_lt(w.f.watch_step[0], 10);
-    result *r[2] = {&rs, &rl};
-    int32_t *h[2] = {sp, lp};
-    int n[2] = {SHORT, LONG};
-    for (int i = 0; i < 2; i++) {
-        ck_assert_int_eq(r[i]->error_status, 0);
-        ck_assert_int_eq(r[i]->n_toks[0], MT);
-        for (int k = 0; k < MT; k++) {
-            h[i][n[i] + k] = next_of(h[i], n[i] + k);
-            ck_assert_int_eq(r[i]->toks[0][k], h[i][n[i] + k]);
-        }
-    }
+    expect_continuation(&rs, sp, SHORT, MT);
+    expect_continuation(&rl, lp, LONG, MT);
     world_stop(&w);
 }
 END_TEST
@@ -773,17 +776,8 @@ START_TEST(interactive_context_chunks)
     sched_req_release(ql);
     ck_assert_int_eq(w.f.ic_over, 0);
     ck_assert_int_gt(w.f.ic_cut, 0);
-    result *r[2] = {&rs, &rl};
-    int32_t *h[2] = {sp, lp};
-    int n[2] = {SHORT, LONG}, mt[2] = {MT_SHORT, MT_LONG};
-    for (int i = 0; i < 2; i++) {
-        ck_assert_int_eq(r[i]->error_status, 0);
-        ck_assert_int_eq(r[i]->n_toks[0], mt[i]);
-        for (int k = 0; k < mt[i]; k++) {
-            h[i][n[i] + k] = next_of(h[i], n[i] + k);
-            ck_assert_int_eq(r[i]->toks[0][k], h[i][n[i] + k]);
-        }
-    }
+    expect_continuation(&rs, sp, SHORT, MT_SHORT);
+    expect_continuation(&rl, lp, LONG, MT_LONG);
     world_stop(&w);
 }
 END_TEST
