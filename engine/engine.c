@@ -152,7 +152,7 @@ static void scratch_free(scratch *s)
 {
     free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v); free(s->att);
     free(s->ff1); free(s->ff2); free(s->iq); free(s->ik);
-    free(s->tok_seq); free(s->tok_pos); free(s->xl);
+    free(s->tok_seq); free(s->tok_pos); free(s->xl); free(s->lg);
     memset(s, 0, sizeof *s);
 }
 

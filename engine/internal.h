@@ -17,6 +17,8 @@ typedef struct scratch {
     int32_t *tok_seq, *tok_pos;
     int logit_cap;          /* rows */
     float *xl;              /* final-normed rows that want logits */
+    int lg_cap;             /* rows */
+    float *lg;              /* logits of engine_step_sample on the CPU */
 } scratch;
 
 struct engine {

@@ -1165,24 +1165,22 @@ static int step(sched *s)
             seq_finish(s, q, SCHED_FINISH_LENGTH);
             continue;
         }
-        if (done) {
-            if (done->id < 0 || done->id >= s->be.n_vocab)
-                req_end(s, q->req, 500, "sampler returned an invalid token", 0);
-            else
-                seq_token(s, q, done->id, NULL, done);
-            continue;
-        }
         const float *lp = NULL;
-        if (q->req->p.logprobs >= 0) {
-            memcpy(s->lpbuf, lg, (size_t)s->be.n_vocab * sizeof(float));
-            lp = s->lpbuf;
+        int32_t t;
+        if (done) {
+            t = done->id;
+        } else {
+            if (q->req->p.logprobs >= 0) {
+                memcpy(s->lpbuf, lg, (size_t)s->be.n_vocab * sizeof(float));
+                lp = s->lpbuf;
+            }
+            t = sampler_sample(q->smp, lg, q->tok, q->n_tok);
         }
-        int32_t t = sampler_sample(q->smp, lg, q->tok, q->n_tok);
         if (t < 0 || t >= s->be.n_vocab) {
             req_end(s, q->req, 500, "sampler returned an invalid token", 0);
             continue;
         }
-        seq_token(s, q, t, lp, NULL);
+        seq_token(s, q, t, lp, done);
     }
     return ns;
 }

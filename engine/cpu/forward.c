@@ -319,11 +319,15 @@ int engine_step_sample(engine *e, kv_pool *pool, const engine_batch *b, const en
         return cuda_backend_step_sample(e->cuda, pool, b, rows, out, err, errlen);
 #endif
     int V = e->m.n_vocab, n_rows = engine_batch_rows(b);
-    float *logits = malloc((size_t)(n_rows > 0 ? n_rows : 1) * V * sizeof *logits);
-    if (!logits) {
-        snprintf(err, errlen, "engine: out of memory for %d logit rows", n_rows);
-        return -1;
+    scratch *s = &e->s;
+    if (n_rows > s->lg_cap) {   /* kept: a server steps every few ms */
+        if (grow(&s->lg, (size_t)n_rows * V)) {
+            snprintf(err, errlen, "engine: out of memory for %d logit rows", n_rows);
+            return -1;
+        }
+        s->lg_cap = n_rows;
     }
+    float *logits = s->lg;
     int n = engine_step(e, pool, b, logits, err, errlen);
     for (int r = 0; r < n; r++) {
         const float *x = logits + (size_t)r * V;
@@ -338,6 +342,5 @@ int engine_step_sample(engine *e, kv_pool *pool, const engine_batch *b, const en
         if (p->n_logprobs >= 0)
             out[r].logprob = logprobs_top(x, V, out[r].id, p->n_logprobs, out[r].top_ids, out[r].top_lp);
     }
-    free(logits);
     return n;
 }
