@@ -365,7 +365,6 @@ fail:
 
 static long long al256(long long x) { return (x + 255) & ~255LL; }
 
-/* Device pages for this pool: one allocation, sized by its page count. */
 /* One layer's share of a device page: K and V (kvb bytes each), index keys
  * (ib), summaries; each 256-byte aligned. */
 static long long layer_page_bytes(const cuda_backend *cb, const kv_layout *l, long long *kvb, long long *ib)
@@ -383,6 +382,7 @@ size_t cuda_backend_page_bytes(const cuda_backend *cb, const kv_layout *l)
     return (size_t)(layer_page_bytes(cb, l, &kvb, &ib) * l->n_layers);
 }
 
+/* Device pages for this pool: one allocation, sized by its page count. */
 static int ensure_kv(cuda_backend *cb, const kv_pool *pool, char *err, size_t errlen)
 {
     int n_pages = kv_pool_n_pages(pool);
