@@ -387,6 +387,56 @@ START_TEST(seeding)
 }
 END_TEST
 
+/* sampler_pick's rule with the draw given, as the CUDA engine's sampler
+ * follows it: top-k survivors walked best first, every other set (all,
+ * min-p, the top-p nucleus) walked in id order. */
+START_TEST(pick_rule)
+{
+    static const double prob[5] = { 0.1, 0.4, 0.05, 0.3, 0.15 };
+    float x[5];
+    for (int i = 0; i < 5; i++) x[i] = (float)log(prob[i]);
+    sampler_params p;
+    sampler_params_default(&p);
+    p.temperature = 1;
+    /* everything, id order: cumulative 0.1 0.5 0.55 0.85 1 */
+    ck_assert_int_eq(sampler_pick(&p, x, 5, 0.05), 0);
+    ck_assert_int_eq(sampler_pick(&p, x, 5, 0.52), 2);
+    ck_assert_int_eq(sampler_pick(&p, x, 5, 0.99), 4);
+    /* top-p 0.8: nucleus {1, 3, 4} (0.4 + 0.3 + 0.15), drawn in id order */
+    p.top_p = 0.8f;
+    ck_assert_int_eq(sampler_pick(&p, x, 5, 0.0), 1);
+    ck_assert_int_eq(sampler_pick(&p, x, 5, 0.47), 1);
+    ck_assert_int_eq(sampler_pick(&p, x, 5, 0.48), 3);
+    ck_assert_int_eq(sampler_pick(&p, x, 5, 0.9), 4);
+    /* min-p 0.3 (w >= 0.3 x the best): the same set, the same order */
+    p.top_p = 1;
+    p.min_p = 0.3f;
+    ck_assert_int_eq(sampler_pick(&p, x, 5, 0.9), 4);
+    ck_assert_int_eq(sampler_pick(&p, x, 5, 0.48), 3);
+    /* top-k 2: {1, 3} walked best first: 0.4 then 0.3 of 0.7 */
+    p.min_p = 0;
+    p.top_k = 2;
+    ck_assert_int_eq(sampler_pick(&p, x, 5, 0.5), 1);
+    ck_assert_int_eq(sampler_pick(&p, x, 5, 0.6), 3);
+    /* greedy takes no draw */
+    p.temperature = 0;
+    ck_assert_int_eq(sampler_pick(&p, x, 5, 0.99), 1);
+    sampler *g = mk(0, 0, 1, 0, 7, 5);
+    ck_assert(sampler_draw(g) == 0.0);
+    ck_assert_int_eq(draw(g, x, 5), 1);
+    sampler_free(g);
+    /* sampler_sample = sampler_pick with sampler_draw's stream */
+    sampler *a = mk(1.3f, 0, 0.9f, 0.01f, 99, 5), *b = mk(1.3f, 0, 0.9f, 0.01f, 99, 5);
+    for (int i = 0; i < 200; i++) {
+        double u = sampler_draw(b);
+        ck_assert(u >= 0 && u < 1);
+        ck_assert_int_eq(draw(a, x, 5), sampler_pick(sampler_get_params(b), x, 5, u));
+    }
+    sampler_free(a);
+    sampler_free(b);
+}
+END_TEST
+
 /* Draw counts against softmax(x / T) within 5 standard deviations. */
 static void check_dist(sampler *s, const float *x, int V, const double *want, int N)
 {
@@ -515,6 +565,7 @@ static Suite *suite(void)
     tcase_add_test(tc, top_k_top_p_min_p_cut);
     tcase_add_test(tc, top_p_large_vocab);
     tcase_add_test(tc, seeding);
+    tcase_add_test(tc, pick_rule);
     tcase_add_test(tc, distribution_matches_softmax);
     tcase_add_test(tc, degenerate_rows);
     tcase_add_test(tc, logprobs);
