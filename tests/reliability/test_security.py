@@ -112,7 +112,9 @@ def test_request_token_limits(make_daemon):
 
 def test_no_path_is_taken_from_a_request(make_daemon):
     d = make_daemon()
-    before = sorted(open_files(d.proc.pid))
+    # files only: a client's connection may still be closing on the daemon's side
+    files = lambda: sorted(f for f in open_files(d.proc.pid) if not f.startswith("socket:"))
+    before = files()
     for model in ["/etc/passwd", "../../etc/passwd", "models/stories260K.gguf",
                   os.path.join(ROOT, "models/stories260K.gguf"), "stories260K.gguf", "file:///etc/passwd"]:
         for path, body in (("/v1/completions", {"model": model, "prompt": "Once", "max_tokens": 1}),
@@ -126,7 +128,7 @@ def test_no_path_is_taken_from_a_request(make_daemon):
         assert status in (400, 404), p
         assert b"root:" not in b
     # the daemon opened no file for any of it
-    assert sorted(open_files(d.proc.pid)) == before
+    assert files() == before
     assert request(d.port, "POST", "/v1/completions", {"prompt": "Once", "max_tokens": 1})[0] == 200
 
 
