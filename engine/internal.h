@@ -18,7 +18,7 @@ typedef struct scratch {
     int logit_cap;          /* rows */
     float *xl;              /* final-normed rows that want logits */
     int lg_cap;             /* rows */
-    float *lg;              /* logits of engine_step_sample on the CPU */
+    float *lg;              /* logits of the host-side picks (greedy, sample) */
 } scratch;
 
 struct engine {

@@ -260,6 +260,24 @@ int engine_step(engine *e, kv_pool *pool, const engine_batch *b, float *logits,
     return rows;
 }
 
+/* engine_step into the engine's own logits buffer, kept between steps (a
+ * server steps every few ms), for the callers that pick on the host. */
+static int step_to_scratch(engine *e, kv_pool *pool, const engine_batch *b, const float **logits, char *err,
+                           size_t errlen)
+{
+    scratch *s = &e->s;
+    int rows = engine_batch_rows(b);
+    if (rows > s->lg_cap) {
+        if (grow(&s->lg, (size_t)rows * e->m.n_vocab)) {
+            snprintf(err, errlen, "engine: out of memory for %d logit rows", rows);
+            return -1;
+        }
+        s->lg_cap = rows;
+    }
+    *logits = s->lg;
+    return engine_step(e, pool, b, s->lg, err, errlen);
+}
+
 int engine_step_greedy(engine *e, kv_pool *pool, const engine_batch *b, int32_t *ids,
                        char *err, size_t errlen)
 {
@@ -269,13 +287,9 @@ int engine_step_greedy(engine *e, kv_pool *pool, const engine_batch *b, int32_t 
     if (e->cuda)
         return cuda_backend_step(e->cuda, pool, b, NULL, ids, err, errlen);
 #endif
-    int V = e->m.n_vocab, rows = engine_batch_rows(b);
-    float *logits = malloc((size_t)(rows > 0 ? rows : 1) * V * sizeof *logits);
-    if (!logits) {
-        snprintf(err, errlen, "engine: out of memory for %d logit rows", rows);
-        return -1;
-    }
-    int n = engine_step(e, pool, b, logits, err, errlen);
+    int V = e->m.n_vocab;
+    const float *logits;
+    int n = step_to_scratch(e, pool, b, &logits, err, errlen);
     for (int r = 0; r < n; r++) {
         const float *x = logits + (size_t)r * V;
         int best = 0;
@@ -284,7 +298,6 @@ int engine_step_greedy(engine *e, kv_pool *pool, const engine_batch *b, int32_t 
                 best = i;
         ids[r] = best;
     }
-    free(logits);
     return n;
 }
 
@@ -318,17 +331,9 @@ int engine_step_sample(engine *e, kv_pool *pool, const engine_batch *b, const en
     if (e->cuda)
         return cuda_backend_step_sample(e->cuda, pool, b, rows, out, err, errlen);
 #endif
-    int V = e->m.n_vocab, n_rows = engine_batch_rows(b);
-    scratch *s = &e->s;
-    if (n_rows > s->lg_cap) {   /* kept: a server steps every few ms */
-        if (grow(&s->lg, (size_t)n_rows * V)) {
-            snprintf(err, errlen, "engine: out of memory for %d logit rows", n_rows);
-            return -1;
-        }
-        s->lg_cap = n_rows;
-    }
-    float *logits = s->lg;
-    int n = engine_step(e, pool, b, logits, err, errlen);
+    int V = e->m.n_vocab;
+    const float *logits;
+    int n = step_to_scratch(e, pool, b, &logits, err, errlen);
     for (int r = 0; r < n; r++) {
         const float *x = logits + (size_t)r * V;
         const engine_sample *p = &rows[r];
