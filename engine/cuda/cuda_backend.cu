@@ -1,7 +1,7 @@
 /* The CUDA backend: weights upload, device K/V pages, and the forward pass
  * over a ragged batch, mirroring cpu/forward.c step for step (see
  * cuda_backend.h for the data layout). */
-#include <cublas_v2.h>
+#include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -27,6 +27,19 @@ typedef struct dlayer {
     int has_idx;
 } dlayer;
 
+/* A cuBLASLt GEMM shape's descriptors and the heuristic's algorithm for it,
+ * planned once and reused (a plan needs no allocation, so it can be made
+ * before a graph capture and replayed inside it). */
+#define N_PLANS 64
+#define BLAS_WS_BYTES ((size_t)32 << 20)
+typedef struct gemm_plan {
+    int rows, cols, T, ldo, accum, f32;   /* the key; rows == 0: empty slot */
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t lw, lx, lo;
+    cublasLtMatmulAlgo_t algo;
+    unsigned long long used;
+} gemm_plan;
+
 /* A captured decode step and what it was captured for. */
 #define N_GRAPHS 16
 typedef struct graph_slot {
@@ -43,7 +56,7 @@ struct cuda_backend {
     size_t es;                  /* bytes per stored element */
     char name[300];
     cudaStream_t st;
-    cublasHandle_t blas;
+    cublasLtHandle_t lt;
     dlayer *L;
     void *emb, *out;            /* [V][E]; out == emb when tied */
     float *out_norm, *rope_freq;
@@ -68,7 +81,9 @@ struct cuda_backend {
     int32_t *sel, *cnt;
     float *scores;
     void *ws;
-    void *blas_ws;              /* cuBLAS workspace (fixed, so GEMMs can be captured) */
+    void *blas_ws;              /* cuBLASLt workspace (fixed, so GEMMs can be captured) */
+    gemm_plan plans[N_PLANS];
+    unsigned long long plan_clock;
     int *modes;                 /* [n_layers] attention mode of the current step */
     size_t cap_srows, cap_sout;
     engine_sample *srows;       /* sampling in the step: rows in, picks out */
@@ -223,6 +238,110 @@ static int upload_model(cuda_backend *cb, char *err, size_t errlen)
     return 0;
 }
 
+/* ---- GEMMs (cuBLASLt) ------------------------------------------------------- */
+
+static void plan_clear(gemm_plan *p)
+{
+    if (p->op)
+        cublasLtMatmulDescDestroy(p->op);
+    if (p->lw)
+        cublasLtMatrixLayoutDestroy(p->lw);
+    if (p->lx)
+        cublasLtMatrixLayoutDestroy(p->lx);
+    if (p->lo)
+        cublasLtMatrixLayoutDestroy(p->lo);
+    memset(p, 0, sizeof *p);
+}
+
+/* Descriptors and the heuristic's first algorithm for one shape; host
+ * work only (no device allocation, no synchronization). */
+static cublasStatus_t plan_make(const cuda_backend *cb, gemm_plan *p)
+{
+    cudaDataType_t ty = p->f32 ? CUDA_R_32F : CUDA_R_16BF;
+    cublasOperation_t tr = CUBLAS_OP_T;
+    size_t ws = BLAS_WS_BYTES;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res;
+    int n = 0;
+    cublasStatus_t s = cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (!s)
+        s = cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &tr, sizeof tr);
+    if (!s)
+        s = cublasLtMatrixLayoutCreate(&p->lw, ty, (uint64_t)p->cols, (uint64_t)p->rows, p->cols);
+    if (!s)
+        s = cublasLtMatrixLayoutCreate(&p->lx, ty, (uint64_t)p->cols, (uint64_t)p->T, p->cols);
+    if (!s)
+        s = cublasLtMatrixLayoutCreate(&p->lo, CUDA_R_32F, (uint64_t)p->rows, (uint64_t)p->T, p->ldo);
+    if (!s)
+        s = cublasLtMatmulPreferenceCreate(&pref);
+    if (!s)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    if (!s)
+        s = cublasLtMatmulAlgoGetHeuristic(cb->lt, p->op, p->lw, p->lx, p->lo, p->lo, pref, 1, &res, &n);
+    if (pref)
+        cublasLtMatmulPreferenceDestroy(pref);
+    if (!s && n < 1)
+        s = CUBLAS_STATUS_NOT_SUPPORTED;
+    if (!s)
+        p->algo = res.algo;
+    return s;
+}
+
+/* The plan for a shape: the cached one, or a new one in the least recently
+ * used slot.  NULL with err set when cuBLASLt has none. */
+static const gemm_plan *plan_get(cuda_backend *cb, int rows, int cols, int T, int ldo, int accum, char *err,
+                                 size_t errlen)
+{
+    gemm_plan *lru = &cb->plans[0];
+    for (int i = 0; i < N_PLANS; i++) {
+        gemm_plan *p = &cb->plans[i];
+        if (p->rows == rows && p->cols == cols && p->T == T && p->ldo == ldo && p->accum == accum &&
+            p->f32 == cb->f32) {
+            p->used = ++cb->plan_clock;
+            return p;
+        }
+        if (p->used < lru->used)
+            lru = p;
+    }
+    plan_clear(lru);
+    lru->rows = rows;
+    lru->cols = cols;
+    lru->T = T;
+    lru->ldo = ldo;
+    lru->accum = accum;
+    lru->f32 = cb->f32;
+    cublasStatus_t s = plan_make(cb, lru);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        snprintf(err, errlen, "cuda: cuBLASLt has no GEMM plan for %d x %d x %d (%s): %s", rows, T, cols,
+                 cb->f32 ? "f32" : "bf16", cublasLtGetStatusString(s));
+        plan_clear(lru);
+        return NULL;
+    }
+    lru->used = ++cb->plan_clock;
+    return lru;
+}
+
+/* out[T][rows] (+)= x[T][cols] . W[rows][cols]^T, fp32 accumulate, on
+ * cuBLASLt.  In its column-major terms: out (rows x T, ld ldo) = W^T
+ * (W stored cols x rows) . x (cols x T).  Compute 32F with 32F scale: fp32
+ * weights (f32 mode) are multiplied in exact fp32, never TF32. */
+static int gemm(cuda_backend *cb, const void *W, int rows, int cols, const void *x, int T, float *out, int ldo,
+                float beta, char *err, size_t errlen)
+{
+    const float one = 1.0f;
+    const gemm_plan *p = plan_get(cb, rows, cols, T, ldo, beta != 0.0f, err, errlen);
+    if (!p)
+        return -1;
+    cublasStatus_t s = cublasLtMatmul(cb->lt, p->op, &one, W, p->lw, x, p->lx, &beta, out, p->lo, out, p->lo,
+                                      &p->algo, cb->blas_ws, BLAS_WS_BYTES, cb->st);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        snprintf(err, errlen, "cuda: cublasLtMatmul (%d x %d x %d) failed: %s", rows, T, cols,
+                 cublasLtGetStatusString(s));
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- lifetime --------------------------------------------------------------- */
 
 static void dfree(void *p)
@@ -270,8 +389,10 @@ void cuda_backend_free(cuda_backend *cb)
         free(cb->graphs[i].modes);
     }
     free(cb->modes);
-    if (cb->blas)
-        cublasDestroy(cb->blas);
+    for (int i = 0; i < N_PLANS; i++)
+        plan_clear(&cb->plans[i]);
+    if (cb->lt)
+        cublasLtDestroy(cb->lt);
     if (cb->st)
         cudaStreamDestroy(cb->st);
     free(cb);
@@ -306,17 +427,12 @@ cuda_backend *cuda_backend_create(const engine *e, int f32, char *err, size_t er
         goto fail;
     }
     if (cudaStreamCreateWithFlags(&cb->st, cudaStreamNonBlocking) != cudaSuccess ||
-        cublasCreate(&cb->blas) != CUBLAS_STATUS_SUCCESS ||
-        cublasSetStream(cb->blas, cb->st) != CUBLAS_STATUS_SUCCESS) {
-        snprintf(err, errlen, "device: cannot create a CUDA stream or cuBLAS handle");
+        cublasLtCreate(&cb->lt) != CUBLAS_STATUS_SUCCESS) {
+        snprintf(err, errlen, "device: cannot create a CUDA stream or cuBLASLt handle");
         goto fail;
     }
-    if (dmalloc(&cb->blas_ws, (size_t)32 << 20, err, errlen) ||
-        cublasSetWorkspace(cb->blas, cb->blas_ws, (size_t)32 << 20) != CUBLAS_STATUS_SUCCESS) {
-        if (cb->blas_ws)
-            snprintf(err, errlen, "device: cannot set the cuBLAS workspace");
+    if (dmalloc(&cb->blas_ws, BLAS_WS_BYTES, err, errlen))
         goto fail;
-    }
     cb->modes = (int *)calloc((size_t)m->n_layers, sizeof(int));
     if (!cb->modes) {
         snprintf(err, errlen, "out of memory");
@@ -332,8 +448,6 @@ cuda_backend *cuda_backend_create(const engine *e, int f32, char *err, size_t er
         const char *g = getenv("SPARSED_CUDA_GRAPHS");
         cb->use_graphs = !(g && !strcmp(g, "0"));
     }
-    /* fp32 mode is for exactness: no TF32 */
-    cublasSetMathMode(cb->blas, f32 ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH);
     {
         const char *ev = getenv("SPARSED_CUDA_ATTN");
         int hpg = m->n_heads / m->n_kv_heads;
@@ -453,21 +567,6 @@ static int grow(void **p, size_t *cap, size_t need, char *err, size_t errlen)
     if (dmalloc(p, need, err, errlen))
         return -1;
     *cap = need;
-    return 0;
-}
-
-/* out[T][rows] (+)= x[T][cols] . W[rows][cols]^T, fp32 accumulate. */
-static int gemm(cuda_backend *cb, const void *W, int rows, int cols, const void *x, int T, float *out, int ldo,
-                float beta, char *err, size_t errlen)
-{
-    const float one = 1.0f;
-    cudaDataType_t ty = cb->f32 ? CUDA_R_32F : CUDA_R_16BF;
-    cublasStatus_t s = cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, T, cols, &one, W, ty, cols, x, ty,
-                                    cols, &beta, out, CUDA_R_32F, ldo, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (s != CUBLAS_STATUS_SUCCESS) {
-        snprintf(err, errlen, "cuda: cublasGemmEx (%d x %d x %d) failed: %d", rows, T, cols, (int)s);
-        return -1;
-    }
     return 0;
 }
 
@@ -607,6 +706,21 @@ static cattn_pool cattn_layer(const cuda_backend *cb, int l)
 
 static int fast_sparse_reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, char *err, size_t errlen);
 
+/* The GEMM plans of this step's shapes (forward's calls), made before any
+ * capture so that the heuristic never runs inside one. */
+static int plan_gemms(cuda_backend *cb, const meta *mt, char *err, size_t errlen)
+{
+    const model *m = &cb->e->m;
+    int E = m->n_embd, QD = m->n_heads * m->head_dim, F = m->n_ff, T = mt->T;
+    for (int l = 0; l < m->n_layers; l++) {
+        int nq = cb->L[l].nqkv;
+        if (!plan_get(cb, nq, E, T, nq, 0, err, errlen) || !plan_get(cb, E, QD, T, E, 1, err, errlen) ||
+            !plan_get(cb, 2 * F, E, T, 2 * F, 0, err, errlen) || !plan_get(cb, E, F, T, E, 1, err, errlen))
+            return -1;
+    }
+    return mt->R && !plan_get(cb, m->n_vocab, E, mt->R, m->n_vocab, 0, err, errlen) ? -1 : 0;
+}
+
 /* Every buffer the step needs, allocated before any kernel runs (nothing
  * may be allocated while a graph is being captured). */
 static int reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, const int *modes, char *err,
@@ -636,6 +750,8 @@ static int reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
             return -1;
     }
     if (any_fast && fast_sparse_reserve(cb, b, mt, err, errlen))
+        return -1;
+    if (plan_gemms(cb, mt, err, errlen))
         return -1;
     if (cb->cap_sel != c0 || cb->cap_sc != c1 || cb->cap_ws != c2)
         cb->gen++;

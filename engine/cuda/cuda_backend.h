@@ -4,7 +4,7 @@
  *
  * Weights are dequantized from the GGUF mapping a row at a time and kept on
  * the device in bf16 (Q/K/V plus the MSA indexer projections fused into one
- * matrix per layer, gate and up into another); GEMMs are cuBLAS, bf16 in,
+ * matrix per layer, gate and up into another); GEMMs are cuBLASLt, bf16 in,
  * fp32 accumulate.  The residual stream stays fp32.
  *
  * K/V live in device memory, one allocation for the whole pool, sized on
