@@ -84,6 +84,15 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
         snprintf(err, errlen, "dtype: '%s' is not known (bf16, f32)", o->dtype);
         return NULL;
     }
+    int idx_fp8 = o->index_keys && !strcmp(o->index_keys, "fp8");
+    if (o->index_keys && strcmp(o->index_keys, "bf16") && !idx_fp8) {
+        snprintf(err, errlen, "index keys: '%s' is not known (bf16, fp8)", o->index_keys);
+        return NULL;
+    }
+    if (idx_fp8 && !cuda) {
+        snprintf(err, errlen, "index keys: fp8 needs the cuda device (the cpu keeps them in f32)");
+        return NULL;
+    }
     engine *e = calloc(1, sizeof *e);
     if (!e) {
         snprintf(err, errlen, "out of memory");
@@ -117,7 +126,7 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
         e->rope_freq[i] = powf(e->m.rope_base, -2.0f * (float)i / (float)e->m.rope_dim);
 #ifdef SPARSED_CUDA
     if (cuda) {
-        e->cuda = cuda_backend_create(e, o->dtype && !strcmp(o->dtype, "f32"), err, errlen);
+        e->cuda = cuda_backend_create(e, o->dtype && !strcmp(o->dtype, "f32"), idx_fp8, err, errlen);
         if (!e->cuda)
             goto fail;
     }

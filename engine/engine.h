@@ -50,6 +50,8 @@ typedef struct engine_opts {
     int n_threads;          /* 0 = all cores */
     attn_config attn;
     const char *dtype;      /* cuda: "bf16" (default) or "f32" (weights, activations, K/V) */
+    const char *index_keys; /* cuda: MSA index keys in the KV pool, "bf16" (default) or "fp8"
+                               (e4m3: half the bytes); ignored by a model without an indexer */
 } engine_opts;
 
 typedef struct engine_info {

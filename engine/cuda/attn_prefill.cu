@@ -10,6 +10,7 @@
  *     thread), index scores iq . ik on tensor cores for every earlier
  *     block, max-pooled per block in registers and folded into a running
  *     per-row top-k in shared memory.  No score matrix reaches memory.
+ *     fp8 index keys are widened to bf16 on their way into shared memory.
  *  2. KV-block outer sparse attention over a chunk of tokens: bucket the
  *     (token, slot) pairs of the chunk by selected block, let one CTA per
  *     (block, group) load the block's K/V once and run every query that
@@ -166,6 +167,50 @@ static __device__ __forceinline__ void ix_load(const IxArgs &a, int kb, uint32_t
     }
 }
 
+/* fp8 e4m3 index keys (128 bytes a row): loaded to registers and widened
+ * to bf16 (exact: every e4m3 value is a bf16 value) into the same swizzled
+ * stage ix_load fills, so the MMA loop is the bf16 one.  Synchronous: the
+ * stage it fills is two blocks ahead, read after the next barriers. */
+static __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t v)
+{
+    __half2 h = __half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)v, __NV_E4M3));
+    float2 f = __half22float2(h);
+    return pack_bf16(f.x, f.y);
+}
+
+static __device__ __forceinline__ void ix_load_fp8(const IxArgs &a, int kb, unsigned char *dst)
+{
+    const uint4 *src = (const uint4 *)(a.idx + (long long)a.table[kb] * a.istride);
+    uint4 raw[128 * 8 / 256];
+#pragma unroll
+    for (int i = 0; i < 128 * 8 / 256; i++) raw[i] = src[threadIdx.x + 256 * i];
+#pragma unroll
+    for (int i = 0; i < 128 * 8 / 256; i++) {
+        int c = threadIdx.x + 256 * i, r = c >> 3, ch = 2 * (c & 7); /* 16 keys: bf16 chunks ch, ch+1 */
+        uint4 lo, hi;
+        lo.x = e4m3x2_to_bf16x2(raw[i].x & 0xffff);
+        lo.y = e4m3x2_to_bf16x2(raw[i].x >> 16);
+        lo.z = e4m3x2_to_bf16x2(raw[i].y & 0xffff);
+        lo.w = e4m3x2_to_bf16x2(raw[i].y >> 16);
+        hi.x = e4m3x2_to_bf16x2(raw[i].z & 0xffff);
+        hi.y = e4m3x2_to_bf16x2(raw[i].z >> 16);
+        hi.z = e4m3x2_to_bf16x2(raw[i].w & 0xffff);
+        hi.w = e4m3x2_to_bf16x2(raw[i].w >> 16);
+        *(uint4 *)(dst + swz(r, ch)) = lo;
+        *(uint4 *)(dst + swz(r, ch + 1)) = hi;
+    }
+}
+
+/* Block kb's index keys into stage s. */
+template <bool FP8>
+static __device__ __forceinline__ void ix_stage(const IxArgs &a, int kb, unsigned char *smem, int s)
+{
+    if (FP8)
+        ix_load_fp8(a, kb, smem + s * IX_STAGE_BYTES);
+    else
+        ix_load(a, kb, smem_u32(smem) + s * IX_STAGE_BYTES);
+}
+
 /* Inserts v (block kb) into the sorted list of column col. */
 static __device__ __forceinline__ void ix_insert(float *ls, int *li, int top_k, int col, int &cnt, float &thr,
                                                  float v, int kb)
@@ -182,6 +227,7 @@ static __device__ __forceinline__ void ix_insert(float *ls, int *li, int top_k, 
     thr = cnt == top_k ? ls[(top_k - 1) * IX_ROWS + col] : NEG_INF;
 }
 
+template <bool FP8>
 __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
 {
     extern __shared__ __align__(128) unsigned char smem[];
@@ -226,14 +272,14 @@ __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
     const int k_row = (lane >> 4) * 8 + (lane & 7), k_cb = (lane >> 3) & 1;
 #pragma unroll
     for (int s = 0; s < IX_STAGES - 1; s++) {
-        if (s < nb) ix_load(a, s, base + s * IX_STAGE_BYTES);
+        if (s < nb) ix_stage<FP8>(a, s, smem, s);
         cp_commit();
     }
     for (int kb = 0; kb < nb; kb++) {
         cp_wait<IX_STAGES - 2>();
         __syncthreads(); /* block kb landed; everyone is done with block kb-1's stage */
         if (kb + IX_STAGES - 1 < nb)
-            ix_load(a, kb + IX_STAGES - 1, base + ((kb + IX_STAGES - 1) % IX_STAGES) * IX_STAGE_BYTES);
+            ix_stage<FP8>(a, kb + IX_STAGES - 1, smem, (kb + IX_STAGES - 1) % IX_STAGES);
         cp_commit();
         const uint32_t ks = base + (kb % IX_STAGES) * IX_STAGE_BYTES;
         float bm[4][2];
@@ -552,8 +598,8 @@ static int msa_check(const cattn_pool *p, int n_q, int q_pos0, int n_heads, int 
 {
     if (!p || n_q <= 0 || q_pos0 < 0 || top_k < 0 || local < 1 || top_k + local > 64 || n_heads <= 0)
         return CATTN_EINVAL;
-    if (p->n_kv_heads != 4 || p->head_dim != 128 || p->block_size != 128 || p->idx_dim != 128 || p->idx_fp8 ||
-        n_heads % 4 || n_heads / 4 > 16 || top_k > 32)
+    if (p->n_kv_heads != 4 || p->head_dim != 128 || p->block_size != 128 || p->idx_dim != 128 || n_heads % 4 ||
+        n_heads / 4 > 16 || top_k > 32)
         return CATTN_ESHAPE;
     return 0;
 }
@@ -570,7 +616,9 @@ extern "C" int cattn_msa_select_prefill(const cattn_pool *p, const int32_t *tabl
     static int attr_done = 0;
     size_t smem = IX_STAGES * IX_STAGE_BYTES + (size_t)(top_k > 0 ? top_k : 1) * IX_ROWS * 8;
     if (!attr_done) {
-        CUDA_TRY(cudaFuncSetAttribute(msa_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CUDA_TRY(cudaFuncSetAttribute(msa_select_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      IX_STAGES * IX_STAGE_BYTES + 32 * IX_ROWS * 8));
+        CUDA_TRY(cudaFuncSetAttribute(msa_select_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       IX_STAGES * IX_STAGE_BYTES + 32 * IX_ROWS * 8));
         attr_done = 1;
     }
@@ -585,7 +633,11 @@ extern "C" int cattn_msa_select_prefill(const cattn_pool *p, const int32_t *tabl
     a.top_k = top_k;
     a.local = local;
     a.sel = sel;
-    msa_select_kernel<<<(n_q + IX_TOK - 1) / IX_TOK, 256, smem, (cudaStream_t)stream>>>(a);
+    const unsigned grid = (n_q + IX_TOK - 1) / IX_TOK;
+    if (p->idx_fp8)
+        msa_select_kernel<true><<<grid, 256, smem, (cudaStream_t)stream>>>(a);
+    else
+        msa_select_kernel<false><<<grid, 256, smem, (cudaStream_t)stream>>>(a);
     CUDA_TRY(cudaGetLastError());
     return 0;
 }

@@ -54,6 +54,7 @@ struct cuda_backend {
     const engine *e;
     int f32;                    /* storage type float (1) or bf16 (0) */
     size_t es;                  /* bytes per stored element */
+    int idx_fp8;                /* MSA index keys in the pages as fp8 e4m3 (else es bytes) */
     char name[300];
     cudaStream_t st;
     cublasLtHandle_t lt;
@@ -398,7 +399,7 @@ void cuda_backend_free(cuda_backend *cb)
     free(cb);
 }
 
-cuda_backend *cuda_backend_create(const engine *e, int f32, char *err, size_t errlen)
+cuda_backend *cuda_backend_create(const engine *e, int f32, int idx_fp8, char *err, size_t errlen)
 {
     int n = 0;
     cudaError_t ce = cudaGetDeviceCount(&n);
@@ -415,6 +416,7 @@ cuda_backend *cuda_backend_create(const engine *e, int f32, char *err, size_t er
     cb->e = e;
     cb->f32 = f32;
     cb->es = f32 ? 4 : 2;
+    cb->idx_fp8 = idx_fp8 && e->m.idx_dim > 0;
     const model *m = &e->m;
     cudaDeviceProp prop;
     if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess) {
@@ -480,12 +482,12 @@ fail:
 static long long al256(long long x) { return (x + 255) & ~255LL; }
 
 /* One layer's share of a device page: K and V (kvb bytes each), index keys
- * (ib), summaries; each 256-byte aligned. */
+ * (ib: one byte an element in fp8), summaries; each 256-byte aligned. */
 static long long layer_page_bytes(const cuda_backend *cb, const kv_layout *l, long long *kvb, long long *ib)
 {
     long long es = (long long)cb->es;
     *kvb = al256((long long)l->n_kv_heads * l->block_size * l->head_dim * es);
-    *ib = l->idx_dim ? al256((long long)l->block_size * l->idx_dim * es) : 0;
+    *ib = l->idx_dim ? al256((long long)l->block_size * l->idx_dim * (cb->idx_fp8 ? 1 : es)) : 0;
     long long sb = l->summaries ? al256((long long)l->n_kv_heads * 3 * l->head_dim * es) : 0;
     return 2 * *kvb + *ib + sb;
 }
@@ -700,7 +702,7 @@ static cattn_pool cattn_layer(const cuda_backend *cb, int l)
     p.head_dim = m->head_dim;
     p.block_size = cb->e->attn.block_size;
     p.idx_dim = m->idx_dim;
-    p.idx_fp8 = 0;
+    p.idx_fp8 = cb->idx_fp8;
     return p;
 }
 
@@ -867,6 +869,7 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
         s.tab = mt->tab;
         s.tables = mt->tables;
         s.idx = lay + cb->off_idx;
+        s.idx_fp8 = cb->idx_fp8;
         s.summ = lay + cb->off_summ;
         s.pb = cb->page_bytes;
         s.B = c->block_size;
@@ -991,6 +994,7 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         pa.idx_heads = m->idx_heads;
         pa.idx_dim = m->idx_dim;
         pa.has_idx = d->has_idx;
+        pa.idx_fp8 = cb->idx_fp8;
         pa.q_bias = d->q_bias;
         pa.k_bias = d->k_bias;
         pa.v_bias = d->v_bias;

@@ -11,7 +11,7 @@
  * the first step from the kv_pool's page count; the pool itself is only
  * bookkeeping for this backend (its host storage, if any, is not touched).
  * Per page and layer, as kvcache.h lays them out but in bf16:
- *   K, V [n_kv_heads][B][head_dim], idx [B][idx_dim],
+ *   K, V [n_kv_heads][B][head_dim], idx [B][idx_dim] (or fp8 e4m3),
  *   summary [n_kv_heads][3][head_dim] (min, max, sum of the page's keys).
  */
 #ifndef SPARSED_CUDA_BACKEND_H
@@ -31,9 +31,10 @@ typedef struct cuda_backend cuda_backend;
 
 /* Uploads the model of e (already loaded, attention config resolved), in
  * bf16, or in fp32 with f32 set (weights, activations and K/V: for
- * exactness tests).  NULL with err set when there is no usable GPU or
- * memory runs out. */
-cuda_backend *cuda_backend_create(const struct engine *e, int f32, char *err, size_t errlen);
+ * exactness tests).  idx_fp8 keeps the MSA index keys of the KV pages in
+ * fp8 e4m3 (half the bytes of bf16; ignored without an indexer).  NULL
+ * with err set when there is no usable GPU or memory runs out. */
+cuda_backend *cuda_backend_create(const struct engine *e, int f32, int idx_fp8, char *err, size_t errlen);
 void cuda_backend_free(cuda_backend *cb);
 
 /* One engine step on the device for a batch that engine_step has already

@@ -8,6 +8,7 @@
 #define SPARSED_CUDA_KERNELS_CUH
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <limits.h>
 #include <stdint.h>
@@ -21,6 +22,25 @@ static __device__ __forceinline__ float tof(bf16 x) { return __bfloat162float(x)
 template <typename T> __device__ __forceinline__ T fromf(float x);
 template <> __device__ __forceinline__ float fromf<float>(float x) { return x; }
 template <> __device__ __forceinline__ bf16 fromf<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+/* fp8 e4m3 index keys (--index-keys fp8): plain e4m3, no scale; stored
+ * with round to nearest and saturation to +-448. */
+static __device__ __forceinline__ uint8_t to_e4m3(float x)
+{
+    return (uint8_t)__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
+}
+
+static __device__ __forceinline__ float e4m3_tof(uint8_t v)
+{
+    return __half2float(__half(__nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)v, __NV_E4M3)));
+}
+
+/* Element i of a page's index keys, stored as T or as fp8 e4m3. */
+template <typename T>
+static __device__ __forceinline__ float idx_key(const char *keys, size_t i, int fp8)
+{
+    return fp8 ? e4m3_tof((uint8_t)keys[i]) : tof(((const T *)keys)[i]);
+}
 
 static __device__ __forceinline__ float warp_sum(float v)
 {
@@ -139,7 +159,7 @@ struct PostArgs {
     const int32_t *pos, *tab, *tables;
     const float *rope_freq;
     int rope_dim, neox;
-    int Hq, Hkv, D, idx_heads, idx_dim, has_idx;
+    int Hq, Hkv, D, idx_heads, idx_dim, has_idx, idx_fp8;
     const float *q_bias, *k_bias, *v_bias, *q_norm, *k_norm, *iq_norm, *ik_norm;
     float eps;
     void *q, *iq;               /* [T][Hq][D], [T][idx_heads][idx_dim] */
@@ -150,7 +170,8 @@ struct PostArgs {
 
 /* One block per token, one warp per head vector: bias, RMSNorm over the
  * head, RoPE on the first rope_dim dims (adjacent or NEOX pairs), then the
- * store (queries to the activations, keys/values/index key to the page). */
+ * store (queries to the activations, keys/values/index key to the page; the
+ * index key in fp8 e4m3 when idx_fp8). */
 template <typename T>
 __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
 {
@@ -168,7 +189,8 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
     for (int u = w; u < nu; u += nw) {
         const float *src, *bias = NULL, *nrm = NULL;
         int n = D, rope = 1;
-        T *dst;
+        T *dst = NULL;
+        uint8_t *dst8 = NULL;
         if (u < a.Hq) {
             src = row + (size_t)u * D;
             bias = a.q_bias ? a.q_bias + (size_t)u * D : NULL;
@@ -196,7 +218,10 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
             n = a.idx_dim;
             src = row + QD + 2 * KD + IQ;
             nrm = a.ik_norm;
-            dst = (T *)(a.idx + page * a.pb) + (size_t)slot * n;
+            if (a.idx_fp8)
+                dst8 = (uint8_t *)(a.idx + page * a.pb) + (size_t)slot * n;
+            else
+                dst = (T *)(a.idx + page * a.pb) + (size_t)slot * n;
         }
         float ss = 0.0f;
         for (int d = lane; d < n; d += 32) {
@@ -222,7 +247,10 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
                     o = d == i0 ? s[i0] * c - s[i1] * sn : s[i0] * sn + s[i1] * c;
                 }
             }
-            dst[d] = fromf<T>(o);
+            if (dst8)
+                dst8[d] = to_e4m3(o);
+            else
+                dst[d] = fromf<T>(o);
         }
         __syncwarp();
     }
@@ -265,6 +293,7 @@ struct SelArgs {
     const int32_t *pos, *tab, *tables;
     const char *idx, *summ;
     long long pb;
+    int idx_fp8;                /* index keys in fp8 e4m3, else T */
     int B, sink, local, topk, indexer, group_sum, min_ctx;
     float *scores;              /* [T*Hkv][nbmax] */
     int nbmax;
@@ -325,11 +354,11 @@ __global__ void __launch_bounds__(128) select_kernel(SelArgs a)
         long long page = tbl[b];
         float best = -CK_INF;
         if (msa) {
-            const T *ik = (const T *)(a.idx + page * a.pb);
+            const char *ik = a.idx + page * a.pb;
             for (int j = lane; j < a.B; j += 32) {
                 float v = 0.0f;
                 for (int d = 0; d < a.idx_dim; d++)
-                    v += qs[d] * tof(ik[(size_t)j * a.idx_dim + d]);
+                    v += qs[d] * idx_key<T>(ik, (size_t)j * a.idx_dim + d, a.idx_fp8);
                 best = v > best ? v : best;
             }
             best = warp_max(best);
