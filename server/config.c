@@ -47,6 +47,8 @@ static const opt opts[] = {
     {"user", T_STR, O(user), NULL, 0, 0, NULL, "NAME",
      "when started as root: after binding the port and loading the model, run as this user"},
     {"device", T_STR, O(device), "cpu", 0, 0, NULL, "DEV", "compute device: cpu or cuda"},
+    {"index-keys", T_ENUM, O(index_keys), "bf16", 0, 0, "bf16|fp8", "TYPE",
+     "cuda: MSA index keys in the KV pool, bf16 or fp8 (e4m3: half the bytes, more pages)"},
     {"threads", T_INT, O(threads), "0", 0, 4096, NULL, "N", "engine threads (0 = all cores)"},
     {"attention", T_ENUM, O(attention), "auto", 0, 0, "dense|sparse|auto", "MODE",
      "attention: dense, sparse (block-sparse) or auto (sparse iff the model has an MSA indexer)"},
@@ -505,6 +507,10 @@ int config_load(srv_config *c, int argc, char **argv)
     if (c->block_size != -1 && (c->block_size < 16 || (c->block_size & (c->block_size - 1)))) {
         fprintf(stderr, "sparsed serve: invalid value %d for --block-size: expected a power of two from 16 to 256 (or -1)\n",
                 c->block_size);
+        return -1;
+    }
+    if (!strcmp(c->index_keys, "fp8") && strcmp(c->device, "cuda")) {
+        fprintf(stderr, "sparsed serve: --index-keys fp8 needs --device cuda\n");
         return -1;
     }
     /* every running sequence must fit one decode token into a step, or the

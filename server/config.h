@@ -17,6 +17,7 @@ typedef struct srv_config {
     char *user;
     /* engine */
     char *device;
+    char *index_keys;
     int threads;
     char *attention;
     char *indexer;

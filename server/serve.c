@@ -113,6 +113,7 @@ static int engine_options(const srv_config *c, engine_opts *eo)
     memset(eo, 0, sizeof *eo);
     eo->model_path = c->model;
     eo->device = c->device;
+    eo->index_keys = c->index_keys;
     eo->n_threads = c->threads;
     attn_config_default(&eo->attn);
     if (strcmp(c->attention, "auto"))
