@@ -8,6 +8,7 @@
  *             [--group-sum] [--force-sparse]
  *             [--vs-dense] [--vs-generic] [--vs-graphs] [--graphs]
  *             [--tol X] [--tol-alt X] [--greedy-info] [--device cuda|cpu]
+ *             [--index-keys bf16|fp8]
  *
  * Runs seeded random prompts as one ragged prefill batch (every row of the
  * first sequence asks for logits), then decode steps of all sequences in
@@ -26,7 +27,8 @@
  * steps from CUDA graphs (--graphs: the main GPU engine does).
  * --force-sparse makes the GPU engines run their sparse kernels even where
  * the top-k covers every block (so that such a run, against --vs-dense,
- * tests the sparse kernels rather than the dense fallback).  Prints
+ * tests the sparse kernels rather than the dense fallback).  --index-keys
+ * sets how the GPU engines keep MSA index keys (the CPU's stay f32).  Prints
  * one JSON object; exits 1 when an error against the CPU exceeds --tol,
  * one against the second GPU engine exceeds --tol-alt (default --tol), or
  * a greedy id differs (unless --greedy-info). */
@@ -246,7 +248,7 @@ int main(int argc, char **argv)
 {
     engine_opts o = {.model_path = NULL, .device = "cpu", .n_threads = 0};
     attn_config_default(&o.attn);
-    const char *label = "run", *greedy_ref = NULL, *dtype = "bf16", *device = "cuda";
+    const char *label = "run", *greedy_ref = NULL, *dtype = "bf16", *device = "cuda", *index_keys = "bf16";
     int prompts[MAX_SEQS] = {37, 150, 9}, n_seqs = 3, n_decode = 16, vs_dense = 0, vs_generic = 0;
     int vs_graphs = 0, graphs = 0, greedy_info = 0;
     double tol = 3e-2, tol_alt = -1;
@@ -256,6 +258,7 @@ int main(int argc, char **argv)
         if (OPT("--model")) o.model_path = v;
         else if (OPT("--dtype")) dtype = v;
         else if (OPT("--device")) device = v;
+        else if (OPT("--index-keys")) index_keys = v;
         else if (OPT("--label")) label = v;
         else if (OPT("--decode")) n_decode = atoi(v);
         else if (OPT("--greedy-ref")) greedy_ref = v;
@@ -308,6 +311,7 @@ int main(int argc, char **argv)
     engine_opts og = o;
     og.device = device;
     og.dtype = dtype;
+    og.index_keys = index_keys;
     setenv("SPARSED_CUDA_GRAPHS", graphs ? "1" : "0", 1);   /* the engine's default is on */
     run_open(&gpu, &og, n_seqs, max_len);
     unsetenv("SPARSED_CUDA_GRAPHS");
@@ -390,14 +394,15 @@ int main(int argc, char **argv)
     if (s_smp.diff || s_smp.lp_diff || s_smp.lp_err > 1e-4)
         fail = 1;
 
-    printf("{\"label\":\"%s\",\"model\":\"%s\",\"dtype\":\"%s\",\"device\":\"%s\",\"n_vocab\":%d,"
-           "\"attn\":{\"mode\":%d,\"indexer\":%d,\"block_size\":%d,\"top_k_blocks\":%d,\"local_blocks\":%d,"
+    printf("{\"label\":\"%s\",\"model\":\"%s\",\"dtype\":\"%s\",\"index_keys\":\"%s\",\"device\":\"%s\","
+           "\"n_vocab\":%d,\"attn\":{\"mode\":%d,\"indexer\":%d,\"block_size\":%d,\"top_k_blocks\":%d,\"local_blocks\":%d,"
            "\"sink_blocks\":%d,\"dense_layers\":%d,\"sparse_min_context\":%d},\"prompts\":[",
-           label, in->name, dtype, device, V, ac->mode, ac->indexer, ac->block_size, ac->top_k_blocks, ac->local_blocks,
-           ac->sink_blocks, ac->dense_layers, ac->sparse_min_context);
+           label, in->name, dtype, index_keys, device, V, ac->mode, ac->indexer, ac->block_size, ac->top_k_blocks,
+           ac->local_blocks, ac->sink_blocks, ac->dense_layers, ac->sparse_min_context);
     for (int i = 0; i < n_seqs; i++)
         printf("%s%d", i ? "," : "", prompts[i]);
-    printf("],\"decode_steps\":%d,\"graphs\":%d,\"tol\":%.1e,\"tol_alt\":%.1e", n_decode, graphs, tol, tol_alt);
+    printf("],\"decode_steps\":%d,\"graphs\":%d,\"tol\":%.1e,\"tol_alt\":%.1e,\"kv_page_bytes\":%zu", n_decode,
+           graphs, tol, tol_alt, engine_kv_page_bytes(gpu.e));
     print_stats("prefill_vs_cpu", &s_pre);
     print_stats("decode_vs_cpu", &s_dec);
     if (alt.e)

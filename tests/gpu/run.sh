@@ -60,6 +60,21 @@ SPARSED_CUDA_ATTN=generic check m3-128-generic-bf16-info --model $M/m3-128.gguf 
     --decode 16 --tol 1 --top-k-blocks 2 --sparse-min-context 0
 check m3-128-cover-vs-dense --model $M/m3-128.gguf --prompts 2000,700,130 --decode 16 \
     --top-k-blocks 32 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 2e-2
+# fp8 (e4m3) index keys in the pool: with a top-k covering every block the
+# selection cannot matter, so sparse must still equal dense (tuned kernels:
+# the prefill selection's fp8 widening and the fp8 decode; generic: the post
+# kernel's fp8 store); with a small top-k fp8 rounding flips near-ties, so
+# informational, beside the bf16 runs above.
+check m3-128-fp8-cover-vs-dense --model $M/m3-128.gguf --index-keys fp8 --prompts 2000,700,130 --decode 16 \
+    --top-k-blocks 32 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 2e-2
+check m3-128-fp8-fast-info --model $M/m3-128.gguf --index-keys fp8 --prompts 900,500,130 --decode 16 --tol 1 \
+    --top-k-blocks 2 --sparse-min-context 0 --vs-generic --tol-alt 1
+check m3-128-fp8-graphs --model $M/m3-128.gguf --index-keys fp8 --prompts 900,500,130 --decode 16 --tol 1 \
+    --top-k-blocks 2 --sparse-min-context 0 --vs-graphs --tol-alt 0
+check m3-msa-fp8-cover-vs-dense --model $M/m3-tiny.gguf --index-keys fp8 --prompts 200,120,33 \
+    --top-k-blocks 1000 --sparse-min-context 0 --vs-dense --tol-alt 0
+check m3-msa-fp8-f32-info --model $M/m3-tiny.gguf --index-keys fp8 --dtype f32 --tol 1 --prompts 200,120,33 \
+    --decode 24
 check m3-128-fast-graphs --model $M/m3-128.gguf --prompts 900,500,130 --decode 16 --tol 1 \
     --top-k-blocks 2 --sparse-min-context 0 --vs-graphs --tol-alt 0
 check llama-quest-fast-bf16-info --model $M/llama-q4k.gguf --prompts 600,300,130 --decode 16 --tol 1 \
@@ -140,7 +155,8 @@ for args in "--model $M/stories260K.gguf --prompts 20,70,5" \
             "--model $M/m3-tiny.gguf --prompts 120,90,3" \
             "--model $M/llama-q4k.gguf --prompts 130,7,2 --attention sparse --indexer minmax --block-size 64 --top-k-blocks 1 --sparse-min-context 0" \
             "--model $M/llama-q4k.gguf --prompts 130,7,2 --vs-graphs" \
-            "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0"; do
+            "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0" \
+            "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0 --index-keys fp8"; do
     if [ $SECONDS -gt ${DEADLINE:-400} ]; then
         echo "== skipped (time): $args" >> "$OUT/memcheck.log"
         continue
