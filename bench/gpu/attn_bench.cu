@@ -49,6 +49,9 @@ typedef __nv_bfloat16 bf16;
     } while (0)
 #define KCHECK() CK(cudaGetLastError())
 
+#ifdef CATTN_SD_PROF
+extern "C" void cattn_sd_prof_dump(int n_score, int n_sel);
+#endif
 static int g_fail = 0;
 static cudaStream_t g_st;
 
@@ -482,14 +485,12 @@ static int sel_keys(const int *sel, int W, int pos, int *keys)
 /* MSA decode of a batch: selections against float64 block scores, output
  * against the float64 reference on them, and (when every block fits in 64)
  * top_k covering every block against dense decode.  tag names the case;
- * env, if set, is "NAME=VALUE" for the call (CATTN_FUSED_CTAS=n caps the
- * fused kernel's scoring CTAs per sequence so that each CTA holds more than
- * top_k blocks); fused 1 sets CATTN_MSA_FUSED=1 (the fused kernel where it
- * applies), 0 sets CATTN_MSA_FUSED=0 (the kernel chain). */
+ * env, if set, is one NAME=VALUE for the call (CATTN_SD_CLUSTER=0 runs the
+ * kernel chain, =n clusters of n CTAs; CATTN_SD_GATHER=1 the radix
+ * fallback of the cluster kernel's selection). */
 static void check_msa_decode_case(int fp8, int batch, const int *lens, unsigned seed, const char *tag,
-                                  const char *env, int fused)
+                                  const char *env)
 {
-    setenv("CATTN_MSA_FUSED", fused ? "1" : "0", 1);
     const Shape sh = M3;
     int np;
     const int top_k = 15, local = 1, W = top_k + local;
@@ -532,7 +533,6 @@ static void check_msa_decode_case(int fp8, int batch, const int *lens, unsigned 
     }
     CK(cudaStreamSynchronize(g_st));
     if (env) unsetenv(env_name);
-    unsetenv("CATTN_MSA_FUSED");
     HostPool h;
     host_pool(&h, &p);
     uint16_t *hq = (uint16_t *)to_host(q, nq * 2), *hiq = (uint16_t *)to_host(iq, niq * 2);
@@ -600,21 +600,23 @@ static void check_msa_decode_case(int fp8, int batch, const int *lens, unsigned 
 
 static void check_msa_decode(int fp8)
 {
-    /* the fused kernel (batch <= 4 on sm_90; CATTN_MSA_FUSED=1 forces it on
-     * where it applies) and the kernel chain (CATTN_MSA_FUSED=0) */
+    /* the cluster kernel (default on sm_90) with several cluster sizes, its
+     * radix fallback, and the kernel chain */
     const int l2[2] = {5000, 2900}, l4[4] = {1, 129, 1100, 7000}, l1a[1] = {40000}, l1b[1] = {1100}, l1c[1] = {1};
-    check_msa_decode_case(fp8, 2, l2, 21, "b2", NULL, 1);
-    check_msa_decode_case(fp8, 2, l2, 21, "b2 chain", NULL, 0);
-    check_msa_decode_case(fp8, 4, l4, 22, "b4 2cta", "CATTN_FUSED_CTAS=2", 1);
-    check_msa_decode_case(fp8, 4, l4, 23, "b4", NULL, 1);
-    check_msa_decode_case(fp8, 1, l1a, 24, "b1 40K 8cta", "CATTN_FUSED_CTAS=8", 1);
-    check_msa_decode_case(fp8, 1, l1a, 27, "b1 40K", NULL, 1);
-    check_msa_decode_case(fp8, 1, l1a, 28, "b1 40K radix", "CATTN_FUSED_GATHER=1", 1);
-    check_msa_decode_case(fp8, 1, l1b, 25, "b1 1100", NULL, 1);
-    check_msa_decode_case(fp8, 1, l1c, 26, "b1 len1", NULL, 1);
+    check_msa_decode_case(fp8, 2, l2, 21, "b2", NULL);
+    check_msa_decode_case(fp8, 2, l2, 21, "b2 chain", "CATTN_SD_CLUSTER=0");
+    check_msa_decode_case(fp8, 4, l4, 22, "b4 2cta", "CATTN_SD_CLUSTER=2");
+    check_msa_decode_case(fp8, 4, l4, 23, "b4", NULL);
+    check_msa_decode_case(fp8, 4, l4, 23, "b4 chain", "CATTN_SD_CLUSTER=0");
+    check_msa_decode_case(fp8, 1, l1a, 24, "b1 40K 16cta", "CATTN_SD_CLUSTER=16");
+    check_msa_decode_case(fp8, 1, l1a, 29, "b1 40K 1cta", "CATTN_SD_CLUSTER=1");
+    check_msa_decode_case(fp8, 1, l1a, 27, "b1 40K", NULL);
+    check_msa_decode_case(fp8, 1, l1a, 28, "b1 40K radix", "CATTN_SD_GATHER=1");
+    check_msa_decode_case(fp8, 1, l1b, 25, "b1 1100", NULL);
+    check_msa_decode_case(fp8, 1, l1c, 26, "b1 len1", NULL);
 }
 
-static void check_quest_decode(void)
+static void check_quest_decode(const char *env)
 {
     const Shape sh = L3;
     int lens[2] = {9000, 4500}, batch = 2, np;
@@ -633,8 +635,10 @@ static void check_quest_decode(void)
     double scale = 1.0 / sqrt(128.0);
     size_t wsb = cattn_quest_decode_ws(&cp, batch, sh.hq, s.max_len, top_k, local, sink);
     void *ws = dalloc(wsb);
+    if (env) putenv((char *)env);
     CA(cattn_quest_decode(&cp, &cb, sh.hq, q, out, (float)scale, top_k, local, sink, sel, ws, wsb, g_st));
     CK(cudaStreamSynchronize(g_st));
+    unsetenv("CATTN_SD_CLUSTER");
     HostPool h;
     host_pool(&h, &p);
     int *hsel = (int *)to_host(sel, sizeof(int32_t) * batch * sh.hkv * W);
@@ -671,10 +675,12 @@ static void check_quest_decode(void)
             }
         }
     }
-    char det[64];
+    char det[64], name[96];
     snprintf(det, sizeof(det), "near-ties %d", ties);
-    report_cond("quest decode selection (L3-8B)", sel_ok, det);
-    report("quest decode output (L3-8B)", &e, 1e-2);
+    snprintf(name, sizeof(name), "quest decode selection (L3-8B%s%s)", env ? ", " : "", env ? env : "");
+    report_cond(name, sel_ok, det);
+    snprintf(name, sizeof(name), "quest decode output (L3-8B%s%s)", env ? ", " : "", env ? env : "");
+    report(name, &e, 1e-2);
     free(keys);
     free(hsel);
     free(hq);
@@ -780,7 +786,8 @@ static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse)
     seqs_free(&s);
 }
 
-static void check_msa_prefill(int n_q, int q_pos0, int chunk)
+/* fp8: index keys in e4m3 (the selection reads them widened to bf16) */
+static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8)
 {
     const Shape sh = M3;
     const int top_k = 15, local = 1, W = top_k + local;
@@ -789,7 +796,7 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk)
     seqs_init(&s, 1, &total, &np, 81);
     Pool p;
     pool_init(&p, 4, np, 1, 0, 500);
-    cattn_pool cp = pool_view(&p, 0);
+    cattn_pool cp = pool_view(&p, fp8);
     size_t nq = (size_t)n_q * sh.hq * 128, niq = (size_t)n_q * 4 * 128;
     bf16 *q = (bf16 *)dalloc(nq * 2), *iq = (bf16 *)dalloc(niq * 2), *out = (bf16 *)dalloc(nq * 2);
     bf16 *out_d = (bf16 *)dalloc(nq * 2);
@@ -831,7 +838,7 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk)
                 for (int j = blk * 128; j < blk * 128 + 128; j++) {
                     double acc = 0;
                     for (int d = 0; d < 128; d++)
-                        acc += (double)bf2f(hiq[((size_t)t * 4 + g) * 128 + d]) * hidx(&h, tab, j, d, 0);
+                        acc += (double)bf2f(hiq[((size_t)t * 4 + g) * 128 + d]) * hidx(&h, tab, j, d, fp8);
                     if (acc > best) best = acc;
                 }
                 sc[blk] = best;
@@ -851,9 +858,10 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk)
     e.bad += nonfinite;
     char name[96], det[64];
     snprintf(det, sizeof(det), "near-ties %d", ties);
-    snprintf(name, sizeof(name), "msa prefill selection n_q %d at %d", n_q, q_pos0);
+    snprintf(name, sizeof(name), "msa prefill selection n_q %d at %d%s", n_q, q_pos0, fp8 ? " (fp8 idx)" : "");
     report_cond(name, sel_ok, det);
-    snprintf(name, sizeof(name), "msa prefill output n_q %d at %d chunk %d", n_q, q_pos0, chunk);
+    snprintf(name, sizeof(name), "msa prefill output n_q %d at %d chunk %d%s", n_q, q_pos0, chunk,
+             fp8 ? " (fp8 idx)" : "");
     report(name, &e, 1e-2);
     if ((q_pos0 + n_q + 127) / 128 <= top_k + local) {
         Err e2 = {0, 0, 0};
@@ -885,7 +893,9 @@ static int run_checks(void)
     check_dense_decode(M2);
     check_msa_decode(0);
     check_msa_decode(1);
-    check_quest_decode();
+    check_quest_decode(NULL);
+    check_quest_decode("CATTN_SD_CLUSTER=0");
+    check_quest_decode("CATTN_SD_CLUSTER=4");
     check_dense_prefill(M3, 700, 300, 0);
     check_dense_prefill(L3, 1000, 0, 0);
     check_dense_prefill(L3, 2048, 0, 1);
@@ -894,9 +904,10 @@ static int run_checks(void)
     check_dense_prefill(L3, 333, 5000, 0); /* prefix not page-aligned, partial last page */
     check_dense_prefill(M3, 1, 129, 0);
     check_dense_prefill(L3, 4096, 128, 1);
-    check_msa_prefill(3000, 1096, 1024);
-    check_msa_prefill(2048, 0, 100000);
-    check_msa_prefill(1500, 600, 512);
+    check_msa_prefill(3000, 1096, 1024, 0);
+    check_msa_prefill(2048, 0, 100000, 0);
+    check_msa_prefill(1500, 600, 512, 0);
+    check_msa_prefill(3000, 1096, 1024, 1);
     printf("checks: %s (%d failed)\n", g_fail ? "FAIL" : "PASS", g_fail);
     return g_fail ? 1 : 0;
 }
@@ -1266,16 +1277,27 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "check")) return run_checks();
     if (!strcmp(argv[1], "bench") && argc >= 3) return run_bench(argv[2], argc >= 4 ? argv[3] : NULL);
     if (!strcmp(argv[1], "decode") && argc >= 3) {
-        /* decode rows only (MSA batch 1, 2 and 4, Quest, dense M3) */
+        /* decode rows only: dense M3, then MSA (batch 1, 2, 4; 32 up to 32K)
+         * and Quest for each sparse path: the default, clusters of 8, the
+         * kernel chain */
         long n = atol(argv[2]);
+        static const char *passes[3] = {NULL, "CATTN_SD_CLUSTER=8", "CATTN_SD_CLUSTER=0"};
         bench_decode(M3, n, 1, 0, 0);
-        bench_decode(M3, n, 1, 1, 0);
-        bench_decode(M3, n, 1, 1, 1);
-        bench_decode(L3, n, 1, 2, 0);
-        bench_decode(M3, n, 2, 1, 0);
-        bench_decode(M3, n, 2, 1, 1);
-        bench_decode(M3, n, 4, 1, 0);
-        bench_decode(M3, n, 4, 1, 1);
+        for (int pass = 0; pass < 3; pass++) {
+            printf("== decode pass %s\n", passes[pass] ? passes[pass] : "default");
+            if (passes[pass]) putenv((char *)passes[pass]);
+            bench_decode(M3, n, 1, 1, 0);
+            bench_decode(M3, n, 1, 1, 1);
+            bench_decode(L3, n, 1, 2, 0);
+            bench_decode(M3, n, 2, 1, 0);
+            bench_decode(M3, n, 4, 1, 1);
+            if (n <= 32768) {
+                bench_decode(M3, n, 32, 1, 0);
+                bench_decode(M3, n, 32, 1, 1);
+                bench_decode(L3, n, 32, 2, 0);
+            }
+        }
+        unsetenv("CATTN_SD_CLUSTER");
         return g_fail ? 1 : 0;
     }
     if (!strcmp(argv[1], "prefill") && argc >= 3) {
@@ -1308,6 +1330,40 @@ int main(int argc, char **argv)
                 bench_prefill(M3, n, 1, NULL);
             }
         }
+        return g_fail ? 1 : 0;
+    }
+#ifdef CATTN_SD_PROF
+    if (!strcmp(argv[1], "sdprof") && argc >= 3) {
+        /* phase stamps of the last timed replay of each sparse decode */
+        long n = atol(argv[2]);
+        printf("== sdprof msa bf16\n");
+        bench_decode(M3, n, 1, 1, 0);
+        cattn_sd_prof_dump(2048, 2048);
+        printf("== sdprof msa fp8\n");
+        bench_decode(M3, n, 1, 1, 1);
+        cattn_sd_prof_dump(2048, 2048);
+        printf("== sdprof quest\n");
+        bench_decode(L3, n, 1, 2, 0);
+        cattn_sd_prof_dump(2048, 2048);
+        putenv((char *)"CATTN_SD_CLUSTER=8");
+        printf("== sdprof quest 8cta\n");
+        bench_decode(L3, n, 1, 2, 0);
+        cattn_sd_prof_dump(2048, 2048);
+        printf("== sdprof msa bf16 8cta\n");
+        bench_decode(M3, n, 1, 1, 0);
+        cattn_sd_prof_dump(2048, 2048);
+        return g_fail ? 1 : 0;
+    }
+#endif
+    if (!strcmp(argv[1], "radix")) {
+        /* the cluster kernel's radix fallback at several cluster sizes */
+        const int l1a[1] = {40000};
+        setenv("CATTN_SD_GATHER", "1", 1);
+        check_msa_decode_case(0, 1, l1a, 28, "radix 1cta", "CATTN_SD_CLUSTER=1");
+        check_msa_decode_case(0, 1, l1a, 28, "radix 2cta", "CATTN_SD_CLUSTER=2");
+        check_msa_decode_case(0, 1, l1a, 28, "radix 16cta", "CATTN_SD_CLUSTER=16");
+        setenv("CATTN_SD_GATHER", "64", 1);
+        check_msa_decode_case(0, 1, l1a, 28, "gather 64 2cta", "CATTN_SD_CLUSTER=2");
         return g_fail ? 1 : 0;
     }
     if (!strcmp(argv[1], "profile") && argc >= 3) {

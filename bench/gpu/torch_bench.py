@@ -153,6 +153,7 @@ def main():
     ap.add_argument("--maskdir", default="/tmp/masks")
     ap.add_argument("--prefill-1m", default="M3,M2,L3-8B", help="shapes whose 1M SDPA prefill runs ('' = none)")
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--decode-only", action="store_true", help="the dense decode rows alone")
     a = ap.parse_args()
     ns = [int(x) for x in a.ns.split(",") if x]
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", flush=True)
@@ -167,6 +168,8 @@ def main():
                 except Exception as e:
                     print(f"sdpa decode {shape} {n} b{batch} failed: {e}", flush=True)
                     free()
+        if a.decode_only:
+            continue
         for shape in SHAPES:
             hq = SHAPES[shape][0]
             flops = 2.0 * hq * 128 * n * n

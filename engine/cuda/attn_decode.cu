@@ -9,8 +9,12 @@
  * A CTA takes one (split, KV head, sequence): its four warps each run the
  * group's query heads as the 16 rows of an m16n8k16 tile against their own
  * 32-key tiles (cp.async double buffer), then merge in shared memory and
- * write one partial (normalised O, log2-sum-exp) per head; a second kernel
- * merges the splits.
+ * write one partial (normalised O, log2-sum-exp) per head; the last CTA of
+ * the row (or a second kernel) merges the splits.
+ *
+ * Sparse decode on sm_90 skips the rewritten table: after the scoring
+ * kernel, one kernel of thread-block clusters selects, decodes and merges
+ * (sel_decode_kernel below).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -18,19 +22,19 @@
 #include "attn_util.cuh"
 #include "cuda_attn.h"
 
-#ifdef CATTN_FUSED_PROF /* debug build: phase timestamps (globaltimer), printed by the last CTA */
-__device__ unsigned long long g_tp[12];
-__device__ unsigned g_tdone;
-static __device__ __forceinline__ void tstamp(int i, bool max_all)
+#ifdef CATTN_SD_PROF /* debug build: per-CTA phase times (globaltimer) of the sparse decode */
+__device__ unsigned long long g_sd_prof[2][2048][12]; /* [scoring, sel_decode][cta][stamp] */
+static __device__ __forceinline__ void sd_stamp(int k, int cta, int i)
 {
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    if (threadIdx.x == 0 && (max_all || blockIdx.x == 0)) atomicMax(&g_tp[i], t);
+    if (threadIdx.x == 0 && cta < 2048) g_sd_prof[k][cta][i] = t;
 }
-#define TSTAMP(i, all) tstamp(i, all)
+#define SD_STAMP(k, cta, i) sd_stamp(k, cta, i)
 #else
-#define TSTAMP(i, all) ((void)0)
+#define SD_STAMP(k, cta, i) ((void)0)
 #endif
+#define SD_CTA ((int)(blockIdx.y * gridDim.x + blockIdx.x))
 
 #define DEC_WARPS 4
 #define DEC_STAGES 2
@@ -49,7 +53,6 @@ struct DecArgs {
     int ls_seq, ls_kvh;
     float *part_o, *part_lse;
     int *merge_cnt; /* per (sequence, KV head), zero on entry: the last CTA merges */
-    int fixed_per;  /* 0: tiles split evenly; else split s = tiles [s * fixed_per, ...) (fused: one block) */
     bf16 *out;
     int B, n_kv, n_heads, ratio, n_splits;
     float scale_log2;
@@ -73,136 +76,119 @@ static __device__ __forceinline__ void dec_load(const DecArgs &a, const int32_t 
     }
 }
 
-/* One (split s, KV head, sequence) of the decode, STAGES tiles per warp in
- * flight (the fused MSA kernel runs one tile per warp: STAGES 1, 64 KB).
- * lens and tables are read through L2 (__ldcg): in the fused kernel other
- * CTAs wrote them earlier in the same launch. */
-template <int STAGES>
-static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char *smem, const int s, const int kvh,
-                                                const int b)
-{
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int32_t *tab = a.tables + b * a.ts_seq + (long long)kvh * a.ts_kvh;
-    /* with fixed_per (one block per split) the page is known before L: both loads in one round */
-    const int page_known = a.fixed_per ? __ldcg(tab + s * a.fixed_per * DEC_TILE / a.B) : -1;
-    const int L = __ldcg(a.lens + (long long)b * a.ls_seq + kvh * a.ls_kvh);
-    const int ntiles = (L + DEC_TILE - 1) / DEC_TILE;
-    const int per = a.fixed_per ? a.fixed_per : (ntiles + a.n_splits - 1) / a.n_splits;
-    const int t0 = s * per, t1 = min(ntiles, t0 + per);
-
-    /* the group's query heads as A fragments (rows >= ratio are zero) */
+/* A warp's decode state: the group's query heads as the A fragments of
+ * m16n8k16 tiles (rows >= ratio are zero), the unnormalised output of its
+ * 16 rows, their running max and partial sums (log2 domain). */
+struct DecState {
     uint32_t qa[8][4];
+    float o[16][4];
+    float m[2], l[2];
+};
+
+static __device__ __forceinline__ void dec_init(DecState &st, const bf16 *qb, int ratio, int lane)
+{
     const int h_lo = lane >> 2, h_hi = h_lo + 8;
-    const bf16 *qb = a.q + ((long long)b * a.n_heads + kvh * a.ratio) * 128;
 #pragma unroll
     for (int kk = 0; kk < 8; kk++) {
         int c = 16 * kk + 2 * (lane & 3);
-        qa[kk][0] = h_lo < a.ratio ? *(const uint32_t *)(qb + h_lo * 128 + c) : 0u;
-        qa[kk][1] = h_hi < a.ratio ? *(const uint32_t *)(qb + h_hi * 128 + c) : 0u;
-        qa[kk][2] = h_lo < a.ratio ? *(const uint32_t *)(qb + h_lo * 128 + c + 8) : 0u;
-        qa[kk][3] = h_hi < a.ratio ? *(const uint32_t *)(qb + h_hi * 128 + c + 8) : 0u;
+        st.qa[kk][0] = h_lo < ratio ? *(const uint32_t *)(qb + h_lo * 128 + c) : 0u;
+        st.qa[kk][1] = h_hi < ratio ? *(const uint32_t *)(qb + h_hi * 128 + c) : 0u;
+        st.qa[kk][2] = h_lo < ratio ? *(const uint32_t *)(qb + h_lo * 128 + c + 8) : 0u;
+        st.qa[kk][3] = h_hi < ratio ? *(const uint32_t *)(qb + h_hi * 128 + c + 8) : 0u;
     }
-
-    float o[16][4];
 #pragma unroll
-    for (int n = 0; n < 16; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+    for (int n = 0; n < 16; n++) st.o[n][0] = st.o[n][1] = st.o[n][2] = st.o[n][3] = 0.f;
+    st.m[0] = st.m[1] = NEG_INF;
+    st.l[0] = st.l[1] = 0.f;
+}
 
-    const uint32_t wbase = smem_u32(smem) + warp * STAGES * DEC_STAGE_BYTES;
-    const int my_n = t0 + warp < t1 ? (t1 - t0 - warp + DEC_WARPS - 1) / DEC_WARPS : 0;
+/* One 32-key tile (K at ks, V right after it, swizzled rows) of keys
+ * key0.. into the state; keys at or past L are masked. */
+static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks, const int key0, const int L,
+                                                const float scale_log2, const int lane)
+{
     const int k_row = (lane >> 4) * 8 + (lane & 7), k_cb = (lane >> 3) & 1;
     const int v_row = ((lane >> 3) & 1) * 8 + (lane & 7), v_cb = lane >> 4;
-
+    const uint32_t vs = ks + DEC_TILE * 256;
+    float sc[4][4];
 #pragma unroll
-    for (int i = 0; i < STAGES - 1; i++) {
-        if (i < my_n)
-            dec_load(a, tab, kvh, L, t0 + warp + DEC_WARPS * i, wbase + i * DEC_STAGE_BYTES, lane, page_known);
-        cp_commit();
+    for (int n = 0; n < 4; n++) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < 8; kk++) {
+#pragma unroll
+        for (int np = 0; np < 2; np++) {
+            uint32_t bk[4];
+            ldsm4(bk, ks + swz(16 * np + k_row, 2 * kk + k_cb));
+            mma16816(sc[2 * np], st.qa[kk], bk[0], bk[1]);
+            mma16816(sc[2 * np + 1], st.qa[kk], bk[2], bk[3]);
+        }
     }
-    for (int i = 0; i < my_n; i++) {
-        int nx = i + STAGES - 1;
-        if (nx < my_n)
-            dec_load(a, tab, kvh, L, t0 + warp + DEC_WARPS * nx, wbase + (nx % STAGES) * DEC_STAGE_BYTES, lane,
-                     page_known);
-        cp_commit();
-        cp_wait<STAGES - 1>();
-        __syncwarp();
-        const uint32_t ks = wbase + (i % STAGES) * DEC_STAGE_BYTES, vs = ks + DEC_TILE * 256;
-        const int key0 = (t0 + warp + DEC_WARPS * i) * DEC_TILE;
-
-        float sc[4][4];
-#pragma unroll
-        for (int n = 0; n < 4; n++) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < 8; kk++) {
-#pragma unroll
-            for (int np = 0; np < 2; np++) {
-                uint32_t bk[4];
-                ldsm4(bk, ks + swz(16 * np + k_row, 2 * kk + k_cb));
-                mma16816(sc[2 * np], qa[kk], bk[0], bk[1]);
-                mma16816(sc[2 * np + 1], qa[kk], bk[2], bk[3]);
-            }
-        }
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            float mx = NEG_INF;
-#pragma unroll
-            for (int n = 0; n < 4; n++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    float v = sc[n][2 * h + e] * a.scale_log2;
-                    if (key0 + 8 * n + 2 * (lane & 3) + e >= L) v = NEG_INF;
-                    sc[n][2 * h + e] = v;
-                    mx = fmaxf(mx, v);
-                }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            float mnew = fmaxf(m[h], mx);
-            float base = mnew == NEG_INF ? 0.f : mnew;
-            float corr = exp2f(m[h] - base);
-            m[h] = mnew;
-            float sum = 0.f;
-#pragma unroll
-            for (int n = 0; n < 4; n++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    float p = exp2f(sc[n][2 * h + e] - base);
-                    sc[n][2 * h + e] = p;
-                    sum += p;
-                }
-            l[h] = l[h] * corr + sum;
-#pragma unroll
-            for (int n = 0; n < 16; n++) {
-                o[n][2 * h] *= corr;
-                o[n][2 * h + 1] *= corr;
-            }
-        }
-#pragma unroll
-        for (int kk = 0; kk < 2; kk++) {
-            uint32_t pa[4];
-            pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-            pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-            pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-            pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-#pragma unroll
-            for (int dp = 0; dp < 8; dp++) {
-                uint32_t bv[4];
-                ldsm4t(bv, vs + swz(16 * kk + v_row, 2 * dp + v_cb));
-                mma16816(o[2 * dp], pa, bv[0], bv[1]);
-                mma16816(o[2 * dp + 1], pa, bv[2], bv[3]);
-            }
-        }
-        __syncwarp();
-    }
-    cp_wait<0>();
-    TSTAMP(9, false);
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
-        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+        float mx = NEG_INF;
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float v = sc[n][2 * h + e] * scale_log2;
+                if (key0 + 8 * n + 2 * (lane & 3) + e >= L) v = NEG_INF;
+                sc[n][2 * h + e] = v;
+                mx = fmaxf(mx, v);
+            }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        float mnew = fmaxf(st.m[h], mx);
+        float base = mnew == NEG_INF ? 0.f : mnew;
+        float corr = exp2f(st.m[h] - base);
+        st.m[h] = mnew;
+        float sum = 0.f;
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float p = exp2f(sc[n][2 * h + e] - base);
+                sc[n][2 * h + e] = p;
+                sum += p;
+            }
+        st.l[h] = st.l[h] * corr + sum;
+#pragma unroll
+        for (int n = 0; n < 16; n++) {
+            st.o[n][2 * h] *= corr;
+            st.o[n][2 * h + 1] *= corr;
+        }
     }
+#pragma unroll
+    for (int kk = 0; kk < 2; kk++) {
+        uint32_t pa[4];
+        pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+        pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+        pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+        pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+        for (int dp = 0; dp < 8; dp++) {
+            uint32_t bv[4];
+            ldsm4t(bv, vs + swz(16 * kk + v_row, 2 * dp + v_cb));
+            mma16816(st.o[2 * dp], pa, bv[0], bv[1]);
+            mma16816(st.o[2 * dp + 1], pa, bv[2], bv[3]);
+        }
+    }
+}
 
-    /* merge the four warps through shared memory */
+/* Merges the CTA's warps through shared memory (smem: 33 KB of scratch;
+ * the warps' copies must be complete) and writes, per head r < ratio, the
+ * normalised output to po + r * po_stride (128 floats) and its log2-sum-exp
+ * to plse[r * lse_stride]: global or shared memory alike. */
+static __device__ __forceinline__ void dec_cta_merge(DecState &st, unsigned char *smem, const int ratio, float *po,
+                                                     const long long po_stride, float *plse,
+                                                     const long long lse_stride)
+{
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int h_lo = lane >> 2, h_hi = h_lo + 8;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 1);
+        st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 2);
+    }
     __syncthreads();
     float *os = (float *)smem;                     /* [warp][16][128] */
     float *ms = os + DEC_WARPS * 16 * 128;         /* [warp][16] */
@@ -211,18 +197,18 @@ static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char 
 #pragma unroll
     for (int n = 0; n < 16; n++) {
         int c = 8 * n + 2 * (lane & 3);
-        *(float2 *)&ow[h_lo * 128 + c] = make_float2(o[n][0], o[n][1]);
-        *(float2 *)&ow[h_hi * 128 + c] = make_float2(o[n][2], o[n][3]);
+        *(float2 *)&ow[h_lo * 128 + c] = make_float2(st.o[n][0], st.o[n][1]);
+        *(float2 *)&ow[h_hi * 128 + c] = make_float2(st.o[n][2], st.o[n][3]);
     }
     if ((lane & 3) == 0) {
-        ms[warp * 16 + h_lo] = m[0];
-        ms[warp * 16 + h_hi] = m[1];
-        ls[warp * 16 + h_lo] = l[0];
-        ls[warp * 16 + h_hi] = l[1];
+        ms[warp * 16 + h_lo] = st.m[0];
+        ms[warp * 16 + h_hi] = st.m[1];
+        ls[warp * 16 + h_lo] = st.l[0];
+        ls[warp * 16 + h_hi] = st.l[1];
     }
     __syncthreads();
     const int r = threadIdx.x >> 3, d0 = (threadIdx.x & 7) * 16;
-    if (r < a.ratio) {
+    if (r < ratio) {
         float M = NEG_INF;
         for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, ms[w * 16 + r]);
         float wt[DEC_WARPS], lt = 0.f;
@@ -231,8 +217,7 @@ static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char 
             lt += wt[w] * ls[w * 16 + r];
         }
         float inv = lt > 0.f ? 1.f / lt : 0.f;
-        long long row = ((long long)b * a.n_heads + kvh * a.ratio + r) * a.n_splits + s;
-        float *po = a.part_o + row * 128 + d0;
+        float *pr = po + r * po_stride + d0;
         for (int d = 0; d < 16; d += 4) {
             float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
             for (int w = 0; w < DEC_WARPS; w++) {
@@ -243,10 +228,50 @@ static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char 
                 acc.w += wt[w] * v.w;
             }
             acc.x *= inv, acc.y *= inv, acc.z *= inv, acc.w *= inv;
-            *(float4 *)&po[d] = acc;
+            *(float4 *)&pr[d] = acc;
         }
-        if ((threadIdx.x & 7) == 0) a.part_lse[row] = lt > 0.f ? M + log2f(lt) : NEG_INF;
+        if ((threadIdx.x & 7) == 0) plse[r * lse_stride] = lt > 0.f ? M + log2f(lt) : NEG_INF;
     }
+}
+
+/* One (split s, KV head, sequence) of the decode, DEC_STAGES tiles per
+ * warp in flight. */
+static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char *smem, const int s, const int kvh,
+                                                const int b)
+{
+    constexpr int STAGES = DEC_STAGES;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int32_t *tab = a.tables + b * a.ts_seq + (long long)kvh * a.ts_kvh;
+    const int L = a.lens[(long long)b * a.ls_seq + kvh * a.ls_kvh];
+    const int ntiles = (L + DEC_TILE - 1) / DEC_TILE;
+    const int per = (ntiles + a.n_splits - 1) / a.n_splits;
+    const int t0 = s * per, t1 = min(ntiles, t0 + per);
+
+    DecState st;
+    dec_init(st, a.q + ((long long)b * a.n_heads + kvh * a.ratio) * 128, a.ratio, lane);
+    const uint32_t wbase = smem_u32(smem) + warp * STAGES * DEC_STAGE_BYTES;
+    const int my_n = t0 + warp < t1 ? (t1 - t0 - warp + DEC_WARPS - 1) / DEC_WARPS : 0;
+#pragma unroll
+    for (int i = 0; i < STAGES - 1; i++) {
+        if (i < my_n)
+            dec_load(a, tab, kvh, L, t0 + warp + DEC_WARPS * i, wbase + i * DEC_STAGE_BYTES, lane);
+        cp_commit();
+    }
+    for (int i = 0; i < my_n; i++) {
+        int nx = i + STAGES - 1;
+        if (nx < my_n)
+            dec_load(a, tab, kvh, L, t0 + warp + DEC_WARPS * nx, wbase + (nx % STAGES) * DEC_STAGE_BYTES, lane);
+        cp_commit();
+        cp_wait<STAGES - 1>();
+        __syncwarp();
+        dec_tile(st, wbase + (i % STAGES) * DEC_STAGE_BYTES, (t0 + warp + DEC_WARPS * i) * DEC_TILE, L,
+                 a.scale_log2, lane);
+        __syncwarp();
+    }
+    cp_wait<0>();
+    const long long prow = ((long long)b * a.n_heads + kvh * a.ratio) * a.n_splits + s;
+    dec_cta_merge(st, smem, a.ratio, a.part_o + prow * 128, (long long)a.n_splits * 128, a.part_lse + prow,
+                  a.n_splits);
     if (!a.merge_cnt) return;
 
     /* the last CTA of this (sequence, KV head) merges the splits */
@@ -259,9 +284,7 @@ static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char 
         if (s_last) *cnt = 0;
     }
     __syncthreads();
-    TSTAMP(10, false);
     if (!s_last) return;
-    TSTAMP(11, true);
     __threadfence();
     /* warp w merges heads w, w + 4, w + 8, w + 12 together, loads issued in
      * rounds (the per-split loop of v6 was a chain of L2 round trips) */
@@ -324,7 +347,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) decode_kernel(DecArgs a)
 {
     extern __shared__ __align__(128) unsigned char smem[];
     pdl_wait(); /* lens and tables may come from topk_kernel */
-    dec_body<DEC_STAGES>(a, smem, blockIdx.x, blockIdx.y, blockIdx.z);
+    dec_body(a, smem, blockIdx.x, blockIdx.y, blockIdx.z);
 }
 
 /* Merges the splits of one (sequence, head): 128 threads, one per dim. */
@@ -395,13 +418,14 @@ template <bool FP8> struct ScoreCfg {
 };
 
 /* Scores the pages cta, cta + nct, ... (n_my of them) of sequence b: block
- * maxima per group go to scores[(b * 4 + g) * sstride + block] when scores
- * is set, else to bs[g * SC_MAX_PAGES + i] (shared memory, i-th own page;
- * needs n_my <= SC_MAX_PAGES). */
+ * maxima per group go to scores[(b * 4 + g) * sstride + block].  (Taking
+ * pages from a shared counter instead, so that CTAs getting more bandwidth
+ * take more, evened out the CTAs' end times but not the kernel's: v9,
+ * gpu-notes.md.) */
 template <bool FP8>
 static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const char *idx, long long istride,
                                                       const int32_t *tables, int ts, const bf16 *iq, int b, int cta,
-                                                      int nct, int n_my, float *scores, int sstride, float *bs,
+                                                      int nct, int n_my, float *scores, int sstride,
                                                       bool evict_first)
 {
     typedef ScoreCfg<FP8> C;
@@ -495,8 +519,7 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
         __syncthreads();
         if (tid < 4) {
             float m = fmaxf(fmaxf(red[0][tid], red[1][tid]), fmaxf(red[2][tid], red[3][tid]));
-            if (scores) scores[((long long)b * 4 + tid) * sstride + cta + (long long)i * nct] = m;
-            else bs[tid * SC_MAX_PAGES + i] = m;
+            scores[((long long)b * 4 + tid) * sstride + cta + (long long)i * nct] = m;
         }
     }
     cp_wait<0>();
@@ -510,16 +533,23 @@ __global__ void __launch_bounds__(SC_THREADS) msa_score_kernel(const char *idx, 
 {
     extern __shared__ __align__(128) unsigned char smem[];
     pdl_trigger();
+    SD_STAMP(0, SD_CTA, 0);
     const int b = blockIdx.y;
     const int ncand = (lens[b] + B - 1) / B - local;
     const int n_my = (int)blockIdx.x < ncand ? (ncand - blockIdx.x + gridDim.x - 1) / gridDim.x : 0;
-    msa_score_body<FP8>(smem, idx, istride, tables, ts, iq, b, blockIdx.x, gridDim.x, n_my, scores, sstride, NULL,
+    msa_score_body<FP8>(smem, idx, istride, tables, ts, iq, b, blockIdx.x, gridDim.x, n_my, scores, sstride,
                         evict_first != 0);
+    SD_STAMP(0, SD_CTA, 1);
 }
 
 /* ---- training-free (Quest) scoring for decode -----------------------------
  * One warp per page: the group's query heads against the page's channel
- * min/max, summed over heads. */
+ * min/max, summed over heads.  Each warp keeps QS_PAGES pages' loads in
+ * flight, and the first pages' ids load while the queries are staged: the
+ * summaries are read once, so the kernel is a latency chain of table ->
+ * summary loads unless many are in flight. */
+#define QS_PAGES 8
+
 __global__ void __launch_bounds__(256) quest_score_kernel(const char *summ, long long sstride_page, int B,
                                                           const int32_t *tables, int ts, const int32_t *lens,
                                                           const bf16 *q, int n_heads, int n_kv, int ratio,
@@ -527,37 +557,59 @@ __global__ void __launch_bounds__(256) quest_score_kernel(const char *summ, long
 {
     __shared__ float qs[16][128];
     pdl_trigger();
+    SD_STAMP(0, (int)((blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x), 0);
     const int kvh = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int ncand = (lens[b] + B - 1) / B - local;
+    const int step = gridDim.x * 8 * QS_PAGES;
+    const int32_t *tab = tables + (long long)b * ts;
+    int base = (blockIdx.x * 8 + warp) * QS_PAGES, pg[QS_PAGES];
+    auto ids = [&](int at) {
+#pragma unroll
+        for (int u = 0; u < QS_PAGES; u++) pg[u] = at + u < ncand ? __ldg(tab + at + u) : -1;
+    };
+    ids(base);
     for (int i = threadIdx.x; i < ratio * 128; i += blockDim.x)
         qs[i >> 7][i & 127] = __bfloat162float(q[((long long)b * n_heads + kvh * ratio) * 128 + i]);
     __syncthreads();
-    const int len = lens[b];
-    const int ncand = (len + B - 1) / B - local;
-    for (int blk = blockIdx.x * 8 + warp; blk < ncand; blk += gridDim.x * 8) {
-        const char *sp = summ + (long long)tables[(long long)b * ts + blk] * sstride_page + (long long)kvh * 3 * 256;
-        uint2 mn = ((const uint2 *)sp)[lane];
-        uint2 mx = ((const uint2 *)(sp + 256))[lane];
-        float lo[4] = {bf_lo(mn.x), bf_hi(mn.x), bf_lo(mn.y), bf_hi(mn.y)};
-        float hi[4] = {bf_lo(mx.x), bf_hi(mx.x), bf_lo(mx.y), bf_hi(mx.y)};
-        float acc = 0.f;
+    for (; base < ncand; base += step) {
+        uint2 mn[QS_PAGES], mx[QS_PAGES];
+#pragma unroll
+        for (int u = 0; u < QS_PAGES; u++) {
+            const char *sp = summ + (long long)(pg[u] >= 0 ? pg[u] : 0) * sstride_page + (long long)kvh * 3 * 256;
+            mn[u] = pg[u] >= 0 ? ((const uint2 *)sp)[lane] : make_uint2(0u, 0u);
+            mx[u] = pg[u] >= 0 ? ((const uint2 *)(sp + 256))[lane] : make_uint2(0u, 0u);
+        }
+        if (base + step < ncand) ids(base + step);
+        float acc[QS_PAGES];
+#pragma unroll
+        for (int u = 0; u < QS_PAGES; u++) acc[u] = 0.f;
         for (int h = 0; h < ratio; h++) {
-            float4 qv = *(const float4 *)&qs[h][4 * lane];
-            acc += fmaxf(qv.x * lo[0], qv.x * hi[0]) + fmaxf(qv.y * lo[1], qv.y * hi[1]) +
-                   fmaxf(qv.z * lo[2], qv.z * hi[2]) + fmaxf(qv.w * lo[3], qv.w * hi[3]);
+            const float4 qv = *(const float4 *)&qs[h][4 * lane];
+#pragma unroll
+            for (int u = 0; u < QS_PAGES; u++)
+                acc[u] += fmaxf(qv.x * bf_lo(mn[u].x), qv.x * bf_lo(mx[u].x)) +
+                          fmaxf(qv.y * bf_hi(mn[u].x), qv.y * bf_hi(mx[u].x)) +
+                          fmaxf(qv.z * bf_lo(mn[u].y), qv.z * bf_lo(mx[u].y)) +
+                          fmaxf(qv.w * bf_hi(mn[u].y), qv.w * bf_hi(mx[u].y));
         }
 #pragma unroll
-        for (int x = 16; x; x >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, x);
-        if (lane == 0) scores[((long long)b * n_kv + kvh) * sc_stride + blk] = acc;
+        for (int u = 0; u < QS_PAGES; u++) {
+#pragma unroll
+            for (int x = 16; x; x >>= 1) acc[u] += __shfl_xor_sync(0xffffffffu, acc[u], x);
+            if (lane == 0 && base + u < ncand) scores[((long long)b * n_kv + kvh) * sc_stride + base + u] = acc[u];
+        }
     }
+    __syncthreads();
+    SD_STAMP(0, (int)((blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x), 1);
 }
 
 /* ---- block selection -------------------------------------------------------
  * One CTA per (sequence, group): forced sink and local blocks, then the
- * top_k best candidates by a 4-pass radix select on order-preserving keys
- * (no sort) held in shared memory, then the rewritten page table of the
- * selection.  (Pulling the top_k by repeated warp maxima was tried in v6:
- * top_k steps over every key on one SM cost 18 us against 12.) */
+ * top_k best candidates by a radix select on order-preserving keys (no
+ * sort), then the rewritten page table of the selection.  (Pulling the
+ * top_k by repeated warp maxima was tried in v6: top_k steps over every key
+ * on one SM cost 18 us against 12.) */
 
 #define TOPK_THREADS 1024
 #define TOPK_SMEM_KEYS 16384
@@ -569,14 +621,132 @@ static __device__ __forceinline__ uint32_t ord_key(float f)
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+/* The top_k-th largest of the n > top_k keys key(i), and in *rem how many
+ * of the keys equal to it the top_k takes.  Keys share their leading bits
+ * (block maxima lie close together): the select runs on the bits below the
+ * common prefix of min and max, 8 at a time, so the histograms spread over
+ * many bins.  Every thread of the CTA (up to 1024) calls it; ends with a
+ * barrier. */
+template <class Key>
+static __device__ uint32_t radix_kth(const Key &key, const int n, const int top_k, int *rem_out)
+{
+    __shared__ int hist[256];
+    __shared__ int s_bin, s_rem;
+    const int tid = threadIdx.x, T = blockDim.x;
+    uint32_t kmin = 0xffffffffu, kmax = 0;
+    for (int i = tid; i < n; i += T) {
+        uint32_t k = key(i);
+        kmin = min(kmin, k);
+        kmax = max(kmax, k);
+    }
+    kmin = __reduce_min_sync(0xffffffffu, kmin);
+    kmax = __reduce_max_sync(0xffffffffu, kmax);
+    __syncthreads(); /* hist of an earlier call */
+    if ((tid & 31) == 0) {
+        hist[tid >> 5] = (int)kmin;
+        hist[32 + (tid >> 5)] = (int)kmax;
+    }
+    __syncthreads();
+    if (tid < 32) {
+        uint32_t a = (uint32_t)hist[tid], c = (uint32_t)hist[32 + tid];
+        if (tid >= (T >> 5)) a = 0xffffffffu, c = 0;
+        a = __reduce_min_sync(0xffffffffu, a);
+        c = __reduce_max_sync(0xffffffffu, c);
+        if (tid == 0) s_bin = (int)a, s_rem = (int)c;
+    }
+    __syncthreads();
+    kmin = (uint32_t)s_bin;
+    kmax = (uint32_t)s_rem;
+    __syncthreads();
+    const uint32_t diff = kmin ^ kmax;
+    int hi = diff ? 32 - __clz(diff) : 0; /* bits [0, hi) differ */
+    uint32_t mask = hi >= 32 ? 0u : ~((1u << hi) - 1u);
+    uint32_t prefix = kmax & mask;
+    int rem = top_k;
+    while (hi > 0) {
+        const int width = hi < 8 ? hi : 8, shift = hi - width;
+        const uint32_t wmask = (1u << width) - 1u;
+        for (int i = tid; i < 256; i += T) hist[i] = 0;
+        __syncthreads();
+        for (int i = tid; i < n; i += T) {
+            uint32_t k = key(i);
+            if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & wmask], 1);
+        }
+        __syncthreads();
+        if (tid < 32) {
+            int c = 0;
+            for (int j = 0; j < 8; j++) c += hist[255 - 8 * tid - j];
+            int incl = c;
+            for (int x = 1; x < 32; x <<= 1) {
+                int v = __shfl_up_sync(0xffffffffu, incl, x);
+                if (tid >= x) incl += v;
+            }
+            int excl = incl - c;
+            if (excl < rem && rem <= incl) {
+                int acc = excl;
+                for (int j = 0; j < 8; j++) {
+                    int bin = 255 - 8 * tid - j;
+                    if (acc + hist[bin] >= rem) {
+                        s_bin = bin;
+                        s_rem = rem - acc;
+                        break;
+                    }
+                    acc += hist[bin];
+                }
+            }
+        }
+        __syncthreads();
+        prefix |= (uint32_t)s_bin << shift;
+        mask |= wmask << shift;
+        rem = s_rem;
+        hi = shift;
+        __syncthreads();
+    }
+    *rem_out = rem;
+    return prefix;
+}
+
+/* Writes base + i for the top_k largest of the n > top_k keys key(i) to
+ * o[0 .. top_k), unordered.  Ties at the threshold go to the lowest i (a
+ * second select over the tied indices), so every CTA that runs it on the
+ * same keys takes the same set.  All threads call it; ends with a barrier. */
+template <class Key>
+static __device__ void radix_top_k(const Key &key, const int n, const int top_k, const int base, int *o)
+{
+    __shared__ int cnt_gt, cnt_eq;
+    const int tid = threadIdx.x, T = blockDim.x;
+    int rem;
+    const uint32_t thr = radix_kth(key, n, top_k, &rem);
+    if (tid == 0) cnt_gt = cnt_eq = 0;
+    __syncthreads();
+    int eq = 0;
+    for (int i = tid; i < n; i += T) eq += key(i) == thr;
+    eq = __reduce_add_sync(0xffffffffu, eq);
+    if ((tid & 31) == 0 && eq) atomicAdd(&cnt_eq, eq);
+    __syncthreads();
+    const bool all_eq = cnt_eq <= rem;
+    uint32_t thr2 = 0;
+    if (!all_eq) {
+        int rem2;
+        thr2 = radix_kth([&](int i) { return key(i) == thr ? ~(uint32_t)i : 0u; }, n, rem, &rem2);
+    }
+    if (tid == 0) cnt_eq = 0;
+    __syncthreads();
+    const int n_gt = top_k - rem;
+    for (int i = tid; i < n; i += T) {
+        uint32_t k = key(i);
+        if (k > thr) o[atomicAdd(&cnt_gt, 1)] = base + i;
+        else if (k == thr && (all_eq || ~(uint32_t)i >= thr2)) o[n_gt + atomicAdd(&cnt_eq, 1)] = base + i;
+    }
+    __syncthreads();
+}
+
 __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores, int sstride, const int32_t *lens,
                                                             int B, int rows_per_seq, int sink, int top_k, int local,
                                                             int32_t *sel, const int32_t *tables, int ts,
                                                             int32_t *tab_out, int32_t *len_out, int *merge_cnt)
 {
     extern __shared__ uint32_t keys[];
-    __shared__ int hist[256];
-    __shared__ int s_bin, s_rem, cnt_gt, cnt_eq;
     pdl_trigger();
     pdl_wait(); /* the scores */
     const int row = blockIdx.x, b = row / rows_per_seq, tid = threadIdx.x;
@@ -587,7 +757,6 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
     __shared__ int o[TOPK_MAX_W]; /* the row's selection, copied out at the end */
     const float *sc = scores + (long long)row * sstride + c0;
     const bool in_smem = ncand <= TOPK_SMEM_KEYS;
-#define KEY(i) (in_smem ? keys[i] : ord_key(sc[i]))
 
     if (tid < sink) o[tid] = tid < c0 ? tid : -1;
     if (tid < local) {
@@ -597,10 +766,6 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
     if (ncand <= top_k) {
         for (int i = tid; i < top_k; i += blockDim.x) o[sink + i] = i < ncand ? c0 + i : -1;
     } else {
-        /* keys share their leading bits (block maxima lie close together):
-         * find the common prefix of min and max and select on the bits below
-         * it, 8 at a time, so the histograms spread over many bins */
-        uint32_t kmin = 0xffffffffu, kmax = 0;
         if (in_smem) {
             /* all loads first, in one round (the plain loop waits on each) */
             uint32_t kv[TOPK_SMEM_KEYS / TOPK_THREADS];
@@ -612,95 +777,12 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
 #pragma unroll
             for (int j = 0; j < TOPK_SMEM_KEYS / TOPK_THREADS; j++) {
                 int i = tid + j * TOPK_THREADS;
-                if (i < ncand) {
-                    keys[i] = kv[j];
-                    kmin = min(kmin, kv[j]);
-                    kmax = max(kmax, kv[j]);
-                }
-            }
-        } else {
-            for (int i = tid; i < ncand; i += blockDim.x) {
-                uint32_t k = ord_key(sc[i]);
-                kmin = min(kmin, k);
-                kmax = max(kmax, k);
-            }
-        }
-        kmin = __reduce_min_sync(0xffffffffu, kmin);
-        kmax = __reduce_max_sync(0xffffffffu, kmax);
-        if ((tid & 31) == 0) {
-            hist[tid >> 5] = (int)kmin;
-            hist[32 + (tid >> 5)] = (int)kmax;
-        }
-        __syncthreads();
-        if (tid < 32) {
-            uint32_t a = (uint32_t)hist[tid], c = (uint32_t)hist[32 + tid];
-            if (tid >= (int)(blockDim.x >> 5)) a = 0xffffffffu, c = 0;
-            a = __reduce_min_sync(0xffffffffu, a);
-            c = __reduce_max_sync(0xffffffffu, c);
-            if (tid == 0) s_bin = (int)a, s_rem = (int)c;
-        }
-        __syncthreads();
-        kmin = (uint32_t)s_bin;
-        kmax = (uint32_t)s_rem;
-        __syncthreads();
-        const uint32_t diff = kmin ^ kmax;
-        int hi = diff ? 32 - __clz(diff) : 0; /* bits [0, hi) differ */
-        uint32_t mask = hi >= 32 ? 0u : ~((1u << hi) - 1u);
-        uint32_t prefix = kmax & mask;
-        int rem = top_k;
-        while (hi > 0) {
-            const int width = hi < 8 ? hi : 8, shift = hi - width;
-            const uint32_t wmask = (1u << width) - 1u;
-            for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
-            __syncthreads();
-            for (int i = tid; i < ncand; i += blockDim.x) {
-                uint32_t k = KEY(i);
-                if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & wmask], 1);
+                if (i < ncand) keys[i] = kv[j];
             }
             __syncthreads();
-            if (tid < 32) {
-                int c = 0;
-                for (int j = 0; j < 8; j++) c += hist[255 - 8 * tid - j];
-                int incl = c;
-                for (int x = 1; x < 32; x <<= 1) {
-                    int v = __shfl_up_sync(0xffffffffu, incl, x);
-                    if (tid >= x) incl += v;
-                }
-                int excl = incl - c;
-                if (excl < rem && rem <= incl) {
-                    int acc = excl;
-                    for (int j = 0; j < 8; j++) {
-                        int bin = 255 - 8 * tid - j;
-                        if (acc + hist[bin] >= rem) {
-                            s_bin = bin;
-                            s_rem = rem - acc;
-                            break;
-                        }
-                        acc += hist[bin];
-                    }
-                }
-            }
-            __syncthreads();
-            prefix |= (uint32_t)s_bin << shift;
-            mask |= wmask << shift;
-            rem = s_rem;
-            hi = shift;
-            __syncthreads();
         }
-        if (tid == 0) cnt_gt = cnt_eq = 0;
-        __syncthreads();
-        const int n_gt = top_k - rem;
-        for (int i = tid; i < ncand; i += blockDim.x) {
-            uint32_t k = KEY(i);
-            if (k > prefix) {
-                o[sink + atomicAdd(&cnt_gt, 1)] = c0 + i;
-            } else if (k == prefix) {
-                int e = atomicAdd(&cnt_eq, 1);
-                if (e < rem) o[sink + n_gt + e] = c0 + i;
-            }
-        }
+        radix_top_k([&](int i) { return in_smem ? keys[i] : ord_key(sc[i]); }, ncand, top_k, c0, o + sink);
     }
-#undef KEY
     __syncthreads();
     for (int i = tid; i < W; i += blockDim.x) sel[(long long)row * W + i] = o[i];
     if (!tab_out) return;
@@ -723,367 +805,307 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
     }
 }
 
-/* ---- fused MSA decode for small batches (sm_90) -----------------------------
- * One cooperative launch instead of score -> top-k -> decode (+ merge):
- *   1. every CTA scores its pages (msa_score_body, block maxima kept in
- *      shared memory) and writes only its own top_k (score, block) per group,
- *      sorted;
- *   2. grid barrier; one CTA per (sequence, group) selects the top_k of
- *      those lists (exact: the global top_k is in their union) by a
- *      threshold (fused_select_fast; a radix select over every list entry
- *      when too many entries reach it) and writes the selection and the
- *      rewritten page table;
- *   3. grid barrier; split-KV decode, one selected block per CTA item (a
- *      32-key tile per warp), the last CTA of each (sequence, KV head) merges.
- * The grid is the co-resident CTA count (cooperative launch), so the
- * barriers are safe; cooperative groups keeps their state per launch, so
- * graph replays need no reset.  Counters (merge_cnt) are zeroed in step 2.
- *
- * Status (v7, gpu-notes.md): exact (attn_bench check), but at batch 1 it
- * is 4-5% slower than the kernel chain (steps 2 and 3 are latency chains on
- * a few CTAs), so it is off by default: CATTN_MSA_FUSED=1 turns it on where
- * it applies (batch <= 4, sm_90), CATTN_MSA_FUSED=0 forces the chain. */
+/* ---- sparse decode after the scores in one kernel (sm_90) -------------------
+ * select -> decode -> merge as one launch of clusters: C CTAs per (sequence,
+ * KV group) row.  Every CTA of a cluster selects the row's blocks itself
+ * from the block scores (redundant, but no CTA waits on another's
+ * selection), runs its share of the selected blocks' 32-key tiles (tile t
+ * on warp t mod 4C), and the cluster merges the CTAs' partial results
+ * through distributed shared memory: no partials in global memory, no
+ * counters, no third kernel.  Launched with PDL behind the scoring kernel,
+ * so the query fragments load while the scores are still being written.
+ * (v7's single cooperative kernel lost to the chain on the latency of its
+ * selection and last-CTA merge; gpu-notes.md.) */
 
 #include <cooperative_groups.h>
 
-#define FU_THREADS 128
-#define FU_SMEM (96 * 1024) /* both score pipelines; >= 64 KB decode stage, selection keys */
-#define FU_MAX_BATCH 4
-#define FU_LOADS 32 /* candidate loads in flight per thread */
-#ifndef FU_DEFAULT
-#define FU_DEFAULT 0 /* off by default: slower than the chain at batch 1 (gpu-notes.md, v7) */
-#endif
+#define SD_MAX_CLUSTER 16 /* a power of two: C x 4 warps x ceil(16 / C) heads = 64 records */
+#define SD_REC 132        /* floats per record: o[128], m, l, padding */
+#define SD_RECS 64
+#define SD_NV 16 /* score float4s per thread: 128 threads x 64 = 8192 blocks (1M tokens of 128) */
+#define SD_MAX_BLOCKS (DEC_WARPS * 32 * 4 * SD_NV)
+#define SD_CAP 512 /* scores the threshold pass may gather before the radix fallback */
+#define SD_SMEM (DEC_SMEM + SD_MAX_BLOCKS * 4) /* tile stages, then the page table */
 
+struct SelDecArgs {
+    DecArgs d;           /* q, k, v, strides, B, heads, scale, out */
+    const float *scores; /* [rows][sstride], sstride a multiple of 4 */
+    int sstride;
+    const int32_t *tables, *lens; /* the sequences' own */
+    int ts;
+    int32_t *sel;
+    int sink, top_k, local;
+    int cap;  /* <= SD_CAP; CATTN_SD_GATHER lowers it (tests: the radix fallback) */
+};
 
-/* Rank of v[i] among v[0..n) in descending order, ties by index (distinct
- * ranks).  v is in shared memory, 16-byte aligned; four float4 loads per
- * step so that the loads overlap (a plain loop waits ~30 cycles on each). */
-static __device__ __forceinline__ int rank_desc(const float *v, const int n, const int i)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* clusters; the only caller is sm_90 code */
+/* Rank of (v[i], id[i]) among the n pairs in descending order of v, ties
+ * by ascending id (distinct ids: distinct ranks, the same in every CTA).
+ * v and id are in shared memory, 16-byte aligned; two float4 and two int4
+ * loads per step so that the loads overlap (a plain loop waits ~30 cycles
+ * on each). */
+static __device__ __forceinline__ int rank_desc(const float *v, const int *id, const int n, const int i)
 {
     const float x = v[i];
+    const int xi = id[i];
     int r = 0, t = 0;
-    for (; t + 16 <= n; t += 16) {
-        float4 y[4];
+    for (; t + 8 <= n; t += 8) {
+        float4 y[2];
+        int4 k[2];
 #pragma unroll
-        for (int u = 0; u < 4; u++) y[u] = *(const float4 *)(v + t + 4 * u);
+        for (int u = 0; u < 2; u++) {
+            y[u] = *(const float4 *)(v + t + 4 * u);
+            k[u] = *(const int4 *)(id + t + 4 * u);
+        }
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
-            const int k = t + 4 * u;
-            r += (y[u].x > x) | ((y[u].x == x) & (k < i));
-            r += (y[u].y > x) | ((y[u].y == x) & (k + 1 < i));
-            r += (y[u].z > x) | ((y[u].z == x) & (k + 2 < i));
-            r += (y[u].w > x) | ((y[u].w == x) & (k + 3 < i));
+        for (int u = 0; u < 2; u++) {
+            r += (y[u].x > x) | ((y[u].x == x) & (k[u].x < xi));
+            r += (y[u].y > x) | ((y[u].y == x) & (k[u].y < xi));
+            r += (y[u].z > x) | ((y[u].z == x) & (k[u].z < xi));
+            r += (y[u].w > x) | ((y[u].w == x) & (k[u].w < xi));
         }
     }
-    for (; t < n; t++) {
-        const float y = v[t];
-        r += (y > x) | ((y == x) & (t < i));
-    }
+    for (; t < n; t++) r += (v[t] > x) | ((v[t] == x) & (id[t] < xi));
     return r;
 }
 
-struct FusedArgs {
-    DecArgs d; /* tables / lens: the rewritten lists */
-    const char *idx;
-    long long istride;
-    const int32_t *tables, *lens; /* the sequences' own */
-    int ts;
-    const bf16 *iq;
-    float *cand_s; /* [batch * 4][per_seq * top_k] */
-    int32_t *cand_b;
-    int32_t *sel;
-    int batch, per_seq, top_k, local;
-    int evict_first; /* index key loads marked L2 evict-first */
-    int gather_max; /* <= FU_GATHER; CATTN_FUSED_GATHER lowers it (tests: the radix fallback) */
-    int stop; /* timing knob (CATTN_FUSED_STOP): end after step 1..4 of 5 (1 score, 2 barrier, 3 select, 4 barrier) */
-};
 
-/* Exact top_k of the per-CTA lists by a threshold: the top_k-th largest of
- * the CTAs' maxima (the lists are sorted, entry 0 is the maximum) is a lower
- * bound T on the top_k-th largest score overall, so the top_k is among the
- * list entries >= T, usually a few more than top_k.  Those are gathered
- * (each list is read only while its entries reach T) and ranked.  Writes
- * o[0 .. top_k), or o[0] = -2 when more than gather_max (<= FU_GATHER) reach T.
- * Ends with a barrier. */
-#define FU_GATHER 256
-static __device__ void fused_select_fast(const FusedArgs &a, const int row, const int ncand, float *sm, int *o)
+/* The row's selection into o[0 .. sink + top_k + local): sink blocks, the
+ * top_k best candidates (unordered), local blocks; -1 marks an empty slot.
+ * Exact by a threshold: each thread holds up to 64 scores, and the top_k-th
+ * largest of the threads' maxima bounds the top_k-th largest score from
+ * below, so the top_k are among the scores reaching it, usually a few more
+ * than top_k: those are gathered and ranked.  A radix select over all
+ * scores when more than cap reach it (ties).  All threads call it; ends
+ * with a barrier. */
+static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int nblk, int *o)
 {
+    __shared__ __align__(16) float mx[DEC_WARPS * 32];
+    __shared__ __align__(16) float gs[SD_CAP];
+    __shared__ __align__(16) int gi[SD_CAP];
     __shared__ int s_n;
     __shared__ float s_thr;
-    const int tid = threadIdx.x, top_k = a.top_k, P = a.per_seq;
-    const int nact = min(P, ncand); /* CTAs with at least one page */
-    const float *cs = a.cand_s + (long long)row * P * top_k;
-    const int32_t *cb = a.cand_b + (long long)row * P * top_k;
-    float *mx = sm;                       /* [nact] the CTAs' maxima */
-    const int P4 = (P + 3) & ~3;           /* float4 alignment for rank_desc */
-    float *gs = sm + P4;                   /* [FU_GATHER] gathered scores */
-    int *gi = (int *)(sm + P4 + FU_GATHER); /* [FU_GATHER] their list slots */
-    for (int j = tid; j < nact; j += FU_THREADS) mx[j] = __ldcg(cs + (long long)j * top_k);
+    const int tid = threadIdx.x, T = DEC_WARPS * 32, sink = a.sink, top_k = a.top_k, local = a.local;
+    const int c0 = min(sink, nblk), c1 = max(c0, nblk - local), ncand = c1 - c0;
+    for (int i = tid; i < sink; i += T) o[i] = i < c0 ? i : -1;
+    for (int i = tid; i < local; i += T) {
+        int blk = nblk - local + i;
+        o[sink + top_k + i] = blk >= c1 ? blk : -1;
+    }
+    for (int i = tid; i < top_k; i += T) o[sink + i] = i < ncand && ncand <= top_k ? c0 + i : -1;
+    if (ncand <= top_k) {
+        __syncthreads();
+        return;
+    }
+    /* scores of blocks 4 (tid + 128 j) .. +3, all loads in one round */
+    float4 v[SD_NV];
+#pragma unroll
+    for (int j = 0; j < SD_NV; j++) {
+        const int i = 4 * (tid + T * j);
+        v[j] = i < c1 ? __ldcg((const float4 *)(sc + i)) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    float m = NEG_INF;
+#pragma unroll
+    for (int j = 0; j < SD_NV; j++) {
+        const int i = 4 * (tid + T * j);
+        v[j].x = i >= c0 && i < c1 ? v[j].x : NEG_INF;
+        v[j].y = i + 1 >= c0 && i + 1 < c1 ? v[j].y : NEG_INF;
+        v[j].z = i + 2 >= c0 && i + 2 < c1 ? v[j].z : NEG_INF;
+        v[j].w = i + 3 >= c0 && i + 3 < c1 ? v[j].w : NEG_INF;
+        m = fmaxf(m, fmaxf(fmaxf(v[j].x, v[j].y), fmaxf(v[j].z, v[j].w)));
+    }
+    SD_STAMP(1, SD_CTA, 8);
+    mx[tid] = m;
+    gi[tid] = tid;
     if (tid == 0) {
         s_n = 0;
         s_thr = NEG_INF;
     }
     __syncthreads();
-    if (nact >= top_k) {
-        for (int j = tid; j < nact; j += FU_THREADS)
-            if (rank_desc(mx, nact, j) == top_k - 1) s_thr = mx[j];
-    }
+    if (top_k <= T && rank_desc(mx, gi, T, tid) == top_k - 1) s_thr = m;
     __syncthreads();
-    TSTAMP(4, false);
+    SD_STAMP(1, SD_CTA, 9);
+    /* gather: count, one atomic per warp for the warp's slots, then write */
     const float thr = s_thr;
-    for (int j = tid; j < nact; j += FU_THREADS) {
-        const int nj = (ncand - j + P - 1) / P, cnt = nj < top_k ? nj : top_k;
-        float x = mx[j];
-        for (int r = 0; r < cnt && x >= thr;) {
-            int slot = atomicAdd(&s_n, 1);
-            if (slot < FU_GATHER) {
-                gs[slot] = x;
-                gi[slot] = j * top_k + r;
+    int cnt = 0;
+#pragma unroll
+    for (int j = 0; j < SD_NV; j++) /* masked entries are NEG_INF; thr may be too */
+        cnt += (v[j].x >= thr && v[j].x > NEG_INF) + (v[j].y >= thr && v[j].y > NEG_INF) +
+               (v[j].z >= thr && v[j].z > NEG_INF) + (v[j].w >= thr && v[j].w > NEG_INF);
+    const int lane = tid & 31;
+    int incl = cnt;
+#pragma unroll
+    for (int x = 1; x < 32; x <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, incl, x);
+        if (lane >= x) incl += y;
+    }
+    int pos = 0;
+    if (lane == 31) pos = atomicAdd(&s_n, incl);
+    pos = __shfl_sync(0xffffffffu, pos, 31) + incl - cnt;
+    auto put = [&](float x, int i) {
+        if (x >= thr && x > NEG_INF) {
+            if (pos < SD_CAP) {
+                gs[pos] = x;
+                gi[pos] = i;
             }
-            if (++r < cnt) x = __ldcg(cs + (long long)j * top_k + r);
+            pos++;
         }
+    };
+#pragma unroll
+    for (int j = 0; j < SD_NV; j++) {
+        const int i = 4 * (tid + T * j);
+        put(v[j].x, i);
+        put(v[j].y, i + 1);
+        put(v[j].z, i + 2);
+        put(v[j].w, i + 3);
     }
     __syncthreads();
-    TSTAMP(5, false);
+    SD_STAMP(1, SD_CTA, 10);
     const int n = s_n;
-    if (n > a.gather_max) {
-        if (tid == 0) o[0] = -2;
-    } else {
-        for (int i = tid; i < n; i += FU_THREADS) {
-            const int r = rank_desc(gs, n, i);
-            if (r < top_k) o[r] = __ldcg(cb + gi[i]);
+    if (n <= a.cap) {
+        for (int i = tid; i < n; i += T) {
+            const int r = rank_desc(gs, gi, n, i);
+            if (r < top_k) o[sink + r] = gi[i];
         }
+        __syncthreads();
+    } else {
+        radix_top_k([&](int i) { return ord_key(__ldcg(sc + c0 + i)); }, ncand, top_k, c0, o + sink);
+        /* the atomics left the list in any order: sort it by block, so that
+         * every CTA of the cluster splits the same tiles */
+        for (int i = tid; i < top_k; i += T) {
+            const int x = o[sink + i];
+            int r = 0;
+            for (int j = 0; j < top_k; j++) r += o[sink + j] < x;
+            gi[r] = x;
+        }
+        __syncthreads();
+        for (int i = tid; i < top_k; i += T) o[sink + i] = gi[i];
+        __syncthreads();
     }
-    __syncthreads();
 }
+#endif
 
-static __device__ void fused_select(const FusedArgs &a, const int row, uint32_t *keys)
+__global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArgs a)
 {
-    __shared__ int hist[256];
-    __shared__ int s_bin, s_rem, cnt_gt, cnt_eq;
-    __shared__ int o[TOPK_MAX_W];
-    const int tid = threadIdx.x;
-    const int b = row >> 2, B = a.d.B, top_k = a.top_k, local = a.local, W = top_k + local, P = a.per_seq;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    extern __shared__ __align__(128) unsigned char smem[];
+    __shared__ int o[TOPK_MAX_W], blks[TOPK_MAX_W];
+    __shared__ int s_nb;
+    __shared__ __align__(16) float recs[SD_RECS * SD_REC]; /* the warps' states of this CTA's heads */
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    const int C = (int)cl.num_blocks(), rank = (int)cl.block_rank();
+    const DecArgs &d = a.d;
+    const int row = blockIdx.y, b = row / d.n_kv, kvh = row - b * d.n_kv;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tid = threadIdx.x;
+    const int W = a.sink + a.top_k + a.local;
+    SD_STAMP(1, SD_CTA, 0);
+    cl.barrier_arrive(); /* every CTA has started before any DSMEM store: waited on below */
+
+    /* inputs of earlier kernels, before waiting on the scores: the query,
+     * and the sequence's page table into shared memory (one copy group,
+     * so no page lookup waits on memory after the selection) */
+    DecState st;
+    dec_init(st, d.q + ((long long)b * d.n_heads + kvh * d.ratio) * 128, d.ratio, lane);
     const int len = a.lens[b];
-    const int nblk = (len + B - 1) / B;
-    const int ncand = max(0, nblk - local);
-    __syncthreads(); /* o, hist and keys of an earlier row */
-    for (int i = tid; i < local; i += FU_THREADS) {
-        int blk = nblk - local + i;
-        o[top_k + i] = blk >= ncand ? blk : -1;
-    }
-    if (ncand <= top_k) {
-        for (int i = tid; i < top_k; i += FU_THREADS) o[i] = i < ncand ? i : -1;
-        __syncthreads();
-    } else {
-        fused_select_fast(a, row, ncand, (float *)keys, o);
-    }
-    if (ncand > top_k && o[0] == -2) { /* the fast path gave up: radix select over every list entry */
-        __syncthreads();
-        const int nslot = P * top_k;
-        const float *cs = a.cand_s + (long long)row * nslot;
-        const int32_t *cb = a.cand_b + (long long)row * nslot;
-        /* slot (j, r) holds CTA j's r-th best; valid for r < min(pages of j, top_k).
-         * Invalid slots get key 0, below every finite score's key. */
-        uint32_t kmin = 0xffffffffu, kmax = 0;
-        for (int i0 = 0; i0 < nslot; i0 += FU_THREADS * FU_LOADS) {
-            float v[FU_LOADS];
-#pragma unroll
-            for (int u = 0; u < FU_LOADS; u++) {
-                int i = i0 + tid + u * FU_THREADS;
-                v[u] = i < nslot ? __ldcg(cs + i) : 0.f;
-            }
-#pragma unroll
-            for (int u = 0; u < FU_LOADS; u++) {
-                int i = i0 + tid + u * FU_THREADS;
-                if (i < nslot) {
-                    int j = i / top_k, r = i - j * top_k;
-                    int nj = j < ncand ? (ncand - j + P - 1) / P : 0;
-                    uint32_t k = 0;
-                    if (r < nj) {
-                        k = ord_key(v[u]);
-                        kmin = min(kmin, k);
-                        kmax = max(kmax, k);
-                    }
-                    keys[i] = k;
-                }
-            }
-        }
-        TSTAMP(4, false);
-        kmin = __reduce_min_sync(0xffffffffu, kmin);
-        kmax = __reduce_max_sync(0xffffffffu, kmax);
-        if ((tid & 31) == 0) {
-            hist[tid >> 5] = (int)kmin;
-            hist[32 + (tid >> 5)] = (int)kmax;
-        }
-        __syncthreads();
-        if (tid < 32) {
-            uint32_t x = (uint32_t)hist[tid], y = (uint32_t)hist[32 + tid];
-            if (tid >= FU_THREADS / 32) x = 0xffffffffu, y = 0;
-            x = __reduce_min_sync(0xffffffffu, x);
-            y = __reduce_max_sync(0xffffffffu, y);
-            if (tid == 0) s_bin = (int)x, s_rem = (int)y;
-        }
-        __syncthreads();
-        kmin = (uint32_t)s_bin;
-        kmax = (uint32_t)s_rem;
-        __syncthreads();
-        const uint32_t diff = kmin ^ kmax;
-        int hi = diff ? 32 - __clz(diff) : 0;
-        uint32_t mask = hi >= 32 ? 0u : ~((1u << hi) - 1u);
-        uint32_t prefix = kmax & mask;
-        int rem = top_k;
-        while (hi > 0) {
-            const int width = hi < 8 ? hi : 8, shift = hi - width;
-            const uint32_t wmask = (1u << width) - 1u;
-            for (int i = tid; i < 256; i += FU_THREADS) hist[i] = 0;
-            __syncthreads();
-            for (int i = tid; i < nslot; i += FU_THREADS) {
-                uint32_t k = keys[i];
-                if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & wmask], 1);
-            }
-            __syncthreads();
-            if (tid < 32) {
-                int c = 0;
-                for (int j = 0; j < 8; j++) c += hist[255 - 8 * tid - j];
-                int incl = c;
-                for (int x = 1; x < 32; x <<= 1) {
-                    int y = __shfl_up_sync(0xffffffffu, incl, x);
-                    if (tid >= x) incl += y;
-                }
-                int excl = incl - c;
-                if (excl < rem && rem <= incl) {
-                    int acc = excl;
-                    for (int j = 0; j < 8; j++) {
-                        int bin = 255 - 8 * tid - j;
-                        if (acc + hist[bin] >= rem) {
-                            s_bin = bin;
-                            s_rem = rem - acc;
-                            break;
-                        }
-                        acc += hist[bin];
-                    }
-                }
-            }
-            __syncthreads();
-            prefix |= (uint32_t)s_bin << shift;
-            mask |= wmask << shift;
-            rem = s_rem;
-            hi = shift;
-            __syncthreads();
-        }
-        TSTAMP(5, false);
-        if (tid == 0) cnt_gt = cnt_eq = 0;
-        __syncthreads();
-        const int n_gt = top_k - rem;
-        for (int i = tid; i < nslot; i += FU_THREADS) {
-            uint32_t k = keys[i];
-            if (k > prefix) {
-                o[atomicAdd(&cnt_gt, 1)] = __ldcg(cb + i);
-            } else if (k == prefix) {
-                int e = atomicAdd(&cnt_eq, 1);
-                if (e < rem) o[n_gt + e] = __ldcg(cb + i);
-            }
-        }
-    }
-    __syncthreads();
-    if (a.sel)
-        for (int i = tid; i < W; i += FU_THREADS) a.sel[(long long)row * W + i] = o[i];
-    /* the selected pages, compacted in order (the newest block stays last) */
-    if (tid < 32) {
-        int32_t *tab_out = (int32_t *)a.d.tables + (long long)row * W;
+    const int nblk = (len + d.B - 1) / d.B;
+    const int32_t *tab = a.tables + (long long)b * a.ts;
+    int32_t *tab_s = (int32_t *)(smem + DEC_SMEM);
+    for (int i = tid; i < nblk; i += DEC_WARPS * 32)
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(tab_s + i)), "l"(tab + i));
+    cp_commit();
+    pdl_wait();
+    SD_STAMP(1, SD_CTA, 1);
+
+    sd_select(a, a.scores + (long long)row * a.sstride, nblk, o);
+    SD_STAMP(1, SD_CTA, 2);
+
+    if (a.sel && rank == 0)
+        for (int i = tid; i < W; i += DEC_WARPS * 32) a.sel[(long long)row * W + i] = o[i];
+    if (warp == 0) { /* the selected blocks, compacted */
         int n = 0;
         for (int i0 = 0; i0 < W; i0 += 32) {
-            int i = i0 + tid, blk = i < W ? o[i] : -1;
-            unsigned v = __ballot_sync(0xffffffffu, blk >= 0);
-            if (blk >= 0) tab_out[n + __popc(v & ((1u << tid) - 1u))] = a.tables[(long long)b * a.ts + blk];
-            n += __popc(v);
+            const int i = i0 + lane, blk = i < W ? o[i] : -1;
+            const unsigned bal = __ballot_sync(0xffffffffu, blk >= 0);
+            if (blk >= 0) blks[n + __popc(bal & ((1u << lane) - 1u))] = blk;
+            n += __popc(bal);
         }
-        if (tid == 0) {
-            ((int32_t *)a.d.lens)[row] = (n - 1) * B + (len - (nblk - 1) * B);
-            a.d.merge_cnt[row] = 0;
-        }
+        if (lane == 0) s_nb = n;
     }
-}
-
-template <bool FP8>
-__global__ void __launch_bounds__(FU_THREADS, 2) msa_fused_kernel(FusedArgs a)
-{
-    extern __shared__ __align__(128) unsigned char smem[];
-    __shared__ __align__(16) float bs[4 * SC_MAX_PAGES];
-    cooperative_groups::grid_group grid = cooperative_groups::this_grid();
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int top_k = a.top_k, P = a.per_seq, B = a.d.B;
-
-    TSTAMP(0, false);
-    /* 1. scoring, and this CTA's own top_k per group (sorted: entry 0 is the maximum) */
-    if ((int)blockIdx.x < P * a.batch) {
-        const int b = blockIdx.x / P, j = blockIdx.x - b * P;
-        const int ncand = max(0, (a.lens[b] + B - 1) / B - a.local);
-        const int n_my = j < ncand ? (ncand - j + P - 1) / P : 0;
-        msa_score_body<FP8>(smem, a.idx, a.istride, a.tables, a.ts, a.iq, b, j, P, n_my, NULL, 0, bs,
-                            a.evict_first != 0);
-        TSTAMP(1, true);
-        if (ncand > top_k && n_my > 0) { /* else the selection takes every candidate */
-            __syncthreads();
-            const float *v = bs + warp * SC_MAX_PAGES; /* warp g ranks group g */
-            const long long o = ((long long)(b * 4 + warp) * P + j) * top_k;
-            for (int i = lane; i < n_my; i += 32) {
-                const int r = rank_desc(v, n_my, i);
-                if (r < top_k) {
-                    a.cand_s[o + r] = v[i];
-                    a.cand_b[o + r] = j + i * P;
-                }
-            }
-        }
-    }
-    /* the decode step's query rows into L2 meanwhile (4 KB per item) */
-    {
-        const int W = top_k + a.local;
-        if ((int)blockIdx.x < W * 4 * a.batch && tid < 32) {
-            const int kvh = (blockIdx.x / W) & 3, b = blockIdx.x / (4 * W);
-            const char *qp = (const char *)(a.d.q + ((long long)b * a.d.n_heads + kvh * a.d.ratio) * 128);
-            if (tid * 128 < a.d.ratio * 256) asm volatile("prefetch.global.L2 [%0];" ::"l"(qp + tid * 128));
-        }
-    }
-    TSTAMP(2, true);
-    if (a.stop == 1) return;
-    grid.sync();
-    TSTAMP(3, false);
-    if (a.stop == 2) return;
-
-    /* 2. selection per (sequence, group) */
-    for (int row = blockIdx.x; row < a.batch * 4; row += gridDim.x) fused_select(a, row, (uint32_t *)smem);
-    TSTAMP(6, false);
-    if (a.stop == 3) return;
-    grid.sync();
-    TSTAMP(7, false);
-    if (a.stop == 4) return;
-
-    /* 3. sparse decode: item = (selected slot, KV head, sequence) */
-    const int W = top_k + a.local, items = W * 4 * a.batch;
-    for (int it = blockIdx.x; it < items; it += gridDim.x) {
-        __syncthreads(); /* shared memory of the previous item */
-        dec_body<1>(a.d, smem, it % W, (it / W) & 3, it / (4 * W));
-    }
-#ifdef CATTN_FUSED_PROF
-    TSTAMP(8, true);
+    cp_wait<0>(); /* the table */
     __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        if (atomicAdd(&g_tdone, 1) == gridDim.x - 1) {
-            unsigned long long t0 = g_tp[0];
-            printf("PROF fp8=%d b=%d us: score %.2f rank %.2f sync1 %.2f sel-a %.2f sel-b %.2f sel-c %.2f (total %.2f) "
-                   "sync2 %.2f | decode: tile %.2f part %.2f last-merge-start %.2f end %.2f\n",
-                   (int)FP8, a.batch, (g_tp[1] - t0) * 1e-3, (g_tp[2] - g_tp[1]) * 1e-3,
-                   (g_tp[3] - g_tp[2]) * 1e-3, (g_tp[4] - g_tp[3]) * 1e-3, (g_tp[5] - g_tp[4]) * 1e-3,
-                   (g_tp[6] - g_tp[5]) * 1e-3, (g_tp[6] - g_tp[3]) * 1e-3, (g_tp[7] - g_tp[6]) * 1e-3,
-                   (g_tp[9] - g_tp[7]) * 1e-3, (g_tp[10] - g_tp[9]) * 1e-3, (g_tp[11] - g_tp[7]) * 1e-3,
-                   (g_tp[8] - g_tp[7]) * 1e-3);
-            for (int i = 0; i < 12; i++) g_tp[i] = 0;
-            g_tdone = 0;
-        }
+    SD_STAMP(1, SD_CTA, 11);
+
+    /* this warp's tiles: t = gw, gw + 4C, ...; keys are numbered by their
+     * position in the sequence, so only the newest block has masked keys */
+    const int tpb = d.B / DEC_TILE, ntiles = s_nb * tpb;
+    const int gw = rank * DEC_WARPS + warp, nw = C * DEC_WARPS;
+    const int my_n = gw < ntiles ? (ntiles - gw + nw - 1) / nw : 0;
+    const uint32_t wbase = smem_u32(smem) + warp * DEC_STAGES * DEC_STAGE_BYTES;
+    auto load = [&](int i) {
+        const int t = gw + i * nw, blk = blks[t / tpb];
+        dec_load(d, tab, kvh, len, blk * tpb + t % tpb, wbase + (i % DEC_STAGES) * DEC_STAGE_BYTES, lane,
+                 tab_s[blk]);
+    };
+#pragma unroll
+    for (int i = 0; i < DEC_STAGES - 1; i++) {
+        if (i < my_n) load(i);
+        cp_commit();
     }
+    for (int i = 0; i < my_n; i++) {
+        if (i + DEC_STAGES - 1 < my_n) load(i + DEC_STAGES - 1);
+        cp_commit();
+        cp_wait<DEC_STAGES - 1>();
+        __syncwarp();
+        const int t = gw + i * nw;
+        dec_tile(st, wbase + (i % DEC_STAGES) * DEC_STAGE_BYTES, (blks[t / tpb] * tpb + t % tpb) * DEC_TILE, len,
+                 d.scale_log2, lane);
+        __syncwarp();
+    }
+    cp_wait<0>();
+    SD_STAMP(1, SD_CTA, 3);
+
+    /* Each warp pushes its unnormalised state per head into the shared
+     * memory of the head's owner, CTA r mod C (remote stores do not wait),
+     * and after one cluster barrier each owner merges its heads' 4C records
+     * from its own shared memory.  (Pulling CTA-merged partials through
+     * DSMEM loads cost 5.4 us for the CTA merge, two barriers and the
+     * loads: v9, gpu-notes.md.) */
+    const int hpo = (d.ratio + C - 1) / C; /* heads per owner */
+    cl.barrier_wait();
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 1);
+        st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 2);
+        const int r = (lane >> 2) + 8 * h;
+        if (r >= d.ratio) continue;
+        float *rec = cl.map_shared_rank(recs, r % C) + ((rank * DEC_WARPS + warp) * hpo + r / C) * SD_REC;
+#pragma unroll
+        for (int n = 0; n < 16; n++)
+            *(float2 *)&rec[8 * n + 2 * (lane & 3)] = make_float2(st.o[n][2 * h], st.o[n][2 * h + 1]);
+        if ((lane & 3) == 0) *(float2 *)&rec[128] = make_float2(st.m[h], st.l[h]);
+    }
+    SD_STAMP(1, SD_CTA, 4);
+    cl.sync(); /* the records are in place */
+    SD_STAMP(1, SD_CTA, 5);
+    /* a thread per dim of each owned head; the records' loads are independent */
+    for (int k = 0; rank + k * C < d.ratio; k++) {
+        const int r = rank + k * C, nrec = C * DEC_WARPS;
+        float M = NEG_INF;
+        for (int j = 0; j < nrec; j++) M = fmaxf(M, recs[(j * hpo + k) * SD_REC + 128]);
+        float acc = 0.f, lsum = 0.f;
+#pragma unroll 8
+        for (int j = 0; j < nrec; j++) {
+            const float *rec = recs + (j * hpo + k) * SD_REC;
+            const float w = M == NEG_INF ? 0.f : exp2f(rec[128] - M);
+            lsum += w * rec[129];
+            acc += w * rec[tid];
+        }
+        d.out[((long long)b * d.n_heads + kvh * d.ratio + r) * 128 + tid] =
+            __float2bfloat16(lsum > 0.f ? acc / lsum : 0.f);
+    }
+    SD_STAMP(1, SD_CTA, 6);
+    SD_STAMP(1, SD_CTA, 7);
 #endif
 }
 
@@ -1202,38 +1224,97 @@ extern "C" int cattn_decode(const cattn_pool *p, const cattn_batch *b, int n_hea
                       b->max_len, 4, NULL, ws, ws_bytes, (cudaStream_t)stream, false);
 }
 
-/* The fused MSA kernel's grid: co-resident CTAs (cooperative launch), 0 when
- * it cannot run here (before sm_90, no cooperative launch, no occupancy). */
-static int fused_grid(bool fp8)
+/* The one-kernel sparse decode's CTAs per row, a power of two: n_sms /
+ * rows, at most one warp per tile and 16 (8 where clusters of 16 cannot be
+ * placed); 0 where it does not apply (before sm_90, over SD_MAX_BLOCKS
+ * blocks).  CATTN_SD_CLUSTER=n sets n, and 0 the kernel chain (score ->
+ * top-k -> split-KV decode), which serves the rest. */
+static int sd_cluster(const cattn_pool *p, const cattn_batch *b, int W)
 {
-    static int g[2] = {-1, -1};
-    int &n = g[fp8 ? 1 : 0];
-    if (n < 0) {
-        n = 0;
-        int dev = 0, major = 0, coop = 0, occ = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+    static int max_c = -1;
+    if (max_c < 0) {
+        int dev = 0, major = 0;
+        cudaGetDevice(&dev);
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-        cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
-        if (major < 9 || !coop) return 0;
-        void (*k)(FusedArgs) = fp8 ? msa_fused_kernel<true> : msa_fused_kernel<false>;
-        if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, FU_SMEM) != cudaSuccess ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k, FU_THREADS, FU_SMEM) != cudaSuccess) {
-            cudaGetLastError();
-            return 0;
+        max_c = 0;
+        if (major >= 9 &&
+            cudaFuncSetAttribute(sel_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SD_SMEM) ==
+                cudaSuccess) {
+            max_c = 8;
+            cudaLaunchConfig_t cfg = {};
+            cudaLaunchAttribute at[1];
+            at[0].id = cudaLaunchAttributeClusterDimension;
+            at[0].val.clusterDim.x = 16;
+            at[0].val.clusterDim.y = at[0].val.clusterDim.z = 1;
+            cfg.gridDim = dim3(16);
+            cfg.blockDim = dim3(DEC_WARPS * 32);
+            cfg.dynamicSmemBytes = SD_SMEM;
+            cfg.attrs = at;
+            cfg.numAttrs = 1;
+            int n = 0;
+            if (cudaFuncSetAttribute(sel_decode_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) ==
+                    cudaSuccess &&
+                cudaOccupancyMaxActiveClusters(&n, sel_decode_kernel, &cfg) == cudaSuccess && n > 0)
+                max_c = 16;
         }
-        n = occ * n_sms();
+        cudaGetLastError();
     }
-    return n;
+    if (!max_c || (b->max_len + p->block_size - 1) / p->block_size > SD_MAX_BLOCKS) return 0;
+    const char *e = getenv("CATTN_SD_CLUSTER");
+    int c = e ? atoi(e) : n_sms() / (b->batch * p->n_kv_heads);
+    const int per_warp = (W * (p->block_size / DEC_TILE) + DEC_WARPS - 1) / DEC_WARPS;
+    if (!e && c > per_warp) c = per_warp;
+    /* a cluster of 16 takes a whole GPC: past half the SMs in such
+     * clusters, some wait for a GPC to drain (v9: Quest's 8 rows, 43 us at 8 against 55 at 16) */
+    if (!e && c > 8 && b->batch * p->n_kv_heads * 16 > n_sms() / 2) c = 8;
+    if (c > max_c) c = max_c;
+    if (c <= 0) return e ? 0 : 1;
+    return 1 << (31 - __builtin_clz(c)); /* records per owner: SD_RECS */
 }
 
-/* Scoring CTAs per sequence of the fused kernel; CATTN_FUSED_CTAS caps it
- * (tests: many pages per CTA on short sequences). */
-static int fused_per_seq(int grid, int batch)
+static int sel_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q, void *out, float scale,
+                      int top_k, int local, int sink, int32_t *sel, const float *scores, int sstride, int C,
+                      cudaStream_t st)
 {
-    int p = grid / batch;
-    const char *e = getenv("CATTN_FUSED_CTAS");
-    if (e && atoi(e) > 0 && atoi(e) < p) p = atoi(e);
-    return p;
+    SelDecArgs a;
+    memset(&a, 0, sizeof(a));
+    a.d.q = (const bf16 *)q;
+    a.d.k = (const char *)p->k;
+    a.d.v = (const char *)p->v;
+    a.d.k_stride = p->k_stride;
+    a.d.v_stride = p->v_stride;
+    a.d.out = (bf16 *)out;
+    a.d.B = p->block_size;
+    a.d.n_kv = p->n_kv_heads;
+    a.d.n_heads = n_heads;
+    a.d.ratio = n_heads / p->n_kv_heads;
+    a.d.scale_log2 = scale * LOG2E_F;
+    a.scores = scores;
+    a.sstride = sstride;
+    a.tables = b->tables;
+    a.lens = b->lens;
+    a.ts = b->table_stride;
+    a.sel = sel;
+    a.sink = sink;
+    a.top_k = top_k;
+    a.local = local;
+    const char *g = getenv("CATTN_SD_GATHER");
+    a.cap = g && atoi(g) >= 0 && atoi(g) < SD_CAP ? atoi(g) : SD_CAP;
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at[2];
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = C;
+    at[0].val.clusterDim.y = at[0].val.clusterDim.z = 1;
+    at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[1].val.programmaticStreamSerializationAllowed = 1;
+    cfg.gridDim = dim3(C, b->batch * p->n_kv_heads);
+    cfg.blockDim = dim3(DEC_WARPS * 32);
+    cfg.dynamicSmemBytes = SD_SMEM;
+    cfg.stream = st;
+    cfg.attrs = at;
+    cfg.numAttrs = 2;
+    CUDA_TRY(cudaLaunchKernelEx(&cfg, sel_decode_kernel, a));
+    return 0;
 }
 
 /* CATTN_SCORE_EF=0/1 overrides SCORE_EF_DEFAULT (index key loads L2 evict-first). */
@@ -1246,125 +1327,37 @@ static int score_evict_first(void)
     return e ? e[0] == '1' : SCORE_EF_DEFAULT;
 }
 
+/* Block scores per row, padded to float4 rows for the selection's loads. */
+static int score_stride(int nblk) { return (nblk + 3) & ~3; }
+
 /* Sparse decode workspace: scores, selection, rewritten tables, lengths,
- * then the split-KV partials for a selection of W pages (W splits for the
- * fused kernel), then the fused kernel's per-CTA candidate lists. */
-static size_t sparse_ws(const cattn_pool *p, int batch, int n_heads, int max_len, int W, int cand_top_k,
-                        size_t *off)
+ * merge counters, then the split-KV partials for a selection of W pages. */
+static size_t sparse_ws(const cattn_pool *p, int batch, int n_heads, int max_len, int W, size_t *off)
 {
     int rows = batch * p->n_kv_heads;
     int nblk = (max_len + p->block_size - 1) / p->block_size;
     size_t o = 0;
-    off[0] = o; o += align256((size_t)rows * nblk * sizeof(float));
+    off[0] = o; o += align256((size_t)rows * score_stride(nblk) * sizeof(float));
     off[1] = o; o += align256((size_t)rows * W * sizeof(int32_t));
     off[2] = o; o += align256((size_t)rows * W * sizeof(int32_t));
     off[3] = o; o += align256((size_t)rows * sizeof(int32_t));
     off[5] = o; o += align256((size_t)rows * sizeof(int32_t));
-    size_t part = dec_ws(batch, n_heads, p->n_kv_heads, W * p->block_size, 1);
-    size_t part_fused = (size_t)batch * n_heads * W * (128 + 1) * sizeof(float);
-    off[4] = o; o += align256(part > part_fused ? part : part_fused);
-    off[6] = o;
-    if (cand_top_k > 0 && batch <= FU_MAX_BATCH) {
-        int g = fused_grid(p->idx_fp8 != 0);
-        size_t slots = (size_t)rows * (g / batch) * cand_top_k;
-        o += align256(slots * sizeof(float));
-        off[7] = o;
-        o += align256(slots * sizeof(int32_t));
-    } else {
-        off[7] = o;
-    }
+    off[4] = o; o += align256(dec_ws(batch, n_heads, p->n_kv_heads, W * p->block_size, 1));
     return o;
 }
 
 extern "C" size_t cattn_msa_decode_ws(const cattn_pool *p, int batch, int n_heads, int max_len, int top_k,
                                       int local)
 {
-    size_t off[8];
-    return sparse_ws(p, batch, n_heads, max_len, top_k + local, top_k, off);
+    size_t off[6];
+    return sparse_ws(p, batch, n_heads, max_len, top_k + local, off);
 }
 
 extern "C" size_t cattn_quest_decode_ws(const cattn_pool *p, int batch, int n_heads, int max_len, int top_k,
                                         int local, int sink)
 {
-    size_t off[8];
-    return sparse_ws(p, batch, n_heads, max_len, sink + top_k + local, 0, off);
-}
-
-/* The fused path (batch <= FU_MAX_BATCH, sm_90): returns 1 when it does not
- * apply (the caller runs the kernel chain), else 0 or an error. */
-static int msa_fused(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q, const void *iq,
-                     void *out, float scale, int top_k, int local, int32_t *sel, char *w, const size_t *off,
-                     cudaStream_t st)
-{
-    const char *e = getenv("CATTN_MSA_FUSED"); /* 0: never, 1: where it applies, unset: FU_DEFAULT */
-    if (e ? e[0] == '0' : !FU_DEFAULT) return 1;
-    const int B = p->block_size, n_kv = p->n_kv_heads, W = top_k + local, batch = b->batch;
-    if (batch > FU_MAX_BATCH) return 1;
-    const bool fp8 = p->idx_fp8 != 0;
-    const int grid = fused_grid(fp8);
-    if (grid < batch) return 1;
-    const int P = fused_per_seq(grid, batch);
-    const int ncand = (b->max_len + B - 1) / B - local;
-    if ((ncand + P - 1) / P > SC_MAX_PAGES) return 1;
-    if ((size_t)P * top_k * 4 > FU_SMEM || (size_t)(P + 4 + 2 * FU_GATHER) * 4 > FU_SMEM) return 1;
-    if (off[7] - off[6] < align256((size_t)batch * n_kv * P * top_k * sizeof(float))) return 1;
-    FusedArgs a;
-    memset(&a, 0, sizeof(a));
-    DecArgs &d = a.d;
-    d.q = (const bf16 *)q;
-    d.k = (const char *)p->k;
-    d.v = (const char *)p->v;
-    d.k_stride = p->k_stride;
-    d.v_stride = p->v_stride;
-    d.tables = (const int32_t *)(w + off[2]);
-    d.ts_seq = (long long)n_kv * W;
-    d.ts_kvh = W;
-    d.lens = (const int32_t *)(w + off[3]);
-    d.ls_seq = n_kv;
-    d.ls_kvh = 1;
-    d.part_o = (float *)(w + off[4]);
-    d.part_lse = d.part_o + (size_t)batch * n_heads * W * 128;
-    d.merge_cnt = (int *)(w + off[5]);
-    d.out = (bf16 *)out;
-    d.B = B;
-    d.n_kv = n_kv;
-    d.n_heads = n_heads;
-    d.ratio = n_heads / n_kv;
-    d.n_splits = W;
-    d.fixed_per = B / DEC_TILE;
-    d.scale_log2 = scale * LOG2E_F;
-    a.idx = (const char *)p->idx;
-    a.istride = p->idx_stride;
-    a.tables = b->tables;
-    a.lens = b->lens;
-    a.ts = b->table_stride;
-    a.iq = (const bf16 *)iq;
-    a.cand_s = (float *)(w + off[6]);
-    a.cand_b = (int32_t *)(w + off[7]);
-    a.sel = sel;
-    a.batch = batch;
-    a.per_seq = P;
-    a.top_k = top_k;
-    a.local = local;
-    a.evict_first = score_evict_first();
-    const char *gm = getenv("CATTN_FUSED_GATHER");
-    a.gather_max = gm && atoi(gm) > 0 && atoi(gm) < FU_GATHER ? atoi(gm) : FU_GATHER;
-    const char *stop = getenv("CATTN_FUSED_STOP");
-    a.stop = stop ? atoi(stop) : 0;
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeCooperative;
-    at[0].val.cooperative = 1;
-    cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3(FU_THREADS);
-    cfg.dynamicSmemBytes = FU_SMEM;
-    cfg.stream = st;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
-    if (fp8) CUDA_TRY(cudaLaunchKernelEx(&cfg, msa_fused_kernel<true>, a));
-    else CUDA_TRY(cudaLaunchKernelEx(&cfg, msa_fused_kernel<false>, a));
-    CUDA_TRY(cudaGetLastError());
-    return 0;
+    size_t off[6];
+    return sparse_ws(p, batch, n_heads, max_len, sink + top_k + local, off);
 }
 
 static int sparse_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q, const void *iq,
@@ -1376,19 +1369,15 @@ static int sparse_decode(const cattn_pool *p, const cattn_batch *b, int n_heads,
     if (!b || b->batch <= 0 || b->max_len <= 0 || top_k < 0 || local < 1 || sink < 0) return CATTN_EINVAL;
     if (sink + top_k + local > TOPK_MAX_W) return CATTN_ESHAPE;
     const int W = sink + top_k + local, B = p->block_size, n_kv = p->n_kv_heads;
-    size_t off[8];
-    if (ws_bytes < sparse_ws(p, b->batch, n_heads, b->max_len, W, iq ? top_k : 0, off)) return CATTN_EWORKSPACE;
+    size_t off[6];
+    if (ws_bytes < sparse_ws(p, b->batch, n_heads, b->max_len, W, off)) return CATTN_EWORKSPACE;
     char *w = (char *)ws;
-    if (iq && sink == 0 && n_kv == 4 && p->idx_dim == 128 && B == 128 && p->idx) {
-        rc = msa_fused(p, b, n_heads, q, iq, out, scale, top_k, local, sel, w, off, st);
-        if (rc != 1) return rc;
-    }
     float *scores = (float *)(w + off[0]);
     int32_t *sel_ws = (int32_t *)(w + off[1]);
     int32_t *tab = (int32_t *)(w + off[2]);
     int32_t *lens = (int32_t *)(w + off[3]);
     int *merge_cnt = (int *)(w + off[5]);
-    const int nblk = (b->max_len + B - 1) / B;
+    const int nblk = (b->max_len + B - 1) / B, sstride = score_stride(nblk);
     static int attr_done = 0;
     if (!attr_done) {
         CUDA_TRY(cudaFuncSetAttribute(msa_score_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -1406,30 +1395,70 @@ static int sparse_decode(const cattn_pool *p, const cattn_batch *b, int n_heads,
         if (p->idx_fp8)
             msa_score_kernel<true><<<grid, SC_THREADS, ScoreCfg<true>::SMEM, st>>>(
                 (const char *)p->idx, p->idx_stride, B, b->tables, b->table_stride, b->lens, (const bf16 *)iq,
-                scores, nblk, local, score_evict_first());
+                scores, sstride, local, score_evict_first());
         else
             msa_score_kernel<false><<<grid, SC_THREADS, ScoreCfg<false>::SMEM, st>>>(
                 (const char *)p->idx, p->idx_stride, B, b->tables, b->table_stride, b->lens, (const bf16 *)iq,
-                scores, nblk, local, score_evict_first());
+                scores, sstride, local, score_evict_first());
     } else {
         if (!p->summ) return CATTN_ESHAPE;
-        const int chunks = (nblk + 7) / 8;
-        dim3 grid(chunks < 256 ? chunks : 256, n_kv, b->batch);
+        /* one wave: as many CTAs as fit at once */
+        static int occ = 0;
+        if (!occ && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, quest_score_kernel, 256, 0) != cudaSuccess ||
+                     occ < 1))
+            occ = 1;
+        const int chunks = (nblk + 8 * QS_PAGES - 1) / (8 * QS_PAGES);
+        const int wave = (occ * n_sms() + n_kv * b->batch - 1) / (n_kv * b->batch);
+        dim3 grid(chunks < wave ? chunks : wave, n_kv, b->batch);
         quest_score_kernel<<<grid, 256, 0, st>>>((const char *)p->summ, p->summ_stride, B, b->tables,
                                                  b->table_stride, b->lens, (const bf16 *)q, n_heads, n_kv,
-                                                 n_heads / n_kv, scores, nblk, local);
+                                                 n_heads / n_kv, scores, sstride, local);
     }
     CUDA_TRY(cudaGetLastError());
+    const int C = sd_cluster(p, b, W);
+    if (C > 0) return sel_decode(p, b, n_heads, q, out, scale, top_k, local, sink, sel, scores, sstride, C, st);
     size_t tk_smem = (size_t)(nblk < TOPK_SMEM_KEYS ? nblk : TOPK_SMEM_KEYS) * 4;
     /* top-k and the decode start early (programmatic dependent launch) and
      * wait in-kernel, so their launches overlap the previous kernel's tail */
-    CUDA_TRY(launch_pdl(topk_kernel, dim3(b->batch * n_kv), dim3(TOPK_THREADS), tk_smem, st, scores, nblk, b->lens, B,
-                        n_kv, sink, top_k, local, sel ? sel : sel_ws, b->tables, b->table_stride, tab, lens,
-                        merge_cnt));
+    CUDA_TRY(launch_pdl(topk_kernel, dim3(b->batch * n_kv), dim3(TOPK_THREADS), tk_smem, st, scores, sstride,
+                        b->lens, B, n_kv, sink, top_k, local, sel ? sel : sel_ws, b->tables, b->table_stride, tab,
+                        lens, merge_cnt));
     CUDA_TRY(cudaGetLastError());
     return decode_run(p, b->batch, n_heads, q, out, scale, tab, (long long)n_kv * W, W, lens, n_kv, 1, W * B, 1,
                       merge_cnt, w + off[4], ws_bytes - off[4], st, true);
 }
+
+#ifdef CATTN_SD_PROF
+/* Prints the phase stamps of the last sparse decode: min / max over CTAs,
+ * in us after the first scoring CTA started. */
+extern "C" void cattn_sd_prof_dump(int n_score, int n_sel)
+{
+    static unsigned long long h[2][2048][12];
+    cudaDeviceSynchronize();
+    cudaMemcpyFromSymbol(h, g_sd_prof, sizeof(h));
+    unsigned long long t0 = ~0ull;
+    for (int c = 0; c < n_score; c++) t0 = h[0][c][0] && h[0][c][0] < t0 ? h[0][c][0] : t0;
+    static const char *names[2][12] = {{"score start", "score end"},
+                                      {"sd start", "sd waited", "sd selected", "sd tiles", "sd cta merged",
+                                       "sd cluster sync", "sd merged", "sd end", "sel loaded", "sel threshold",
+                                       "sel gathered", "sd table"}};
+    static const int order[12] = {0, 1, 8, 9, 10, 2, 11, 3, 4, 5, 6, 7};
+    for (int k = 0; k < 2; k++)
+        for (int oi = 0; oi < (k ? 12 : 2); oi++) {
+            const int i = k ? order[oi] : oi;
+            double mn = 1e30, mx = -1e30;
+            for (int c = 0; c < (k ? n_sel : n_score); c++) {
+                if (!h[k][c][i]) continue; /* CTA not run, or it stopped before */
+                double v = ((double)h[k][c][i] - (double)t0) * 1e-3;
+                mn = v < mn ? v : mn;
+                mx = v > mx ? v : mx;
+            }
+            printf("PROF %-16s min %8.2f max %8.2f us\n", names[k][i], mn, mx);
+        }
+    memset(h, 0, sizeof(h));
+    cudaMemcpyToSymbol(g_sd_prof, h, sizeof(h));
+}
+#endif
 
 extern "C" int cattn_msa_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q,
                                 const void *iq, void *out, float scale, int top_k, int local, int32_t *sel,
