@@ -822,10 +822,10 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
 #define SD_MAX_CLUSTER 16 /* a power of two: C x 4 warps x ceil(16 / C) heads = 64 records */
 #define SD_REC 132        /* floats per record: o[128], m, l, padding */
 #define SD_RECS 64
-#define SD_NV 16 /* score float4s per thread: 128 threads x 64 = 8192 blocks (1M tokens of 128) */
-#define SD_MAX_BLOCKS (DEC_WARPS * 32 * 4 * SD_NV)
+#define SD_NV 16 /* score float4s per thread in registers: 128 threads x 64 = 8192 blocks */
+#define SD_TAB 8192 /* page table entries prefetched into shared memory (1M tokens of 128) */
 #define SD_CAP 512 /* scores the threshold pass may gather before the radix fallback */
-#define SD_SMEM (DEC_SMEM + SD_MAX_BLOCKS * 4) /* tile stages, then the page table */
+#define SD_SMEM (DEC_SMEM + SD_TAB * 4) /* tile stages, then the page table */
 
 struct SelDecArgs {
     DecArgs d;           /* q, k, v, strides, B, heads, scale, out */
@@ -899,24 +899,29 @@ static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int
         __syncthreads();
         return;
     }
-    /* scores of blocks 4 (tid + 128 j) .. +3, all loads in one round */
+    /* scores of blocks 4 (tid + 128 j) .. +3, candidates only (the rest
+     * NEG_INF); the first SD_NV float4s in registers, all loads in one
+     * round; past them (over 1M tokens) each pass reads them again */
+    auto load = [&](int i) {
+        float4 x = i < c1 ? __ldcg((const float4 *)(sc + i)) : make_float4(0.f, 0.f, 0.f, 0.f);
+        x.x = i >= c0 && i < c1 ? x.x : NEG_INF;
+        x.y = i + 1 >= c0 && i + 1 < c1 ? x.y : NEG_INF;
+        x.z = i + 2 >= c0 && i + 2 < c1 ? x.z : NEG_INF;
+        x.w = i + 3 >= c0 && i + 3 < c1 ? x.w : NEG_INF;
+        return x;
+    };
+    auto tail = [&](auto f) {
+        for (int i = 4 * (tid + T * SD_NV); i < c1; i += 4 * T) f(load(i), i);
+    };
     float4 v[SD_NV];
 #pragma unroll
-    for (int j = 0; j < SD_NV; j++) {
-        const int i = 4 * (tid + T * j);
-        v[j] = i < c1 ? __ldcg((const float4 *)(sc + i)) : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
+    for (int j = 0; j < SD_NV; j++) v[j] = load(4 * (tid + T * j));
     then();
     float m = NEG_INF;
+    auto vmax = [&](float4 x, int) { m = fmaxf(m, fmaxf(fmaxf(x.x, x.y), fmaxf(x.z, x.w))); };
 #pragma unroll
-    for (int j = 0; j < SD_NV; j++) {
-        const int i = 4 * (tid + T * j);
-        v[j].x = i >= c0 && i < c1 ? v[j].x : NEG_INF;
-        v[j].y = i + 1 >= c0 && i + 1 < c1 ? v[j].y : NEG_INF;
-        v[j].z = i + 2 >= c0 && i + 2 < c1 ? v[j].z : NEG_INF;
-        v[j].w = i + 3 >= c0 && i + 3 < c1 ? v[j].w : NEG_INF;
-        m = fmaxf(m, fmaxf(fmaxf(v[j].x, v[j].y), fmaxf(v[j].z, v[j].w)));
-    }
+    for (int j = 0; j < SD_NV; j++) vmax(v[j], 0);
+    tail(vmax);
     SD_STAMP(1, SD_CTA, 8);
     mx[tid] = m;
     gi[tid] = tid;
@@ -931,10 +936,13 @@ static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int
     /* gather: count, one atomic per warp for the warp's slots, then write */
     const float thr = s_thr;
     int cnt = 0;
+    auto count = [&](float4 x, int) { /* masked entries are NEG_INF; thr may be too */
+        cnt += (x.x >= thr && x.x > NEG_INF) + (x.y >= thr && x.y > NEG_INF) + (x.z >= thr && x.z > NEG_INF) +
+               (x.w >= thr && x.w > NEG_INF);
+    };
 #pragma unroll
-    for (int j = 0; j < SD_NV; j++) /* masked entries are NEG_INF; thr may be too */
-        cnt += (v[j].x >= thr && v[j].x > NEG_INF) + (v[j].y >= thr && v[j].y > NEG_INF) +
-               (v[j].z >= thr && v[j].z > NEG_INF) + (v[j].w >= thr && v[j].w > NEG_INF);
+    for (int j = 0; j < SD_NV; j++) count(v[j], 0);
+    tail(count);
     const int lane = tid & 31;
     int incl = cnt;
 #pragma unroll
@@ -945,7 +953,7 @@ static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int
     int pos = 0;
     if (lane == 31) pos = atomicAdd(&s_n, incl);
     pos = __shfl_sync(0xffffffffu, pos, 31) + incl - cnt;
-    auto put = [&](float x, int i) {
+    auto put1 = [&](float x, int i) {
         if (x >= thr && x > NEG_INF) {
             if (pos < SD_CAP) {
                 gs[pos] = x;
@@ -954,14 +962,15 @@ static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int
             pos++;
         }
     };
+    auto put = [&](float4 x, int i) {
+        put1(x.x, i);
+        put1(x.y, i + 1);
+        put1(x.z, i + 2);
+        put1(x.w, i + 3);
+    };
 #pragma unroll
-    for (int j = 0; j < SD_NV; j++) {
-        const int i = 4 * (tid + T * j);
-        put(v[j].x, i);
-        put(v[j].y, i + 1);
-        put(v[j].z, i + 2);
-        put(v[j].w, i + 3);
-    }
+    for (int j = 0; j < SD_NV; j++) put(v[j], 4 * (tid + T * j));
+    tail(put);
     __syncthreads();
     SD_STAMP(1, SD_CTA, 10);
     const int n = s_n;
@@ -1018,7 +1027,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
     /* the page table into shared memory while the selection runs (issued
      * behind the scores' loads: ahead of them it delayed them 1.5 us) */
     sd_select(a, a.scores + (long long)row * a.sstride, nblk, o, [&] {
-        for (int i = tid; i < nblk; i += DEC_WARPS * 32)
+        for (int i = tid; i < min(nblk, SD_TAB); i += DEC_WARPS * 32)
             asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(tab_s + i)), "l"(tab + i));
         cp_commit();
     });
@@ -1049,7 +1058,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
     auto load = [&](int i) {
         const int t = gw + i * nw, blk = blks[t / tpb];
         dec_load(d, tab, kvh, len, blk * tpb + t % tpb, wbase + (i % DEC_STAGES) * DEC_STAGE_BYTES, lane,
-                 tab_s[blk]);
+                 blk < SD_TAB ? tab_s[blk] : __ldg(tab + blk));
     };
 #pragma unroll
     for (int i = 0; i < DEC_STAGES - 1; i++) {
@@ -1230,13 +1239,20 @@ extern "C" int cattn_decode(const cattn_pool *p, const cattn_batch *b, int n_hea
 
 /* The one-kernel sparse decode's CTAs per row, a power of two: n_sms /
  * rows, at most one warp per tile and 16 (8 where clusters of 16 cannot be
- * placed); 0 where it does not apply (before sm_90, over SD_MAX_BLOCKS
- * blocks).  CATTN_SD_CLUSTER=n sets n, and 0 the kernel chain (score ->
- * top-k -> split-KV decode), which serves the rest. */
-static int sd_cluster(const cattn_pool *p, const cattn_batch *b, int W)
+ * placed); 0 before sm_90.  CATTN_SD_CLUSTER=n sets n, and 0 the kernel
+ * chain (score -> top-k -> split-KV decode), which serves sm_80. */
+static int max_c = -1; /* largest cluster that can be placed, 0 before sm_90 */
+static int qs_occ = 1; /* Quest scoring CTAs per SM */
+
+/* Attributes and the cluster query, once: called from the workspace
+ * queries too, which engines make before capturing a graph (a query made
+ * during a capture may fail, which would leave the chain in use). */
+static void sd_init(void)
 {
-    static int max_c = -1;
     if (max_c < 0) {
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&qs_occ, quest_score_kernel, 256, 0) != cudaSuccess ||
+            qs_occ < 1)
+            qs_occ = 1;
         int dev = 0, major = 0;
         cudaGetDevice(&dev);
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
@@ -1263,7 +1279,12 @@ static int sd_cluster(const cattn_pool *p, const cattn_batch *b, int W)
         }
         cudaGetLastError();
     }
-    if (!max_c || (b->max_len + p->block_size - 1) / p->block_size > SD_MAX_BLOCKS) return 0;
+}
+
+static int sd_cluster(const cattn_pool *p, const cattn_batch *b, int W)
+{
+    sd_init();
+    if (!max_c) return 0;
     const char *e = getenv("CATTN_SD_CLUSTER");
     int c = e ? atoi(e) : n_sms() / (b->batch * p->n_kv_heads);
     const int per_warp = (W * (p->block_size / DEC_TILE) + DEC_WARPS - 1) / DEC_WARPS;
@@ -1353,6 +1374,7 @@ static size_t sparse_ws(const cattn_pool *p, int batch, int n_heads, int max_len
 extern "C" size_t cattn_msa_decode_ws(const cattn_pool *p, int batch, int n_heads, int max_len, int top_k,
                                       int local)
 {
+    sd_init();
     size_t off[6];
     return sparse_ws(p, batch, n_heads, max_len, top_k + local, off);
 }
@@ -1360,6 +1382,7 @@ extern "C" size_t cattn_msa_decode_ws(const cattn_pool *p, int batch, int n_head
 extern "C" size_t cattn_quest_decode_ws(const cattn_pool *p, int batch, int n_heads, int max_len, int top_k,
                                         int local, int sink)
 {
+    sd_init();
     size_t off[6];
     return sparse_ws(p, batch, n_heads, max_len, sink + top_k + local, off);
 }
@@ -1407,12 +1430,9 @@ static int sparse_decode(const cattn_pool *p, const cattn_batch *b, int n_heads,
     } else {
         if (!p->summ) return CATTN_ESHAPE;
         /* one wave: as many CTAs as fit at once */
-        static int occ = 0;
-        if (!occ && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, quest_score_kernel, 256, 0) != cudaSuccess ||
-                     occ < 1))
-            occ = 1;
+        sd_init();
         const int chunks = (nblk + 8 * QS_PAGES - 1) / (8 * QS_PAGES);
-        const int wave = (occ * n_sms() + n_kv * b->batch - 1) / (n_kv * b->batch);
+        const int wave = (qs_occ * n_sms() + n_kv * b->batch - 1) / (n_kv * b->batch);
         dim3 grid(chunks < wave ? chunks : wave, n_kv, b->batch);
         quest_score_kernel<<<grid, 256, 0, st>>>((const char *)p->summ, p->summ_stride, B, b->tables,
                                                  b->table_stride, b->lens, (const bf16 *)q, n_heads, n_kv,
