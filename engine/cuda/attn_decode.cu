@@ -411,10 +411,13 @@ static __device__ __forceinline__ void cp16_evict_first(uint32_t dst, const void
     asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "l"(pol));
 }
 
+/* fp8 pages go two to a stage: one pair of barriers per 32 KB as for bf16
+ * (v9: per-page overheads held fp8 scoring at 2.2 TB/s against bf16's 2.7). */
 template <bool FP8> struct ScoreCfg {
     static constexpr int PAGE = FP8 ? 128 * 128 : 128 * 256;
-    static constexpr int STAGES = FP8 ? 6 : 3;
-    static constexpr int SMEM = PAGE * STAGES;
+    static constexpr int PPS = FP8 ? 2 : 1; /* pages per stage */
+    static constexpr int STAGES = 3;
+    static constexpr int SMEM = PAGE * PPS * STAGES;
 };
 
 /* Scores the pages cta, cta + nct, ... (n_my of them) of sequence b: block
@@ -429,11 +432,15 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
                                                       bool evict_first)
 {
     typedef ScoreCfg<FP8> C;
-    __shared__ float red[4][4];
+    __shared__ float red[C::PPS][4][4];
     const int tid = threadIdx.x;
     const int warp = tid >> 5, lane = tid & 31;
 
-    /* index queries as the B operand: column n = lane/4 is group n (< 4) */
+    /* index queries as the B operand: column n = lane/4 is group n (< 4).
+     * fp8 keys reach the A operand through ldmatrix, which hands lane q of
+     * a row the bytes 4q..4q+3 of its 16-byte chunk: A's k = 2q, 2q+1 and
+     * 2q+8, 2q+9 then hold elements 4q, 4q+1 and 4q+2, 4q+3, so the query
+     * takes the same order (a dot product does not mind the order of k). */
     uint32_t bq[8][2];
     const int gq = lane >> 2;
     const bf16 *iqb = iq + ((long long)b * 4 + (gq < 4 ? gq : 0)) * 128;
@@ -443,8 +450,9 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
         if (gq >= 4) {
             bq[kk][0] = bq[kk][1] = 0u;
         } else if (FP8) {
-            bq[kk][0] = pack_h2(__bfloat162float(iqb[c]), __bfloat162float(iqb[c + 1]));
-            bq[kk][1] = pack_h2(__bfloat162float(iqb[c + 8]), __bfloat162float(iqb[c + 9]));
+            int c8 = 16 * kk + 4 * (lane & 3);
+            bq[kk][0] = pack_h2(__bfloat162float(iqb[c8]), __bfloat162float(iqb[c8 + 1]));
+            bq[kk][1] = pack_h2(__bfloat162float(iqb[c8 + 2]), __bfloat162float(iqb[c8 + 3]));
         } else {
             bq[kk][0] = *(const uint32_t *)(iqb + c);
             bq[kk][1] = *(const uint32_t *)(iqb + c + 8);
@@ -459,67 +467,82 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
     __syncthreads();
     const uint32_t base = smem_u32(smem);
     const uint64_t pol = evict_first ? policy_evict_first() : 0;
+    /* stage i holds this CTA's pages PPS i .. PPS i + PPS - 1 */
+    const int n_st = (n_my + C::PPS - 1) / C::PPS;
     auto load = [&](int i) {
-        long long page = pid_smem ? pid[i] : tables[(long long)b * ts + cta + (long long)i * nct];
-        const char *src = idx + page * istride;
-        uint32_t dst = base + (i % C::STAGES) * C::PAGE;
 #pragma unroll
-        for (int j = 0; j < C::PAGE / 16 / SC_THREADS; j++) {
-            int c = tid + SC_THREADS * j;
-            uint32_t d = FP8 ? dst + (c >> 3) * 128 + (((c & 7) ^ ((c >> 3) & 7)) << 4) : dst + swz(c >> 4, c & 15);
-            if (evict_first) cp16_evict_first(d, src + c * 16, pol);
-            else cp16(d, src + c * 16);
+        for (int pp = 0; pp < C::PPS; pp++) {
+            const int k = C::PPS * i + pp;
+            if (k >= n_my) break;
+            long long page = pid_smem ? pid[k] : tables[(long long)b * ts + cta + (long long)k * nct];
+            const char *src = idx + page * istride;
+            uint32_t dst = base + ((i % C::STAGES) * C::PPS + pp) * C::PAGE;
+#pragma unroll
+            for (int j = 0; j < C::PAGE / 16 / SC_THREADS; j++) {
+                int c = tid + SC_THREADS * j;
+                uint32_t d = FP8 ? dst + (c >> 3) * 128 + (((c & 7) ^ ((c >> 3) & 7)) << 4) : dst + swz(c >> 4, c & 15);
+                if (evict_first) cp16_evict_first(d, src + c * 16, pol);
+                else cp16(d, src + c * 16);
+            }
         }
     };
 #pragma unroll
     for (int i = 0; i < C::STAGES - 1; i++) {
-        if (i < n_my) load(i);
+        if (i < n_st) load(i);
         cp_commit();
     }
     const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_cb = lane >> 4;
-    for (int i = 0; i < n_my; i++) {
-        if (i + C::STAGES - 1 < n_my) load(i + C::STAGES - 1);
+    for (int i = 0; i < n_st; i++) {
+        if (i + C::STAGES - 1 < n_st) load(i + C::STAGES - 1);
         cp_commit();
         cp_wait<C::STAGES - 1>();
         __syncthreads();
-        const uint32_t st = base + (i % C::STAGES) * C::PAGE;
-        float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
-        for (int kk = 0; kk < 8; kk++) {
+        for (int pp = 0; pp < C::PPS; pp++) {
+            const uint32_t st = base + ((i % C::STAGES) * C::PPS + pp) * C::PAGE;
+            float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
-            for (int mt = 0; mt < 2; mt++) {
-                uint32_t a[4];
-                if (FP8) {
-                    int rlo = 32 * warp + 16 * mt + (lane >> 2), rhi = rlo + 8;
-                    int o = 2 * (lane & 3);
-                    const unsigned char *sp = smem + (st - base);
-                    a[0] = e4m3x2_to_h2(*(const uint16_t *)(sp + rlo * 128 + ((kk ^ (rlo & 7)) << 4) + o));
-                    a[1] = e4m3x2_to_h2(*(const uint16_t *)(sp + rhi * 128 + ((kk ^ (rhi & 7)) << 4) + o));
-                    a[2] = e4m3x2_to_h2(*(const uint16_t *)(sp + rlo * 128 + ((kk ^ (rlo & 7)) << 4) + o + 8));
-                    a[3] = e4m3x2_to_h2(*(const uint16_t *)(sp + rhi * 128 + ((kk ^ (rhi & 7)) << 4) + o + 8));
-                    mma16816_f16(acc[mt], a, bq[kk][0], bq[kk][1]);
-                } else {
-                    ldsm4(a, st + swz(32 * warp + 16 * mt + a_row, 2 * kk + a_cb));
-                    mma16816(acc[mt], a, bq[kk][0], bq[kk][1]);
+            for (int kk = 0; kk < 8; kk += FP8 ? 2 : 1) {
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) {
+                    const int row = 32 * warp + 16 * mt + a_row;
+                    if (FP8) { /* chunks kk, kk + 1 of 16 rows: matrices (rows, chunk) */
+                        uint32_t r[4], a[4];
+                        const int chunk = kk + (lane >> 4);
+                        ldsm4(r, st + row * 128 + ((chunk ^ (row & 7)) << 4));
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+                            a[0] = e4m3x2_to_h2((uint16_t)r[2 * h]);
+                            a[1] = e4m3x2_to_h2((uint16_t)r[2 * h + 1]);
+                            a[2] = e4m3x2_to_h2((uint16_t)(r[2 * h] >> 16));
+                            a[3] = e4m3x2_to_h2((uint16_t)(r[2 * h + 1] >> 16));
+                            mma16816_f16(acc[mt], a, bq[kk + h][0], bq[kk + h][1]);
+                        }
+                    } else {
+                        uint32_t a[4];
+                        ldsm4(a, st + swz(row, 2 * kk + a_cb));
+                        mma16816(acc[mt], a, bq[kk][0], bq[kk][1]);
+                    }
                 }
             }
-        }
-        /* columns 2q, 2q+1 (q = lane & 3) of rows lane/4 and lane/4 + 8 */
-        float v0 = fmaxf(fmaxf(acc[0][0], acc[0][2]), fmaxf(acc[1][0], acc[1][2]));
-        float v1 = fmaxf(fmaxf(acc[0][1], acc[0][3]), fmaxf(acc[1][1], acc[1][3]));
+            /* columns 2q, 2q+1 (q = lane & 3) of rows lane/4 and lane/4 + 8 */
+            float v0 = fmaxf(fmaxf(acc[0][0], acc[0][2]), fmaxf(acc[1][0], acc[1][2]));
+            float v1 = fmaxf(fmaxf(acc[0][1], acc[0][3]), fmaxf(acc[1][1], acc[1][3]));
 #pragma unroll
-        for (int x = 4; x < 32; x <<= 1) {
-            v0 = fmaxf(v0, __shfl_xor_sync(0xffffffffu, v0, x));
-            v1 = fmaxf(v1, __shfl_xor_sync(0xffffffffu, v1, x));
-        }
-        if (lane < 2) {
-            red[warp][2 * lane] = v0;
-            red[warp][2 * lane + 1] = v1;
+            for (int x = 4; x < 32; x <<= 1) {
+                v0 = fmaxf(v0, __shfl_xor_sync(0xffffffffu, v0, x));
+                v1 = fmaxf(v1, __shfl_xor_sync(0xffffffffu, v1, x));
+            }
+            if (lane < 2) {
+                red[pp][warp][2 * lane] = v0;
+                red[pp][warp][2 * lane + 1] = v1;
+            }
         }
         __syncthreads();
-        if (tid < 4) {
-            float m = fmaxf(fmaxf(red[0][tid], red[1][tid]), fmaxf(red[2][tid], red[3][tid]));
-            scores[((long long)b * 4 + tid) * sstride + cta + (long long)i * nct] = m;
+        if (tid < 4 * C::PPS) {
+            const int pp = tid >> 2, g = tid & 3, k = C::PPS * i + pp;
+            float m = fmaxf(fmaxf(red[pp][0][g], red[pp][1][g]), fmaxf(red[pp][2][g], red[pp][3][g]));
+            if (k < n_my) scores[((long long)b * 4 + g) * sstride + cta + (long long)k * nct] = m;
         }
     }
     cp_wait<0>();
@@ -1164,6 +1187,25 @@ static int check_pool(const cattn_pool *p, int n_heads)
     return 0;
 }
 
+/* The decode arguments every path shares: pool, heads, query, output. */
+static DecArgs dec_args(const cattn_pool *p, int n_heads, const void *q, void *out, float scale)
+{
+    DecArgs a;
+    memset(&a, 0, sizeof(a));
+    a.q = (const bf16 *)q;
+    a.k = (const char *)p->k;
+    a.v = (const char *)p->v;
+    a.k_stride = p->k_stride;
+    a.v_stride = p->v_stride;
+    a.out = (bf16 *)out;
+    a.B = p->block_size;
+    a.n_kv = p->n_kv_heads;
+    a.n_heads = n_heads;
+    a.ratio = n_heads / p->n_kv_heads;
+    a.scale_log2 = scale * LOG2E_F;
+    return a;
+}
+
 /* Split-KV decode over tables with per-KV-head strides. */
 static int decode_run(const cattn_pool *p, int batch, int n_heads, const void *q, void *out, float scale,
                       const int32_t *tables, long long ts_seq, int ts_kvh, const int32_t *lens, int ls_seq,
@@ -1178,13 +1220,7 @@ static int decode_run(const cattn_pool *p, int batch, int n_heads, const void *q
     int n_kv = p->n_kv_heads;
     int splits = dec_splits(batch * n_kv, max_len, min_tiles);
     if (ws_bytes < dec_ws(batch, n_heads, n_kv, max_len, min_tiles)) return CATTN_EWORKSPACE;
-    DecArgs a;
-    memset(&a, 0, sizeof(a));
-    a.q = (const bf16 *)q;
-    a.k = (const char *)p->k;
-    a.v = (const char *)p->v;
-    a.k_stride = p->k_stride;
-    a.v_stride = p->v_stride;
+    DecArgs a = dec_args(p, n_heads, q, out, scale);
     a.tables = tables;
     a.ts_seq = ts_seq;
     a.ts_kvh = ts_kvh;
@@ -1194,13 +1230,7 @@ static int decode_run(const cattn_pool *p, int batch, int n_heads, const void *q
     a.part_o = (float *)ws;
     a.part_lse = a.part_o + (size_t)batch * n_heads * splits * 128;
     a.merge_cnt = merge_cnt;
-    a.out = (bf16 *)out;
-    a.B = p->block_size;
-    a.n_kv = n_kv;
-    a.n_heads = n_heads;
-    a.ratio = n_heads / n_kv;
     a.n_splits = splits;
-    a.scale_log2 = scale * LOG2E_F;
     dim3 grid(splits, n_kv, batch);
     if (pdl) CUDA_TRY(launch_pdl(decode_kernel, grid, dim3(DEC_WARPS * 32), DEC_SMEM, st, a));
     else decode_kernel<<<grid, DEC_WARPS * 32, DEC_SMEM, st>>>(a);
@@ -1303,17 +1333,7 @@ static int sel_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, co
 {
     SelDecArgs a;
     memset(&a, 0, sizeof(a));
-    a.d.q = (const bf16 *)q;
-    a.d.k = (const char *)p->k;
-    a.d.v = (const char *)p->v;
-    a.d.k_stride = p->k_stride;
-    a.d.v_stride = p->v_stride;
-    a.d.out = (bf16 *)out;
-    a.d.B = p->block_size;
-    a.d.n_kv = p->n_kv_heads;
-    a.d.n_heads = n_heads;
-    a.d.ratio = n_heads / p->n_kv_heads;
-    a.d.scale_log2 = scale * LOG2E_F;
+    a.d = dec_args(p, n_heads, q, out, scale);
     a.scores = scores;
     a.sstride = sstride;
     a.tables = b->tables;
