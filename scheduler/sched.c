@@ -814,10 +814,11 @@ static void seq_token(sched *s, seq *q, int32_t t, const float *lp_logits, const
             }
             push_event(r, ev);
         }
-        memmove(q->hold, q->hold + release, (size_t)(q->n_hold - release));
-        q->n_hold -= release;
-        if (q->hold)
+        if (q->hold) { /* NULL until the first text: no pointer arithmetic on it */
+            memmove(q->hold, q->hold + release, (size_t)(q->n_hold - release));
+            q->n_hold -= release;
             q->hold[q->n_hold] = 0;
+        }
     }
     if (finish)
         seq_finish(s, q, finish);
