@@ -1105,10 +1105,11 @@ static void bench_prefill(Shape sh, long n, int kind, const char *maskdir)
     Seqs s;
     seqs_init(&s, 1, &total, &np, 2000 + (unsigned)n);
     Pool p;
-    pool_init(&p, sh.hkv, np, kind == 1, 0, 9000 + n);
+    const int msa = kind == 1 || kind == 3; /* 3: MSA with fp8 index keys */
+    pool_init(&p, sh.hkv, np, msa, 0, 9000 + n);
     Ctx c;
     memset(&c, 0, sizeof(c));
-    c.cp = pool_view(&p, 0);
+    c.cp = pool_view(&p, kind == 3);
     c.table = s.d_tables;
     c.n_q = (int)n;
     c.n_heads = sh.hq;
@@ -1121,7 +1122,7 @@ static void bench_prefill(Shape sh, long n, int kind, const char *maskdir)
     poison(c.out, nq);
     int reps = n >= (1 << 20) ? 2 : 3, warm = n >= (1 << 20) ? 0 : 1;
     int nqb = (int)(n / 128);
-    if (kind == 1) {
+    if (msa) {
         c.iq = dalloc((size_t)n * 4 * 128 * 2);
         fill((bf16 *)c.iq, (size_t)n * 4 * 128, 16, 1.f);
         c.sel = (int32_t *)dalloc(sizeof(int32_t) * n * 4 * 16);
@@ -1141,7 +1142,7 @@ static void bench_prefill(Shape sh, long n, int kind, const char *maskdir)
         char extra[160];
         snprintf(extra, sizeof(extra), "\"select_us\":%.1f,\"attend_us\":%.1f,\"idx_flops\":%.6g,\"sparse_flops\":%.6g",
                  t_sel, t_att, idx_flops, sp_flops);
-        row("msa_prefill", sh.name, n, 1, t_all, 0, idx_flops + sp_flops, extra);
+        row(kind == 3 ? "msa_prefill_fp8" : "msa_prefill", sh.name, n, 1, t_all, 0, idx_flops + sp_flops, extra);
     } else {
         c.mode = 0;
         double flops = causal_flops(sh, (double)n);
@@ -1324,14 +1325,16 @@ int main(int argc, char **argv)
         return g_fail ? 1 : 0;
     }
     if (!strcmp(argv[1], "msa") && argc >= 3) {
-        /* MSA prefill rows only (M3: select, attend, whole): default, then the mma.sync selection */
-        for (int pass = 0; pass < 2; pass++) {
-            if (pass) setenv("CATTN_SELECT_SM90", "0", 1);
-            printf("== msa pass %s\n", pass ? "CATTN_SELECT_SM90=0" : "default");
+        /* MSA prefill rows only (M3: select, attend, whole): default, then the
+         * mma.sync selection, then fp8 index keys (mma.sync, widened to bf16) */
+        for (int pass = 0; pass < 3; pass++) {
+            if (pass == 1) setenv("CATTN_SELECT_SM90", "0", 1);
+            if (pass == 2) unsetenv("CATTN_SELECT_SM90");
+            printf("== msa pass %s\n", pass == 0 ? "default" : pass == 1 ? "CATTN_SELECT_SM90=0" : "fp8 index keys");
             for (const char *c = argv[2]; *c;) {
                 long n = strtol(c, (char **)&c, 10);
                 if (*c == ',') c++;
-                bench_prefill(M3, n, 1, NULL);
+                bench_prefill(M3, n, pass == 2 ? 3 : 1, NULL);
             }
         }
         return g_fail ? 1 : 0;
