@@ -1294,9 +1294,9 @@ static void sd_init(void)
             cudaLaunchConfig_t cfg = {};
             cudaLaunchAttribute at[1];
             at[0].id = cudaLaunchAttributeClusterDimension;
-            at[0].val.clusterDim.x = 16;
+            at[0].val.clusterDim.x = SD_MAX_CLUSTER;
             at[0].val.clusterDim.y = at[0].val.clusterDim.z = 1;
-            cfg.gridDim = dim3(16);
+            cfg.gridDim = dim3(SD_MAX_CLUSTER);
             cfg.blockDim = dim3(DEC_WARPS * 32);
             cfg.dynamicSmemBytes = SD_SMEM;
             cfg.attrs = at;
@@ -1305,7 +1305,7 @@ static void sd_init(void)
             if (cudaFuncSetAttribute(sel_decode_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) ==
                     cudaSuccess &&
                 cudaOccupancyMaxActiveClusters(&n, sel_decode_kernel, &cfg) == cudaSuccess && n > 0)
-                max_c = 16;
+                max_c = SD_MAX_CLUSTER;
         }
         cudaGetLastError();
     }
