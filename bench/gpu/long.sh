@@ -8,7 +8,8 @@
 # quadratic: a few minutes on the wgmma kernel).  Each row is appended to
 # OUT/long.jsonl as soon as it is measured; OUT/gpu-model.json gathers
 # them with the card and the floors (datasheet bandwidth and bf16 rate).
-# ROWS picks rows by label.  SERVE=1 also runs `sparsed serve --device
+# ROWS picks rows by label (sparse-1m-fp8, MSA index keys in fp8, is
+# not in the default set).  SERVE=1 also runs `sparsed serve --device
 # cuda` smoke tests (stories260K; the small MSA model with a prompt past
 # sparse_min_context).  Uses the
 # folder tests/gpu/pack.sh made (PACK).
@@ -31,15 +32,16 @@ if [ -n "$ROWS" ] && [ ! -f "$MODEL" ]; then
     $P/bin/mkmodel --out "$MODEL" --preset m3-1b --layers $LAYERS --ctx 1048576 --seed 11 || exit 1
 fi
 : > "$OUT/long.jsonl"
-row() {   # label attention context max-seconds
+row() {   # label attention context max-seconds [gpu_model_bench options]
     case " $ROWS " in *" $1 "*) ;; *) return ;; esac
     timeout ${4}s $P/bin/gpu_model_bench --model "$MODEL" --label "$1" --attention "$2" --context "$3" \
-        --chunk $CHUNK --steps $STEPS --max-seconds $(( $4 - 60 )) 2>&1 | tee -a "$OUT/long.log" |
+        --chunk $CHUNK --steps $STEPS --max-seconds $(( $4 - 60 )) ${5:-} 2>&1 | tee -a "$OUT/long.log" |
         grep '^JSON ' | sed 's/^JSON //' >> "$OUT/long.jsonl"
 }
 row sparse-128k sparse 131072 ${T128:-120}
 row dense-128k dense 131072 ${T128:-120}
 row sparse-1m sparse 1048576 ${T1M:-240}
+row sparse-1m-fp8 sparse 1048576 ${T1M:-240} "--index-keys fp8"   # not in the default ROWS
 row dense-1m dense 1048576 ${T1M_DENSE:-420}
 
 serve_smoke() {   # name model prompt-repeats: one completion over HTTP from the daemon on the GPU
@@ -90,10 +92,10 @@ layer = E * (Hq * D + 2 * Hkv * D) + Hq * D * E + 3 * E * F
 params = L * layer + (L - Ld) * E * (Hkv * I + I) + 2 * V * E
 kv_tok = 2 * Hkv * D * 2            # bytes of K and V per token and layer
 sel = 17 * 128                      # tokens a sparse query reads (top 16 + 1 local blocks)
-def floors(n, sparse):
+def floors(n, sparse, ib=2):         # ib: bytes per index key element
     wb = 2 * params
     if sparse:
-        dec = wb + Ld * n * kv_tok + (L - Ld) * (n * I * 2 + sel * kv_tok)
+        dec = wb + Ld * n * kv_tok + (L - Ld) * (n * I * ib + sel * kv_tok)
         att = Ld * n * n * Hq * D * 2 + (L - Ld) * (n * n * Hkv * I + 4 * n * sel * Hq * D)
     else:
         dec = wb + L * n * kv_tok
@@ -101,7 +103,7 @@ def floors(n, sparse):
     return {"decode_ms": 1e3 * dec / bw, "prefill_s": (2 * params * n + att) / fl}
 rows = [json.loads(l) for l in open(os.path.join(out, "long.jsonl")) if l.strip()]
 for r in rows:
-    f = floors(r["context"], r["attention"] == "sparse")
+    f = floors(r["context"], r["attention"] == "sparse", 1 if r.get("index_keys") == "fp8" else 2)
     r["floor_decode_ms"] = round(f["decode_ms"], 3)
     r["floor_prefill_s"] = round(f["prefill_s"], 3)
 ref = {} if any(r["label"] == "dense-1m" for r in rows) else {"dense-1m (floor only)": floors(1 << 20, False)}

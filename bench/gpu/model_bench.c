@@ -3,7 +3,7 @@
  *   gpu_model_bench --model PATH [--device cuda|cpu] [--dtype bf16|f32]
  *                   [--prompt N] [--batches 1,8,32] [--steps N] [--label S]
  *   gpu_model_bench --model PATH --context N [--chunk C] [--attention dense|sparse]
- *                   [--steps N] [--max-seconds S] [--label S]
+ *                   [--index-keys bf16|fp8] [--steps N] [--max-seconds S] [--label S]
  *
  * For each batch size: that many sequences of N random prompt tokens are
  * prefilled in one ragged batch (run twice: the second is timed, so
@@ -40,7 +40,8 @@ static void die(const char *what, const char *err)
 }
 
 /* Long-context mode: chunked prefill of one sequence, then decode. */
-static int long_context(engine *e, int n_ctx, int chunk, int steps, double max_s, const char *label)
+static int long_context(engine *e, int n_ctx, int chunk, int steps, double max_s, const char *label,
+                        const char *index_keys)
 {
     char err[512];
     const engine_info *in = engine_get_info(e);
@@ -107,11 +108,11 @@ static int long_context(engine *e, int n_ctx, int chunk, int steps, double max_s
     printf("JSON {\"label\":\"%s\",\"attention\":\"%s\",\"context\":%d,\"chunk\":%d,\"prefilled\":%d,"
            "\"partial\":%s,\"prefill_s\":%.3f,\"prefill_tok_s\":%.1f,\"decode_steps\":%d,"
            "\"decode_tok_s\":%.2f,\"decode_ms_per_token\":%.4f,\"kv_pages\":%d,\"top_k_blocks\":%d,"
-           "\"local_blocks\":%d,\"block_size\":%d,\"dense_layers\":%d}\n",
+           "\"local_blocks\":%d,\"block_size\":%d,\"dense_layers\":%d,\"index_keys\":\"%s\"}\n",
            label, ac->mode == ATTN_SPARSE ? "sparse" : "dense", n_ctx, chunk, done, partial ? "true" : "false",
            t_pre, done / (t_pre > 0 ? t_pre : 1), timed, timed ? timed / t_dec : 0.0,
            timed ? 1e3 * t_dec / timed : 0.0, kv_pool_n_pages(pool), ac->top_k_blocks, ac->local_blocks,
-           ac->block_size, ac->dense_layers);
+           ac->block_size, ac->dense_layers, index_keys ? index_keys : "bf16");
     fflush(stdout);
     kv_seq_release(pool, &seq);
     kv_pool_free(pool);
@@ -140,6 +141,7 @@ int main(int argc, char **argv)
         else if (OPT("--chunk")) chunk = atoi(v);
         else if (OPT("--max-seconds")) max_s = atof(v);
         else if (OPT("--attention")) o.attn.mode = attn_mode_parse(v);
+        else if (OPT("--index-keys")) o.index_keys = v;
         else if (OPT("--batches")) {
             n_batches = 0;
             for (char *s = strtok(strdup(v), ","); s && n_batches < 16; s = strtok(NULL, ","))
@@ -164,7 +166,7 @@ int main(int argc, char **argv)
         printf("model %s: %d layers, embd %d, heads %d/%d x %d, vocab %d; device %s, context %d in chunks of %d\n",
                in->name, in->n_layers, in->n_embd, in->n_heads, in->n_kv_heads, in->head_dim, in->n_vocab, o.device,
                context, chunk);
-        int rc = long_context(e, context, chunk, steps, max_s, label);
+        int rc = long_context(e, context, chunk, steps, max_s, label, o.index_keys);
         engine_free(e);
         return rc;
     }
