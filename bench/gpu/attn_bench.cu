@@ -489,11 +489,11 @@ static int sel_keys(const int *sel, int W, int pos, int *keys)
  * kernel chain, =n clusters of n CTAs; CATTN_SD_GATHER=1 the radix
  * fallback of the cluster kernel's selection). */
 static void check_msa_decode_case(int fp8, int batch, const int *lens, unsigned seed, const char *tag,
-                                  const char *env)
+                                  const char *env, int top_k = 15)
 {
     const Shape sh = M3;
     int np;
-    const int top_k = 15, local = 1, W = top_k + local;
+    const int local = 1, W = top_k + local;
     char env_name[64] = "";
     if (env) {
         snprintf(env_name, sizeof(env_name), "%s", env);
@@ -615,8 +615,11 @@ static void check_msa_decode(int fp8)
     check_msa_decode_case(fp8, 1, l1b, 25, "b1 1100", NULL);
     check_msa_decode_case(fp8, 1, l1c, 26, "b1 len1", NULL);
     if (!fp8) { /* past 8192 blocks: scores re-read past the registers, pages past the prefetched table */
-        const int l1d[1] = {1100000};
+        const int l1d[1] = {1100000}, l1e[1] = {70000};
         check_msa_decode_case(fp8, 1, l1d, 30, "b1 1.1M", NULL);
+        /* top_k 0: the local block alone, past the gather cap and in the chain */
+        check_msa_decode_case(fp8, 1, l1e, 31, "b1 70K top 0", NULL, 0);
+        check_msa_decode_case(fp8, 1, l1e, 31, "b1 70K top 0 chain", "CATTN_SD_CLUSTER=0", 0);
     }
 }
 

@@ -786,7 +786,7 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
         int blk = nblk - local + tid;
         o[sink + top_k + tid] = blk >= c1 ? blk : -1;
     }
-    if (ncand <= top_k) {
+    if (ncand <= top_k || top_k == 0) {
         for (int i = tid; i < top_k; i += blockDim.x) o[sink + i] = i < ncand ? c0 + i : -1;
     } else {
         if (in_smem) {
@@ -917,7 +917,7 @@ static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int
         o[sink + top_k + i] = blk >= c1 ? blk : -1;
     }
     for (int i = tid; i < top_k; i += T) o[sink + i] = i < ncand && ncand <= top_k ? c0 + i : -1;
-    if (ncand <= top_k) {
+    if (ncand <= top_k || top_k == 0) {
         then();
         __syncthreads();
         return;
