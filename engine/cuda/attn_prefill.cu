@@ -211,22 +211,6 @@ static __device__ __forceinline__ void ix_stage(const IxArgs &a, int kb, unsigne
         ix_load(a, kb, smem_u32(smem) + s * IX_STAGE_BYTES);
 }
 
-/* Inserts v (block kb) into the sorted list of column col. */
-static __device__ __forceinline__ void ix_insert(float *ls, int *li, int top_k, int col, int &cnt, float &thr,
-                                                 float v, int kb)
-{
-    int pos = cnt < top_k ? cnt : top_k - 1;
-    while (pos > 0 && ls[(pos - 1) * IX_ROWS + col] < v) {
-        ls[pos * IX_ROWS + col] = ls[(pos - 1) * IX_ROWS + col];
-        li[pos * IX_ROWS + col] = li[(pos - 1) * IX_ROWS + col];
-        pos--;
-    }
-    ls[pos * IX_ROWS + col] = v;
-    li[pos * IX_ROWS + col] = kb;
-    if (cnt < top_k) cnt++;
-    thr = cnt == top_k ? ls[(top_k - 1) * IX_ROWS + col] : NEG_INF;
-}
-
 template <bool FP8>
 __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
 {
@@ -328,7 +312,7 @@ __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
 #pragma unroll
             for (int hh = 0; hh < 2; hh++)
                 if (kb < my_cand[hh] && v[hh] > thr[hh])
-                    ix_insert(ls, li, a.top_k, col0 + 8 * hh, cnt[hh], thr[hh], v[hh], kb);
+                    top_list_insert<IX_ROWS>(ls, li, a.top_k, col0 + 8 * hh, cnt[hh], thr[hh], v[hh], kb);
         }
     }
     cp_wait<0>();

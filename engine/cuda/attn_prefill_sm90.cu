@@ -461,22 +461,6 @@ static __device__ __forceinline__ void wgmma_rs_k(float (&d)[64], const uint32_t
                  : WG_D64
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accum));
 }
-
-/* Inserts v (block kb) into the sorted list of column col (as ix_insert). */
-static __device__ __forceinline__ void x_insert(float *ls, int *li, int top_k, int col, int &cnt, float &thr,
-                                                float v, int kb)
-{
-    int pos = cnt < top_k ? cnt : top_k - 1;
-    while (pos > 0 && ls[(pos - 1) * X_ROWS + col] < v) {
-        ls[pos * X_ROWS + col] = ls[(pos - 1) * X_ROWS + col];
-        li[pos * X_ROWS + col] = li[(pos - 1) * X_ROWS + col];
-        pos--;
-    }
-    ls[pos * X_ROWS + col] = v;
-    li[pos * X_ROWS + col] = kb;
-    if (cnt < top_k) cnt++;
-    thr = cnt == top_k ? ls[(top_k - 1) * X_ROWS + col] : NEG_INF;
-}
 #endif
 
 __global__ void __launch_bounds__(H_THREADS, 1)
@@ -588,7 +572,7 @@ __global__ void __launch_bounds__(H_THREADS, 1)
 #pragma unroll
             for (int hh = 0; hh < 2; hh++)
                 if (kb < my_cand[hh] && v[hh] > thr[hh])
-                    x_insert(ls, li, a.top_k, col0 + 8 * hh, cnt[hh], thr[hh], v[hh], kb);
+                    top_list_insert<X_ROWS>(ls, li, a.top_k, col0 + 8 * hh, cnt[hh], thr[hh], v[hh], kb);
         }
     }
     const int W = a.top_k + a.local;

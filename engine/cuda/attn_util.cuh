@@ -72,6 +72,26 @@ static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 static __device__ __forceinline__ float bf_lo(uint32_t v) { return __uint_as_float(v << 16); }
 static __device__ __forceinline__ float bf_hi(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
 
+/* ---- running top-k lists of the MSA prefill selections -------------------
+ * Column col's list lives in ls / li at [pos * ROWS + col], descending;
+ * inserts v (block kb), keeps at most top_k, and sets thr to the score a
+ * newcomer must beat once the list is full. */
+template <int ROWS>
+static __device__ __forceinline__ void top_list_insert(float *ls, int *li, int top_k, int col, int &cnt, float &thr,
+                                                       float v, int kb)
+{
+    int pos = cnt < top_k ? cnt : top_k - 1;
+    while (pos > 0 && ls[(pos - 1) * ROWS + col] < v) {
+        ls[pos * ROWS + col] = ls[(pos - 1) * ROWS + col];
+        li[pos * ROWS + col] = li[(pos - 1) * ROWS + col];
+        pos--;
+    }
+    ls[pos * ROWS + col] = v;
+    li[pos * ROWS + col] = kb;
+    if (cnt < top_k) cnt++;
+    thr = cnt == top_k ? ls[(top_k - 1) * ROWS + col] : NEG_INF;
+}
+
 /* ---- a warp's 32 query rows against K/V tiles ------------------------------
  * Q: 32 rows (two m16 tiles) in a swizzled tile at q_s; K, V: 64 rows at
  * k_s, v_s.  Scores are scaled into the log2 domain; a key at position
