@@ -923,6 +923,34 @@ static int run_checks(void)
 
 static void *g_flush;
 static const size_t FLUSH_BYTES = (size_t)256 << 20;
+static unsigned long long *g_flush_sink;
+
+/* The L2 flush before each timed run reads 256 MB, so it leaves the L2 full
+ * of clean lines.  A memset flush (ATTN_FLUSH=memset, the rule before
+ * 2026-11-26 v10) left up to 50 MB of dirty lines that the timed kernel then
+ * wrote back: on an H100 a 33.5 MB read took 20.1 us after it against 15.5
+ * after this one (bench/gpu/flush_probe.cu), a cost no decode step pays. */
+__global__ void flush_read_kernel(const uint4 *p, size_t n, unsigned long long *sink)
+{
+    unsigned long long a = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        a += p[i].x;
+    if (a == 1) *sink = a; /* keeps the loads */
+}
+
+static void flush_l2(int r)
+{
+    static int memset_flush = -1;
+    if (memset_flush < 0) {
+        const char *e = getenv("ATTN_FLUSH");
+        memset_flush = e && !strcmp(e, "memset");
+    }
+    if (memset_flush) {
+        CK(cudaMemsetAsync(g_flush, r & 0xff, FLUSH_BYTES, g_st));
+        return;
+    }
+    flush_read_kernel<<<1024, 256, 0, g_st>>>((const uint4 *)g_flush, FLUSH_BYTES / 16, g_flush_sink);
+}
 
 static int cmp_d(const void *a, const void *b)
 {
@@ -963,7 +991,7 @@ static double time_us(run_fn fn, void *ctx, int warm, int reps, int graph, int f
     cudaEvent_t *ev = (cudaEvent_t *)malloc(sizeof(cudaEvent_t) * 2 * reps);
     for (int i = 0; i < 2 * reps; i++) CK(cudaEventCreate(&ev[i]));
     for (int r = 0; r < reps; r++) {
-        if (flush) CK(cudaMemsetAsync(g_flush, r & 0xff, FLUSH_BYTES, g_st));
+        if (flush) flush_l2(r);
         CK(cudaEventRecord(ev[2 * r], g_st));
         if (graph) CK(cudaGraphLaunch(ge, g_st));
         else fn(ctx);
@@ -1281,6 +1309,8 @@ int main(int argc, char **argv)
            prop.totalGlobalMem / 1e9, prop.l2CacheSize >> 20);
     CK(cudaStreamCreate(&g_st));
     g_flush = dalloc(FLUSH_BYTES);
+    g_flush_sink = (unsigned long long *)dalloc(8);
+    CK(cudaMemset(g_flush, 0, FLUSH_BYTES));
     if (!strcmp(argv[1], "info")) return 0;
     if (!strcmp(argv[1], "check")) return run_checks();
     if (!strcmp(argv[1], "bench") && argc >= 3) return run_bench(argv[2], argc >= 4 ? argv[3] : NULL);
