@@ -7,7 +7,8 @@
  *   attn_bench prefill N[,N..] [maskdir]  the prefill rows only, sm90
  *                               kernel with and without ping-pong, then mma.sync
  *   attn_bench msa N[,N..]      the MSA prefill rows only, sm90 selection
- *                               then mma.sync selection
+ *                               then mma.sync selection, bf16 then fp8
+ *                               index keys
  *   attn_bench decode N         time the decode paths only
  *   attn_bench profile N        the decode paths once each, for ncu
  *
@@ -915,6 +916,8 @@ static int run_checks(void)
     check_msa_prefill(2048, 0, 100000, 0);
     check_msa_prefill(1500, 600, 512, 0);
     check_msa_prefill(3000, 1096, 1024, 1);
+    check_msa_prefill(2048, 0, 100000, 1);
+    check_msa_prefill(1500, 600, 512, 1);
     printf("checks: %s (%d failed)\n", g_fail ? "FAIL" : "PASS", g_fail);
     return g_fail ? 1 : 0;
 }
@@ -1358,16 +1361,19 @@ int main(int argc, char **argv)
         return g_fail ? 1 : 0;
     }
     if (!strcmp(argv[1], "msa") && argc >= 3) {
-        /* MSA prefill rows only (M3: select, attend, whole): default, then the
-         * mma.sync selection, then fp8 index keys (mma.sync, widened to bf16) */
-        for (int pass = 0; pass < 3; pass++) {
-            if (pass == 1) setenv("CATTN_SELECT_SM90", "0", 1);
-            if (pass == 2) unsetenv("CATTN_SELECT_SM90");
-            printf("== msa pass %s\n", pass == 0 ? "default" : pass == 1 ? "CATTN_SELECT_SM90=0" : "fp8 index keys");
+        /* MSA prefill rows only (M3: select, attend, whole): the default (sm90)
+         * selection, then mma.sync, each with bf16 then fp8 index keys */
+        for (int pass = 0; pass < 4; pass++) {
+            const int fp8 = pass & 1, mma = pass >> 1;
+            if (mma)
+                setenv("CATTN_SELECT_SM90", "0", 1);
+            else
+                unsetenv("CATTN_SELECT_SM90");
+            printf("== msa pass %s, %s index keys\n", mma ? "CATTN_SELECT_SM90=0" : "default", fp8 ? "fp8" : "bf16");
             for (const char *c = argv[2]; *c;) {
                 long n = strtol(c, (char **)&c, 10);
                 if (*c == ',') c++;
-                bench_prefill(M3, n, pass == 2 ? 3 : 1, NULL);
+                bench_prefill(M3, n, fp8 ? 3 : 1, NULL);
             }
         }
         return g_fail ? 1 : 0;

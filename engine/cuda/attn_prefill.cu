@@ -168,16 +168,9 @@ static __device__ __forceinline__ void ix_load(const IxArgs &a, int kb, uint32_t
 }
 
 /* fp8 e4m3 index keys (128 bytes a row): loaded to registers and widened
- * to bf16 (exact: every e4m3 value is a bf16 value) into the same swizzled
- * stage ix_load fills, so the MMA loop is the bf16 one.  Synchronous: the
- * stage it fills is two blocks ahead, read after the next barriers. */
-static __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t v)
-{
-    __half2 h = __half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)v, __NV_E4M3));
-    float2 f = __half22float2(h);
-    return pack_bf16(f.x, f.y);
-}
-
+ * to bf16 (e4m3x16_to_bf16) into the same swizzled stage ix_load fills, so
+ * the MMA loop is the bf16 one.  Synchronous: the stage it fills is two
+ * blocks ahead, read after the next barriers. */
 static __device__ __forceinline__ void ix_load_fp8(const IxArgs &a, int kb, unsigned char *dst)
 {
     const uint4 *src = (const uint4 *)(a.idx + (long long)a.table[kb] * a.istride);
@@ -188,14 +181,7 @@ static __device__ __forceinline__ void ix_load_fp8(const IxArgs &a, int kb, unsi
     for (int i = 0; i < 128 * 8 / 256; i++) {
         int c = threadIdx.x + 256 * i, r = c >> 3, ch = 2 * (c & 7); /* 16 keys: bf16 chunks ch, ch+1 */
         uint4 lo, hi;
-        lo.x = e4m3x2_to_bf16x2(raw[i].x & 0xffff);
-        lo.y = e4m3x2_to_bf16x2(raw[i].x >> 16);
-        lo.z = e4m3x2_to_bf16x2(raw[i].y & 0xffff);
-        lo.w = e4m3x2_to_bf16x2(raw[i].y >> 16);
-        hi.x = e4m3x2_to_bf16x2(raw[i].z & 0xffff);
-        hi.y = e4m3x2_to_bf16x2(raw[i].z >> 16);
-        hi.z = e4m3x2_to_bf16x2(raw[i].w & 0xffff);
-        hi.w = e4m3x2_to_bf16x2(raw[i].w >> 16);
+        e4m3x16_to_bf16(raw[i], lo, hi);
         *(uint4 *)(dst + swz(r, ch)) = lo;
         *(uint4 *)(dst + swz(r, ch + 1)) = hi;
     }

@@ -438,11 +438,22 @@ __global__ void __launch_bounds__(H_THREADS, 1)
  * rows each: 4 m64 tiles whose A fragments stay in registers (128
  * registers), so each block is 4 x 8 wgmma m64n128k16 (A from registers, B
  * the K-major key tile) per warpgroup, then a row max over the 64-register
- * accumulator.  The two warpgroups' GEMMs and reductions interleave. */
+ * accumulator.  The two warpgroups' GEMMs and reductions interleave.
+ *
+ * fp8 (e4m3) keys: TMA brings each page's 16 KB (a 128-byte row per key,
+ * 128B swizzle) into one of 2 staging buffers and all of warpgroup 0 widens
+ * it to bf16 into the layout the bf16 copies make, so the consumers run the
+ * same code on 2 widened stages (with the staging, the shared memory of the
+ * 3 bf16 stages).  The index queries stay bf16: an fp8 x fp8 wgmma would
+ * round them too. */
 #define X_ROWS 512
-#define X_STAGES 3
+#define X_STAGES 3   /* bf16 keys: tiles the copies fill */
+#define X_WSTAGES 2  /* fp8 keys: widened tiles ... */
+#define X_FSTAGES 2  /* ... and the staging buffers the copies fill */
+#define X_FTILE (128 * 128)
 #define X_LIST_MAX 32
 #define X_SMEM (X_STAGES * H_TILE + X_LIST_MAX * X_ROWS * 8 + 1024)
+static_assert(X_WSTAGES * H_TILE + X_FSTAGES * X_FTILE <= X_STAGES * H_TILE, "fp8 stages must fit the bf16 ones");
 
 struct XArgs {
     const bf16 *iq;
@@ -461,28 +472,58 @@ static __device__ __forceinline__ void wgmma_rs_k(float (&d)[64], const uint32_t
                  : WG_D64
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accum));
 }
+
+/* Thread t of 128 widens its eighth of the fp8 tile src (128 rows of 128
+ * bytes, 128B-swizzled: chunk j of row r at r * 128 + 16 * (j ^ r % 8)) into
+ * the bf16 tile dst as the bf16 copies lay it out (dims 0-63, then 64-127:
+ * two halves of 128 rows x 128 bytes, same swizzle).  Eight consecutive lanes
+ * take one chunk column of eight consecutive rows, so each quarter-warp's
+ * loads and stores land in eight different 16-byte bank groups. */
+static __device__ __forceinline__ void widen_e4m3_tile(const unsigned char *src, unsigned char *dst, int t)
+{
+    const int x = t & 7; /* r % 8 */
+#pragma unroll 2
+    for (int i = 0; i < 8; i++) {
+        const int j = ((t >> 3) & 3) + 4 * (i & 1); /* fp8 chunk j: dims 16j..16j+15 */
+        const int r = x + 8 * ((t >> 5) + 4 * (i >> 1));
+        uint4 lo, hi;
+        e4m3x16_to_bf16(*(const uint4 *)(src + r * 128 + ((j ^ x) << 4)), lo, hi);
+        unsigned char *row = dst + (j >> 2) * H_HALF + r * 128; /* bf16 chunks 2j, 2j+1 of its half */
+        *(uint4 *)(row + ((((2 * j) & 7) ^ x) << 4)) = lo;
+        *(uint4 *)(row + ((((2 * j + 1) & 7) ^ x) << 4)) = hi;
+    }
+}
 #endif
 
+template <bool FP8>
 __global__ void __launch_bounds__(H_THREADS, 1)
     msa_select_sm90_kernel(const __grid_constant__ CUtensorMap tx, const XArgs a)
 {
 #ifdef H_SM90
+    constexpr int NS = FP8 ? X_WSTAGES : X_STAGES; /* bf16 tiles the consumers read */
     extern __shared__ unsigned char smem_raw[];
-    __shared__ __align__(8) uint64_t bars[2 * X_STAGES];
+    __shared__ __align__(8) uint64_t bars[2 * X_STAGES + 2 * X_FSTAGES];
     const int tile = gridDim.x - 1 - blockIdx.x; /* most blocks first */
     const int t0 = tile * 128;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int last = min(t0 + 128, a.n_q) - 1;
     const int nb = max(0, (a.q_pos0 + last) / a.B - a.local + 1);
     const uint32_t sbase = (smem_u32(smem_raw) + 1023) & ~1023u;
-    unsigned char *lists = smem_raw + (sbase - smem_u32(smem_raw)) + X_STAGES * H_TILE;
+    unsigned char *sbase_p = smem_raw + (sbase - smem_u32(smem_raw));
+    unsigned char *lists = sbase_p + X_STAGES * H_TILE;
     const uint32_t bar0 = smem_u32(bars);
 #define X_FULL(s) (bar0 + 8 * (s))
 #define X_EMPTY(s) (bar0 + 8 * (X_STAGES + (s)))
+#define F_FULL(f) (bar0 + 8 * (2 * X_STAGES + (f)))
+#define F_EMPTY(f) (bar0 + 8 * (2 * X_STAGES + X_FSTAGES + (f)))
     if (threadIdx.x == 0) {
-        for (int s = 0; s < X_STAGES; s++) {
-            mb_init(X_FULL(s), 1);
+        for (int s = 0; s < NS; s++) {
+            mb_init(X_FULL(s), FP8 ? 128 : 1); /* fp8: every widening thread */
             mb_init(X_EMPTY(s), 8);
+        }
+        for (int f = 0; FP8 && f < X_FSTAGES; f++) {
+            mb_init(F_FULL(f), 1);
+            mb_init(F_EMPTY(f), 128);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -490,10 +531,35 @@ __global__ void __launch_bounds__(H_THREADS, 1)
 
     if (warp < 4) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (FP8) {
+            /* thread 0 copies page kb + X_FSTAGES - 1 while all 128 widen page kb */
+            const int t = threadIdx.x;
+            const uint32_t fs0 = sbase + X_WSTAGES * H_TILE; /* staging, after the widened tiles */
+            auto copy = [&](int kb) {
+                const int f = kb % X_FSTAGES;
+                mb_wait(F_EMPTY(f), ((kb / X_FSTAGES) & 1) ^ 1);
+                mb_expect(F_FULL(f), X_FTILE);
+                tma3(fs0 + f * X_FTILE, &tx, 0, 0, a.table[kb], F_FULL(f));
+            };
+            if (t == 0)
+                for (int kb = 0; kb < min(nb, X_FSTAGES - 1); kb++) copy(kb);
+            for (int kb = 0; kb < nb; kb++) {
+                if (t == 0 && kb + X_FSTAGES - 1 < nb) copy(kb + X_FSTAGES - 1);
+                const int f = kb % X_FSTAGES, st = kb % X_WSTAGES;
+                mb_wait(F_FULL(f), (kb / X_FSTAGES) & 1);
+                mb_wait(X_EMPTY(st), ((kb / X_WSTAGES) & 1) ^ 1);
+                widen_e4m3_tile(sbase_p + X_WSTAGES * H_TILE + f * X_FTILE, sbase_p + st * H_TILE, t);
+                mb_arrive(F_EMPTY(f));
+                /* the widened tile, written through the generic proxy, is read by wgmma (async proxy) */
+                asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                mb_arrive(X_FULL(st));
+            }
+            return;
+        }
         if (warp != 0 || lane != 0) return; /* one thread issues every copy */
         for (int kb = 0; kb < nb; kb++) {
-            const int st = kb % X_STAGES;
-            const uint32_t ph = (kb / X_STAGES) & 1;
+            const int st = kb % NS;
+            const uint32_t ph = (kb / NS) & 1;
             const int page = a.table[kb];
             const uint32_t dst = sbase + st * H_TILE;
             mb_wait(X_EMPTY(st), ph ^ 1);
@@ -541,8 +607,8 @@ __global__ void __launch_bounds__(H_THREADS, 1)
 
     float acc[64];
     for (int kb = 0; kb < nb; kb++) {
-        const int st = kb % X_STAGES;
-        const uint32_t ph = (kb / X_STAGES) & 1;
+        const int st = kb % NS;
+        const uint32_t ph = (kb / NS) & 1;
         const uint32_t kt = sbase + st * H_TILE;
         mb_wait(X_FULL(st), ph);
         float v[2] = {NEG_INF, NEG_INF};
@@ -589,6 +655,8 @@ __global__ void __launch_bounds__(H_THREADS, 1)
     }
 #undef X_FULL
 #undef X_EMPTY
+#undef F_FULL
+#undef F_EMPTY
 #endif /* H_SM90 */
 }
 
@@ -598,15 +666,17 @@ typedef CUresult (*encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, vo
                               const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
                               CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
 
-/* 3-d bf16 map, 128-byte swizzle, box (64, b1, b2). */
+/* 3-d map of 128-element rows, 128-byte swizzle: bf16 with box (64, b1, b2),
+ * or with fp8 one-byte elements and box (128, b1, b2) (128 bytes either way). */
 static int make_map(encode_fn enc, CUtensorMap *m, const void *base, cuuint64_t d1, cuuint64_t d2, cuuint64_t s1,
-                    cuuint64_t s2, cuuint32_t b1, cuuint32_t b2)
+                    cuuint64_t s2, cuuint32_t b1, cuuint32_t b2, bool fp8 = false)
 {
     cuuint64_t dims[3] = {128, d1, d2};
     cuuint64_t strides[2] = {s1, s2};
-    cuuint32_t box[3] = {64, b1, b2};
+    cuuint32_t box[3] = {fp8 ? 128u : 64u, b1, b2};
     cuuint32_t estr[3] = {1, 1, 1};
-    CUresult r = enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, (void *)base, dims, strides, box, estr,
+    CUresult r = enc(m, fp8 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, (void *)base,
+                     dims, strides, box, estr,
                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     return r == CUDA_SUCCESS ? 0 : 1;
@@ -634,7 +704,9 @@ static int sm90_probe(void)
             cudaSuccess ||
         cudaFuncSetAttribute(prefill_sm90_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, H_SMEM) !=
             cudaSuccess ||
-        cudaFuncSetAttribute(msa_select_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, X_SMEM) !=
+        cudaFuncSetAttribute(msa_select_sm90_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, X_SMEM) !=
+            cudaSuccess ||
+        cudaFuncSetAttribute(msa_select_sm90_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, X_SMEM) !=
             cudaSuccess) {
         cudaGetLastError();
         return -1;
@@ -712,11 +784,13 @@ int cattn_msa_select_prefill_sm90(const cattn_pool *p, const int32_t *table, int
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= H_MAX_DEV) return 1;
     if (!g_ready[dev]) g_ready[dev] = sm90_probe();
     if (g_ready[dev] < 0) return decline;
-    if (p->block_size != 128 || p->idx_dim != 128 || p->idx_fp8 || top_k > X_LIST_MAX) return decline;
+    if (p->block_size != 128 || p->idx_dim != 128 || top_k > X_LIST_MAX) return decline;
     if (((uintptr_t)p->idx & 15) || (p->idx_stride & 15) || p->idx_stride <= 0 || p->idx_stride >= (1ll << 40))
         return decline;
+    const bool fp8 = p->idx_fp8 != 0;
     CUtensorMap tx;
-    if (make_map(g_encode, &tx, p->idx, 128, H_PAGE_EXTENT, 256, (cuuint64_t)p->idx_stride, 128, 1)) return decline;
+    if (make_map(g_encode, &tx, p->idx, 128, H_PAGE_EXTENT, fp8 ? 128 : 256, (cuuint64_t)p->idx_stride, 128, 1, fp8))
+        return decline;
     XArgs a;
     a.iq = (const bf16 *)iq;
     a.table = table;
@@ -727,7 +801,8 @@ int cattn_msa_select_prefill_sm90(const cattn_pool *p, const int32_t *table, int
     a.local = local;
     a.sel = sel;
     const size_t smem = X_STAGES * H_TILE + (size_t)(top_k > 0 ? top_k : 1) * X_ROWS * 8 + 1024;
-    msa_select_sm90_kernel<<<(n_q + 127) / 128, H_THREADS, smem, (cudaStream_t)stream>>>(tx, a);
+    (fp8 ? msa_select_sm90_kernel<true> : msa_select_sm90_kernel<false>)<<<(n_q + 127) / 128, H_THREADS, smem,
+                                                                          (cudaStream_t)stream>>>(tx, a);
     CUDA_TRY(cudaGetLastError());
     return 0;
 }

@@ -16,7 +16,8 @@ int cattn_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q
                        void *stream);
 
 /* cattn_msa_select_prefill on wgmma; arguments validated by the caller.
- * fp8 index keys are declined (the mma.sync kernel widens them to bf16).
+ * fp8 index keys are widened to bf16 in shared memory, as the mma.sync
+ * kernel does, so the scores are the same; the index queries stay bf16.
  * Environment: CATTN_SELECT_SM90=0 disables it, =1 makes a decline an error. */
 int cattn_msa_select_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, const void *iq,
                                   int top_k, int local, int32_t *sel, void *stream);

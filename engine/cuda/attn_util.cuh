@@ -72,6 +72,29 @@ static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 static __device__ __forceinline__ float bf_lo(uint32_t v) { return __uint_as_float(v << 16); }
 static __device__ __forceinline__ float bf_hi(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
 
+/* ---- fp8 e4m3 index keys ---------------------------------------------------
+ * The MSA prefill selections widen them to bf16 on their way into shared
+ * memory (exact: every e4m3 value is a bf16 value), so their MMA loops stay
+ * the bf16 ones. */
+static __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t v)
+{
+    __half2 h = __half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)v, __NV_E4M3));
+    float2 f = __half22float2(h);
+    return pack_bf16(f.x, f.y);
+}
+/* 16 e4m3 bytes (a 16-byte chunk) to bf16: elements 0-7 into lo, 8-15 into hi. */
+static __device__ __forceinline__ void e4m3x16_to_bf16(const uint4 &raw, uint4 &lo, uint4 &hi)
+{
+    lo.x = e4m3x2_to_bf16x2(raw.x & 0xffff);
+    lo.y = e4m3x2_to_bf16x2(raw.x >> 16);
+    lo.z = e4m3x2_to_bf16x2(raw.y & 0xffff);
+    lo.w = e4m3x2_to_bf16x2(raw.y >> 16);
+    hi.x = e4m3x2_to_bf16x2(raw.z & 0xffff);
+    hi.y = e4m3x2_to_bf16x2(raw.z >> 16);
+    hi.z = e4m3x2_to_bf16x2(raw.w & 0xffff);
+    hi.w = e4m3x2_to_bf16x2(raw.w >> 16);
+}
+
 /* ---- running top-k lists of the MSA prefill selections -------------------
  * Column col's list lives in ls / li at [pos * ROWS + col], descending;
  * inserts v (block kb), keeps at most top_k, and sets thr to the score a
