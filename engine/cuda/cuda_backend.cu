@@ -1011,7 +1011,8 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         pa.pb = cb->page_bytes;
         pa.B = e->attn.block_size;
         int maxd = D > m->idx_dim ? D : m->idx_dim;
-        qkv_post_kernel<S><<<T, 256, (size_t)8 * maxd * sizeof(float), st>>>(pa);
+        int nu = m->n_heads + 2 * m->n_kv_heads + (d->has_idx ? m->idx_heads + 1 : 0);
+        qkv_post_kernel<S><<<dim3(T, (nu + 7) / 8), 256, (size_t)8 * maxd * sizeof(float), st>>>(pa);
         LAUNCHED();
         if (cb->off_summ < cb->layer_bytes) {
             summary_kernel<S><<<dim3(mt->n_fin, m->n_kv_heads), 128, 0, st>>>(
@@ -1049,7 +1050,7 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         if (gemm(cb, cb->out, m->n_vocab, E, cb->xl, mt->R, cb->logits, m->n_vocab, 0.0f, err, errlen))
             return -1;
         if (want_ids) {
-            argmax_kernel<<<mt->R, 256, 0, st>>>(cb->logits, m->n_vocab, cb->ids);
+            argmax_kernel<<<mt->R, ARGMAX_T, 0, st>>>(cb->logits, m->n_vocab, cb->ids);
             LAUNCHED();
         }
     }
