@@ -374,6 +374,7 @@ typedef struct {
     int hq, hkv;
 } Shape;
 static const Shape M3 = {"M3", 64, 4}, M2 = {"M2", 48, 8}, L3 = {"L3-8B", 32, 8};
+static const Shape M3R4 = {"M3-1b", 16, 4}; /* the engine's m3-1b preset: 4 query heads a group */
 
 /* A batch of sequences with random distinct pages. */
 typedef struct {
@@ -1390,6 +1391,9 @@ int main(int argc, char **argv)
         cattn_sd_prof_dump(2048, 2048);
         printf("== sdprof quest\n");
         bench_decode(L3, n, 1, 2, 0);
+        cattn_sd_prof_dump(2048, 2048);
+        printf("== sdprof msa bf16, 16 q / 4 KV heads (m3-1b)\n");
+        bench_decode(M3R4, n, 1, 1, 0);
         cattn_sd_prof_dump(2048, 2048);
         putenv((char *)"CATTN_SD_CLUSTER=8");
         printf("== sdprof quest 8cta\n");
