@@ -322,14 +322,49 @@ static const gemm_plan *plan_get(cuda_backend *cb, int rows, int cols, int T, in
     return lru;
 }
 
-/* out[T][rows] (+)= x[T][cols] . W[rows][cols]^T, fp32 accumulate, on
- * cuBLASLt.  In its column-major terms: out (rows x T, ld ldo) = W^T
- * (W stored cols x rows) . x (cols x T).  Compute 32F with 32F scale: fp32
- * weights (f32 mode) are multiplied in exact fp32, never TF32. */
+/* SPARSED_GEMV=0 sends decode's products to cuBLASLt too (comparisons). */
+static int getenv_gemv_off(void)
+{
+    static int off = -1;
+    if (off < 0) {
+        const char *e = getenv("SPARSED_GEMV");
+        off = e && !strcmp(e, "0");
+    }
+    return off;
+}
+
+/* Decode's products, T <= GEMV_T tokens: a warp per output row. */
+template <typename S>
+static void gemv(const cuda_backend *cb, const void *W, int rows, int cols, const void *x, int T, float *out,
+                 int ldo, float beta)
+{
+    const unsigned grid = (unsigned)((rows + GEMV_WARPS - 1) / GEMV_WARPS), nt = GEMV_WARPS * 32;
+    const S *w = (const S *)W, *xs = (const S *)x;
+    if (T == 1)
+        gemv_kernel<S, 1><<<grid, nt, 0, cb->st>>>(w, rows, cols, xs, out, ldo, beta);
+    else
+        gemv_kernel<S, GEMV_T><<<grid, nt, 0, cb->st>>>(w, rows, cols, xs, out, ldo, beta);
+}
+
+/* out[T][rows] (+)= x[T][cols] . W[rows][cols]^T, fp32 accumulate: up to
+ * GEMV_T tokens on gemv_kernel, more on cuBLASLt.  In cuBLASLt's
+ * column-major terms: out (rows x T, ld ldo) = W^T (W stored cols x rows) .
+ * x (cols x T).  Compute 32F with 32F scale: fp32 weights (f32 mode) are
+ * multiplied in exact fp32, never TF32. */
 static int gemm(cuda_backend *cb, const void *W, int rows, int cols, const void *x, int T, float *out, int ldo,
                 float beta, char *err, size_t errlen)
 {
     const float one = 1.0f;
+    const size_t es = cb->f32 ? 4 : 2;
+    if (T <= GEMV_T && !((size_t)cols * es % 16) && !((uintptr_t)W & 15) && !((uintptr_t)x & 15) &&
+        !getenv_gemv_off()) {
+        if (cb->f32)
+            gemv<float>(cb, W, rows, cols, x, T, out, ldo, beta);
+        else
+            gemv<bf16>(cb, W, rows, cols, x, T, out, ldo, beta);
+        LAUNCHED();
+        return 0;
+    }
     const gemm_plan *p = plan_get(cb, rows, cols, T, ldo, beta != 0.0f, err, errlen);
     if (!p)
         return -1;

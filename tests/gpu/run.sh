@@ -107,6 +107,9 @@ check llama-v32k-bf16 --model $W/llama-v32k.gguf --prompts 60,20,7 --decode 24
 # random Llama, head dim 128: tuned attention kernels, against the CPU and the generic kernel
 check llama-q4k-bf16 --model $M/llama-q4k.gguf --prompts 300,77,5 --vs-generic
 check llama-q4k-f32 --model $M/llama-q4k.gguf --dtype f32 --tol 1e-4 --prompts 300,77,5
+# two sequences: decode steps of 2 tokens run the products on gemv_kernel (1 token: stories above)
+check llama-q4k-f32-2seq --model $M/llama-q4k.gguf --dtype f32 --tol 1e-4 --prompts 300,5 --decode 16
+check llama-q4k-bf16-2seq --model $M/llama-q4k.gguf --prompts 300,5 --decode 16
 check llama-q4k-bf16-graphs --model $M/llama-q4k.gguf --prompts 300,77,5 --decode 24 --vs-graphs --tol-alt 0
 check qwen-q8-bf16 --model $M/qwen-q8.gguf --prompts 200,31,64
 check qwen-q8-f32 --model $M/qwen-q8.gguf --dtype f32 --tol 1e-4 --prompts 200,31,64
