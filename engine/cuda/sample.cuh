@@ -4,7 +4,11 @@
  *
  * Same rule, same order of the draw: top-k survivors sorted by rank and
  * walked in that order, every other draw walked in id order, each thread
- * owning a contiguous run of ids.  Sums are in double like the host's;
+ * owning a contiguous run of ids.  Passes whose result does not depend on
+ * id order (maxima, counts, sums, the bisections' tests) stride the row
+ * instead, so that a warp's loads are coalesced: reading contiguous runs,
+ * each load of a warp touched 32 lines, and sampling rows of 32000 logits
+ * with top-k or top-p took 0.6-0.8 ms on an H100 (ncu).  Sums are in double like the host's;
  * they differ from it only in association order (and expf in an ulp), so
  * a pick can differ from the host's only when u falls within rounding of a
  * boundary.  Thresholds (the k-th best, the top-p cut) are found by
@@ -206,7 +210,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
     /* argmax, lowest id on ties; all -inf gives 0 like the host */
     float vmax = -INFINITY;
     int best = INT_MAX;
-    for (int i = lo; i < hi; i++) {
+    for (int i = threadIdx.x; i < V; i += SK_T) {
         float v = sk_clean(x[i]);
         if (sk_better(v, i, vmax, best) && v > -INFINITY) {
             vmax = v;
@@ -229,7 +233,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
         if (k) {
             /* the k best finite logits by rank (fewer when fewer are finite) */
             int n_fin = 0;
-            for (int i = lo; i < hi; i++)
+            for (int i = threadIdx.x; i < V; i += SK_T)
                 n_fin += sk_clean(x[i]) > -INFINITY;
             n_fin = sk_count(sh, n_fin);
             unsigned thr = 0;
@@ -238,7 +242,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
             if (!all) {
                 thr = sk_bisect([&](unsigned t) {
                     int c = 0;
-                    for (int i = lo; i < hi; i++) {
+                    for (int i = threadIdx.x; i < V; i += SK_T) {
                         float v = sk_clean(x[i]);
                         c += v > -INFINITY && sk_key(v) >= t;
                     }
@@ -275,7 +279,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                 if (threadIdx.x == 0)
                     sh.n_cand = 0;
                 sk_sync();
-                for (int i = lo; i < hi; i++) {
+                for (int i = threadIdx.x; i < V; i += SK_T) {
                     float v = sk_clean(x[i]);
                     if (v > -INFINITY) {
                         int s = atomicAdd(&sh.n_cand, 1);
@@ -353,7 +357,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
             pick = sh.result;
         } else {
             double z = 0, zk = 0;
-            for (int i = lo; i < hi; i++) {
+            for (int i = threadIdx.x; i < V; i += SK_T) {
                 float w = expf((sk_clean(x[i]) - vmax) * fit);
                 z += w;
                 if (w >= wmin)
@@ -373,7 +377,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                 /* mass of the candidates (w >= eps, w > 0) with key >= t */
                 auto mass = [&](unsigned t) {
                     double m = 0;
-                    for (int i = lo; i < hi; i++) {
+                    for (int i = threadIdx.x; i < V; i += SK_T) {
                         float v = sk_clean(x[i]), w = wt(i);
                         if (w >= eps && w > 0 && sk_key(v) >= t)
                             m += w;
@@ -422,7 +426,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                     return kk > thr || (kk == thr && i <= tie_cut);
                 };
                 double zn = 0;
-                for (int i = lo; i < hi; i++) {
+                for (int i = threadIdx.x; i < V; i += SK_T) {
                     float w;
                     if (in(i, w))
                         zn += w;
@@ -444,7 +448,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
     double lse = vmax;
     if (isfinite(vmax)) {
         double z = 0;
-        for (int i = lo; i < hi; i++)
+        for (int i = threadIdx.x; i < V; i += SK_T)
             z += expf(sk_clean(x[i]) - vmax);
         lse = vmax + log(sk_sum(sh, z));
     }
@@ -458,7 +462,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
         float bv = -INFINITY;
         int bi = INT_MAX;
         bool any = false;
-        for (int i = lo; i < hi; i++) {
+        for (int i = threadIdx.x; i < V; i += SK_T) {
             float v = sk_clean(x[i]);
             if (sk_better(pv, pi, v, i) && (!any || sk_better(v, i, bv, bi))) {
                 bv = v;
