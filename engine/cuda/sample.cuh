@@ -19,11 +19,14 @@
 
 #define SK_T 1024
 #define SK_W (SK_T / 32)
+#define SK_P 8 /* keys a round of sk_search tests in one pass over the row */
 
 struct SkShared {
     double d[SK_W];
     float f[SK_W];
     int i[SK_W];
+    double dp[SK_W][SK_P]; /* per-warp partials of SK_P sums, then the totals in dp[0] */
+    int ip[SK_W][SK_P];
     float cv[SK_T];   /* top-k candidates: value, id, weight */
     int ci[SK_T];
     float cw[SK_T];
@@ -183,17 +186,87 @@ static __device__ int sk_walk(SkShared &sh, int lo, int hi, double target, In in
     return t;
 }
 
-/* Largest key t with f(t) true, f monotone (true at 0 when any key is). */
-template <typename F>
-static __device__ unsigned sk_bisect(F f)
+/* SK_P sums (counts) over the block at once, in sk_sum's (sk_count's)
+ * order, so each total has the bits the single reduction gives. */
+static __device__ void sk_sum_p(SkShared &sh, double (&v)[SK_P])
+{
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < SK_P; j++)
+        for (int o = 16; o; o >>= 1)
+            v[j] += __shfl_xor_sync(0xffffffffu, v[j], o);
+    sk_sync();
+    if (lane == 0)
+#pragma unroll
+        for (int j = 0; j < SK_P; j++)
+            sh.dp[w][j] = v[j];
+    sk_sync();
+    double t = 0;
+    if (threadIdx.x < SK_P)
+        for (int k = 0; k < SK_W; k++)
+            t += sh.dp[k][threadIdx.x];
+    sk_sync();
+    if (threadIdx.x < SK_P)
+        sh.dp[0][threadIdx.x] = t;
+    sk_sync();
+#pragma unroll
+    for (int j = 0; j < SK_P; j++)
+        v[j] = sh.dp[0][j];
+}
+
+static __device__ void sk_count_p(SkShared &sh, int (&v)[SK_P])
+{
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < SK_P; j++)
+        v[j] = __reduce_add_sync(0xffffffffu, v[j]);
+    sk_sync();
+    if (lane == 0)
+#pragma unroll
+        for (int j = 0; j < SK_P; j++)
+            sh.ip[w][j] = v[j];
+    sk_sync();
+    int t = 0;
+    if (threadIdx.x < SK_P)
+        for (int k = 0; k < SK_W; k++)
+            t += sh.ip[k][threadIdx.x];
+    sk_sync();
+    if (threadIdx.x < SK_P)
+        sh.ip[0][threadIdx.x] = t;
+    sk_sync();
+#pragma unroll
+    for (int j = 0; j < SK_P; j++)
+        v[j] = sh.ip[0][j];
+}
+
+/* Largest key t with f(t) true, f monotone (true at 0 when any key is).
+ * Each round tests SK_P keys spread over the range left, in one pass over
+ * the row (test(t, ok) sets ok[j] = f(t[j])): 11 rounds where a bisection
+ * made 32 passes. */
+template <typename Test>
+static __device__ unsigned sk_search(Test test)
 {
     unsigned a = 0, b = 0xffffffffu;
     while (a < b) {
-        unsigned mid = a + (unsigned)(((unsigned long long)b - a + 1) / 2);
-        if (f(mid))
-            a = mid;
-        else
-            b = mid - 1;
+        const unsigned long long span = (unsigned long long)b - a;
+        unsigned t[SK_P]; /* a < t[0] <= ... <= t[SK_P - 1] = b */
+        bool ok[SK_P];
+#pragma unroll
+        for (int j = 0; j < SK_P; j++)
+            t[j] = a + (unsigned)((span * (j + 1) + SK_P - 1) / SK_P);
+        test(t, ok);
+        int last = -1; /* f holds on a prefix of the keys */
+#pragma unroll
+        for (int j = 0; j < SK_P; j++)
+            if (ok[j])
+                last = j;
+        if (last < 0) {
+            b = t[0] - 1;
+        } else {
+            a = t[last];
+            if (last < SK_P - 1)
+                b = t[last + 1] - 1;
+        }
     }
     return a;
 }
@@ -240,13 +313,19 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
             int need_ties = 0;   /* of the ties at thr, the lowest ids taken */
             bool all = n_fin <= k;
             if (!all) {
-                thr = sk_bisect([&](unsigned t) {
-                    int c = 0;
+                thr = sk_search([&](const unsigned (&t)[SK_P], bool (&ok)[SK_P]) {
+                    int c[SK_P] = {};
                     for (int i = threadIdx.x; i < V; i += SK_T) {
                         float v = sk_clean(x[i]);
-                        c += v > -INFINITY && sk_key(v) >= t;
+                        unsigned kk = sk_key(v);
+#pragma unroll
+                        for (int j = 0; j < SK_P; j++)
+                            c[j] += v > -INFINITY && kk >= t[j];
                     }
-                    return sk_count(sh, c) >= k;
+                    sk_count_p(sh, c);
+#pragma unroll
+                    for (int j = 0; j < SK_P; j++)
+                        ok[j] = c[j] >= k;
                 });
                 int gt = 0, eq = 0;
                 for (int i = lo; i < hi; i++) {
@@ -389,7 +468,23 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                 unsigned thr = 0;
                 int tie_cut = INT_MAX;   /* ties at thr kept up to this id */
                 if (mass(0) >= target) {
-                    thr = sk_bisect([&](unsigned t) { return mass(t) >= target; });
+                    thr = sk_search([&](const unsigned (&t)[SK_P], bool (&ok)[SK_P]) {
+                        double m[SK_P] = {};
+                        for (int i = threadIdx.x; i < V; i += SK_T) {
+                            float v = sk_clean(x[i]), w = wt(i);
+                            if (!(w >= eps && w > 0))
+                                continue;
+                            unsigned kk = sk_key(v);
+#pragma unroll
+                            for (int j = 0; j < SK_P; j++)
+                                if (kk >= t[j])
+                                    m[j] += w;
+                        }
+                        sk_sum_p(sh, m);
+#pragma unroll
+                        for (int j = 0; j < SK_P; j++)
+                            ok[j] = m[j] >= target;
+                    });
                     double gt = thr == 0xffffffffu ? 0.0 : mass(thr + 1);
                     double mine = 0;
                     for (int i = lo; i < hi; i++) {
