@@ -225,13 +225,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         sb_put(&req, f[2], fn[2]);
     }
 
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        abort();
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a))
-        abort();   /* the daemon is gone */
+    /* Tens of thousands of connections a minute can run the machine out of
+     * ephemeral ports for a moment (a CI run once failed here without the
+     * input reproducing it): retry for a few seconds, and only a daemon
+     * that stays unreachable is a failure. */
+    int fd = -1;
+    for (int tries = 0;; tries++) {
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0) {
+            fprintf(stderr, "fuzz_http: socket: %s\n", strerror(errno));
+            abort();
+        }
+        if (!connect(fd, (struct sockaddr *)&a, sizeof a))
+            break;
+        int e = errno;
+        close(fd);
+        if (tries == 100) {
+            fprintf(stderr, "fuzz_http: the daemon is unreachable: connect: %s\n", strerror(e));
+            abort();
+        }
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
     int ok = 0;
     if (fl & 0x20)
         ok = !send_all(fd, req.p, head_len) && !send_all(fd, req.p + head_len, req.len - head_len);
