@@ -186,9 +186,11 @@ static __device__ int sk_walk(SkShared &sh, int lo, int hi, double target, In in
     return t;
 }
 
-/* SK_P sums (counts) over the block at once, in sk_sum's (sk_count's)
- * order, so each total has the bits the single reduction gives. */
-static __device__ void sk_sum_p(SkShared &sh, double (&v)[SK_P])
+/* SK_P sums over the block at once (of doubles into sh.dp, of counts into
+ * sh.ip), in sk_sum's order, so each total has the bits the single
+ * reduction gives (counts are exact in any order). */
+template <typename T>
+static __device__ void sk_sum_p(T (*part)[SK_P], T (&v)[SK_P])
 {
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
@@ -199,44 +201,19 @@ static __device__ void sk_sum_p(SkShared &sh, double (&v)[SK_P])
     if (lane == 0)
 #pragma unroll
         for (int j = 0; j < SK_P; j++)
-            sh.dp[w][j] = v[j];
+            part[w][j] = v[j];
     sk_sync();
-    double t = 0;
+    T t = 0;
     if (threadIdx.x < SK_P)
         for (int k = 0; k < SK_W; k++)
-            t += sh.dp[k][threadIdx.x];
+            t += part[k][threadIdx.x];
     sk_sync();
     if (threadIdx.x < SK_P)
-        sh.dp[0][threadIdx.x] = t;
+        part[0][threadIdx.x] = t;
     sk_sync();
 #pragma unroll
     for (int j = 0; j < SK_P; j++)
-        v[j] = sh.dp[0][j];
-}
-
-static __device__ void sk_count_p(SkShared &sh, int (&v)[SK_P])
-{
-    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-    for (int j = 0; j < SK_P; j++)
-        v[j] = __reduce_add_sync(0xffffffffu, v[j]);
-    sk_sync();
-    if (lane == 0)
-#pragma unroll
-        for (int j = 0; j < SK_P; j++)
-            sh.ip[w][j] = v[j];
-    sk_sync();
-    int t = 0;
-    if (threadIdx.x < SK_P)
-        for (int k = 0; k < SK_W; k++)
-            t += sh.ip[k][threadIdx.x];
-    sk_sync();
-    if (threadIdx.x < SK_P)
-        sh.ip[0][threadIdx.x] = t;
-    sk_sync();
-#pragma unroll
-    for (int j = 0; j < SK_P; j++)
-        v[j] = sh.ip[0][j];
+        v[j] = part[0][j];
 }
 
 /* Largest key t with f(t) true, f monotone (true at 0 when any key is).
@@ -322,7 +299,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                         for (int j = 0; j < SK_P; j++)
                             c[j] += v > -INFINITY && kk >= t[j];
                     }
-                    sk_count_p(sh, c);
+                    sk_sum_p(sh.ip, c);
 #pragma unroll
                     for (int j = 0; j < SK_P; j++)
                         ok[j] = c[j] >= k;
@@ -480,7 +457,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                                 if (kk >= t[j])
                                     m[j] += w;
                         }
-                        sk_sum_p(sh, m);
+                        sk_sum_p(sh.dp, m);
 #pragma unroll
                         for (int j = 0; j < SK_P; j++)
                             ok[j] = m[j] >= target;
