@@ -89,6 +89,7 @@ struct cuda_backend {
     size_t cap_srows, cap_sout;
     engine_sample *srows;       /* sampling in the step: rows in, picks out */
     engine_sampled *sout;
+    int sk_cluster, n_sm;       /* the sampler's CTAs a row (sample.cuh), SMs */
 
     /* CUDA graphs of decode steps (default; SPARSED_CUDA_GRAPHS=0 turns them off) */
     int use_graphs;
@@ -323,6 +324,39 @@ static const gemm_plan *plan_get(cuda_backend *cb, int rows, int cols, int T, in
 }
 
 /* SPARSED_GEMV=0 sends decode's products to cuBLASLt too (comparisons). */
+/* CTAs of the sampler's cluster for a row of V logits: the fewest (a power
+ * of two, sm_90 on) that leave each at most SK_SLICE logits and that the
+ * card can place; SPARSED_SAMPLE_CLUSTER=n sets it (tests, benchmarks). */
+#define SK_SLICE 4096
+static int sample_cluster(const cudaDeviceProp *prop, int V)
+{
+    if (prop->major < 9)
+        return 1;
+    int C = 1;
+    while (C < SK_MAXC && (V + C - 1) / C > SK_SLICE)
+        C *= 2;
+    const char *e = getenv("SPARSED_SAMPLE_CLUSTER");
+    if (e && atoi(e) >= 1)
+        for (C = 1; C * 2 <= atoi(e) && C < SK_MAXC;)
+            C *= 2;
+    for (; C > 1; C /= 2) {
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeClusterDimension;
+        at[0].val.clusterDim.x = (unsigned)C;
+        at[0].val.clusterDim.y = at[0].val.clusterDim.z = 1;
+        cfg.gridDim = dim3((unsigned)C);
+        cfg.blockDim = dim3(SK_T);
+        cfg.attrs = at;
+        cfg.numAttrs = 1;
+        int n = 0;
+        if (cudaOccupancyMaxActiveClusters(&n, sample_kernel, &cfg) == cudaSuccess && n > 0)
+            break;
+        cudaGetLastError();
+    }
+    return C;
+}
+
 static int getenv_gemv_off(void)
 {
     static int off = -1;
@@ -459,6 +493,8 @@ cuda_backend *cuda_backend_create(const engine *e, int f32, int idx_fp8, char *e
         goto fail;
     }
     snprintf(cb->name, sizeof cb->name, "%s, %d SMs", prop.name, prop.multiProcessorCount);
+    cb->n_sm = prop.multiProcessorCount;
+    cb->sk_cluster = sample_cluster(&prop, m->n_vocab);
     if (m->head_dim > 1024 || m->idx_dim > 1024) {
         snprintf(err, errlen, "device: head dimension %d is not supported on cuda (at most 1024)", m->head_dim);
         goto fail;
@@ -1160,8 +1196,9 @@ static int run_graph(cuda_backend *cb, const engine_batch *b, const meta *mt, co
     return 0;
 }
 
-/* Samples each logit row on the device (sample.cuh) and brings back the
- * picks, with the logprobs only when some row asked. */
+/* Samples each logit row on the device (sample.cuh), a cluster of CTAs a
+ * row while the rows' clusters fit on the SMs at once, and brings back
+ * the picks, with the logprobs only when some row asked. */
 static int sample_rows(cuda_backend *cb, int R, const engine_sample *rows, engine_sampled *out, char *err,
                        size_t errlen)
 {
@@ -1169,8 +1206,21 @@ static int sample_rows(cuda_backend *cb, int R, const engine_sample *rows, engin
     for (int r = 0; r < R; r++)
         lp |= rows[r].n_logprobs >= 0;
     CU(cudaMemcpyAsync(cb->srows, rows, (size_t)R * sizeof *rows, cudaMemcpyHostToDevice, cb->st));
-    sample_kernel<<<R, SK_T, 0, cb->st>>>(cb->logits, V, cb->srows, cb->sout);
-    CU(cudaGetLastError());
+    int C = cb->sk_cluster;
+    while (C > 1 && R * C > cb->n_sm)
+        C /= 2;
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = (unsigned)C;
+    at[0].val.clusterDim.y = at[0].val.clusterDim.z = 1;
+    cfg.gridDim = dim3((unsigned)(R * C));
+    cfg.blockDim = dim3(SK_T);
+    cfg.stream = cb->st;
+    cfg.attrs = at;
+    cfg.numAttrs = C > 1;
+    CU(cudaLaunchKernelEx(&cfg, sample_kernel, (const float *)cb->logits, V, (const engine_sample *)cb->srows,
+                          cb->sout));
     if (lp) {
         CU(cudaMemcpyAsync(out, cb->sout, (size_t)R * sizeof *out, cudaMemcpyDeviceToHost, cb->st));
     } else {   /* the ids alone: a strided copy of one int per row */

@@ -13,13 +13,25 @@
  * a pick can differ from the host's only when u falls within rounding of a
  * boundary.  Thresholds (the k-th best, the top-p cut) are found by
  * bisection over order-preserving 32-bit keys of the logits, with ties
- * broken by id as on the host.  Included by cuda_backend.cu.
+ * broken by id as on the host.
+ *
+ * The passes are bound by instructions (~25 a logit in the searches), so a
+ * long row is spread over a cluster of C CTAs (sm_90), each owning a
+ * contiguous slice of ids: every block-wide reduction then ends with one
+ * cluster step, where each CTA pushes its total into every CTA's shared
+ * memory and, after one cluster barrier, all combine them in rank order
+ * (the same bits everywhere).  The top-k candidates gather in rank 0, which
+ * alone sorts them and writes the row's results.  Included by
+ * cuda_backend.cu.
  */
 #include <float.h>
+
+#include <cooperative_groups.h>
 
 #define SK_T 1024
 #define SK_W (SK_T / 32)
 #define SK_P 8 /* keys a round of sk_search tests in one pass over the row */
+#define SK_MAXC 8 /* CTAs of a row's cluster */
 
 struct SkShared {
     double d[SK_W];
@@ -32,7 +44,86 @@ struct SkShared {
     float cw[SK_T];
     int n_cand;
     int result;
+    unsigned long long xb[2][SK_MAXC][SK_P]; /* cluster steps: each CTA's totals, two buffers */
 };
+
+/* Where a CTA stands in its row: cluster size and rank (1 and 0 without
+ * clusters), the exchange buffer the next cluster step uses, its slice
+ * s0 .. s1 - 1 of the ids. */
+struct SkCtx {
+    int C, rank, par, s0, s1;
+};
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define SK_CLUSTERS 1
+#endif
+
+/* A barrier of the row's CTAs (of the block without clusters). */
+static __device__ __forceinline__ void sk_xsync(const SkCtx &cx)
+{
+    __syncwarp();
+#ifdef SK_CLUSTERS
+    if (cx.C > 1) {
+        cooperative_groups::this_cluster().sync();
+        return;
+    }
+#endif
+    __syncthreads();
+}
+
+/* The cluster step: v (N values, the same in every thread of the CTA)
+ * becomes op over the CTAs' values in rank order.  A buffer is reused two
+ * steps later, when every CTA has passed the barrier of the step between,
+ * and so has read it. */
+template <typename T, int N, typename Op>
+static __device__ void sk_xred(SkShared &sh, SkCtx &cx, T (&v)[N], Op op)
+{
+    static_assert(sizeof(T) * N <= sizeof sh.xb[0][0], "one exchange slot");
+#ifdef SK_CLUSTERS
+    if (cx.C == 1)
+        return;
+    cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
+    if ((int)threadIdx.x < cx.C) {
+        T *dst = cl.map_shared_rank((T *)sh.xb[cx.par][cx.rank], (int)threadIdx.x);
+#pragma unroll
+        for (int j = 0; j < N; j++)
+            dst[j] = v[j];
+    }
+    cl.sync();
+#pragma unroll
+    for (int j = 0; j < N; j++) {
+        T a = ((const T *)sh.xb[cx.par][0])[j];
+        for (int r = 1; r < cx.C; r++)
+            a = op(a, ((const T *)sh.xb[cx.par][r])[j]);
+        v[j] = a;
+    }
+    cx.par ^= 1;
+#endif
+}
+
+/* The sum of the values of the CTAs ranked before this one, in rank order. */
+static __device__ double sk_xprefix(SkShared &sh, SkCtx &cx, double v)
+{
+#ifdef SK_CLUSTERS
+    if (cx.C > 1) {
+        cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
+        if ((int)threadIdx.x < cx.C)
+            *cl.map_shared_rank((double *)sh.xb[cx.par][cx.rank], (int)threadIdx.x) = v;
+        cl.sync();
+        double a = 0;
+        for (int r = 0; r < cx.rank; r++)
+            a += *(const double *)sh.xb[cx.par][r];
+        cx.par ^= 1;
+        return a;
+    }
+#endif
+    return 0;
+}
+
+static __device__ __forceinline__ double sk_add(double a, double b) { return a + b; }
+static __device__ __forceinline__ int sk_addi(int a, int b) { return a + b; }
+static __device__ __forceinline__ int sk_mini(int a, int b) { return min(a, b); }
+static __device__ __forceinline__ int sk_maxi(int a, int b) { return max(a, b); }
 
 /* A block barrier with each warp converged first: the lanes of a warp
  * split in data-dependent branches, and a barrier reached by a split warp
@@ -58,7 +149,7 @@ static __device__ __forceinline__ unsigned sk_key(float f)
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-static __device__ double sk_sum(SkShared &sh, double v)
+static __device__ double sk_sum(SkShared &sh, SkCtx &cx, double v)
 {
     for (int o = 16; o; o >>= 1)
         v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -67,13 +158,14 @@ static __device__ double sk_sum(SkShared &sh, double v)
     if (lane == 0)
         sh.d[w] = v;
     sk_sync();
-    double t = 0;
+    double t[1] = {0};
     for (int k = 0; k < SK_W; k++)   /* fixed order: every thread gets the same bits */
-        t += sh.d[k];
-    return t;
+        t[0] += sh.d[k];
+    sk_xred(sh, cx, t, sk_add);
+    return t[0];
 }
 
-static __device__ int sk_count(SkShared &sh, int v)
+static __device__ int sk_count(SkShared &sh, SkCtx &cx, int v)
 {
     v = __reduce_add_sync(0xffffffffu, v);
     int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -81,14 +173,20 @@ static __device__ int sk_count(SkShared &sh, int v)
     if (lane == 0)
         sh.i[w] = v;
     sk_sync();
-    int t = 0;
+    int t[1] = {0};
     for (int k = 0; k < SK_W; k++)
-        t += sh.i[k];
-    return t;
+        t[0] += sh.i[k];
+    sk_xred(sh, cx, t, sk_addi);
+    return t[0];
 }
 
-/* Best (value, id) over the block by rank; id INT_MAX when nothing qualified. */
-static __device__ void sk_best(SkShared &sh, float &bv, int &bi)
+struct SkPair {
+    float v;
+    int i;
+};
+
+/* Best (value, id) over the row's CTAs by rank; id INT_MAX when nothing qualified. */
+static __device__ void sk_best(SkShared &sh, SkCtx &cx, float &bv, int &bi)
 {
     for (int o = 16; o; o >>= 1) {
         float ov = __shfl_xor_sync(0xffffffffu, bv, o);
@@ -113,12 +211,15 @@ static __device__ void sk_best(SkShared &sh, float &bv, int &bi)
         rv = t ? v : rv;
         ri = t ? i : ri;
     }
-    bv = rv;
-    bi = ri;
+    SkPair x[1] = {{rv, ri}};
+    sk_xred(sh, cx, x, [](SkPair a, SkPair b) { return sk_better(b.v, b.i, a.v, a.i) ? b : a; });
+    bv = x[0].v;
+    bi = x[0].i;
 }
 
-/* Exclusive prefix over the block of one double per thread (thread order). */
-static __device__ double sk_scan(SkShared &sh, double v)
+/* Exclusive prefix over the row of one double per thread (rank, then
+ * thread order). */
+static __device__ double sk_scan(SkShared &sh, SkCtx &cx, double v)
 {
     int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     double inc = v;
@@ -131,17 +232,19 @@ static __device__ double sk_scan(SkShared &sh, double v)
     if (lane == 31)
         sh.d[w] = inc;
     sk_sync();
-    double before = 0;
-    for (int k = 0; k < w; k++)
-        before += sh.d[k];
-    return before + inc - v;
+    double before = 0, total = 0;
+    for (int k = 0; k < SK_W; k++) {
+        before += k < w ? sh.d[k] : 0.0;
+        total += sh.d[k];
+    }
+    return sk_xprefix(sh, cx, total) + before + inc - v;
 }
 
 /* The draw over a set in id order: the first id of the set whose running
  * mass passes target, else the set's last id (target rounded up to the
  * total).  in(i, w) says whether id i is in the set, and its weight. */
 template <typename In>
-static __device__ int sk_walk(SkShared &sh, int lo, int hi, double target, In in)
+static __device__ int sk_walk(SkShared &sh, SkCtx &cx, int lo, int hi, double target, In in)
 {
     double mine = 0;
     int last = -1;
@@ -152,7 +255,7 @@ static __device__ int sk_walk(SkShared &sh, int lo, int hi, double target, In in
             last = i;
         }
     }
-    double acc = sk_scan(sh, mine);
+    double acc = sk_scan(sh, cx, mine);
     if (threadIdx.x == 0)
         sh.result = INT_MAX;
     sk_sync();
@@ -171,26 +274,28 @@ static __device__ int sk_walk(SkShared &sh, int lo, int hi, double target, In in
         atomicMin(&sh.result, r);   /* runs that overlap by rounding: the lowest id */
     }
     sk_sync();
-    int r = sh.result;
-    if (r != INT_MAX)
-        return r;
+    int r[1] = {sh.result};
+    sk_xred(sh, cx, r, sk_mini);
+    if (r[0] != INT_MAX)
+        return r[0];
     for (int o = 16; o; o >>= 1)
         last = max(last, __shfl_xor_sync(0xffffffffu, last, o));
     sk_sync();
     if ((threadIdx.x & 31) == 0)
         sh.i[threadIdx.x >> 5] = last;
     sk_sync();
-    int t = -1;
+    int t[1] = {-1};
     for (int k = 0; k < SK_W; k++)
-        t = max(t, sh.i[k]);
-    return t;
+        t[0] = max(t[0], sh.i[k]);
+    sk_xred(sh, cx, t, sk_maxi);
+    return t[0];
 }
 
 /* SK_P sums over the block at once (of doubles into sh.dp, of counts into
  * sh.ip), in sk_sum's order, so each total has the bits the single
  * reduction gives (counts are exact in any order). */
 template <typename T>
-static __device__ void sk_sum_p(T (*part)[SK_P], T (&v)[SK_P])
+static __device__ void sk_sum_p(SkShared &sh, SkCtx &cx, T (*part)[SK_P], T (&v)[SK_P])
 {
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
@@ -214,6 +319,7 @@ static __device__ void sk_sum_p(T (*part)[SK_P], T (&v)[SK_P])
 #pragma unroll
     for (int j = 0; j < SK_P; j++)
         v[j] = part[0][j];
+    sk_xred(sh, cx, v, [](T a, T b) { return a + b; });
 }
 
 /* Largest key t with f(t) true, f monotone (true at 0 when any key is).
@@ -252,22 +358,33 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                                                       engine_sampled *out)
 {
     __shared__ SkShared sh;
-    const float *x = logits + (size_t)blockIdx.x * V;
-    const engine_sample p = rows[blockIdx.x];
-    int chunk = (V + SK_T - 1) / SK_T;
-    int lo = min(V, (int)threadIdx.x * chunk), hi = min(V, lo + chunk);
+    SkCtx cx = {1, 0, 0, 0, V};
+#ifdef SK_CLUSTERS
+    cx.C = (int)cooperative_groups::this_cluster().num_blocks();
+    cx.rank = (int)cooperative_groups::this_cluster().block_rank();
+#endif
+    const int row = (int)blockIdx.x / cx.C, slice = (V + cx.C - 1) / cx.C;
+    cx.s0 = min(V, cx.rank * slice);
+    cx.s1 = min(V, cx.s0 + slice);
+    if (threadIdx.x == 0)
+        sh.n_cand = 0;   /* rank 0's, for the top-k gather */
+    sk_xsync(cx);        /* every CTA runs before any writes its shared memory */
+    const float *x = logits + (size_t)row * V;
+    const engine_sample p = rows[row];
+    int chunk = (cx.s1 - cx.s0 + SK_T - 1) / SK_T;
+    int lo = min(cx.s1, cx.s0 + (int)threadIdx.x * chunk), hi = min(cx.s1, lo + chunk);
 
     /* argmax, lowest id on ties; all -inf gives 0 like the host */
     float vmax = -INFINITY;
     int best = INT_MAX;
-    for (int i = threadIdx.x; i < V; i += SK_T) {
+    for (int i = cx.s0 + (int)threadIdx.x; i < cx.s1; i += SK_T) {
         float v = sk_clean(x[i]);
         if (sk_better(v, i, vmax, best) && v > -INFINITY) {
             vmax = v;
             best = i;
         }
     }
-    sk_best(sh, vmax, best);
+    sk_best(sh, cx, vmax, best);
     if (best == INT_MAX) {
         best = 0;
         vmax = -INFINITY;
@@ -281,25 +398,36 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
         int k = p.top_k > 0 && p.top_k < V ? p.top_k : 0;
         bool use_p = p.top_p < 1.0f;
         if (k) {
-            /* the k best finite logits by rank (fewer when fewer are finite) */
+            /* the k best finite logits by rank (fewer when fewer are finite),
+             * gathered in rank 0 */
+            int *nc0 = &sh.n_cand, *ci0 = sh.ci;
+            float *cv0 = sh.cv;
+#ifdef SK_CLUSTERS
+            if (cx.C > 1) {
+                cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
+                nc0 = cl.map_shared_rank(nc0, 0);
+                ci0 = cl.map_shared_rank(ci0, 0);
+                cv0 = cl.map_shared_rank(cv0, 0);
+            }
+#endif
             int n_fin = 0;
-            for (int i = threadIdx.x; i < V; i += SK_T)
+            for (int i = cx.s0 + (int)threadIdx.x; i < cx.s1; i += SK_T)
                 n_fin += sk_clean(x[i]) > -INFINITY;
-            n_fin = sk_count(sh, n_fin);
+            n_fin = sk_count(sh, cx, n_fin);
             unsigned thr = 0;
             int need_ties = 0;   /* of the ties at thr, the lowest ids taken */
             bool all = n_fin <= k;
             if (!all) {
                 thr = sk_search([&](const unsigned (&t)[SK_P], bool (&ok)[SK_P]) {
                     int c[SK_P] = {};
-                    for (int i = threadIdx.x; i < V; i += SK_T) {
+                    for (int i = cx.s0 + (int)threadIdx.x; i < cx.s1; i += SK_T) {
                         float v = sk_clean(x[i]);
                         unsigned kk = sk_key(v);
 #pragma unroll
                         for (int j = 0; j < SK_P; j++)
                             c[j] += v > -INFINITY && kk >= t[j];
                     }
-                    sk_sum_p(sh.ip, c);
+                    sk_sum_p(sh, cx, sh.ip, c);
 #pragma unroll
                     for (int j = 0; j < SK_P; j++)
                         ok[j] = c[j] >= k;
@@ -312,13 +440,10 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                         eq += sk_key(v) == thr;
                     }
                 }
-                need_ties = k - sk_count(sh, gt);
+                need_ties = k - sk_count(sh, cx, gt);
                 /* ties before this thread's run, in id order */
-                int tb = (int)sk_scan(sh, (double)eq);
+                int tb = (int)sk_scan(sh, cx, (double)eq);
                 eq = tb;   /* reuse as the running tie rank */
-                if (threadIdx.x == 0)
-                    sh.n_cand = 0;
-                sk_sync();
                 for (int i = lo; i < hi; i++) {
                     float v = sk_clean(x[i]);
                     if (!(v > -INFINITY))
@@ -326,103 +451,102 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                     unsigned kk = sk_key(v);
                     bool take = kk > thr || (kk == thr && eq++ < need_ties);
                     if (take) {
-                        int s = atomicAdd(&sh.n_cand, 1);
-                        sh.cv[s] = v;
-                        sh.ci[s] = i;
+                        int s = atomicAdd(nc0, 1);
+                        cv0[s] = v;
+                        ci0[s] = i;
                     }
                 }
             } else {
-                if (threadIdx.x == 0)
-                    sh.n_cand = 0;
-                sk_sync();
-                for (int i = threadIdx.x; i < V; i += SK_T) {
+                for (int i = cx.s0 + (int)threadIdx.x; i < cx.s1; i += SK_T) {
                     float v = sk_clean(x[i]);
                     if (v > -INFINITY) {
-                        int s = atomicAdd(&sh.n_cand, 1);
-                        sh.cv[s] = v;
-                        sh.ci[s] = i;
+                        int s = atomicAdd(nc0, 1);
+                        cv0[s] = v;
+                        ci0[s] = i;
                     }
                 }
             }
-            sk_sync();
-            int n = sh.n_cand;
-            int t = threadIdx.x;
-            if (t >= n) {
-                sh.cv[t] = -INFINITY;
-                sh.ci[t] = INT_MAX;
-            }
-            sk_sync();
-            /* bitonic sort of SK_T entries, best first */
-            for (int size = 2; size <= SK_T; size <<= 1)
-                for (int stride = size >> 1; stride > 0; stride >>= 1) {
-                    int j = t ^ stride;
-                    if (j > t) {
-                        bool up = (t & size) == 0;
-                        float av = sh.cv[t], bv = sh.cv[j];
-                        int ai = sh.ci[t], bi = sh.ci[j];
-                        bool swap = up ? sk_better(bv, bi, av, ai) : sk_better(av, ai, bv, bi);
-                        if (swap) {
-                            sh.cv[t] = bv;
-                            sh.cv[j] = av;
-                            sh.ci[t] = bi;
-                            sh.ci[j] = ai;
+            sk_xsync(cx);
+            if (cx.rank == 0) {
+                int n = sh.n_cand;
+                int t = threadIdx.x;
+                if (t >= n) {
+                    sh.cv[t] = -INFINITY;
+                    sh.ci[t] = INT_MAX;
+                }
+                sk_sync();
+                /* bitonic sort of SK_T entries, best first */
+                for (int size = 2; size <= SK_T; size <<= 1)
+                    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+                        int j = t ^ stride;
+                        if (j > t) {
+                            bool up = (t & size) == 0;
+                            float av = sh.cv[t], bv = sh.cv[j];
+                            int ai = sh.ci[t], bi = sh.ci[j];
+                            bool swap = up ? sk_better(bv, bi, av, ai) : sk_better(av, ai, bv, bi);
+                            if (swap) {
+                                sh.cv[t] = bv;
+                                sh.cv[j] = av;
+                                sh.ci[t] = bi;
+                                sh.ci[j] = ai;
+                            }
+                        }
+                        sk_sync();
+                    }
+                if (t < n)
+                    sh.cw[t] = expf((sh.cv[t] - vmax) * fit);
+                sk_sync();
+                if (t == 0) {
+                    /* the host's loop, in the same order */
+                    double z = 0;
+                    for (int i = 0; i < n; i++)
+                        z += sh.cw[i];
+                    double acc = 0, target = use_p ? (double)p.top_p * z : INFINITY;
+                    int cut = n;
+                    for (int i = 0; i < n; i++) {
+                        if (sh.cw[i] < wmin) {
+                            cut = i;
+                            break;
+                        }
+                        acc += sh.cw[i];
+                        if (acc >= target) {
+                            cut = i + 1;
+                            break;
                         }
                     }
-                    sk_sync();
-                }
-            if (t < n)
-                sh.cw[t] = expf((sh.cv[t] - vmax) * fit);
-            sk_sync();
-            if (t == 0) {
-                /* the host's loop, in the same order */
-                double z = 0;
-                for (int i = 0; i < n; i++)
-                    z += sh.cw[i];
-                double acc = 0, target = use_p ? (double)p.top_p * z : INFINITY;
-                int cut = n;
-                for (int i = 0; i < n; i++) {
-                    if (sh.cw[i] < wmin) {
-                        cut = i;
-                        break;
+                    if (cut < 1)
+                        cut = 1;
+                    double zc = 0;
+                    for (int i = 0; i < cut; i++)
+                        zc += sh.cw[i];
+                    double u = p.u * zc;
+                    int r = sh.ci[0];
+                    acc = 0;
+                    for (int i = 0; i < cut; i++) {
+                        if (sh.cw[i] <= 0)
+                            continue;
+                        acc += sh.cw[i];
+                        r = sh.ci[i];
+                        if (u < acc)
+                            break;
                     }
-                    acc += sh.cw[i];
-                    if (acc >= target) {
-                        cut = i + 1;
-                        break;
-                    }
+                    sh.result = r;
                 }
-                if (cut < 1)
-                    cut = 1;
-                double zc = 0;
-                for (int i = 0; i < cut; i++)
-                    zc += sh.cw[i];
-                double u = p.u * zc;
-                int r = sh.ci[0];
-                acc = 0;
-                for (int i = 0; i < cut; i++) {
-                    if (sh.cw[i] <= 0)
-                        continue;
-                    acc += sh.cw[i];
-                    r = sh.ci[i];
-                    if (u < acc)
-                        break;
-                }
-                sh.result = r;
+                sk_sync();
+                pick = sh.result;   /* rank 0's alone: the others write nothing */
             }
-            sk_sync();
-            pick = sh.result;
         } else {
             double z = 0, zk = 0;
-            for (int i = threadIdx.x; i < V; i += SK_T) {
+            for (int i = cx.s0 + (int)threadIdx.x; i < cx.s1; i += SK_T) {
                 float w = expf((sk_clean(x[i]) - vmax) * fit);
                 z += w;
                 if (w >= wmin)
                     zk += w;
             }
-            z = sk_sum(sh, z);
-            zk = sk_sum(sh, zk);
+            z = sk_sum(sh, cx, z);
+            zk = sk_sum(sh, cx, zk);
             if (!use_p) {
-                pick = sk_walk(sh, lo, hi, p.u * zk, [&](int i, float &w) {
+                pick = sk_walk(sh, cx, lo, hi, p.u * zk, [&](int i, float &w) {
                     w = expf((sk_clean(x[i]) - vmax) * fit);
                     return w >= wmin && w > 0;
                 });
@@ -433,12 +557,12 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                 /* mass of the candidates (w >= eps, w > 0) with key >= t */
                 auto mass = [&](unsigned t) {
                     double m = 0;
-                    for (int i = threadIdx.x; i < V; i += SK_T) {
+                    for (int i = cx.s0 + (int)threadIdx.x; i < cx.s1; i += SK_T) {
                         float v = sk_clean(x[i]), w = wt(i);
                         if (w >= eps && w > 0 && sk_key(v) >= t)
                             m += w;
                     }
-                    return sk_sum(sh, m);
+                    return sk_sum(sh, cx, m);
                 };
                 /* the nucleus: the fewest best candidates reaching target,
                  * all of them when none does */
@@ -447,7 +571,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                 if (mass(0) >= target) {
                     thr = sk_search([&](const unsigned (&t)[SK_P], bool (&ok)[SK_P]) {
                         double m[SK_P] = {};
-                        for (int i = threadIdx.x; i < V; i += SK_T) {
+                        for (int i = cx.s0 + (int)threadIdx.x; i < cx.s1; i += SK_T) {
                             float v = sk_clean(x[i]), w = wt(i);
                             if (!(w >= eps && w > 0))
                                 continue;
@@ -457,7 +581,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                                 if (kk >= t[j])
                                     m[j] += w;
                         }
-                        sk_sum_p(sh.dp, m);
+                        sk_sum_p(sh, cx, sh.dp, m);
 #pragma unroll
                         for (int j = 0; j < SK_P; j++)
                             ok[j] = m[j] >= target;
@@ -469,7 +593,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                         if (w >= eps && w > 0 && sk_key(v) == thr)
                             mine += w;
                     }
-                    double acc = gt + sk_scan(sh, mine);
+                    double acc = gt + sk_scan(sh, cx, mine);
                     if (threadIdx.x == 0)
                         sh.result = INT_MAX;
                     sk_sync();
@@ -486,7 +610,9 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                         }
                     }
                     sk_sync();
-                    tie_cut = sh.result;
+                    int tc[1] = {sh.result};
+                    sk_xred(sh, cx, tc, sk_mini);
+                    tie_cut = tc[0];
                     sk_sync();
                 }
                 auto in = [&](int i, float &w) {
@@ -498,21 +624,22 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                     return kk > thr || (kk == thr && i <= tie_cut);
                 };
                 double zn = 0;
-                for (int i = threadIdx.x; i < V; i += SK_T) {
+                for (int i = cx.s0 + (int)threadIdx.x; i < cx.s1; i += SK_T) {
                     float w;
                     if (in(i, w))
                         zn += w;
                 }
-                zn = sk_sum(sh, zn);
-                pick = sk_walk(sh, lo, hi, p.u * zn, in);
+                zn = sk_sum(sh, cx, zn);
+                pick = sk_walk(sh, cx, lo, hi, p.u * zn, in);
                 if (pick < 0)
                     pick = best;
             }
         }
     }
 
-    engine_sampled *o = out + blockIdx.x;
-    if (threadIdx.x == 0)
+    engine_sampled *o = out + row;
+    const bool writer = threadIdx.x == 0 && cx.rank == 0;
+    if (writer)
         o->id = pick;
     if (p.n_logprobs < 0)
         return;
@@ -520,12 +647,12 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
     double lse = vmax;
     if (isfinite(vmax)) {
         double z = 0;
-        for (int i = threadIdx.x; i < V; i += SK_T)
+        for (int i = cx.s0 + (int)threadIdx.x; i < cx.s1; i += SK_T)
             z += expf(sk_clean(x[i]) - vmax);
-        lse = vmax + log(sk_sum(sh, z));
+        lse = vmax + log(sk_sum(sh, cx, z));
     }
     bool ok = isfinite(lse);
-    if (threadIdx.x == 0)
+    if (writer)
         o->logprob = ok && pick >= 0 && pick < V ? (float)(sk_clean(x[pick]) - lse) : -INFINITY;
     /* the n best by rank, -inf entries included, one block max each */
     float pv = INFINITY;
@@ -534,7 +661,7 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
         float bv = -INFINITY;
         int bi = INT_MAX;
         bool any = false;
-        for (int i = threadIdx.x; i < V; i += SK_T) {
+        for (int i = cx.s0 + (int)threadIdx.x; i < cx.s1; i += SK_T) {
             float v = sk_clean(x[i]);
             if (sk_better(pv, pi, v, i) && (!any || sk_better(v, i, bv, bi))) {
                 bv = v;
@@ -542,8 +669,8 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                 any = true;
             }
         }
-        sk_best(sh, bv, bi);
-        if (threadIdx.x == 0) {
+        sk_best(sh, cx, bv, bi);
+        if (writer) {
             o->top_ids[j] = bi == INT_MAX ? -1 : bi;
             o->top_lp[j] = bi != INT_MAX && ok ? (float)(bv - lse) : -INFINITY;
         }

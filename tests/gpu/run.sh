@@ -104,6 +104,11 @@ check stories-bf16 --model $M/stories260K.gguf --greedy-ref $REF --greedy-info
 $P/bin/mkmodel --out $W/llama-v32k.gguf --layers 2 --embd 256 --heads 4 --kv-heads 2 --head-dim 64 --ff 512 \
     --vocab 32000 --type q8_0 --seed 5 >/dev/null
 check llama-v32k-bf16 --model $W/llama-v32k.gguf --prompts 60,20,7 --decode 24
+# ... over 151936 logits, and over 32000 on one CTA a row (sm_90 default: a cluster of 8)
+$P/bin/mkmodel --out $W/llama-v152k.gguf --layers 2 --embd 256 --heads 4 --kv-heads 2 --head-dim 64 --ff 512 \
+    --vocab 151936 --type q8_0 --seed 6 >/dev/null
+check llama-v152k-bf16 --model $W/llama-v152k.gguf --prompts 60,20,7 --decode 24
+SPARSED_SAMPLE_CLUSTER=1 check llama-v32k-bf16-1cta --model $W/llama-v32k.gguf --prompts 60,20,7 --decode 24
 # random Llama, head dim 128: tuned attention kernels, against the CPU and the generic kernel
 check llama-q4k-bf16 --model $M/llama-q4k.gguf --prompts 300,77,5 --vs-generic
 check llama-q4k-f32 --model $M/llama-q4k.gguf --dtype f32 --tol 1e-4 --prompts 300,77,5
@@ -159,7 +164,8 @@ for args in "--model $M/stories260K.gguf --prompts 20,70,5" \
             "--model $M/llama-q4k.gguf --prompts 130,7,2 --attention sparse --indexer minmax --block-size 64 --top-k-blocks 1 --sparse-min-context 0" \
             "--model $M/llama-q4k.gguf --prompts 130,7,2 --vs-graphs" \
             "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0" \
-            "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0 --index-keys fp8"; do
+            "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0 --index-keys fp8" \
+            "--model $W/llama-v32k.gguf --prompts 60,20,7 --decode 9"; do
     if [ $SECONDS -gt ${DEADLINE:-400} ]; then
         echo "== skipped (time): $args" >> "$OUT/memcheck.log"
         continue
