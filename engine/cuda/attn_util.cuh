@@ -12,6 +12,8 @@
 #include <cuda_fp8.h>
 #include <stdint.h>
 
+#include "pdl.cuh"
+
 typedef __nv_bfloat16 bf16;
 
 #define NEG_INF (-__int_as_float(0x7f800000))
@@ -265,45 +267,6 @@ static __device__ __forceinline__ void attn_state_finish(AttnState &st)
             v += __shfl_xor_sync(0xffffffffu, v, 2);
             st.l[mt][h] = v;
         }
-}
-
-/* ---- programmatic dependent launch (sm_90; no-ops elsewhere) --------------
- * A kernel launched with launch_pdl may start while its predecessor in the
- * stream still runs; it must call pdl_wait() before reading anything that
- * predecessor writes.  pdl_trigger() lets the dependent grid's CTAs become
- * resident early (on SMs that have room), so its launch overlaps our tail. */
-static __device__ __forceinline__ void pdl_wait()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-static __device__ __forceinline__ void pdl_trigger()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-
-template <typename... Params, typename... Args>
-static cudaError_t launch_pdl(void (*kern)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
-                              Args... args)
-{
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-#ifdef CATTN_NO_PDL /* build knob: plain stream order, for A/B timing */
-    at[0].val.programmaticStreamSerializationAllowed = 0;
-#else
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-#endif
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, kern, ((Params)args)...);
 }
 
 #define CUDA_TRY(x)                                   \

@@ -90,6 +90,7 @@ struct cuda_backend {
     engine_sample *srows;       /* sampling in the step: rows in, picks out */
     engine_sampled *sout;
     int sk_cluster, n_sm;       /* the sampler's CTAs a row (sample.cuh), SMs */
+    int pdl;                    /* the step's small kernels and GEMVs overlap their predecessors (pdl.cuh) */
 
     /* CUDA graphs of decode steps (default; SPARSED_CUDA_GRAPHS=0 turns them off) */
     int use_graphs;
@@ -375,9 +376,9 @@ static void gemv(const cuda_backend *cb, const void *W, int rows, int cols, cons
     const unsigned grid = (unsigned)((rows + GEMV_WARPS - 1) / GEMV_WARPS), nt = GEMV_WARPS * 32;
     const S *w = (const S *)W, *xs = (const S *)x;
     if (T == 1)
-        gemv_kernel<S, 1><<<grid, nt, 0, cb->st>>>(w, rows, cols, xs, out, ldo, beta);
+        launch_pdl_on(cb->pdl, gemv_kernel<S, 1>, grid, nt, 0, cb->st, w, rows, cols, xs, out, ldo, beta);
     else
-        gemv_kernel<S, GEMV_T><<<grid, nt, 0, cb->st>>>(w, rows, cols, xs, out, ldo, beta);
+        launch_pdl_on(cb->pdl, gemv_kernel<S, GEMV_T>, grid, nt, 0, cb->st, w, rows, cols, xs, out, ldo, beta);
 }
 
 /* out[T][rows] (+)= x[T][cols] . W[rows][cols]^T, fp32 accumulate: up to
@@ -495,6 +496,11 @@ cuda_backend *cuda_backend_create(const engine *e, int f32, int idx_fp8, char *e
     snprintf(cb->name, sizeof cb->name, "%s, %d SMs", prop.name, prop.multiProcessorCount);
     cb->n_sm = prop.multiProcessorCount;
     cb->sk_cluster = sample_cluster(&prop, m->n_vocab);
+    {
+        /* on from sm_90; SPARSED_PDL=0 launches them in plain stream order */
+        const char *pv = getenv("SPARSED_PDL");
+        cb->pdl = prop.major >= 9 && !(pv && !strcmp(pv, "0"));
+    }
     if (m->head_dim > 1024 || m->idx_dim > 1024) {
         snprintf(err, errlen, "device: head dimension %d is not supported on cuda (at most 1024)", m->head_dim);
         goto fail;
@@ -1045,7 +1051,8 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
     for (int l = 0; l < m->n_layers; l++) {
         const dlayer *d = &cb->L[l];
         char *lay = cb->kv + (long long)l * cb->layer_bytes;
-        rmsnorm_kernel<S><<<T, 256, 0, st>>>(cb->x, NULL, d->attn_norm, E, m->eps, (S *)cb->xb);
+        launch_pdl_on(cb->pdl, rmsnorm_kernel<S>, T, 256, 0, st, cb->x, (const int32_t *)NULL, d->attn_norm, E,
+                      m->eps, (S *)cb->xb);
         LAUNCHED();
         if (gemm(cb, d->wqkv, d->nqkv, E, cb->xb, T, cb->qkv, d->nqkv, 0.0f, err, errlen))
             return -1;
@@ -1083,7 +1090,8 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         pa.B = e->attn.block_size;
         int maxd = D > m->idx_dim ? D : m->idx_dim;
         int nu = m->n_heads + 2 * m->n_kv_heads + (d->has_idx ? m->idx_heads + 1 : 0);
-        qkv_post_kernel<S><<<dim3(T, (nu + 7) / 8), 256, (size_t)8 * maxd * sizeof(float), st>>>(pa);
+        launch_pdl_on(cb->pdl, qkv_post_kernel<S>, dim3(T, (nu + 7) / 8), 256, (size_t)8 * maxd * sizeof(float), st,
+                      pa);
         LAUNCHED();
         if (cb->off_summ < cb->layer_bytes) {
             summary_kernel<S><<<dim3(mt->n_fin, m->n_kv_heads), 128, 0, st>>>(
@@ -1104,24 +1112,27 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         /* x += att . Wo^T */
         if (gemm(cb, d->wo, E, QD, cb->att, T, cb->x, E, 1.0f, err, errlen))
             return -1;
-        rmsnorm_kernel<S><<<T, 256, 0, st>>>(cb->x, NULL, d->ffn_norm, E, m->eps, (S *)cb->xb);
+        launch_pdl_on(cb->pdl, rmsnorm_kernel<S>, T, 256, 0, st, cb->x, (const int32_t *)NULL, d->ffn_norm, E,
+                      m->eps, (S *)cb->xb);
         LAUNCHED();
         if (gemm(cb, d->wgu, 2 * F, E, cb->xb, T, cb->gu, 2 * F, 0.0f, err, errlen))
             return -1;
         size_t n = (size_t)T * F;
         unsigned blocks = (unsigned)((n + 255) / 256 < 65535 ? (n + 255) / 256 : 65535);
-        swiglu_kernel<S><<<blocks, 256, 0, st>>>(cb->gu, F, n, (S *)cb->h);
+        launch_pdl_on(cb->pdl, swiglu_kernel<S>, blocks, 256, 0, st, (const float *)cb->gu, F, n, (S *)cb->h);
         LAUNCHED();
         if (gemm(cb, d->wdown, E, F, cb->h, T, cb->x, E, 1.0f, err, errlen))
             return -1;
     }
     if (mt->R) {
-        rmsnorm_kernel<S><<<mt->R, 256, 0, st>>>(cb->x, mt->row, cb->out_norm, E, m->eps, (S *)cb->xl);
+        launch_pdl_on(cb->pdl, rmsnorm_kernel<S>, mt->R, 256, 0, st, cb->x, (const int32_t *)mt->row, cb->out_norm,
+                      E, m->eps, (S *)cb->xl);
         LAUNCHED();
         if (gemm(cb, cb->out, m->n_vocab, E, cb->xl, mt->R, cb->logits, m->n_vocab, 0.0f, err, errlen))
             return -1;
         if (want_ids) {
-            argmax_kernel<<<mt->R, ARGMAX_T, 0, st>>>(cb->logits, m->n_vocab, cb->ids);
+            launch_pdl_on(cb->pdl, argmax_kernel, mt->R, ARGMAX_T, 0, st, (const float *)cb->logits, m->n_vocab,
+                          cb->ids);
             LAUNCHED();
         }
     }

@@ -13,6 +13,8 @@
 #include <limits.h>
 #include <stdint.h>
 
+#include "pdl.cuh"
+
 typedef __nv_bfloat16 bf16;
 
 #define CK_INF __int_as_float(0x7f800000)
@@ -103,6 +105,8 @@ template <typename T>
 __global__ void rmsnorm_kernel(const float *__restrict__ x, const int32_t *rows, const float *__restrict__ w, int E,
                                float eps, T *__restrict__ out)
 {
+    pdl_trigger();
+    pdl_wait();
     int r = blockIdx.x, nt = blockDim.x;
     const float *xr = x + (size_t)(rows ? rows[r] : r) * E;
     T *o = out + (size_t)r * E;
@@ -187,20 +191,29 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(const T *__restri
 {
     constexpr int PER = 16 / sizeof(T); /* elements in a 16-byte chunk */
     const int lane = threadIdx.x & 31, r = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    const uint4 *w4 = (const uint4 *)(W + (size_t)r * cols);
+    const int n16 = r < rows ? cols / PER : 0;
+    pdl_trigger();
+    /* the weights are no earlier kernel's output: the first chunks load
+     * while the predecessor finishes */
+    uint4 wv[GEMV_U];
+#pragma unroll
+    for (int u = 0; u < GEMV_U; u++)
+        if (lane + 32 * u < n16)
+            wv[u] = __ldcs(w4 + lane + 32 * u); /* read once: streamed past L2 */
+    pdl_wait();
     if (r >= rows)
         return;
-    const uint4 *w4 = (const uint4 *)(W + (size_t)r * cols);
-    const int n16 = cols / PER;
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++)
         acc[t] = 0.0f;
     for (int c0 = lane; c0 < n16; c0 += 32 * GEMV_U) {
-        uint4 wv[GEMV_U];
+        if (c0 != lane)
 #pragma unroll
-        for (int u = 0; u < GEMV_U; u++)
-            if (c0 + 32 * u < n16)
-                wv[u] = __ldcs(w4 + c0 + 32 * u); /* read once: streamed past L2 */
+            for (int u = 0; u < GEMV_U; u++)
+                if (c0 + 32 * u < n16)
+                    wv[u] = __ldcs(w4 + c0 + 32 * u);
 #pragma unroll
         for (int u = 0; u < GEMV_U; u++) {
             const int c = c0 + 32 * u;
@@ -232,6 +245,8 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(const T *__restri
 template <typename T>
 __global__ void swiglu_kernel(const float *gu, int F, size_t n, T *h)
 {
+    pdl_trigger();
+    pdl_wait();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         size_t t = i / F, j = i % F;
         float g = gu[t * 2 * F + j], u = gu[t * 2 * F + F + j];
@@ -243,6 +258,8 @@ __global__ void swiglu_kernel(const float *gu, int F, size_t n, T *h)
 #define ARGMAX_T 1024
 __global__ void __launch_bounds__(ARGMAX_T) argmax_kernel(const float *__restrict__ logits, int V, int32_t *ids)
 {
+    pdl_trigger();
+    pdl_wait();
     __shared__ float sv[32];
     __shared__ int si[32];
     const float *x = logits + (size_t)blockIdx.x * V;
@@ -312,6 +329,8 @@ struct PostArgs {
 template <typename T>
 __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
 {
+    pdl_trigger();
+    pdl_wait();
     extern __shared__ float post_sm[];
     int t = blockIdx.x, w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     int maxd = a.D > a.idx_dim ? a.D : a.idx_dim;
