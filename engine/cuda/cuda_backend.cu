@@ -368,51 +368,17 @@ static int getenv_gemv_off(void)
     return off;
 }
 
-/* Warps a row for a GEMV of `rows` rows: enough that the SMs hold ~48
- * warps each (SPARSED_GEMV_SPLIT=1 keeps one). */
-static int gemv_split(const cuda_backend *cb, int rows)
-{
-    static int one = -1;
-    if (one < 0) {
-        const char *e = getenv("SPARSED_GEMV_SPLIT");
-        one = e && !strcmp(e, "1");
-    }
-    int ks = 1;
-    while (!one && ks < 8 && (long long)rows * ks < 48LL * cb->n_sm)
-        ks *= 2;
-    return ks;
-}
-
-template <typename S, int NT, int KS>
-static void gemv_launch(const cuda_backend *cb, const S *w, int rows, int cols, const S *x, float *out, int ldo,
-                        float beta)
-{
-    const unsigned grid = (unsigned)((rows + GEMV_WARPS / KS - 1) / (GEMV_WARPS / KS));
-    launch_pdl_on(cb->pdl, gemv_kernel<S, NT, KS>, grid, GEMV_WARPS * 32, 0, cb->st, w, rows, cols, x, out, ldo,
-                  beta);
-}
-
-/* Decode's products, T <= GEMV_T tokens: KS warps per output row. */
-template <typename S, int NT>
-static void gemv_t(const cuda_backend *cb, const S *w, int rows, int cols, const S *x, float *out, int ldo,
-                   float beta)
-{
-    switch (gemv_split(cb, rows)) {
-    case 1: gemv_launch<S, NT, 1>(cb, w, rows, cols, x, out, ldo, beta); break;
-    case 2: gemv_launch<S, NT, 2>(cb, w, rows, cols, x, out, ldo, beta); break;
-    case 4: gemv_launch<S, NT, 4>(cb, w, rows, cols, x, out, ldo, beta); break;
-    default: gemv_launch<S, NT, 8>(cb, w, rows, cols, x, out, ldo, beta); break;
-    }
-}
-
+/* Decode's products, T <= GEMV_T tokens: a warp per output row. */
 template <typename S>
 static void gemv(const cuda_backend *cb, const void *W, int rows, int cols, const void *x, int T, float *out,
                  int ldo, float beta)
 {
+    const unsigned grid = (unsigned)((rows + GEMV_WARPS - 1) / GEMV_WARPS), nt = GEMV_WARPS * 32;
+    const S *w = (const S *)W, *xs = (const S *)x;
     if (T == 1)
-        gemv_t<S, 1>(cb, (const S *)W, rows, cols, (const S *)x, out, ldo, beta);
+        launch_pdl_on(cb->pdl, gemv_kernel<S, 1>, grid, nt, 0, cb->st, w, rows, cols, xs, out, ldo, beta);
     else
-        gemv_t<S, GEMV_T>(cb, (const S *)W, rows, cols, (const S *)x, out, ldo, beta);
+        launch_pdl_on(cb->pdl, gemv_kernel<S, GEMV_T>, grid, nt, 0, cb->st, w, rows, cols, xs, out, ldo, beta);
 }
 
 /* out[T][rows] (+)= x[T][cols] . W[rows][cols]^T, fp32 accumulate: up to

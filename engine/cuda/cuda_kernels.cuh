@@ -161,11 +161,7 @@ __global__ void rmsnorm_kernel(const float *__restrict__ x, const int32_t *rows,
  * warp per output row, fp32 accumulation.  At decode cuBLASLt's kernels
  * read the weights at ~2.1 TB/s on an H100 (read rate 2.9) and split the
  * down projection's K into a second kernel; this reads each row in 16-byte
- * chunks with GEMV_U of them in flight a lane.  A matrix of few rows
- * spreads each row over KS warps (gemv_split), so that every SM keeps
- * enough loads in flight: with one warp a row, m3-1b's 2048-row products
- * (2048 x 2048 and 2048 x 5632, bf16) read at ~1.6 TB/s on an H100 (ncu,
- * 9.7 us each on average).  Past 2 tokens cuBLASLt wins
+ * chunks with GEMV_U of them in flight a lane.  Past 2 tokens cuBLASLt wins
  * (H100, 0.5B Llama: 4 tokens 5,410 tok/s here against 6,190).  The
  * caller checks that rows of W and x start 16-byte aligned. */
 #define GEMV_T 2
@@ -188,40 +184,39 @@ static __device__ __forceinline__ void unpack8(const uint4 &v, float (&f)[8], co
     f[4] = f[5] = f[6] = f[7] = 0.0f;
 }
 
-template <typename T, int NT, int KS>
+template <typename T, int NT>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(const T *__restrict__ W, int rows, int cols,
                                                                 const T *__restrict__ x, float *out, int ldo,
                                                                 float beta)
 {
     constexpr int PER = 16 / sizeof(T); /* elements in a 16-byte chunk */
-    constexpr int STEP = 32 * KS;       /* a row's chunks go to its KS warps in turn, 32 at a time */
-    __shared__ float part[GEMV_WARPS][NT];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, ks = warp % KS;
-    const int r = blockIdx.x * (GEMV_WARPS / KS) + warp / KS;
+    const int lane = threadIdx.x & 31, r = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     const uint4 *w4 = (const uint4 *)(W + (size_t)r * cols);
-    const int n16 = r < rows ? cols / PER : 0, c1 = 32 * ks + lane;
+    const int n16 = r < rows ? cols / PER : 0;
     pdl_trigger();
     /* the weights are no earlier kernel's output: the first chunks load
      * while the predecessor finishes */
     uint4 wv[GEMV_U];
 #pragma unroll
     for (int u = 0; u < GEMV_U; u++)
-        if (c1 + STEP * u < n16)
-            wv[u] = __ldcs(w4 + c1 + STEP * u); /* read once: streamed past L2 */
+        if (lane + 32 * u < n16)
+            wv[u] = __ldcs(w4 + lane + 32 * u); /* read once: streamed past L2 */
     pdl_wait();
+    if (r >= rows)
+        return;
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++)
         acc[t] = 0.0f;
-    for (int c0 = c1; c0 < n16; c0 += STEP * GEMV_U) {
-        if (c0 != c1)
+    for (int c0 = lane; c0 < n16; c0 += 32 * GEMV_U) {
+        if (c0 != lane)
 #pragma unroll
             for (int u = 0; u < GEMV_U; u++)
-                if (c0 + STEP * u < n16)
-                    wv[u] = __ldcs(w4 + c0 + STEP * u);
+                if (c0 + 32 * u < n16)
+                    wv[u] = __ldcs(w4 + c0 + 32 * u);
 #pragma unroll
         for (int u = 0; u < GEMV_U; u++) {
-            const int c = c0 + STEP * u;
+            const int c = c0 + 32 * u;
             if (c >= n16)
                 break;
             float wf[8];
@@ -237,28 +232,13 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(const T *__restri
         }
     }
 #pragma unroll
-    for (int t = 0; t < NT; t++)
-        acc[t] = warp_sum(acc[t]);
-    if (KS > 1) { /* the row's KS warps' sums, added in warp order */
-        if (lane == 0)
-#pragma unroll
-            for (int t = 0; t < NT; t++)
-                part[warp][t] = acc[t];
-        __syncthreads();
-        if (lane == 0 && ks == 0)
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                acc[t] = part[warp][t];
-                for (int k = 1; k < KS; k++)
-                    acc[t] += part[warp + k][t];
-            }
-    }
-    if (lane == 0 && ks == 0 && r < rows)
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
+    for (int t = 0; t < NT; t++) {
+        float v = warp_sum(acc[t]);
+        if (lane == 0) {
             float *o = out + (size_t)t * ldo + r;
-            *o = beta != 0.0f ? beta * *o + acc[t] : acc[t];
+            *o = beta != 0.0f ? beta * *o + v : v;
         }
+    }
 }
 
 /* h[t][j] = silu(gu[t][j]) * gu[t][F + j] */
