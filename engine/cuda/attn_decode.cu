@@ -859,6 +859,7 @@ struct SelDecArgs {
     int32_t *sel;
     int sink, top_k, local;
     int cap;  /* <= SD_CAP; CATTN_SD_GATHER lowers it (tests: the radix fallback) */
+    int rank_max; /* up to this many candidates: ranked one a thread (CATTN_SD_RANK=0: never) */
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* clusters; the only caller is sm_90 code */
@@ -920,6 +921,28 @@ static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int
     if (ncand <= top_k || top_k == 0) {
         then();
         __syncthreads();
+        return;
+    }
+    if (ncand <= a.rank_max) {
+        /* few candidates (contexts up to 16K tokens): one a thread, ranked
+         * among all by (score, block) directly, the same order as below;
+         * -inf and NaN scores are never chosen, as below.  One L2 round
+         * trip and one ranking instead of the threshold's five steps. */
+        const int i = c0 + tid;
+        float x = tid < ncand ? __ldcg(sc + i) : NEG_INF;
+        x = x > NEG_INF ? x : NEG_INF;
+        gs[tid] = x;
+        gi[tid] = i;
+        then();
+        SD_STAMP(1, SD_CTA, 8);
+        __syncthreads();
+        SD_STAMP(1, SD_CTA, 9);
+        if (x > NEG_INF) {
+            const int r = rank_desc(gs, gi, ncand, tid);
+            if (r < top_k) o[sink + r] = i;
+        }
+        __syncthreads();
+        SD_STAMP(1, SD_CTA, 10);
         return;
     }
     /* scores of blocks 4 (tid + 128 j) .. +3, candidates only (the rest
@@ -1345,6 +1368,8 @@ static int sel_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, co
     a.local = local;
     const char *g = getenv("CATTN_SD_GATHER");
     a.cap = g && atoi(g) >= 0 && atoi(g) < SD_CAP ? atoi(g) : SD_CAP;
+    const char *rk = getenv("CATTN_SD_RANK");
+    a.rank_max = rk && !strcmp(rk, "0") ? 0 : DEC_WARPS * 32;
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at[2];
     at[0].id = cudaLaunchAttributeClusterDimension;
