@@ -2,7 +2,7 @@
 # Decode throughput of the CUDA engine under two settings, alternating, in
 # one call: A=VAR=value and B=VAR=value (or -) are environments for the
 # same pack (e.g. A=SPARSED_PDL=0 B=-); PACK_B times another pack instead.
-# Rows: model.sh's 0.5B Llama at batches 1, 2 and 8 (512-token prompts),
+# Rows: model.sh's 0.5B Llama at batches 1, 2, 8 and 32 (LLAMA_BATCHES; 512-token prompts),
 # and long.sh's m3-1b (MSA) at one sequence of 16K and 128K tokens.  Two
 # rounds; every JSON line goes to OUT/decode-ab.jsonl with its setting
 # and round.
@@ -27,7 +27,7 @@ one() { # setting pack round
     local e=$1 pk=$2 r=$3
     [ "$e" = - ] && e=SPARSED_AB_NONE=1
     {
-        env "$e" timeout 120 $pk/bin/gpu_model_bench --model $LLAMA --prompt 512 --batches 1,2,8 --steps 64 \
+        env "$e" timeout 120 $pk/bin/gpu_model_bench --model $LLAMA --prompt 512 --batches ${LLAMA_BATCHES:-1,2,8,32} --steps 64 \
             --label "llama-0.5b"
         env "$e" timeout 120 $pk/bin/gpu_model_bench --model $M3 --attention sparse --context 16384 \
             --chunk 16384 --steps 64 --label "m3-1b-16k"

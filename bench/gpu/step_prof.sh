@@ -5,7 +5,9 @@
 # (MSA) at CONTEXTS tokens, and the step between the last two argmax
 # launches is summed per kernel (the GEMVs per grid size, i.e. per matrix
 # shape).  cuBLASLt's kernels (prefill, 3+ tokens) are not in the filter.
-# Writes step-<context>.txt under OUT.  Env: PACK, CONTEXTS, MODEL.
+# Writes step-<context>.txt under OUT.  Env: PACK, CONTEXTS, MODEL;
+# LLAMA=1 profiles model.sh's 0.5B Llama instead, at BATCH sequences of
+# 512-token prompts, every kernel (cuBLASLt's too).
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
 P=${PACK:-build-cuda/gpu-pack}
@@ -18,16 +20,27 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
 done
 [ -f "$MODEL" ] || $P/bin/mkmodel --out "$MODEL" --preset m3-1b --layers 16 --ctx 1048576 --seed 11 >/dev/null ||
     exit 1
+if [ -n "${LLAMA:-}" ]; then
+    MODEL=/tmp/bench-llama-0.5b.gguf
+    [ -f $MODEL ] || $P/bin/mkmodel --out $MODEL --layers 8 --embd 2048 --heads 16 --kv-heads 4 --head-dim 128 \
+        --ff 5632 --vocab 32000 --type bf16 --seed 7 >/dev/null || exit 1
+    CONTEXTS="b${BATCH:-32}"
+fi
 for ctx in $CONTEXTS; do
-    timeout 280 ncu --graph-profiling node --cache-control none --clock-control none \
-        -k regex:'msa_score|decode_kernel|gemv_kernel|rmsnorm|qkv_post|swiglu|argmax' \
-        --metrics gpu__time_duration.sum $P/bin/gpu_model_bench --model "$MODEL" --attention sparse \
-        --context "$ctx" --chunk 65536 --steps 2 > "$OUT/ncu-$ctx.log" 2>&1 || echo "ncu rc $? at $ctx"
+    if [ -n "${LLAMA:-}" ]; then
+        filter=regex:. run=(--prompt 512 --batches "${BATCH:-32}" --steps 2)
+    else
+        filter=regex:'msa_score|decode_kernel|gemv_kernel|rmsnorm|qkv_post|swiglu|argmax'
+        run=(--attention sparse --context "$ctx" --chunk 65536 --steps 2)
+    fi
+    timeout 280 ncu --graph-profiling node --cache-control none --clock-control none -k "$filter" \
+        --metrics gpu__time_duration.sum $P/bin/gpu_model_bench --model "$MODEL" "${run[@]}" \
+        > "$OUT/ncu-$ctx.log" 2>&1 || echo "ncu rc $? at $ctx"
     python3 - "$OUT/ncu-$ctx.log" <<'EOF' | tee "$OUT/step-$ctx.txt"
 import collections, re, sys
 rows, name = [], None
 for line in open(sys.argv[1]):
-    m = re.match(r'\s+(?:void )?([a-z_0-9]+)(<[^(]*>)?\(.*\)\s*\((\d+), (\d+), (\d+)\)x', line)
+    m = re.match(r'\s+(?:void )?([A-Za-z_0-9:]+)(<[^(]*>)?(?:\(.*?\))?\s*\((\d+), (\d+), (\d+)\)x', line)
     if m:
         name, grid = m.group(1) + (m.group(2) or '').replace('__nv_bfloat16', 'bf16'), m.group(3)
         continue
@@ -41,7 +54,7 @@ if len(ends) < 2:
     sys.exit('fewer than two decode steps profiled')
 tot = collections.OrderedDict()
 for nm, g, v in rows[ends[-2] + 1:ends[-1] + 1]:
-    a = tot.setdefault(nm + (' grid ' + g if nm.startswith('gemv') else ''), [0, 0.0])
+    a = tot.setdefault(nm + (' grid ' + g if nm.startswith(('gemv', 'nvjet', 'sm90', 'cutlass')) else ''), [0, 0.0])
     a[0] += 1
     a[1] += v
 print(sys.argv[1].split('ncu-')[-1].split('.')[0], 'tokens: one decode step, us')

@@ -241,6 +241,98 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(const T *__restri
     }
 }
 
+/* ---- skinny products for decode batches ----------------------------------
+ * out[t][r] = beta * out[t][r] + W[r] . x[t] for SKINNY_TMIN..SKINNY_TMAX
+ * tokens, bf16, on the tensor cores (mma.sync m16n8k16, fp32 accumulate).
+ * cuBLASLt's kernels for 8-32 tokens read the weights at 1.1-2.4 TB/s on
+ * an H100 (ncu; the down projection split in K with a second reduce
+ * kernel).  A CTA takes 16 rows and its warps split the columns in blocks
+ * of 128; in a block, thread (g, c) of a warp loads the 16-byte chunks
+ * 4c .. 4c + 3 of rows g and g + 8 and of token g's x.  Each chunk pair
+ * serves as the A and B fragments of two mma under one permutation of k,
+ * the same for both operands (a dot product does not care about k's
+ * order).  The warps' sums are added in warp order in shared memory.  The
+ * caller checks that rows of W and x start 16-byte aligned. */
+#define SKINNY_TMIN 3
+#define SKINNY_TMAX 32
+#define SKINNY_WARPS 16
+
+static __device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <int NTILE> /* tokens up to 8 NTILE */
+__global__ void __launch_bounds__(SKINNY_WARPS * 32) skinny_kernel(const bf16 *__restrict__ W, int rows, int cols,
+                                                                    const bf16 *__restrict__ x, int T, float *out,
+                                                                    int ldo, float beta)
+{
+    __shared__ float red[SKINNY_WARPS][16][8 * NTILE + 1];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int r0 = blockIdx.x * 16, n16 = cols / 8;
+    const bool oka = r0 + g < rows, okb = r0 + g + 8 < rows;
+    const uint4 *wa = (const uint4 *)(W + (size_t)(oka ? r0 + g : 0) * cols);
+    const uint4 *wb = (const uint4 *)(W + (size_t)(okb ? r0 + g + 8 : 0) * cols);
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    uint4 A[4], B[4];
+    auto load = [&](int kb) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int ch = 16 * kb + 4 * c + j;
+            A[j] = oka && ch < n16 ? __ldcs(wa + ch) : zero; /* read once: streamed past L2 */
+            B[j] = okb && ch < n16 ? __ldcs(wb + ch) : zero;
+        }
+    };
+    pdl_trigger();
+    load(warp); /* the weights are no earlier kernel's output */
+    pdl_wait();
+    float d[NTILE][4];
+#pragma unroll
+    for (int n = 0; n < NTILE; n++)
+        d[n][0] = d[n][1] = d[n][2] = d[n][3] = 0.0f;
+    for (int kb = warp; 16 * kb < n16; kb += SKINNY_WARPS) {
+        uint4 a[4], b[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            a[j] = A[j], b[j] = B[j];
+        if (16 * (kb + SKINNY_WARPS) < n16)
+            load(kb + SKINNY_WARPS);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int ch = 16 * kb + 4 * c + j;
+#pragma unroll
+            for (int n = 0; n < NTILE; n++) {
+                const int t = g + 8 * n;
+                const uint4 xv = t < T && ch < n16 ? __ldg((const uint4 *)(x + (size_t)t * cols) + ch) : zero;
+                mma_bf16(d[n], a[j].x, b[j].x, a[j].y, b[j].y, xv.x, xv.y);
+                mma_bf16(d[n], a[j].z, b[j].z, a[j].w, b[j].w, xv.z, xv.w);
+            }
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < NTILE; n++) { /* D: rows g, g + 8; tokens 8n + 2c, + 1 */
+        red[warp][g][8 * n + 2 * c] = d[n][0];
+        red[warp][g][8 * n + 2 * c + 1] = d[n][1];
+        red[warp][g + 8][8 * n + 2 * c] = d[n][2];
+        red[warp][g + 8][8 * n + 2 * c + 1] = d[n][3];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 16 * T; i += SKINNY_WARPS * 32) {
+        const int rr = i & 15, t = i >> 4;
+        if (r0 + rr >= rows)
+            continue;
+        float v = red[0][rr][t];
+        for (int w = 1; w < SKINNY_WARPS; w++)
+            v += red[w][rr][t];
+        float *o = out + (size_t)t * ldo + r0 + rr;
+        *o = beta != 0.0f ? beta * *o + v : v;
+    }
+}
+
 /* h[t][j] = silu(gu[t][j]) * gu[t][F + j] */
 template <typename T>
 __global__ void swiglu_kernel(const float *gu, int F, size_t n, T *h)
