@@ -91,7 +91,6 @@ struct cuda_backend {
     engine_sampled *sout;
     int sk_cluster, n_sm;       /* the sampler's CTAs a row (sample.cuh), SMs */
     int pdl;                    /* the step's small kernels and GEMVs overlap their predecessors (pdl.cuh) */
-    int skinny;                 /* 3-32 token products on skinny_kernel (SPARSED_SKINNY=0: cuBLASLt) */
 
     /* CUDA graphs of decode steps (default; SPARSED_CUDA_GRAPHS=0 turns them off) */
     int use_graphs;
@@ -383,8 +382,7 @@ static void gemv(const cuda_backend *cb, const void *W, int rows, int cols, cons
 }
 
 /* out[T][rows] (+)= x[T][cols] . W[rows][cols]^T, fp32 accumulate: up to
- * GEMV_T tokens on gemv_kernel, up to SKINNY_TMAX (bf16) on
- * skinny_kernel, more on cuBLASLt.  In cuBLASLt's
+ * GEMV_T tokens on gemv_kernel, more on cuBLASLt.  In cuBLASLt's
  * column-major terms: out (rows x T, ld ldo) = W^T (W stored cols x rows) .
  * x (cols x T).  Compute 32F with 32F scale: fp32 weights (f32 mode) are
  * multiplied in exact fp32, never TF32. */
@@ -399,19 +397,6 @@ static int gemm(cuda_backend *cb, const void *W, int rows, int cols, const void 
             gemv<float>(cb, W, rows, cols, x, T, out, ldo, beta);
         else
             gemv<bf16>(cb, W, rows, cols, x, T, out, ldo, beta);
-        LAUNCHED();
-        return 0;
-    }
-    if (T >= SKINNY_TMIN && T <= SKINNY_TMAX && !cb->f32 && !(cols % 8) && !((uintptr_t)W & 15) &&
-        !((uintptr_t)x & 15) && cb->skinny) {
-        const dim3 grid((unsigned)((rows + 15) / 16)), nt(SKINNY_WARPS * 32);
-        const bf16 *w = (const bf16 *)W, *xs = (const bf16 *)x;
-        switch ((T + 7) / 8) {
-        case 1: launch_pdl_on(cb->pdl, skinny_kernel<1>, grid, nt, 0, cb->st, w, rows, cols, xs, T, out, ldo, beta); break;
-        case 2: launch_pdl_on(cb->pdl, skinny_kernel<2>, grid, nt, 0, cb->st, w, rows, cols, xs, T, out, ldo, beta); break;
-        case 3: launch_pdl_on(cb->pdl, skinny_kernel<3>, grid, nt, 0, cb->st, w, rows, cols, xs, T, out, ldo, beta); break;
-        default: launch_pdl_on(cb->pdl, skinny_kernel<4>, grid, nt, 0, cb->st, w, rows, cols, xs, T, out, ldo, beta);
-        }
         LAUNCHED();
         return 0;
     }
@@ -515,8 +500,6 @@ cuda_backend *cuda_backend_create(const engine *e, int f32, int idx_fp8, char *e
         /* on from sm_90; SPARSED_PDL=0 launches them in plain stream order */
         const char *pv = getenv("SPARSED_PDL");
         cb->pdl = prop.major >= 9 && !(pv && !strcmp(pv, "0"));
-        const char *sk = getenv("SPARSED_SKINNY");
-        cb->skinny = prop.major >= 8 && !(sk && !strcmp(sk, "0"));
     }
     if (m->head_dim > 1024 || m->idx_dim > 1024) {
         snprintf(err, errlen, "device: head dimension %d is not supported on cuda (at most 1024)", m->head_dim);

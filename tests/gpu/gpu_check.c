@@ -6,7 +6,7 @@
  *             [--block-size N] [--top-k-blocks N] [--local-blocks N]
  *             [--sink-blocks N] [--dense-layers N] [--sparse-min-context N]
  *             [--group-sum] [--force-sparse]
- *             [--vs-dense] [--vs-generic] [--vs-graphs] [--vs-cublas] [--graphs]
+ *             [--vs-dense] [--vs-generic] [--vs-graphs] [--graphs]
  *             [--tol X] [--tol-alt X] [--greedy-info] [--device cuda|cpu]
  *             [--index-keys bf16|fp8]
  *
@@ -24,9 +24,7 @@
  * dense attention (same batches; a sparse run whose top-k covers every
  * block must equal it); --vs-generic one with the generic attention
  * kernels instead of the tuned ones; --vs-graphs one that replays decode
- * steps from CUDA graphs (--graphs: the main GPU engine does); --vs-cublas
- * one whose decode batches of 3-32 tokens multiply on cuBLASLt instead of
- * the skinny tensor-core kernel.
+ * steps from CUDA graphs (--graphs: the main GPU engine does).
  * --force-sparse makes the GPU engines run their sparse kernels even where
  * the top-k covers every block (so that such a run, against --vs-dense,
  * tests the sparse kernels rather than the dense fallback).  --index-keys
@@ -252,7 +250,7 @@ int main(int argc, char **argv)
     attn_config_default(&o.attn);
     const char *label = "run", *greedy_ref = NULL, *dtype = "bf16", *device = "cuda", *index_keys = "bf16";
     int prompts[MAX_SEQS] = {37, 150, 9}, n_seqs = 3, n_decode = 16, vs_dense = 0, vs_generic = 0;
-    int vs_graphs = 0, vs_cublas = 0, graphs = 0, greedy_info = 0;
+    int vs_graphs = 0, graphs = 0, greedy_info = 0;
     double tol = 3e-2, tol_alt = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -281,7 +279,6 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--vs-dense")) vs_dense = 1;
         else if (!strcmp(a, "--vs-generic")) vs_generic = 1;
         else if (!strcmp(a, "--vs-graphs")) vs_graphs = 1;
-        else if (!strcmp(a, "--vs-cublas")) vs_cublas = 1;
         else if (!strcmp(a, "--graphs")) graphs = 1;
         else if (!strcmp(a, "--group-sum")) o.attn.group_reduce = GROUP_SUM;
         else if (!strcmp(a, "--force-sparse")) setenv("SPARSED_CUDA_SPARSE", "force", 1);
@@ -334,11 +331,6 @@ int main(int argc, char **argv)
         run_open(&alt, &og, n_seqs, max_len);
         unsetenv("SPARSED_CUDA_GRAPHS");
         alt_name = "gpu_vs_gpu_graphs";
-    } else if (vs_cublas) {
-        setenv("SPARSED_SKINNY", "0", 1);
-        run_open(&alt, &og, n_seqs, max_len);
-        unsetenv("SPARSED_SKINNY");
-        alt_name = "gpu_vs_gpu_cublas";
     }
     const engine_info *in = engine_get_info(cpu.e);
     const attn_config *ac = engine_attn(gpu.e);
