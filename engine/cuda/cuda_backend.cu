@@ -721,7 +721,9 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
             int t = s->tok_offset + k, p = s->n_past + k;
             pos[t] = p;
             tab[t] = off;
-            /* the last token of the batch in each page rebuilds its summary */
+            /* the last token of the batch in each page rebuilds its summary
+             * (summary_kernel: when the page is full); n_fin = T in decode,
+             * whatever the positions, so decode graphs keep one shape */
             if (p % B == B - 1 || k == s->n_new - 1)
                 fin[nf++] = t;
         }
@@ -1094,9 +1096,10 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
                       pa);
         LAUNCHED();
         if (cb->off_summ < cb->layer_bytes) {
-            summary_kernel<S><<<dim3(mt->n_fin, m->n_kv_heads), 128, 0, st>>>(
-                mt->fin, mt->pos, mt->tab, mt->tables, lay + cb->off_k, lay + cb->off_summ, cb->page_bytes,
-                e->attn.block_size, D);
+            launch_pdl_on(cb->pdl, summary_kernel<S>, dim3(mt->n_fin, m->n_kv_heads), 128, 0, st,
+                          (const int32_t *)mt->fin, (const int32_t *)mt->pos, (const int32_t *)mt->tab,
+                          (const int32_t *)mt->tables, (const char *)(lay + cb->off_k), lay + cb->off_summ,
+                          cb->page_bytes, e->attn.block_size, D);
             LAUNCHED();
         }
 

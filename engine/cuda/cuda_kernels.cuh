@@ -414,17 +414,25 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
     }
 }
 
-/* Key summaries (channel min, max, sum over the page's filled slots),
- * recomputed from the stored keys for every page a token of the batch
- * filled last: grid (n_fin, Hkv). */
+/* Key summaries (channel min, max, sum over the page's slots), recomputed
+ * from the stored keys for every page a token of the batch filled last:
+ * grid (n_fin, Hkv).  Only a full page's summary is ever read (selection
+ * scores blocks before the local ones, and local_blocks >= 1 always holds
+ * the newest, partial page), so a token that leaves its page partial
+ * skips the work: in decode that is 63 steps in 64, each of which read
+ * the page's keys back. */
 template <typename T>
 __global__ void summary_kernel(const int32_t *fin, const int32_t *pos, const int32_t *tab, const int32_t *tables,
                                const char *k, char *summ, long long pb, int B, int D)
 {
+    pdl_trigger();
+    pdl_wait();
     int t = fin[blockIdx.x], h = blockIdx.y;
     int p = pos[t];
+    if (p % B != B - 1)
+        return;
     long long page = tables[tab[t] + p / B];
-    int n = p % B + 1;
+    int n = B;
     const T *K = (const T *)(k + page * pb) + (size_t)h * B * D;
     T *S = (T *)(summ + page * pb) + (size_t)h * 3 * D;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
