@@ -426,9 +426,7 @@ static cattn_batch seqs_view(const Seqs *s)
     return b;
 }
 
-/* merge: the splits merged by each row's last CTA (counters, as the
- * engine runs it) instead of a second kernel */
-static void check_dense_decode(Shape sh, int merge)
+static void check_dense_decode(Shape sh)
 {
     int lens[4] = {1, 300, 4133, 1024};
     int batch = 4, np;
@@ -445,17 +443,8 @@ static void check_dense_decode(Shape sh, int merge)
     size_t wsb = cattn_decode_ws(&cp, batch, sh.hq, s.max_len);
     void *ws = dalloc(wsb);
     double scale = 1.0 / sqrt(128.0);
-    int *cnt = (int *)dalloc(sizeof(int) * batch * sh.hkv);
-    CK(cudaMemset(cnt, 0, sizeof(int) * batch * sh.hkv));
-    for (int rep = 0; rep < 1 + merge; rep++) /* twice: the counters must come back to zero */
-        CA(cattn_decode(&cp, &cb, sh.hq, q, out, (float)scale, merge ? cnt : NULL, ws, wsb, g_st));
+    CA(cattn_decode(&cp, &cb, sh.hq, q, out, (float)scale, ws, wsb, g_st));
     CK(cudaStreamSynchronize(g_st));
-    int *hc = (int *)to_host(cnt, sizeof(int) * batch * sh.hkv);
-    long cnt_bad = 0;
-    for (int i = 0; i < batch * sh.hkv; i++)
-        cnt_bad += hc[i] != 0;
-    free(hc);
-    CK(cudaFree(cnt));
     HostPool h;
     host_pool(&h, &p);
     uint16_t *hq = (uint16_t *)to_host(q, nq * 2), *ho = (uint16_t *)to_host(out, nq * 2);
@@ -471,9 +460,8 @@ static void check_dense_decode(Shape sh, int merge)
         }
         free(keys);
     }
-    e.bad += cnt_bad;
     char name[64];
-    snprintf(name, sizeof(name), "dense decode %s batch %d%s", sh.name, batch, merge ? " merged in-kernel" : "");
+    snprintf(name, sizeof(name), "dense decode %s batch %d", sh.name, batch);
     report(name, &e, 1e-2);
     free(hq);
     free(ho);
@@ -543,7 +531,7 @@ static void check_msa_decode_case(int fp8, int batch, const int *lens, unsigned 
     const int all = (s.max_len + 127) / 128 <= 64;
     if (all) {
         CA(cattn_msa_decode(&cp, &cb, sh.hq, q, iq, out_all, (float)scale, 63, local, NULL, ws, wsb, g_st));
-        CA(cattn_decode(&cp, &cb, sh.hq, q, out_dense, (float)scale, NULL, ws, wsb, g_st));
+        CA(cattn_decode(&cp, &cb, sh.hq, q, out_dense, (float)scale, ws, wsb, g_st));
     }
     CK(cudaStreamSynchronize(g_st));
     if (env) unsetenv(env_name);
@@ -909,11 +897,9 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8)
 
 static int run_checks(void)
 {
-    for (int merge = 0; merge < 2; merge++) {
-        check_dense_decode(M3, merge);
-        check_dense_decode(L3, merge);
-        check_dense_decode(M2, merge);
-    }
+    check_dense_decode(M3);
+    check_dense_decode(L3);
+    check_dense_decode(M2);
     check_msa_decode(0);
     check_msa_decode(1);
     check_quest_decode(NULL);
@@ -1048,7 +1034,6 @@ typedef struct {
     void *q, *iq, *out, *ws;
     size_t wsb;
     int32_t *sel, *table, *blist;
-    int *cnt; /* dense decode's merge counters, as the engine passes them */
     int n_q, bw, mode;
 } Ctx;
 
@@ -1056,7 +1041,7 @@ static void run_decode(void *c_)
 {
     Ctx *c = (Ctx *)c_;
     float sc = 1.f / sqrtf(128.f);
-    if (c->mode == 0) CA(cattn_decode(&c->cp, &c->cb, c->n_heads, c->q, c->out, sc, c->cnt, c->ws, c->wsb, g_st));
+    if (c->mode == 0) CA(cattn_decode(&c->cp, &c->cb, c->n_heads, c->q, c->out, sc, c->ws, c->wsb, g_st));
     else if (c->mode == 1)
         CA(cattn_msa_decode(&c->cp, &c->cb, c->n_heads, c->q, c->iq, c->out, sc, c->top_k, c->local, NULL, c->ws,
                             c->wsb, g_st));
@@ -1094,8 +1079,6 @@ static void bench_decode(Shape sh, long n, int batch, int mode, int fp8)
             : mode == 1 ? cattn_msa_decode_ws(&c.cp, batch, sh.hq, (int)n, c.top_k, c.local)
                         : cattn_quest_decode_ws(&c.cp, batch, sh.hq, (int)n, c.top_k, c.local, c.sink);
     c.ws = dalloc(c.wsb);
-    c.cnt = (int *)dalloc(sizeof(int) * batch * sh.hkv);
-    CK(cudaMemset(c.cnt, 0, sizeof(int) * batch * sh.hkv));
     double us = time_us(run_decode, &c, 5, 30, 1, 1);
     /* every output written and finite */
     uint16_t *ho = (uint16_t *)to_host(c.out, nq * 2);
@@ -1126,7 +1109,6 @@ static void bench_decode(Shape sh, long n, int batch, int mode, int fp8)
     CK(cudaFree(c.out));
     CK(cudaFree(c.iq));
     CK(cudaFree(c.ws));
-    CK(cudaFree(c.cnt));
     pool_free(&p);
     seqs_free(&s);
     free(lens);

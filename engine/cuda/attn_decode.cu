@@ -1281,13 +1281,13 @@ extern "C" size_t cattn_decode_ws(const cattn_pool *p, int batch, int n_heads, i
 }
 
 extern "C" int cattn_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q, void *out,
-                            float scale, int *merge_cnt, void *ws, size_t ws_bytes, void *stream)
+                            float scale, void *ws, size_t ws_bytes, void *stream)
 {
     int rc = check_pool(p, n_heads);
     if (rc) return rc;
     if (!b || b->batch <= 0 || b->max_len <= 0) return CATTN_EINVAL;
     return decode_run(p, b->batch, n_heads, q, out, scale, b->tables, b->table_stride, 0, b->lens, 1, 0,
-                      b->max_len, 4, merge_cnt, ws, ws_bytes, (cudaStream_t)stream, merge_cnt != NULL);
+                      b->max_len, 4, NULL, ws, ws_bytes, (cudaStream_t)stream, false);
 }
 
 /* The one-kernel sparse decode's CTAs per row, a power of two: n_sms /

@@ -60,14 +60,10 @@ const char *cattn_strerror(int rc);
 
 /* ---- decode: one new token per sequence ---------------------------------- */
 
-/* Dense paged decode (split-KV flash decoding).  merge_cnt (optional): a
- * counter per (sequence, KV head), [batch][n_kv_heads], zero on entry and
- * left zero; with it the last CTA of each row merges the splits (no second
- * kernel) and the kernel may overlap its predecessor in the stream (PDL),
- * so the buffer must outlive the call and serve one stream. */
+/* Dense paged decode (split-KV flash decoding). */
 size_t cattn_decode_ws(const cattn_pool *p, int batch, int n_heads, int max_len);
 int cattn_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q, void *out,
-                 float scale, int *merge_cnt, void *ws, size_t ws_bytes, void *stream);
+                 float scale, void *ws, size_t ws_bytes, void *stream);
 
 /* MSA decode: scores every index key of each sequence with the group's
  * index query, takes block maxima, selects per group on the device and runs

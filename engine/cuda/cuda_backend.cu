@@ -80,8 +80,6 @@ struct cuda_backend {
     int32_t *hmeta, *dmeta;     /* pinned host / device batch description */
     size_t cap_sel, cap_sc, cap_ws;
     int32_t *sel, *cnt;
-    int *dec_cnt;               /* cattn_decode's merge counters, zero between calls */
-    size_t cap_dec_cnt;
     float *scores;
     void *ws;
     void *blas_ws;              /* cuBLASLt workspace (fixed, so GEMMs can be captured) */
@@ -455,7 +453,7 @@ void cuda_backend_free(cuda_backend *cb)
     dfree(cb->dmeta);
     if (cb->hmeta)
         cudaFreeHost(cb->hmeta);
-    dfree(cb->sel); dfree(cb->cnt); dfree(cb->dec_cnt); dfree(cb->scores); dfree(cb->ws); dfree(cb->blas_ws);
+    dfree(cb->sel); dfree(cb->cnt); dfree(cb->scores); dfree(cb->ws); dfree(cb->blas_ws);
     for (int i = 0; i < N_GRAPHS; i++) {
         if (cb->graphs[i].exec)
             cudaGraphExecDestroy(cb->graphs[i].exec);
@@ -829,13 +827,8 @@ static int reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         for (int i = 0; i < b->n_seqs; i++)
             n_dec += b->seqs[i].n_new == 1;
         size_t ws = n_dec ? cattn_decode_ws(&p, n_dec, m->n_heads, mt->mb * cb->e->attn.block_size) : 16;
-        size_t nc = (size_t)(n_dec ? n_dec : 1) * m->n_kv_heads * sizeof(int), old = cb->cap_dec_cnt;
-        if (grow(&cb->ws, &cb->cap_ws, ws, err, errlen) || grow((void **)&cb->dec_cnt, &cb->cap_dec_cnt, nc, err, errlen))
+        if (grow(&cb->ws, &cb->cap_ws, ws, err, errlen))
             return -1;
-        if (cb->cap_dec_cnt != old) { /* zeroed once: the kernel's last CTA per row resets its counter */
-            CU(cudaMemsetAsync(cb->dec_cnt, 0, cb->cap_dec_cnt, cb->st));
-            cb->gen++;
-        }
     }
     if (any_fast && fast_sparse_reserve(cb, b, mt, err, errlen))
         return -1;
@@ -1028,8 +1021,8 @@ static int attention_cattn(cuda_backend *cb, const engine_batch *b, const meta *
             cbt.table_stride = mt->mb;
             cbt.batch = j - i;
             cbt.max_len = mt->mb * cb->e->attn.block_size; /* a bound, fixed while mb is */
-            rc = cattn_decode(&p, &cbt, m->n_heads, (const char *)cb->q + off, (char *)cb->att + off, scale,
-                              cb->dec_cnt, cb->ws, cb->cap_ws, cb->st);
+            rc = cattn_decode(&p, &cbt, m->n_heads, (const char *)cb->q + off, (char *)cb->att + off, scale, cb->ws,
+                              cb->cap_ws, cb->st);
             i = j;
         } else {
             rc = cattn_prefill(&p, mt->ptab + (size_t)i * mt->mb, s->n_new, s->n_past, m->n_heads,
