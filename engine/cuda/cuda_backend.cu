@@ -324,7 +324,6 @@ static const gemm_plan *plan_get(cuda_backend *cb, int rows, int cols, int T, in
     return lru;
 }
 
-/* SPARSED_GEMV=0 sends decode's products to cuBLASLt too (comparisons). */
 /* CTAs of the sampler's cluster for a row of V logits: the fewest (a power
  * of two, sm_90 on) that leave each at most SK_SLICE logits and that the
  * card can place; SPARSED_SAMPLE_CLUSTER=n sets it (tests, benchmarks). */
@@ -358,6 +357,7 @@ static int sample_cluster(const cudaDeviceProp *prop, int V)
     return C;
 }
 
+/* SPARSED_GEMV=0 sends decode's products to cuBLASLt too (comparisons). */
 static int getenv_gemv_off(void)
 {
     static int off = -1;
