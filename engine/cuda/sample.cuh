@@ -185,6 +185,23 @@ struct SkPair {
     int i;
 };
 
+/* Smallest of the threads' v over the row. */
+static __device__ float sk_min(SkShared &sh, SkCtx &cx, float v)
+{
+    for (int o = 16; o; o >>= 1)
+        v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    sk_sync();
+    if (lane == 0)
+        sh.f[w] = v;
+    sk_sync();
+    float t[1] = {sh.f[0]};
+    for (int k = 1; k < SK_W; k++)
+        t[0] = fminf(t[0], sh.f[k]);
+    sk_xred(sh, cx, t, [](float a, float b) { return fminf(a, b); });
+    return t[0];
+}
+
 /* Best (value, id) over the row's CTAs by rank; id INT_MAX when nothing qualified. */
 static __device__ void sk_best(SkShared &sh, SkCtx &cx, float &bv, int &bi)
 {
@@ -322,21 +339,36 @@ static __device__ void sk_sum_p(SkShared &sh, SkCtx &cx, T (*part)[SK_P], T (&v)
     sk_xred(sh, cx, v, [](T a, T b) { return a + b; });
 }
 
-/* Largest key t with f(t) true, f monotone (true at 0 when any key is).
- * Each round tests SK_P keys spread over the range left, in one pass over
- * the row (test(t, ok) sets ok[j] = f(t[j])): 11 rounds where a bisection
- * made 32 passes. */
-template <typename Test>
-static __device__ unsigned sk_search(Test test)
+/* The float whose sk_key is k. */
+static __device__ __forceinline__ float sk_unkey(unsigned k)
 {
-    unsigned a = 0, b = 0xffffffffu;
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+/* Largest key t in [a, b] with f(t) true, f monotone and true at a.  Each
+ * round tests SK_P keys spread over the range left, in one pass over the
+ * row (test(t, ok) sets ok[j] = f(t[j])).  The range starts at the row's
+ * own values and, while it is wide, the keys are spread evenly in value
+ * rather than in key (keys crowd near zero: between -20 and 20 they span
+ * half of all 32-bit keys); any keys in (a, b] give the same answer. */
+template <typename Test>
+static __device__ unsigned sk_search(unsigned a, unsigned b, Test test)
+{
     while (a < b) {
         const unsigned long long span = (unsigned long long)b - a;
-        unsigned t[SK_P]; /* a < t[0] <= ... <= t[SK_P - 1] = b */
+        const float va = sk_unkey(a), vb = sk_unkey(b);
+        const bool lin = span >= (1u << 16) && isfinite(va) && isfinite(vb) && isfinite(vb - va);
+        unsigned t[SK_P]; /* a < t[0] <= ... <= t[SK_P - 1] <= b */
         bool ok[SK_P];
+        unsigned prev = a + 1;
 #pragma unroll
-        for (int j = 0; j < SK_P; j++)
-            t[j] = a + (unsigned)((span * (j + 1) + SK_P - 1) / SK_P);
+        for (int j = 0; j < SK_P; j++) {
+            unsigned k = a + (unsigned)((span * (j + 1) + SK_P - 1) / SK_P);
+            if (lin)
+                k = sk_key(fminf(va + (vb - va) * ((float)(j + 1) / SK_P), vb));
+            k = min(max(k, prev), b);
+            t[j] = prev = k;
+        }
         test(t, ok);
         int last = -1; /* f holds on a prefix of the keys */
 #pragma unroll
@@ -374,8 +406,9 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
     int chunk = (cx.s1 - cx.s0 + SK_T - 1) / SK_T;
     int lo = min(cx.s1, cx.s0 + (int)threadIdx.x * chunk), hi = min(cx.s1, lo + chunk);
 
-    /* argmax, lowest id on ties; all -inf gives 0 like the host */
-    float vmax = -INFINITY;
+    /* argmax, lowest id on ties; all -inf gives 0 like the host; the
+     * smallest finite logit (this thread's) bounds the searches below */
+    float vmax = -INFINITY, vlo = INFINITY;
     int best = INT_MAX;
     for (int i = cx.s0 + (int)threadIdx.x; i < cx.s1; i += SK_T) {
         float v = sk_clean(x[i]);
@@ -383,6 +416,8 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
             vmax = v;
             best = i;
         }
+        if (v > -INFINITY)
+            vlo = fminf(vlo, v);
     }
     sk_best(sh, cx, vmax, best);
     if (best == INT_MAX) {
@@ -418,7 +453,8 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
             int need_ties = 0;   /* of the ties at thr, the lowest ids taken */
             bool all = n_fin <= k;
             if (!all) {
-                thr = sk_search([&](const unsigned (&t)[SK_P], bool (&ok)[SK_P]) {
+                thr = sk_search(sk_key(sk_min(sh, cx, vlo)), sk_key(vmax),
+                                [&](const unsigned (&t)[SK_P], bool (&ok)[SK_P]) {
                     int c[SK_P] = {};
                     for (int i = cx.s0 + (int)threadIdx.x; i < cx.s1; i += SK_T) {
                         float v = sk_clean(x[i]);
@@ -569,7 +605,8 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                 unsigned thr = 0;
                 int tie_cut = INT_MAX;   /* ties at thr kept up to this id */
                 if (mass(0) >= target) {
-                    thr = sk_search([&](const unsigned (&t)[SK_P], bool (&ok)[SK_P]) {
+                    thr = sk_search(sk_key(sk_min(sh, cx, vlo)), sk_key(vmax),
+                                    [&](const unsigned (&t)[SK_P], bool (&ok)[SK_P]) {
                         double m[SK_P] = {};
                         for (int i = cx.s0 + (int)threadIdx.x; i < cx.s1; i += SK_T) {
                             float v = sk_clean(x[i]), w = wt(i);
