@@ -1,19 +1,20 @@
 /* Sampling on the device: sampler_pick's rule (engine/sampler.c) and
- * logprobs_top over each logit row, one block of SK_T threads per row, so
- * only the chosen ids (and requested logprobs) go back to the host.
+ * logprobs_top over each logit row, blocks of SK_T threads per row (see
+ * below), so only the chosen ids (and requested logprobs) go back to the
+ * host.
  *
  * Same rule, same order of the draw: top-k survivors sorted by rank and
  * walked in that order, every other draw walked in id order, each thread
  * owning a contiguous run of ids.  Passes whose result does not depend on
- * id order (maxima, counts, sums, the bisections' tests) stride the row
+ * id order (maxima, counts, sums, the searches' tests) stride the row
  * instead, so that a warp's loads are coalesced: reading contiguous runs,
  * each load of a warp touched 32 lines, and sampling rows of 32000 logits
  * with top-k or top-p took 0.6-0.8 ms on an H100 (ncu).  Sums are in double like the host's;
  * they differ from it only in association order (and expf in an ulp), so
  * a pick can differ from the host's only when u falls within rounding of a
  * boundary.  Thresholds (the k-th best, the top-p cut) are found by
- * bisection over order-preserving 32-bit keys of the logits, with ties
- * broken by id as on the host.
+ * searches over order-preserving 32-bit keys of the logits (sk_search),
+ * with ties broken by id as on the host.
  *
  * The passes are bound by instructions (~25 a logit in the searches), so a
  * long row is spread over a cluster of C CTAs (sm_90), each owning a
