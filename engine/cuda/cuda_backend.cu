@@ -328,6 +328,23 @@ static const gemm_plan *plan_get(cuda_backend *cb, int rows, int cols, int T, in
  * of two, sm_90 on) that leave each at most SK_SLICE logits and that the
  * card can place; SPARSED_SAMPLE_CLUSTER=n sets it (tests, benchmarks). */
 #define SK_SLICE 4096
+
+/* The sampler's launch over R rows, clusters of C CTAs a row; at must
+ * outlive cfg. */
+static cudaLaunchConfig_t sample_cfg(cudaLaunchAttribute *at, int R, int C, cudaStream_t st)
+{
+    cudaLaunchConfig_t cfg = {};
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = (unsigned)C;
+    at[0].val.clusterDim.y = at[0].val.clusterDim.z = 1;
+    cfg.gridDim = dim3((unsigned)(R * C));
+    cfg.blockDim = dim3(SK_T);
+    cfg.stream = st;
+    cfg.attrs = at;
+    cfg.numAttrs = C > 1;
+    return cfg;
+}
+
 static int sample_cluster(const cudaDeviceProp *prop, int V)
 {
     if (prop->major < 9)
@@ -340,15 +357,8 @@ static int sample_cluster(const cudaDeviceProp *prop, int V)
         for (C = 1; C * 2 <= atoi(e) && C < SK_MAXC;)
             C *= 2;
     for (; C > 1; C /= 2) {
-        cudaLaunchConfig_t cfg = {};
         cudaLaunchAttribute at[1];
-        at[0].id = cudaLaunchAttributeClusterDimension;
-        at[0].val.clusterDim.x = (unsigned)C;
-        at[0].val.clusterDim.y = at[0].val.clusterDim.z = 1;
-        cfg.gridDim = dim3((unsigned)C);
-        cfg.blockDim = dim3(SK_T);
-        cfg.attrs = at;
-        cfg.numAttrs = 1;
+        cudaLaunchConfig_t cfg = sample_cfg(at, 1, C, 0);
         int n = 0;
         if (cudaOccupancyMaxActiveClusters(&n, sample_kernel, &cfg) == cudaSuccess && n > 0)
             break;
@@ -1223,16 +1233,8 @@ static int sample_rows(cuda_backend *cb, int R, const engine_sample *rows, engin
     int C = cb->sk_cluster;
     while (C > 1 && R * C > cb->n_sm)
         C /= 2;
-    cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = (unsigned)C;
-    at[0].val.clusterDim.y = at[0].val.clusterDim.z = 1;
-    cfg.gridDim = dim3((unsigned)(R * C));
-    cfg.blockDim = dim3(SK_T);
-    cfg.stream = cb->st;
-    cfg.attrs = at;
-    cfg.numAttrs = C > 1;
+    cudaLaunchConfig_t cfg = sample_cfg(at, R, C, cb->st);
     CU(cudaLaunchKernelEx(&cfg, sample_kernel, (const float *)cb->logits, V, (const engine_sample *)cb->srows,
                           cb->sout));
     if (lp) {
