@@ -512,11 +512,15 @@ __global__ void __launch_bounds__(SK_T) sample_kernel(const float *logits, int V
                     sh.ci[t] = INT_MAX;
                 }
                 sk_sync();
-                /* bitonic sort of SK_T entries, best first */
-                for (int size = 2; size <= SK_T; size <<= 1)
+                /* bitonic sort of the candidates padded to a power of two,
+                 * best first: 6 barrier stages for top-k 5, not 55 */
+                int np2 = 2;
+                while (np2 < n)
+                    np2 <<= 1;
+                for (int size = 2; size <= np2; size <<= 1)
                     for (int stride = size >> 1; stride > 0; stride >>= 1) {
                         int j = t ^ stride;
-                        if (j > t) {
+                        if (j > t && j < np2) {
                             bool up = (t & size) == 0;
                             float av = sh.cv[t], bv = sh.cv[j];
                             int ai = sh.ci[t], bi = sh.ci[j];
