@@ -741,7 +741,8 @@ static void check_prefill_rows(const char *name, Shape sh, const HostPool *h, co
     free(keys);
 }
 
-static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse)
+/* split: CATTN_PREFILL_SPLIT for the call (NULL: the default rule) */
+static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse, const char *split = NULL)
 {
     int total = q_pos0 + n_q, np;
     Seqs s;
@@ -775,14 +776,19 @@ static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse)
         }
         dbl = (int32_t *)to_dev(hbl, sizeof(int) * nqb * bw);
     }
-    CA(cattn_prefill(&cp, s.d_tables, n_q, q_pos0, sh.hq, q, out, (float)scale, dbl, bw, 0, g_st));
+    size_t pwsb = cattn_prefill_ws();
+    void *pws = dalloc(pwsb);
+    if (split) setenv("CATTN_PREFILL_SPLIT", split, 1);
+    CA(cattn_prefill(&cp, s.d_tables, n_q, q_pos0, sh.hq, q, out, (float)scale, dbl, bw, 0, pws, pwsb, g_st));
+    if (split) unsetenv("CATTN_PREFILL_SPLIT");
     CK(cudaStreamSynchronize(g_st));
+    CK(cudaFree(pws));
     HostPool h;
     host_pool(&h, &p);
     uint16_t *hq = (uint16_t *)to_host(q, nq * 2), *ho = (uint16_t *)to_host(out, nq * 2);
     char name[96];
-    snprintf(name, sizeof(name), "%s prefill %s n_q %d at %d", sparse ? "block-list" : "dense", sh.name, n_q,
-             q_pos0);
+    snprintf(name, sizeof(name), "%s prefill %s n_q %d at %d%s%s", sparse ? "block-list" : "dense", sh.name, n_q,
+             q_pos0, split ? " split " : "", split ? split : "");
     check_prefill_rows(name, sh, &h, s.tables, hq, ho, n_q, q_pos0, hbl, bw, scale);
     free(hq);
     free(ho);
@@ -795,9 +801,11 @@ static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse)
     seqs_free(&s);
 }
 
-/* fp8: index keys in e4m3 (the selection reads them widened to bf16) */
-static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8)
+/* fp8: index keys in e4m3 (the selection reads them widened to bf16);
+ * split: CATTN_SELECT_SPLIT for the call (NULL: the default rule) */
+static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const char *split = NULL)
 {
+    if (split) setenv("CATTN_SELECT_SPLIT", split, 1);
     const Shape sh = M3;
     const int top_k = 15, local = 1, W = top_k + local;
     int total = q_pos0 + n_q, np;
@@ -820,7 +828,8 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8)
     void *ws = dalloc(wsb);
     CA(cattn_msa_prefill(&cp, s.d_tables, n_q, q_pos0, sh.hq, q, iq, out, (float)scale, top_k, local, sel, ws, wsb,
                          g_st));
-    CA(cattn_prefill(&cp, s.d_tables, n_q, q_pos0, sh.hq, q, out_d, (float)scale, NULL, 0, 0, g_st));
+    if (split) unsetenv("CATTN_SELECT_SPLIT");
+    CA(cattn_prefill(&cp, s.d_tables, n_q, q_pos0, sh.hq, q, out_d, (float)scale, NULL, 0, 0, ws, wsb, g_st));
     CK(cudaStreamSynchronize(g_st));
     HostPool h;
     host_pool(&h, &p);
@@ -867,7 +876,8 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8)
     e.bad += nonfinite;
     char name[96], det[64];
     snprintf(det, sizeof(det), "near-ties %d", ties);
-    snprintf(name, sizeof(name), "msa prefill selection n_q %d at %d%s", n_q, q_pos0, fp8 ? " (fp8 idx)" : "");
+    snprintf(name, sizeof(name), "msa prefill selection n_q %d at %d%s%s%s", n_q, q_pos0, fp8 ? " (fp8 idx)" : "",
+             split ? " split " : "", split ? split : "");
     report_cond(name, sel_ok, det);
     snprintf(name, sizeof(name), "msa prefill output n_q %d at %d chunk %d%s", n_q, q_pos0, chunk,
              fp8 ? " (fp8 idx)" : "");
@@ -913,12 +923,24 @@ static int run_checks(void)
     check_dense_prefill(L3, 333, 5000, 0); /* prefix not page-aligned, partial last page */
     check_dense_prefill(M3, 1, 129, 0);
     check_dense_prefill(L3, 4096, 128, 1);
+    /* the key split: short chunks deep in the context (split by the rule),
+     * forced past the tiles there are, and with a partial last page */
+    check_dense_prefill(M3, 128, 40000, 0);
+    check_dense_prefill(L3, 300, 20000, 0);
+    check_dense_prefill(M3, 700, 300, 0, "9");
+    check_dense_prefill(L3, 333, 5000, 0, "5");
     check_msa_prefill(3000, 1096, 1024, 0);
     check_msa_prefill(2048, 0, 100000, 0);
     check_msa_prefill(1500, 600, 512, 0);
     check_msa_prefill(3000, 1096, 1024, 1);
     check_msa_prefill(2048, 0, 100000, 1);
     check_msa_prefill(1500, 600, 512, 1);
+    /* the key split: a short chunk deep in the context (split by the
+     * rule), and forced past the blocks there are (empty ranges) */
+    check_msa_prefill(256, 40000, 1024, 0);
+    check_msa_prefill(256, 40000, 1024, 1);
+    check_msa_prefill(1500, 600, 512, 0, "7");
+    check_msa_prefill(3000, 1096, 1024, 1, "3");
     printf("checks: %s (%d failed)\n", g_fail ? "FAIL" : "PASS", g_fail);
     return g_fail ? 1 : 0;
 }
@@ -1119,12 +1141,14 @@ static void run_prefill(void *c_)
     Ctx *c = (Ctx *)c_;
     float sc = 1.f / sqrtf(128.f);
     if (c->mode == 0)
-        CA(cattn_prefill(&c->cp, c->table, c->n_q, 0, c->n_heads, c->q, c->out, sc, c->blist, c->bw, 0, g_st));
+        CA(cattn_prefill(&c->cp, c->table, c->n_q, 0, c->n_heads, c->q, c->out, sc, c->blist, c->bw, 0, c->ws,
+                         c->wsb, g_st));
     else if (c->mode == 1)
         CA(cattn_msa_prefill(&c->cp, c->table, c->n_q, 0, c->n_heads, c->q, c->iq, c->out, sc, c->top_k, c->local,
                              c->sel, c->ws, c->wsb, g_st));
     else if (c->mode == 2)
-        CA(cattn_msa_select_prefill(&c->cp, c->table, c->n_q, 0, c->iq, c->top_k, c->local, c->sel, g_st));
+        CA(cattn_msa_select_prefill(&c->cp, c->table, c->n_q, 0, c->iq, c->top_k, c->local, c->sel, c->ws, c->wsb,
+                                    g_st));
     else
         CA(cattn_msa_attend_prefill(&c->cp, c->table, c->n_q, 0, c->n_heads, c->q, c->out, sc, c->top_k + c->local,
                                     c->sel, c->ws, c->wsb, g_st));

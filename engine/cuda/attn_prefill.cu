@@ -524,7 +524,7 @@ static size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
 
 extern "C" int cattn_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, int n_heads,
                              const void *q, void *out, float scale, const int32_t *blist, int blist_w,
-                             int blist_kvh_stride, void *stream)
+                             int blist_kvh_stride, void *ws, size_t ws_bytes, void *stream)
 {
     static int attr_done = 0;
     if (!p || !table || n_q <= 0 || q_pos0 < 0 || n_heads <= 0 || p->n_kv_heads <= 0 || n_heads % p->n_kv_heads)
@@ -534,7 +534,7 @@ extern "C" int cattn_prefill(const cattn_pool *p, const int32_t *table, int n_q,
         return CATTN_ESHAPE;
     /* Hopper: the wgmma kernel (attn_prefill_sm90.cu) when this build has it and the shape fits */
     int rc = cattn_prefill_sm90(p, table, n_q, q_pos0, n_heads, q, out, scale, blist, blist_w, blist_kvh_stride,
-                                stream);
+                                ws, ws_bytes, stream);
     if (rc != 1) return rc;
     if (!attr_done) {
         CUDA_TRY(cudaFuncSetAttribute(prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, PF_SMEM));
@@ -575,13 +575,14 @@ static int msa_check(const cattn_pool *p, int n_q, int q_pos0, int n_heads, int 
 }
 
 extern "C" int cattn_msa_select_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0,
-                                        const void *iq, int top_k, int local, int32_t *sel, void *stream)
+                                        const void *iq, int top_k, int local, int32_t *sel, void *ws,
+                                        size_t ws_bytes, void *stream)
 {
     int rc = msa_check(p, n_q, q_pos0, 4, top_k, local);
     if (rc) return rc;
     if (!table || !iq || !sel || !p->idx) return CATTN_EINVAL;
     /* Hopper: the wgmma selection (attn_prefill_sm90.cu) when this build has it */
-    rc = cattn_msa_select_prefill_sm90(p, table, n_q, q_pos0, iq, top_k, local, sel, stream);
+    rc = cattn_msa_select_prefill_sm90(p, table, n_q, q_pos0, iq, top_k, local, sel, ws, ws_bytes, stream);
     if (rc != 1) return rc;
     static int attr_done = 0;
     size_t smem = IX_STAGES * IX_STAGE_BYTES + (size_t)(top_k > 0 ? top_k : 1) * IX_ROWS * 8;
@@ -709,7 +710,8 @@ extern "C" int cattn_msa_prefill(const cattn_pool *p, const int32_t *table, int 
 {
     int rc = msa_check(p, n_q, q_pos0, n_heads, top_k, local);
     if (rc) return rc;
-    rc = cattn_msa_select_prefill(p, table, n_q, q_pos0, iq, top_k, local, sel, stream);
+    /* stage 1 borrows the workspace stage 2 then reuses (same stream) */
+    rc = cattn_msa_select_prefill(p, table, n_q, q_pos0, iq, top_k, local, sel, ws, ws_bytes, stream);
     if (rc) return rc;
     return cattn_msa_attend_prefill(p, table, n_q, q_pos0, n_heads, q, out, scale, top_k + local, sel, ws, ws_bytes,
                                     stream);

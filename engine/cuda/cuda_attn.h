@@ -91,9 +91,14 @@ int cattn_quest_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, c
  * (tokens [128t, 128t+128) of the new ones) and KV head h attend only to
  * the logical blocks blist[(t * n_kv_heads + h) * kvh_stride...]: blist_w
  * entries, -1 = none; kvh_stride 0 shares one list across KV heads, else
- * it must be blist_w.  The diagonal block is masked causally. */
+ * it must be blist_w.  The diagonal block is masked causally.  ws (NULL,
+ * 0: none) lets a short chunk deep in a long context split its keys over
+ * more CTAs (Hopper kernel, dense only); cattn_prefill_ws() bytes on the
+ * current device give the full split. */
+size_t cattn_prefill_ws(void);
 int cattn_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, int n_heads, const void *q,
-                  void *out, float scale, const int32_t *blist, int blist_w, int blist_kvh_stride, void *stream);
+                  void *out, float scale, const int32_t *blist, int blist_w, int blist_kvh_stride, void *ws,
+                  size_t ws_bytes, void *stream);
 
 /* MSA prefill.  Stage 1 (fused, no score matrix in memory): per new token
  * and group, tensor-core scores against every earlier block's index keys,
@@ -102,11 +107,12 @@ int cattn_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0
  * exact per-token selection, KV-block outer (each selected block is read
  * once per chunk of tokens), partial results merged per token.  The
  * workspace bounds the chunk; cattn_msa_prefill_ws(.., chunk) gives the
- * bytes for a chunk of `chunk` tokens (at least 128). */
+ * bytes for a chunk of `chunk` tokens (at least 128).  Stage 1 alone takes
+ * an optional workspace (NULL, 0: none) for its key-split partial lists. */
 size_t cattn_msa_prefill_ws(const cattn_pool *p, int n_q, int q_pos0, int n_heads, int top_k, int local,
                             int chunk);
 int cattn_msa_select_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, const void *iq,
-                             int top_k, int local, int32_t *sel, void *stream);
+                             int top_k, int local, int32_t *sel, void *ws, size_t ws_bytes, void *stream);
 int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, int n_heads,
                              const void *q, void *out, float scale, int n_sel, const int32_t *sel, void *ws,
                              size_t ws_bytes, void *stream);

@@ -837,6 +837,8 @@ static int reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         for (int i = 0; i < b->n_seqs; i++)
             n_dec += b->seqs[i].n_new == 1;
         size_t ws = n_dec ? cattn_decode_ws(&p, n_dec, m->n_heads, mt->mb * cb->e->attn.block_size) : 16;
+        if (n_dec < b->n_seqs && cattn_prefill_ws() > ws)
+            ws = cattn_prefill_ws();   /* a prefill chunk's key split */
         if (grow(&cb->ws, &cb->cap_ws, ws, err, errlen))
             return -1;
     }
@@ -1036,7 +1038,8 @@ static int attention_cattn(cuda_backend *cb, const engine_batch *b, const meta *
             i = j;
         } else {
             rc = cattn_prefill(&p, mt->ptab + (size_t)i * mt->mb, s->n_new, s->n_past, m->n_heads,
-                               (const char *)cb->q + off, (char *)cb->att + off, scale, NULL, 0, 0, cb->st);
+                               (const char *)cb->q + off, (char *)cb->att + off, scale, NULL, 0, 0, cb->ws,
+                               cb->cap_ws, cb->st);
             i++;
         }
         if (rc) {
