@@ -4,6 +4,7 @@
  *                   [--prompt N] [--batches 1,8,32] [--steps N] [--label S]
  *   gpu_model_bench --model PATH --context N [--chunk C] [--attention dense|sparse]
  *                   [--index-keys bf16|fp8] [--steps N] [--max-seconds S] [--label S]
+ *                   [--probe-chunks 128,512,...]
  *
  * For each batch size: that many sequences of N random prompt tokens are
  * prefilled in one ragged batch (run twice: the second is timed, so
@@ -17,7 +18,11 @@
  * engine_step (as the scheduler chunks a long prompt), then `steps` greedy
  * decode steps at that length.  Prints a progress line per chunk and one
  * JSON line; past --max-seconds of prefill it stops and reports the
- * tokens done (partial: true). */
+ * tokens done (partial: true).  --probe-chunks then times steps that
+ * prefill that many more tokens at the end of the context (each repeated,
+ * the same positions rewritten): what a chunk of a long prompt costs the
+ * step, i.e. the other streams' inter-token time while it is prefilled;
+ * one JSON line per size. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,14 +45,49 @@ static void die(const char *what, const char *err)
 }
 
 /* Long-context mode: chunked prefill of one sequence, then decode. */
+#define MAX_PROBES 16
+
+/* Steps of p new tokens after the n_ctx already in seq, each size timed
+ * `reps` times after one untimed step (the positions are rewritten). */
+static void probe_chunks(engine *e, kv_seq *seq, kv_pool *pool, int32_t *toks, int n_ctx, const int *probes,
+                         int n_probes, const char *label)
+{
+    char err[512];
+    const int reps = 5;
+    int32_t id;
+    for (int k = 0; k < n_probes; k++) {
+        double best = 1e30, sum = 0;
+        for (int r = 0; r <= reps; r++) {
+            engine_seq es = {.n_past = n_ctx, .n_new = probes[k], .tok_offset = 0, .blocks = seq->pages,
+                             .n_blocks = seq->n_pages, .logits = 1};
+            engine_batch b = {.n_tokens = probes[k], .tokens = toks + n_ctx, .n_seqs = 1, .seqs = &es};
+            double t0 = now();
+            if (engine_step_greedy(e, pool, &b, &id, err, sizeof err) != 1)
+                die("probe", err);
+            double t = now() - t0;
+            if (r > 0) {
+                sum += t;
+                best = t < best ? t : best;
+            }
+        }
+        printf("JSON {\"label\":\"%s\",\"probe_at\":%d,\"chunk\":%d,\"step_ms_mean\":%.3f,\"step_ms_min\":%.3f,"
+               "\"tok_s\":%.1f}\n",
+               label, n_ctx, probes[k], 1e3 * sum / reps, 1e3 * best, probes[k] * reps / sum);
+        fflush(stdout);
+    }
+}
+
 static int long_context(engine *e, int n_ctx, int chunk, int steps, double max_s, const char *label,
-                        const char *index_keys)
+                        const char *index_keys, const int *probes, int n_probes)
 {
     char err[512];
     const engine_info *in = engine_get_info(e);
     const attn_config *ac = engine_attn(e);
     kv_layout lay = engine_kv_layout(e);
-    int len = n_ctx + steps + 3;
+    int len = n_ctx + steps + 3, probe_max = 0;
+    for (int k = 0; k < n_probes; k++)
+        probe_max = probes[k] > probe_max ? probes[k] : probe_max;
+    len = n_ctx + probe_max > len ? n_ctx + probe_max : len;
     double t0 = now();
     kv_pool *pool = kv_pool_create(&lay, kv_pages_for(&lay, len) + 1, engine_kv_host_storage(e), err, sizeof err);
     if (!pool)
@@ -60,7 +100,7 @@ static int long_context(engine *e, int n_ctx, int chunk, int steps, double max_s
     if (!toks)
         die("memory", "out of memory");
     uint64_t r = 88172645463325252ull;
-    for (int k = 0; k < n_ctx; k++) {
+    for (int k = 0; k < len; k++) {
         r ^= r << 13, r ^= r >> 7, r ^= r << 17;
         toks[k] = k == 0 && in->bos >= 0 ? in->bos : 3 + (int32_t)(r % (uint64_t)(in->n_vocab - 3));
     }
@@ -89,6 +129,8 @@ static int long_context(engine *e, int n_ctx, int chunk, int steps, double max_s
             break;
         }
     }
+    if (!partial && n_probes)
+        probe_chunks(e, &seq, pool, toks, done, probes, n_probes, label);
     double t_dec = 0;
     int pos = done, timed = 0;
     for (int k = 0; k < steps + 2 && !partial; k++) {
@@ -125,7 +167,7 @@ int main(int argc, char **argv)
     engine_opts o = {.device = "cuda"};
     attn_config_default(&o.attn);
     int prompt = 512, steps = 64, batches[16] = {1, 8, 32}, n_batches = 3;
-    int context = 0, chunk = 16384;
+    int context = 0, chunk = 16384, probes[MAX_PROBES], n_probes = 0;
     double max_s = 1e9;
     const char *label = "";
     for (int i = 1; i < argc; i++) {
@@ -142,7 +184,11 @@ int main(int argc, char **argv)
         else if (OPT("--max-seconds")) max_s = atof(v);
         else if (OPT("--attention")) o.attn.mode = attn_mode_parse(v);
         else if (OPT("--index-keys")) o.index_keys = v;
-        else if (OPT("--batches")) {
+        else if (OPT("--probe-chunks")) {
+            for (char *t = strtok(strdup(v), ","); t && n_probes < MAX_PROBES; t = strtok(NULL, ","))
+                if ((probes[n_probes++] = atoi(t)) < 1)
+                    die("--probe-chunks", "sizes must be positive");
+        } else if (OPT("--batches")) {
             n_batches = 0;
             for (char *s = strtok(strdup(v), ","); s && n_batches < 16; s = strtok(NULL, ","))
                 batches[n_batches++] = atoi(s);
@@ -166,7 +212,7 @@ int main(int argc, char **argv)
         printf("model %s: %d layers, embd %d, heads %d/%d x %d, vocab %d; device %s, context %d in chunks of %d\n",
                in->name, in->n_layers, in->n_embd, in->n_heads, in->n_kv_heads, in->head_dim, in->n_vocab, o.device,
                context, chunk);
-        int rc = long_context(e, context, chunk, steps, max_s, label, o.index_keys);
+        int rc = long_context(e, context, chunk, steps, max_s, label, o.index_keys, probes, n_probes);
         engine_free(e);
         return rc;
     }

@@ -12,7 +12,8 @@
 #   3. SIGTERM: the daemon drains and exits 0.
 # Writes OUT/serve-32k.json, OUT/long-request.json and OUT/gpu-serve.json
 # (all of it with the card and commit).  Uses the folder tests/gpu/pack.sh
-# made (PACK).  LONG_TOKENS= skips step 2.
+# made (PACK).  LONG_TOKENS= skips step 2; SERVE_ARGS adds daemon options
+# (e.g. "--interactive-context 0").
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
 P=${PACK:-build-cuda/gpu-pack}
@@ -37,7 +38,7 @@ if [ ! -f "$MODEL" ]; then
 fi
 get() { python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$PORT' + sys.argv[1], timeout=5).read().decode())" "$1"; }
 args=(--device ${DEVICE:-cuda} --model "$MODEL" --port $PORT --kv-memory $KV_MEM --max-batch-tokens $CHUNK
-      --body-limit 64M --sse-keepalive 2 --max-queued-tokens 4194304 --no-access-log)
+      --body-limit 64M --sse-keepalive 2 --max-queued-tokens 4194304 --no-access-log ${SERVE_ARGS:-})
 echo "sparsed serve ${args[*]}" | tee "$OUT/serve.log"
 t0=$(date +%s.%N)
 $P/bin/sparsed serve "${args[@]}" >> "$OUT/serve.log" 2>&1 &
@@ -55,7 +56,7 @@ PYTHONUNBUFFERED=1 python3 bench/serve/loadgen.py --url http://127.0.0.1:$PORT -
     --out "$OUT/serve-32k.json" 2>&1 | tee "$OUT/loadgen.log" || rc=1
 if [ -n "$LONG_TOKENS" ]; then
     PYTHONUNBUFFERED=1 python3 bench/gpu/long_request.py --url http://127.0.0.1:$PORT --tokens $LONG_TOKENS \
-        --others 4 --label "m3-1b chunk $CHUNK" --out "$OUT/long-request.json" 2>&1 | tail -40 || rc=1
+        --others 4 --label "m3-1b chunk $CHUNK${SERVE_ARGS:+ $SERVE_ARGS}" --out "$OUT/long-request.json" 2>&1 | tail -40 || rc=1
 fi
 get /metrics > "$OUT/metrics.txt"
 kill -TERM $spid
