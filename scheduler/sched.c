@@ -159,7 +159,7 @@ void sched_opts_default(sched_opts *o)
     o->request_timeout = 600;
     o->shutdown_timeout = 30;
     o->keepalive = 5;
-    o->interactive_context = 0;   /* off: see server/README.md */
+    o->interactive_context = 131072;   /* see server/README.md */
     o->handle_signals = 1;
 }
 

@@ -41,7 +41,7 @@ typedef struct sched_opts {
     int interactive_context;  /* with sequences decoding, a prefill chunk at a context
                                  of c > this many tokens shrinks by this / c, so a step's
                                  attention work stays that of a full chunk here; 0 = off
-                                 (the default) */
+                                 (default 131072) */
     int max_queue;            /* requests waiting for admission */
     long max_queued_tokens;   /* prompt tokens waiting for admission */
     int prefix_cache;         /* match and publish full pages */

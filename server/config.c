@@ -76,9 +76,9 @@ static const opt opts[] = {
      "sequences in the running batch"},
     {"max-batch-tokens", T_INT, O(max_batch_tokens), "512", 1, 1 << 24, NULL, "N",
      "tokens per engine step (decode tokens plus prefill chunks)"},
-    {"interactive-context", T_INT, O(interactive_context), "0", 0, INT_MAX, NULL, "N",
+    {"interactive-context", T_INT, O(interactive_context), "131072", 0, INT_MAX, NULL, "N",
      "while other requests decode, a prompt's prefill chunks past N tokens of context shrink so each step "
-     "costs what a full chunk at N does (0 = off; small chunks are slow at long context: server/README.md)"},
+     "costs what a full chunk at N does: the other streams keep their pace (0 = off: long prompts first)"},
     {"max-queue", T_INT, O(max_queue), "256", 1, 1 << 24, NULL, "N",
      "requests waiting for admission before 503"},
     {"max-queued-tokens", T_I64, O(max_queued_tokens), "1048576", 1, 1e15, NULL, "N",
