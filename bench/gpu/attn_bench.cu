@@ -741,8 +741,22 @@ static void check_prefill_rows(const char *name, Shape sh, const HostPool *h, co
     free(keys);
 }
 
-/* split: CATTN_PREFILL_SPLIT for the call (NULL: the default rule) */
-static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse, const char *split = NULL)
+/* Sets (on) or unsets (off) each VAR=value of a comma-separated list. */
+static void env_list(const char *list, int on)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", list ? list : "");
+    for (char *t = strtok(buf, ","); t; t = strtok(NULL, ",")) {
+        char *eq = strchr(t, '=');
+        if (!eq) continue;
+        *eq = 0;
+        if (on) setenv(t, eq + 1, 1);
+        else unsetenv(t);
+    }
+}
+
+/* env: VAR=value,... set for the call (e.g. CATTN_PREFILL_SPLIT=5) */
+static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse, const char *env = NULL)
 {
     int total = q_pos0 + n_q, np;
     Seqs s;
@@ -778,9 +792,9 @@ static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse, const
     }
     size_t pwsb = cattn_prefill_ws();
     void *pws = dalloc(pwsb);
-    if (split) setenv("CATTN_PREFILL_SPLIT", split, 1);
+    env_list(env, 1);
     CA(cattn_prefill(&cp, s.d_tables, n_q, q_pos0, sh.hq, q, out, (float)scale, dbl, bw, 0, pws, pwsb, g_st));
-    if (split) unsetenv("CATTN_PREFILL_SPLIT");
+    env_list(env, 0);
     CK(cudaStreamSynchronize(g_st));
     CK(cudaFree(pws));
     HostPool h;
@@ -788,7 +802,7 @@ static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse, const
     uint16_t *hq = (uint16_t *)to_host(q, nq * 2), *ho = (uint16_t *)to_host(out, nq * 2);
     char name[96];
     snprintf(name, sizeof(name), "%s prefill %s n_q %d at %d%s%s", sparse ? "block-list" : "dense", sh.name, n_q,
-             q_pos0, split ? " split " : "", split ? split : "");
+             q_pos0, env ? " " : "", env ? env : "");
     check_prefill_rows(name, sh, &h, s.tables, hq, ho, n_q, q_pos0, hbl, bw, scale);
     free(hq);
     free(ho);
@@ -802,10 +816,10 @@ static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse, const
 }
 
 /* fp8: index keys in e4m3 (the selection reads them widened to bf16);
- * split: CATTN_SELECT_SPLIT for the call (NULL: the default rule) */
-static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const char *split = NULL)
+ * env: VAR=value,... set for the MSA call (e.g. CATTN_SELECT_SPLIT=3) */
+static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const char *env = NULL)
 {
-    if (split) setenv("CATTN_SELECT_SPLIT", split, 1);
+    env_list(env, 1);
     const Shape sh = M3;
     const int top_k = 15, local = 1, W = top_k + local;
     int total = q_pos0 + n_q, np;
@@ -828,7 +842,7 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const cha
     void *ws = dalloc(wsb);
     CA(cattn_msa_prefill(&cp, s.d_tables, n_q, q_pos0, sh.hq, q, iq, out, (float)scale, top_k, local, sel, ws, wsb,
                          g_st));
-    if (split) unsetenv("CATTN_SELECT_SPLIT");
+    env_list(env, 0);
     CA(cattn_prefill(&cp, s.d_tables, n_q, q_pos0, sh.hq, q, out_d, (float)scale, NULL, 0, 0, ws, wsb, g_st));
     CK(cudaStreamSynchronize(g_st));
     HostPool h;
@@ -877,7 +891,7 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const cha
     char name[96], det[64];
     snprintf(det, sizeof(det), "near-ties %d", ties);
     snprintf(name, sizeof(name), "msa prefill selection n_q %d at %d%s%s%s", n_q, q_pos0, fp8 ? " (fp8 idx)" : "",
-             split ? " split " : "", split ? split : "");
+             env ? " " : "", env ? env : "");
     report_cond(name, sel_ok, det);
     snprintf(name, sizeof(name), "msa prefill output n_q %d at %d chunk %d%s", n_q, q_pos0, chunk,
              fp8 ? " (fp8 idx)" : "");
@@ -927,8 +941,11 @@ static int run_checks(void)
      * forced past the tiles there are, and with a partial last page */
     check_dense_prefill(M3, 128, 40000, 0);
     check_dense_prefill(L3, 300, 20000, 0);
-    check_dense_prefill(M3, 700, 300, 0, "9");
-    check_dense_prefill(L3, 333, 5000, 0, "5");
+    check_dense_prefill(M3, 700, 300, 0, "CATTN_PREFILL_SPLIT=9");
+    check_dense_prefill(L3, 333, 5000, 0, "CATTN_PREFILL_SPLIT=5");
+    /* ... on the portable (mma.sync) kernel */
+    check_dense_prefill(M3, 128, 40000, 0, "CATTN_PREFILL_SM90=0");
+    check_dense_prefill(L3, 333, 5000, 0, "CATTN_PREFILL_SM90=0,CATTN_PREFILL_SPLIT=7");
     check_msa_prefill(3000, 1096, 1024, 0);
     check_msa_prefill(2048, 0, 100000, 0);
     check_msa_prefill(1500, 600, 512, 0);
@@ -939,8 +956,11 @@ static int run_checks(void)
      * rule), and forced past the blocks there are (empty ranges) */
     check_msa_prefill(256, 40000, 1024, 0);
     check_msa_prefill(256, 40000, 1024, 1);
-    check_msa_prefill(1500, 600, 512, 0, "7");
-    check_msa_prefill(3000, 1096, 1024, 1, "3");
+    check_msa_prefill(1500, 600, 512, 0, "CATTN_SELECT_SPLIT=7");
+    check_msa_prefill(3000, 1096, 1024, 1, "CATTN_SELECT_SPLIT=3");
+    check_msa_prefill(256, 40000, 1024, 0, "CATTN_SELECT_SM90=0");
+    check_msa_prefill(256, 40000, 1024, 1, "CATTN_SELECT_SM90=0");
+    check_msa_prefill(1500, 600, 512, 1, "CATTN_SELECT_SM90=0,CATTN_SELECT_SPLIT=5");
     printf("checks: %s (%d failed)\n", g_fail ? "FAIL" : "PASS", g_fail);
     return g_fail ? 1 : 0;
 }

@@ -17,12 +17,141 @@
  *     chose it (two tokens x 16 heads per warp), write a normalised partial
  *     per (token, slot, head); a last kernel merges the partials by their
  *     log-sum-exp.
+ *
+ * Key splits: a chunk of a few hundred tokens deep in a long context is
+ * only a few CTAs of 128 tokens (a head), each streaming every earlier key
+ * (a 512-token chunk at 1M: 4 selection CTAs on 132 SMs).  So when the
+ * CTAs are below one wave, both stage 1 and dense prefill (here and in
+ * attn_prefill_sm90.cu) cut the keys into S ranges, a CTA each: selection
+ * ranges keep their own top-k lists, which select_merge merges; dense
+ * ranges write normalised fp32 rows with their log2-sum-exp, which
+ * prefill_combine weighs together.
  */
 #include <climits>
 
 #include "attn_sm90.h"
 #include "attn_util.cuh"
 #include "cuda_attn.h"
+
+/* ---- key splits --------------------------------------------------------------- */
+
+#define SPLIT_MAX 64
+
+int prefill_splits(int ctas, int per_sm, int tiles, int min_tiles, size_t per_split, size_t ws_bytes,
+                   const char *env)
+{
+    int dev = 0, sms = 0;
+    if (per_split == 0 || cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+        cudaGetLastError();
+        return 1;
+    }
+    const int fit = ws_bytes / per_split < SPLIT_MAX ? (int)(ws_bytes / per_split) : SPLIT_MAX;
+    const char *e = getenv(env);
+    if (e && *e) {
+        const int n = atoi(e) < fit ? atoi(e) : fit;
+        return n < 2 ? 1 : n;
+    }
+    const int slots = sms * (per_sm > 0 ? per_sm : 1);
+    if (ctas >= slots) return 1;
+    const int most = tiles / min_tiles < fit ? tiles / min_tiles : fit;
+    const int s_min = (slots + ctas - 1) / ctas;
+    if (s_min >= most) return most < 2 ? 1 : most;
+    int best = 1;
+    double best_fill = 0;
+    for (int S = s_min; S <= 2 * s_min && S <= most; S++) {
+        const int n = ctas * S, waves = (n + slots - 1) / slots;
+        const double fill = (double)n / ((double)waves * slots);
+        if (fill > best_fill + 1e-9) best = S, best_fill = fill;
+    }
+    return best < 2 ? 1 : best;
+}
+
+/* One thread a row (tok, group). */
+__global__ void __launch_bounds__(128) select_merge_kernel(const float *ps, const int32_t *pi, int S, int n_q,
+                                                           int q_pos0, int B, int top_k, int local, int32_t *sel)
+{
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n_q * 4) return;
+    float ls[32];
+    int li[32], cnt = 0;
+    float thr = NEG_INF;
+    for (int s = 0; s < S; s++) {
+        const long long base = ((long long)r * S + s) * top_k;
+        for (int i = 0; i < top_k; i++) {
+            const float v = ps[base + i];
+            const int id = pi[base + i];
+            if (id < 0 || !(v > thr)) break; /* the rest of this list is no better */
+            top_list_insert<1>(ls, li, top_k, 0, cnt, thr, v, id);
+        }
+    }
+    sel_row_write(sel + (long long)r * (top_k + local), li, 1, cnt, top_k, local, q_pos0 + (r >> 2), B);
+}
+
+int select_merge(const float *ps, const int32_t *pi, int S, int n_q, int q_pos0, int B, int top_k, int local,
+                 int32_t *sel, void *stream)
+{
+    if (top_k > 32) return CATTN_ESHAPE;
+    select_merge_kernel<<<(n_q * 4 + 127) / 128, 128, 0, (cudaStream_t)stream>>>(ps, pi, S, n_q, q_pos0, B, top_k,
+                                                                                  local, sel);
+    CUDA_TRY(cudaGetLastError());
+    return 0;
+}
+
+/* A warp a row (tok, head), four dims a lane. */
+__global__ void __launch_bounds__(128) prefill_combine_kernel(const float *part_o, const float *part_lse, int S,
+                                                              long long rows, bf16 *out)
+{
+    const long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    float mx = NEG_INF;
+    for (int s = 0; s < S; s++) mx = fmaxf(mx, part_lse[s * rows + r]);
+    float acc[4] = {0.f, 0.f, 0.f, 0.f}, wsum = 0.f;
+    for (int s = 0; s < S; s++) {
+        const float l = part_lse[s * rows + r];
+        if (l == NEG_INF) continue;
+        const float w = exp2f(l - mx);
+        const float4 o = *(const float4 *)(part_o + (s * rows + r) * 128 + 4 * lane);
+        acc[0] += w * o.x, acc[1] += w * o.y, acc[2] += w * o.z, acc[3] += w * o.w;
+        wsum += w;
+    }
+    const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+    uint2 v;
+    v.x = pack_bf16(acc[0] * inv, acc[1] * inv);
+    v.y = pack_bf16(acc[2] * inv, acc[3] * inv);
+    *(uint2 *)(out + r * 128 + 4 * lane) = v;
+}
+
+int prefill_combine(const float *part_o, const float *part_lse, int S, int n_q, int n_heads, void *out,
+                    void *stream)
+{
+    const long long rows = (long long)n_q * n_heads;
+    prefill_combine_kernel<<<(unsigned)((rows * 32 + 127) / 128), 128, 0, (cudaStream_t)stream>>>(part_o, part_lse,
+                                                                                                   S, rows,
+                                                                                                   (bf16 *)out);
+    CUDA_TRY(cudaGetLastError());
+    return 0;
+}
+
+/* Workspace of a dense prefill split: S ranges of n_q x n_heads rows. */
+static size_t split_bytes(int S, int n_q, int n_heads) { return (size_t)S * n_q * n_heads * (128 * 4 + 4); }
+
+extern "C" size_t cattn_prefill_ws(void)
+{
+    int dev = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
+                                                  cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    /* splits start below a wave of (tile, head) CTAs and end below two
+     * waves of (tile, head, range) plus one range a CTA: under 4 waves of
+     * 128-token rows with one CTA an SM (the Hopper kernel; the portable
+     * one, two an SM on some cards, may get fewer ranges than it would
+     * take) */
+    return split_bytes(4 * sms, 128, 1) + 256;
+}
 
 /* ---- dense / block-list prefill ------------------------------------------- */
 
@@ -42,6 +171,8 @@ struct PfArgs {
     const int32_t *blist;
     int blist_w, blist_per_kvh;
     float scale_log2;
+    int S;                     /* key ranges (1 with blist); above 1 rows go to part_o, part_lse */
+    float *part_o, *part_lse;  /* see prefill_combine */
 };
 
 static __device__ __forceinline__ void pf_load(const PfArgs &a, int kvh, int key0, int kv_len, uint32_t dst)
@@ -65,7 +196,8 @@ __global__ void __launch_bounds__(128) prefill_kernel(PfArgs a)
     extern __shared__ __align__(128) unsigned char smem[];
     __shared__ int s_list[PF_MAX_LIST];
     __shared__ int s_n;
-    const int qt = gridDim.x - 1 - blockIdx.x; /* longest rows first */
+    const int qt = gridDim.x / a.S - 1 - blockIdx.x / a.S; /* longest rows first */
+    const int split = blockIdx.x % a.S;
     const int h = blockIdx.y, kvh = h / a.ratio;
     const int q0 = qt * PF_ROWS;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -80,7 +212,7 @@ __global__ void __launch_bounds__(128) prefill_kernel(PfArgs a)
     }
     cp_commit();
 
-    int n_tiles;
+    int n_tiles, it0 = 0;
     if (a.blist) {
         if (threadIdx.x == 0) {
             const int32_t *row = a.blist + ((long long)qt * (a.blist_per_kvh ? a.n_kv : 1) +
@@ -92,10 +224,12 @@ __global__ void __launch_bounds__(128) prefill_kernel(PfArgs a)
         }
         __syncthreads();
         n_tiles = 2 * s_n;
-    } else {
-        n_tiles = (p_hi + PF_KT) / PF_KT;
+    } else { /* this CTA's range of the key tiles */
+        const int all = (p_hi + PF_KT) / PF_KT, per = (all + a.S - 1) / a.S;
+        it0 = min(all, split * per);
+        n_tiles = min(all, it0 + per) - it0;
     }
-#define PF_KEY0(it) (a.blist ? s_list[(it) >> 1] * a.B + ((it) & 1) * PF_KT : (it) * PF_KT)
+#define PF_KEY0(it) (a.blist ? s_list[(it) >> 1] * a.B + ((it) & 1) * PF_KT : (it0 + (it)) * PF_KT)
 
     AttnState st;
     attn_state_init(st);
@@ -128,6 +262,16 @@ __global__ void __launch_bounds__(128) prefill_kernel(PfArgs a)
             int tok = q0 + warp * 32 + mt * 16 + (lane >> 2) + 8 * hh;
             if (tok >= a.n_q) continue;
             float inv = st.l[mt][hh] > 0.f ? 1.f / st.l[mt][hh] : 0.f;
+            if (a.S > 1) {
+                const long long r = ((long long)split * a.n_q + tok) * a.n_heads + h;
+                float2 *po = (float2 *)(a.part_o + r * 128 + 2 * (lane & 3));
+#pragma unroll
+                for (int n = 0; n < 16; n++)
+                    po[4 * n] = make_float2(st.o[mt][n][2 * hh] * inv, st.o[mt][n][2 * hh + 1] * inv);
+                if ((lane & 3) == 0)
+                    a.part_lse[r] = st.l[mt][hh] > 0.f ? st.m[mt][hh] + __log2f(st.l[mt][hh]) : NEG_INF;
+                continue;
+            }
             uint32_t *op = (uint32_t *)(a.out + ((long long)tok * a.n_heads + h) * 128 + 2 * (lane & 3));
 #pragma unroll
             for (int n = 0; n < 16; n++)
@@ -155,6 +299,9 @@ struct IxArgs {
     const int32_t *table;
     int n_q, q_pos0, B, top_k, local;
     int32_t *sel;
+    int S;          /* key ranges; above 1 the lists go to ps/pi (see select_merge) */
+    float *ps;
+    int32_t *pi;
 };
 
 static __device__ __forceinline__ void ix_load(const IxArgs &a, int kb, uint32_t dst)
@@ -201,7 +348,8 @@ template <bool FP8>
 __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
 {
     extern __shared__ __align__(128) unsigned char smem[];
-    const int tile = gridDim.x - 1 - blockIdx.x; /* most blocks first */
+    const int tile = gridDim.x / a.S - 1 - blockIdx.x / a.S; /* most blocks first */
+    const int split = blockIdx.x % a.S;
     const int t0 = tile * IX_TOK;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = warp >> 1, tw = t0 + (warp & 1) * 64;
@@ -233,7 +381,10 @@ __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
         my_cand[hh] = tok < a.n_q ? max(0, (a.q_pos0 + tok) / a.B - a.local + 1) : 0;
     }
     const int last = min(t0 + IX_TOK, a.n_q) - 1;
-    const int nb = max(0, (a.q_pos0 + last) / a.B - a.local + 1);
+    const int nb_all = max(0, (a.q_pos0 + last) / a.B - a.local + 1);
+    /* this CTA's blocks kb0 .. kb0 + nb - 1 */
+    const int per = (nb_all + a.S - 1) / a.S;
+    const int kb0 = min(nb_all, split * per), nb = min(nb_all, kb0 + per) - kb0;
 
     float *ls = (float *)(smem + IX_STAGES * IX_STAGE_BYTES);
     int *li = (int *)(ls + a.top_k * IX_ROWS);
@@ -242,14 +393,14 @@ __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
     const int k_row = (lane >> 4) * 8 + (lane & 7), k_cb = (lane >> 3) & 1;
 #pragma unroll
     for (int s = 0; s < IX_STAGES - 1; s++) {
-        if (s < nb) ix_stage<FP8>(a, s, smem, s);
+        if (s < nb) ix_stage<FP8>(a, kb0 + s, smem, s);
         cp_commit();
     }
     for (int kb = 0; kb < nb; kb++) {
         cp_wait<IX_STAGES - 2>();
         __syncthreads(); /* block kb landed; everyone is done with block kb-1's stage */
         if (kb + IX_STAGES - 1 < nb)
-            ix_stage<FP8>(a, kb + IX_STAGES - 1, smem, (kb + IX_STAGES - 1) % IX_STAGES);
+            ix_stage<FP8>(a, kb0 + kb + IX_STAGES - 1, smem, (kb + IX_STAGES - 1) % IX_STAGES);
         cp_commit();
         const uint32_t ks = base + (kb % IX_STAGES) * IX_STAGE_BYTES;
         float bm[4][2];
@@ -297,21 +448,24 @@ __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
         if (a.top_k > 0) {
 #pragma unroll
             for (int hh = 0; hh < 2; hh++)
-                if (kb < my_cand[hh] && v[hh] > thr[hh])
-                    top_list_insert<IX_ROWS>(ls, li, a.top_k, col0 + 8 * hh, cnt[hh], thr[hh], v[hh], kb);
+                if (kb0 + kb < my_cand[hh] && v[hh] > thr[hh])
+                    top_list_insert<IX_ROWS>(ls, li, a.top_k, col0 + 8 * hh, cnt[hh], thr[hh], v[hh], kb0 + kb);
         }
     }
     cp_wait<0>();
-    const int W = a.top_k + a.local;
 #pragma unroll
     for (int hh = 0; hh < 2; hh++) {
-        const int tok = tw + my_r + 8 * hh, pos = a.q_pos0 + tok, col = col0 + 8 * hh;
+        const int tok = tw + my_r + 8 * hh, col = col0 + 8 * hh;
         if (tok >= a.n_q) continue;
-        int32_t *o = a.sel + ((long long)tok * 4 + g) * W;
-        for (int i = 0; i < a.top_k; i++) o[i] = i < cnt[hh] ? li[i * IX_ROWS + col] : -1;
-        for (int l = 0; l < a.local; l++) {
-            int blk = pos / a.B - a.local + 1 + l;
-            o[a.top_k + l] = blk >= 0 ? blk : -1;
+        if (a.S == 1) {
+            sel_row_write(a.sel + ((long long)tok * 4 + g) * (a.top_k + a.local), li + col, IX_ROWS, cnt[hh],
+                          a.top_k, a.local, a.q_pos0 + tok, a.B);
+            continue;
+        }
+        const long long base = (((long long)tok * 4 + g) * a.S + split) * a.top_k;
+        for (int i = 0; i < a.top_k; i++) {
+            a.ps[base + i] = i < cnt[hh] ? ls[i * IX_ROWS + col] : NEG_INF;
+            a.pi[base + i] = i < cnt[hh] ? li[i * IX_ROWS + col] : -1;
         }
     }
 }
@@ -526,7 +680,7 @@ extern "C" int cattn_prefill(const cattn_pool *p, const int32_t *table, int n_q,
                              const void *q, void *out, float scale, const int32_t *blist, int blist_w,
                              int blist_kvh_stride, void *ws, size_t ws_bytes, void *stream)
 {
-    static int attr_done = 0;
+    static int attr_done = 0, per_sm = 1;
     if (!p || !table || n_q <= 0 || q_pos0 < 0 || n_heads <= 0 || p->n_kv_heads <= 0 || n_heads % p->n_kv_heads)
         return CATTN_EINVAL;
     if (p->head_dim != 128 || p->block_size < 64 || p->block_size % 64) return CATTN_ESHAPE;
@@ -538,6 +692,7 @@ extern "C" int cattn_prefill(const cattn_pool *p, const int32_t *table, int n_q,
     if (rc != 1) return rc;
     if (!attr_done) {
         CUDA_TRY(cudaFuncSetAttribute(prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, PF_SMEM));
+        CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, prefill_kernel, 128, PF_SMEM));
         attr_done = 1;
     }
     PfArgs a;
@@ -558,9 +713,16 @@ extern "C" int cattn_prefill(const cattn_pool *p, const int32_t *table, int n_q,
     a.blist_w = blist_w;
     a.blist_per_kvh = blist_kvh_stride != 0;
     a.scale_log2 = scale * LOG2E_F;
-    dim3 grid((n_q + PF_ROWS - 1) / PF_ROWS, n_heads);
+    const int n_qt = (n_q + PF_ROWS - 1) / PF_ROWS;
+    a.S = blist || !ws ? 1
+                       : prefill_splits(n_qt * n_heads, per_sm, (q_pos0 + n_q - 1) / PF_KT + 1, 16,
+                                        split_bytes(1, n_q, n_heads), ws_bytes, "CATTN_PREFILL_SPLIT");
+    a.part_o = (float *)ws;
+    a.part_lse = (float *)((char *)ws + (size_t)a.S * n_q * n_heads * 128 * 4);
+    dim3 grid(n_qt * a.S, n_heads);
     prefill_kernel<<<grid, 128, PF_SMEM, (cudaStream_t)stream>>>(a);
     CUDA_TRY(cudaGetLastError());
+    if (a.S > 1) return prefill_combine(a.part_o, a.part_lse, a.S, n_q, n_heads, out, stream);
     return 0;
 }
 
@@ -604,12 +766,19 @@ extern "C" int cattn_msa_select_prefill(const cattn_pool *p, const int32_t *tabl
     a.top_k = top_k;
     a.local = local;
     a.sel = sel;
-    const unsigned grid = (n_q + IX_TOK - 1) / IX_TOK;
+    const int nb = (q_pos0 + n_q - 1) / a.B - local + 1;
+    a.S = ws && top_k > 0 ? prefill_splits((n_q + IX_TOK - 1) / IX_TOK, 1, nb, SELECT_SPLIT_MIN,
+                                           (size_t)n_q * 4 * top_k * 8, ws_bytes, "CATTN_SELECT_SPLIT")
+                          : 1;
+    a.ps = (float *)ws;
+    a.pi = (int32_t *)((char *)ws + (size_t)n_q * 4 * a.S * top_k * 4);
+    const unsigned grid = (n_q + IX_TOK - 1) / IX_TOK * a.S;
     if (p->idx_fp8)
         msa_select_kernel<true><<<grid, 256, smem, (cudaStream_t)stream>>>(a);
     else
         msa_select_kernel<false><<<grid, 256, smem, (cudaStream_t)stream>>>(a);
     CUDA_TRY(cudaGetLastError());
+    if (a.S > 1) return select_merge(a.ps, a.pi, a.S, n_q, q_pos0, a.B, top_k, local, sel, stream);
     return 0;
 }
 

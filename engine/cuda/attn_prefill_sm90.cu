@@ -28,7 +28,7 @@
  * (tile, head) CTAs to fill the SMs (128 tokens of 16 heads: 16 CTAs, each
  * over every earlier key), so the key tiles are cut into S ranges, a CTA
  * each; the CTAs write their rows normalised, in fp32, with their
- * log2-sum-exp, and prefill_combine_kernel weighs them together.
+ * log2-sum-exp, and prefill_combine (attn_prefill.cu) weighs them.
  *
  * The kernel body exists only in the sm_90a build; cattn_prefill_sm90 asks
  * the runtime which binary it would run and declines otherwise.
@@ -55,7 +55,6 @@
 #define H_MAX_LIST 512
 #define H_THREADS 384
 #define H_PAGE_EXTENT (1u << 24) /* pages the tensor maps admit (coordinates only; no bounds are relied on) */
-#define SPLIT_MAX 64             /* key ranges a CTA's work is cut into at most */
 
 struct HArgs {
     bf16 *out;
@@ -69,32 +68,6 @@ struct HArgs {
     float *part_o;    /* [S][n_q][n_heads][128] */
     float *part_lse;  /* [S][n_q][n_heads], log2 domain */
 };
-
-/* Out row (tok, head) from its S partial rows: warp w of the grid takes
- * one, a lane four dims. */
-__global__ void __launch_bounds__(128) prefill_combine_kernel(const HArgs a)
-{
-    const long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    const int lane = threadIdx.x & 31;
-    const long long rows = (long long)a.n_q * a.n_heads;
-    if (r >= rows) return;
-    float mx = NEG_INF;
-    for (int s = 0; s < a.S; s++) mx = fmaxf(mx, a.part_lse[s * rows + r]);
-    float acc[4] = {0.f, 0.f, 0.f, 0.f}, wsum = 0.f;
-    for (int s = 0; s < a.S; s++) {
-        const float l = a.part_lse[s * rows + r];
-        if (l == NEG_INF) continue; /* every key of this range masked for this row */
-        const float w = exp2f(l - mx);
-        const float4 o = *(const float4 *)(a.part_o + (s * rows + r) * 128 + 4 * lane);
-        acc[0] += w * o.x, acc[1] += w * o.y, acc[2] += w * o.z, acc[3] += w * o.w;
-        wsum += w;
-    }
-    const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
-    uint2 v;
-    v.x = pack_bf16(acc[0] * inv, acc[1] * inv);
-    v.y = pack_bf16(acc[2] * inv, acc[3] * inv);
-    *(uint2 *)(a.out + r * 128 + 4 * lane) = v;
-}
 
 #ifdef H_SM90
 /* ---- mbarriers, bulk tensor copies ---------------------------------------- */
@@ -497,16 +470,13 @@ __global__ void __launch_bounds__(H_THREADS, 1)
  * context is only a few CTAs of 128 tokens, each streaming every earlier
  * block (a 512-token chunk at 1M: 4 of 132 SMs).  So the blocks are cut
  * into S ranges, one CTA per (tile, range), each keeping its own lists,
- * and select_merge_kernel merges a row's S lists (split order, each best
- * first) with the same insertion, hence the same ranking (score, then the
- * lower block) as one pass over every block. */
+ * and select_merge (attn_prefill.cu) merges a row's S lists. */
 #define X_ROWS 512
 #define X_STAGES 3   /* bf16 keys: tiles the copies fill */
 #define X_WSTAGES 2  /* fp8 keys: widened tiles ... */
 #define X_FSTAGES 2  /* ... and the staging buffers the copies fill */
 #define X_FTILE (128 * 128)
 #define X_LIST_MAX 32
-#define X_SPLIT_MIN 16   /* blocks a split range streams at least */
 #define X_SMEM (X_STAGES * H_TILE + X_LIST_MAX * X_ROWS * 8 + 1024)
 static_assert(X_WSTAGES * H_TILE + X_FSTAGES * X_FTILE <= X_STAGES * H_TILE, "fp8 stages must fit the bf16 ones");
 
@@ -519,49 +489,6 @@ struct XArgs {
     float *ps;
     int32_t *pi;
 };
-
-/* Row (tok, g)'s selection: its top_k list (cnt entries, the rest -1), then
- * its local blocks. */
-static __device__ __forceinline__ void write_sel(const XArgs &a, int tok, int g, const int *li, int stride, int cnt)
-{
-    const int W = a.top_k + a.local, pos = a.q_pos0 + tok;
-    int32_t *o = a.sel + ((long long)tok * 4 + g) * W;
-    for (int i = 0; i < a.top_k; i++) o[i] = i < cnt ? li[i * stride] : -1;
-    for (int l = 0; l < a.local; l++) {
-        const int blk = pos / a.B - a.local + 1 + l;
-        o[a.top_k + l] = blk >= 0 ? blk : -1;
-    }
-}
-
-/* One thread a row: its S lists merged in split order by top_list_insert's
- * rule (insert while the score beats the k-th: ties keep the lower block). */
-__global__ void __launch_bounds__(128) select_merge_kernel(const XArgs a)
-{
-    const int r = blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= a.n_q * 4) return;
-    float ls[X_LIST_MAX];
-    int li[X_LIST_MAX], cnt = 0;
-    float thr = NEG_INF;
-    for (int s = 0; s < a.S; s++) {
-        const long long base = ((long long)r * a.S + s) * a.top_k;
-        for (int i = 0; i < a.top_k; i++) {
-            const float v = a.ps[base + i];
-            const int id = a.pi[base + i];
-            if (id < 0 || !(v > thr)) break; /* the rest of this list is no better */
-            int pos = cnt < a.top_k ? cnt : a.top_k - 1;
-            while (pos > 0 && ls[pos - 1] < v) {
-                ls[pos] = ls[pos - 1];
-                li[pos] = li[pos - 1];
-                pos--;
-            }
-            ls[pos] = v;
-            li[pos] = id;
-            if (cnt < a.top_k) cnt++;
-            thr = cnt == a.top_k ? ls[a.top_k - 1] : NEG_INF;
-        }
-    }
-    write_sel(a, r >> 2, r & 3, li, 1, cnt);
-}
 
 #ifdef H_SM90
 /* D (64 x 128) (+)= A (64 x 16, bf16 registers) * B (16 x 128, smem K-major) */
@@ -752,7 +679,8 @@ __global__ void __launch_bounds__(H_THREADS, 1)
         const int tok = t0 + my_t + 8 * hh, col = col0 + 8 * hh;
         if (tok >= a.n_q) continue;
         if (a.S == 1) {
-            write_sel(a, tok, my_g, li + col, X_ROWS, cnt[hh]);
+            sel_row_write(a.sel + ((long long)tok * 4 + my_g) * (a.top_k + a.local), li + col, X_ROWS, cnt[hh],
+                          a.top_k, a.local, a.q_pos0 + tok, a.B);
             continue;
         }
         const long long base = (((long long)tok * 4 + my_g) * a.S + split) * a.top_k;
@@ -792,7 +720,6 @@ static int make_map(encode_fn enc, CUtensorMap *m, const void *base, cuuint64_t 
 
 #define H_MAX_DEV 16
 static int g_ready[H_MAX_DEV]; /* 0 unknown, 1 usable, -1 not */
-static int g_sms[H_MAX_DEV];
 static encode_fn g_encode;
 
 static int sm90_probe(void)
@@ -803,7 +730,6 @@ static int sm90_probe(void)
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
         return -1;
     if (major != 9 || minor != 0) return -1;
-    if (cudaDeviceGetAttribute(&g_sms[dev], cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return -1;
     cudaFuncAttributes fa;
     if (cudaFuncGetAttributes(&fa, prefill_sm90_kernel<false>) != cudaSuccess) {
         cudaGetLastError();
@@ -833,48 +759,6 @@ static int sm90_probe(void)
         g_encode = (encode_fn)fn;
     }
     return 1;
-}
-
-/* Key ranges for `ctas` CTAs (one per tile, or tile and head) that each
- * stream `tiles` key tiles: enough (CTA, range) pairs to fill the SMs, the
- * count among S_min .. 2 S_min that leaves the last wave fullest, with at
- * least min_tiles tiles a range and partials of per_split bytes a range
- * that fit ws_bytes.  Environment variable `env` = N forces N (tests; only
- * the workspace bounds it), 0 or 1 turns the split off. */
-static int pick_splits(int sms, int ctas, int tiles, int min_tiles, size_t per_split, size_t ws_bytes,
-                       const char *env)
-{
-    if (per_split == 0) return 1;
-    const int fit = ws_bytes / per_split < SPLIT_MAX ? (int)(ws_bytes / per_split) : SPLIT_MAX;
-    const char *e = getenv(env);
-    if (e && *e) { /* even past the tiles there are: empty ranges are a case to test */
-        int n = atoi(e) < fit ? atoi(e) : fit;
-        return n < 2 ? 1 : n;
-    }
-    const int most = tiles / min_tiles < fit ? tiles / min_tiles : fit;
-    const int s_min = (sms + ctas - 1) / ctas;
-    if (s_min >= most) return most < 2 ? 1 : most;
-    int best = 1;
-    double best_fill = 0;
-    for (int S = s_min; S <= 2 * s_min && S <= most; S++) {
-        const int n = ctas * S, waves = (n + sms - 1) / sms;
-        const double fill = (double)n / ((double)waves * sms);
-        if (fill > best_fill + 1e-9) best = S, best_fill = fill;
-    }
-    return best < 2 ? 1 : best;
-}
-
-size_t cattn_prefill_ws(void)
-{
-    int dev = 0, sms = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
-                                                  cudaSuccess) {
-        cudaGetLastError();
-        return 0;
-    }
-    /* splits happen below one wave of (tile, head) CTAs and stop at two
-     * waves of (tile, head, range): at most 2 * sms rows of 128 tokens */
-    return (size_t)2 * sms * H_ROWS * (128 * 4 + 4) + 256;
 }
 
 int cattn_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, int n_heads,
@@ -919,8 +803,8 @@ int cattn_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q
     a.scale_log2 = scale * LOG2E_F;
     const size_t rows = (size_t)n_q * n_heads;
     a.S = blist || !ws ? 1
-                       : pick_splits(g_sms[dev], a.n_qt * n_heads, (q_pos0 + n_q - 1) / 128 + 1, 8,
-                                     rows * (128 * 4 + 4), ws_bytes, "CATTN_PREFILL_SPLIT");
+                       : prefill_splits(a.n_qt * n_heads, 1, (q_pos0 + n_q - 1) / 128 + 1, 8, rows * (128 * 4 + 4),
+                                        ws_bytes, "CATTN_PREFILL_SPLIT");
     a.part_o = (float *)ws;
     a.part_lse = (float *)((char *)ws + (size_t)a.S * rows * 128 * 4);
     const unsigned grid = (unsigned)(a.n_qt * n_heads * a.S);
@@ -929,9 +813,8 @@ int cattn_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q
         prefill_sm90_kernel<true><<<grid, H_THREADS, H_SMEM, (cudaStream_t)stream>>>(tq, tk, tv, a);
     else
         prefill_sm90_kernel<false><<<grid, H_THREADS, H_SMEM, (cudaStream_t)stream>>>(tq, tk, tv, a);
-    if (a.S > 1)
-        prefill_combine_kernel<<<(unsigned)((rows * 32 + 127) / 128), 128, 0, (cudaStream_t)stream>>>(a);
     CUDA_TRY(cudaGetLastError());
+    if (a.S > 1) return prefill_combine(a.part_o, a.part_lse, a.S, n_q, n_heads, a.out, stream);
     return 0;
 }
 
@@ -962,8 +845,8 @@ int cattn_msa_select_prefill_sm90(const cattn_pool *p, const int32_t *table, int
     a.local = local;
     a.sel = sel;
     const int nb = (q_pos0 + n_q - 1) / p->block_size - local + 1;
-    a.S = ws && top_k > 0 ? pick_splits(g_sms[dev], (n_q + 127) / 128, nb, X_SPLIT_MIN, (size_t)n_q * 4 * top_k * 8,
-                                        ws_bytes, "CATTN_SELECT_SPLIT")
+    a.S = ws && top_k > 0 ? prefill_splits((n_q + 127) / 128, 1, nb, SELECT_SPLIT_MIN, (size_t)n_q * 4 * top_k * 8,
+                                           ws_bytes, "CATTN_SELECT_SPLIT")
                           : 1;
     a.ps = (float *)ws;
     a.pi = (int32_t *)((char *)ws + (size_t)n_q * 4 * a.S * top_k * 4);
@@ -971,7 +854,7 @@ int cattn_msa_select_prefill_sm90(const cattn_pool *p, const int32_t *table, int
     const unsigned grid = (unsigned)((n_q + 127) / 128 * a.S);
     (fp8 ? msa_select_sm90_kernel<true> : msa_select_sm90_kernel<false>)<<<grid, H_THREADS, smem,
                                                                           (cudaStream_t)stream>>>(tx, a);
-    if (a.S > 1) select_merge_kernel<<<(n_q * 4 + 127) / 128, 128, 0, (cudaStream_t)stream>>>(a);
     CUDA_TRY(cudaGetLastError());
+    if (a.S > 1) return select_merge(a.ps, a.pi, a.S, n_q, q_pos0, p->block_size, top_k, local, sel, stream);
     return 0;
 }

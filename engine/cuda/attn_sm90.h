@@ -1,7 +1,8 @@
 /* attn_sm90: entry points of the Hopper (sm_90a) kernels, private to
  * engine/cuda.  Each returns 0 when it ran the work, 1 when it does not
  * apply (wrong device, shape or build: the caller falls back to its
- * portable kernel), or an error code like the public functions. */
+ * portable kernel), or an error code like the public functions.  Also the
+ * key-split helpers both prefill paths share (attn_prefill.cu). */
 #ifndef SPARSED_ATTN_SM90_H
 #define SPARSED_ATTN_SM90_H
 
@@ -25,5 +26,29 @@ int cattn_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q
  * error; CATTN_SELECT_SPLIT (see select_splits). */
 int cattn_msa_select_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, const void *iq,
                                   int top_k, int local, int32_t *sel, void *ws, size_t ws_bytes, void *stream);
+
+/* ---- key splits (attn_prefill.cu) ---------------------------------------- */
+
+#define SELECT_SPLIT_MIN 16 /* index-key blocks a selection range streams at least */
+
+/* Ranges to cut the keys of `ctas` CTAs (per_sm resident on an SM) into,
+ * each CTA streaming `tiles` key tiles: none (1) when they fill a wave,
+ * else enough to, the count in [S_min, 2 S_min] whose last wave is
+ * fullest, at least min_tiles a range, partials of per_split bytes a
+ * range within ws_bytes.  Environment variable env = N forces N (only the
+ * workspace bounds it; empty ranges are a case to test), 0 or 1: none. */
+int prefill_splits(int ctas, int per_sm, int tiles, int min_tiles, size_t per_split, size_t ws_bytes,
+                   const char *env);
+/* sel [n_q][4][top_k + local] from S partial top-k lists ps/pi
+ * [n_q][4][S][top_k] (each best first, -1 ids past its end), merged in
+ * range order by top_list_insert's rule: the ranking (score, then the lower
+ * block) of one pass over every block. */
+int select_merge(const float *ps, const int32_t *pi, int S, int n_q, int q_pos0, int B, int top_k, int local,
+                 int32_t *sel, void *stream);
+/* out [n_q][n_heads][128] bf16 from S normalised fp32 partial rows
+ * part_o [S][n_q][n_heads][128] and their log2-sum-exps part_lse (-inf:
+ * no key of that range). */
+int prefill_combine(const float *part_o, const float *part_lse, int S, int n_q, int n_heads, void *out,
+                    void *stream);
 
 #endif

@@ -117,6 +117,18 @@ static __device__ __forceinline__ void top_list_insert(float *ls, int *li, int t
     thr = cnt == top_k ? ls[(top_k - 1) * ROWS + col] : NEG_INF;
 }
 
+/* A row's selection for attention: its top_k list (li[i * stride] for
+ * i < cnt, -1 after), then the `local` blocks ending at position pos's. */
+static __device__ __forceinline__ void sel_row_write(int32_t *o, const int *li, int stride, int cnt, int top_k,
+                                                     int local, int pos, int B)
+{
+    for (int i = 0; i < top_k; i++) o[i] = i < cnt ? li[i * stride] : -1;
+    for (int l = 0; l < local; l++) {
+        const int blk = pos / B - local + 1 + l;
+        o[top_k + l] = blk >= 0 ? blk : -1;
+    }
+}
+
 /* ---- a warp's 32 query rows against K/V tiles ------------------------------
  * Q: 32 rows (two m16 tiles) in a swizzled tile at q_s; K, V: 64 rows at
  * k_s, v_s.  Scores are scaled into the log2 domain; a key at position

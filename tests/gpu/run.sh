@@ -70,6 +70,9 @@ check m3-128-cover-vs-dense --model $M/m3-128.gguf --prompts 2000,700,130 --deco
 CATTN_SELECT_SPLIT=3 CATTN_PREFILL_SPLIT=5 check m3-128-split-cover-vs-dense --model $M/m3-128.gguf \
     --prompts 2000,700,130 --decode 16 --top-k-blocks 32 --sparse-min-context 0 --force-sparse --vs-dense \
     --tol-alt 2e-2
+CATTN_PREFILL_SM90=0 CATTN_SELECT_SM90=0 CATTN_SELECT_SPLIT=3 CATTN_PREFILL_SPLIT=5 \
+    check m3-128-portable-split-cover-vs-dense --model $M/m3-128.gguf --prompts 2000,700,130 --decode 16 \
+    --top-k-blocks 32 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 2e-2
 CATTN_SELECT_SPLIT=7 CATTN_PREFILL_SPLIT=2 check m3-128-split-fast-graphs --model $M/m3-128.gguf \
     --prompts 900,500,130 --decode 16 --tol 1 --top-k-blocks 2 --sparse-min-context 0 --vs-graphs --tol-alt 0
 check m3-128-fp8-cover-vs-dense --model $M/m3-128.gguf --index-keys fp8 --prompts 2000,700,130 --decode 16 \
@@ -177,6 +180,7 @@ for args in "--model $M/stories260K.gguf --prompts 20,70,5" \
             "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0" \
             "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0 --index-keys fp8" \
             "CATTN_SELECT_SPLIT=3 CATTN_PREFILL_SPLIT=3 --model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0" \
+            "CATTN_SELECT_SM90=0 CATTN_PREFILL_SM90=0 CATTN_SELECT_SPLIT=3 CATTN_PREFILL_SPLIT=3 --model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0" \
             "--model $W/llama-v32k.gguf --prompts 60,20,7 --decode 9"; do
     if [ $SECONDS -gt ${DEADLINE:-400} ]; then
         echo "== skipped (time): $args" >> "$OUT/memcheck.log"
