@@ -456,17 +456,9 @@ __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
 #pragma unroll
     for (int hh = 0; hh < 2; hh++) {
         const int tok = tw + my_r + 8 * hh, col = col0 + 8 * hh;
-        if (tok >= a.n_q) continue;
-        if (a.S == 1) {
-            sel_row_write(a.sel + ((long long)tok * 4 + g) * (a.top_k + a.local), li + col, IX_ROWS, cnt[hh],
-                          a.top_k, a.local, a.q_pos0 + tok, a.B);
-            continue;
-        }
-        const long long base = (((long long)tok * 4 + g) * a.S + split) * a.top_k;
-        for (int i = 0; i < a.top_k; i++) {
-            a.ps[base + i] = i < cnt[hh] ? ls[i * IX_ROWS + col] : NEG_INF;
-            a.pi[base + i] = i < cnt[hh] ? li[i * IX_ROWS + col] : -1;
-        }
+        if (tok < a.n_q)
+            sel_list_out(a.sel, a.ps, a.pi, a.S, split, tok, g, ls + col, li + col, IX_ROWS, cnt[hh], a.top_k,
+                         a.local, a.q_pos0, a.B);
     }
 }
 

@@ -12,7 +12,7 @@
 
 /* cattn_prefill on wgmma (FlashAttention-3 style); same arguments, already
  * validated by the caller.  Environment: CATTN_PREFILL_SM90=0 disables it;
- * CATTN_PREFILL_SPLIT (see pick_splits). */
+ * CATTN_PREFILL_SPLIT (see prefill_splits). */
 int cattn_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, int n_heads, const void *q,
                        void *out, float scale, const int32_t *blist, int blist_w, int blist_kvh_stride, void *ws,
                        size_t ws_bytes, void *stream);
@@ -23,7 +23,7 @@ int cattn_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q
  * ws (may be NULL) is scratch for the partial lists when the keys are
  * split over several CTAs a tile (few tokens, long context).
  * Environment: CATTN_SELECT_SM90=0 disables it, =1 makes a decline an
- * error; CATTN_SELECT_SPLIT (see select_splits). */
+ * error; CATTN_SELECT_SPLIT (see prefill_splits). */
 int cattn_msa_select_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, const void *iq,
                                   int top_k, int local, int32_t *sel, void *ws, size_t ws_bytes, void *stream);
 

@@ -129,6 +129,26 @@ static __device__ __forceinline__ void sel_row_write(int32_t *o, const int *li, 
     }
 }
 
+/* A selection kernel's result for row (tok, g) of its key range `split`
+ * of S: the row itself when the keys are not split, else the range's
+ * list to ps/pi [tok][g][S][top_k] (-inf, -1 past cnt) for select_merge.
+ * ls/li: the list, entry i at [i * stride]. */
+static __device__ __forceinline__ void sel_list_out(int32_t *sel, float *ps, int32_t *pi, int S, int split, int tok,
+                                                    int g, const float *ls, const int *li, int stride, int cnt,
+                                                    int top_k, int local, int q_pos0, int B)
+{
+    if (S == 1) {
+        sel_row_write(sel + ((long long)tok * 4 + g) * (top_k + local), li, stride, cnt, top_k, local, q_pos0 + tok,
+                      B);
+        return;
+    }
+    const long long base = (((long long)tok * 4 + g) * S + split) * top_k;
+    for (int i = 0; i < top_k; i++) {
+        ps[base + i] = i < cnt ? ls[i * stride] : NEG_INF;
+        pi[base + i] = i < cnt ? li[i * stride] : -1;
+    }
+}
+
 /* ---- a warp's 32 query rows against K/V tiles ------------------------------
  * Q: 32 rows (two m16 tiles) in a swizzled tile at q_s; K, V: 64 rows at
  * k_s, v_s.  Scores are scaled into the log2 domain; a key at position

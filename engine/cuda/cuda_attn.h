@@ -93,7 +93,7 @@ int cattn_quest_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, c
  * entries, -1 = none; kvh_stride 0 shares one list across KV heads, else
  * it must be blist_w.  The diagonal block is masked causally.  ws (NULL,
  * 0: none) lets a short chunk deep in a long context split its keys over
- * more CTAs (Hopper kernel, dense only); cattn_prefill_ws() bytes on the
+ * more CTAs (without blist); cattn_prefill_ws() bytes on the
  * current device give the full split. */
 size_t cattn_prefill_ws(void);
 int cattn_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, int n_heads, const void *q,
