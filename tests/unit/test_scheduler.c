@@ -31,6 +31,7 @@ typedef struct fake {
     int watch_step[2];  /* reached watch_len[i] tokens (0 = not yet) */
     int ic_budget, ic;  /* interactive_context check: the step's budget and context */
     int ic_over, ic_cut; /* chunks beside a decode over their cap; chunks cut below 256 */
+    int chunk_steps;     /* steps with a prefill chunk (a sequence with more than one new token) */
 } fake;
 
 /* The model: next token from the whole history (never EOG unless the
@@ -58,6 +59,11 @@ static int fake_step(void *ctx, kv_pool *pool, const engine_batch *b, float *log
     f->steps++;
     if (b->n_seqs > f->max_seqs)
         f->max_seqs = b->n_seqs;
+    for (int s = 0; s < b->n_seqs; s++)
+        if (b->seqs[s].n_new > 1) {
+            f->chunk_steps++;
+            break;
+        }
     const kv_layout *l = kv_pool_layout(pool);
     int B = l->block_size, rows = 0;
     if (f->ic) {
@@ -782,6 +788,34 @@ START_TEST(interactive_context_chunks)
 }
 END_TEST
 
+/* Alone, a long prompt keeps full chunks however long its context: the
+ * rule only protects sequences that decode beside it. */
+START_TEST(interactive_context_alone)
+{
+    enum { LONG = 3000, MT = 4 };
+    world w;
+    sched_opts o;
+    sched_opts_default(&o);
+    o.max_batch_tokens = 1024;
+    o.interactive_context = 256;
+    world_start(&w, 256, &o);
+    static int32_t lp[LONG + MT];
+    make_prompt(lp, LONG, 8);
+    sched_params p;
+    params(&p, 1, MT);
+    p.ignore_eos = 1;
+    static result rl;
+    result_init(&rl, 1);
+    sched_req *ql = submit(&w, lp, LONG, &p, &rl);
+    world_run(&w);
+    collect(ql, &rl, 60);
+    sched_req_release(ql);
+    ck_assert_int_eq(w.f.chunk_steps, (LONG + 1023) / 1024);
+    expect_continuation(&rl, lp, LONG, MT);
+    world_stop(&w);
+}
+END_TEST
+
 /* Released while still on the incoming list (the client left at once):
  * the requests around it are unaffected and nothing stays behind. */
 START_TEST(release_before_pickup)
@@ -932,6 +966,7 @@ static Suite *suite(void)
     tcase_add_test(t, keepalive_while_waiting);
     tcase_add_test(t, short_beside_long_prefill);
     tcase_add_test(t, interactive_context_chunks);
+    tcase_add_test(t, interactive_context_alone);
     tcase_add_test(t, release_before_pickup);
     tcase_add_test(t, prompt_logprobs);
     suite_add_tcase(s, t);
