@@ -3,7 +3,8 @@
 # one call: A=VAR=value and B=VAR=value (or -) are environments for the
 # same pack (e.g. A=SPARSED_PDL=0 B=-); PACK_B times another pack instead.
 # Rows: model.sh's 0.5B Llama at batches 1, 2, 8 and 32 (LLAMA_BATCHES; 512-token prompts),
-# and long.sh's m3-1b (MSA) at one sequence of 16K and 128K tokens.  Two
+# and long.sh's m3-1b (MSA) at one sequence of 16K and 128K tokens (not
+# with NO_M3=1).  Two
 # rounds; every JSON line goes to OUT/decode-ab.jsonl with its setting
 # and round.
 set -u -o pipefail
@@ -21,7 +22,8 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
 done
 [ -f $LLAMA ] || $P/bin/mkmodel --out $LLAMA --layers 8 --embd 2048 --heads 16 --kv-heads 4 --head-dim 128 \
     --ff 5632 --vocab 32000 --type bf16 --seed 7 >/dev/null || exit 1
-[ -f $M3 ] || $P/bin/mkmodel --out $M3 --preset m3-1b --layers 16 --ctx 1048576 --seed 11 >/dev/null || exit 1
+[ -n "${NO_M3:-}" ] || [ -f $M3 ] ||
+    $P/bin/mkmodel --out $M3 --preset m3-1b --layers 16 --ctx 1048576 --seed 11 >/dev/null || exit 1
 : > "$OUT/decode-ab.jsonl"
 one() { # setting pack round
     local e=$1 pk=$2 r=$3
@@ -29,10 +31,12 @@ one() { # setting pack round
     {
         env "$e" timeout 120 $pk/bin/gpu_model_bench --model $LLAMA --prompt 512 --batches ${LLAMA_BATCHES:-1,2,8,32} --steps 64 \
             --label "llama-0.5b"
-        env "$e" timeout 120 $pk/bin/gpu_model_bench --model $M3 --attention sparse --context 16384 \
-            --chunk 16384 --steps 64 --label "m3-1b-16k"
-        env "$e" timeout 180 $pk/bin/gpu_model_bench --model $M3 --attention sparse --context 131072 \
-            --chunk 16384 --steps 64 --label "m3-1b-128k"
+        if [ -z "${NO_M3:-}" ]; then
+            env "$e" timeout 120 $pk/bin/gpu_model_bench --model $M3 --attention sparse --context 16384 \
+                --chunk 16384 --steps 64 --label "m3-1b-16k"
+            env "$e" timeout 180 $pk/bin/gpu_model_bench --model $M3 --attention sparse --context 131072 \
+                --chunk 16384 --steps 64 --label "m3-1b-128k"
+        fi
     } 2>&1 | grep '^JSON ' | sed 's/^JSON //' |
         python3 -c 'import json,sys
 for l in sys.stdin:

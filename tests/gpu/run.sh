@@ -125,6 +125,10 @@ check llama-q4k-f32 --model $M/llama-q4k.gguf --dtype f32 --tol 1e-4 --prompts 3
 # two sequences: decode steps of 2 tokens run the products on gemv_kernel (1 token: stories above)
 check llama-q4k-f32-2seq --model $M/llama-q4k.gguf --dtype f32 --tol 1e-4 --prompts 300,5 --decode 16
 check llama-q4k-bf16-2seq --model $M/llama-q4k.gguf --prompts 300,5 --decode 16
+# ... of 3, 4 and 8 tokens (several rows a warp; past 8 tokens cuBLASLt)
+check llama-q4k-f32-3seq --model $M/llama-q4k.gguf --dtype f32 --tol 1e-4 --prompts 300,5,40 --decode 16
+check llama-q4k-f32-8seq --model $M/llama-q4k.gguf --dtype f32 --tol 1e-4 --prompts $(seq -s, 60 67) --decode 8
+check qwen-q8-bf16-4seq --model $M/qwen-q8.gguf --prompts 200,31,64,9 --decode 16
 # decode batches of 8, 20 and 32 sequences (cuBLASLt's products; the sampler's clusters halved to fit)
 check llama-q4k-bf16-8seq --model $M/llama-q4k.gguf --prompts $(seq -s, 60 67) --decode 8
 check llama-q4k-bf16-20seq --model $M/llama-q4k.gguf --prompts $(seq -s, 40 59) --decode 8
