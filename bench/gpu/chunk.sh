@@ -19,11 +19,8 @@ PROBES=${PROBES:-128,512,2048,8192}
 ENVS=${ENVS:--}
 STEPS=${STEPS:-8}
 mkdir -p "$OUT"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}" && break
-done
-[ -f "$MODEL" ] || $P/bin/mkmodel --out "$MODEL" --preset m3-1b --layers 16 --ctx 1048576 --seed 11 >/dev/null ||
-    exit 1
+. bench/gpu/env.sh
+m3_model "$MODEL" || exit 1
 for ctx in $CONTEXTS; do
     for e in $ENVS; do
         envs=()

@@ -17,13 +17,9 @@ B=${B:--}
 LLAMA=/tmp/bench-llama-0.5b.gguf
 M3=/tmp/m3-1b.gguf
 mkdir -p "$OUT"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}" && break
-done
-[ -f $LLAMA ] || $P/bin/mkmodel --out $LLAMA --layers 8 --embd 2048 --heads 16 --kv-heads 4 --head-dim 128 \
-    --ff 5632 --vocab 32000 --type bf16 --seed 7 >/dev/null || exit 1
-[ -n "${NO_M3:-}" ] || [ -f $M3 ] ||
-    $P/bin/mkmodel --out $M3 --preset m3-1b --layers 16 --ctx 1048576 --seed 11 >/dev/null || exit 1
+. bench/gpu/env.sh
+llama_model $LLAMA || exit 1
+[ -n "${NO_M3:-}" ] || m3_model $M3 || exit 1
 : > "$OUT/decode-ab.jsonl"
 one() { # setting pack round
     local e=$1 pk=$2 r=$3

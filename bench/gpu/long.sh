@@ -23,13 +23,11 @@ CHUNK=${CHUNK:-16384}
 STEPS=${STEPS:-32}
 COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 mkdir -p "$OUT"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}" && break
-done
+. bench/gpu/env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt"
 ROWS=${ROWS-"sparse-128k dense-128k sparse-1m dense-1m"}   # ROWS= runs none
-if [ -n "$ROWS" ] && [ ! -f "$MODEL" ]; then
-    $P/bin/mkmodel --out "$MODEL" --preset m3-1b --layers $LAYERS --ctx 1048576 --seed 11 || exit 1
+if [ -n "$ROWS" ]; then
+    m3_model "$MODEL" $LAYERS || exit 1
 fi
 : > "$OUT/long.jsonl"
 row() {   # label attention context max-seconds [gpu_model_bench options]

@@ -12,13 +12,8 @@ P=${PACK:-build-cuda/gpu-pack}
 OUT=${OUT:-/tmp/gpu-model-out}
 MODEL=${MODEL:-/tmp/bench-llama-0.5b.gguf}
 mkdir -p "$OUT"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}" && break
-done
-if [ ! -f "$MODEL" ]; then
-    $P/bin/mkmodel --out "$MODEL" --layers 8 --embd 2048 --heads 16 --kv-heads 4 --head-dim 128 --ff 5632 \
-        --vocab 32000 --type bf16 --seed 7 >/dev/null || exit 1
-fi
+. bench/gpu/env.sh
+llama_model "$MODEL" || exit 1
 log=/tmp/gpu-model-bench.log
 : > $log
 rc=0

@@ -28,14 +28,10 @@ LONG_TOKENS=${LONG_TOKENS-1048000}
 PORT=${PORT:-18090}
 export SPARSED_COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 mkdir -p "$OUT"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}" && break
-done
+. bench/gpu/env.sh
 export LD_LIBRARY_PATH="$P/lib:${LD_LIBRARY_PATH:-}"
 card=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU (cpu)")
-if [ ! -f "$MODEL" ]; then
-    $P/bin/mkmodel --out "$MODEL" --preset m3-1b --layers $LAYERS --ctx $((1048576 + 4096)) --seed 11 || exit 1
-fi
+m3_model "$MODEL" $LAYERS $((1048576 + 4096)) || exit 1
 get() { python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$PORT' + sys.argv[1], timeout=5).read().decode())" "$1"; }
 args=(--device ${DEVICE:-cuda} --model "$MODEL" --port $PORT --kv-memory $KV_MEM --max-batch-tokens $CHUNK
       --body-limit 64M --sse-keepalive 2 --max-queued-tokens 4194304 --no-access-log ${SERVE_ARGS:-})

@@ -15,15 +15,11 @@ OUT=${OUT:-/tmp/gpu-step-out}
 CONTEXTS=${CONTEXTS:-16384 131072}
 MODEL=${MODEL:-/tmp/m3-1b.gguf}
 mkdir -p "$OUT"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}" && break
-done
-[ -f "$MODEL" ] || $P/bin/mkmodel --out "$MODEL" --preset m3-1b --layers 16 --ctx 1048576 --seed 11 >/dev/null ||
-    exit 1
+. bench/gpu/env.sh
+m3_model "$MODEL" || exit 1
 if [ -n "${LLAMA:-}" ]; then
     MODEL=/tmp/bench-llama-0.5b.gguf
-    [ -f $MODEL ] || $P/bin/mkmodel --out $MODEL --layers 8 --embd 2048 --heads 16 --kv-heads 4 --head-dim 128 \
-        --ff 5632 --vocab 32000 --type bf16 --seed 7 >/dev/null || exit 1
+    llama_model $MODEL || exit 1
     CONTEXTS="b${BATCH:-32}"
 fi
 for ctx in $CONTEXTS; do
