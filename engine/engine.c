@@ -209,6 +209,27 @@ size_t engine_kv_page_bytes(const engine *e)
     return kv_page_bytes(&l);
 }
 
+int engine_reserve(engine *e, kv_pool *pool, int max_tokens, int max_rows, int max_seqs, char *err,
+                   size_t errlen)
+{
+#ifdef SPARSED_CUDA
+    if (e->cuda)
+        return cuda_backend_reserve(e->cuda, pool, max_tokens, max_rows, max_seqs, err, errlen);
+#endif
+    (void)e, (void)pool, (void)max_tokens, (void)max_rows, (void)max_seqs, (void)err, (void)errlen;
+    return 0;
+}
+
+int engine_device_memory(const engine *e, size_t *free_bytes, size_t *total_bytes)
+{
+#ifdef SPARSED_CUDA
+    if (e->cuda)
+        return cuda_backend_memory(e->cuda, free_bytes, total_bytes);
+#endif
+    (void)e, (void)free_bytes, (void)total_bytes;
+    return -1;
+}
+
 int engine_tokenize(const engine *e, const char *text, size_t len, int add_bos,
                     int parse_special, int32_t *out, int max)
 {

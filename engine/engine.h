@@ -129,6 +129,15 @@ int engine_kv_host_storage(const engine *e);
 /* Bytes one KV page takes where this engine keeps it (host f32, or device
  * bf16/f32): what sizes a pool from a memory budget. */
 size_t engine_kv_page_bytes(const engine *e);
+/* Device engines: allocates now what serving will need, so that a card
+ * too small fails at start instead of on a request: the work buffers of
+ * the largest steps (max_tokens tokens, max_rows logit rows, max_seqs
+ * sequences, each at the model's context) and, with pool, its pages.  The
+ * CPU engine allocates as it goes: 0. */
+int engine_reserve(engine *e, kv_pool *pool, int max_tokens, int max_rows, int max_seqs, char *err,
+                   size_t errlen);
+/* Free and total bytes of the engine's device memory: 0, or -1 on the CPU. */
+int engine_device_memory(const engine *e, size_t *free_bytes, size_t *total_bytes);
 
 /* ---- tokenizer -------------------------------------------------------- */
 

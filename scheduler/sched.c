@@ -148,6 +148,12 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+int sched_max_rows(const sched_opts *o)
+{
+    int r = o->max_running + PLP_ROWS;
+    return r < o->max_batch_tokens ? r : o->max_batch_tokens;
+}
+
 void sched_opts_default(sched_opts *o)
 {
     memset(o, 0, sizeof *o);

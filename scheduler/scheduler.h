@@ -53,6 +53,10 @@ typedef struct sched_opts {
 } sched_opts;
 
 void sched_opts_default(sched_opts *o);
+/* The most logit rows one step asks the engine for under o (each running
+ * sequence's next token, plus prompt-logprob rows): what engine_reserve
+ * sizes the work buffers by. */
+int sched_max_rows(const sched_opts *o);
 
 typedef struct sched sched;
 typedef struct sched_req sched_req;

@@ -17,7 +17,7 @@
 
 #include "server/config.h"
 
-enum { T_STR, T_INT, T_I64, T_SIZE, T_SECS, T_BOOL, T_ENUM };
+enum { T_STR, T_INT, T_I64, T_SIZE, T_SECS, T_REAL, T_BOOL, T_ENUM };
 
 typedef struct opt {
     const char *name;         /* flag name without "--"; '-' becomes '_' in env and file */
@@ -71,11 +71,14 @@ static const opt opts[] = {
     {"kv-pages", T_INT, O(kv_pages), "0", 0, INT_MAX, NULL, "N",
      "pages in the KV pool (0 = from --kv-memory)"},
     {"kv-memory", T_SIZE, O(kv_memory), "1G", 1 << 16, 1e15, NULL, "BYTES",
-     "KV pool size when --kv-pages is 0 (suffixes K, M, G)"},
+     "KV pool size when --kv-pages is 0 (suffixes K, M, G; unset on cuda: from --gpu-memory-utilization)"},
+    {"gpu-memory-utilization", T_REAL, O(gpu_memory_utilization), "0.9", 0.05, 1, NULL, "F",
+     "cuda, --kv-memory unset: share of the card's memory for weights, work buffers and the KV pool"},
     {"max-running", T_INT, O(max_running), "64", 1, 65536, NULL, "N",
      "sequences in the running batch"},
     {"max-batch-tokens", T_INT, O(max_batch_tokens), "512", 1, 1 << 24, NULL, "N",
-     "tokens per engine step (decode tokens plus prefill chunks)"},
+     "tokens per engine step (decode tokens plus prefill chunks; unset on cuda: 8192 on cards of 70 GiB "
+     "or more, else 2048)"},
     {"interactive-context", T_INT, O(interactive_context), "131072", 0, INT_MAX, NULL, "N",
      "while other requests decode, a prompt's prefill chunks past N tokens of context shrink so each step "
      "costs what a full chunk at N does: the other streams keep their pace (0 = off: long prompts first)"},
@@ -264,6 +267,16 @@ static int set_value(srv_config *c, const opt *o, const char *v, int src)
         if (end == v || *end || errno || !isfinite(d) || d < o->lo || d > o->hi) {
             fprintf(stderr, "sparsed serve: invalid value '%s' for --%s (from %s): expected seconds >= %.0f\n",
                     v, o->name, where, o->lo);
+            return -1;
+        }
+        *(double *)(base + o->off) = d;
+        break;
+    case T_REAL:
+        errno = 0;
+        d = strtod(v, &end);
+        if (end == v || *end || errno || !isfinite(d) || d < o->lo || d > o->hi) {
+            fprintf(stderr, "sparsed serve: invalid value '%s' for --%s (from %s): expected a number from %g to %g\n",
+                    v, o->name, where, o->lo, o->hi);
             return -1;
         }
         *(double *)(base + o->off) = d;
@@ -515,7 +528,8 @@ int config_load(srv_config *c, int argc, char **argv)
     }
     /* every running sequence must fit one decode token into a step, or the
      * youngest would wait for the oldest to finish */
-    if (c->max_batch_tokens < c->max_running) {
+    int batch_auto = !strcmp(c->device, "cuda") && !sources[find_opt("max-batch-tokens", 16) - opts];
+    if (c->max_batch_tokens < c->max_running && !batch_auto) {
         fprintf(stderr, "sparsed serve: --max-batch-tokens (%d) must be at least --max-running (%d)\n",
                 c->max_batch_tokens, c->max_running);
         return -1;

@@ -26,6 +26,7 @@ typedef struct srv_config {
     /* KV pool and scheduler */
     int kv_pages;
     long long kv_memory;
+    double gpu_memory_utilization;
     int max_running;
     int max_batch_tokens;
     int interactive_context;

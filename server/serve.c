@@ -203,19 +203,50 @@ int serve_main(int argc, char **argv)
                                              : model_name_of(cfg->model);
     srv->created = time(NULL);
 
+    size_t dev_free = 0, dev_total = 0;
+    int on_card = engine_device_memory(srv->eng, &dev_free, &dev_total) == 0;
+    if (on_card && !config_source(cfg, "max-batch-tokens")) {
+        /* big cards: chunks long enough for the GEMMs to run at full rate */
+        cfg->max_batch_tokens = dev_total >= (70ull << 30) ? 8192 : 2048;
+        if (cfg->max_batch_tokens < cfg->max_running)
+            cfg->max_batch_tokens = cfg->max_running;
+    }
+    sched_opts so;
+    sched_opts_default(&so);
+    so.max_running = cfg->max_running;
+    so.max_batch_tokens = cfg->max_batch_tokens;
+    if (engine_reserve(srv->eng, NULL, so.max_batch_tokens, sched_max_rows(&so), so.max_running, err,
+                       sizeof err)) {
+        fprintf(stderr, "sparsed serve: the work buffers of %d-token steps do not fit: %s "
+                "(lower --max-batch-tokens or --max-running)\n", cfg->max_batch_tokens, err);
+        goto out;
+    }
+
     kv_layout lay = engine_kv_layout(srv->eng);
     size_t page_bytes = engine_kv_page_bytes(srv->eng);
     long long pages = cfg->kv_pages;
+    long long kv_memory = cfg->kv_memory;
+    int kv_auto = pages == 0 && on_card && !config_source(cfg, "kv-memory");
+    if (kv_auto) {
+        /* what the weights and work buffers leave of the card's share */
+        engine_device_memory(srv->eng, &dev_free, &dev_total);
+        double keep = (1.0 - cfg->gpu_memory_utilization) * (double)dev_total;
+        kv_memory = (double)dev_free > keep ? (long long)((double)dev_free - keep) : 0;
+        fprintf(stderr, "sparsed: KV pool from --gpu-memory-utilization %.2f: %.1f of %.1f GiB free after the "
+                "weights and work buffers, %.1f GiB kept back\n", cfg->gpu_memory_utilization,
+                dev_free / 1073741824.0, dev_total / 1073741824.0, keep / 1073741824.0);
+    }
     if (pages == 0) {
-        pages = cfg->kv_memory / (long long)(page_bytes ? page_bytes : 1);
+        pages = kv_memory / (long long)(page_bytes ? page_bytes : 1);
         /* more than every running sequence at full context is never used */
         long long useful = (long long)cfg->max_running * kv_pages_for(&lay, srv->info->n_ctx);
         if (pages > useful)
             pages = useful;
     }
     if (pages < 2 || pages > INT_MAX) {
-        fprintf(stderr, "sparsed serve: --kv-pages/--kv-memory give %lld pages of %zu bytes; need at least 2\n",
-                pages, page_bytes);
+        fprintf(stderr, "sparsed serve: %s give%s %lld pages of %zu bytes; need at least 2\n",
+                kv_auto ? "the card's free memory and --gpu-memory-utilization" : "--kv-pages/--kv-memory",
+                kv_auto ? "" : "s", pages, page_bytes);
         exit_code = 2;
         goto out;
     }
@@ -224,13 +255,14 @@ int serve_main(int argc, char **argv)
         fprintf(stderr, "sparsed serve: cannot create the KV pool: %s\n", err);
         goto out;
     }
+    if (engine_reserve(srv->eng, srv->pool, so.max_batch_tokens, sched_max_rows(&so), so.max_running, err,
+                       sizeof err)) {
+        fprintf(stderr, "sparsed serve: cannot place the KV pool (%lld pages): %s\n", pages, err);
+        goto out;
+    }
 
     sched_backend be;
     sched_backend_engine(&be, srv->eng);
-    sched_opts so;
-    sched_opts_default(&so);
-    so.max_running = cfg->max_running;
-    so.max_batch_tokens = cfg->max_batch_tokens;
     so.interactive_context = cfg->interactive_context;
     so.max_queue = cfg->max_queue;
     so.max_queued_tokens = (long)cfg->max_queued_tokens;

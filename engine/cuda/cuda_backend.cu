@@ -895,6 +895,66 @@ static int fast_sparse_reserve(cuda_backend *cb, const engine_batch *b, const me
     return grow(&cb->ws, &cb->cap_ws, ws, err, errlen) || grow((void **)&cb->sel, &cb->cap_sel, sel, err, errlen);
 }
 
+/* The buffers of the largest steps a server will run, allocated before the
+ * first request: one prefill chunk of max_tokens tokens at the end of the
+ * model's context, and max_seqs decode tokens each that deep (the buffers
+ * of a mixed step are the larger of the two).  With the pool, its pages
+ * too.  A card too small then fails at start, and cudaMemGetInfo after
+ * this call tells what a pool may still take. */
+int cuda_backend_reserve(cuda_backend *cb, kv_pool *pool, int max_tokens, int max_rows, int max_seqs, char *err,
+                         size_t errlen)
+{
+    const model *m = &cb->e->m;
+    int n_ctx = cb->e->info.n_ctx, B = cb->e->attn.block_size;
+    if (max_tokens < 1 || max_rows < 1 || max_seqs < 1) {
+        snprintf(err, errlen, "cuda: reserve needs positive sizes");
+        return -1;
+    }
+    if (max_tokens > n_ctx)
+        max_tokens = n_ctx;
+    if (max_seqs > max_tokens)
+        max_seqs = max_tokens;
+    if ((pool && ensure_kv(cb, pool, err, errlen)) || ensure_scratch(cb, max_tokens, max_rows, err, errlen))
+        return -1;
+    engine_seq *seqs = (engine_seq *)calloc((size_t)max_seqs, sizeof *seqs);
+    if (!seqs) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    meta mt;
+    memset(&mt, 0, sizeof mt);
+    mt.max_ctx = n_ctx;
+    mt.mb = 1;
+    while ((long long)mt.mb * B < n_ctx)
+        mt.mb *= 2;
+    int rc = 0;
+    for (int pass = 0; pass < 2 && !rc; pass++) {
+        int prefill = pass == 0;
+        mt.n_seqs = prefill ? 1 : max_seqs;
+        mt.T = prefill ? max_tokens : max_seqs;
+        mt.R = mt.n_seqs < max_rows ? mt.n_seqs : max_rows;
+        for (int i = 0; i < mt.n_seqs; i++) {
+            seqs[i].n_new = prefill ? max_tokens : 1;
+            seqs[i].n_past = n_ctx - seqs[i].n_new;
+            seqs[i].tok_offset = i;
+            seqs[i].n_blocks = (n_ctx + B - 1) / B;
+            seqs[i].logits = 1;
+        }
+        engine_batch b = {mt.T, NULL, mt.n_seqs, seqs};
+        for (int l = 0; l < m->n_layers; l++)
+            cb->modes[l] = layer_mode(cb, l, n_ctx, !prefill);
+        rc = reserve(cb, &b, &mt, cb->modes, err, errlen);
+    }
+    free(seqs);
+    return rc;
+}
+
+int cuda_backend_memory(const cuda_backend *cb, size_t *free_bytes, size_t *total_bytes)
+{
+    (void)cb;
+    return cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess ? 0 : -1;
+}
+
 /* Sparse attention through the tuned kernels: MSA (decode runs and
  * prefill chunks, selection on the device) or Quest (decode runs). */
 static int attention_fast_sparse(cuda_backend *cb, const engine_batch *b, const meta *mt, int l, char *err,

@@ -49,6 +49,14 @@ int cuda_backend_step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, fl
 int cuda_backend_step_sample(cuda_backend *cb, kv_pool *pool, const engine_batch *b, const engine_sample *rows,
                              engine_sampled *out, char *err, size_t errlen);
 
+/* Allocates now the buffers of the largest steps (see engine_reserve) and,
+ * with pool, the pool's pages; -1 with err set when the card is too small. */
+int cuda_backend_reserve(cuda_backend *cb, kv_pool *pool, int max_tokens, int max_rows, int max_seqs, char *err,
+                         size_t errlen);
+
+/* The card's free and total bytes (cudaMemGetInfo); -1 on an error. */
+int cuda_backend_memory(const cuda_backend *cb, size_t *free_bytes, size_t *total_bytes);
+
 /* Device bytes of one KV page of layout l (all layers). */
 size_t cuda_backend_page_bytes(const cuda_backend *cb, const kv_layout *l);
 

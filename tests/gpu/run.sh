@@ -169,6 +169,12 @@ gen --device cuda > "$W/gen-cuda.json"
 echo "generate cpu:  $(cut -c1-120 "$W/gen-cpu.json")"
 echo "generate cuda: $(cut -c1-120 "$W/gen-cuda.json")"
 
+# the daemon as a user starts it (no memory options): tests/gpu/daemon_check.py
+$P/bin/mkmodel --out $W/m3-2l-1m.gguf --preset m3-1b --layers 2 --dense-layers 1 --ctx 1052672 --seed 11 >/dev/null
+LD_LIBRARY_PATH="$P/lib:${LD_LIBRARY_PATH:-}" timeout 900 python3 tests/gpu/daemon_check.py --sparsed $P/bin/sparsed \
+    --stories $M/stories260K.gguf --m3 $W/m3-2l-1m.gguf --work $W --checks "$OUT/checks.jsonl"
+fails=$((fails + $?))
+
 if [ -n "${BENCH:-}" ]; then
     PACK=$P OUT=$OUT bash bench/gpu/model.sh || fails=$((fails + 1))
 fi

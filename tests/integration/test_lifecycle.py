@@ -178,7 +178,7 @@ def test_help_lists_every_option():
                 "--sparse-min-context", "--kv-pages", "--kv-memory", "--max-running", "--max-batch-tokens",
                 "--max-queue", "--max-queued-tokens", "--body-limit", "--request-timeout", "--shutdown-timeout",
                 "--api-key", "--api-key-file", "--served-model-name", "--max-connections",
-                "--connection-timeout", "--index-keys", "SPARSED_MAX_RUNNING"):
+                "--connection-timeout", "--index-keys", "--gpu-memory-utilization", "SPARSED_MAX_RUNNING"):
         assert opt in out, opt
 
 
@@ -207,6 +207,9 @@ def test_invalid_values_rejected(tmp_path):
         (["--host", "not-an-address"], None, "--host"),
         (["--model", "/nonexistent.gguf"], None, "/nonexistent.gguf"),
         (["--index-keys", "fp16"], None, "--index-keys"),
+        (["--gpu-memory-utilization", "1.5"], None, "--gpu-memory-utilization"),
+        (["--gpu-memory-utilization", "0"], None, "--gpu-memory-utilization"),
+        ([], {"SPARSED_GPU_MEMORY_UTILIZATION": "most"}, "SPARSED_GPU_MEMORY_UTILIZATION"),
         (["--device", "cpu", "--index-keys", "fp8"], None, "--index-keys fp8 needs --device cuda"),
         ([], {"SPARSED_INDEX_KEYS": "fp8"}, "--index-keys fp8 needs --device cuda"),
     ]

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""The daemon on the GPU, as a user starts it: `sparsed serve --device cuda`
+with no memory options.  Standard library only; run by tests/gpu/run.sh.
+
+Checks (one JSON line each, appended to --checks, gpu_check's format):
+  daemon-stories-greedy   stories260K over HTTP, greedy: the cuda daemon's
+                          text equals the cpu daemon's
+  daemon-auto-pool        an M3-shaped model with a 1M context: the KV pool
+                          takes what --gpu-memory-utilization (0.9) leaves
+                          (the card ends near 90% used), the batch size
+                          follows the card, and a 128K-token prompt plus 8
+                          concurrent requests run without the card's use
+                          growing (the work buffers were reserved at start)
+  daemon-kv-too-big       --kv-memory 100T fails at start with a message,
+                          not on the first request
+Every daemon must exit 0 on SIGTERM.  Exit status: the failed checks.
+"""
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+
+def gpu_mib():
+    """(used, total) MiB of the first card, from nvidia-smi."""
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, timeout=30).stdout
+    used, total = out.strip().splitlines()[0].split(",")
+    return int(used), int(total)
+
+
+class Daemon:
+    def __init__(self, binary, args, port, log):
+        self.port = port
+        self.log = log
+        self.f = open(log, "w")
+        self.p = subprocess.Popen([binary, "serve", "--port", str(port), "--no-access-log"] + args,
+                                  stdout=self.f, stderr=subprocess.STDOUT)
+        self.url = "http://127.0.0.1:%d" % port
+
+    def wait_ready(self, limit=300):
+        t = time.time()
+        while time.time() - t < limit:
+            if self.p.poll() is not None:
+                return False
+            try:
+                if urllib.request.urlopen(self.url + "/ready", timeout=2).status == 200:
+                    return True
+            except Exception:
+                time.sleep(0.2)
+        return False
+
+    def text(self):
+        self.f.flush()
+        return open(self.log).read()
+
+    def post(self, path, body, timeout=600):
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            rc = self.p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            rc = self.p.wait()
+        self.f.close()
+        return rc
+
+
+def stories_greedy(a):
+    prompt = "Once upon a time, there was a little girl named Lily."
+    body = {"prompt": prompt, "max_tokens": 120, "temperature": 0}
+    texts, rcs = {}, {}
+    for dev, port in (("cpu", a.port), ("cuda", a.port + 1)):
+        d = Daemon(a.sparsed, ["--device", dev, "--model", a.stories], port, os.path.join(a.work, "d-%s.log" % dev))
+        try:
+            if not d.wait_ready():
+                return {"pass": False, "error": "%s daemon not ready: %s" % (dev, d.text()[-400:])}
+            st, r = d.post("/v1/completions", body)
+            if st != 200:
+                return {"pass": False, "error": "%s: HTTP %d %s" % (dev, st, str(r)[:300])}
+            texts[dev] = r["choices"][0]["text"]
+        finally:
+            rcs[dev] = d.stop()
+    ok = texts["cpu"] == texts["cuda"] and len(texts["cpu"]) > 0 and rcs == {"cpu": 0, "cuda": 0}
+    return {"pass": ok, "cpu_text": texts["cpu"], "cuda_text": texts["cuda"], "exit_codes": rcs}
+
+
+def auto_pool(a):
+    d = Daemon(a.sparsed, ["--device", "cuda", "--model", a.m3], a.port + 2, os.path.join(a.work, "d-auto.log"))
+    res = {}
+    try:
+        t0 = time.time()
+        if not d.wait_ready(600):
+            return {"pass": False, "error": "not ready: %s" % d.text()[-600:]}
+        res["ready_s"] = round(time.time() - t0, 1)
+        log = d.text()
+        m = re.search(r"KV pool (\d+) pages x (\d+) tokens \(([\d.]+) MiB\).*batch tokens (\d+)", log)
+        if not m:
+            return {"pass": False, "error": "no pool line in the log: %s" % log[-600:]}
+        pages, block, pool_mib, batch = int(m.group(1)), int(m.group(2)), float(m.group(3)), int(m.group(4))
+        used0, total = gpu_mib()
+        res.update(pool_pages=pages, pool_tokens=pages * block, pool_mib=pool_mib, batch_tokens=batch,
+                   card_used_mib=used0, card_total_mib=total, sizing_line=next(
+                       (l for l in log.splitlines() if "gpu-memory-utilization" in l), None))
+        want_batch = 8192 if total >= 70 * 1024 else 2048
+        share = used0 / total
+        res["card_used_share"] = round(share, 4)
+        # 128K-token prompt (token ids), then 8 short requests at once
+        rnd = random.Random(5)
+        n = 131072
+        st, r = d.post("/v1/completions", {"prompt": [rnd.randrange(3, 30000) for _ in range(n)],
+                                            "max_tokens": 8, "temperature": 0})
+        res["long_status"] = st
+        res["long_prompt_tokens"] = r.get("usage", {}).get("prompt_tokens") if st == 200 else str(r)[:300]
+        sts = []
+
+        def one(i):
+            s, _ = d.post("/v1/completions", {"prompt": [rnd.randrange(3, 30000) for _ in range(300 + i)],
+                                              "max_tokens": 16})
+            sts.append(s)
+        th = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in th:
+            t.start()
+        for t in th:
+            t.join()
+        res["short_statuses"] = sts
+        used1, _ = gpu_mib()
+        res["card_used_after_mib"] = used1
+        ok = (batch == want_batch and abs(share - 0.9) <= 0.03 and st == 200 and res["long_prompt_tokens"] == n
+              and sts == [200] * 8 and used1 - used0 <= 512)
+        res["pass"] = ok
+        return res
+    finally:
+        res["exit_code"] = d.stop()
+        if res["exit_code"] != 0:
+            res["pass"] = False
+
+
+def kv_too_big(a):
+    d = Daemon(a.sparsed, ["--device", "cuda", "--model", a.stories, "--kv-memory", "100T"], a.port + 3,
+               os.path.join(a.work, "d-big.log"))
+    t0 = time.time()
+    try:
+        rc = d.p.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        d.stop()
+        return {"pass": False, "error": "still running after 120 s"}
+    log = d.text()
+    d.f.close()
+    msg = next((l for l in log.splitlines() if "KV pool" in l), "")
+    return {"pass": rc != 0 and "cannot place the KV pool" in log, "exit_code": rc,
+            "seconds": round(time.time() - t0, 1), "message": msg[:300]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sparsed", required=True)
+    ap.add_argument("--stories", required=True)
+    ap.add_argument("--m3", required=True, help="M3-shaped model with a 1M context")
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--checks", required=True, help="JSON lines file to append to")
+    ap.add_argument("--port", type=int, default=18210)
+    a = ap.parse_args()
+    fails = 0
+    for label, fn in (("daemon-stories-greedy", stories_greedy), ("daemon-auto-pool", auto_pool),
+                      ("daemon-kv-too-big", kv_too_big)):
+        try:
+            r = fn(a)
+        except Exception as e:   # a check that crashes fails, the others still run
+            r = {"pass": False, "error": "%s: %s" % (type(e).__name__, e)}
+        r = {"label": label, **r}
+        fails += not r["pass"]
+        with open(a.checks, "a") as f:
+            f.write(json.dumps(r) + "\n")
+        print("%-28s %s" % (label, json.dumps(r)[:600]))
+    sys.exit(fails)
+
+
+if __name__ == "__main__":
+    main()
