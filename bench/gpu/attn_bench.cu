@@ -375,6 +375,7 @@ typedef struct {
 } Shape;
 static const Shape M3 = {"M3", 64, 4}, M2 = {"M2", 48, 8}, L3 = {"L3-8B", 32, 8};
 static const Shape M3R4 = {"M3-1b", 16, 4}; /* the engine's m3-1b preset: 4 query heads a group */
+static const Shape M3R6 = {"M3-r6", 24, 4}; /* 6 a group: 5 tokens a warp step, 2 rows unused */
 
 /* A batch of sequences with random distinct pages. */
 typedef struct {
@@ -817,10 +818,11 @@ static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse, const
 
 /* fp8: index keys in e4m3 (the selection reads them widened to bf16);
  * env: VAR=value,... set for the MSA call (e.g. CATTN_SELECT_SPLIT=3) */
-static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const char *env = NULL)
+static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const char *env = NULL,
+                              const Shape &sh = M3)
 {
     env_list(env, 1);
-    const Shape sh = M3;
+    const int ratio = sh.hq / 4;
     const int top_k = 15, local = 1, W = top_k + local;
     int total = q_pos0 + n_q, np;
     Seqs s;
@@ -879,7 +881,7 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const cha
             if (!check_sel(sc, 0, ncand, sl, top_k, &ties) || sl[top_k] != pos / 128) sel_ok = 0;
             free(sc);
             int nk = sel_keys(sl, W, pos, keys);
-            for (int hd = g * 16; hd < g * 16 + 16; hd++) {
+            for (int hd = g * ratio; hd < (g + 1) * ratio; hd++) {
                 double ref[128];
                 size_t o = ((size_t)t * sh.hq + hd) * 128;
                 ref_attn(hq + o, keys, nk, &h, tab, g, scale, ref);
@@ -893,13 +895,13 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const cha
     snprintf(name, sizeof(name), "msa prefill selection n_q %d at %d%s%s%s", n_q, q_pos0, fp8 ? " (fp8 idx)" : "",
              env ? " " : "", env ? env : "");
     report_cond(name, sel_ok, det);
-    snprintf(name, sizeof(name), "msa prefill output n_q %d at %d chunk %d%s", n_q, q_pos0, chunk,
+    snprintf(name, sizeof(name), "msa prefill output %s n_q %d at %d chunk %d%s", sh.name, n_q, q_pos0, chunk,
              fp8 ? " (fp8 idx)" : "");
     report(name, &e, 1e-2);
     if ((q_pos0 + n_q + 127) / 128 <= top_k + local) {
         Err e2 = {0, 0, 0};
         err_add2(&e2, ho, hod, nq);
-        snprintf(name, sizeof(name), "msa prefill, all blocks == dense (n_q %d)", n_q);
+        snprintf(name, sizeof(name), "msa prefill, all blocks == dense (%s, n_q %d)", sh.name, n_q);
         report(name, &e2, 5e-3);
     }
     free(keys);
@@ -961,6 +963,10 @@ static int run_checks(void)
     check_msa_prefill(256, 40000, 1024, 0, "CATTN_SELECT_SM90=0");
     check_msa_prefill(256, 40000, 1024, 1, "CATTN_SELECT_SM90=0");
     check_msa_prefill(1500, 600, 512, 1, "CATTN_SELECT_SM90=0,CATTN_SELECT_SPLIT=5");
+    /* fewer query heads a group: a warp step packs 32 / ratio tokens */
+    check_msa_prefill(3000, 1096, 1024, 0, NULL, M3R4);
+    check_msa_prefill(2048, 0, 100000, 0, NULL, M3R4);
+    check_msa_prefill(1500, 600, 512, 1, NULL, M3R6);
     printf("checks: %s (%d failed)\n", g_fail ? "FAIL" : "PASS", g_fail);
     return g_fail ? 1 : 0;
 }

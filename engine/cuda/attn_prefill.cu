@@ -521,25 +521,36 @@ struct SpArgs {
     float scale_log2;
 };
 
-/* Q rows of a pair of (token, slot) items: row r = 16 * item + head. */
-static __device__ __forceinline__ void sp_load_q(const SpArgs &a, const int *items, int n, int ip, int g,
+/* A warp step takes 32 / ratio (token, slot) items of the block's list,
+ * row r = ratio * item + head: with few heads a group the mma tiles still
+ * fill (4 heads: 8 tokens a step, not 2 tokens in 32 rows of which 8
+ * count).  Rows past the items are zeros and never stored. */
+static __device__ __forceinline__ int sp_items_per_step(const SpArgs &a) { return 32 / a.ratio; }
+
+/* Q rows of the step whose first item is i0. */
+static __device__ __forceinline__ void sp_load_q(const SpArgs &a, const int *items, int n, int i0, int g,
                                                  uint32_t dst, int lane)
 {
-    int tok[2];
-    bool ok[2];
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-        ok[j] = 2 * ip + j < n;
-        tok[j] = a.c0 + (items[ok[j] ? 2 * ip + j : 2 * ip] >> 6);
-    }
+    const int ipw = sp_items_per_step(a);
 #pragma unroll
     for (int i = 0; i < 16; i++) {
         int c = lane + 32 * i;
-        int r = c >> 4, ch = c & 15, j = r >> 4, hd = r & 15;
-        bool v = ok[j] && hd < a.ratio;
-        const bf16 *src = a.q + ((long long)tok[j] * a.n_heads + g * a.ratio + (v ? hd : 0)) * 128 + ch * 8;
+        int r = c >> 4, ch = c & 15, j = r / a.ratio, hd = r - j * a.ratio;
+        bool v = j < ipw && i0 + j < n;
+        int tok = a.c0 + (items[v ? i0 + j : i0] >> 6);
+        const bf16 *src = a.q + ((long long)tok * a.n_heads + g * a.ratio + (v ? hd : 0)) * 128 + ch * 8;
         cp16(dst + swz(r, ch), src, v);
     }
+}
+
+/* Where row r of a step's output goes: its item, or -1 past the list. */
+static __device__ __forceinline__ long long sp_part_row(const SpArgs &a, const int *items, int n, int i0, int g,
+                                                        int r)
+{
+    const int j = r / a.ratio, hd = r - j * a.ratio;
+    if (j >= sp_items_per_step(a) || i0 + j >= n) return -1;
+    const int it = items[i0 + j];
+    return (((long long)(it >> 6) * 4 + g) * a.W + (it & 63)) * a.ratio + hd;
 }
 
 __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
@@ -553,7 +564,8 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
     const uint32_t ks = smem_u32(smem), vs = ks + 128 * 256;
     const uint32_t qcur = vs + 128 * 256 + warp * SP_QBYTES;
     unsigned char *qcur_p = smem + 2 * 128 * 256 + warp * SP_QBYTES;
-    const int n_pairs = (n + 1) / 2;
+    const int ipw = sp_items_per_step(a);
+    const int n_steps = (n + ipw - 1) / ipw;
 
     {
         long long page = a.table[blk];
@@ -565,31 +577,37 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
             cp16(ks + swz(c >> 4, c & 15), kp + c * 16, ok);
             cp16(vs + swz(c >> 4, c & 15), vp + c * 16, ok);
         }
-        if (warp < n_pairs) sp_load_q(a, items, n, warp, g, qcur, lane);
+        if (warp < n_steps) sp_load_q(a, items, n, warp * ipw, g, qcur, lane);
         cp_commit();
         cp_wait<0>();
         __syncthreads();
     }
 
-    for (int ip = warp; ip < n_pairs; ip += SP_WARPS) {
-        if (ip != warp) { /* the first pair came with K/V */
-            sp_load_q(a, items, n, ip, g, qcur, lane);
+    for (int ip = warp; ip < n_steps; ip += SP_WARPS) {
+        const int i0 = ip * ipw;
+        if (ip != warp) { /* the first step came with K/V */
+            sp_load_q(a, items, n, i0, g, qcur, lane);
             cp_commit();
             cp_wait<0>();
             __syncwarp();
         }
 
-        int it[2], rowpos[2][2];
-        bool ok[2], need_mask = false;
+        /* this thread's rows (lane / 4 and + 8 of each 16-row tile): a
+         * token in the diagonal block masks its later keys */
+        int rowpos[2][2];
+        bool diag = false;
 #pragma unroll
-        for (int q = 0; q < 2; q++) {
-            ok[q] = 2 * ip + q < n;
-            it[q] = items[ok[q] ? 2 * ip + q : 2 * ip];
-            int pos = a.q_pos0 + a.c0 + (it[q] >> 6);
-            bool diag = pos / a.B == blk;
-            need_mask |= diag;
-            rowpos[q][0] = rowpos[q][1] = diag ? pos : INT_MAX;
-        }
+        for (int q = 0; q < 2; q++)
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++) {
+                int j = (16 * q + (lane >> 2) + 8 * hh) / a.ratio;
+                bool ok = j < ipw && i0 + j < n;
+                int pos = a.q_pos0 + a.c0 + (items[ok ? i0 + j : i0] >> 6);
+                bool d = ok && pos / a.B == blk;
+                diag |= d;
+                rowpos[q][hh] = d ? pos : INT_MAX;
+            }
+        const bool need_mask = __any_sync(0xffffffffu, diag);
         AttnState st;
         attn_state_init(st);
 #pragma unroll 1
@@ -598,7 +616,7 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
                         a.scale_log2);
         attn_state_finish(st);
 
-        /* normalised O through this pair's Q buffer, then 16-byte stores */
+        /* normalised O through this step's Q buffer, then 16-byte stores */
         __syncwarp();
 #pragma unroll
         for (int q = 0; q < 2; q++)
@@ -610,20 +628,17 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
                 for (int nn = 0; nn < 16; nn++)
                     *(uint32_t *)(qcur_p + swz(r, nn) + 4 * (lane & 3)) =
                         pack_bf16(st.o[q][nn][2 * hh] * inv, st.o[q][nn][2 * hh + 1] * inv);
-                int hd = (lane >> 2) + 8 * hh;
-                if (ok[q] && hd < a.ratio && (lane & 3) == 0) {
-                    long long prow = (((long long)(it[q] >> 6) * 4 + g) * a.W + (it[q] & 63)) * a.ratio + hd;
+                long long prow = sp_part_row(a, items, n, i0, g, r);
+                if (prow >= 0 && (lane & 3) == 0)
                     a.plse[prow] = st.m[q][hh] + log2f(st.l[q][hh]);
-                }
             }
         __syncwarp();
 #pragma unroll
         for (int i = 0; i < 16; i++) {
             int c = lane + 32 * i;
-            int r = c >> 4, ch = c & 15, q = r >> 4, hd = r & 15;
-            if (!ok[q] || hd >= a.ratio) continue;
-            long long prow = (((long long)(it[q] >> 6) * 4 + g) * a.W + (it[q] & 63)) * a.ratio + hd;
-            *(uint4 *)(a.part + prow * 128 + ch * 8) = *(const uint4 *)(qcur_p + swz(r, ch));
+            long long prow = sp_part_row(a, items, n, i0, g, c >> 4);
+            if (prow >= 0)
+                *(uint4 *)(a.part + prow * 128 + (c & 15) * 8) = *(const uint4 *)(qcur_p + swz(c >> 4, c & 15));
         }
         __syncwarp();
     }
