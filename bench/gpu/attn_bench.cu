@@ -967,6 +967,9 @@ static int run_checks(void)
     check_msa_prefill(3000, 1096, 1024, 0, NULL, M3R4);
     check_msa_prefill(2048, 0, 100000, 0, NULL, M3R4);
     check_msa_prefill(1500, 600, 512, 1, NULL, M3R6);
+    /* a block's items over several CTAs (forced; some shares empty) */
+    check_msa_prefill(1500, 600, 512, 0, "CATTN_SP_SPLIT=7", M3R4);
+    check_msa_prefill(3000, 1096, 1024, 1, "CATTN_SP_SPLIT=3");
     printf("checks: %s (%d failed)\n", g_fail ? "FAIL" : "PASS", g_fail);
     return g_fail ? 1 : 0;
 }

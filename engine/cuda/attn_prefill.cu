@@ -557,9 +557,12 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
 {
     extern __shared__ __align__(128) unsigned char smem[];
     const int blk = blockIdx.x, g = blockIdx.y;
-    const int n = a.cnt[g * a.nblk + blk];
-    if (n == 0) return;
-    const int *items = a.list + a.off[g * a.nblk + blk];
+    /* blockIdx.z: this CTA's share of the block's items (a short context
+     * has few blocks, each chosen by many tokens) */
+    const int n_all = a.cnt[g * a.nblk + blk], per = (n_all + gridDim.z - 1) / gridDim.z;
+    const int first = blockIdx.z * per, n = min(per, n_all - first);
+    if (n <= 0) return;
+    const int *items = a.list + a.off[g * a.nblk + blk] + first;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const uint32_t ks = smem_u32(smem), vs = ks + 128 * 256;
     const uint32_t qcur = vs + 128 * 256 + warp * SP_QBYTES;
@@ -871,7 +874,13 @@ extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *tabl
         sp_fill_kernel<<<(unsigned)nblocks, nthr, 0, st>>>(s, n, W, nb, fill, list);
         a.c0 = c0;
         a.nblk = nb;
-        sp_attn_kernel<<<dim3(nb, 4), SP_WARPS * 32, SP_SMEM, st>>>(a);
+        /* split the blocks' item lists while the grid is under a wave
+         * (two CTAs an SM), at least 4 warp steps a CTA; CATTN_SP_SPLIT=N
+         * forces N */
+        const long long steps = (long long)(c1 - c0) * W / nb / (32 / ratio);
+        const int S = prefill_splits(nb * 4, 2, (int)(steps < INT_MAX ? steps : INT_MAX), 4, 1, SIZE_MAX,
+                                     "CATTN_SP_SPLIT");
+        sp_attn_kernel<<<dim3(nb, 4, S), SP_WARPS * 32, SP_SMEM, st>>>(a);
         long long warps = (long long)(c1 - c0) * n_heads;
         sp_combine_kernel<<<(unsigned)((warps * 32 + 255) / 256), 256, 0, st>>>(sel, a.plse, a.part, c0, c1 - c0,
                                                                                n_heads, ratio, W, (bf16 *)out);

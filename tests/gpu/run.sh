@@ -66,8 +66,9 @@ check m3-128-cover-vs-dense --model $M/m3-128.gguf --prompts 2000,700,130 --deco
 # kernel's fp8 store); with a small top-k fp8 rounding flips near-ties, so
 # informational, beside the bf16 runs above.
 # the prefill kernels' key splits (a short chunk deep in a long context
-# splits by itself; here forced at short contexts, some ranges empty)
-CATTN_SELECT_SPLIT=3 CATTN_PREFILL_SPLIT=5 check m3-128-split-cover-vs-dense --model $M/m3-128.gguf \
+# splits by itself; here forced at short contexts, some ranges empty), and
+# the MSA attention's item lists over several CTAs
+CATTN_SELECT_SPLIT=3 CATTN_PREFILL_SPLIT=5 CATTN_SP_SPLIT=6 check m3-128-split-cover-vs-dense --model $M/m3-128.gguf \
     --prompts 2000,700,130 --decode 16 --top-k-blocks 32 --sparse-min-context 0 --force-sparse --vs-dense \
     --tol-alt 2e-2
 CATTN_PREFILL_SM90=0 CATTN_SELECT_SM90=0 CATTN_SELECT_SPLIT=3 CATTN_PREFILL_SPLIT=5 \
