@@ -524,35 +524,47 @@ struct SpArgs {
 /* A warp step takes 32 / ratio (token, slot) items of the block's list,
  * row r = ratio * item + head: with few heads a group the mma tiles still
  * fill (4 heads: 8 tokens a step, not 2 tokens in 32 rows of which 8
- * count).  Rows past the items are zeros and never stored. */
-static __device__ __forceinline__ int sp_items_per_step(const SpArgs &a) { return 32 / a.ratio; }
+ * count).  Rows past the items are zeros and never stored.  R is the
+ * ratio when the kernel is built for one (so that r / R is a shift), 0
+ * for any (a.ratio).  Lane j < 32 / ratio holds item j of the step (-1
+ * past the list); the other lanes read it by shuffle. */
+template <int R>
+static __device__ __forceinline__ int sp_ratio(const SpArgs &a) { return R ? R : a.ratio; }
 
-/* Q rows of the step whose first item is i0. */
-static __device__ __forceinline__ void sp_load_q(const SpArgs &a, const int *items, int n, int i0, int g,
-                                                 uint32_t dst, int lane)
+/* Item (or -1) of row r of the step; every lane of the warp must call. */
+template <int R>
+static __device__ __forceinline__ int sp_row_item(const SpArgs &a, int my_item, int r)
 {
-    const int ipw = sp_items_per_step(a);
+    const int j = r / sp_ratio<R>(a);
+    const int it = __shfl_sync(0xffffffffu, my_item, j < 32 ? j : 0);
+    return j < 32 / sp_ratio<R>(a) ? it : -1;
+}
+
+/* Row of the partial output (or -1) for row r holding item it. */
+template <int R>
+static __device__ __forceinline__ long long sp_part_row(const SpArgs &a, int it, int g, int r)
+{
+    const int ratio = sp_ratio<R>(a), hd = r % ratio;
+    return it < 0 ? -1 : (((long long)(it >> 6) * 4 + g) * a.W + (it & 63)) * ratio + hd;
+}
+
+/* Q rows of the step. */
+template <int R>
+static __device__ __forceinline__ void sp_load_q(const SpArgs &a, int my_item, int g, uint32_t dst, int lane)
+{
+    const int ratio = sp_ratio<R>(a);
 #pragma unroll
     for (int i = 0; i < 16; i++) {
         int c = lane + 32 * i;
-        int r = c >> 4, ch = c & 15, j = r / a.ratio, hd = r - j * a.ratio;
-        bool v = j < ipw && i0 + j < n;
-        int tok = a.c0 + (items[v ? i0 + j : i0] >> 6);
-        const bf16 *src = a.q + ((long long)tok * a.n_heads + g * a.ratio + (v ? hd : 0)) * 128 + ch * 8;
-        cp16(dst + swz(r, ch), src, v);
+        int r = c >> 4, ch = c & 15, hd = r % ratio;
+        int it = sp_row_item<R>(a, my_item, r);
+        int tok = a.c0 + (it < 0 ? 0 : it >> 6);
+        const bf16 *src = a.q + ((long long)tok * a.n_heads + g * ratio + (it < 0 ? 0 : hd)) * 128 + ch * 8;
+        cp16(dst + swz(r, ch), src, it >= 0);
     }
 }
 
-/* Where row r of a step's output goes: its item, or -1 past the list. */
-static __device__ __forceinline__ long long sp_part_row(const SpArgs &a, const int *items, int n, int i0, int g,
-                                                        int r)
-{
-    const int j = r / a.ratio, hd = r - j * a.ratio;
-    if (j >= sp_items_per_step(a) || i0 + j >= n) return -1;
-    const int it = items[i0 + j];
-    return (((long long)(it >> 6) * 4 + g) * a.W + (it & 63)) * a.ratio + hd;
-}
-
+template <int R>
 __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
 {
     extern __shared__ __align__(128) unsigned char smem[];
@@ -567,8 +579,9 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
     const uint32_t ks = smem_u32(smem), vs = ks + 128 * 256;
     const uint32_t qcur = vs + 128 * 256 + warp * SP_QBYTES;
     unsigned char *qcur_p = smem + 2 * 128 * 256 + warp * SP_QBYTES;
-    const int ipw = sp_items_per_step(a);
+    const int ipw = 32 / sp_ratio<R>(a);
     const int n_steps = (n + ipw - 1) / ipw;
+    int my_item = lane < ipw && warp * ipw + lane < n ? items[warp * ipw + lane] : -1;
 
     {
         long long page = a.table[blk];
@@ -580,16 +593,17 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
             cp16(ks + swz(c >> 4, c & 15), kp + c * 16, ok);
             cp16(vs + swz(c >> 4, c & 15), vp + c * 16, ok);
         }
-        if (warp < n_steps) sp_load_q(a, items, n, warp * ipw, g, qcur, lane);
+        if (warp < n_steps) sp_load_q<R>(a, my_item, g, qcur, lane);
         cp_commit();
         cp_wait<0>();
         __syncthreads();
     }
 
     for (int ip = warp; ip < n_steps; ip += SP_WARPS) {
-        const int i0 = ip * ipw;
         if (ip != warp) { /* the first step came with K/V */
-            sp_load_q(a, items, n, i0, g, qcur, lane);
+            const int i0 = ip * ipw;
+            my_item = lane < ipw && i0 + lane < n ? items[i0 + lane] : -1;
+            sp_load_q<R>(a, my_item, g, qcur, lane);
             cp_commit();
             cp_wait<0>();
             __syncwarp();
@@ -597,16 +611,15 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
 
         /* this thread's rows (lane / 4 and + 8 of each 16-row tile): a
          * token in the diagonal block masks its later keys */
-        int rowpos[2][2];
+        int rowpos[2][2], rit[2][2];
         bool diag = false;
 #pragma unroll
         for (int q = 0; q < 2; q++)
 #pragma unroll
             for (int hh = 0; hh < 2; hh++) {
-                int j = (16 * q + (lane >> 2) + 8 * hh) / a.ratio;
-                bool ok = j < ipw && i0 + j < n;
-                int pos = a.q_pos0 + a.c0 + (items[ok ? i0 + j : i0] >> 6);
-                bool d = ok && pos / a.B == blk;
+                rit[q][hh] = sp_row_item<R>(a, my_item, 16 * q + (lane >> 2) + 8 * hh);
+                int pos = a.q_pos0 + a.c0 + (rit[q][hh] < 0 ? 0 : rit[q][hh] >> 6);
+                bool d = rit[q][hh] >= 0 && pos / a.B == blk;
                 diag |= d;
                 rowpos[q][hh] = d ? pos : INT_MAX;
             }
@@ -631,17 +644,17 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
                 for (int nn = 0; nn < 16; nn++)
                     *(uint32_t *)(qcur_p + swz(r, nn) + 4 * (lane & 3)) =
                         pack_bf16(st.o[q][nn][2 * hh] * inv, st.o[q][nn][2 * hh + 1] * inv);
-                long long prow = sp_part_row(a, items, n, i0, g, r);
+                long long prow = sp_part_row<R>(a, rit[q][hh], g, r);
                 if (prow >= 0 && (lane & 3) == 0)
                     a.plse[prow] = st.m[q][hh] + log2f(st.l[q][hh]);
             }
         __syncwarp();
 #pragma unroll
         for (int i = 0; i < 16; i++) {
-            int c = lane + 32 * i;
-            long long prow = sp_part_row(a, items, n, i0, g, c >> 4);
+            int c = lane + 32 * i, r = c >> 4;
+            long long prow = sp_part_row<R>(a, sp_row_item<R>(a, my_item, r), g, r);
             if (prow >= 0)
-                *(uint4 *)(a.part + prow * 128 + (c & 15) * 8) = *(const uint4 *)(qcur_p + swz(c >> 4, c & 15));
+                *(uint4 *)(a.part + prow * 128 + (c & 15) * 8) = *(const uint4 *)(qcur_p + swz(r, c & 15));
         }
         __syncwarp();
     }
@@ -814,6 +827,31 @@ extern "C" size_t cattn_msa_prefill_ws(const cattn_pool *p, int n_q, int q_pos0,
     return sp_ws(nblk, top_k + local, n_heads / 4, chunk, off);
 }
 
+/* CTAs to split each (block, group) item list over: the count up to 8
+ * whose last wave (two CTAs an SM) is fullest, each CTA keeping at least 4
+ * warp steps on average (steps: the average list's); a split costs a
+ * 64 KB K/V load from L2.  CATTN_SP_SPLIT=N forces N. */
+static int sp_splits(int ctas, long long steps)
+{
+    const char *e = getenv("CATTN_SP_SPLIT");
+    if (e && *e) return atoi(e) < 2 ? 1 : atoi(e) < SPLIT_MAX ? atoi(e) : SPLIT_MAX;
+    int dev = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+        cudaGetLastError();
+        return 1;
+    }
+    const long long slots = 2LL * sms;
+    int best = 1;
+    double best_fill = 0;
+    for (int S = 1; S <= 8 && (S == 1 || steps / S >= 4); S++) {
+        const long long n = (long long)ctas * S, waves = (n + slots - 1) / slots;
+        const double fill = (double)n / ((double)waves * slots);
+        if (fill > best_fill + 0.02) best = S, best_fill = fill;
+    }
+    return best;
+}
+
 extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0,
                                         int n_heads, const void *q, void *out, float scale, int n_sel,
                                         const int32_t *sel, void *ws, size_t ws_bytes, void *stream)
@@ -824,7 +862,10 @@ extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *tabl
     if (!table || !q || !out || !sel || n_sel < 1 || n_sel > 64) return CATTN_EINVAL;
     cudaStream_t st = (cudaStream_t)stream;
     if (!attr_done) {
-        CUDA_TRY(cudaFuncSetAttribute(sp_attn_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SP_SMEM));
+        CUDA_TRY(cudaFuncSetAttribute(sp_attn_kernel<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, SP_SMEM));
+        CUDA_TRY(cudaFuncSetAttribute(sp_attn_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, SP_SMEM));
+        CUDA_TRY(cudaFuncSetAttribute(sp_attn_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, SP_SMEM));
+        CUDA_TRY(cudaFuncSetAttribute(sp_attn_kernel<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, SP_SMEM));
         attr_done = 1;
     }
     const int B = p->block_size, W = n_sel, ratio = n_heads / 4;
@@ -874,13 +915,16 @@ extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *tabl
         sp_fill_kernel<<<(unsigned)nblocks, nthr, 0, st>>>(s, n, W, nb, fill, list);
         a.c0 = c0;
         a.nblk = nb;
-        /* split the blocks' item lists while the grid is under a wave
-         * (two CTAs an SM), at least 4 warp steps a CTA; CATTN_SP_SPLIT=N
-         * forces N */
         const long long steps = (long long)(c1 - c0) * W / nb / (32 / ratio);
-        const int S = prefill_splits(nb * 4, 2, (int)(steps < INT_MAX ? steps : INT_MAX), 4, 1, SIZE_MAX,
-                                     "CATTN_SP_SPLIT");
-        sp_attn_kernel<<<dim3(nb, 4, S), SP_WARPS * 32, SP_SMEM, st>>>(a);
+        const dim3 grid(nb, 4, sp_splits(nb * 4, steps));
+        if (ratio == 4)
+            sp_attn_kernel<4><<<grid, SP_WARPS * 32, SP_SMEM, st>>>(a);
+        else if (ratio == 8)
+            sp_attn_kernel<8><<<grid, SP_WARPS * 32, SP_SMEM, st>>>(a);
+        else if (ratio == 16)
+            sp_attn_kernel<16><<<grid, SP_WARPS * 32, SP_SMEM, st>>>(a);
+        else
+            sp_attn_kernel<0><<<grid, SP_WARPS * 32, SP_SMEM, st>>>(a);
         long long warps = (long long)(c1 - c0) * n_heads;
         sp_combine_kernel<<<(unsigned)((warps * 32 + 255) / 256), 256, 0, st>>>(sel, a.plse, a.part, c0, c1 - c0,
                                                                                n_heads, ratio, W, (bf16 *)out);
