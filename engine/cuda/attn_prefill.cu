@@ -505,9 +505,11 @@ __global__ void __launch_bounds__(1024) sp_scan_kernel(const int *cnt, int *off,
     }
 }
 
+/* A warp takes SP_ROWS query rows a step; the CTA's SP_WARPS warps share
+ * the block's K/V. */
+#define SP_ROWS 32
 #define SP_WARPS 4
-#define SP_QBYTES (32 * 256)
-#define SP_SMEM (2 * 128 * 256 + SP_WARPS * SP_QBYTES)
+#define SP_SMEM (2 * 128 * 256 + SP_WARPS * SP_ROWS * 256)
 
 struct SpArgs {
     const bf16 *q;
@@ -521,23 +523,44 @@ struct SpArgs {
     float scale_log2;
 };
 
-/* A warp step takes 32 / ratio (token, slot) items of the block's list,
- * row r = ratio * item + head: with few heads a group the mma tiles still
- * fill (4 heads: 8 tokens a step, not 2 tokens in 32 rows of which 8
+/* A warp step takes SP_ROWS / ratio (token, slot) items of the block's
+ * list, row r = ratio * item + head: with few heads a group the mma tiles
+ * still fill (4 heads: 8 tokens in 32 rows, not 2 tokens of which 8 rows
  * count).  Rows past the items are zeros and never stored.  R is the
- * ratio when the kernel is built for one (so that r / R is a shift), 0
- * for any (a.ratio).  Lane j < 32 / ratio holds item j of the step (-1
- * past the list); the other lanes read it by shuffle. */
+ * ratio when the kernel is built for one (4, 8 or 16), 0 for any
+ * (a.ratio).  Lane j < SP_ROWS / ratio loads item j of the step (`mine`,
+ * -1 past the list) and the others read it by shuffle: with R the source
+ * lane of a row the lane copies (row lane / 16 + 2 i) is 2 i / R, known at
+ * compile time. */
 template <int R>
 static __device__ __forceinline__ int sp_ratio(const SpArgs &a) { return R ? R : a.ratio; }
 
-/* Item (or -1) of row r of the step; every lane of the warp must call. */
-template <int R>
-static __device__ __forceinline__ int sp_row_item(const SpArgs &a, int my_item, int r)
+static __device__ __forceinline__ int sp_mine(const int *items, int n, int i0, int ipw, int lane)
 {
-    const int j = r / sp_ratio<R>(a);
-    const int it = __shfl_sync(0xffffffffu, my_item, j < 32 ? j : 0);
-    return j < 32 / sp_ratio<R>(a) ? it : -1;
+    return lane < ipw && i0 + lane < n ? items[i0 + lane] : -1;
+}
+
+/* Item (or -1) of row lane / 16 + 2 i (the rows of the 16-byte copies);
+ * every lane must call. */
+template <int R>
+static __device__ __forceinline__ int sp_copy_item(const SpArgs &a, int mine, int i, int lane)
+{
+    if constexpr (R > 0) {
+        return __shfl_sync(0xffffffffu, mine, 2 * i / R);
+    } else {
+        const int j = ((lane >> 4) + 2 * i) / a.ratio;
+        const int it = __shfl_sync(0xffffffffu, mine, j < 32 ? j : 0);
+        return j < SP_ROWS / a.ratio ? it : -1;
+    }
+}
+
+/* Item (or -1) of the mma row 16 q + 8 h + lane / 4; every lane must call. */
+template <int R>
+static __device__ __forceinline__ int sp_mma_item(const SpArgs &a, int mine, int q, int h, int lane)
+{
+    const int j = (16 * q + 8 * h + (lane >> 2)) / sp_ratio<R>(a);
+    const int it = __shfl_sync(0xffffffffu, mine, j < 32 ? j : 0);
+    return R > 0 || j < SP_ROWS / a.ratio ? it : -1;
 }
 
 /* Row of the partial output (or -1) for row r holding item it. */
@@ -550,14 +573,14 @@ static __device__ __forceinline__ long long sp_part_row(const SpArgs &a, int it,
 
 /* Q rows of the step. */
 template <int R>
-static __device__ __forceinline__ void sp_load_q(const SpArgs &a, int my_item, int g, uint32_t dst, int lane)
+static __device__ __forceinline__ void sp_load_q(const SpArgs &a, int mine, int g, uint32_t dst, int lane)
 {
     const int ratio = sp_ratio<R>(a);
 #pragma unroll
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; i < SP_ROWS / 2; i++) {
         int c = lane + 32 * i;
         int r = c >> 4, ch = c & 15, hd = r % ratio;
-        int it = sp_row_item<R>(a, my_item, r);
+        int it = sp_copy_item<R>(a, mine, i, lane);
         int tok = a.c0 + (it < 0 ? 0 : it >> 6);
         const bf16 *src = a.q + ((long long)tok * a.n_heads + g * ratio + (it < 0 ? 0 : hd)) * 128 + ch * 8;
         cp16(dst + swz(r, ch), src, it >= 0);
@@ -567,6 +590,7 @@ static __device__ __forceinline__ void sp_load_q(const SpArgs &a, int my_item, i
 template <int R>
 __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
 {
+    constexpr int ROWS = SP_ROWS, WARPS = SP_WARPS;
     extern __shared__ __align__(128) unsigned char smem[];
     const int blk = blockIdx.x, g = blockIdx.y;
     /* blockIdx.z: this CTA's share of the block's items (a short context
@@ -577,33 +601,32 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
     const int *items = a.list + a.off[g * a.nblk + blk] + first;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const uint32_t ks = smem_u32(smem), vs = ks + 128 * 256;
-    const uint32_t qcur = vs + 128 * 256 + warp * SP_QBYTES;
-    unsigned char *qcur_p = smem + 2 * 128 * 256 + warp * SP_QBYTES;
-    const int ipw = 32 / sp_ratio<R>(a);
+    const uint32_t qcur = vs + 128 * 256 + warp * ROWS * 256;
+    unsigned char *qcur_p = smem + 2 * 128 * 256 + warp * ROWS * 256;
+    const int ipw = ROWS / sp_ratio<R>(a);
     const int n_steps = (n + ipw - 1) / ipw;
-    int my_item = lane < ipw && warp * ipw + lane < n ? items[warp * ipw + lane] : -1;
+    int mine = sp_mine(items, n, warp * ipw, ipw, lane);
 
     {
         long long page = a.table[blk];
         const char *kp = a.k + page * a.k_stride + (long long)g * a.B * 256;
         const char *vp = a.v + page * a.v_stride + (long long)g * a.B * 256;
         const int valid = a.kv_len - blk * a.B; /* rows past the sequence: zeros, not stale data */
-        for (int c = threadIdx.x; c < 128 * 16; c += SP_WARPS * 32) {
+        for (int c = threadIdx.x; c < 128 * 16; c += WARPS * 32) {
             bool ok = (c >> 4) < valid;
             cp16(ks + swz(c >> 4, c & 15), kp + c * 16, ok);
             cp16(vs + swz(c >> 4, c & 15), vp + c * 16, ok);
         }
-        if (warp < n_steps) sp_load_q<R>(a, my_item, g, qcur, lane);
+        if (warp < n_steps) sp_load_q<R>(a, mine, g, qcur, lane);
         cp_commit();
         cp_wait<0>();
         __syncthreads();
     }
 
-    for (int ip = warp; ip < n_steps; ip += SP_WARPS) {
+    for (int ip = warp; ip < n_steps; ip += WARPS) {
         if (ip != warp) { /* the first step came with K/V */
-            const int i0 = ip * ipw;
-            my_item = lane < ipw && i0 + lane < n ? items[i0 + lane] : -1;
-            sp_load_q<R>(a, my_item, g, qcur, lane);
+            mine = sp_mine(items, n, ip * ipw, ipw, lane);
+            sp_load_q<R>(a, mine, g, qcur, lane);
             cp_commit();
             cp_wait<0>();
             __syncwarp();
@@ -611,15 +634,15 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
 
         /* this thread's rows (lane / 4 and + 8 of each 16-row tile): a
          * token in the diagonal block masks its later keys */
-        int rowpos[2][2], rit[2][2];
+        int rowpos[2][2];
         bool diag = false;
 #pragma unroll
         for (int q = 0; q < 2; q++)
 #pragma unroll
             for (int hh = 0; hh < 2; hh++) {
-                rit[q][hh] = sp_row_item<R>(a, my_item, 16 * q + (lane >> 2) + 8 * hh);
-                int pos = a.q_pos0 + a.c0 + (rit[q][hh] < 0 ? 0 : rit[q][hh] >> 6);
-                bool d = rit[q][hh] >= 0 && pos / a.B == blk;
+                const int it = sp_mma_item<R>(a, mine, q, hh, lane);
+                int pos = a.q_pos0 + a.c0 + (it < 0 ? 0 : it >> 6);
+                bool d = it >= 0 && pos / a.B == blk;
                 diag |= d;
                 rowpos[q][hh] = d ? pos : INT_MAX;
             }
@@ -644,15 +667,15 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
                 for (int nn = 0; nn < 16; nn++)
                     *(uint32_t *)(qcur_p + swz(r, nn) + 4 * (lane & 3)) =
                         pack_bf16(st.o[q][nn][2 * hh] * inv, st.o[q][nn][2 * hh + 1] * inv);
-                long long prow = sp_part_row<R>(a, rit[q][hh], g, r);
+                long long prow = sp_part_row<R>(a, sp_mma_item<R>(a, mine, q, hh, lane), g, r);
                 if (prow >= 0 && (lane & 3) == 0)
                     a.plse[prow] = st.m[q][hh] + log2f(st.l[q][hh]);
             }
         __syncwarp();
 #pragma unroll
-        for (int i = 0; i < 16; i++) {
+        for (int i = 0; i < ROWS / 2; i++) {
             int c = lane + 32 * i, r = c >> 4;
-            long long prow = sp_part_row<R>(a, sp_row_item<R>(a, my_item, r), g, r);
+            long long prow = sp_part_row<R>(a, sp_copy_item<R>(a, mine, i, lane), g, r);
             if (prow >= 0)
                 *(uint4 *)(a.part + prow * 128 + (c & 15) * 8) = *(const uint4 *)(qcur_p + swz(r, c & 15));
         }
@@ -827,29 +850,11 @@ extern "C" size_t cattn_msa_prefill_ws(const cattn_pool *p, int n_q, int q_pos0,
     return sp_ws(nblk, top_k + local, n_heads / 4, chunk, off);
 }
 
-/* CTAs to split each (block, group) item list over: the count up to 8
- * whose last wave (two CTAs an SM) is fullest, each CTA keeping at least 4
- * warp steps on average (steps: the average list's); a split costs a
- * 64 KB K/V load from L2.  CATTN_SP_SPLIT=N forces N. */
-static int sp_splits(int ctas, long long steps)
+/* The build of sp_attn_kernel for this ratio. */
+static void (*sp_kernel(int ratio))(SpArgs)
 {
-    const char *e = getenv("CATTN_SP_SPLIT");
-    if (e && *e) return atoi(e) < 2 ? 1 : atoi(e) < SPLIT_MAX ? atoi(e) : SPLIT_MAX;
-    int dev = 0, sms = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-        cudaGetLastError();
-        return 1;
-    }
-    const long long slots = 2LL * sms;
-    int best = 1;
-    double best_fill = 0;
-    for (int S = 1; S <= 8 && (S == 1 || steps / S >= 4); S++) {
-        const long long n = (long long)ctas * S, waves = (n + slots - 1) / slots;
-        const double fill = (double)n / ((double)waves * slots);
-        if (fill > best_fill + 0.02) best = S, best_fill = fill;
-    }
-    return best;
+    return ratio == 4 ? sp_attn_kernel<4> : ratio == 8 ? sp_attn_kernel<8> : ratio == 16 ? sp_attn_kernel<16>
+                                                                                       : sp_attn_kernel<0>;
 }
 
 extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0,
@@ -862,10 +867,8 @@ extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *tabl
     if (!table || !q || !out || !sel || n_sel < 1 || n_sel > 64) return CATTN_EINVAL;
     cudaStream_t st = (cudaStream_t)stream;
     if (!attr_done) {
-        CUDA_TRY(cudaFuncSetAttribute(sp_attn_kernel<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, SP_SMEM));
-        CUDA_TRY(cudaFuncSetAttribute(sp_attn_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, SP_SMEM));
-        CUDA_TRY(cudaFuncSetAttribute(sp_attn_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, SP_SMEM));
-        CUDA_TRY(cudaFuncSetAttribute(sp_attn_kernel<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, SP_SMEM));
+        void (*const ks[])(SpArgs) = {sp_attn_kernel<0>, sp_attn_kernel<4>, sp_attn_kernel<8>, sp_attn_kernel<16>};
+        for (auto k : ks) CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SP_SMEM));
         attr_done = 1;
     }
     const int B = p->block_size, W = n_sel, ratio = n_heads / 4;
@@ -915,16 +918,14 @@ extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *tabl
         sp_fill_kernel<<<(unsigned)nblocks, nthr, 0, st>>>(s, n, W, nb, fill, list);
         a.c0 = c0;
         a.nblk = nb;
-        const long long steps = (long long)(c1 - c0) * W / nb / (32 / ratio);
-        const dim3 grid(nb, 4, sp_splits(nb * 4, steps));
-        if (ratio == 4)
-            sp_attn_kernel<4><<<grid, SP_WARPS * 32, SP_SMEM, st>>>(a);
-        else if (ratio == 8)
-            sp_attn_kernel<8><<<grid, SP_WARPS * 32, SP_SMEM, st>>>(a);
-        else if (ratio == 16)
-            sp_attn_kernel<16><<<grid, SP_WARPS * 32, SP_SMEM, st>>>(a);
-        else
-            sp_attn_kernel<0><<<grid, SP_WARPS * 32, SP_SMEM, st>>>(a);
+        const long long steps = (long long)(c1 - c0) * W / nb / (SP_ROWS / ratio);
+        /* split the blocks' item lists while the grid is under a wave
+         * (two CTAs an SM; past it a split's K/V load costs more than the
+         * fuller last wave gives), at least 4 warp steps a CTA;
+         * CATTN_SP_SPLIT=N forces N */
+        const dim3 grid(nb, 4, prefill_splits(nb * 4, 2, (int)(steps < INT_MAX ? steps : INT_MAX), 4, 1, SIZE_MAX,
+                                              "CATTN_SP_SPLIT"));
+        sp_kernel(ratio)<<<grid, SP_WARPS * 32, SP_SMEM, st>>>(a);
         long long warps = (long long)(c1 - c0) * n_heads;
         sp_combine_kernel<<<(unsigned)((warps * 32 + 255) / 256), 256, 0, st>>>(sel, a.plse, a.part, c0, c1 - c0,
                                                                                n_heads, ratio, W, (bf16 *)out);
