@@ -1,6 +1,7 @@
 #!/bin/bash
-# GPU checks of the CUDA engine, on a machine with an NVIDIA GPU.  Uses the
-# folder tests/gpu/pack.sh made (PACK, default build-cuda/gpu-pack), so the
+# GPU checks of the CUDA engine (and of the daemon on the GPU, started as
+# a user would: tests/gpu/daemon_check.py), on a machine with an NVIDIA
+# GPU.  Uses the folder tests/gpu/pack.sh made (PACK, default build-cuda/gpu-pack), so the
 # machine needs no compiler.  Writes under OUT: checks.jsonl (one object per
 # check from gpu_check), memcheck.log, run.log and gpu-engine-<date>.json
 # (card, commit, every number).  BENCH=1 also runs bench/gpu/model.sh;
