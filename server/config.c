@@ -262,21 +262,16 @@ static int set_value(srv_config *c, const opt *o, const char *v, int src)
         *(long long *)(base + o->off) = (long long)d;
         break;
     case T_SECS:
-        errno = 0;
-        d = strtod(v, &end);
-        if (end == v || *end || errno || !isfinite(d) || d < o->lo || d > o->hi) {
-            fprintf(stderr, "sparsed serve: invalid value '%s' for --%s (from %s): expected seconds >= %.0f\n",
-                    v, o->name, where, o->lo);
-            return -1;
-        }
-        *(double *)(base + o->off) = d;
-        break;
     case T_REAL:
         errno = 0;
         d = strtod(v, &end);
         if (end == v || *end || errno || !isfinite(d) || d < o->lo || d > o->hi) {
-            fprintf(stderr, "sparsed serve: invalid value '%s' for --%s (from %s): expected a number from %g to %g\n",
-                    v, o->name, where, o->lo, o->hi);
+            if (o->type == T_SECS)
+                fprintf(stderr, "sparsed serve: invalid value '%s' for --%s (from %s): expected seconds >= %.0f\n",
+                        v, o->name, where, o->lo);
+            else
+                fprintf(stderr, "sparsed serve: invalid value '%s' for --%s (from %s): expected a number from %g to %g\n",
+                        v, o->name, where, o->lo, o->hi);
             return -1;
         }
         *(double *)(base + o->off) = d;
@@ -528,7 +523,7 @@ int config_load(srv_config *c, int argc, char **argv)
     }
     /* every running sequence must fit one decode token into a step, or the
      * youngest would wait for the oldest to finish */
-    int batch_auto = !strcmp(c->device, "cuda") && !sources[find_opt("max-batch-tokens", 16) - opts];
+    int batch_auto = !strcmp(c->device, "cuda") && !config_source(c, "max-batch-tokens");
     if (c->max_batch_tokens < c->max_running && !batch_auto) {
         fprintf(stderr, "sparsed serve: --max-batch-tokens (%d) must be at least --max-running (%d)\n",
                 c->max_batch_tokens, c->max_running);
