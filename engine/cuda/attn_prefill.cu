@@ -590,7 +590,6 @@ static __device__ __forceinline__ void sp_load_q(const SpArgs &a, int mine, int 
 template <int R>
 __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
 {
-    constexpr int ROWS = SP_ROWS, WARPS = SP_WARPS;
     extern __shared__ __align__(128) unsigned char smem[];
     const int blk = blockIdx.x, g = blockIdx.y;
     /* blockIdx.z: this CTA's share of the block's items (a short context
@@ -601,9 +600,9 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
     const int *items = a.list + a.off[g * a.nblk + blk] + first;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const uint32_t ks = smem_u32(smem), vs = ks + 128 * 256;
-    const uint32_t qcur = vs + 128 * 256 + warp * ROWS * 256;
-    unsigned char *qcur_p = smem + 2 * 128 * 256 + warp * ROWS * 256;
-    const int ipw = ROWS / sp_ratio<R>(a);
+    const uint32_t qcur = vs + 128 * 256 + warp * SP_ROWS * 256;
+    unsigned char *qcur_p = smem + 2 * 128 * 256 + warp * SP_ROWS * 256;
+    const int ipw = SP_ROWS / sp_ratio<R>(a);
     const int n_steps = (n + ipw - 1) / ipw;
     int mine = sp_mine(items, n, warp * ipw, ipw, lane);
 
@@ -612,7 +611,7 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
         const char *kp = a.k + page * a.k_stride + (long long)g * a.B * 256;
         const char *vp = a.v + page * a.v_stride + (long long)g * a.B * 256;
         const int valid = a.kv_len - blk * a.B; /* rows past the sequence: zeros, not stale data */
-        for (int c = threadIdx.x; c < 128 * 16; c += WARPS * 32) {
+        for (int c = threadIdx.x; c < 128 * 16; c += SP_WARPS * 32) {
             bool ok = (c >> 4) < valid;
             cp16(ks + swz(c >> 4, c & 15), kp + c * 16, ok);
             cp16(vs + swz(c >> 4, c & 15), vp + c * 16, ok);
@@ -623,7 +622,7 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
         __syncthreads();
     }
 
-    for (int ip = warp; ip < n_steps; ip += WARPS) {
+    for (int ip = warp; ip < n_steps; ip += SP_WARPS) {
         if (ip != warp) { /* the first step came with K/V */
             mine = sp_mine(items, n, ip * ipw, ipw, lane);
             sp_load_q<R>(a, mine, g, qcur, lane);
@@ -673,7 +672,7 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
             }
         __syncwarp();
 #pragma unroll
-        for (int i = 0; i < ROWS / 2; i++) {
+        for (int i = 0; i < SP_ROWS / 2; i++) {
             int c = lane + 32 * i, r = c >> 4;
             long long prow = sp_part_row<R>(a, sp_copy_item<R>(a, mine, i, lane), g, r);
             if (prow >= 0)
