@@ -67,14 +67,39 @@ int engine_layer_sparse(const engine *e, int l, int n_ctx)
     return c->indexer != IDX_MSA || e->m.layers[l].has_indexer;
 }
 
+int engine_parse_device(const char *s, int *ordinal)
+{
+    if (ordinal)
+        *ordinal = 0;
+    if (!s || !strcmp(s, "cpu"))
+        return 0;
+    if (strncmp(s, "cuda", 4))
+        return -1;
+    if (!s[4])
+        return 1;
+    /* "cuda:N": digits only, no sign or spaces, within int */
+    if (s[4] != ':' || !s[5] || strlen(s + 5) > 6)
+        return -1;
+    int n = 0;
+    for (const char *c = s + 5; *c; c++) {
+        if (*c < '0' || *c > '9')
+            return -1;
+        n = n * 10 + (*c - '0');
+    }
+    if (ordinal)
+        *ordinal = n;
+    return 1;
+}
+
 engine *engine_create(const engine_opts *o, char *err, size_t errlen)
 {
-    int cuda = o->device && !strcmp(o->device, "cuda");
-    if (o->device && strcmp(o->device, "cpu") && !cuda) {
-        snprintf(err, errlen, "device: '%s' is not known (cpu, cuda)", o->device);
+    int ordinal = 0, cuda = engine_parse_device(o->device, &ordinal);
+    if (cuda < 0) {
+        snprintf(err, errlen, "device: '%s' is not known (cpu, cuda, or cuda:N for the N-th visible GPU)", o->device);
         return NULL;
     }
 #ifndef SPARSED_CUDA
+    (void)ordinal;
     if (cuda) {
         snprintf(err, errlen, "device: cuda is not available in this build (cpu)");
         return NULL;
@@ -126,7 +151,7 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
         e->rope_freq[i] = powf(e->m.rope_base, -2.0f * (float)i / (float)e->m.rope_dim);
 #ifdef SPARSED_CUDA
     if (cuda) {
-        e->cuda = cuda_backend_create(e, o->dtype && !strcmp(o->dtype, "f32"), idx_fp8, err, errlen);
+        e->cuda = cuda_backend_create(e, ordinal, o->dtype && !strcmp(o->dtype, "f32"), idx_fp8, err, errlen);
         if (!e->cuda)
             goto fail;
     }
@@ -147,6 +172,11 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
     in->n_kv_heads = e->m.n_kv_heads;
     in->head_dim = e->m.head_dim;
     in->has_indexer = e->m.idx_dim > 0;
+    in->device = "cpu";
+#ifdef SPARSED_CUDA
+    if (e->cuda)
+        in->device = cuda_backend_device_name(e->cuda);
+#endif
     in->bos = tokenizer_bos(e->tok);
     in->eos = tokenizer_eos(e->tok);
     in->add_bos = tokenizer_add_bos(e->tok);

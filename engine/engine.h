@@ -46,13 +46,17 @@ int attn_config_check(const attn_config *c, char *err, size_t errlen);
 
 typedef struct engine_opts {
     const char *model_path;
-    const char *device;     /* "cpu" (default) or "cuda" */
+    const char *device;     /* "cpu" (default), "cuda" (the first visible GPU) or "cuda:N" */
     int n_threads;          /* 0 = all cores */
     attn_config attn;
     const char *dtype;      /* cuda: "bf16" (default) or "f32" (weights, activations, K/V) */
     const char *index_keys; /* cuda: MSA index keys in the KV pool, "bf16" (default) or "fp8"
                                (e4m3: half the bytes); ignored by a model without an indexer */
 } engine_opts;
+
+/* Parses a device name: 0 for "cpu" (or NULL), 1 for "cuda" or "cuda:N"
+ * (*ordinal = N, else 0), -1 for anything else. */
+int engine_parse_device(const char *s, int *ordinal);
 
 typedef struct engine_info {
     const char *arch;       /* "llama", ... */
@@ -64,6 +68,7 @@ typedef struct engine_info {
     int bos, eos;           /* -1 if none */
     int add_bos;            /* prompts start with BOS */
     const char *chat_template; /* raw tokenizer.chat_template or NULL */
+    const char *device;     /* "cpu", or the GPU ("cuda:0: NVIDIA H100 80GB HBM3, 132 SMs") */
 } engine_info;
 
 typedef struct engine engine;

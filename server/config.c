@@ -16,6 +16,7 @@
 #include <cjson/cJSON.h>
 
 #include "server/config.h"
+#include "engine/engine.h"
 
 enum { T_STR, T_INT, T_I64, T_SIZE, T_SECS, T_REAL, T_BOOL, T_ENUM };
 
@@ -46,7 +47,7 @@ static const opt opts[] = {
      "file of accepted API keys, one per line ('#' starts a comment line)"},
     {"user", T_STR, O(user), NULL, 0, 0, NULL, "NAME",
      "when started as root: after binding the port and loading the model, run as this user"},
-    {"device", T_STR, O(device), "cpu", 0, 0, NULL, "DEV", "compute device: cpu or cuda"},
+    {"device", T_STR, O(device), "cpu", 0, 0, NULL, "DEV", "compute device: cpu, cuda, or cuda:N (the N-th visible GPU)"},
     {"index-keys", T_ENUM, O(index_keys), "bf16", 0, 0, "bf16|fp8", "TYPE",
      "cuda: MSA index keys in the KV pool, bf16 or fp8 (e4m3: half the bytes, more pages)"},
     {"threads", T_INT, O(threads), "0", 0, 4096, NULL, "N", "engine threads (0 = all cores)"},
@@ -517,13 +518,19 @@ int config_load(srv_config *c, int argc, char **argv)
                 c->block_size);
         return -1;
     }
-    if (!strcmp(c->index_keys, "fp8") && strcmp(c->device, "cuda")) {
+    int on_cuda = engine_parse_device(c->device, NULL);
+    if (on_cuda < 0) {
+        fprintf(stderr, "sparsed serve: invalid value '%s' for --device: expected cpu, cuda, or cuda:N for the N-th "
+                "visible GPU\n", c->device);
+        return -1;
+    }
+    if (!strcmp(c->index_keys, "fp8") && !on_cuda) {
         fprintf(stderr, "sparsed serve: --index-keys fp8 needs --device cuda\n");
         return -1;
     }
     /* every running sequence must fit one decode token into a step, or the
      * youngest would wait for the oldest to finish */
-    int batch_auto = !strcmp(c->device, "cuda") && !config_source(c, "max-batch-tokens");
+    int batch_auto = on_cuda && !config_source(c, "max-batch-tokens");
     if (c->max_batch_tokens < c->max_running && !batch_auto) {
         fprintf(stderr, "sparsed serve: --max-batch-tokens (%d) must be at least --max-running (%d)\n",
                 c->max_batch_tokens, c->max_running);

@@ -288,11 +288,11 @@ int serve_main(int argc, char **argv)
     }
     const attn_config *ac = engine_attn(srv->eng);
     fprintf(stderr,
-            "sparsed: model %s (%s, %d layers, vocab %d, context %d) served as '%s'\n"
+            "sparsed: model %s (%s, %d layers, vocab %d, context %d) served as '%s' on %s\n"
             "sparsed: attention %s, KV pool %lld pages x %d tokens (%.1f MiB), max running %d, "
             "batch tokens %d, prefix cache %s%s\n",
             cfg->model, srv->info->arch, srv->info->n_layers, srv->info->n_vocab, srv->info->n_ctx,
-            srv->model_name, ac->mode == ATTN_SPARSE ? "sparse" : "dense", pages, lay.block_size,
+            srv->model_name, srv->info->device, ac->mode == ATTN_SPARSE ? "sparse" : "dense", pages, lay.block_size,
             (double)pages * (double)page_bytes / (1024.0 * 1024.0), cfg->max_running,
             cfg->max_batch_tokens, cfg->prefix_cache ? "on" : "off",
             srv->n_keys ? ", API keys required" : "");

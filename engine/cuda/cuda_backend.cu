@@ -56,6 +56,7 @@ struct cuda_backend {
     size_t es;                  /* bytes per stored element */
     int idx_fp8;                /* MSA index keys in the pages as fp8 e4m3 (else es bytes) */
     char name[300];
+    int dev;                    /* CUDA ordinal: made current on each entry (the calling thread may change) */
     cudaStream_t st;
     cublasLtHandle_t lt;
     dlayer *L;
@@ -444,6 +445,7 @@ void cuda_backend_free(cuda_backend *cb)
 {
     if (!cb)
         return;
+    cudaSetDevice(cb->dev);
     if (cb->L) {
         for (int l = 0; l < cb->e->m.n_layers; l++) {
             dlayer *d = &cb->L[l];
@@ -479,13 +481,18 @@ void cuda_backend_free(cuda_backend *cb)
     free(cb);
 }
 
-cuda_backend *cuda_backend_create(const engine *e, int f32, int idx_fp8, char *err, size_t errlen)
+cuda_backend *cuda_backend_create(const engine *e, int ordinal, int f32, int idx_fp8, char *err, size_t errlen)
 {
     int n = 0;
     cudaError_t ce = cudaGetDeviceCount(&n);
     if (ce != cudaSuccess || n < 1) {
         snprintf(err, errlen, "device: no CUDA device (%s)",
                  ce != cudaSuccess ? cudaGetErrorString(ce) : "none found");
+        return NULL;
+    }
+    if (ordinal >= n) {
+        snprintf(err, errlen, "device: cuda:%d does not exist: %d CUDA device%s visible (cuda:0 to cuda:%d)", ordinal,
+                 n, n == 1 ? "" : "s", n - 1);
         return NULL;
     }
     cuda_backend *cb = (cuda_backend *)calloc(1, sizeof *cb);
@@ -499,11 +506,12 @@ cuda_backend *cuda_backend_create(const engine *e, int f32, int idx_fp8, char *e
     cb->idx_fp8 = idx_fp8 && e->m.idx_dim > 0;
     const model *m = &e->m;
     cudaDeviceProp prop;
-    if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess) {
-        snprintf(err, errlen, "device: cannot open CUDA device 0");
+    cb->dev = ordinal;
+    if (cudaSetDevice(ordinal) != cudaSuccess || cudaGetDeviceProperties(&prop, ordinal) != cudaSuccess) {
+        snprintf(err, errlen, "device: cannot open CUDA device %d", ordinal);
         goto fail;
     }
-    snprintf(cb->name, sizeof cb->name, "%s, %d SMs", prop.name, prop.multiProcessorCount);
+    snprintf(cb->name, sizeof cb->name, "cuda:%d: %s, %d SMs", ordinal, prop.name, prop.multiProcessorCount);
     cb->n_sm = prop.multiProcessorCount;
     cb->sk_cluster = sample_cluster(&prop, m->n_vocab);
     {
@@ -906,6 +914,7 @@ int cuda_backend_reserve(cuda_backend *cb, kv_pool *pool, int max_tokens, int ma
 {
     const model *m = &cb->e->m;
     int n_ctx = cb->e->info.n_ctx, B = cb->e->attn.block_size;
+    CU(cudaSetDevice(cb->dev));
     if (max_tokens < 1 || max_rows < 1 || max_seqs < 1) {
         snprintf(err, errlen, "cuda: reserve needs positive sizes");
         return -1;
@@ -951,7 +960,8 @@ int cuda_backend_reserve(cuda_backend *cb, kv_pool *pool, int max_tokens, int ma
 
 int cuda_backend_memory(const cuda_backend *cb, size_t *free_bytes, size_t *total_bytes)
 {
-    (void)cb;
+    if (cudaSetDevice(cb->dev) != cudaSuccess)
+        return -1;
     return cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess ? 0 : -1;
 }
 
@@ -1315,6 +1325,7 @@ static int step(cuda_backend *cb, kv_pool *pool, const engine_batch *b, float *l
 {
     const model *m = &cb->e->m;
     meta mt;
+    CU(cudaSetDevice(cb->dev));
     if (ensure_kv(cb, pool, err, errlen) || upload_meta(cb, b, &mt, err, errlen) ||
         ensure_scratch(cb, b->n_tokens, mt.R, err, errlen))
         return -1;

@@ -29,12 +29,14 @@ extern "C" {
 struct engine;
 typedef struct cuda_backend cuda_backend;
 
-/* Uploads the model of e (already loaded, attention config resolved), in
+/* Uploads the model of e (already loaded, attention config resolved) to
+ * the GPU of this ordinal among the visible ones (CUDA_VISIBLE_DEVICES), in
  * bf16, or in fp32 with f32 set (weights, activations and K/V: for
  * exactness tests).  idx_fp8 keeps the MSA index keys of the KV pages in
  * fp8 e4m3 (half the bytes of bf16; ignored without an indexer).  NULL
  * with err set when there is no usable GPU or memory runs out. */
-cuda_backend *cuda_backend_create(const struct engine *e, int f32, int idx_fp8, char *err, size_t errlen);
+cuda_backend *cuda_backend_create(const struct engine *e, int ordinal, int f32, int idx_fp8, char *err,
+                                  size_t errlen);
 void cuda_backend_free(cuda_backend *cb);
 
 /* One engine step on the device for a batch that engine_step has already
@@ -63,7 +65,7 @@ size_t cuda_backend_page_bytes(const cuda_backend *cb, const kv_layout *l);
 /* Decode graphs captured so far (on by default; SPARSED_CUDA_GRAPHS=0 turns them off). */
 int cuda_backend_graph_captures(const cuda_backend *cb);
 
-/* Short description of the device ("NVIDIA H100 80GB HBM3, 132 SMs"). */
+/* Short description of the device ("cuda:0: NVIDIA H100 80GB HBM3, 132 SMs"). */
 const char *cuda_backend_device_name(const cuda_backend *cb);
 
 #ifdef __cplusplus

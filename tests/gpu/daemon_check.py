@@ -86,7 +86,8 @@ def stories_greedy(a):
     prompt = "Once upon a time, there was a little girl named Lily."
     body = {"prompt": prompt, "max_tokens": 120, "temperature": 0}
     texts, rcs = {}, {}
-    for dev, port in (("cpu", a.port), ("cuda", a.port + 1)):
+    # the GPU named by its ordinal, as on a host of several
+    for dev, port in (("cpu", a.port), ("cuda:0", a.port + 1)):
         d = Daemon(a.sparsed, ["--device", dev, "--model", a.stories], port, os.path.join(a.work, "d-%s.log" % dev))
         try:
             if not d.wait_ready():
@@ -97,8 +98,12 @@ def stories_greedy(a):
             texts[dev] = r["choices"][0]["text"]
         finally:
             rcs[dev] = d.stop()
-    ok = texts["cpu"] == texts["cuda"] and len(texts["cpu"]) > 0 and rcs == {"cpu": 0, "cuda": 0}
-    return {"pass": ok, "cpu_text": texts["cpu"], "cuda_text": texts["cuda"], "exit_codes": rcs}
+        if dev != "cpu":   # the start-up log names the card it took
+            named = next((l for l in open(d.log).read().splitlines() if "served as" in l), "")
+    ok = (texts["cpu"] == texts["cuda:0"] and len(texts["cpu"]) > 0 and rcs == {"cpu": 0, "cuda:0": 0}
+          and " on cuda:0: " in named)
+    return {"pass": ok, "cpu_text": texts["cpu"], "cuda_text": texts["cuda:0"], "exit_codes": rcs,
+            "model_line": named[:200]}
 
 
 def auto_pool(a):
@@ -170,6 +175,24 @@ def kv_too_big(a):
             "seconds": round(time.time() - t0, 1), "message": msg[:300]}
 
 
+def no_such_gpu(a):
+    # one past the visible GPUs: a clear message and a non-zero exit, at once
+    n = len(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip().splitlines())
+    d = Daemon(a.sparsed, ["--device", "cuda:%d" % n, "--model", a.stories], a.port + 4,
+               os.path.join(a.work, "d-nogpu.log"))
+    t0 = time.time()
+    try:
+        rc = d.p.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        d.stop()
+        return {"pass": False, "error": "still running after 60 s"}
+    log = d.text()
+    d.f.close()
+    msg = next((l for l in log.splitlines() if "does not exist" in l), "")
+    return {"pass": rc != 0 and ("cuda:%d does not exist" % n) in msg, "gpus": n, "exit_code": rc,
+            "seconds": round(time.time() - t0, 1), "message": msg[:300]}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sparsed", required=True)
@@ -181,7 +204,7 @@ def main():
     a = ap.parse_args()
     fails = 0
     for label, fn in (("daemon-stories-greedy", stories_greedy), ("daemon-auto-pool", auto_pool),
-                      ("daemon-kv-too-big", kv_too_big)):
+                      ("daemon-kv-too-big", kv_too_big), ("daemon-no-such-gpu", no_such_gpu)):
         try:
             r = fn(a)
         except Exception as e:   # a check that crashes fails, the others still run

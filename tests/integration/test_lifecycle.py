@@ -212,6 +212,11 @@ def test_invalid_values_rejected(tmp_path):
         ([], {"SPARSED_GPU_MEMORY_UTILIZATION": "most"}, "SPARSED_GPU_MEMORY_UTILIZATION"),
         (["--device", "cpu", "--index-keys", "fp8"], None, "--index-keys fp8 needs --device cuda"),
         ([], {"SPARSED_INDEX_KEYS": "fp8"}, "--index-keys fp8 needs --device cuda"),
+        (["--device", "gpu"], None, "invalid value 'gpu' for --device"),
+        (["--device", "cuda:x"], None, "invalid value 'cuda:x' for --device"),
+        (["--device", "cuda:-1"], None, "invalid value 'cuda:-1' for --device"),
+        (["--device", "cuda:"], None, "invalid value 'cuda:' for --device"),
+        ([], {"SPARSED_DEVICE": "cuda:1 "}, "invalid value 'cuda:1 ' for --device"),
     ]
     cfg = tmp_path / "bad.json"
     cfg.write_text('{"max_running": 4, "max_runing": 5}')
