@@ -275,6 +275,23 @@ static double hidx(const HostPool *h, const int *table, int j, int d, int fp8)
     return fp8 ? e4m3f(h->idx8[o]) : bf2f(h->idx[o]);
 }
 
+/* Index query row r as the fp8 indexer scores it (engine/cuda/q8.cuh):
+ * scaled by a power of two (largest element to at most 448), then to e4m3;
+ * as given without fp8. */
+static void index_query(const uint16_t *r, int fp8, double *out)
+{
+    float amax = 0.f;
+    for (int d = 0; d < 128; d++) amax = fmaxf(amax, fabsf(bf2f(r[d])));
+    if (!fp8) {
+        for (int d = 0; d < 128; d++) out[d] = bf2f(r[d]);
+        return;
+    }
+    int ex = 1;
+    if (amax > 0.f) frexpf(448.f / amax, &ex);
+    const float sc = ldexpf(1.f, ex - 1);
+    for (int d = 0; d < 128; d++) out[d] = (double)(float)__nv_fp8_e4m3(bf2f(r[d]) * sc);
+}
+
 /* softmax attention of one query row over the listed key positions */
 static void ref_attn(const uint16_t *q, const int *keys, int n, const HostPool *h, const int *table, int kvh,
                      double scale, double *out)
@@ -547,12 +564,14 @@ static void check_msa_decode_case(int fp8, int batch, const int *lens, unsigned 
         int nblk = (lens[b] + 127) / 128, ncand = nblk - local;
         for (int g = 0; g < 4; g++) {
             double *sc = (double *)malloc(sizeof(double) * (ncand > 0 ? ncand : 1));
+            double qr[128];
+            index_query(hiq + (b * 4 + g) * 128, fp8, qr);
             for (int blk = 0; blk < ncand; blk++) {
                 double best = -INFINITY;
                 for (int t = blk * 128; t < blk * 128 + 128; t++) {
                     double acc = 0;
                     for (int d = 0; d < 128; d++)
-                        acc += (double)bf2f(hiq[(b * 4 + g) * 128 + d]) * hidx(&h, tab, t, d, fp8);
+                        acc += qr[d] * hidx(&h, tab, t, d, fp8);
                     if (acc > best) best = acc;
                 }
                 sc[blk] = best;
@@ -816,7 +835,7 @@ static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse, const
     seqs_free(&s);
 }
 
-/* fp8: index keys in e4m3 (the selection reads them widened to bf16);
+/* fp8: index keys in e4m3 (and the index queries scored in e4m3);
  * env: VAR=value,... set for the MSA call (e.g. CATTN_SELECT_SPLIT=3) */
 static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const char *env = NULL,
                               const Shape &sh = M3)
@@ -867,12 +886,14 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const cha
         if (ncand < 0) ncand = 0;
         for (int g = 0; g < 4; g++) {
             double *sc = (double *)malloc(sizeof(double) * (ncand ? ncand : 1));
+            double qr[128];
+            index_query(hiq + ((size_t)t * 4 + g) * 128, fp8, qr);
             for (int blk = 0; blk < ncand; blk++) {
                 double best = -INFINITY;
                 for (int j = blk * 128; j < blk * 128 + 128; j++) {
                     double acc = 0;
                     for (int d = 0; d < 128; d++)
-                        acc += (double)bf2f(hiq[((size_t)t * 4 + g) * 128 + d]) * hidx(&h, tab, j, d, fp8);
+                        acc += qr[d] * hidx(&h, tab, j, d, fp8);
                     if (acc > best) best = acc;
                 }
                 sc[blk] = best;

@@ -373,8 +373,9 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const float *part_o
  * Bound by reading the index keys, so the keys stream through a cp.async
  * pipeline of whole pages (3 stages of 32 KB bf16, or 6 of 16 KB fp8) and
  * the dot products run on tensor cores: each warp takes 32 keys of the page
- * as the A operand (fp8 keys widened to f16 on the way) against the four
- * groups' index queries as an n8 B operand; block maxima are reduced in
+ * as the A operand (fp8 keys widened to f16 on the way, and then the
+ * queries rounded to e4m3 as in prefill) against the four groups' index
+ * queries as an n8 B operand; block maxima are reduced in
  * registers and across the four warps. */
 
 #define SC_THREADS 128
@@ -444,15 +445,25 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
     uint32_t bq[8][2];
     const int gq = lane >> 2;
     const bf16 *iqb = iq + ((long long)b * 4 + (gq < 4 ? gq : 0)) * 128;
+    float sc = 1.f; /* fp8: the queries are scored in e4m3 (attn_util.cuh); the quad holds the row */
+    if (FP8) {
+        float amax = 0.f;
+        for (int c = 4 * (lane & 3); c < 128; c += 16)
+#pragma unroll
+            for (int j = 0; j < 4; j++) amax = fmaxf(amax, fabsf(__bfloat162float(iqb[c + j])));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+        sc = q8_scale(amax);
+    }
 #pragma unroll
     for (int kk = 0; kk < 8; kk++) {
         int c = 16 * kk + 2 * (lane & 3);
         if (gq >= 4) {
             bq[kk][0] = bq[kk][1] = 0u;
-        } else if (FP8) {
+        } else if (FP8) { /* e4m3 values are exact in f16 */
             int c8 = 16 * kk + 4 * (lane & 3);
-            bq[kk][0] = pack_h2(__bfloat162float(iqb[c8]), __bfloat162float(iqb[c8 + 1]));
-            bq[kk][1] = pack_h2(__bfloat162float(iqb[c8 + 2]), __bfloat162float(iqb[c8 + 3]));
+            bq[kk][0] = pack_h2(q8_round(__bfloat162float(iqb[c8]), sc), q8_round(__bfloat162float(iqb[c8 + 1]), sc));
+            bq[kk][1] = pack_h2(q8_round(__bfloat162float(iqb[c8 + 2]), sc), q8_round(__bfloat162float(iqb[c8 + 3]), sc));
         } else {
             bq[kk][0] = *(const uint32_t *)(iqb + c);
             bq[kk][1] = *(const uint32_t *)(iqb + c + 8);

@@ -10,7 +10,9 @@
  *     thread), index scores iq . ik on tensor cores for every earlier
  *     block, max-pooled per block in registers and folded into a running
  *     per-row top-k in shared memory.  No score matrix reaches memory.
- *     fp8 index keys are widened to bf16 on their way into shared memory.
+ *     fp8 index keys are widened to bf16 on their way into shared memory
+ *     and the index queries rounded to e4m3 (attn_util.cuh), which bf16
+ *     holds exactly.
  *  2. KV-block outer sparse attention over a chunk of tokens: bucket the
  *     (token, slot) pairs of the chunk by selected block, let one CTA per
  *     (block, group) load the block's K/V once and run every query that
@@ -369,6 +371,7 @@ __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
             qa[mt][kk][2] = rlo < a.n_q ? *(const uint32_t *)(plo + c + 8) : 0u;
             qa[mt][kk][3] = rhi < a.n_q ? *(const uint32_t *)(phi + c + 8) : 0u;
         }
+        if (FP8) q8_round_frag(qa[mt]); /* the fp8 indexer scores e4m3 queries */
     }
     /* the two rows this thread keeps the lists of: m-tile lane&3, both halves */
     const int my_mt = lane & 3, my_r = my_mt * 16 + (lane >> 2); /* rows my_r, my_r + 8 */

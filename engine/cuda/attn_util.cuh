@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "pdl.cuh"
+#include "q8.cuh"
 
 typedef __nv_bfloat16 bf16;
 
@@ -95,6 +96,32 @@ static __device__ __forceinline__ void e4m3x16_to_bf16(const uint4 &raw, uint4 &
     hi.y = e4m3x2_to_bf16x2(raw.z >> 16);
     hi.z = e4m3x2_to_bf16x2(raw.w & 0xffff);
     hi.w = e4m3x2_to_bf16x2(raw.w >> 16);
+}
+
+/* ---- the fp8 indexer's queries (q8.cuh) ---------------------------------- */
+/* An mma.sync m16k16 A fragment set of two rows, qa[kk][0, 2] row lo and
+ * [1, 3] row hi (bf16 pairs), the quad holding a row's 128 dims: rounded
+ * in place as q8.cuh says (e4m3 values are exact in bf16). */
+static __device__ __forceinline__ void q8_round_frag(uint32_t (&qa)[8][4])
+{
+    float amax[2] = {0.f, 0.f};
+#pragma unroll
+    for (int kk = 0; kk < 8; kk++)
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+            amax[r & 1] = fmaxf(amax[r & 1], fmaxf(fabsf(bf_lo(qa[kk][r])), fabsf(bf_hi(qa[kk][r]))));
+    float sc[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        amax[h] = fmaxf(amax[h], __shfl_xor_sync(0xffffffffu, amax[h], 1));
+        amax[h] = fmaxf(amax[h], __shfl_xor_sync(0xffffffffu, amax[h], 2));
+        sc[h] = q8_scale(amax[h]);
+    }
+#pragma unroll
+    for (int kk = 0; kk < 8; kk++)
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+            qa[kk][r] = pack_bf16(q8_round(bf_lo(qa[kk][r]), sc[r & 1]), q8_round(bf_hi(qa[kk][r]), sc[r & 1]));
 }
 
 /* ---- running top-k lists of the MSA prefill selections -------------------

@@ -7,7 +7,10 @@
  *
  * Page layout (kvcache.h), per page and layer, bf16 on the device:
  *   K, V     [n_kv_heads][B][head_dim]
- *   idx      [B][idx_dim]                 (bf16, or fp8 e4m3 when idx_fp8)
+ *   idx      [B][idx_dim]                 (bf16, or fp8 e4m3 when idx_fp8:
+ *                                          the index queries are then scored
+ *                                          in e4m3 too, each row scaled by a
+ *                                          power of two; attn_util.cuh)
  *   summary  [n_kv_heads][3][head_dim]    (min, max, sum over the page)
  * Each array has its own base pointer and byte stride from one page to the
  * next, so one interleaved allocation and separate ones both fit.  Keys and

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "pdl.cuh"
+#include "q8.cuh"
 
 typedef __nv_bfloat16 bf16;
 
@@ -495,6 +496,16 @@ __global__ void __launch_bounds__(128) select_kernel(SelArgs a)
         const T *iq = (const T *)a.iq + ((size_t)t * a.Hkv + g) * a.idx_dim;
         for (int i = tid; i < a.idx_dim; i += blockDim.x)
             qs[i] = tof(iq[i]);
+        if (a.idx_fp8) { /* scored in e4m3 as the tuned kernels do (q8.cuh) */
+            __syncthreads();
+            float amax = 0.0f;
+            for (int i = 0; i < a.idx_dim; i++)
+                amax = fmaxf(amax, fabsf(qs[i]));
+            const float s8 = q8_scale(amax);
+            __syncthreads();
+            for (int i = tid; i < a.idx_dim; i += blockDim.x)
+                qs[i] = q8_round(qs[i], s8);
+        }
     } else {
         /* positive and negative parts of the group's queries, per head or summed */
         const T *q = (const T *)a.q + ((size_t)t * a.Hq + (size_t)g * a.hpg) * D;

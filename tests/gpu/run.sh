@@ -63,7 +63,7 @@ check m3-128-cover-vs-dense --model $M/m3-128.gguf --prompts 2000,700,130 --deco
     --top-k-blocks 32 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 2e-2
 # fp8 (e4m3) index keys in the pool: with a top-k covering every block the
 # selection cannot matter, so sparse must still equal dense (tuned kernels:
-# the prefill selection's fp8 widening and the fp8 decode; generic: the post
+# the prefill selection on fp8 keys and queries and the fp8 decode; generic: the post
 # kernel's fp8 store); with a small top-k fp8 rounding flips near-ties, so
 # informational, beside the bf16 runs above.
 # the prefill kernels' key splits (a short chunk deep in a long context
