@@ -18,7 +18,8 @@
  *     (block, group) load the block's K/V once and run every query that
  *     chose it (two tokens x 16 heads per warp), write a normalised partial
  *     per (token, slot, head); a last kernel merges the partials by their
- *     log-sum-exp.
+ *     log-sum-exp.  On Hopper the CTA's rows run on wgmma instead
+ *     (sp_attn_sm90_kernel, attn_prefill_sm90.cu).
  *
  * Key splits: a chunk of a few hundred tokens deep in a long context is
  * only a few CTAs of 128 tokens (a head), each streaming every earlier key
@@ -514,18 +515,6 @@ __global__ void __launch_bounds__(1024) sp_scan_kernel(const int *cnt, int *off,
 #define SP_WARPS 4
 #define SP_SMEM (2 * 128 * 256 + SP_WARPS * SP_ROWS * 256)
 
-struct SpArgs {
-    const bf16 *q;
-    const char *k, *v;
-    long long k_stride, v_stride;
-    const int32_t *table;
-    const int *cnt, *off, *list;
-    float *plse;
-    bf16 *part;
-    int c0, q_pos0, kv_len, n_heads, ratio, B, W, nblk;
-    float scale_log2;
-};
-
 /* A warp step takes SP_ROWS / ratio (token, slot) items of the block's
  * list, row r = ratio * item + head: with few heads a group the mma tiles
  * still fill (4 heads: 8 tokens in 32 rows, not 2 tokens of which 8 rows
@@ -961,14 +950,18 @@ extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *tabl
         sp_fill_kernel<<<(unsigned)nblocks, nthr, 0, st>>>(s, n, W, nb, fill, list);
         a.c0 = c0;
         a.nblk = nb;
-        const long long steps = (long long)(c1 - c0) * W / nb / (SP_ROWS / ratio);
-        /* split the blocks' item lists while the grid is under a wave
-         * (two CTAs an SM; past it a split's K/V load costs more than the
-         * fuller last wave gives), at least 4 warp steps a CTA;
-         * CATTN_SP_SPLIT=N forces N */
-        const dim3 grid(nb, 4, prefill_splits(nb * 4, 2, (int)(steps < INT_MAX ? steps : INT_MAX), 4, 1, SIZE_MAX,
-                                              "CATTN_SP_SPLIT"));
-        sp_kernel(ratio)<<<grid, SP_WARPS * 32, SP_SMEM, st>>>(a);
+        rc = sp_attn_sm90(a, c1 - c0, st); /* Hopper: wgmma */
+        if (rc > 1) return rc;
+        if (rc == 1) {
+            const long long steps = (long long)(c1 - c0) * W / nb / (SP_ROWS / ratio);
+            /* split the blocks' item lists while the grid is under a wave
+             * (two CTAs an SM; past it a split's K/V load costs more than
+             * the fuller last wave gives), at least 4 warp steps a CTA;
+             * CATTN_SP_SPLIT=N forces N */
+            const dim3 grid(nb, 4, prefill_splits(nb * 4, 2, (int)(steps < INT_MAX ? steps : INT_MAX), 4, 1,
+                                                  SIZE_MAX, "CATTN_SP_SPLIT"));
+            sp_kernel(ratio)<<<grid, SP_WARPS * 32, SP_SMEM, st>>>(a);
+        }
         long long warps = (long long)(c1 - c0) * n_heads;
         sp_combine_kernel<<<(unsigned)((warps * 32 + 255) / 256), 256, 0, st>>>(sel, a.plse, a.part, c0, c1 - c0,
                                                                                n_heads, ratio, W, (bf16 *)out);

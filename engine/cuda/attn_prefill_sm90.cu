@@ -36,6 +36,7 @@
  * runs), =1 makes a decline an error (CATTN_ESHAPE), for tests;
  * CATTN_SM90_PINGPONG=0 turns off the warpgroup ping-pong.
  */
+#include <climits>
 #include <cuda.h> /* CUtensorMap and its enums (types only; the encoder comes through the runtime) */
 #include <stdlib.h>
 #include <string.h>
@@ -849,5 +850,199 @@ int cattn_msa_select_prefill_sm90(const cattn_pool *p, const int32_t *table, int
                                                                           (cudaStream_t)stream>>>(tx, a);
     CUDA_TRY(cudaGetLastError());
     if (a.S > 1) return select_merge(a.ps, a.pi, a.S, n_q, q_pos0, p->block_size, top_k, local, sel, stream);
+    return 0;
+}
+
+/* ---- MSA stage 2 (sparse attention) on wgmma ---------------------------------
+ * Same work as sp_attn_kernel in attn_prefill.cu: a CTA owns block blk of
+ * group g (a share of its items with a split), loads the block's K and V
+ * once and runs every (item, head) row that chose it against its 128 keys.
+ * Here two warpgroups take 64-row tiles (64 / R items of R heads)
+ * alternately, the next tile's Q rows copied while this one computes:
+ * S = Q K^T is 8 wgmma m64n128k16 from shared memory, one softmax over the
+ * block (a token in the diagonal block masks its later keys), and O = P V
+ * takes P from registers, as in prefill_sm90_kernel; each row leaves
+ * normalised in bf16 with its log2-sum-exp for sp_combine. */
+#define SQ_THREADS 256
+#define SQ_SMEM (4 * H_TILE + 1024) /* K, V and two Q tiles (a warpgroup's 64 rows each) */
+
+#ifdef H_SM90
+static __device__ __forceinline__ void wg_sync(int wg)
+{
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+}
+#endif
+
+template <int R>
+__global__ void __launch_bounds__(SQ_THREADS, 1) sp_attn_sm90_kernel(const SpArgs a)
+{
+#ifdef H_SM90
+    constexpr int IPT = 64 / R; /* items a tile */
+    extern __shared__ unsigned char smem_raw[];
+    const int blk = blockIdx.x, g = blockIdx.y;
+    const int n_all = a.cnt[g * a.nblk + blk], per = (n_all + gridDim.z - 1) / gridDim.z;
+    const int first = blockIdx.z * per, n = min(per, n_all - first);
+    if (n <= 0) return;
+    const int *items = a.list + a.off[g * a.nblk + blk] + first;
+    const int tid = threadIdx.x, wg = tid >> 7, t = tid & 127, wi = t >> 5, lane = tid & 31;
+    const uint32_t sbase = (smem_u32(smem_raw) + 1023) & ~1023u;
+    const uint32_t ks = sbase, vs = sbase + H_TILE, qs0 = sbase + 2 * H_TILE;
+    const int n_t = (n + IPT - 1) / IPT;
+
+    /* tile ti's rows into this warpgroup's half of Q buffer b: row rr is
+     * head rr % R of item rr / R (zeros past the list) */
+    auto load_q = [&](int ti, int b) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int c = t + 128 * i, rr = c >> 4, ch = c & 15, r = 64 * wg + rr;
+            const int ii = ti * IPT + rr / R;
+            const int it = ii < n ? items[ii] : -1;
+            const __nv_bfloat16 *src =
+                a.q + ((long long)(a.c0 + (it < 0 ? 0 : it >> 6)) * a.n_heads + g * R + rr % R) * 128 + ch * 8;
+            cp16(qs0 + b * H_TILE + (ch >> 3) * H_HALF + r * 128 + (((ch & 7) ^ (r & 7)) << 4), src, it >= 0);
+        }
+    };
+    {
+        const long long page = a.table[blk];
+        const char *kp = a.k + page * a.k_stride + (long long)g * 128 * 256;
+        const char *vp = a.v + page * a.v_stride + (long long)g * 128 * 256;
+        const int valid = a.kv_len - blk * 128; /* rows past the sequence: zeros, not stale data */
+        for (int c = tid; c < 128 * 16; c += SQ_THREADS) {
+            const int r = c >> 4, ch = c & 15;
+            const uint32_t o = (ch >> 3) * H_HALF + r * 128 + (((ch & 7) ^ (r & 7)) << 4);
+            cp16(ks + o, kp + c * 16, r < valid);
+            cp16(vs + o, vp + c * 16, r < valid);
+        }
+        if (wg < n_t) load_q(wg, 0);
+        cp_commit();
+        cp_wait<0>();
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* cp.async wrote, wgmma reads */
+        __syncthreads();
+    }
+
+    const int key0 = blk * 128;
+    float s[64], o[64];
+    uint32_t p[32];
+    for (int ti = wg, k = 0; ti < n_t; ti += 2, k++) {
+        const int b = k & 1;
+        const bool more = ti + 2 < n_t;
+        if (more) {
+            load_q(ti + 2, b ^ 1);
+            cp_commit();
+        }
+        wg_fence();
+        gemm_qk(s, qs0 + b * H_TILE + wg * 64 * 128, ks);
+        wg_commit();
+
+        /* this thread's rows 16 wi + lane / 4 (+ 8): their items and, in the diagonal block, positions */
+        int item[2], rowpos[2];
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            const int rr = 16 * wi + (lane >> 2) + 8 * hh, ii = ti * IPT + rr / R;
+            item[hh] = ii < n ? items[ii] : -1;
+            const int pos = a.q_pos0 + a.c0 + (item[hh] < 0 ? 0 : item[hh] >> 6);
+            rowpos[hh] = item[hh] >= 0 && pos / 128 == blk ? pos : INT_MAX;
+        }
+        wg_wait<0>();
+        reg_fence(s);
+
+        float m[2], l[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float mx = NEG_INF;
+#pragma unroll
+            for (int j = 0; j < 16; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    if (key0 + 8 * j + 2 * (lane & 3) + e > rowpos[h]) s[4 * j + 2 * h + e] = NEG_INF;
+                    mx = fmaxf(mx, s[4 * j + 2 * h + e]);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            m[h] = mx * a.scale_log2; /* finite: every row keeps key0 */
+            float sum = 0.f;
+#pragma unroll
+            for (int j = 0; j < 16; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const float pv = ex2(fmaf(s[4 * j + 2 * h + e], a.scale_log2, -m[h]));
+                    s[4 * j + 2 * h + e] = pv;
+                    sum += pv;
+                }
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            l[h] = sum;
+        }
+        pack_p(p, s);
+#pragma unroll
+        for (int i = 0; i < 64; i++) o[i] = 0.f;
+        wg_fence();
+        gemm_pv(o, p, vs);
+        wg_commit();
+        wg_wait<0>();
+        reg_fence(o);
+
+        /* normalised O through this tile's Q rows (free since S), then
+         * each row's 256 bytes out in 16-byte copies */
+        unsigned char *qb = smem_raw + (qs0 + b * H_TILE - smem_u32(smem_raw));
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            const int r = 64 * wg + 16 * wi + (lane >> 2) + 8 * hh;
+            const float inv = 1.f / l[hh];
+#pragma unroll
+            for (int j = 0; j < 16; j++)
+                *(uint32_t *)(qb + (j >> 3) * H_HALF + r * 128 + (((j & 7) ^ (r & 7)) << 4) + 4 * (lane & 3)) =
+                    pack_bf16(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
+            if (item[hh] >= 0 && (lane & 3) == 0) {
+                const int rr = r - 64 * wg;
+                a.plse[(((long long)(item[hh] >> 6) * 4 + g) * a.W + (item[hh] & 63)) * R + rr % R] =
+                    m[hh] + __log2f(l[hh]);
+            }
+        }
+        wg_sync(wg);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int c = t + 128 * i, rr = c >> 4, ch = c & 15, r = 64 * wg + rr;
+            const int ii = ti * IPT + rr / R;
+            const int it = ii < n ? items[ii] : -1;
+            if (it < 0) continue;
+            const long long prow = (((long long)(it >> 6) * 4 + g) * a.W + (it & 63)) * R + rr % R;
+            *(uint4 *)(a.part + prow * 128 + ch * 8) =
+                *(const uint4 *)(qb + (ch >> 3) * H_HALF + r * 128 + (((ch & 7) ^ (r & 7)) << 4));
+        }
+        if (more) {
+            cp_wait<0>();
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        }
+        wg_sync(wg); /* the next tile's rows landed for all; this tile's buffer is free */
+    }
+#endif /* H_SM90 */
+}
+
+int sp_attn_sm90(const SpArgs &a, int n_tok, void *stream)
+{
+    const char *env = getenv("CATTN_SP_SM90");
+    if (env && !strcmp(env, "0")) return 1;
+    if (a.B != 128 || (a.ratio != 4 && a.ratio != 8 && a.ratio != 16)) return 1;
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= H_MAX_DEV) return 1;
+    if (!g_ready[dev]) g_ready[dev] = sm90_probe();
+    if (g_ready[dev] < 0) return 1;
+    static int attr_done = 0;
+    if (!attr_done) {
+        void (*const ks[])(const SpArgs) = {sp_attn_sm90_kernel<4>, sp_attn_sm90_kernel<8>, sp_attn_sm90_kernel<16>};
+        for (auto k : ks) CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SQ_SMEM));
+        attr_done = 1;
+    }
+    /* split the blocks' item lists while the grid is under a wave (one
+     * CTA an SM), at least 2 tiles a CTA; CATTN_SP_SPLIT=N forces N */
+    const long long tiles = (long long)n_tok * a.W / a.nblk / (64 / a.ratio);
+    const dim3 grid(a.nblk, 4, prefill_splits(a.nblk * 4, 1, (int)(tiles < INT_MAX ? tiles : INT_MAX), 2, 1, SIZE_MAX,
+                                              "CATTN_SP_SPLIT"));
+    cudaStream_t st = (cudaStream_t)stream;
+    if (a.ratio == 4) sp_attn_sm90_kernel<4><<<grid, SQ_THREADS, SQ_SMEM, st>>>(a);
+    else if (a.ratio == 8) sp_attn_sm90_kernel<8><<<grid, SQ_THREADS, SQ_SMEM, st>>>(a);
+    else sp_attn_sm90_kernel<16><<<grid, SQ_THREADS, SQ_SMEM, st>>>(a);
+    CUDA_TRY(cudaGetLastError());
     return 0;
 }

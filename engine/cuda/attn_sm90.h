@@ -8,6 +8,8 @@
 
 #include <stdint.h>
 
+#include <cuda_bf16.h>
+
 #include "cuda_attn.h"
 
 /* cattn_prefill on wgmma (FlashAttention-3 style); same arguments, already
@@ -18,14 +20,35 @@ int cattn_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q
                        size_t ws_bytes, void *stream);
 
 /* cattn_msa_select_prefill on wgmma; arguments validated by the caller.
- * fp8 index keys are widened to bf16 in shared memory, as the mma.sync
- * kernel does, so the scores are the same; the index queries stay bf16.
- * ws (may be NULL) is scratch for the partial lists when the keys are
+ * fp8 index keys are scored against e4m3 index queries (q8.cuh) on fp8
+ * wgmma, as the mma.sync kernel scores them.  ws (may be NULL) is scratch for the partial lists when the keys are
  * split over several CTAs a tile (few tokens, long context).
  * Environment: CATTN_SELECT_SM90=0 disables it, =1 makes a decline an
  * error; CATTN_SELECT_SPLIT (see prefill_splits). */
 int cattn_msa_select_prefill_sm90(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, const void *iq,
                                   int top_k, int local, int32_t *sel, void *ws, size_t ws_bytes, void *stream);
+
+/* The MSA prefill's stage 2 (attn_prefill.cu): for a chunk of tokens
+ * c0.., the (token, slot) items that chose block b of group g are
+ * list[off[g nblk + b] ..] (cnt of them; item = token << 6 | slot), and
+ * each (item, head) gets a normalised bf16 row in part and its log2-sum-
+ * exp in plse, row ((token 4 + g) W + slot) ratio + head. */
+struct SpArgs {
+    const __nv_bfloat16 *q;
+    const char *k, *v;
+    long long k_stride, v_stride;
+    const int32_t *table;
+    const int *cnt, *off, *list;
+    float *plse;
+    __nv_bfloat16 *part;
+    int c0, q_pos0, kv_len, n_heads, ratio, B, W, nblk;
+    float scale_log2;
+};
+
+/* Stage 2 on wgmma for blocks of 128 and 4, 8 or 16 heads a group: grid
+ * (nblk, 4, splits of each block's items).  Returns 1 where it does not
+ * apply (CATTN_SP_SM90=0 too) and the caller runs its mma.sync kernel. */
+int sp_attn_sm90(const SpArgs &a, int n_tok, void *stream);
 
 /* ---- key splits (attn_prefill.cu) ---------------------------------------- */
 
