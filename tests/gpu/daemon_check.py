@@ -157,40 +157,39 @@ def auto_pool(a):
             res["pass"] = False
 
 
+def failed_start(a, args, port, log, needle, limit):
+    """Starts a daemon that must refuse to run: exit status, time and the log line naming needle."""
+    d = Daemon(a.sparsed, args, port, os.path.join(a.work, log))
+    t0 = time.time()
+    try:
+        rc = d.p.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        d.stop()
+        return None, {"pass": False, "error": "still running after %d s" % limit}
+    text = d.text()
+    d.f.close()
+    msg = next((l for l in text.splitlines() if needle in l), "")
+    return msg, {"exit_code": rc, "seconds": round(time.time() - t0, 1), "message": msg[:300]}
+
+
 def kv_too_big(a):
     # the model's 1M context keeps the pool from being capped at what
     # --max-running full contexts use (stories260K's 512 tokens would be)
-    d = Daemon(a.sparsed, ["--device", "cuda", "--model", a.m3, "--kv-memory", "1T"], a.port + 3,
-               os.path.join(a.work, "d-big.log"))
-    t0 = time.time()
-    try:
-        rc = d.p.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        d.stop()
-        return {"pass": False, "error": "still running after 120 s"}
-    log = d.text()
-    d.f.close()
-    msg = next((l for l in log.splitlines() if "KV pool" in l), "")
-    return {"pass": rc != 0 and "cannot place the KV pool" in log, "exit_code": rc,
-            "seconds": round(time.time() - t0, 1), "message": msg[:300]}
+    msg, r = failed_start(a, ["--device", "cuda", "--model", a.m3, "--kv-memory", "1T"], a.port + 3, "d-big.log",
+                          "cannot place the KV pool", 120)
+    if msg is None:
+        return r
+    return {"pass": r["exit_code"] != 0 and msg != "", **r}
 
 
 def no_such_gpu(a):
     # one past the visible GPUs: a clear message and a non-zero exit, at once
     n = len(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip().splitlines())
-    d = Daemon(a.sparsed, ["--device", "cuda:%d" % n, "--model", a.stories], a.port + 4,
-               os.path.join(a.work, "d-nogpu.log"))
-    t0 = time.time()
-    try:
-        rc = d.p.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        d.stop()
-        return {"pass": False, "error": "still running after 60 s"}
-    log = d.text()
-    d.f.close()
-    msg = next((l for l in log.splitlines() if "does not exist" in l), "")
-    return {"pass": rc != 0 and ("cuda:%d does not exist" % n) in msg, "gpus": n, "exit_code": rc,
-            "seconds": round(time.time() - t0, 1), "message": msg[:300]}
+    msg, r = failed_start(a, ["--device", "cuda:%d" % n, "--model", a.stories], a.port + 4, "d-nogpu.log",
+                          "does not exist", 60)
+    if msg is None:
+        return r
+    return {"pass": r["exit_code"] != 0 and ("cuda:%d does not exist" % n) in msg, "gpus": n, **r}
 
 
 def main():
