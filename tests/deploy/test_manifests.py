@@ -270,9 +270,29 @@ def test_compose_replicas_are_the_nginx_upstreams():
         assert context == ROOT and os.path.exists(df), df
 
 
+def test_compose_gpu_reservations_give_each_replica_its_own_card():
+    # the commented GPU blocks, uncommented as the file tells: one card a
+    # replica by device_ids (count: 1 would hand both the first GPU)
+    text = open(os.path.join(ROOT, "deploy", "compose.yaml")).read()
+    on = re.sub(r"^(\s+)# (\s*)((deploy|resources|reservations|devices):|- \{driver)", r"\1\2\3", text,
+                flags=re.M)
+    assert on != text, "no commented GPU reservation left to uncomment"
+    svcs = yaml.safe_load(on)["services"]
+    cards = []
+    for k, v in svcs.items():
+        if k == "nginx":
+            continue
+        devs = v["deploy"]["resources"]["reservations"]["devices"]
+        assert len(devs) == 1 and "count" not in devs[0] and "gpu" in devs[0]["capabilities"], (k, devs)
+        assert len(devs[0]["device_ids"]) == 1, (k, devs)
+        cards.append(expand(devs[0]["device_ids"][0]))
+    assert len(cards) == 2 and len(set(cards)) == 2, cards
+
+
 if __name__ == "__main__":
     sys.exit(checks.run([
         test_every_manifest_is_listed_and_validates, test_validator_rejects_a_bad_manifest,
+        test_compose_gpu_reservations_give_each_replica_its_own_card,
         test_configmap_is_configs_byte_for_byte, test_configmap_generator_round_trips_odd_text,
         test_deployment_probes_ports_and_gpu, test_deployment_env_names_are_daemon_options,
         test_config_file_comes_from_the_configmap, test_grace_period_covers_prestop_and_drain,
