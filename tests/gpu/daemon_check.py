@@ -13,6 +13,11 @@ Checks (one JSON line each, appended to --checks, gpu_check's format):
                           growing (the work buffers were reserved at start)
   daemon-kv-too-big       --kv-memory 1T fails at start with a message,
                           not on the first request
+  daemon-no-such-gpu      --device cuda:<GPUs visible> fails at start, naming
+                          the count
+  daemon-two-gpus         (with 2 GPUs or more) daemons on cuda:0 and cuda:1
+                          at once, each pool on its own card, both serving
+                          the stories260K greedy text
 Every daemon must exit 0 on SIGTERM.  Exit status: the failed checks.
 """
 import argparse
@@ -34,6 +39,17 @@ def gpu_mib():
                          capture_output=True, text=True, timeout=30).stdout
     used, total = out.strip().splitlines()[0].split(",")
     return int(used), int(total)
+
+
+def cards_used_mib():
+    """Used MiB of every card, from nvidia-smi."""
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return [int(x) for x in out.split()]
+
+
+def gpu_count():
+    return len(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip().splitlines())
 
 
 class Daemon:
@@ -184,12 +200,45 @@ def kv_too_big(a):
 
 def no_such_gpu(a):
     # one past the visible GPUs: a clear message and a non-zero exit, at once
-    n = len(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip().splitlines())
+    n = gpu_count()
     msg, r = failed_start(a, ["--device", "cuda:%d" % n, "--model", a.stories], a.port + 4, "d-nogpu.log",
                           "does not exist", 60)
     if msg is None:
         return r
     return {"pass": r["exit_code"] != 0 and ("cuda:%d does not exist" % n) in msg, "gpus": n, **r}
+
+
+def two_gpus(a):
+    # one daemon a card, as on a host of several: each card's memory use
+    # rises by a daemon's (context, weights, pool), and both answer at once
+    body = {"prompt": "Once upon a time, there was a little girl named Lily.", "max_tokens": 120, "temperature": 0}
+    before = cards_used_mib()
+    ds = [Daemon(a.sparsed, ["--device", "cuda:%d" % i, "--model", a.stories], a.port + 5 + i,
+                 os.path.join(a.work, "d-gpu%d.log" % i)) for i in range(2)]
+    res = {}
+    try:
+        for i, d in enumerate(ds):
+            if not d.wait_ready():
+                return {"pass": False, "error": "cuda:%d daemon not ready: %s" % (i, d.text()[-400:])}
+        res["cards_rise_mib"] = [u - b for u, b in zip(cards_used_mib(), before)][:2]
+        texts = [None, None]
+
+        def ask(i):
+            st, r = ds[i].post("/v1/completions", body)
+            texts[i] = r["choices"][0]["text"] if st == 200 else "HTTP %d" % st
+
+        th = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+        for t in th:
+            t.start()
+        for t in th:
+            t.join()
+        res["texts_equal"] = texts[0] == texts[1] and len(texts[0]) > 0 and not texts[0].startswith("HTTP")
+        res["named"] = [any((" on cuda:%d: " % i) in l for l in d.text().splitlines()) for i, d in enumerate(ds)]
+    finally:
+        res["exit_codes"] = [d.stop() for d in ds]
+    res["pass"] = (res.get("texts_equal", False) and all(res.get("named", [False])) and res["exit_codes"] == [0, 0]
+                   and all(r >= 200 for r in res.get("cards_rise_mib", [0])))
+    return res
 
 
 def main():
@@ -200,10 +249,16 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--checks", required=True, help="JSON lines file to append to")
     ap.add_argument("--port", type=int, default=18210)
+    ap.add_argument("--only", help="run just this check (its label)")
     a = ap.parse_args()
     fails = 0
-    for label, fn in (("daemon-stories-greedy", stories_greedy), ("daemon-auto-pool", auto_pool),
-                      ("daemon-kv-too-big", kv_too_big), ("daemon-no-such-gpu", no_such_gpu)):
+    checks = [("daemon-stories-greedy", stories_greedy), ("daemon-auto-pool", auto_pool),
+              ("daemon-kv-too-big", kv_too_big), ("daemon-no-such-gpu", no_such_gpu)]
+    if gpu_count() >= 2:
+        checks.append(("daemon-two-gpus", two_gpus))
+    for label, fn in checks:
+        if a.only and label != a.only:
+            continue
         try:
             r = fn(a)
         except Exception as e:   # a check that crashes fails, the others still run
