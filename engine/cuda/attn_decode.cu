@@ -451,9 +451,7 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
         for (int c = 4 * (lane & 3); c < 128; c += 16)
 #pragma unroll
             for (int j = 0; j < 4; j++) amax = fmaxf(amax, fabsf(__bfloat162float(iqb[c + j])));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-        sc = q8_scale(amax);
+        sc = q8_quad_scale(amax);
     }
 #pragma unroll
     for (int kk = 0; kk < 8; kk++) {

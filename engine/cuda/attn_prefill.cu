@@ -559,8 +559,8 @@ static __device__ __forceinline__ int sp_mma_item(const SpArgs &a, int mine, int
 template <int R>
 static __device__ __forceinline__ long long sp_part_row(const SpArgs &a, int it, int g, int r)
 {
-    const int ratio = sp_ratio<R>(a), hd = r % ratio;
-    return it < 0 ? -1 : (((long long)(it >> 6) * 4 + g) * a.W + (it & 63)) * ratio + hd;
+    const int ratio = sp_ratio<R>(a);
+    return it < 0 ? -1 : sp_prow(a, it, g, ratio, r % ratio);
 }
 
 /* Q rows of the step.  With R each item's rows are copied together and

@@ -524,7 +524,6 @@ __global__ void __launch_bounds__(H_THREADS, 1)
     msa_select_sm90_kernel(const __grid_constant__ CUtensorMap tx, const XArgs a)
 {
 #ifdef H_SM90
-    constexpr int NS = X_STAGES;
     constexpr int TILE = F8Q ? X_FTILE : H_TILE;
     extern __shared__ unsigned char smem_raw[];
     __shared__ __align__(8) uint64_t bars[2 * X_STAGES];
@@ -545,7 +544,7 @@ __global__ void __launch_bounds__(H_THREADS, 1)
 #define X_FULL(s) (bar0 + 8 * (s))
 #define X_EMPTY(s) (bar0 + 8 * (X_STAGES + (s)))
     if (threadIdx.x == 0) {
-        for (int s = 0; s < NS; s++) {
+        for (int s = 0; s < X_STAGES; s++) {
             mb_init(X_FULL(s), 1);
             mb_init(X_EMPTY(s), 8);
         }
@@ -557,8 +556,8 @@ __global__ void __launch_bounds__(H_THREADS, 1)
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
         if (warp != 0 || lane != 0) return; /* one thread issues every copy */
         for (int kb = 0; kb < nb; kb++) {
-            const int st = kb % NS;
-            const uint32_t ph = (kb / NS) & 1;
+            const int st = kb % X_STAGES;
+            const uint32_t ph = (kb / X_STAGES) & 1;
             const int page = table[kb];
             const uint32_t dst = sbase + st * TILE;
             mb_wait(X_EMPTY(st), ph ^ 1);
@@ -584,31 +583,23 @@ __global__ void __launch_bounds__(H_THREADS, 1)
         if (F8Q) {
             /* k32 step kk: registers 0/1 hold dims 32kk + 4q .. +3 of rows lo/hi,
              * 2/3 the same 16 dims on; the quad holds a row's 128 */
-            float f[2][4][8];
-            float amax[2] = {0.f, 0.f};
 #pragma unroll
             for (int hh = 0; hh < 2; hh++) {
                 const bf16 *pr = hh ? phi : plo;
                 const bool in = (hh ? rhi : rlo) < a.n_q;
+                float f[4][8], amax = 0.f;
 #pragma unroll
                 for (int kk = 0; kk < 4; kk++)
 #pragma unroll
                     for (int j = 0; j < 8; j++) {
-                        const int c = 32 * kk + 4 * (lane & 3) + (j & 3) + 16 * (j >> 2);
-                        f[hh][kk][j] = in ? __bfloat162float(pr[c]) : 0.f;
-                        amax[hh] = fmaxf(amax[hh], fabsf(f[hh][kk][j]));
+                        f[kk][j] = in ? __bfloat162float(pr[32 * kk + 4 * (lane & 3) + (j & 3) + 16 * (j >> 2)]) : 0.f;
+                        amax = fmaxf(amax, fabsf(f[kk][j]));
                     }
-                amax[hh] = fmaxf(amax[hh], __shfl_xor_sync(0xffffffffu, amax[hh], 1));
-                amax[hh] = fmaxf(amax[hh], __shfl_xor_sync(0xffffffffu, amax[hh], 2));
-            }
-#pragma unroll
-            for (int hh = 0; hh < 2; hh++) {
-                const float sc = q8_scale(amax[hh]);
+                const float sc = q8_quad_scale(amax);
 #pragma unroll
                 for (int kk = 0; kk < 4; kk++) {
-                    const float *v = f[hh][kk];
-                    qa[mt][kk][hh] = e4m3x4(v[0] * sc, v[1] * sc, v[2] * sc, v[3] * sc);
-                    qa[mt][kk][2 + hh] = e4m3x4(v[4] * sc, v[5] * sc, v[6] * sc, v[7] * sc);
+                    qa[mt][kk][hh] = e4m3x4(f[kk][0] * sc, f[kk][1] * sc, f[kk][2] * sc, f[kk][3] * sc);
+                    qa[mt][kk][2 + hh] = e4m3x4(f[kk][4] * sc, f[kk][5] * sc, f[kk][6] * sc, f[kk][7] * sc);
                 }
             }
         } else {
@@ -639,8 +630,8 @@ __global__ void __launch_bounds__(H_THREADS, 1)
 
     float acc[64];
     for (int kb = 0; kb < nb; kb++) {
-        const int st = kb % NS;
-        const uint32_t ph = (kb / NS) & 1;
+        const int st = kb % X_STAGES;
+        const uint32_t ph = (kb / X_STAGES) & 1;
         const uint32_t kt = sbase + st * TILE;
         mb_wait(X_FULL(st), ph);
         float v[2] = {NEG_INF, NEG_INF};
@@ -995,8 +986,7 @@ __global__ void __launch_bounds__(SQ_THREADS, 1) sp_attn_sm90_kernel(const SpArg
                     pack_bf16(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
             if (item[hh] >= 0 && (lane & 3) == 0) {
                 const int rr = r - 64 * wg;
-                a.plse[(((long long)(item[hh] >> 6) * 4 + g) * a.W + (item[hh] & 63)) * R + rr % R] =
-                    m[hh] + __log2f(l[hh]);
+                a.plse[sp_prow(a, item[hh], g, R, rr % R)] = m[hh] + __log2f(l[hh]);
             }
         }
         wg_sync(wg);
@@ -1006,8 +996,7 @@ __global__ void __launch_bounds__(SQ_THREADS, 1) sp_attn_sm90_kernel(const SpArg
             const int ii = ti * IPT + rr / R;
             const int it = ii < n ? items[ii] : -1;
             if (it < 0) continue;
-            const long long prow = (((long long)(it >> 6) * 4 + g) * a.W + (it & 63)) * R + rr % R;
-            *(uint4 *)(a.part + prow * 128 + ch * 8) =
+            *(uint4 *)(a.part + sp_prow(a, it, g, R, rr % R) * 128 + ch * 8) =
                 *(const uint4 *)(qb + (ch >> 3) * H_HALF + r * 128 + (((ch & 7) ^ (r & 7)) << 4));
         }
         if (more) {

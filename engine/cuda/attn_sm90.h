@@ -45,6 +45,14 @@ struct SpArgs {
     float scale_log2;
 };
 
+#ifdef __CUDACC__
+/* The partial row of head hd of item it (group g, ratio heads a group). */
+static __device__ __forceinline__ long long sp_prow(const SpArgs &a, int it, int g, int ratio, int hd)
+{
+    return (((long long)(it >> 6) * 4 + g) * a.W + (it & 63)) * ratio + hd;
+}
+#endif
+
 /* Stage 2 on wgmma for blocks of 128 and 4, 8 or 16 heads a group: grid
  * (nblk, 4, splits of each block's items).  Returns 1 where it does not
  * apply (CATTN_SP_SM90=0 too) and the caller runs its mma.sync kernel. */

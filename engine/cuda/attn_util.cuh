@@ -110,13 +110,7 @@ static __device__ __forceinline__ void q8_round_frag(uint32_t (&qa)[8][4])
 #pragma unroll
         for (int r = 0; r < 4; r++)
             amax[r & 1] = fmaxf(amax[r & 1], fmaxf(fabsf(bf_lo(qa[kk][r])), fabsf(bf_hi(qa[kk][r]))));
-    float sc[2];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        amax[h] = fmaxf(amax[h], __shfl_xor_sync(0xffffffffu, amax[h], 1));
-        amax[h] = fmaxf(amax[h], __shfl_xor_sync(0xffffffffu, amax[h], 2));
-        sc[h] = q8_scale(amax[h]);
-    }
+    const float sc[2] = {q8_quad_scale(amax[0]), q8_quad_scale(amax[1])};
 #pragma unroll
     for (int kk = 0; kk < 8; kk++)
 #pragma unroll

@@ -20,6 +20,14 @@ static __device__ __forceinline__ float q8_scale(float amax)
     if (amax > 0.f) frexpf(448.f / amax, &ex);
     return ldexpf(1.f, ex - 1);
 }
+/* The scale of a row spread over a quad of lanes (4k .. 4k + 3), from
+ * this lane's part_amax; every lane of the warp must call. */
+static __device__ __forceinline__ float q8_quad_scale(float part_amax)
+{
+    part_amax = fmaxf(part_amax, __shfl_xor_sync(0xffffffffu, part_amax, 1));
+    part_amax = fmaxf(part_amax, __shfl_xor_sync(0xffffffffu, part_amax, 2));
+    return q8_scale(part_amax);
+}
 /* an element of that row as scored: e4m3, nearest, saturating */
 static __device__ __forceinline__ float q8_round(float v, float sc)
 {
