@@ -1398,8 +1398,10 @@ int main(int argc, char **argv)
          * kernel chain */
         long n = atol(argv[2]);
         static const char *passes[3] = {NULL, "CATTN_SD_CLUSTER=8", "CATTN_SD_CLUSTER=0"};
+        const char *np_e = getenv("CATTN_SD_PASSES"); /* the first n passes only */
+        const int np = np_e && atoi(np_e) >= 1 && atoi(np_e) <= 3 ? atoi(np_e) : 3;
         bench_decode(M3, n, 1, 0, 0);
-        for (int pass = 0; pass < 3; pass++) {
+        for (int pass = 0; pass < np; pass++) {
             printf("== decode pass %s\n", passes[pass] ? passes[pass] : "default");
             if (passes[pass]) putenv((char *)passes[pass]);
             bench_decode(M3, n, 1, 1, 0);

@@ -30,9 +30,18 @@ static __device__ __forceinline__ void sd_stamp(int k, int cta, int i)
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     if (threadIdx.x == 0 && cta < 2048) g_sd_prof[k][cta][i] = t;
 }
+/* the latest of the CTA's warps */
+static __device__ __forceinline__ void sd_stamp_w(int k, int cta, int i)
+{
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    if ((threadIdx.x & 31) == 0 && cta < 2048) atomicMax(&g_sd_prof[k][cta][i], t);
+}
 #define SD_STAMP(k, cta, i) sd_stamp(k, cta, i)
+#define SD_STAMP_W(k, cta, i) sd_stamp_w(k, cta, i)
 #else
 #define SD_STAMP(k, cta, i) ((void)0)
+#define SD_STAMP_W(k, cta, i) ((void)0)
 #endif
 #define SD_CTA ((int)(blockIdx.y * gridDim.x + blockIdx.x))
 
@@ -176,11 +185,11 @@ static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks,
 
 /* Merges the CTA's warps through shared memory (smem: 33 KB of scratch;
  * the warps' copies must be complete) and writes, per head r < ratio, the
- * normalised output to po + r * po_stride (128 floats) and its log2-sum-exp
- * to plse[r * lse_stride]: global or shared memory alike. */
-static __device__ __forceinline__ void dec_cta_merge(DecState &st, unsigned char *smem, const int ratio, float *po,
-                                                     const long long po_stride, float *plse,
-                                                     const long long lse_stride)
+ * normalised output (128 floats) and its log2-sum-exp where dst(r, o, lse)
+ * points them: global, shared or a cluster peer's shared memory alike. */
+template <class Dst>
+static __device__ __forceinline__ void dec_cta_merge(DecState &st, unsigned char *smem, const int ratio,
+                                                     const Dst &dst)
 {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int h_lo = lane >> 2, h_hi = h_lo + 8;
@@ -217,7 +226,9 @@ static __device__ __forceinline__ void dec_cta_merge(DecState &st, unsigned char
             lt += wt[w] * ls[w * 16 + r];
         }
         float inv = lt > 0.f ? 1.f / lt : 0.f;
-        float *pr = po + r * po_stride + d0;
+        float *pr, *plse;
+        dst(r, pr, plse);
+        pr += d0;
         for (int d = 0; d < 16; d += 4) {
             float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
             for (int w = 0; w < DEC_WARPS; w++) {
@@ -230,7 +241,7 @@ static __device__ __forceinline__ void dec_cta_merge(DecState &st, unsigned char
             acc.x *= inv, acc.y *= inv, acc.z *= inv, acc.w *= inv;
             *(float4 *)&pr[d] = acc;
         }
-        if ((threadIdx.x & 7) == 0) plse[r * lse_stride] = lt > 0.f ? M + log2f(lt) : NEG_INF;
+        if ((threadIdx.x & 7) == 0) *plse = lt > 0.f ? M + log2f(lt) : NEG_INF;
     }
 }
 
@@ -270,8 +281,10 @@ static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char 
     }
     cp_wait<0>();
     const long long prow = ((long long)b * a.n_heads + kvh * a.ratio) * a.n_splits + s;
-    dec_cta_merge(st, smem, a.ratio, a.part_o + prow * 128, (long long)a.n_splits * 128, a.part_lse + prow,
-                  a.n_splits);
+    dec_cta_merge(st, smem, a.ratio, [&](int r, float *&o, float *&lse) {
+        o = a.part_o + (prow + (long long)r * a.n_splits) * 128;
+        lse = a.part_lse + prow + (long long)r * a.n_splits;
+    });
     if (!a.merge_cnt) return;
 
     /* the last CTA of this (sequence, KV head) merges the splits */
@@ -410,6 +423,15 @@ static __device__ __forceinline__ uint64_t policy_evict_first()
 static __device__ __forceinline__ void cp16_evict_first(uint32_t dst, const void *src, uint64_t pol)
 {
     asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "l"(pol));
+}
+/* A block score, marked evict-last: the selection reads it right after the
+ * rest of the index stream (v15: MSA decode 0.5-1 us faster; Quest's
+ * scores, a shorter stream, gained nothing). */
+static __device__ __forceinline__ void st_score_keep(float *p, float v)
+{
+    uint64_t pol;
+    asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+    asm volatile("st.global.L2::cache_hint.f32 [%0], %1, %2;" ::"l"(p), "f"(v), "l"(pol) : "memory");
 }
 
 /* fp8 pages go two to a stage: one pair of barriers per 32 KB as for bf16
@@ -551,7 +573,7 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
         if (tid < 4 * C::PPS) {
             const int pp = tid >> 2, g = tid & 3, k = C::PPS * i + pp;
             float m = fmaxf(fmaxf(red[pp][0][g], red[pp][1][g]), fmaxf(red[pp][2][g], red[pp][3][g]));
-            if (k < n_my) scores[((long long)b * 4 + g) * sstride + cta + (long long)k * nct] = m;
+            if (k < n_my) st_score_keep(scores + ((long long)b * 4 + g) * sstride + cta + (long long)k * nct, m);
         }
     }
     cp_wait<0>();
@@ -852,12 +874,10 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
 #include <cooperative_groups.h>
 
 #define SD_MAX_CLUSTER 16 /* a power of two: C x 4 warps x ceil(16 / C) heads = 64 records */
-#define SD_REC 132        /* floats per record: o[128], m, l, padding */
 #define SD_RECS 64
+#define SD_REC 132        /* floats per record: o[128], lse, padding */
 #define SD_NV 16 /* score float4s per thread in registers: 128 threads x 64 = 8192 blocks */
-#define SD_TAB 8192 /* page table entries prefetched into shared memory (1M tokens of 128) */
 #define SD_CAP 512 /* scores the threshold pass may gather before the radix fallback */
-#define SD_SMEM (DEC_SMEM + SD_TAB * 4) /* tile stages, then the page table */
 
 struct SelDecArgs {
     DecArgs d;           /* q, k, v, strides, B, heads, scale, out */
@@ -909,10 +929,9 @@ static __device__ __forceinline__ int rank_desc(const float *v, const int *id, c
  * largest of the threads' maxima bounds the top_k-th largest score from
  * below, so the top_k are among the scores reaching it, usually a few more
  * than top_k: those are gathered and ranked.  A radix select over all
- * scores when more than cap reach it (ties).  then() runs once the scores'
- * loads are issued.  All threads call it; ends with a barrier. */
-template <class Then>
-static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int nblk, int *o, const Then &then)
+ * scores when more than cap reach it (ties).  All threads call it; ends
+ * with a barrier. */
+static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int nblk, int *o)
 {
     __shared__ __align__(16) float mx[DEC_WARPS * 32];
     __shared__ __align__(16) float gs[SD_CAP];
@@ -928,7 +947,6 @@ static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int
     }
     for (int i = tid; i < top_k; i += T) o[sink + i] = i < ncand && ncand <= top_k ? c0 + i : -1;
     if (ncand <= top_k || top_k == 0) {
-        then();
         __syncthreads();
         return;
     }
@@ -942,7 +960,6 @@ static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int
         x = x > NEG_INF ? x : NEG_INF;
         gs[tid] = x;
         gi[tid] = i;
-        then();
         SD_STAMP(1, SD_CTA, 8);
         __syncthreads();
         SD_STAMP(1, SD_CTA, 9);
@@ -971,7 +988,6 @@ static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int
     float4 v[SD_NV];
 #pragma unroll
     for (int j = 0; j < SD_NV; j++) v[j] = load(4 * (tid + T * j));
-    then();
     float m = NEG_INF;
     auto vmax = [&](float4 x, int) { m = fmaxf(m, fmaxf(fmaxf(x.x, x.y), fmaxf(x.z, x.w))); };
 #pragma unroll
@@ -1056,9 +1072,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     extern __shared__ __align__(128) unsigned char smem[];
-    __shared__ int o[TOPK_MAX_W], blks[TOPK_MAX_W];
+    __shared__ int o[TOPK_MAX_W], blks[TOPK_MAX_W], bpg[TOPK_MAX_W];
     __shared__ int s_nb;
-    __shared__ __align__(16) float recs[SD_RECS * SD_REC]; /* the warps' states of this CTA's heads */
+    __shared__ __align__(16) float recs[SD_RECS * SD_REC]; /* the cluster's CTAs' results for our heads */
     namespace cg = cooperative_groups;
     cg::cluster_group cl = cg::this_cluster();
     const int C = (int)cl.num_blocks(), rank = (int)cl.block_rank();
@@ -1075,32 +1091,30 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
     const int len = a.lens[b];
     const int nblk = (len + d.B - 1) / d.B;
     const int32_t *tab = a.tables + (long long)b * a.ts;
-    int32_t *tab_s = (int32_t *)(smem + DEC_SMEM);
     pdl_wait();
     SD_STAMP(1, SD_CTA, 1);
 
-    /* the page table into shared memory while the selection runs (issued
-     * behind the scores' loads: ahead of them it delayed them 1.5 us) */
-    sd_select(a, a.scores + (long long)row * a.sstride, nblk, o, [&] {
-        for (int i = tid; i < min(nblk, SD_TAB); i += DEC_WARPS * 32)
-            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(tab_s + i)), "l"(tab + i));
-        cp_commit();
-    });
+    sd_select(a, a.scores + (long long)row * a.sstride, nblk, o);
     SD_STAMP(1, SD_CTA, 2);
 
     if (a.sel && rank == 0)
         for (int i = tid; i < W; i += DEC_WARPS * 32) a.sel[(long long)row * W + i] = o[i];
-    if (warp == 0) { /* the selected blocks, compacted */
+    if (warp == 0) { /* the selected blocks and their pages, compacted */
         int n = 0;
         for (int i0 = 0; i0 < W; i0 += 32) {
+            /* (v15: these few table reads beat prefetching the whole table
+             * during the selection, which held up its loads) */
             const int i = i0 + lane, blk = i < W ? o[i] : -1;
+            const int pg = blk >= 0 ? __ldg(tab + blk) : 0;
             const unsigned bal = __ballot_sync(0xffffffffu, blk >= 0);
-            if (blk >= 0) blks[n + __popc(bal & ((1u << lane) - 1u))] = blk;
+            if (blk >= 0) {
+                blks[n + __popc(bal & ((1u << lane) - 1u))] = blk;
+                bpg[n + __popc(bal & ((1u << lane) - 1u))] = pg;
+            }
             n += __popc(bal);
         }
         if (lane == 0) s_nb = n;
     }
-    cp_wait<0>(); /* the table */
     __syncthreads();
     SD_STAMP(1, SD_CTA, 11);
 
@@ -1113,7 +1127,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
     auto load = [&](int i) {
         const int t = gw + i * nw, blk = blks[t / tpb];
         dec_load(d, tab, kvh, len, blk * tpb + t % tpb, wbase + (i % DEC_STAGES) * DEC_STAGE_BYTES, lane,
-                 blk < SD_TAB ? tab_s[blk] : __ldg(tab + blk));
+                 bpg[t / tpb]);
     };
 #pragma unroll
     for (int i = 0; i < DEC_STAGES - 1; i++) {
@@ -1131,34 +1145,45 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
         __syncwarp();
     }
     cp_wait<0>();
-    SD_STAMP(1, SD_CTA, 3);
+    SD_STAMP_W(1, SD_CTA, 3);
 
-    /* Each warp pushes its unnormalised state per head into the shared
-     * memory of the head's owner, CTA r mod C (remote stores do not wait),
-     * and after one cluster barrier each owner merges its heads' 4C records
-     * from its own shared memory.  (Pulling CTA-merged partials through
-     * DSMEM loads cost 5.4 us for the CTA merge, two barriers and the
-     * loads: v9, gpu-notes.md.) */
+    /* Each head's normalised result with its log2-sum-exp goes into the
+     * shared memory of the head's owner, CTA r mod C (remote stores do not
+     * wait); after one cluster barrier each owner merges its heads' records
+     * locally.  Many records (16 heads a group: 64 a head) are merged in the
+     * CTA first and pushed one a CTA; few (Quest's 4 heads on 8 CTAs) are
+     * pushed one a warp, which skips two CTA barriers (v15: each way is
+     * 0.5-2 us faster where it is used).  (Pulling CTA-merged partials
+     * through DSMEM loads cost 5.4 us for two barriers and the loads: v9.) */
     const int hpo = (d.ratio + C - 1) / C; /* heads per owner */
+    const bool cta_first = C * d.ratio >= 64;
     cl.barrier_wait();
+    if (cta_first) {
+        dec_cta_merge(st, smem, d.ratio, [&](int r, float *&po, float *&plse) {
+            po = cl.map_shared_rank(recs, r % C) + (rank * hpo + r / C) * SD_REC;
+            plse = po + 128;
+        });
+    } else {
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-        st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 1);
-        st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 2);
-        const int r = (lane >> 2) + 8 * h;
-        if (r >= d.ratio) continue;
-        float *rec = cl.map_shared_rank(recs, r % C) + ((rank * DEC_WARPS + warp) * hpo + r / C) * SD_REC;
+        for (int h = 0; h < 2; h++) {
+            st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 1);
+            st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 2);
+            const int r = (lane >> 2) + 8 * h;
+            if (r >= d.ratio) continue;
+            float *rec = cl.map_shared_rank(recs, r % C) + ((rank * DEC_WARPS + warp) * hpo + r / C) * SD_REC;
+            const float inv = st.l[h] > 0.f ? 1.f / st.l[h] : 0.f;
 #pragma unroll
-        for (int n = 0; n < 16; n++)
-            *(float2 *)&rec[8 * n + 2 * (lane & 3)] = make_float2(st.o[n][2 * h], st.o[n][2 * h + 1]);
-        if ((lane & 3) == 0) *(float2 *)&rec[128] = make_float2(st.m[h], st.l[h]);
+            for (int n = 0; n < 16; n++)
+                *(float2 *)&rec[8 * n + 2 * (lane & 3)] = make_float2(st.o[n][2 * h] * inv, st.o[n][2 * h + 1] * inv);
+            if ((lane & 3) == 0) rec[128] = st.l[h] > 0.f ? st.m[h] + log2f(st.l[h]) : NEG_INF;
+        }
     }
     SD_STAMP(1, SD_CTA, 4);
     cl.sync(); /* the records are in place */
     SD_STAMP(1, SD_CTA, 5);
     /* a thread per dim of each owned head; the records' loads are independent */
     for (int k = 0; rank + k * C < d.ratio; k++) {
-        const int r = rank + k * C, nrec = C * DEC_WARPS;
+        const int r = rank + k * C, nrec = cta_first ? C : C * DEC_WARPS;
         float M = NEG_INF;
         for (int j = 0; j < nrec; j++) M = fmaxf(M, recs[(j * hpo + k) * SD_REC + 128]);
         float acc = 0.f, lsum = 0.f;
@@ -1166,7 +1191,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
         for (int j = 0; j < nrec; j++) {
             const float *rec = recs + (j * hpo + k) * SD_REC;
             const float w = M == NEG_INF ? 0.f : exp2f(rec[128] - M);
-            lsum += w * rec[129];
+            lsum += w;
             acc += w * rec[tid];
         }
         d.out[((long long)b * d.n_heads + kvh * d.ratio + r) * 128 + tid] =
@@ -1320,7 +1345,7 @@ static void sd_init(void)
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
         max_c = 0;
         if (major >= 9 &&
-            cudaFuncSetAttribute(sel_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SD_SMEM) ==
+            cudaFuncSetAttribute(sel_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM) ==
                 cudaSuccess) {
             max_c = 8;
             cudaLaunchConfig_t cfg = {};
@@ -1330,7 +1355,7 @@ static void sd_init(void)
             at[0].val.clusterDim.y = at[0].val.clusterDim.z = 1;
             cfg.gridDim = dim3(SD_MAX_CLUSTER);
             cfg.blockDim = dim3(DEC_WARPS * 32);
-            cfg.dynamicSmemBytes = SD_SMEM;
+            cfg.dynamicSmemBytes = DEC_SMEM;
             cfg.attrs = at;
             cfg.numAttrs = 1;
             int n = 0;
@@ -1356,7 +1381,7 @@ static int sd_cluster(const cattn_pool *p, const cattn_batch *b, int W)
     if (!e && c > 8 && b->batch * p->n_kv_heads * 16 > n_sms() / 2) c = 8;
     if (c > max_c) c = max_c;
     if (c <= 0) return e ? 0 : 1;
-    return 1 << (31 - __builtin_clz(c)); /* records per owner: SD_RECS */
+    return 1 << (31 - __builtin_clz(c)); /* a power of two: C x ceil(16 / C) records per owner */
 }
 
 static int sel_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q, void *out, float scale,
@@ -1388,7 +1413,7 @@ static int sel_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, co
     at[1].val.programmaticStreamSerializationAllowed = 1;
     cfg.gridDim = dim3(C, b->batch * p->n_kv_heads);
     cfg.blockDim = dim3(DEC_WARPS * 32);
-    cfg.dynamicSmemBytes = SD_SMEM;
+    cfg.dynamicSmemBytes = DEC_SMEM;
     cfg.stream = st;
     cfg.attrs = at;
     cfg.numAttrs = 2;
@@ -1396,14 +1421,11 @@ static int sel_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, co
     return 0;
 }
 
-/* CATTN_SCORE_EF=0/1 overrides SCORE_EF_DEFAULT (index key loads L2 evict-first). */
-#ifndef SCORE_EF_DEFAULT
-#define SCORE_EF_DEFAULT 0
-#endif
+/* CATTN_SCORE_EF=1: index key loads L2 evict-first (off: a mixed result, v7). */
 static int score_evict_first(void)
 {
     const char *e = getenv("CATTN_SCORE_EF");
-    return e ? e[0] == '1' : SCORE_EF_DEFAULT;
+    return e && e[0] == '1';
 }
 
 /* Block scores per row, padded to float4 rows for the selection's loads. */
@@ -1517,9 +1539,9 @@ extern "C" void cattn_sd_prof_dump(int n_score, int n_sel)
     unsigned long long t0 = ~0ull;
     for (int c = 0; c < n_score; c++) t0 = h[0][c][0] && h[0][c][0] < t0 ? h[0][c][0] : t0;
     static const char *names[2][12] = {{"score start", "score end"},
-                                      {"sd start", "sd waited", "sd selected", "sd tiles", "sd cta merged",
+                                      {"sd start", "sd waited", "sd selected", "sd tiles", "sd pushed",
                                        "sd cluster sync", "sd merged", "sd end", "sel loaded", "sel threshold",
-                                       "sel gathered", "sd table"}};
+                                       "sel gathered", "sd pages"}};
     static const int order[12] = {0, 1, 8, 9, 10, 2, 11, 3, 4, 5, 6, 7};
     for (int k = 0; k < 2; k++)
         for (int oi = 0; oi < (k ? 12 : 2); oi++) {
