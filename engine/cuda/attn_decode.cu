@@ -21,6 +21,7 @@
 
 #include "attn_util.cuh"
 #include "cuda_attn.h"
+#include "wgmma.cuh"
 
 #ifdef CATTN_SD_PROF /* debug build: per-CTA phase times (globaltimer) of the sparse decode */
 __device__ unsigned long long g_sd_prof[2][2048][12]; /* [scoring, sel_decode][cta][stamp] */
@@ -440,7 +441,8 @@ template <bool FP8> struct ScoreCfg {
     static constexpr int PAGE = FP8 ? 128 * 128 : 128 * 256;
     static constexpr int PPS = FP8 ? 2 : 1; /* pages per stage */
     static constexpr int STAGES = 3;
-    static constexpr int SMEM = PAGE * PPS * STAGES;
+    static constexpr int QTILE = PAGE * PPS * STAGES; /* fp8 on wgmma: the e4m3 queries, 8 rows of 128 */
+    static constexpr int SMEM = QTILE + (FP8 ? 1024 : 0) + 1024; /* + alignment to 1024 (swizzle) */
 };
 
 /* Scores the pages cta, cta + nct, ... (n_my of them) of sequence b: block
@@ -455,9 +457,15 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
                                                       bool evict_first)
 {
     typedef ScoreCfg<FP8> C;
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr bool WG = FP8; /* fp8 keys on wgmma m64n8k32 e4m3, no widening (v15) */
+#else
+    constexpr bool WG = false;
+#endif
     __shared__ float red[C::PPS][4][4];
     const int tid = threadIdx.x;
     const int warp = tid >> 5, lane = tid & 31;
+    const uint32_t base = (smem_u32(smem) + 1023) & ~1023u, qtile = base + C::QTILE;
 
     /* index queries as the B operand: column n = lane/4 is group n (< 4).
      * fp8 keys reach the A operand through ldmatrix, which hands lane q of
@@ -468,7 +476,30 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
     const int gq = lane >> 2;
     const bf16 *iqb = iq + ((long long)b * 4 + (gq < 4 ? gq : 0)) * 128;
     float sc = 1.f; /* fp8: the queries are scored in e4m3 (attn_util.cuh); the quad holds the row */
-    if (FP8) {
+    if (WG) {
+        /* the queries as wgmma's B (8 x 128 e4m3, K-major, rows 4..7 zero):
+         * thread t < 64 converts row t / 8's 16-byte chunk t % 8 */
+        if (tid < 64) {
+            const int r = tid >> 3, c = tid & 7;
+            const bf16 *src = iq + ((long long)b * 4 + (r < 4 ? r : 0)) * 128 + 16 * c;
+            float f[16], amax = 0.f;
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                f[j] = r < 4 ? __bfloat162float(src[j]) : 0.f;
+                amax = fmaxf(amax, fabsf(f[j]));
+            }
+#pragma unroll
+            for (int x = 1; x < 8; x <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, x));
+            sc = q8_scale(amax);
+            uint32_t w[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                w[j] = e4m3x4(f[4 * j] * sc, f[4 * j + 1] * sc, f[4 * j + 2] * sc, f[4 * j + 3] * sc);
+            asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(qtile + r * 128 + ((c ^ r) << 4)),
+                         "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3]));
+            fence_async_smem();
+        }
+    } else if (FP8) {
         float amax = 0.f;
         for (int c = 4 * (lane & 3); c < 128; c += 16)
 #pragma unroll
@@ -476,7 +507,7 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
         sc = q8_quad_scale(amax);
     }
 #pragma unroll
-    for (int kk = 0; kk < 8; kk++) {
+    for (int kk = 0; kk < 8 && !WG; kk++) {
         int c = 16 * kk + 2 * (lane & 3);
         if (gq >= 4) {
             bq[kk][0] = bq[kk][1] = 0u;
@@ -496,7 +527,6 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
     if (pid_smem)
         for (int i = tid; i < n_my; i += SC_THREADS) pid[i] = tables[(long long)b * ts + cta + (long long)i * nct];
     __syncthreads();
-    const uint32_t base = smem_u32(smem);
     const uint64_t pol = evict_first ? policy_evict_first() : 0;
     /* stage i holds this CTA's pages PPS i .. PPS i + PPS - 1 */
     const int n_st = (n_my + C::PPS - 1) / C::PPS;
@@ -527,16 +557,33 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
         if (i + C::STAGES - 1 < n_st) load(i + C::STAGES - 1);
         cp_commit();
         cp_wait<C::STAGES - 1>();
+        if (WG) fence_async_smem(); /* cp.async wrote, wgmma reads */
         __syncthreads();
+        /* per page, rows 16 w + lane / 4 (+ 8) of each 64-row half mt:
+         * mma.sync m16n8's layout, which the wgmma m64n8 one matches */
+        float acc[C::PPS][2][4] = {};
+        if (WG) { /* every page of the stage on the async pipe, one wait */
+            wg_fence();
+#pragma unroll
+            for (int pp = 0; pp < C::PPS; pp++)
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int kk = 0; kk < 4; kk++)
+                        wgmma_n8_e4m3(acc[pp][mt],
+                                      desc_kmaj(base + ((i % C::STAGES) * C::PPS + pp) * C::PAGE + mt * 8192 + kk * 32),
+                                      desc_kmaj(qtile + kk * 32), kk > 0);
+            wg_commit();
+            wg_wait<0>();
+        }
 #pragma unroll
         for (int pp = 0; pp < C::PPS; pp++) {
             const uint32_t st = base + ((i % C::STAGES) * C::PPS + pp) * C::PAGE;
-            float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
-            for (int kk = 0; kk < 8; kk += FP8 ? 2 : 1) {
+            for (int kk = 0; kk < (WG ? 0 : 8); kk += FP8 ? 2 : 1) {
 #pragma unroll
                 for (int mt = 0; mt < 2; mt++) {
-                    const int row = 32 * warp + 16 * mt + a_row;
+                    const int row = 16 * warp + 64 * mt + a_row;
                     if (FP8) { /* chunks kk, kk + 1 of 16 rows: matrices (rows, chunk) */
                         uint32_t r[4], a[4];
                         const int chunk = kk + (lane >> 4);
@@ -547,18 +594,19 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
                             a[1] = e4m3x2_to_h2((uint16_t)r[2 * h + 1]);
                             a[2] = e4m3x2_to_h2((uint16_t)(r[2 * h] >> 16));
                             a[3] = e4m3x2_to_h2((uint16_t)(r[2 * h + 1] >> 16));
-                            mma16816_f16(acc[mt], a, bq[kk + h][0], bq[kk + h][1]);
+                            mma16816_f16(acc[pp][mt], a, bq[kk + h][0], bq[kk + h][1]);
                         }
                     } else {
                         uint32_t a[4];
                         ldsm4(a, st + swz(row, 2 * kk + a_cb));
-                        mma16816(acc[mt], a, bq[kk][0], bq[kk][1]);
+                        mma16816(acc[pp][mt], a, bq[kk][0], bq[kk][1]);
                     }
                 }
             }
             /* columns 2q, 2q+1 (q = lane & 3) of rows lane/4 and lane/4 + 8 */
-            float v0 = fmaxf(fmaxf(acc[0][0], acc[0][2]), fmaxf(acc[1][0], acc[1][2]));
-            float v1 = fmaxf(fmaxf(acc[0][1], acc[0][3]), fmaxf(acc[1][1], acc[1][3]));
+            const float(&ac)[2][4] = acc[pp];
+            float v0 = fmaxf(fmaxf(ac[0][0], ac[0][2]), fmaxf(ac[1][0], ac[1][2]));
+            float v1 = fmaxf(fmaxf(ac[0][1], ac[0][3]), fmaxf(ac[1][1], ac[1][3]));
 #pragma unroll
             for (int x = 4; x < 32; x <<= 1) {
                 v0 = fmaxf(v0, __shfl_xor_sync(0xffffffffu, v0, x));

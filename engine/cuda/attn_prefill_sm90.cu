@@ -43,6 +43,7 @@
 
 #include "attn_sm90.h"
 #include "attn_util.cuh"
+#include "wgmma.cuh"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define H_SM90 1
@@ -106,24 +107,13 @@ static __device__ __forceinline__ void tma3(uint32_t dst, const CUtensorMap *map
 }
 
 /* ---- wgmma ------------------------------------------------------------------
- * Shared-memory descriptors, 128-byte swizzle (layout type 1 in bits 62-63).
- * K-major tile (rows of 128 bytes, 8-row atoms of 1024 bytes): SBO = 1024,
- * LBO unused.  MN-major tile (V: keys are K, 64 dims per 128-byte row): LBO
- * = 16 KB from one 64-column half to the next along N, SBO = 1024 from one
- * 8-key group to the next along K. */
-static __device__ __forceinline__ uint64_t desc_kmaj(uint32_t addr)
-{
-    return (uint64_t)((addr & 0x3ffff) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
-}
+ * K-major descriptors and the fences are in wgmma.cuh.  MN-major tile (V:
+ * keys are K, 64 dims per 128-byte row): LBO = 16 KB from one 64-column
+ * half to the next along N, SBO = 1024 from one 8-key group to the next
+ * along K. */
 static __device__ __forceinline__ uint64_t desc_mnmaj(uint32_t addr)
 {
     return (uint64_t)((addr & 0x3ffff) >> 4) | ((uint64_t)(H_HALF >> 4) << 16) | (64ull << 32) | (1ull << 62);
-}
-static __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-static __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N> static __device__ __forceinline__ void wg_wait()
-{
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 /* keeps the compiler from moving accesses of accumulators across a wait */
 static __device__ __forceinline__ void reg_fence(float (&d)[64])
@@ -341,7 +331,7 @@ __global__ void __launch_bounds__(H_THREADS, 1)
                     if (r < valid) val = *(const uint4 *)(src + r * 256 + c * 16);
                     *(uint4 *)(dst + (c >> 3) * H_HALF + r * 128 + (((c & 7) ^ (r & 7)) << 4)) = val;
                 }
-                asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                fence_async_smem();
                 __syncwarp();
                 if (lane == 0) mb_arrive(V_FULL(st));
             }
@@ -509,13 +499,6 @@ static __device__ __forceinline__ void wgmma_rs_k8(float (&d)[64], const uint32_
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accum));
 }
 
-/* four floats to e4m3 (round to nearest, saturating: q8_round's rule), the first in the low byte */
-static __device__ __forceinline__ uint32_t e4m3x4(float a, float b, float c, float d)
-{
-    const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
-    const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(c, d), __NV_SATFINITE, __NV_E4M3);
-    return lo | (hi << 16);
-}
 #endif
 
 /* F8Q: fp8 keys and queries (else bf16) */
@@ -907,7 +890,7 @@ __global__ void __launch_bounds__(SQ_THREADS, 1) sp_attn_sm90_kernel(const SpArg
         if (wg < n_t) load_q(wg, 0);
         cp_commit();
         cp_wait<0>();
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* cp.async wrote, wgmma reads */
+        fence_async_smem(); /* cp.async wrote, wgmma reads */
         __syncthreads();
     }
 
@@ -1001,7 +984,7 @@ __global__ void __launch_bounds__(SQ_THREADS, 1) sp_attn_sm90_kernel(const SpArg
         }
         if (more) {
             cp_wait<0>();
-            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+            fence_async_smem();
         }
         wg_sync(wg); /* the next tile's rows landed for all; this tile's buffer is free */
     }

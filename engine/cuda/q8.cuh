@@ -33,5 +33,12 @@ static __device__ __forceinline__ float q8_round(float v, float sc)
 {
     return float(__nv_fp8_e4m3(v * sc));
 }
+/* four floats to e4m3 bytes by that rule, the first in the low byte */
+static __device__ __forceinline__ uint32_t e4m3x4(float a, float b, float c, float d)
+{
+    const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+    const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(c, d), __NV_SATFINITE, __NV_E4M3);
+    return lo | (hi << 16);
+}
 
 #endif
