@@ -1401,6 +1401,7 @@ int main(int argc, char **argv)
         const char *np_e = getenv("CATTN_SD_PASSES"); /* the first n passes only */
         const int np = np_e && atoi(np_e) >= 1 && atoi(np_e) <= 3 ? atoi(np_e) : 3;
         bench_decode(M3, n, 1, 0, 0);
+        bench_decode(L3, n, 1, 0, 0);
         for (int pass = 0; pass < np; pass++) {
             printf("== decode pass %s\n", passes[pass] ? passes[pass] : "default");
             if (passes[pass]) putenv((char *)passes[pass]);

@@ -1263,13 +1263,22 @@ static int n_sms(void)
     return n;
 }
 
-/* Two CTAs per SM in all (one is resident at a time: 128 KB of shared
- * memory), each warp with at least min_tiles tiles so its copies pipeline;
- * sparse decode (few keys) takes one tile per warp. */
+/* One wave: at most one CTA per SM in all (one is resident at a time: 128
+ * KB of shared memory), each warp with at least min_tiles tiles so its
+ * copies pipeline; sparse decode (few keys) takes one tile per warp.  (v15,
+ * H100: two CTAs an SM in two waves paid each CTA's start and merge twice,
+ * M3 dense decode b1 32K 41.3 -> 34.7 us, 128K 110 -> 100; and rounding
+ * the splits up put 4 of L3-8B's 136 CTAs in a second wave.)
+ * CATTN_DEC_PER_SM=n: n CTAs per SM in all, for timing. */
 static int dec_splits(int rows, int max_len, int min_tiles)
 {
+    static int per_sm = 0;
+    if (!per_sm) {
+        const char *e = getenv("CATTN_DEC_PER_SM");
+        per_sm = e && atoi(e) > 0 ? atoi(e) : 1;
+    }
     int ntiles = (max_len + DEC_TILE - 1) / DEC_TILE;
-    int s = (2 * n_sms() + rows - 1) / rows;
+    int s = per_sm * n_sms() / rows;
     int cap = (ntiles + DEC_WARPS * min_tiles - 1) / (DEC_WARPS * min_tiles);
     if (s > cap) s = cap;
     if (s > 1024) s = 1024;
