@@ -186,11 +186,11 @@ static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks,
 
 /* Merges the CTA's warps through shared memory (smem: 33 KB of scratch;
  * the warps' copies must be complete) and writes, per head r < ratio, the
- * normalised output (128 floats) and its log2-sum-exp where dst(r, o, lse)
- * points them: global, shared or a cluster peer's shared memory alike. */
-template <class Dst>
-static __device__ __forceinline__ void dec_cta_merge(DecState &st, unsigned char *smem, const int ratio,
-                                                     const Dst &dst)
+ * normalised output to po + r * po_stride (128 floats) and its log2-sum-exp
+ * to plse[r * lse_stride]: global or shared memory alike. */
+static __device__ __forceinline__ void dec_cta_merge(DecState &st, unsigned char *smem, const int ratio, float *po,
+                                                     const long long po_stride, float *plse,
+                                                     const long long lse_stride)
 {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int h_lo = lane >> 2, h_hi = h_lo + 8;
@@ -227,9 +227,7 @@ static __device__ __forceinline__ void dec_cta_merge(DecState &st, unsigned char
             lt += wt[w] * ls[w * 16 + r];
         }
         float inv = lt > 0.f ? 1.f / lt : 0.f;
-        float *pr, *plse;
-        dst(r, pr, plse);
-        pr += d0;
+        float *pr = po + r * po_stride + d0;
         for (int d = 0; d < 16; d += 4) {
             float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
             for (int w = 0; w < DEC_WARPS; w++) {
@@ -242,7 +240,7 @@ static __device__ __forceinline__ void dec_cta_merge(DecState &st, unsigned char
             acc.x *= inv, acc.y *= inv, acc.z *= inv, acc.w *= inv;
             *(float4 *)&pr[d] = acc;
         }
-        if ((threadIdx.x & 7) == 0) *plse = lt > 0.f ? M + log2f(lt) : NEG_INF;
+        if ((threadIdx.x & 7) == 0) plse[r * lse_stride] = lt > 0.f ? M + log2f(lt) : NEG_INF;
     }
 }
 
@@ -282,10 +280,8 @@ static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char 
     }
     cp_wait<0>();
     const long long prow = ((long long)b * a.n_heads + kvh * a.ratio) * a.n_splits + s;
-    dec_cta_merge(st, smem, a.ratio, [&](int r, float *&o, float *&lse) {
-        o = a.part_o + (prow + (long long)r * a.n_splits) * 128;
-        lse = a.part_lse + prow + (long long)r * a.n_splits;
-    });
+    dec_cta_merge(st, smem, a.ratio, a.part_o + prow * 128, (long long)a.n_splits * 128, a.part_lse + prow,
+                  a.n_splits);
     if (!a.merge_cnt) return;
 
     /* the last CTA of this (sequence, KV head) merges the splits */
@@ -922,8 +918,8 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
 #include <cooperative_groups.h>
 
 #define SD_MAX_CLUSTER 16 /* a power of two: C x 4 warps x ceil(16 / C) heads = 64 records */
+#define SD_REC 132        /* floats per record: o[128], m, l, padding */
 #define SD_RECS 64
-#define SD_REC 132        /* floats per record: o[128], lse, padding */
 #define SD_NV 16 /* score float4s per thread in registers: 128 threads x 64 = 8192 blocks */
 #define SD_CAP 512 /* scores the threshold pass may gather before the radix fallback */
 
@@ -1122,7 +1118,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
     extern __shared__ __align__(128) unsigned char smem[];
     __shared__ int o[TOPK_MAX_W], blks[TOPK_MAX_W], bpg[TOPK_MAX_W];
     __shared__ int s_nb;
-    __shared__ __align__(16) float recs[SD_RECS * SD_REC]; /* the cluster's CTAs' results for our heads */
+    __shared__ __align__(16) float recs[SD_RECS * SD_REC]; /* the warps' states of this CTA's heads */
     namespace cg = cooperative_groups;
     cg::cluster_group cl = cg::this_cluster();
     const int C = (int)cl.num_blocks(), rank = (int)cl.block_rank();
@@ -1195,43 +1191,32 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
     cp_wait<0>();
     SD_STAMP_W(1, SD_CTA, 3);
 
-    /* Each head's normalised result with its log2-sum-exp goes into the
-     * shared memory of the head's owner, CTA r mod C (remote stores do not
-     * wait); after one cluster barrier each owner merges its heads' records
-     * locally.  Many records (16 heads a group: 64 a head) are merged in the
-     * CTA first and pushed one a CTA; few (Quest's 4 heads on 8 CTAs) are
-     * pushed one a warp, which skips two CTA barriers (v15: each way is
-     * 0.5-2 us faster where it is used).  (Pulling CTA-merged partials
-     * through DSMEM loads cost 5.4 us for two barriers and the loads: v9.) */
+    /* Each warp pushes its unnormalised state per head into the shared
+     * memory of the head's owner, CTA r mod C (remote stores do not wait),
+     * and after one cluster barrier each owner merges its heads' 4C records
+     * from its own shared memory.  (Pulling CTA-merged partials through
+     * DSMEM loads cost 5.4 us for the CTA merge, two barriers and the
+     * loads: v9, gpu-notes.md.) */
     const int hpo = (d.ratio + C - 1) / C; /* heads per owner */
-    const bool cta_first = C * d.ratio >= 64;
     cl.barrier_wait();
-    if (cta_first) {
-        dec_cta_merge(st, smem, d.ratio, [&](int r, float *&po, float *&plse) {
-            po = cl.map_shared_rank(recs, r % C) + (rank * hpo + r / C) * SD_REC;
-            plse = po + 128;
-        });
-    } else {
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 1);
-            st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 2);
-            const int r = (lane >> 2) + 8 * h;
-            if (r >= d.ratio) continue;
-            float *rec = cl.map_shared_rank(recs, r % C) + ((rank * DEC_WARPS + warp) * hpo + r / C) * SD_REC;
-            const float inv = st.l[h] > 0.f ? 1.f / st.l[h] : 0.f;
+    for (int h = 0; h < 2; h++) {
+        st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 1);
+        st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 2);
+        const int r = (lane >> 2) + 8 * h;
+        if (r >= d.ratio) continue;
+        float *rec = cl.map_shared_rank(recs, r % C) + ((rank * DEC_WARPS + warp) * hpo + r / C) * SD_REC;
 #pragma unroll
-            for (int n = 0; n < 16; n++)
-                *(float2 *)&rec[8 * n + 2 * (lane & 3)] = make_float2(st.o[n][2 * h] * inv, st.o[n][2 * h + 1] * inv);
-            if ((lane & 3) == 0) rec[128] = st.l[h] > 0.f ? st.m[h] + log2f(st.l[h]) : NEG_INF;
-        }
+        for (int n = 0; n < 16; n++)
+            *(float2 *)&rec[8 * n + 2 * (lane & 3)] = make_float2(st.o[n][2 * h], st.o[n][2 * h + 1]);
+        if ((lane & 3) == 0) *(float2 *)&rec[128] = make_float2(st.m[h], st.l[h]);
     }
     SD_STAMP(1, SD_CTA, 4);
     cl.sync(); /* the records are in place */
     SD_STAMP(1, SD_CTA, 5);
     /* a thread per dim of each owned head; the records' loads are independent */
     for (int k = 0; rank + k * C < d.ratio; k++) {
-        const int r = rank + k * C, nrec = cta_first ? C : C * DEC_WARPS;
+        const int r = rank + k * C, nrec = C * DEC_WARPS;
         float M = NEG_INF;
         for (int j = 0; j < nrec; j++) M = fmaxf(M, recs[(j * hpo + k) * SD_REC + 128]);
         float acc = 0.f, lsum = 0.f;
@@ -1239,7 +1224,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
         for (int j = 0; j < nrec; j++) {
             const float *rec = recs + (j * hpo + k) * SD_REC;
             const float w = M == NEG_INF ? 0.f : exp2f(rec[128] - M);
-            lsum += w;
+            lsum += w * rec[129];
             acc += w * rec[tid];
         }
         d.out[((long long)b * d.n_heads + kvh * d.ratio + r) * 128 + tid] =
@@ -1438,7 +1423,7 @@ static int sd_cluster(const cattn_pool *p, const cattn_batch *b, int W)
     if (!e && c > 8 && b->batch * p->n_kv_heads * 16 > n_sms() / 2) c = 8;
     if (c > max_c) c = max_c;
     if (c <= 0) return e ? 0 : 1;
-    return 1 << (31 - __builtin_clz(c)); /* a power of two: C x ceil(16 / C) records per owner */
+    return 1 << (31 - __builtin_clz(c)); /* records per owner: SD_RECS */
 }
 
 static int sel_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q, void *out, float scale,
@@ -1596,7 +1581,7 @@ extern "C" void cattn_sd_prof_dump(int n_score, int n_sel)
     unsigned long long t0 = ~0ull;
     for (int c = 0; c < n_score; c++) t0 = h[0][c][0] && h[0][c][0] < t0 ? h[0][c][0] : t0;
     static const char *names[2][12] = {{"score start", "score end"},
-                                      {"sd start", "sd waited", "sd selected", "sd tiles", "sd pushed",
+                                      {"sd start", "sd waited", "sd selected", "sd tiles", "sd cta merged",
                                        "sd cluster sync", "sd merged", "sd end", "sel loaded", "sel threshold",
                                        "sel gathered", "sd pages"}};
     static const int order[12] = {0, 1, 8, 9, 10, 2, 11, 3, 4, 5, 6, 7};
