@@ -1146,8 +1146,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
     if (warp == 0) { /* the selected blocks and their pages, compacted */
         int n = 0;
         for (int i0 = 0; i0 < W; i0 += 32) {
-            /* (v15: these few table reads beat prefetching the whole table
-             * during the selection, which held up its loads) */
+            /* (v15: as fast as copying the whole table into shared memory
+             * during the selection, and 32 KB less of it) */
             const int i = i0 + lane, blk = i < W ? o[i] : -1;
             const int pg = blk >= 0 ? __ldg(tab + blk) : 0;
             const unsigned bal = __ballot_sync(0xffffffffu, blk >= 0);
