@@ -382,11 +382,12 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const float *part_o
 /* ---- MSA index scoring for decode -----------------------------------------
  * Bound by reading the index keys, so the keys stream through a cp.async
  * pipeline of whole pages (3 stages of 32 KB bf16, or 6 of 16 KB fp8) and
- * the dot products run on tensor cores: each warp takes 32 keys of the page
- * as the A operand (fp8 keys widened to f16 on the way, and then the
- * queries rounded to e4m3 as in prefill) against the four groups' index
- * queries as an n8 B operand; block maxima are reduced in
- * registers and across the four warps. */
+ * the dot products run on tensor cores: the page's keys are the A operand
+ * against the four groups' index queries as an n8 B operand (fp8: queries
+ * rounded to e4m3 as in prefill; on sm_90a both straight to wgmma
+ * m64n8k32 e4m3, elsewhere widened to f16 for mma.sync, each warp taking
+ * 32 keys); block maxima are reduced in registers and across the four
+ * warps. */
 
 #define SC_THREADS 128
 #define SC_MAX_PAGES 512
@@ -486,11 +487,11 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
             }
 #pragma unroll
             for (int x = 1; x < 8; x <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, x));
-            sc = q8_scale(amax);
+            const float rs = q8_scale(amax);
             uint32_t w[4];
 #pragma unroll
             for (int j = 0; j < 4; j++)
-                w[j] = e4m3x4(f[4 * j] * sc, f[4 * j + 1] * sc, f[4 * j + 2] * sc, f[4 * j + 3] * sc);
+                w[j] = e4m3x4(f[4 * j] * rs, f[4 * j + 1] * rs, f[4 * j + 2] * rs, f[4 * j + 3] * rs);
             asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(qtile + r * 128 + ((c ^ r) << 4)),
                          "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3]));
             fence_async_smem();
