@@ -11,6 +11,7 @@
  *                               index keys
  *   attn_bench decode N         time the decode paths only
  *   attn_bench profile N        the decode paths once each, for ncu
+ *   attn_bench dense N          dense decode rows only (M3, L3-8B)
  *
  * Inputs are random (never zeros), outputs are poisoned with NaN before
  * each run and every CUDA call is checked.  The block masks of the
@@ -52,6 +53,7 @@ typedef __nv_bfloat16 bf16;
 
 #ifdef CATTN_SD_PROF
 extern "C" void cattn_sd_prof_dump(int n_score, int n_sel);
+extern "C" void cattn_dec_prof_dump(int n_cta_dec, int n_comb);
 #endif
 static int g_fail = 0;
 static cudaStream_t g_st;
@@ -1419,6 +1421,14 @@ int main(int argc, char **argv)
         bench_decode(L3, n, 1, 0, 0); /* last: its 4 GB pool ahead of the others slowed MSA bf16 (v15) */
         return g_fail ? 1 : 0;
     }
+    if (!strcmp(argv[1], "dense") && argc >= 3) {
+        /* dense decode rows only: M3 and L3-8B at batch 1, L3-8B at 32 up to 32K */
+        long n = atol(argv[2]);
+        bench_decode(M3, n, 1, 0, 0);
+        bench_decode(L3, n, 1, 0, 0);
+        if (n <= 32768) bench_decode(L3, n, 32, 0, 0);
+        return g_fail ? 1 : 0;
+    }
     if (!strcmp(argv[1], "prefill") && argc >= 3) {
         /* prefill rows only (L3-8B dense and block list, M3 dense up to 32K): default,
          * sm90 without ping-pong, then the mma.sync kernel */
@@ -1479,6 +1489,17 @@ int main(int argc, char **argv)
         printf("== sdprof msa bf16 8cta\n");
         bench_decode(M3, n, 1, 1, 0);
         cattn_sd_prof_dump(2048, 2048);
+        return g_fail ? 1 : 0;
+    }
+    if (!strcmp(argv[1], "decprof") && argc >= 3) {
+        /* phase stamps of the last timed replay of dense decode, batch 1 */
+        long n = atol(argv[2]);
+        printf("== decprof dense M3\n");
+        bench_decode(M3, n, 1, 0, 0);
+        cattn_dec_prof_dump(2048, 2048);
+        printf("== decprof dense L3-8B\n");
+        bench_decode(L3, n, 1, 0, 0);
+        cattn_dec_prof_dump(2048, 2048);
         return g_fail ? 1 : 0;
     }
 #endif

@@ -45,6 +45,7 @@ static __device__ __forceinline__ void sd_stamp_w(int k, int cta, int i)
 #define SD_STAMP_W(k, cta, i) ((void)0)
 #endif
 #define SD_CTA ((int)(blockIdx.y * gridDim.x + blockIdx.x))
+#define DEC_CTA ((int)((blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x))
 
 #define DEC_WARPS 4
 #define DEC_STAGES 2
@@ -274,14 +275,17 @@ static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char 
         cp_commit();
         cp_wait<STAGES - 1>();
         __syncwarp();
+        if (i == 0) SD_STAMP_W(1, DEC_CTA, 1);
         dec_tile(st, wbase + (i % STAGES) * DEC_STAGE_BYTES, (t0 + warp + DEC_WARPS * i) * DEC_TILE, L,
                  a.scale_log2, lane);
         __syncwarp();
     }
     cp_wait<0>();
+    SD_STAMP_W(1, DEC_CTA, 3);
     const long long prow = ((long long)b * a.n_heads + kvh * a.ratio) * a.n_splits + s;
     dec_cta_merge(st, smem, a.ratio, a.part_o + prow * 128, (long long)a.n_splits * 128, a.part_lse + prow,
                   a.n_splits);
+    SD_STAMP(1, DEC_CTA, 4);
     if (!a.merge_cnt) return;
 
     /* the last CTA of this (sequence, KV head) merges the splits */
@@ -356,6 +360,7 @@ static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char 
 __global__ void __launch_bounds__(DEC_WARPS * 32) decode_kernel(DecArgs a)
 {
     extern __shared__ __align__(128) unsigned char smem[];
+    SD_STAMP(1, DEC_CTA, 0);
     pdl_wait(); /* lens and tables may come from topk_kernel */
     dec_body(a, smem, blockIdx.x, blockIdx.y, blockIdx.z);
 }
@@ -365,6 +370,7 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const float *part_o
                                                              int n_splits, bf16 *out)
 {
     const long long row = blockIdx.x;
+    SD_STAMP(0, (int)blockIdx.x, 0);
     const float *lse = part_lse + row * n_splits;
     float M = NEG_INF;
     for (int s = 0; s < n_splits; s++) M = fmaxf(M, lse[s]);
@@ -377,6 +383,7 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const float *part_o
         }
     }
     out[row * 128 + threadIdx.x] = __float2bfloat16(wsum > 0.f ? acc / wsum : 0.f);
+    SD_STAMP(0, (int)blockIdx.x, 1);
 }
 
 /* ---- MSA index scoring for decode -----------------------------------------
@@ -1572,25 +1579,17 @@ static int sparse_decode(const cattn_pool *p, const cattn_batch *b, int n_heads,
 }
 
 #ifdef CATTN_SD_PROF
-/* Prints the phase stamps of the last sparse decode: min / max over CTAs,
- * in us after the first scoring CTA started. */
-extern "C" void cattn_sd_prof_dump(int n_score, int n_sel)
+/* Prints stamps [k][c][i] (order[] over the names) as min / max over the
+ * CTAs that wrote them, in us after t0. */
+static void prof_print(const unsigned long long (*h)[2048][12], unsigned long long t0, int k_first,
+                       const int *n_cta, const char *const (*names)[12], const int (*order)[12], const int *n_names)
 {
-    static unsigned long long h[2][2048][12];
-    cudaDeviceSynchronize();
-    cudaMemcpyFromSymbol(h, g_sd_prof, sizeof(h));
-    unsigned long long t0 = ~0ull;
-    for (int c = 0; c < n_score; c++) t0 = h[0][c][0] && h[0][c][0] < t0 ? h[0][c][0] : t0;
-    static const char *names[2][12] = {{"score start", "score end"},
-                                      {"sd start", "sd waited", "sd selected", "sd tiles", "sd cta merged",
-                                       "sd cluster sync", "sd merged", "sd end", "sel loaded", "sel threshold",
-                                       "sel gathered", "sd pages"}};
-    static const int order[12] = {0, 1, 8, 9, 10, 2, 11, 3, 4, 5, 6, 7};
-    for (int k = 0; k < 2; k++)
-        for (int oi = 0; oi < (k ? 12 : 2); oi++) {
-            const int i = k ? order[oi] : oi;
+    for (int kk = 0; kk < 2; kk++) {
+        const int k = kk ? 1 - k_first : k_first;
+        for (int oi = 0; oi < n_names[k]; oi++) {
+            const int i = order[k][oi];
             double mn = 1e30, mx = -1e30;
-            for (int c = 0; c < (k ? n_sel : n_score); c++) {
+            for (int c = 0; c < n_cta[k]; c++) {
                 if (!h[k][c][i]) continue; /* CTA not run, or it stopped before */
                 double v = ((double)h[k][c][i] - (double)t0) * 1e-3;
                 mn = v < mn ? v : mn;
@@ -1598,8 +1597,45 @@ extern "C" void cattn_sd_prof_dump(int n_score, int n_sel)
             }
             printf("PROF %-16s min %8.2f max %8.2f us\n", names[k][i], mn, mx);
         }
-    memset(h, 0, sizeof(h));
-    cudaMemcpyToSymbol(g_sd_prof, h, sizeof(h));
+    }
+}
+
+static unsigned long long (*prof_fetch(void))[2048][12]
+{
+    static unsigned long long h[2][2048][12];
+    cudaDeviceSynchronize();
+    cudaMemcpyFromSymbol(h, g_sd_prof, sizeof(h));
+    static unsigned long long z[2][2048][12];
+    cudaMemcpyToSymbol(g_sd_prof, z, sizeof(z));
+    return h;
+}
+
+/* The phase stamps of the last sparse decode, in us after the first
+ * scoring CTA started. */
+extern "C" void cattn_sd_prof_dump(int n_score, int n_sel)
+{
+    unsigned long long(*h)[2048][12] = prof_fetch(), t0 = ~0ull;
+    for (int c = 0; c < n_score; c++) t0 = h[0][c][0] && h[0][c][0] < t0 ? h[0][c][0] : t0;
+    static const char *const names[2][12] = {{"score start", "score end"},
+                                             {"sd start", "sd waited", "sd selected", "sd tiles", "sd cta merged",
+                                              "sd cluster sync", "sd merged", "sd end", "sel loaded",
+                                              "sel threshold", "sel gathered", "sd pages"}};
+    static const int order[2][12] = {{0, 1}, {0, 1, 8, 9, 10, 2, 11, 3, 4, 5, 6, 7}};
+    const int n_cta[2] = {n_score, n_sel}, n_names[2] = {2, 12};
+    prof_print(h, t0, 0, n_cta, names, order, n_names);
+}
+
+/* The stamps of the last dense (split-KV) decode, in us after its first
+ * CTA started: split CTAs, then the combine kernel's. */
+extern "C" void cattn_dec_prof_dump(int n_cta_dec, int n_comb)
+{
+    unsigned long long(*h)[2048][12] = prof_fetch(), t0 = ~0ull;
+    for (int c = 0; c < n_cta_dec; c++) t0 = h[1][c][0] && h[1][c][0] < t0 ? h[1][c][0] : t0;
+    static const char *const names[2][12] = {{"combine start", "combine end"},
+                                             {"split start", "first tile", "", "tiles done", "partial out"}};
+    static const int order[2][12] = {{0, 1}, {0, 1, 3, 4}};
+    const int n_cta[2] = {n_comb, n_cta_dec}, n_names[2] = {2, 4};
+    prof_print(h, t0, 1, n_cta, names, order, n_names);
 }
 #endif
 
