@@ -4,7 +4,8 @@ with no memory options.  Standard library only; run by tests/gpu/run.sh.
 
 Checks (one JSON line each, appended to --checks, gpu_check's format):
   daemon-stories-greedy   stories260K over HTTP, greedy: the cuda daemon's
-                          text equals the cpu daemon's
+                          text equals the cpu daemon's, and its logprobs
+                          (top 3 a token) agree within bf16's error
   daemon-auto-pool        an M3-shaped model with a 1M context: the KV pool
                           takes what --gpu-memory-utilization (0.9) leaves
                           (the card ends near 90% used), the batch size
@@ -18,6 +19,12 @@ Checks (one JSON line each, appended to --checks, gpu_check's format):
   daemon-two-gpus         (with 2 GPUs or more) daemons on cuda:0 and cuda:1
                           at once, each pool on its own card, both serving
                           the stories260K greedy text
+  daemon-pressure         stories260K, block-sparse (minmax summaries), a
+                          pool too small for four concurrent requests: a
+                          repeated prompt hits the prefix cache, the four at
+                          once force preemptions, and every greedy text
+                          equals the one the same prompt got alone (up to
+                          a near tie, where bf16 rounding may go either way)
 Every daemon must exit 0 on SIGTERM.  Exit status: the failed checks.
 """
 import argparse
@@ -100,8 +107,8 @@ class Daemon:
 
 def stories_greedy(a):
     prompt = "Once upon a time, there was a little girl named Lily."
-    body = {"prompt": prompt, "max_tokens": 120, "temperature": 0}
-    texts, rcs = {}, {}
+    body = {"prompt": prompt, "max_tokens": 120, "temperature": 0, "logprobs": 3}
+    texts, rcs, lps = {}, {}, {}
     # the GPU named by its ordinal, as on a host of several
     for dev, port in (("cpu", a.port), ("cuda:0", a.port + 1)):
         d = Daemon(a.sparsed, ["--device", dev, "--model", a.stories], port, os.path.join(a.work, "d-%s.log" % dev))
@@ -112,14 +119,25 @@ def stories_greedy(a):
             if st != 200:
                 return {"pass": False, "error": "%s: HTTP %d %s" % (dev, st, str(r)[:300])}
             texts[dev] = r["choices"][0]["text"]
+            lps[dev] = r["choices"][0]["logprobs"]
         finally:
             rcs[dev] = d.stop()
         if dev != "cpu":   # the start-up log names the card it took
             named = next((l for l in open(d.log).read().splitlines() if "served as" in l), "")
+    # the logprobs the device copies back (bf16 weights there, f32 on the
+    # cpu): the chosen tokens' within 0.25, the same top 3 at 90% of steps
+    # (a near tie may swap the third)
+    c, g = lps["cpu"], lps["cuda:0"]
+    chosen = max(abs(x - y) for x, y in zip(c["token_logprobs"], g["token_logprobs"]))
+    same_top = sum(set(x) == set(y) for x, y in zip(c["top_logprobs"], g["top_logprobs"]))
+    top_diff = max(abs(x[t] - y[t]) for x, y in zip(c["top_logprobs"], g["top_logprobs"]) for t in x if t in y)
+    n = len(c["token_logprobs"])
     ok = (texts["cpu"] == texts["cuda:0"] and len(texts["cpu"]) > 0 and rcs == {"cpu": 0, "cuda:0": 0}
-          and " on cuda:0: " in named)
+          and " on cuda:0: " in named and n == len(g["token_logprobs"]) == 120 and chosen <= 0.25
+          and same_top >= 0.9 * n and c["tokens"] == g["tokens"])
     return {"pass": ok, "cpu_text": texts["cpu"], "cuda_text": texts["cuda:0"], "exit_codes": rcs,
-            "model_line": named[:200]}
+            "model_line": named[:200], "logprob_max_diff_chosen": round(chosen, 4),
+            "logprob_max_diff_top": round(top_diff, 4), "top3_same_steps": same_top, "steps": n}
 
 
 def auto_pool(a):
@@ -241,6 +259,88 @@ def two_gpus(a):
     return res
 
 
+def metric(d, name):
+    """Sum of a counter over its label sets, from /metrics."""
+    with urllib.request.urlopen(d.url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+               if l.startswith(name + "{") or l.startswith(name + " "))
+
+
+def first_split(ref, got):
+    """Where greedy run got leaves ref (logprobs of both): None if nowhere,
+    else (step, ref's top-2 margin there, got took ref's second best)."""
+    for j, (x, y) in enumerate(zip(ref["tokens"], got["tokens"])):
+        if x != y:
+            top = sorted(ref["top_logprobs"][j].items(), key=lambda kv: -kv[1])
+            margin = top[0][1] - top[1][1] if len(top) > 1 else float("inf")
+            return j, round(margin, 4), len(top) > 1 and y == top[1][0]
+    return None if len(ref["tokens"]) == len(got["tokens"]) else (min(len(ref["tokens"]), len(got["tokens"])), 0, False)
+
+
+def pressure(a):
+    # prompts of ~140 tokens fit the pool together (4 x 9 pages of 40), but
+    # 150 more tokens each do not (4 x 19): decode must preempt.  Each greedy
+    # text is compared with the same prompt's alone; the steps' batches then
+    # differ in size and content, graphs replayed over changing tables.  On
+    # the card a batch's size picks its matrix kernels (bf16 rounding), so
+    # a text may leave the other at a near tie: allowed only where the other
+    # run's top two were within 0.25 and this one took the second.
+    rng = random.Random(7)
+    words = ("the cat dog sun girl boy ball tree park mom dad said play big red happy sad little ran jumped "
+             "saw went home day fun friend bird sky blue green box toy cake").split()
+    prompts = ["Once upon a time, " + " ".join(rng.choice(words) for _ in range(60)) + "." for _ in range(4)]
+    dev = getattr(a, "pressure_device", "cuda")
+    args = ["--device", dev, "--model", a.stories, "--kv-pages", "40", "--block-size", "16", "--attention", "sparse",
+            "--indexer", "minmax", "--top-k-blocks", "3", "--local-blocks", "1", "--sink-blocks", "1",
+            "--sparse-min-context", "0", "--max-running", "8"]
+    d = Daemon(a.sparsed, args, a.port + 7, os.path.join(a.work, "d-pressure.log"))
+    res = {}
+
+    def ask(i, out):
+        st, r = d.post("/v1/completions", {"prompt": prompts[i], "max_tokens": 150, "temperature": 0, "logprobs": 2})
+        out[i] = (r["choices"][0]["logprobs"], r["usage"]["prompt_tokens"]) if st == 200 else (None, 0)
+
+    def same(ref, got):
+        if ref is None or got is None:
+            return False, "HTTP error"
+        sp = first_split(ref, got)
+        return sp is None or (sp[1] <= 0.25 and sp[2]), sp
+
+    try:
+        if not d.wait_ready():
+            return {"pass": False, "error": "daemon not ready: %s" % d.text()[-400:]}
+        alone = {}
+        for i in range(4):
+            ask(i, alone)
+        res["prompt_tokens"] = [alone[i][1] for i in range(4)]
+        h0 = metric(d, "vllm:prefix_cache_hits_total")
+        again = {}
+        ask(0, again)   # its full prompt pages are cached unless the later prompts took them
+        ask(3, again)   # the last prompt's surely are
+        res["prefix_hit_tokens"] = metric(d, "vllm:prefix_cache_hits_total") - h0
+        p0 = metric(d, "vllm:num_preemptions_total")
+        both = {}
+        th = [threading.Thread(target=ask, args=(i, both)) for i in range(4)]
+        for t in th:
+            t.start()
+        for t in th:
+            t.join()
+        res["preemptions"] = metric(d, "vllm:num_preemptions_total") - p0
+        together = [same(alone[i][0], both[i][0]) for i in range(4)]
+        cached = [same(alone[i][0], again[i][0]) for i in (0, 3)]
+        res["together_ok"], res["together_split"] = [x[0] for x in together], [x[1] for x in together]
+        res["cached_ok"], res["cached_split"] = [x[0] for x in cached], [x[1] for x in cached]
+        res["text0"] = "".join(alone[0][0]["tokens"])[:200] if alone[0][0] else ""
+    finally:
+        res["exit_code"] = d.stop()
+    full = res.get("prompt_tokens", [0] * 4)[3] // 16 * 16
+    res["pass"] = (all(res.get("together_ok", [False])) and all(res.get("cached_ok", [False]))
+                   and res.get("preemptions", 0) > 0 and res.get("prefix_hit_tokens", 0) >= full - 16
+                   and len(res.get("text0", "")) > 0 and res["exit_code"] == 0)
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sparsed", required=True)
@@ -253,7 +353,8 @@ def main():
     a = ap.parse_args()
     fails = 0
     checks = [("daemon-stories-greedy", stories_greedy), ("daemon-auto-pool", auto_pool),
-              ("daemon-kv-too-big", kv_too_big), ("daemon-no-such-gpu", no_such_gpu)]
+              ("daemon-kv-too-big", kv_too_big), ("daemon-no-such-gpu", no_such_gpu),
+              ("daemon-pressure", pressure)]
     if gpu_count() >= 2:
         checks.append(("daemon-two-gpus", two_gpus))
     for label, fn in checks:
