@@ -1203,9 +1203,9 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         LAUNCHED();
         if (gemm(cb, d->wgu, 2 * F, E, cb->xb, T, cb->gu, 2 * F, 0.0f, err, errlen))
             return -1;
-        size_t n = (size_t)T * F;
-        unsigned blocks = (unsigned)((n + 255) / 256 < 65535 ? (n + 255) / 256 : 65535);
-        launch_pdl_on(cb->pdl, swiglu_kernel<S>, blocks, 256, 0, st, (const float *)cb->gu, F, n, (S *)cb->h);
+        const int per_tok = F & 3 ? F : F / 4; /* threads a token needs */
+        const dim3 sg((per_tok + 255) / 256, T < 65535 ? T : 65535);
+        launch_pdl_on(cb->pdl, swiglu_kernel<S>, sg, 256, 0, st, (const float *)cb->gu, F, T, (S *)cb->h);
         LAUNCHED();
         if (gemm(cb, d->wdown, E, F, cb->h, T, cb->x, E, 1.0f, err, errlen))
             return -1;

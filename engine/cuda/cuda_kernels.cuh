@@ -242,16 +242,42 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(const T *__restri
     }
 }
 
-/* h[t][j] = silu(gu[t][j]) * gu[t][F + j] */
+static __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+static __device__ __forceinline__ void store4(float *p, float a, float b, float c, float d)
+{
+    *(float4 *)p = make_float4(a, b, c, d);
+}
+static __device__ __forceinline__ void store4(bf16 *p, float a, float b, float c, float d)
+{
+    __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+    uint2 v;
+    v.x = *(uint32_t *)&lo;
+    v.y = *(uint32_t *)&hi;
+    *(uint2 *)p = v;
+}
+
+/* h[t][j] = silu(gu[t][j]) * gu[t][F + j]: grid (column blocks, tokens),
+ * four columns a thread where F % 4 == 0 (16-byte loads of each half, the
+ * four outputs stored together; a flat loop with a 64-bit divide per
+ * element read 2.2 TB/s at 8192 tokens of F = 5632 on an H200). */
 template <typename T>
-__global__ void swiglu_kernel(const float *gu, int F, size_t n, T *h)
+__global__ void swiglu_kernel(const float *gu, int F, int n_tok, T *h)
 {
     pdl_trigger();
     pdl_wait();
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        size_t t = i / F, j = i % F;
-        float g = gu[t * 2 * F + j], u = gu[t * 2 * F + F + j];
-        h[i] = fromf<T>(g / (1.0f + expf(-g)) * u);
+    const int step = gridDim.x * blockDim.x, j0 = blockIdx.x * blockDim.x + threadIdx.x;
+    for (int t = blockIdx.y; t < n_tok; t += gridDim.y) {
+        const float *g = gu + (size_t)t * 2 * F, *u = g + F;
+        T *o = h + (size_t)t * F;
+        if (!(F & 3)) {
+            for (int j = j0; j < F >> 2; j += step) {
+                const float4 a = ((const float4 *)g)[j], b = ((const float4 *)u)[j];
+                store4(o + 4 * j, silu_mul(a.x, b.x), silu_mul(a.y, b.y), silu_mul(a.z, b.z), silu_mul(a.w, b.w));
+            }
+        } else {
+            for (int j = j0; j < F; j += step)
+                o[j] = fromf<T>(silu_mul(g[j], u[j]));
+        }
     }
 }
 
@@ -394,22 +420,28 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
                 s[d] = s[d] * r * nrm[d];
         }
         __syncwarp();
-#pragma unroll CK_ILP
-        for (int d = lane; d < n; d += 32) {
-            float o = s[d];
-            if (rope && d < a.rope_dim) {
-                int i = a.neox ? (d < half ? d : d - half) : d >> 1;
-                int i0 = a.neox ? i : 2 * i, i1 = a.neox ? i + half : 2 * i + 1;
-                if (i1 < n) {
-                    float ang = (float)pos * a.rope_freq[i];
-                    float c = cosf(ang), sn = sinf(ang);
-                    o = d == i0 ? s[i0] * c - s[i1] * sn : s[i0] * sn + s[i1] * c;
-                }
-            }
+        auto put = [&](int d, float o) {
             if (dst8)
                 dst8[d] = to_e4m3(o);
             else
                 dst[d] = fromf<T>(o);
+        };
+        /* RoPE a pair a lane, one sincos each (i1 past n: the pair is not
+         * rotated); then every dim no pair rotated, as it is */
+        const int nrot = rope ? (a.neox ? min(half, n - half) : min(half, n >> 1)) : 0;
+        for (int p = lane; p < nrot; p += 32) {
+            const int i0 = a.neox ? p : 2 * p, i1 = a.neox ? p + half : 2 * p + 1;
+            float sn, c;
+            sincosf((float)pos * a.rope_freq[p], &sn, &c);
+            const float x0 = s[i0], x1 = s[i1];
+            put(i0, x0 * c - x1 * sn);
+            put(i1, x0 * sn + x1 * c);
+        }
+#pragma unroll CK_ILP
+        for (int d = lane; d < n; d += 32) {
+            const int p = a.neox ? (d < half ? d : d - half) : d >> 1;
+            if (!(rope && d < a.rope_dim && p < nrot))
+                put(d, s[d]);
         }
         __syncwarp();
     }
