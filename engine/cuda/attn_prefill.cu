@@ -468,22 +468,25 @@ __global__ void __launch_bounds__(256, 1) msa_select_kernel(IxArgs a)
 
 /* ---- MSA stage 2: KV-block outer sparse attention -------------------------- */
 
-__global__ void sp_count_kernel(const int32_t *sel, long long n, int W, int nblk, int *cnt)
+/* (sel holds a chunk's tokens x 4 groups x W slots: under 2^31 entries,
+ * so the index math is 32-bit; a 64-bit divide costs ~70 instructions) */
+__global__ void sp_count_kernel(const int32_t *sel, int n, int W, int nblk, int *cnt)
 {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     int b = sel[i];
-    if (b >= 0) atomicAdd(&cnt[(int)((i / W) & 3) * nblk + b], 1);
+    if (b >= 0) atomicAdd(&cnt[((i / W) & 3) * nblk + b], 1);
 }
 
-__global__ void sp_fill_kernel(const int32_t *sel, long long n, int W, int nblk, int *fill, int *list)
+__global__ void sp_fill_kernel(const int32_t *sel, int n, int W, int nblk, int *fill, int *list)
 {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     int b = sel[i];
     if (b < 0) return;
-    int pos = atomicAdd(&fill[(int)((i / W) & 3) * nblk + b], 1);
-    list[pos] = (int)(i / (4 * W)) * 64 + (int)(i % W);
+    const int row = i / W; /* token x 4 + group */
+    int pos = atomicAdd(&fill[(row & 3) * nblk + b], 1);
+    list[pos] = (row >> 2) * 64 + (i - row * W);
 }
 
 /* Exclusive scan of cnt into off and fill (one CTA of 1024 threads). */
@@ -716,7 +719,10 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
     cp_wait<0>();
 }
 
-/* One warp per (token, head): merges the token's selected-block partials. */
+/* One warp per (token, head): merges the token's selected-block partials.
+ * Lane j holds slots j and j + 32's log2-sum-exp, so the max and the
+ * weights are shuffles, and the partial rows load eight at a time (a loop
+ * over the slots waited on two L2 round trips a slot). */
 __global__ void __launch_bounds__(256) sp_combine_kernel(const int32_t *sel, const float *plse, const bf16 *part,
                                                          int c0, int n_tok, int n_heads, int ratio, int W,
                                                          bf16 *out)
@@ -728,20 +734,43 @@ __global__ void __launch_bounds__(256) sp_combine_kernel(const int32_t *sel, con
     const int g = head / ratio, hd = head % ratio;
     const int32_t *s = sel + ((long long)(c0 + tl) * 4 + g) * W;
     const long long prow0 = ((long long)tl * 4 + g) * W;
+    float w[2]; /* W <= 64 */
     float M = NEG_INF;
-    for (int j = 0; j < W; j++)
-        if (s[j] >= 0) M = fmaxf(M, plse[(prow0 + j) * ratio + hd]);
-    float acc[4] = {0.f, 0.f, 0.f, 0.f}, wsum = 0.f;
-    for (int j = 0; j < W; j++) {
-        if (s[j] < 0) continue;
-        long long prow = (prow0 + j) * ratio + hd;
-        float w = exp2f(plse[prow] - M);
-        uint2 v = *(const uint2 *)(part + prow * 128 + 4 * lane);
-        wsum += w;
-        acc[0] += w * bf_lo(v.x);
-        acc[1] += w * bf_hi(v.x);
-        acc[2] += w * bf_lo(v.y);
-        acc[3] += w * bf_hi(v.y);
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        const int j = lane + 32 * k;
+        w[k] = j < W && s[j] >= 0 ? plse[(prow0 + j) * ratio + hd] : NEG_INF;
+        M = fmaxf(M, w[k]);
+    }
+#pragma unroll
+    for (int x = 16; x; x >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, x));
+    float wsum = 0.f;
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        w[k] = w[k] > NEG_INF ? exp2f(w[k] - M) : 0.f;
+        wsum += w[k];
+    }
+#pragma unroll
+    for (int x = 16; x; x >>= 1) wsum += __shfl_xor_sync(0xffffffffu, wsum, x);
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int j0 = 0; j0 < W; j0 += 8) {
+        float wj[8];
+        uint2 v[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int j = j0 + u;
+            wj[u] = __shfl_sync(0xffffffffu, j < 32 ? w[0] : w[1], j & 31);
+            wj[u] = j < W ? wj[u] : 0.f;
+            v[u] = wj[u] > 0.f ? *(const uint2 *)(part + ((prow0 + j) * ratio + hd) * 128 + 4 * lane)
+                               : make_uint2(0u, 0u);
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            acc[0] += wj[u] * bf_lo(v[u].x);
+            acc[1] += wj[u] * bf_hi(v[u].x);
+            acc[2] += wj[u] * bf_lo(v[u].y);
+            acc[3] += wj[u] * bf_hi(v[u].y);
+        }
     }
     float inv = wsum > 0.f ? 1.f / wsum : 0.f;
     uint2 r;
@@ -913,6 +942,7 @@ extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *tabl
     long long chunk = (long long)((ws_bytes - fixed) / per_tok) * 128;
     while (chunk > 128 && sp_ws(nblk, W, ratio, chunk, off) > ws_bytes) chunk -= 128;
     if (chunk > n_q) chunk = n_q;
+    if (chunk > (1 << 23)) chunk = 1 << 23; /* chunk x 4 x W stays an int */
     sp_ws(nblk, W, ratio, chunk, off);
     char *w = (char *)ws;
     int *cnt = (int *)(w + off[0]), *offs = (int *)(w + off[1]), *fill = (int *)(w + off[2]);
@@ -940,7 +970,7 @@ extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *tabl
     for (int c0 = 0; c0 < n_q; c0 += (int)chunk) {
         int c1 = (int)(c0 + chunk < n_q ? c0 + chunk : n_q);
         int nb = (q_pos0 + c1 + B - 1) / B; /* blocks this chunk can select */
-        long long n = (long long)(c1 - c0) * 4 * W;
+        const int n = (c1 - c0) * 4 * W;
         const int32_t *s = sel + (long long)c0 * 4 * W;
         CUDA_TRY(cudaMemsetAsync(cnt, 0, (size_t)4 * nb * sizeof(int), st));
         int nthr = 256;
