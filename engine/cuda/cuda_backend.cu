@@ -1175,8 +1175,8 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         pa.B = e->attn.block_size;
         int maxd = D > m->idx_dim ? D : m->idx_dim;
         int nu = m->n_heads + 2 * m->n_kv_heads + (d->has_idx ? m->idx_heads + 1 : 0);
-        launch_pdl_on(cb->pdl, qkv_post_kernel<S>, dim3(T, (nu + 7) / 8), 256, (size_t)8 * maxd * sizeof(float), st,
-                      pa);
+        launch_pdl_on(cb->pdl, qkv_post_kernel<S>, dim3(T, (nu + 7) / 8), 256,
+                      ((size_t)8 * maxd + (size_t)(m->rope_dim / 2) * 2) * sizeof(float), st, pa);
         LAUNCHED();
         if (cb->off_summ < cb->layer_bytes) {
             launch_pdl_on(cb->pdl, summary_kernel<S>, dim3(mt->n_fin, m->n_kv_heads), 128, 0, st,

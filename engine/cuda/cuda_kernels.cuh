@@ -369,6 +369,12 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
     int nu = a.Hq + 2 * a.Hkv + (a.has_idx ? a.idx_heads + 1 : 0);
     const float *row = a.qkv + (size_t)t * a.ld;
     int half = a.rope_dim / 2;
+    /* the token's rotations, once for the block's vectors (after the
+     * warps' scratch): sincosf of a large angle takes a slow path */
+    float *rc = post_sm + (size_t)nw * maxd, *rs = rc + half;
+    for (int p = threadIdx.x; p < half; p += blockDim.x)
+        sincosf((float)pos * a.rope_freq[p], &rs[p], &rc[p]);
+    __syncthreads();
     for (int u = blockIdx.y * nw + w; u < nu; u += gridDim.y * nw) {
         const float *src, *bias = NULL, *nrm = NULL;
         int n = D, rope = 1;
@@ -426,14 +432,12 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
             else
                 dst[d] = fromf<T>(o);
         };
-        /* RoPE a pair a lane, one sincos each (i1 past n: the pair is not
-         * rotated); then every dim no pair rotated, as it is */
+        /* RoPE a pair a lane (i1 past n: the pair is not rotated); then
+         * every dim no pair rotated, as it is */
         const int nrot = rope ? (a.neox ? min(half, n - half) : min(half, n >> 1)) : 0;
         for (int p = lane; p < nrot; p += 32) {
             const int i0 = a.neox ? p : 2 * p, i1 = a.neox ? p + half : 2 * p + 1;
-            float sn, c;
-            sincosf((float)pos * a.rope_freq[p], &sn, &c);
-            const float x0 = s[i0], x1 = s[i1];
+            const float sn = rs[p], c = rc[p], x0 = s[i0], x1 = s[i1];
             put(i0, x0 * c - x1 * sn);
             put(i1, x0 * sn + x1 * c);
         }
