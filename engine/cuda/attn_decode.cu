@@ -471,6 +471,46 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
     const int warp = tid >> 5, lane = tid & 31;
     const uint32_t base = (smem_u32(smem) + 1023) & ~1023u, qtile = base + C::QTILE;
 
+    /* this CTA's page ids up front: no table read on the copy path */
+    __shared__ int pid[SC_MAX_PAGES];
+    const bool pid_smem = n_my <= SC_MAX_PAGES;
+    if (pid_smem)
+        for (int i = tid; i < n_my; i += SC_THREADS) pid[i] = tables[(long long)b * ts + cta + (long long)i * nct];
+    __syncthreads();
+    const uint64_t pol = evict_first ? policy_evict_first() : 0;
+    /* stage i holds this CTA's pages PPS i .. PPS i + PPS - 1 */
+    const int n_st = (n_my + C::PPS - 1) / C::PPS;
+    auto load = [&](int i) {
+#pragma unroll
+        for (int pp = 0; pp < C::PPS; pp++) {
+            const int k = C::PPS * i + pp;
+            if (k >= n_my) break;
+            long long page = pid_smem ? pid[k] : tables[(long long)b * ts + cta + (long long)k * nct];
+            const char *src = idx + page * istride;
+            uint32_t dst = base + ((i % C::STAGES) * C::PPS + pp) * C::PAGE;
+#pragma unroll
+            for (int j = 0; j < C::PAGE / 16 / SC_THREADS; j++) {
+                int c = tid + SC_THREADS * j;
+                uint32_t d = FP8 ? dst + (c >> 3) * 128 + (((c & 7) ^ ((c >> 3) & 7)) << 4) : dst + swz(c >> 4, c & 15);
+                if (evict_first) cp16_evict_first(d, src + c * 16, pol);
+                else cp16(d, src + c * 16);
+            }
+        }
+    };
+#pragma unroll
+    for (int i = 0; i < C::STAGES - 1; i++) {
+        if (i < n_st) load(i);
+        cp_commit();
+    }
+    /* Launched to overlap its predecessor (the Q/K/V post-processing that
+     * writes the index queries): the page ids and the first stages above
+     * read only earlier steps' index keys (the newest block is local, never
+     * scored), so they go out before the wait; the queries after it.  Only
+     * then may the selection's launch begin: it reads the attention queries
+     * (also the predecessor's) before its own wait. */
+    pdl_wait();
+    pdl_trigger();
+
     /* index queries as the B operand: column n = lane/4 is group n (< 4).
      * fp8 keys reach the A operand through ldmatrix, which hands lane q of
      * a row the bytes 4q..4q+3 of its 16-byte chunk: A's k = 2q, 2q+1 and
@@ -525,37 +565,6 @@ static __device__ __forceinline__ void msa_score_body(unsigned char *smem, const
         }
     }
 
-    /* this CTA's page ids up front: no table read on the copy path */
-    __shared__ int pid[SC_MAX_PAGES];
-    const bool pid_smem = n_my <= SC_MAX_PAGES;
-    if (pid_smem)
-        for (int i = tid; i < n_my; i += SC_THREADS) pid[i] = tables[(long long)b * ts + cta + (long long)i * nct];
-    __syncthreads();
-    const uint64_t pol = evict_first ? policy_evict_first() : 0;
-    /* stage i holds this CTA's pages PPS i .. PPS i + PPS - 1 */
-    const int n_st = (n_my + C::PPS - 1) / C::PPS;
-    auto load = [&](int i) {
-#pragma unroll
-        for (int pp = 0; pp < C::PPS; pp++) {
-            const int k = C::PPS * i + pp;
-            if (k >= n_my) break;
-            long long page = pid_smem ? pid[k] : tables[(long long)b * ts + cta + (long long)k * nct];
-            const char *src = idx + page * istride;
-            uint32_t dst = base + ((i % C::STAGES) * C::PPS + pp) * C::PAGE;
-#pragma unroll
-            for (int j = 0; j < C::PAGE / 16 / SC_THREADS; j++) {
-                int c = tid + SC_THREADS * j;
-                uint32_t d = FP8 ? dst + (c >> 3) * 128 + (((c & 7) ^ ((c >> 3) & 7)) << 4) : dst + swz(c >> 4, c & 15);
-                if (evict_first) cp16_evict_first(d, src + c * 16, pol);
-                else cp16(d, src + c * 16);
-            }
-        }
-    };
-#pragma unroll
-    for (int i = 0; i < C::STAGES - 1; i++) {
-        if (i < n_st) load(i);
-        cp_commit();
-    }
     const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_cb = lane >> 4;
     for (int i = 0; i < n_st; i++) {
         if (i + C::STAGES - 1 < n_st) load(i + C::STAGES - 1);
@@ -638,7 +647,6 @@ __global__ void __launch_bounds__(SC_THREADS) msa_score_kernel(const char *idx, 
                                                                int evict_first)
 {
     extern __shared__ __align__(128) unsigned char smem[];
-    pdl_trigger();
     SD_STAMP(0, SD_CTA, 0);
     const int b = blockIdx.y;
     const int ncand = (lens[b] + B - 1) / B - local;
@@ -1478,6 +1486,17 @@ static int score_evict_first(void)
     return e && e[0] == '1';
 }
 
+/* CATTN_SCORE_PDL=0: the scoring launches after its predecessor ends, for timing. */
+static int score_pdl(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("CATTN_SCORE_PDL");
+        on = !(e && e[0] == '0');
+    }
+    return on;
+}
+
 /* Block scores per row, padded to float4 rows for the selection's loads. */
 static int score_stride(int nblk) { return (nblk + 3) & ~3; }
 
@@ -1545,14 +1564,12 @@ static int sparse_decode(const cattn_pool *p, const cattn_batch *b, int n_heads,
         if (n_kv != 4 || p->idx_dim != 128 || B != 128 || !p->idx) return CATTN_ESHAPE;
         int per_seq = (2 * n_sms() + b->batch - 1) / b->batch;
         dim3 grid(nblk < per_seq ? nblk : per_seq, b->batch);
-        if (p->idx_fp8)
-            msa_score_kernel<true><<<grid, SC_THREADS, ScoreCfg<true>::SMEM, st>>>(
-                (const char *)p->idx, p->idx_stride, B, b->tables, b->table_stride, b->lens, (const bf16 *)iq,
-                scores, sstride, local, score_evict_first());
-        else
-            msa_score_kernel<false><<<grid, SC_THREADS, ScoreCfg<false>::SMEM, st>>>(
-                (const char *)p->idx, p->idx_stride, B, b->tables, b->table_stride, b->lens, (const bf16 *)iq,
-                scores, sstride, local, score_evict_first());
+        /* programmatic launch: the scoring starts streaming the index keys
+         * while its predecessor finishes, and waits in-kernel for the queries */
+        CUDA_TRY(launch_pdl_on(score_pdl(), p->idx_fp8 ? msa_score_kernel<true> : msa_score_kernel<false>, grid,
+                               dim3(SC_THREADS), p->idx_fp8 ? ScoreCfg<true>::SMEM : ScoreCfg<false>::SMEM, st,
+                               (const char *)p->idx, p->idx_stride, B, b->tables, b->table_stride, b->lens,
+                               (const bf16 *)iq, scores, sstride, local, score_evict_first()));
     } else {
         if (!p->summ) return CATTN_ESHAPE;
         /* one wave: as many CTAs as fit at once */
