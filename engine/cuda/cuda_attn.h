@@ -72,7 +72,10 @@ int cattn_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const v
  * index query, takes block maxima, selects per group on the device and runs
  * the paged decode over the selected pages (on sm_90 the selection, decode
  * and merge are one kernel of thread-block clusters).  sel (optional)
- * receives the lists, [batch][n_kv_heads][top_k + local]. */
+ * receives the lists, [batch][n_kv_heads][top_k + local].  Its first
+ * kernel overlaps the stream's previous one (programmatic launch): the
+ * tables, lens and index keys of all but each sequence's newest block
+ * may be read before that kernel ends; q and iq only after it. */
 size_t cattn_msa_decode_ws(const cattn_pool *p, int batch, int n_heads, int max_len, int top_k, int local);
 int cattn_msa_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q, const void *iq,
                      void *out, float scale, int top_k, int local, int32_t *sel, void *ws, size_t ws_bytes,
