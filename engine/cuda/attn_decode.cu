@@ -1486,15 +1486,12 @@ static int score_evict_first(void)
     return e && e[0] == '1';
 }
 
-/* CATTN_SCORE_PDL=0: the scoring launches after its predecessor ends, for timing. */
+/* CATTN_SCORE_PDL=0: the scoring launches after its predecessor ends, for
+ * timing (read per call, as the switches beside it). */
 static int score_pdl(void)
 {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("CATTN_SCORE_PDL");
-        on = !(e && e[0] == '0');
-    }
-    return on;
+    const char *e = getenv("CATTN_SCORE_PDL");
+    return !(e && e[0] == '0');
 }
 
 /* Block scores per row, padded to float4 rows for the selection's loads. */
