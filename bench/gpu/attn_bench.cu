@@ -1051,6 +1051,10 @@ static double time_us(run_fn fn, void *ctx, int warm, int reps, int graph, int f
         graph = 0;
         flush = 0;
     }
+    /* ATTN_GRAPH=0: plain launches queued behind the flush, as the
+     * PyTorch baseline is timed */
+    const char *ge_env = getenv("ATTN_GRAPH");
+    if (ge_env && ge_env[0] == '0') graph = 0;
     cudaGraphExec_t ge = NULL;
     fn(ctx); /* first call outside capture: one-time attributes */
     CK(cudaStreamSynchronize(g_st));
