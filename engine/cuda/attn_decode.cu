@@ -1230,18 +1230,33 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
     SD_STAMP(1, SD_CTA, 4);
     cl.sync(); /* the records are in place */
     SD_STAMP(1, SD_CTA, 5);
-    /* a thread per dim of each owned head; the records' loads are independent */
+    /* a thread per dim of each owned head.  Lane j of every warp holds
+     * records j and j + 32's (m, l) and weight, so the maximum is a warp
+     * reduction and the weights come by shuffle, not a pass over the
+     * records and an exp2f a record in every thread (v17, H100: 0.3-1.1 us
+     * less a decode at 32K and 1M) */
+    static_assert(SD_MAX_CLUSTER * DEC_WARPS <= 64, "records of a head: two a lane");
     for (int k = 0; rank + k * C < d.ratio; k++) {
         const int r = rank + k * C, nrec = C * DEC_WARPS;
-        float M = NEG_INF;
-        for (int j = 0; j < nrec; j++) M = fmaxf(M, recs[(j * hpo + k) * SD_REC + 128]);
+        float mj[2], lj[2], wj[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int j = lane + 32 * h;
+            mj[h] = j < nrec ? recs[(j * hpo + k) * SD_REC + 128] : NEG_INF;
+            lj[h] = j < nrec ? recs[(j * hpo + k) * SD_REC + 129] : 0.f;
+        }
+        float M = fmaxf(mj[0], mj[1]);
+#pragma unroll
+        for (int x = 16; x; x >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, x));
+#pragma unroll
+        for (int h = 0; h < 2; h++) wj[h] = M == NEG_INF || mj[h] == NEG_INF ? 0.f : exp2f(mj[h] - M);
         float acc = 0.f, lsum = 0.f;
 #pragma unroll 8
         for (int j = 0; j < nrec; j++) {
-            const float *rec = recs + (j * hpo + k) * SD_REC;
-            const float w = M == NEG_INF ? 0.f : exp2f(rec[128] - M);
-            lsum += w * rec[129];
-            acc += w * rec[tid];
+            const float w = __shfl_sync(0xffffffffu, j < 32 ? wj[0] : wj[1], j & 31);
+            const float l = __shfl_sync(0xffffffffu, j < 32 ? lj[0] : lj[1], j & 31);
+            lsum = fmaf(w, l, lsum);
+            acc = fmaf(w, recs[(j * hpo + k) * SD_REC + tid], acc);
         }
         d.out[((long long)b * d.n_heads + kvh * d.ratio + r) * 128 + tid] =
             __float2bfloat16(lsum > 0.f ? acc / lsum : 0.f);
