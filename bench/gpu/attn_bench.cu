@@ -12,6 +12,8 @@
  *   attn_bench decode N         time the decode paths only
  *   attn_bench profile N        the decode paths once each, for ncu
  *   attn_bench dense N          dense decode rows only (M3, L3-8B)
+ *   attn_bench sdprof|decprof N the sparse / dense decode's phase stamps
+ *                               (a build with -DCATTN_SD_PROF)
  *
  * Inputs are random (never zeros), outputs are poisoned with NaN before
  * each run and every CUDA call is checked.  The block masks of the
@@ -1192,6 +1194,16 @@ static void bench_decode(Shape sh, long n, int batch, int mode, int fp8)
     free(lens);
 }
 
+#ifdef CATTN_SD_PROF
+/* one batch-1 decode row, then the phase stamps of its last timed replay */
+static void stamped(const char *label, Shape sh, long n, int mode, int fp8, void (*dump)(int, int))
+{
+    printf("== %s\n", label);
+    bench_decode(sh, n, 1, mode, fp8);
+    dump(2048, 2048);
+}
+#endif
+
 static void run_prefill(void *c_)
 {
     Ctx *c = (Ctx *)c_;
@@ -1474,36 +1486,20 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "sdprof") && argc >= 3) {
         /* phase stamps of the last timed replay of each sparse decode */
         long n = atol(argv[2]);
-        printf("== sdprof msa bf16\n");
-        bench_decode(M3, n, 1, 1, 0);
-        cattn_sd_prof_dump(2048, 2048);
-        printf("== sdprof msa fp8\n");
-        bench_decode(M3, n, 1, 1, 1);
-        cattn_sd_prof_dump(2048, 2048);
-        printf("== sdprof quest\n");
-        bench_decode(L3, n, 1, 2, 0);
-        cattn_sd_prof_dump(2048, 2048);
-        printf("== sdprof msa bf16, 16 q / 4 KV heads (m3-1b)\n");
-        bench_decode(M3R4, n, 1, 1, 0);
-        cattn_sd_prof_dump(2048, 2048);
+        stamped("sdprof msa bf16", M3, n, 1, 0, cattn_sd_prof_dump);
+        stamped("sdprof msa fp8", M3, n, 1, 1, cattn_sd_prof_dump);
+        stamped("sdprof quest", L3, n, 2, 0, cattn_sd_prof_dump);
+        stamped("sdprof msa bf16, 16 q / 4 KV heads (m3-1b)", M3R4, n, 1, 0, cattn_sd_prof_dump);
         putenv((char *)"CATTN_SD_CLUSTER=8");
-        printf("== sdprof quest 8cta\n");
-        bench_decode(L3, n, 1, 2, 0);
-        cattn_sd_prof_dump(2048, 2048);
-        printf("== sdprof msa bf16 8cta\n");
-        bench_decode(M3, n, 1, 1, 0);
-        cattn_sd_prof_dump(2048, 2048);
+        stamped("sdprof quest 8cta", L3, n, 2, 0, cattn_sd_prof_dump);
+        stamped("sdprof msa bf16 8cta", M3, n, 1, 0, cattn_sd_prof_dump);
         return g_fail ? 1 : 0;
     }
     if (!strcmp(argv[1], "decprof") && argc >= 3) {
         /* phase stamps of the last timed replay of dense decode, batch 1 */
         long n = atol(argv[2]);
-        printf("== decprof dense M3\n");
-        bench_decode(M3, n, 1, 0, 0);
-        cattn_dec_prof_dump(2048, 2048);
-        printf("== decprof dense L3-8B\n");
-        bench_decode(L3, n, 1, 0, 0);
-        cattn_dec_prof_dump(2048, 2048);
+        stamped("decprof dense M3", M3, n, 0, 0, cattn_dec_prof_dump);
+        stamped("decprof dense L3-8B", L3, n, 0, 0, cattn_dec_prof_dump);
         return g_fail ? 1 : 0;
     }
 #endif
