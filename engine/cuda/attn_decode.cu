@@ -936,7 +936,8 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_kernel(const float *scores,
 #define SD_MAX_CLUSTER 16 /* a power of two: C x 4 warps x ceil(16 / C) heads = 64 records */
 #define SD_REC 132        /* floats per record: o[128], m, l, padding */
 #define SD_RECS 64
-#define SD_NV 16 /* score float4s per thread in registers: 128 threads x 64 = 8192 blocks */
+#define SD_THREADS 256 /* the selection's; warps past DEC_WARPS only select */
+#define SD_NV 8 /* score float4s per thread in registers: 256 threads x 32 = 8192 blocks */
 #define SD_CAP 512 /* scores the threshold pass may gather before the radix fallback */
 
 struct SelDecArgs {
@@ -948,19 +949,18 @@ struct SelDecArgs {
     int32_t *sel;
     int sink, top_k, local;
     int cap;  /* <= SD_CAP; CATTN_SD_GATHER lowers it (tests: the radix fallback) */
-    int rank_max; /* up to this many candidates: ranked one a thread (CATTN_SD_RANK=0: never) */
+    int rank_max; /* up to this many candidates: ranked one a thread (CATTN_SD_RANK=n sets it; 0: never) */
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* clusters; the only caller is sm_90 code */
-/* Rank of (v[i], id[i]) among the n pairs in descending order of v, ties
+/* Rank of (x, xi) among the n pairs (v, id) in descending order of v, ties
  * by ascending id (distinct ids: distinct ranks, the same in every CTA).
  * v and id are in shared memory, 16-byte aligned; two float4 and two int4
  * loads per step so that the loads overlap (a plain loop waits ~30 cycles
  * on each). */
-static __device__ __forceinline__ int rank_desc(const float *v, const int *id, const int n, const int i)
+static __device__ __forceinline__ int rank_desc(const float *v, const int *id, const int n, const float x,
+                                                const int xi)
 {
-    const float x = v[i];
-    const int xi = id[i];
     int r = 0, t = 0;
     for (; t + 8 <= n; t += 8) {
         float4 y[2];
@@ -985,20 +985,20 @@ static __device__ __forceinline__ int rank_desc(const float *v, const int *id, c
 
 /* The row's selection into o[0 .. sink + top_k + local): sink blocks, the
  * top_k best candidates (unordered), local blocks; -1 marks an empty slot.
- * Exact by a threshold: each thread holds up to 64 scores, and the top_k-th
- * largest of the threads' maxima bounds the top_k-th largest score from
- * below, so the top_k are among the scores reaching it, usually a few more
- * than top_k: those are gathered and ranked.  A radix select over all
+ * Exact by a threshold: each pair of threads holds up to 64 scores, and
+ * the top_k-th largest of the pairs' maxima bounds the top_k-th largest
+ * score from below, so the top_k are among the scores reaching it, usually
+ * a few more than top_k: those are gathered and ranked.  A radix select over all
  * scores when more than cap reach it (ties).  All threads call it; ends
  * with a barrier. */
 static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int nblk, int *o)
 {
-    __shared__ __align__(16) float mx[DEC_WARPS * 32];
+    __shared__ __align__(16) float mx[SD_THREADS / 2];
     __shared__ __align__(16) float gs[SD_CAP];
     __shared__ __align__(16) int gi[SD_CAP];
     __shared__ int s_n;
     __shared__ float s_thr;
-    const int tid = threadIdx.x, T = DEC_WARPS * 32, sink = a.sink, top_k = a.top_k, local = a.local;
+    const int tid = threadIdx.x, T = SD_THREADS, sink = a.sink, top_k = a.top_k, local = a.local;
     const int c0 = min(sink, nblk), c1 = max(c0, nblk - local), ncand = c1 - c0;
     for (int i = tid; i < sink; i += T) o[i] = i < c0 ? i : -1;
     for (int i = tid; i < local; i += T) {
@@ -1011,10 +1011,11 @@ static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int
         return;
     }
     if (ncand <= a.rank_max) {
-        /* few candidates (contexts up to 16K tokens): one a thread, ranked
-         * among all by (score, block) directly, the same order as below;
-         * -inf and NaN scores are never chosen, as below.  One L2 round
-         * trip and one ranking instead of the threshold's five steps. */
+        /* few candidates (contexts up to 32K tokens in blocks of 128): one
+         * a thread, ranked among all by (score, block) directly, the same
+         * order as below; -inf and NaN scores are never chosen, as below.
+         * One L2 round trip and one ranking instead of the threshold's
+         * five steps (v18: at 32K 0.1-2 us faster than the threshold). */
         const int i = c0 + tid;
         float x = tid < ncand ? __ldcg(sc + i) : NEG_INF;
         x = x > NEG_INF ? x : NEG_INF;
@@ -1024,7 +1025,7 @@ static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int
         __syncthreads();
         SD_STAMP(1, SD_CTA, 9);
         if (x > NEG_INF) {
-            const int r = rank_desc(gs, gi, ncand, tid);
+            const int r = rank_desc(gs, gi, ncand, x, i);
             if (r < top_k) o[sink + r] = i;
         }
         __syncthreads();
@@ -1054,14 +1055,23 @@ static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int
     for (int j = 0; j < SD_NV; j++) vmax(v[j], 0);
     tail(vmax);
     SD_STAMP(1, SD_CTA, 8);
-    mx[tid] = m;
-    gi[tid] = tid;
+    /* a pair of threads' maximum bounds 64 scores, as one thread's did with
+     * 4 warps; the pair ranks it against the 128 maxima a half each, so a
+     * second warp on each scheduler halves this chain too */
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+    const int pi = tid >> 1, half = (tid & 1) * (T / 4);
+    if (!(tid & 1)) {
+        mx[pi] = m;
+        gi[pi] = pi;
+    }
     if (tid == 0) {
         s_n = 0;
         s_thr = NEG_INF;
     }
     __syncthreads();
-    if (top_k <= T && rank_desc(mx, gi, T, tid) == top_k - 1) s_thr = m;
+    int rk = rank_desc(mx + half, gi + half, T / 4, m, pi);
+    rk += __shfl_xor_sync(0xffffffffu, rk, 1);
+    if (top_k <= T / 2 && !(tid & 1) && rk == top_k - 1) s_thr = m;
     __syncthreads();
     SD_STAMP(1, SD_CTA, 9);
     /* gather: count, one atomic per warp for the warp's slots, then write */
@@ -1107,7 +1117,7 @@ static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int
     const int n = s_n;
     if (n <= a.cap) {
         for (int i = tid; i < n; i += T) {
-            const int r = rank_desc(gs, gi, n, i);
+            const int r = rank_desc(gs, gi, n, gs[i], gi[i]);
             if (r < top_k) o[sink + r] = gi[i];
         }
         __syncthreads();
@@ -1128,7 +1138,7 @@ static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int
 }
 #endif
 
-__global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArgs a)
+__global__ void __launch_bounds__(SD_THREADS, 1) sel_decode_kernel(SelDecArgs a)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     extern __shared__ __align__(128) unsigned char smem[];
@@ -1158,7 +1168,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
     SD_STAMP(1, SD_CTA, 2);
 
     if (a.sel && rank == 0)
-        for (int i = tid; i < W; i += DEC_WARPS * 32) a.sel[(long long)row * W + i] = o[i];
+        for (int i = tid; i < W; i += SD_THREADS) a.sel[(long long)row * W + i] = o[i];
     if (warp == 0) { /* the selected blocks and their pages, compacted */
         int n = 0;
         for (int i0 = 0; i0 < W; i0 += 32) {
@@ -1179,10 +1189,14 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
     SD_STAMP(1, SD_CTA, 11);
 
     /* this warp's tiles: t = gw, gw + 4C, ...; keys are numbered by their
-     * position in the sequence, so only the newest block has masked keys */
+     * position in the sequence, so only the newest block has masked keys.
+     * Warps past DEC_WARPS only select: a second warp on each scheduler
+     * shortens the selection's latency chains, while the tiles' shared
+     * memory holds DEC_WARPS warps' stages (v18: Quest 1-1.4 us faster, the
+     * rest level or faster) */
     const int tpb = d.B / DEC_TILE, ntiles = s_nb * tpb;
     const int gw = rank * DEC_WARPS + warp, nw = C * DEC_WARPS;
-    const int my_n = gw < ntiles ? (ntiles - gw + nw - 1) / nw : 0;
+    const int my_n = warp < DEC_WARPS && gw < ntiles ? (ntiles - gw + nw - 1) / nw : 0;
     const uint32_t wbase = smem_u32(smem) + warp * DEC_STAGES * DEC_STAGE_BYTES;
     auto load = [&](int i) {
         const int t = gw + i * nw, blk = blks[t / tpb];
@@ -1216,7 +1230,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
     const int hpo = (d.ratio + C - 1) / C; /* heads per owner */
     cl.barrier_wait();
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
+    for (int h = 0; h < 2 && warp < DEC_WARPS; h++) {
         st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 1);
         st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 2);
         const int r = (lane >> 2) + 8 * h;
@@ -1236,7 +1250,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 1) sel_decode_kernel(SelDecArg
      * records and an exp2f a record in every thread (v17: 0.3-1.1 us less
      * a decode at 32K and 1M on an H100; on an H200 MSA level, Quest 0.6) */
     static_assert(SD_MAX_CLUSTER * DEC_WARPS <= 64, "records of a head: two a lane");
-    for (int k = 0; rank + k * C < d.ratio; k++) {
+    for (int k = 0; warp < DEC_WARPS && rank + k * C < d.ratio; k++) {
         const int r = rank + k * C, nrec = C * DEC_WARPS;
         float mj[2], lj[2], wj[2];
 #pragma unroll
@@ -1427,7 +1441,7 @@ static void sd_init(void)
             at[0].val.clusterDim.x = SD_MAX_CLUSTER;
             at[0].val.clusterDim.y = at[0].val.clusterDim.z = 1;
             cfg.gridDim = dim3(SD_MAX_CLUSTER);
-            cfg.blockDim = dim3(DEC_WARPS * 32);
+            cfg.blockDim = dim3(SD_THREADS);
             cfg.dynamicSmemBytes = DEC_SMEM;
             cfg.attrs = at;
             cfg.numAttrs = 1;
@@ -1476,7 +1490,7 @@ static int sel_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, co
     const char *g = getenv("CATTN_SD_GATHER");
     a.cap = g && atoi(g) >= 0 && atoi(g) < SD_CAP ? atoi(g) : SD_CAP;
     const char *rk = getenv("CATTN_SD_RANK");
-    a.rank_max = rk && !strcmp(rk, "0") ? 0 : DEC_WARPS * 32;
+    a.rank_max = rk ? min(max(atoi(rk), 0), SD_THREADS) : SD_THREADS;
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at[2];
     at[0].id = cudaLaunchAttributeClusterDimension;
@@ -1485,7 +1499,7 @@ static int sel_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, co
     at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[1].val.programmaticStreamSerializationAllowed = 1;
     cfg.gridDim = dim3(C, b->batch * p->n_kv_heads);
-    cfg.blockDim = dim3(DEC_WARPS * 32);
+    cfg.blockDim = dim3(SD_THREADS);
     cfg.dynamicSmemBytes = DEC_SMEM;
     cfg.stream = st;
     cfg.attrs = at;
