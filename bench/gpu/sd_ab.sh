@@ -6,7 +6,9 @@
 # MODE=sparse (default: sdprof, the sparse paths' rows with the default
 # path only) or dense (decprof, the dense decode rows).  OLD: another
 # attn_bench (e.g. an older tree's, with the mode's rows command) timed
-# beside each round's settings.  Env: N (default 1048576), MODE, SETTINGS, OLD, OUT.
+# beside each round's settings; OLD_PROF: its stamp build, whose stamps
+# then come beside the new ones.  Env: N (default 1048576), MODE,
+# SETTINGS, OLD, OLD_PROF, OUT.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-1048576}
@@ -31,6 +33,7 @@ for r in 1 2; do
     done
     if [ -n "${OLD:-}" ]; then
         echo "=== round $r old $OLD" | tee -a "$OUT/sd-ab.log"
+        [ -n "${OLD_PROF:-}" ] && timeout 120 "$OLD_PROF" $PROF "$N" 2>&1 | tee -a "$OUT/sd-ab.log" | grep -E "^==|PROF"
         CATTN_SD_PASSES=1 timeout 200 "$OLD" $ROWS "$N" 2>&1 | tee -a "$OUT/sd-ab.log" | grep -E "^ROW|FAIL" |
             sed "s/^/[old] /"
     fi
