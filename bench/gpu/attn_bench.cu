@@ -629,6 +629,7 @@ static void check_msa_decode(int fp8)
     /* the cluster kernel (default on sm_90) with several cluster sizes, its
      * radix fallback, and the kernel chain */
     const int l2[2] = {5000, 2900}, l4[4] = {1, 129, 1100, 7000}, l1a[1] = {40000}, l1b[1] = {1100}, l1c[1] = {1};
+    const int l1f[1] = {25000};
     check_msa_decode_case(fp8, 2, l2, 21, "b2", NULL);
     check_msa_decode_case(fp8, 2, l2, 21, "b2 chain", "CATTN_SD_CLUSTER=0");
     check_msa_decode_case(fp8, 4, l4, 22, "b4 2cta", "CATTN_SD_CLUSTER=2");
@@ -639,6 +640,7 @@ static void check_msa_decode(int fp8)
     check_msa_decode_case(fp8, 1, l1a, 27, "b1 40K", NULL);
     check_msa_decode_case(fp8, 1, l1a, 28, "b1 40K radix", "CATTN_SD_GATHER=1");
     check_msa_decode_case(fp8, 1, l1b, 25, "b1 1100", NULL);
+    check_msa_decode_case(fp8, 1, l1f, 32, "b1 25K", NULL); /* 195 candidates: ranked directly, one a thread */
     check_msa_decode_case(fp8, 1, l1c, 26, "b1 len1", NULL);
     if (!fp8) { /* past 8192 blocks: scores re-read past the registers, pages past the prefetched table */
         const int l1d[1] = {1100000}, l1e[1] = {70000};
