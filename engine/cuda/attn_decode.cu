@@ -988,9 +988,9 @@ static __device__ __forceinline__ int rank_desc(const float *v, const int *id, c
  * Exact by a threshold: each pair of threads holds up to 64 scores, and
  * the top_k-th largest of the pairs' maxima bounds the top_k-th largest
  * score from below, so the top_k are among the scores reaching it, usually
- * a few more than top_k: those are gathered and ranked.  A radix select over all
- * scores when more than cap reach it (ties).  All threads call it; ends
- * with a barrier. */
+ * a few more than top_k: those are gathered and ranked.  A radix select
+ * over all scores when more than cap reach it (ties).  All threads call
+ * it; ends with a barrier. */
 static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int nblk, int *o)
 {
     __shared__ __align__(16) float mx[SD_THREADS / 2];
