@@ -12,6 +12,11 @@
  *   attn_bench decode N         time the decode paths only
  *   attn_bench profile N        the decode paths once each, for ncu
  *   attn_bench dense N          dense decode rows only (M3, L3-8B)
+ *   attn_bench overhead         the timing's fixed cost: empty kernels
+ *                               (one; two, the second programmatic)
+ *   CATTN_SD_PROBE=1|2 (decode) floors of the sparse decode: the cluster
+ *                               kernel ends after its wait, or skips the
+ *                               selection (outputs then wrong)
  *   attn_bench sdprof|decprof N the sparse / dense decode's phase stamps
  *                               (a build with -DCATTN_SD_PROF)
  *
@@ -1395,10 +1400,49 @@ static int run_bench(const char *ns, const char *maskdir)
     return g_fail ? 1 : 0;
 }
 
+/* ---- the timing's fixed cost ------------------------------------------------
+ * The events around a replay also time the launch of its first kernel and
+ * the end of its last: a row's floor whatever its kernels do (v19). */
+__global__ void empty_kernel(int *sink)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+    if (sink && threadIdx.x == 0 && blockIdx.x == 0) *sink = 1;
+}
+
+static void run_empty(void *c_)
+{
+    int n = *(int *)c_; /* kernels, the later ones launched programmatically as in sparse decode */
+    for (int i = 0; i < n; i++) {
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = i > 0;
+        cfg.gridDim = dim3(i ? 16 : 264);
+        cfg.blockDim = dim3(128);
+        cfg.stream = g_st;
+        cfg.attrs = at;
+        cfg.numAttrs = 1;
+        CK(cudaLaunchKernelEx(&cfg, empty_kernel, (int *)g_flush_sink));
+    }
+}
+
+static int run_overhead(void)
+{
+    for (int n = 1; n <= 2; n++) {
+        double us = time_us(run_empty, &n, 5, 30, 1, 1);
+        char name[32];
+        snprintf(name, sizeof name, "empty_%dkernel", n);
+        row(name, "-", 0, 1, us, 0, 0, NULL);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: attn_bench info | check | bench N[,N...] [maskdir] | decode N | profile N\n");
+        fprintf(stderr, "usage: attn_bench info | check | overhead | bench N[,N...] [maskdir] | decode N | profile N\n");
         return 2;
     }
     cudaDeviceProp prop;
@@ -1411,6 +1455,7 @@ int main(int argc, char **argv)
     CK(cudaMemset(g_flush, 0, FLUSH_BYTES));
     if (!strcmp(argv[1], "info")) return 0;
     if (!strcmp(argv[1], "check")) return run_checks();
+    if (!strcmp(argv[1], "overhead")) return run_overhead();
     if (!strcmp(argv[1], "bench") && argc >= 3) return run_bench(argv[2], argc >= 4 ? argv[3] : NULL);
     if (!strcmp(argv[1], "decode") && argc >= 3) {
         /* decode rows only: dense M3, then MSA (batch 1, 2, 4; 32 up to 32K)

@@ -950,6 +950,7 @@ struct SelDecArgs {
     int sink, top_k, local;
     int cap;  /* <= SD_CAP; CATTN_SD_GATHER lowers it (tests: the radix fallback) */
     int rank_max; /* up to this many candidates: ranked one a thread (CATTN_SD_RANK=n sets it; 0: never) */
+    int probe;    /* timing floors only (CATTN_SD_PROBE): 1 ends after the wait, 2 skips the selection */
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* clusters; the only caller is sm_90 code */
@@ -1163,8 +1164,19 @@ __global__ void __launch_bounds__(SD_THREADS, 1) sel_decode_kernel(SelDecArgs a)
     const int32_t *tab = a.tables + (long long)b * a.ts;
     pdl_wait();
     SD_STAMP(1, SD_CTA, 1);
+    if (a.probe == 1) { /* the floor under any consumer of the scores: zeros out, nothing read */
+        cl.barrier_wait();
+        for (int r = rank; r < d.ratio; r += C)
+            if (tid < 128) d.out[((long long)b * d.n_heads + kvh * d.ratio + r) * 128 + tid] = __float2bfloat16(0.f);
+        return;
+    }
 
-    sd_select(a, a.scores + (long long)row * a.sstride, nblk, o);
+    if (a.probe == 2) { /* the newest W blocks, no scores read: all but the selection */
+        for (int i = tid; i < W; i += SD_THREADS) o[i] = nblk - W + i >= 0 ? nblk - W + i : -1;
+        __syncthreads();
+    } else {
+        sd_select(a, a.scores + (long long)row * a.sstride, nblk, o);
+    }
     SD_STAMP(1, SD_CTA, 2);
 
     if (a.sel && rank == 0)
@@ -1491,6 +1503,8 @@ static int sel_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, co
     a.cap = g && atoi(g) >= 0 && atoi(g) < SD_CAP ? atoi(g) : SD_CAP;
     const char *rk = getenv("CATTN_SD_RANK");
     a.rank_max = rk ? min(max(atoi(rk), 0), SD_THREADS) : SD_THREADS;
+    const char *pr = getenv("CATTN_SD_PROBE"); /* bench/gpu only: outputs are then wrong */
+    a.probe = pr ? atoi(pr) : 0;
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at[2];
     at[0].id = cudaLaunchAttributeClusterDimension;
