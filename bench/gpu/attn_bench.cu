@@ -12,6 +12,7 @@
  *   attn_bench decode N         time the decode paths only
  *   attn_bench profile N        the decode paths once each, for ncu
  *   attn_bench dense N          dense decode rows only (M3, L3-8B)
+ *   attn_bench dense8 N         the same on fp8 K/V pages, then bf16
  *   attn_bench overhead         the timing's fixed cost: empty kernels
  *                               (one; two, the second programmatic)
  *   CATTN_SD_PROBE=1|2 (decode) floors of the sparse decode: the cluster
@@ -90,6 +91,33 @@ __global__ void fp8_kernel(const bf16 *src, __nv_fp8_e4m3 *dst, size_t n)
         dst[i] = __nv_fp8_e4m3(__bfloat162float(src[i]));
 }
 
+/* fp8 K/V pages: a warp a row of 128 (page, head, key), scaled by the
+ * power of two that takes its largest |element| to at most 448, to e4m3;
+ * the bf16 row is overwritten with the dequantized values (exact in bf16
+ * for a power-of-two scale), so the float64 reference reads what the
+ * kernels read.  Scales per page [n_kv][2][128], which = 0 K, 1 V. */
+__global__ void quant_kv_kernel(bf16 *x, uint8_t *x8, float *scales, size_t rows, int n_kv, int which)
+{
+    const size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    float v[4], amax = 0.f;
+    for (int j = 0; j < 4; j++) amax = fmaxf(amax, fabsf(v[j] = __bfloat162float(x[row * 128 + lane * 4 + j])));
+    for (int o = 16; o; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    int ex = 0;
+    if (amax > 0.f) frexpf(amax / 448.f, &ex);
+    const float sc = ldexpf(1.f, ex); /* >= amax / 448 */
+    for (int j = 0; j < 4; j++) {
+        const __nv_fp8_e4m3 e(v[j] / sc);
+        x8[row * 128 + lane * 4 + j] = e.__x;
+        x[row * 128 + lane * 4 + j] = __float2bfloat16(float(e) * sc);
+    }
+    if (lane == 0) {
+        const size_t page = row / ((size_t)n_kv * 128), kvh = row / 128 % n_kv, t = row % 128;
+        scales[((page * n_kv + kvh) * 2 + which) * 128 + t] = sc;
+    }
+}
+
 __global__ void poison_kernel(uint16_t *p, size_t n)
 {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
@@ -137,7 +165,21 @@ typedef struct {
     int n_kv, n_pages, B;
     bf16 *k, *v, *idx, *summ;
     __nv_fp8_e4m3 *idx8;
+    uint8_t *k8, *v8; /* fp8 K/V pages (pool_fp8_kv), k and v then dequantized */
+    float *kvs;
 } Pool;
+
+/* The pool's K/V also as e4m3 pages with their scales. */
+static void pool_fp8_kv(Pool *p)
+{
+    size_t rows = (size_t)p->n_pages * p->n_kv * 128;
+    p->k8 = (uint8_t *)dalloc(rows * 128);
+    p->v8 = (uint8_t *)dalloc(rows * 128);
+    p->kvs = (float *)dalloc(rows * 2 * sizeof(float));
+    quant_kv_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, g_st>>>(p->k, p->k8, p->kvs, rows, p->n_kv, 0);
+    quant_kv_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, g_st>>>(p->v, p->v8, p->kvs, rows, p->n_kv, 1);
+    KCHECK();
+}
 
 static void pool_init(Pool *p, int n_kv, int n_pages, int with_idx, int with_summ, uint64_t seed)
 {
@@ -172,6 +214,11 @@ static void pool_free(Pool *p)
     if (p->idx) CK(cudaFree(p->idx));
     if (p->idx8) CK(cudaFree(p->idx8));
     if (p->summ) CK(cudaFree(p->summ));
+    if (p->k8) {
+        CK(cudaFree(p->k8));
+        CK(cudaFree(p->v8));
+        CK(cudaFree(p->kvs));
+    }
 }
 
 static cattn_pool pool_view(const Pool *p, int fp8)
@@ -190,6 +237,14 @@ static cattn_pool pool_view(const Pool *p, int fp8)
     c.block_size = 128;
     c.idx_dim = 128;
     c.idx_fp8 = fp8;
+    if (p->k8) { /* the e4m3 pages */
+        c.k = p->k8;
+        c.v = p->v8;
+        c.k_stride = c.v_stride = (long long)p->n_kv * 128 * 128;
+        c.kv_scale = p->kvs;
+        c.kv_scale_stride = (long long)p->n_kv * 2 * 128 * sizeof(float);
+        c.kv_fp8 = 1;
+    }
     return c;
 }
 
@@ -453,7 +508,7 @@ static cattn_batch seqs_view(const Seqs *s)
     return b;
 }
 
-static void check_dense_decode(Shape sh)
+static void check_dense_decode(Shape sh, int kv8)
 {
     int lens[4] = {1, 300, 4133, 1024};
     int batch = 4, np;
@@ -461,6 +516,7 @@ static void check_dense_decode(Shape sh)
     seqs_init(&s, batch, lens, &np, 11);
     Pool p;
     pool_init(&p, sh.hkv, np, 0, 0, 100);
+    if (kv8) pool_fp8_kv(&p);
     cattn_pool cp = pool_view(&p, 0);
     cattn_batch cb = seqs_view(&s);
     size_t nq = (size_t)batch * sh.hq * 128;
@@ -488,7 +544,7 @@ static void check_dense_decode(Shape sh)
         free(keys);
     }
     char name[64];
-    snprintf(name, sizeof(name), "dense decode %s batch %d", sh.name, batch);
+    snprintf(name, sizeof(name), "dense decode %s batch %d%s", sh.name, batch, kv8 ? " fp8 K/V" : "");
     report(name, &e, 1e-2);
     free(hq);
     free(ho);
@@ -955,9 +1011,11 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const cha
 
 static int run_checks(void)
 {
-    check_dense_decode(M3);
-    check_dense_decode(L3);
-    check_dense_decode(M2);
+    check_dense_decode(M3, 0);
+    check_dense_decode(L3, 0);
+    check_dense_decode(M2, 0);
+    check_dense_decode(M3, 1);
+    check_dense_decode(L3, 1);
     check_msa_decode(0);
     check_msa_decode(1);
     check_quest_decode(NULL);
@@ -1137,7 +1195,7 @@ static void run_decode(void *c_)
                               c->ws, c->wsb, g_st));
 }
 
-/* mode 0 dense, 1 msa (fp8 index keys if fp8), 2 quest */
+/* mode 0 dense (fp8 K/V pages if fp8), 1 msa (fp8 index keys if fp8), 2 quest */
 static void bench_decode(Shape sh, long n, int batch, int mode, int fp8)
 {
     int *lens = (int *)malloc(sizeof(int) * batch), np;
@@ -1146,6 +1204,7 @@ static void bench_decode(Shape sh, long n, int batch, int mode, int fp8)
     seqs_init(&s, batch, lens, &np, 1000 + (unsigned)n);
     Pool p;
     pool_init(&p, sh.hkv, np, mode == 1, mode == 2, 7000 + n);
+    if (mode == 0 && fp8) pool_fp8_kv(&p);
     Ctx c;
     memset(&c, 0, sizeof(c));
     c.cp = pool_view(&p, fp8);
@@ -1182,8 +1241,8 @@ static void bench_decode(Shape sh, long n, int batch, int mode, int fp8)
     int W = c.sink + c.top_k + c.local;
     double selkv = (double)batch * sh.hkv * W * 128 * 128 * 2 * 2;
     if (mode == 0) {
-        bytes = kv;
-        name = "dense_decode";
+        bytes = fp8 ? kv / 2 + (double)batch * n * sh.hkv * 2 * 4 : kv; /* e4m3 rows and a float scale each */
+        name = fp8 ? "dense_decode_fp8kv" : "dense_decode";
     } else if (mode == 1) {
         bytes = (double)batch * n * 128 * (fp8 ? 1 : 2) + selkv;
         name = fp8 ? "msa_decode_fp8" : "msa_decode_bf16";
@@ -1490,6 +1549,16 @@ int main(int argc, char **argv)
         bench_decode(M3, n, 1, 0, 0);
         bench_decode(L3, n, 1, 0, 0);
         if (n <= 32768) bench_decode(L3, n, 32, 0, 0);
+        return g_fail ? 1 : 0;
+    }
+    if (!strcmp(argv[1], "dense8") && argc >= 3) {
+        /* the same rows on fp8 K/V pages, then on bf16 ones */
+        long n = atol(argv[2]);
+        for (int fp8 = 1; fp8 >= 0; fp8--) {
+            bench_decode(M3, n, 1, 0, fp8);
+            bench_decode(L3, n, 1, 0, fp8);
+            if (n <= 32768) bench_decode(L3, n, 32, 0, fp8);
+        }
         return g_fail ? 1 : 0;
     }
     if (!strcmp(argv[1], "prefill") && argc >= 3) {

@@ -52,11 +52,20 @@ static __device__ __forceinline__ void sd_stamp_w(int k, int cta, int i)
 #define DEC_TILE 32
 #define DEC_STAGE_BYTES (2 * DEC_TILE * 256)
 #define DEC_SMEM (DEC_WARPS * DEC_STAGES * DEC_STAGE_BYTES)
+/* fp8 K/V pages: a warp's stages hold the tile as it is in the page (e4m3
+ * K and V rows, then their 32 + 32 scales); K, then V, is widened into
+ * one f16 half-tile of the layout above before its products.  Two CTAs an
+ * SM: the widening and the f16 products cost a tile ~1.5x bf16's
+ * instructions, and one warp a scheduler issues at ~0.3 IPC either way
+ * (ncu, v19), so it takes two warps a scheduler to go faster than bf16. */
+#define DEC_RAW_BYTES (2 * DEC_TILE * 128 + 2 * DEC_TILE * 4)
+#define DEC_WARP_BYTES_FP8 (DEC_STAGES * DEC_RAW_BYTES + DEC_TILE * 256)
+#define DEC_SMEM_FP8 (DEC_WARPS * DEC_WARP_BYTES_FP8)
 
 struct DecArgs {
     const bf16 *q;
-    const char *k, *v;
-    long long k_stride, v_stride;
+    const char *k, *v, *kvs; /* kvs: fp8 pages' scales */
+    long long k_stride, v_stride, kvs_stride;
     const int32_t *tables;
     long long ts_seq;
     int ts_kvh;
@@ -68,6 +77,25 @@ struct DecArgs {
     int B, n_kv, n_heads, ratio, n_splits;
     float scale_log2;
 };
+
+/* f16 products (fp8 pages and keys: every e4m3 value is an f16 value) */
+static __device__ __forceinline__ void mma16816_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+static __device__ __forceinline__ uint32_t e4m3x2_to_h2(uint16_t v)
+{
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)v, __NV_E4M3);
+    return (uint32_t)h.x | ((uint32_t)h.y << 16);
+}
+static __device__ __forceinline__ uint32_t pack_h2(float lo, float hi)
+{
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
 
 static __device__ __forceinline__ void dec_load(const DecArgs &a, const int32_t *tab, int kvh, int L, int tile,
                                                 uint32_t dst, int lane, int page_known = -1)
@@ -87,6 +115,50 @@ static __device__ __forceinline__ void dec_load(const DecArgs &a, const int32_t 
     }
 }
 
+/* The fp8 tile as it is in the page, into the warp's raw stage: rows of
+ * 128 bytes, K then V, then the 32 K and 32 V scales.  Keys at or past L
+ * are zeros (their scales are never read). */
+static __device__ __forceinline__ void dec_load_fp8(const DecArgs &a, const int32_t *tab, int kvh, int L, int tile,
+                                                    uint32_t dst, int lane)
+{
+    const int key0 = tile * DEC_TILE;
+    const long long page = __ldcg(tab + key0 / a.B);
+    const int off = key0 % a.B;
+    const char *kp = a.k + page * a.k_stride + (long long)(kvh * a.B + off) * 128;
+    const char *vp = a.v + page * a.v_stride + (long long)(kvh * a.B + off) * 128;
+    const char *sp = a.kvs + page * a.kvs_stride + ((long long)kvh * 2 * a.B + off) * 4;
+#pragma unroll
+    for (int i = 0; i < DEC_TILE * 8 / 32; i++) {
+        const int c = lane + 32 * i;
+        const bool ok = key0 + (c >> 3) < L;
+        cp16(dst + c * 16, kp + c * 16, ok);
+        cp16(dst + DEC_TILE * 128 + c * 16, vp + c * 16, ok);
+    }
+    if (lane < 16) /* K scales in lanes 0-7, V scales in 8-15: 4 keys each */
+        cp16(dst + 2 * DEC_TILE * 128 + lane * 16, sp + (lane >> 3) * a.B * 4 + (lane & 7) * 16,
+             key0 + (lane & 7) * 4 < L);
+}
+
+/* 32 e4m3 rows (K or V of a raw stage) widened to the f16 half-tile at
+ * dst (exact: every e4m3 value is an f16 value, one cvt a pair). */
+static __device__ __forceinline__ void dec_widen(uint32_t raw, uint32_t dst, int lane)
+{
+#pragma unroll
+    for (int i = 0; i < DEC_TILE * 8 / 32; i++) {
+        const int c = lane + 32 * i, r = c >> 3, ch = c & 7;
+        uint32_t w[4];
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+                     : "r"(raw + c * 16));
+        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + swz(r, 2 * ch)),
+                     "r"(e4m3x2_to_h2(w[0])), "r"(e4m3x2_to_h2(w[0] >> 16)), "r"(e4m3x2_to_h2(w[1])),
+                     "r"(e4m3x2_to_h2(w[1] >> 16)));
+        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + swz(r, 2 * ch + 1)),
+                     "r"(e4m3x2_to_h2(w[2])), "r"(e4m3x2_to_h2(w[2] >> 16)), "r"(e4m3x2_to_h2(w[3])),
+                     "r"(e4m3x2_to_h2(w[3] >> 16)));
+    }
+}
+
 /* A warp's decode state: the group's query heads as the A fragments of
  * m16n8k16 tiles (rows >= ratio are zero), the unnormalised output of its
  * 16 rows, their running max and partial sums (log2 domain). */
@@ -94,19 +166,30 @@ struct DecState {
     uint32_t qa[8][4];
     float o[16][4];
     float m[2], l[2];
+    float vr; /* fp8 pages: o holds the output over vr, the last tile's largest V scale */
 };
 
+/* F16: the queries as f16 (fp8 pages' products run on f16), clamped to
+ * its range */
+template <bool F16 = false>
 static __device__ __forceinline__ void dec_init(DecState &st, const bf16 *qb, int ratio, int lane)
 {
     const int h_lo = lane >> 2, h_hi = h_lo + 8;
+    auto pair = [&](int h, int c) -> uint32_t {
+        if (h >= ratio) return 0u;
+        const uint32_t w = *(const uint32_t *)(qb + h * 128 + c);
+        if (!F16) return w;
+        return pack_h2(fminf(fmaxf(bf_lo(w), -65504.f), 65504.f), fminf(fmaxf(bf_hi(w), -65504.f), 65504.f));
+    };
 #pragma unroll
     for (int kk = 0; kk < 8; kk++) {
         int c = 16 * kk + 2 * (lane & 3);
-        st.qa[kk][0] = h_lo < ratio ? *(const uint32_t *)(qb + h_lo * 128 + c) : 0u;
-        st.qa[kk][1] = h_hi < ratio ? *(const uint32_t *)(qb + h_hi * 128 + c) : 0u;
-        st.qa[kk][2] = h_lo < ratio ? *(const uint32_t *)(qb + h_lo * 128 + c + 8) : 0u;
-        st.qa[kk][3] = h_hi < ratio ? *(const uint32_t *)(qb + h_hi * 128 + c + 8) : 0u;
+        st.qa[kk][0] = pair(h_lo, c);
+        st.qa[kk][1] = pair(h_hi, c);
+        st.qa[kk][2] = pair(h_lo, c + 8);
+        st.qa[kk][3] = pair(h_hi, c + 8);
     }
+    st.vr = 1.f;
 #pragma unroll
     for (int n = 0; n < 16; n++) st.o[n][0] = st.o[n][1] = st.o[n][2] = st.o[n][3] = 0.f;
     st.m[0] = st.m[1] = NEG_INF;
@@ -114,13 +197,28 @@ static __device__ __forceinline__ void dec_init(DecState &st, const bf16 *qb, in
 }
 
 /* One 32-key tile (K at ks, V right after it, swizzled rows) of keys
- * key0.. into the state; keys at or past L are masked. */
+ * key0.. into the state; keys at or past L are masked.  F16 (fp8 pages):
+ * raw is the tile as loaded (dec_load_fp8), and K, then V, is widened to
+ * f16 at ks; kvsc points at its 32 K then 32 V scales.  Each key's scores
+ * take its K scale; its probabilities take its V scale over the tile's
+ * largest, vm, which then becomes the state's vr (so the f16
+ * probabilities stay in [0, 1]). */
+template <bool F16 = false>
 static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks, const int key0, const int L,
-                                                const float scale_log2, const int lane)
+                                                const float scale_log2, const int lane, const float *kvsc = nullptr,
+                                                const uint32_t raw = 0)
 {
     const int k_row = (lane >> 4) * 8 + (lane & 7), k_cb = (lane >> 3) & 1;
     const int v_row = ((lane >> 3) & 1) * 8 + (lane & 7), v_cb = lane >> 4;
-    const uint32_t vs = ks + DEC_TILE * 256;
+    const uint32_t vs = F16 ? ks : ks + DEC_TILE * 256;
+    if (F16) {
+        dec_widen(raw, ks, lane);
+        __syncwarp();
+    }
+    auto mma = [](float(&c)[4], const uint32_t(&a)[4], uint32_t b0, uint32_t b1) {
+        if (F16) mma16816_f16(c, a, b0, b1);
+        else mma16816(c, a, b0, b1);
+    };
     float sc[4][4];
 #pragma unroll
     for (int n = 0; n < 4; n++) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
@@ -130,9 +228,22 @@ static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks,
         for (int np = 0; np < 2; np++) {
             uint32_t bk[4];
             ldsm4(bk, ks + swz(16 * np + k_row, 2 * kk + k_cb));
-            mma16816(sc[2 * np], st.qa[kk], bk[0], bk[1]);
-            mma16816(sc[2 * np + 1], st.qa[kk], bk[2], bk[3]);
+            mma(sc[2 * np], st.qa[kk], bk[0], bk[1]);
+            mma(sc[2 * np + 1], st.qa[kk], bk[2], bk[3]);
         }
+    }
+    float inv_vm = 1.f, vrel = 1.f; /* F16: 1 / vm, and vr / vm for the output */
+    if (F16) {
+        __syncwarp(); /* every lane's K fragments are in: V takes the half-tile */
+        dec_widen(raw + DEC_TILE * 128, ks, lane);
+        __syncwarp();
+        float vm = key0 + lane < L ? kvsc[DEC_TILE + lane] : 0.f;
+#pragma unroll
+        for (int x = 16; x; x >>= 1) vm = fmaxf(vm, __shfl_xor_sync(0xffffffffu, vm, x));
+        vm = vm > 0.f ? vm : 1.f;
+        inv_vm = 1.f / vm;
+        vrel = st.vr * inv_vm;
+        st.vr = vm;
     }
 #pragma unroll
     for (int h = 0; h < 2; h++) {
@@ -142,6 +253,7 @@ static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks,
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 float v = sc[n][2 * h + e] * scale_log2;
+                if (F16) v *= kvsc[8 * n + 2 * (lane & 3) + e];
                 if (key0 + 8 * n + 2 * (lane & 3) + e >= L) v = NEG_INF;
                 sc[n][2 * h + e] = v;
                 mx = fmaxf(mx, v);
@@ -157,30 +269,34 @@ static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks,
         for (int n = 0; n < 4; n++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
+                const int k = 8 * n + 2 * (lane & 3) + e;
                 float p = exp2f(sc[n][2 * h + e] - base);
-                sc[n][2 * h + e] = p;
                 sum += p;
+                if (F16) p = key0 + k < L ? p * (kvsc[DEC_TILE + k] * inv_vm) : 0.f;
+                sc[n][2 * h + e] = p;
             }
         st.l[h] = st.l[h] * corr + sum;
+        const float oc = corr * vrel;
 #pragma unroll
         for (int n = 0; n < 16; n++) {
-            st.o[n][2 * h] *= corr;
-            st.o[n][2 * h + 1] *= corr;
+            st.o[n][2 * h] *= oc;
+            st.o[n][2 * h + 1] *= oc;
         }
     }
+    auto pack = [](float lo, float hi) { return F16 ? pack_h2(lo, hi) : pack_bf16(lo, hi); };
 #pragma unroll
     for (int kk = 0; kk < 2; kk++) {
         uint32_t pa[4];
-        pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-        pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-        pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-        pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+        pa[0] = pack(sc[2 * kk][0], sc[2 * kk][1]);
+        pa[1] = pack(sc[2 * kk][2], sc[2 * kk][3]);
+        pa[2] = pack(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+        pa[3] = pack(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
 #pragma unroll
         for (int dp = 0; dp < 8; dp++) {
             uint32_t bv[4];
             ldsm4t(bv, vs + swz(16 * kk + v_row, 2 * dp + v_cb));
-            mma16816(st.o[2 * dp], pa, bv[0], bv[1]);
-            mma16816(st.o[2 * dp + 1], pa, bv[2], bv[3]);
+            mma(st.o[2 * dp], pa, bv[0], bv[1]);
+            mma(st.o[2 * dp + 1], pa, bv[2], bv[3]);
         }
     }
 }
@@ -246,7 +362,8 @@ static __device__ __forceinline__ void dec_cta_merge(DecState &st, unsigned char
 }
 
 /* One (split s, KV head, sequence) of the decode, DEC_STAGES tiles per
- * warp in flight. */
+ * warp in flight; FP8: from e4m3 pages, widened to f16 for the products. */
+template <bool FP8>
 static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char *smem, const int s, const int kvh,
                                                 const int b)
 {
@@ -259,29 +376,44 @@ static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char 
     const int t0 = s * per, t1 = min(ntiles, t0 + per);
 
     DecState st;
-    dec_init(st, a.q + ((long long)b * a.n_heads + kvh * a.ratio) * 128, a.ratio, lane);
-    const uint32_t wbase = smem_u32(smem) + warp * STAGES * DEC_STAGE_BYTES;
+    dec_init<FP8>(st, a.q + ((long long)b * a.n_heads + kvh * a.ratio) * 128, a.ratio, lane);
+    constexpr int SB = FP8 ? DEC_RAW_BYTES : DEC_STAGE_BYTES; /* a stage's bytes */
+    const uint32_t wbase = smem_u32(smem) + warp * (FP8 ? DEC_WARP_BYTES_FP8 : STAGES * DEC_STAGE_BYTES);
+    const uint32_t wide = wbase + STAGES * DEC_RAW_BYTES; /* FP8: the widened tile */
     const int my_n = t0 + warp < t1 ? (t1 - t0 - warp + DEC_WARPS - 1) / DEC_WARPS : 0;
+    auto load = [&](int i) {
+        const int tile = t0 + warp + DEC_WARPS * i;
+        if (FP8) dec_load_fp8(a, tab, kvh, L, tile, wbase + (i % STAGES) * SB, lane);
+        else dec_load(a, tab, kvh, L, tile, wbase + (i % STAGES) * SB, lane);
+    };
 #pragma unroll
     for (int i = 0; i < STAGES - 1; i++) {
-        if (i < my_n)
-            dec_load(a, tab, kvh, L, t0 + warp + DEC_WARPS * i, wbase + i * DEC_STAGE_BYTES, lane);
+        if (i < my_n) load(i);
         cp_commit();
     }
     for (int i = 0; i < my_n; i++) {
         int nx = i + STAGES - 1;
-        if (nx < my_n)
-            dec_load(a, tab, kvh, L, t0 + warp + DEC_WARPS * nx, wbase + (nx % STAGES) * DEC_STAGE_BYTES, lane);
+        if (nx < my_n) load(nx);
         cp_commit();
         cp_wait<STAGES - 1>();
         __syncwarp();
         if (i == 0) SD_STAMP_W(1, DEC_CTA, 1);
-        dec_tile(st, wbase + (i % STAGES) * DEC_STAGE_BYTES, (t0 + warp + DEC_WARPS * i) * DEC_TILE, L,
-                 a.scale_log2, lane);
+        const uint32_t stage = wbase + (i % STAGES) * SB;
+        if (FP8) {
+            dec_tile<true>(st, wide, (t0 + warp + DEC_WARPS * i) * DEC_TILE, L, a.scale_log2, lane,
+                           (const float *)(smem + (stage - smem_u32(smem)) + 2 * DEC_TILE * 128), stage);
+        } else {
+            dec_tile(st, stage, (t0 + warp + DEC_WARPS * i) * DEC_TILE, L, a.scale_log2, lane);
+        }
         __syncwarp();
     }
     cp_wait<0>();
     SD_STAMP_W(1, DEC_CTA, 3);
+    if (FP8) /* the output over vr back to scale */
+#pragma unroll
+        for (int n = 0; n < 16; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) st.o[n][e] *= st.vr;
     const long long prow = ((long long)b * a.n_heads + kvh * a.ratio) * a.n_splits + s;
     dec_cta_merge(st, smem, a.ratio, a.part_o + prow * 128, (long long)a.n_splits * 128, a.part_lse + prow,
                   a.n_splits);
@@ -357,12 +489,12 @@ static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char 
     }
 }
 
-__global__ void __launch_bounds__(DEC_WARPS * 32) decode_kernel(DecArgs a)
+template <bool FP8> __global__ void __launch_bounds__(DEC_WARPS * 32) decode_kernel(DecArgs a)
 {
     extern __shared__ __align__(128) unsigned char smem[];
     SD_STAMP(1, DEC_CTA, 0);
     pdl_wait(); /* lens and tables may come from topk_kernel */
-    dec_body(a, smem, blockIdx.x, blockIdx.y, blockIdx.z);
+    dec_body<FP8>(a, smem, blockIdx.x, blockIdx.y, blockIdx.z);
 }
 
 /* Merges the splits of one (sequence, head): 128 threads, one per dim. */
@@ -398,24 +530,6 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const float *part_o
 
 #define SC_THREADS 128
 #define SC_MAX_PAGES 512
-
-static __device__ __forceinline__ void mma16816_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-static __device__ __forceinline__ uint32_t e4m3x2_to_h2(uint16_t v)
-{
-    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)v, __NV_E4M3);
-    return (uint32_t)h.x | ((uint32_t)h.y << 16);
-}
-static __device__ __forceinline__ uint32_t pack_h2(float lo, float hi)
-{
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&v);
-}
 
 /* The index keys are read once: marked evict-first, they leave the rest of
  * L2 (tables, candidate lists, the kernels' code) in place. */
@@ -1312,7 +1426,7 @@ static int n_sms(void)
  * M3 dense decode b1 32K 41.3 -> 34.7 us, 128K 110 -> 100; and rounding
  * the splits up put 4 of L3-8B's 136 CTAs in a second wave.)
  * CATTN_DEC_PER_SM=n: n CTAs per SM in all, for timing. */
-static int dec_splits(int rows, int max_len, int min_tiles)
+static int dec_splits(int rows, int max_len, int min_tiles, int fp8 = 0)
 {
     static int per_sm = 0;
     if (!per_sm) {
@@ -1320,16 +1434,16 @@ static int dec_splits(int rows, int max_len, int min_tiles)
         per_sm = e && atoi(e) > 0 ? atoi(e) : 1;
     }
     int ntiles = (max_len + DEC_TILE - 1) / DEC_TILE;
-    int s = per_sm * n_sms() / rows;
+    int s = per_sm * (fp8 ? 2 : 1) * n_sms() / rows; /* fp8 pages: two CTAs an SM fit and both run */
     int cap = (ntiles + DEC_WARPS * min_tiles - 1) / (DEC_WARPS * min_tiles);
     if (s > cap) s = cap;
     if (s > 1024) s = 1024;
     return s < 1 ? 1 : s;
 }
 
-static size_t dec_ws(int batch, int n_heads, int n_kv, int max_len, int min_tiles)
+static size_t dec_ws(int batch, int n_heads, int n_kv, int max_len, int min_tiles, int fp8 = 0)
 {
-    size_t s = (size_t)dec_splits(batch * n_kv, max_len, min_tiles);
+    size_t s = (size_t)dec_splits(batch * n_kv, max_len, min_tiles, fp8);
     return (size_t)batch * n_heads * s * (128 + 1) * sizeof(float);
 }
 
@@ -1340,6 +1454,7 @@ static int check_pool(const cattn_pool *p, int n_heads)
     if (!p || n_heads <= 0 || p->n_kv_heads <= 0 || n_heads % p->n_kv_heads) return CATTN_EINVAL;
     if (p->head_dim != 128 || p->block_size < 64 || p->block_size % 64) return CATTN_ESHAPE;
     if (n_heads / p->n_kv_heads > 16) return CATTN_ESHAPE;
+    if (p->kv_fp8 && !p->kv_scale) return CATTN_EINVAL;
     return 0;
 }
 
@@ -1353,6 +1468,8 @@ static DecArgs dec_args(const cattn_pool *p, int n_heads, const void *q, void *o
     a.v = (const char *)p->v;
     a.k_stride = p->k_stride;
     a.v_stride = p->v_stride;
+    a.kvs = (const char *)p->kv_scale;
+    a.kvs_stride = p->kv_scale_stride;
     a.out = (bf16 *)out;
     a.B = p->block_size;
     a.n_kv = p->n_kv_heads;
@@ -1370,12 +1487,14 @@ static int decode_run(const cattn_pool *p, int batch, int n_heads, const void *q
 {
     static int attr_done = 0;
     if (!attr_done) {
-        CUDA_TRY(cudaFuncSetAttribute(decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM));
+        CUDA_TRY(cudaFuncSetAttribute(decode_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM));
+        CUDA_TRY(cudaFuncSetAttribute(decode_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      DEC_SMEM_FP8));
         attr_done = 1;
     }
     int n_kv = p->n_kv_heads;
-    int splits = dec_splits(batch * n_kv, max_len, min_tiles);
-    if (ws_bytes < dec_ws(batch, n_heads, n_kv, max_len, min_tiles)) return CATTN_EWORKSPACE;
+    int splits = dec_splits(batch * n_kv, max_len, min_tiles, p->kv_fp8);
+    if (ws_bytes < dec_ws(batch, n_heads, n_kv, max_len, min_tiles, p->kv_fp8)) return CATTN_EWORKSPACE;
     DecArgs a = dec_args(p, n_heads, q, out, scale);
     a.tables = tables;
     a.ts_seq = ts_seq;
@@ -1388,8 +1507,10 @@ static int decode_run(const cattn_pool *p, int batch, int n_heads, const void *q
     a.merge_cnt = merge_cnt;
     a.n_splits = splits;
     dim3 grid(splits, n_kv, batch);
-    if (pdl) CUDA_TRY(launch_pdl(decode_kernel, grid, dim3(DEC_WARPS * 32), DEC_SMEM, st, a));
-    else decode_kernel<<<grid, DEC_WARPS * 32, DEC_SMEM, st>>>(a);
+    auto kern = p->kv_fp8 ? decode_kernel<true> : decode_kernel<false>;
+    const int smem = p->kv_fp8 ? DEC_SMEM_FP8 : DEC_SMEM;
+    if (pdl) CUDA_TRY(launch_pdl(kern, grid, dim3(DEC_WARPS * 32), smem, st, a));
+    else kern<<<grid, DEC_WARPS * 32, smem, st>>>(a);
     CUDA_TRY(cudaGetLastError());
     if (merge_cnt) return 0;
     decode_combine_kernel<<<batch * n_heads, 128, 0, st>>>(a.part_o, a.part_lse, splits, (bf16 *)out);
@@ -1410,7 +1531,7 @@ extern "C" const char *cattn_strerror(int rc)
 
 extern "C" size_t cattn_decode_ws(const cattn_pool *p, int batch, int n_heads, int max_len)
 {
-    return dec_ws(batch, n_heads, p->n_kv_heads, max_len, 4);
+    return dec_ws(batch, n_heads, p->n_kv_heads, max_len, 4, p->kv_fp8);
 }
 
 extern "C" int cattn_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, const void *q, void *out,
@@ -1579,7 +1700,7 @@ static int sparse_decode(const cattn_pool *p, const cattn_batch *b, int n_heads,
     int rc = check_pool(p, n_heads);
     if (rc) return rc;
     if (!b || b->batch <= 0 || b->max_len <= 0 || top_k < 0 || local < 1 || sink < 0) return CATTN_EINVAL;
-    if (sink + top_k + local > TOPK_MAX_W) return CATTN_ESHAPE;
+    if (sink + top_k + local > TOPK_MAX_W || p->kv_fp8) return CATTN_ESHAPE; /* fp8 K/V: dense decode only */
     const int W = sink + top_k + local, B = p->block_size, n_kv = p->n_kv_heads;
     size_t off[6];
     if (ws_bytes < sparse_ws(p, b->batch, n_heads, b->max_len, W, off)) return CATTN_EWORKSPACE;

@@ -790,7 +790,7 @@ extern "C" int cattn_prefill(const cattn_pool *p, const int32_t *table, int n_q,
     static int attr_done = 0, per_sm = 1;
     if (!p || !table || n_q <= 0 || q_pos0 < 0 || n_heads <= 0 || p->n_kv_heads <= 0 || n_heads % p->n_kv_heads)
         return CATTN_EINVAL;
-    if (p->head_dim != 128 || p->block_size < 64 || p->block_size % 64) return CATTN_ESHAPE;
+    if (p->head_dim != 128 || p->block_size < 64 || p->block_size % 64 || p->kv_fp8) return CATTN_ESHAPE;
     if (blist && (p->block_size != 128 || q_pos0 % 128 || blist_w <= 0 || blist_w > PF_MAX_LIST))
         return CATTN_ESHAPE;
     /* Hopper: the wgmma kernel (attn_prefill_sm90.cu) when this build has it and the shape fits */
@@ -925,6 +925,7 @@ extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *tabl
     static int attr_done = 0;
     int rc = msa_check(p, n_q, q_pos0, n_heads, 0, 1);
     if (rc) return rc;
+    if (p->kv_fp8) return CATTN_ESHAPE; /* fp8 K/V pages: decode only, so far */
     if (!table || !q || !out || !sel || n_sel < 1 || n_sel > 64) return CATTN_EINVAL;
     cudaStream_t st = (cudaStream_t)stream;
     if (!attr_done) {

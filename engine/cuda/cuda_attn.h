@@ -12,6 +12,9 @@
  *                                          in e4m3 too, each row scaled by a
  *                                          power of two; attn_util.cuh)
  *   summary  [n_kv_heads][3][head_dim]    (min, max, sum over the page)
+ * or, with kv_fp8, K and V rows in e4m3 (head_dim bytes) and
+ *   kv_scale [n_kv_heads][2][B]           (float: a row's K, V = e4m3 x its
+ *                                          scale; so far dense decode only)
  * Each array has its own base pointer and byte stride from one page to the
  * next, so one interleaved allocation and separate ones both fit.  Keys and
  * index keys already carry RoPE.
@@ -43,9 +46,9 @@ extern "C" {
 enum { CATTN_EINVAL = -1, CATTN_ESHAPE = -2, CATTN_EWORKSPACE = -3 };
 
 typedef struct cattn_pool {
-    const void *k, *v, *idx, *summ;
-    long long k_stride, v_stride, idx_stride, summ_stride; /* bytes per page */
-    int n_kv_heads, head_dim, block_size, idx_dim, idx_fp8;
+    const void *k, *v, *idx, *summ, *kv_scale;
+    long long k_stride, v_stride, idx_stride, summ_stride, kv_scale_stride; /* bytes per page */
+    int n_kv_heads, head_dim, block_size, idx_dim, idx_fp8, kv_fp8;
 } cattn_pool;
 
 /* A batch of sequences for decode: sequence b has lens[b] tokens (the new

@@ -790,6 +790,7 @@ static cattn_pool cattn_layer(const cuda_backend *cb, int l)
     const model *m = &cb->e->m;
     char *lay = cb->kv + (long long)l * cb->layer_bytes;
     cattn_pool p;
+    memset(&p, 0, sizeof(p)); /* bf16 K/V pages */
     p.k = lay + cb->off_k;
     p.v = lay + cb->off_v;
     p.idx = lay + cb->off_idx;
