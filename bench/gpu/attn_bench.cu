@@ -13,6 +13,7 @@
  *   attn_bench profile N        the decode paths once each, for ncu
  *   attn_bench dense N          dense decode rows only (M3, L3-8B)
  *   attn_bench dense8 N         the same on fp8 K/V pages, then bf16
+ *   attn_bench sparse8 N        MSA and Quest decode rows, fp8 K/V then bf16
  *   attn_bench overhead         the timing's fixed cost: empty kernels
  *                               (one; two, the second programmatic)
  *   CATTN_SD_PROBE=1|2 (decode) floors of the sparse decode: the cluster
@@ -573,6 +574,10 @@ static int sel_keys(const int *sel, int W, int pos, int *keys)
  * env, if set, is one NAME=VALUE for the call (CATTN_SD_CLUSTER=0 runs the
  * kernel chain, =n clusters of n CTAs; CATTN_SD_GATHER=1 the radix
  * fallback of the cluster kernel's selection). */
+/* fp8 K/V pages for the sparse decode checks below (the reference reads
+ * the dequantized values) */
+static int g_kv8;
+
 static void check_msa_decode_case(int fp8, int batch, const int *lens, unsigned seed, const char *tag,
                                   const char *env, int top_k = 15)
 {
@@ -590,6 +595,7 @@ static void check_msa_decode_case(int fp8, int batch, const int *lens, unsigned 
     seqs_init(&s, batch, lens, &np, seed);
     Pool p;
     pool_init(&p, 4, np, 1, 0, 200);
+    if (g_kv8) pool_fp8_kv(&p);
     cattn_pool cp = pool_view(&p, fp8);
     cattn_batch cb = seqs_view(&s);
     size_t nq = (size_t)batch * sh.hq * 128, niq = (size_t)batch * 4 * 128;
@@ -654,16 +660,17 @@ static void check_msa_decode_case(int fp8, int batch, const int *lens, unsigned 
         }
     }
     char name[80], det[80];
-    snprintf(name, sizeof(name), "msa decode %s selection (%s idx)", tag, fp8 ? "fp8" : "bf16");
+    const char *kv8 = g_kv8 ? ", fp8 K/V" : "";
+    snprintf(name, sizeof(name), "msa decode %s selection (%s idx%s)", tag, fp8 ? "fp8" : "bf16", kv8);
     snprintf(det, sizeof(det), "near-ties %d", ties);
     report_cond(name, sel_ok, det);
-    snprintf(name, sizeof(name), "msa decode %s output (%s idx)", tag, fp8 ? "fp8" : "bf16");
+    snprintf(name, sizeof(name), "msa decode %s output (%s idx%s)", tag, fp8 ? "fp8" : "bf16", kv8);
     report(name, &e, 1e-2);
     uint16_t *ha = (uint16_t *)to_host(out_all, nq * 2), *hd = (uint16_t *)to_host(out_dense, nq * 2);
     if (all) {
         Err e2 = {0, 0, 0};
         err_add2(&e2, ha, hd, nq);
-        snprintf(name, sizeof(name), "msa decode %s all blocks == dense (%s)", tag, fp8 ? "fp8" : "bf16");
+        snprintf(name, sizeof(name), "msa decode %s all blocks == dense (%s%s)", tag, fp8 ? "fp8" : "bf16", kv8);
         report(name, &e2, 5e-3);
     }
     free(keys);
@@ -721,6 +728,7 @@ static void check_quest_decode(const char *env)
     seqs_init(&s, batch, lens, &np, 41);
     Pool p;
     pool_init(&p, sh.hkv, np, 0, 1, 300);
+    if (g_kv8) pool_fp8_kv(&p); /* the summaries stay the bf16 keys' */
     cattn_pool cp = pool_view(&p, 0);
     cattn_batch cb = seqs_view(&s);
     size_t nq = (size_t)batch * sh.hq * 128;
@@ -773,9 +781,10 @@ static void check_quest_decode(const char *env)
     }
     char det[64], name[96];
     snprintf(det, sizeof(det), "near-ties %d", ties);
-    snprintf(name, sizeof(name), "quest decode selection (L3-8B%s%s)", env ? ", " : "", env ? env : "");
+    const char *kv8 = g_kv8 ? ", fp8 K/V" : "";
+    snprintf(name, sizeof(name), "quest decode selection (L3-8B%s%s%s)", env ? ", " : "", env ? env : "", kv8);
     report_cond(name, sel_ok, det);
-    snprintf(name, sizeof(name), "quest decode output (L3-8B%s%s)", env ? ", " : "", env ? env : "");
+    snprintf(name, sizeof(name), "quest decode output (L3-8B%s%s%s)", env ? ", " : "", env ? env : "", kv8);
     report(name, &e, 1e-2);
     free(keys);
     free(hsel);
@@ -1021,6 +1030,16 @@ static int run_checks(void)
     check_quest_decode(NULL);
     check_quest_decode("CATTN_SD_CLUSTER=0");
     check_quest_decode("CATTN_SD_CLUSTER=4");
+    { /* fp8 K/V pages: the cluster kernel and the kernel chain */
+        g_kv8 = 1;
+        const int l2[2] = {5000, 2900}, l1[1] = {40000};
+        check_msa_decode_case(0, 2, l2, 21, "b2", NULL);
+        check_msa_decode_case(0, 2, l2, 21, "b2 chain", "CATTN_SD_CLUSTER=0");
+        check_msa_decode_case(1, 1, l1, 27, "b1 40K", NULL);
+        check_quest_decode(NULL);
+        check_quest_decode("CATTN_SD_CLUSTER=0");
+        g_kv8 = 0;
+    }
     check_dense_prefill(M3, 700, 300, 0);
     check_dense_prefill(L3, 1000, 0, 0);
     check_dense_prefill(L3, 2048, 0, 1);
@@ -1204,7 +1223,7 @@ static void bench_decode(Shape sh, long n, int batch, int mode, int fp8)
     seqs_init(&s, batch, lens, &np, 1000 + (unsigned)n);
     Pool p;
     pool_init(&p, sh.hkv, np, mode == 1, mode == 2, 7000 + n);
-    if (mode == 0 && fp8) pool_fp8_kv(&p);
+    if ((mode == 0 && fp8) || g_kv8) pool_fp8_kv(&p);
     Ctx c;
     memset(&c, 0, sizeof(c));
     c.cp = pool_view(&p, fp8);
@@ -1244,11 +1263,13 @@ static void bench_decode(Shape sh, long n, int batch, int mode, int fp8)
         bytes = fp8 ? kv / 2 + (double)batch * n * sh.hkv * 2 * 4 : kv; /* e4m3 rows and a float scale each */
         name = fp8 ? "dense_decode_fp8kv" : "dense_decode";
     } else if (mode == 1) {
+        if (g_kv8) selkv = selkv / 2 + (double)batch * sh.hkv * W * 128 * 2 * 4;
         bytes = (double)batch * n * 128 * (fp8 ? 1 : 2) + selkv;
-        name = fp8 ? "msa_decode_fp8" : "msa_decode_bf16";
+        name = g_kv8 ? (fp8 ? "msa_decode_fp8_fp8kv" : "msa_decode_bf16_fp8kv") : fp8 ? "msa_decode_fp8" : "msa_decode_bf16";
     } else {
+        if (g_kv8) selkv = selkv / 2 + (double)batch * sh.hkv * W * 128 * 2 * 4;
         bytes = (double)batch * (n / 128) * sh.hkv * 2 * 128 * 2 + selkv;
-        name = "quest_decode";
+        name = g_kv8 ? "quest_decode_fp8kv" : "quest_decode";
     }
     row(name, sh.name, n, batch, us, bytes, 0, NULL);
     CK(cudaFree(c.q));
@@ -1549,6 +1570,17 @@ int main(int argc, char **argv)
         bench_decode(M3, n, 1, 0, 0);
         bench_decode(L3, n, 1, 0, 0);
         if (n <= 32768) bench_decode(L3, n, 32, 0, 0);
+        return g_fail ? 1 : 0;
+    }
+    if (!strcmp(argv[1], "sparse8") && argc >= 3) {
+        /* the sparse decode rows at batch 1 on fp8 K/V pages, then on bf16 ones */
+        long n = atol(argv[2]);
+        for (g_kv8 = 1; g_kv8 >= 0; g_kv8--) {
+            bench_decode(M3, n, 1, 1, 0);
+            bench_decode(M3, n, 1, 1, 1);
+            bench_decode(L3, n, 1, 2, 0);
+        }
+        g_kv8 = 0;
         return g_fail ? 1 : 0;
     }
     if (!strcmp(argv[1], "dense8") && argc >= 3) {

@@ -119,10 +119,10 @@ static __device__ __forceinline__ void dec_load(const DecArgs &a, const int32_t 
  * 128 bytes, K then V, then the 32 K and 32 V scales.  Keys at or past L
  * are zeros (their scales are never read). */
 static __device__ __forceinline__ void dec_load_fp8(const DecArgs &a, const int32_t *tab, int kvh, int L, int tile,
-                                                    uint32_t dst, int lane)
+                                                    uint32_t dst, int lane, int page_known = -1)
 {
     const int key0 = tile * DEC_TILE;
-    const long long page = __ldcg(tab + key0 / a.B);
+    const long long page = page_known >= 0 ? page_known : __ldcg(tab + key0 / a.B);
     const int off = key0 % a.B;
     const char *kp = a.k + page * a.k_stride + (long long)(kvh * a.B + off) * 128;
     const char *vp = a.v + page * a.v_stride + (long long)(kvh * a.B + off) * 128;
@@ -1253,7 +1253,7 @@ static __device__ void sd_select(const SelDecArgs &a, const float *sc, const int
 }
 #endif
 
-__global__ void __launch_bounds__(SD_THREADS, 1) sel_decode_kernel(SelDecArgs a)
+template <bool FP8> __global__ void __launch_bounds__(SD_THREADS, 1) sel_decode_kernel(SelDecArgs a)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     extern __shared__ __align__(128) unsigned char smem[];
@@ -1272,7 +1272,7 @@ __global__ void __launch_bounds__(SD_THREADS, 1) sel_decode_kernel(SelDecArgs a)
 
     /* inputs of earlier kernels, before waiting on the scores */
     DecState st;
-    dec_init(st, d.q + ((long long)b * d.n_heads + kvh * d.ratio) * 128, d.ratio, lane);
+    dec_init<FP8>(st, d.q + ((long long)b * d.n_heads + kvh * d.ratio) * 128, d.ratio, lane);
     const int len = a.lens[b];
     const int nblk = (len + d.B - 1) / d.B;
     const int32_t *tab = a.tables + (long long)b * a.ts;
@@ -1323,11 +1323,15 @@ __global__ void __launch_bounds__(SD_THREADS, 1) sel_decode_kernel(SelDecArgs a)
     const int tpb = d.B / DEC_TILE, ntiles = s_nb * tpb;
     const int gw = rank * DEC_WARPS + warp, nw = C * DEC_WARPS;
     const int my_n = warp < DEC_WARPS && gw < ntiles ? (ntiles - gw + nw - 1) / nw : 0;
-    const uint32_t wbase = smem_u32(smem) + warp * DEC_STAGES * DEC_STAGE_BYTES;
+    constexpr int SB = FP8 ? DEC_RAW_BYTES : DEC_STAGE_BYTES; /* a stage's bytes, as in dec_body */
+    const uint32_t wbase = smem_u32(smem) + warp * (FP8 ? DEC_WARP_BYTES_FP8 : DEC_STAGES * DEC_STAGE_BYTES);
+    const uint32_t wide = wbase + DEC_STAGES * DEC_RAW_BYTES;
     auto load = [&](int i) {
         const int t = gw + i * nw, blk = blks[t / tpb];
-        dec_load(d, tab, kvh, len, blk * tpb + t % tpb, wbase + (i % DEC_STAGES) * DEC_STAGE_BYTES, lane,
-                 bpg[t / tpb]);
+        if (FP8)
+            dec_load_fp8(d, tab, kvh, len, blk * tpb + t % tpb, wbase + (i % DEC_STAGES) * SB, lane, bpg[t / tpb]);
+        else
+            dec_load(d, tab, kvh, len, blk * tpb + t % tpb, wbase + (i % DEC_STAGES) * SB, lane, bpg[t / tpb]);
     };
 #pragma unroll
     for (int i = 0; i < DEC_STAGES - 1; i++) {
@@ -1339,11 +1343,20 @@ __global__ void __launch_bounds__(SD_THREADS, 1) sel_decode_kernel(SelDecArgs a)
         cp_commit();
         cp_wait<DEC_STAGES - 1>();
         __syncwarp();
-        const int t = gw + i * nw;
-        dec_tile(st, wbase + (i % DEC_STAGES) * DEC_STAGE_BYTES, (blks[t / tpb] * tpb + t % tpb) * DEC_TILE, len,
-                 d.scale_log2, lane);
+        const int t = gw + i * nw, key0 = (blks[t / tpb] * tpb + t % tpb) * DEC_TILE;
+        const uint32_t stage = wbase + (i % DEC_STAGES) * SB;
+        if (FP8)
+            dec_tile<true>(st, wide, key0, len, d.scale_log2, lane,
+                           (const float *)(smem + (stage - smem_u32(smem)) + 2 * DEC_TILE * 128), stage);
+        else
+            dec_tile(st, stage, key0, len, d.scale_log2, lane);
         __syncwarp();
     }
+    if (FP8) /* the output over vr back to scale */
+#pragma unroll
+        for (int n = 0; n < 16; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) st.o[n][e] *= st.vr;
     cp_wait<0>();
     SD_STAMP_W(1, SD_CTA, 3);
 
@@ -1564,8 +1577,11 @@ static void sd_init(void)
         cudaGetDevice(&dev);
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
         max_c = 0;
+        /* fp8 pages' instance: the same shared memory (its stages take less) */
         if (major >= 9 &&
-            cudaFuncSetAttribute(sel_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM) ==
+            cudaFuncSetAttribute(sel_decode_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM) ==
+                cudaSuccess &&
+            cudaFuncSetAttribute(sel_decode_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM) ==
                 cudaSuccess) {
             max_c = 8;
             cudaLaunchConfig_t cfg = {};
@@ -1579,9 +1595,11 @@ static void sd_init(void)
             cfg.attrs = at;
             cfg.numAttrs = 1;
             int n = 0;
-            if (cudaFuncSetAttribute(sel_decode_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) ==
+            if (cudaFuncSetAttribute(sel_decode_kernel<false>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) ==
                     cudaSuccess &&
-                cudaOccupancyMaxActiveClusters(&n, sel_decode_kernel, &cfg) == cudaSuccess && n > 0)
+                cudaFuncSetAttribute(sel_decode_kernel<true>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) ==
+                    cudaSuccess &&
+                cudaOccupancyMaxActiveClusters(&n, sel_decode_kernel<false>, &cfg) == cudaSuccess && n > 0)
                 max_c = SD_MAX_CLUSTER;
         }
         cudaGetLastError();
@@ -1639,7 +1657,7 @@ static int sel_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, co
     cfg.stream = st;
     cfg.attrs = at;
     cfg.numAttrs = 2;
-    CUDA_TRY(cudaLaunchKernelEx(&cfg, sel_decode_kernel, a));
+    CUDA_TRY(cudaLaunchKernelEx(&cfg, p->kv_fp8 ? sel_decode_kernel<true> : sel_decode_kernel<false>, a));
     return 0;
 }
 
@@ -1673,7 +1691,7 @@ static size_t sparse_ws(const cattn_pool *p, int batch, int n_heads, int max_len
     off[2] = o; o += align256((size_t)rows * W * sizeof(int32_t));
     off[3] = o; o += align256((size_t)rows * sizeof(int32_t));
     off[5] = o; o += align256((size_t)rows * sizeof(int32_t));
-    off[4] = o; o += align256(dec_ws(batch, n_heads, p->n_kv_heads, W * p->block_size, 1));
+    off[4] = o; o += align256(dec_ws(batch, n_heads, p->n_kv_heads, W * p->block_size, 1, p->kv_fp8));
     return o;
 }
 
@@ -1700,7 +1718,7 @@ static int sparse_decode(const cattn_pool *p, const cattn_batch *b, int n_heads,
     int rc = check_pool(p, n_heads);
     if (rc) return rc;
     if (!b || b->batch <= 0 || b->max_len <= 0 || top_k < 0 || local < 1 || sink < 0) return CATTN_EINVAL;
-    if (sink + top_k + local > TOPK_MAX_W || p->kv_fp8) return CATTN_ESHAPE; /* fp8 K/V: dense decode only */
+    if (sink + top_k + local > TOPK_MAX_W) return CATTN_ESHAPE;
     const int W = sink + top_k + local, B = p->block_size, n_kv = p->n_kv_heads;
     size_t off[6];
     if (ws_bytes < sparse_ws(p, b->batch, n_heads, b->max_len, W, off)) return CATTN_EWORKSPACE;
