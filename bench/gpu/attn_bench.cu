@@ -1265,7 +1265,8 @@ static void bench_decode(Shape sh, long n, int batch, int mode, int fp8)
     } else if (mode == 1) {
         if (g_kv8) selkv = selkv / 2 + (double)batch * sh.hkv * W * 128 * 2 * 4;
         bytes = (double)batch * n * 128 * (fp8 ? 1 : 2) + selkv;
-        name = g_kv8 ? (fp8 ? "msa_decode_fp8_fp8kv" : "msa_decode_bf16_fp8kv") : fp8 ? "msa_decode_fp8" : "msa_decode_bf16";
+        name = g_kv8 ? (fp8 ? "msa_decode_fp8_fp8kv" : "msa_decode_bf16_fp8kv")
+                     : (fp8 ? "msa_decode_fp8" : "msa_decode_bf16");
     } else {
         if (g_kv8) selkv = selkv / 2 + (double)batch * sh.hkv * W * 128 * 2 * 4;
         bytes = (double)batch * (n / 128) * sh.hkv * 2 * 128 * 2 + selkv;
@@ -1522,7 +1523,8 @@ static int run_overhead(void)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: attn_bench info | check | overhead | bench N[,N...] [maskdir] | decode N | profile N\n");
+        fprintf(stderr, "usage: attn_bench info | check | overhead | bench N[,N...] [maskdir] | decode N | "
+                        "profile N\n");
         return 2;
     }
     cudaDeviceProp prop;
