@@ -860,6 +860,37 @@ static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse, const
     Pool p;
     pool_init(&p, sh.hkv, np, 0, 0, 400);
     cattn_pool cp = pool_view(&p, 0);
+    bf16 *wk = NULL, *wv = NULL; /* g_kv8: the fp8 pages widened, which the prefill then reads */
+    if (g_kv8) {
+        const size_t kv = (size_t)np * sh.hkv * 128 * 128;
+        pool_fp8_kv(&p);
+        wk = (bf16 *)dalloc(kv * 2);
+        wv = (bf16 *)dalloc(kv * 2);
+        poison(wk, kv);
+        poison(wv, kv);
+        cattn_pool c8 = pool_view(&p, 0);
+        CA(cattn_kv_widen(&c8, s.d_tables, total, wk, wv, cp.k_stride, g_st));
+        cp.k = wk;
+        cp.v = wv;
+        /* rows before total as the dequantized pool holds them, zeros after */
+        uint16_t *hk = (uint16_t *)to_host(wk, kv * 2), *hv = (uint16_t *)to_host(wv, kv * 2);
+        uint16_t *rk = (uint16_t *)to_host(p.k, kv * 2), *rv = (uint16_t *)to_host(p.v, kv * 2);
+        long bad = 0;
+        for (int t = 0; t < (total + 127) / 128 * 128; t++)
+            for (int g = 0; g < sh.hkv; g++) {
+                const size_t o = (((size_t)s.tables[t / 128] * sh.hkv + g) * 128 + t % 128) * 128;
+                for (int d = 0; d < 128; d++)
+                    bad += t < total ? hk[o + d] != rk[o + d] || hv[o + d] != rv[o + d] : hk[o + d] || hv[o + d];
+            }
+        char name[96], det[64];
+        snprintf(name, sizeof(name), "fp8 K/V widened, %s %d tokens", sh.name, total);
+        snprintf(det, sizeof(det), "%ld values off", bad);
+        report_cond(name, bad == 0, det);
+        free(hk);
+        free(hv);
+        free(rk);
+        free(rv);
+    }
     size_t nq = (size_t)n_q * sh.hq * 128;
     bf16 *q = (bf16 *)dalloc(nq * 2), *out = (bf16 *)dalloc(nq * 2);
     fill(q, nq, 71, 1.f);
@@ -897,9 +928,13 @@ static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse, const
     host_pool(&h, &p);
     uint16_t *hq = (uint16_t *)to_host(q, nq * 2), *ho = (uint16_t *)to_host(out, nq * 2);
     char name[96];
-    snprintf(name, sizeof(name), "%s prefill %s n_q %d at %d%s%s", sparse ? "block-list" : "dense", sh.name, n_q,
-             q_pos0, env ? " " : "", env ? env : "");
+    snprintf(name, sizeof(name), "%s prefill %s n_q %d at %d%s%s%s", sparse ? "block-list" : "dense", sh.name, n_q,
+             q_pos0, env ? " " : "", env ? env : "", g_kv8 ? " (fp8 K/V widened)" : "");
     check_prefill_rows(name, sh, &h, s.tables, hq, ho, n_q, q_pos0, hbl, bw, scale);
+    if (wk) {
+        CK(cudaFree(wk));
+        CK(cudaFree(wv));
+    }
     free(hq);
     free(ho);
     free(hbl);
@@ -1038,6 +1073,8 @@ static int run_checks(void)
         check_msa_decode_case(1, 1, l1, 27, "b1 40K", NULL);
         check_quest_decode(NULL);
         check_quest_decode("CATTN_SD_CLUSTER=0");
+        check_dense_prefill(L3, 1000, 0, 0); /* prefill reads them widened (cattn_kv_widen) */
+        check_dense_prefill(M3, 300, 2048, 1);
         g_kv8 = 0;
     }
     check_dense_prefill(M3, 700, 300, 0);

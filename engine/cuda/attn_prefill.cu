@@ -783,6 +783,52 @@ __global__ void __launch_bounds__(256) sp_combine_kernel(const int32_t *sel, con
 
 static size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
 
+/* One (page, KV head) a CTA: 16 e4m3 of a row a thread per step, times
+ * the row's scale, to bf16 (rows past n zeroed: stale pages may hold
+ * anything, and a NaN there would reach the products through P = 0). */
+__global__ void __launch_bounds__(256) kv_widen_kernel(cattn_pool p, const int32_t *table, int n, char *k_out,
+                                                       char *v_out, long long out_stride)
+{
+    const int pi = blockIdx.x, kvh = blockIdx.y, B = p.block_size;
+    const long long page = table[pi];
+    const int rows_live = min(B, n - pi * B);
+    const float *sc = (const float *)((const char *)p.kv_scale + page * p.kv_scale_stride) + (long long)kvh * 2 * B;
+    for (int c = threadIdx.x; c < 2 * B * 8; c += blockDim.x) {
+        const int kv = c / (B * 8), r = c / 8 % B, ch = c % 8;
+        const long long off = ((long long)kvh * B + r) * 128;
+        const char *src = (const char *)(kv ? p.v : p.k) + page * (kv ? p.v_stride : p.k_stride) + off + ch * 16;
+        bf16 *dst = (bf16 *)((kv ? v_out : k_out) + page * out_stride) + off + ch * 16;
+        uint4 lo = make_uint4(0u, 0u, 0u, 0u), hi = lo;
+        if (r < rows_live) {
+            const uint4 w = *(const uint4 *)src;
+            const float s = sc[kv * B + r];
+            const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
+            uint32_t o[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const uint32_t h2 = e4m3x2_to_bf16x2((ww[j >> 1] >> (16 * (j & 1))) & 0xffff);
+                o[j] = pack_bf16(bf_lo(h2) * s, bf_hi(h2) * s);
+            }
+            lo = make_uint4(o[0], o[1], o[2], o[3]);
+            hi = make_uint4(o[4], o[5], o[6], o[7]);
+        }
+        *(uint4 *)dst = lo;
+        *(uint4 *)(dst + 8) = hi;
+    }
+}
+
+extern "C" int cattn_kv_widen(const cattn_pool *p, const int32_t *table, int n_tokens, void *k_out, void *v_out,
+                              long long out_stride, void *stream)
+{
+    if (!p || !table || n_tokens <= 0 || !k_out || !v_out || !p->kv_fp8 || !p->kv_scale) return CATTN_EINVAL;
+    if (p->head_dim != 128 || p->block_size <= 0) return CATTN_ESHAPE;
+    dim3 grid((n_tokens + p->block_size - 1) / p->block_size, p->n_kv_heads);
+    kv_widen_kernel<<<grid, 256, 0, (cudaStream_t)stream>>>(*p, table, n_tokens, (char *)k_out, (char *)v_out,
+                                                             out_stride);
+    CUDA_TRY(cudaGetLastError());
+    return 0;
+}
+
 extern "C" int cattn_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_pos0, int n_heads,
                              const void *q, void *out, float scale, const int32_t *blist, int blist_w,
                              int blist_kvh_stride, void *ws, size_t ws_bytes, void *stream)

@@ -96,6 +96,15 @@ int cattn_quest_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, c
 
 /* ---- prefill: n_q new tokens of one sequence at positions q_pos0.. ------- */
 
+/* fp8 K/V pages for the prefill kernels, which read bf16: the first
+ * n_tokens rows of the sequence's pages table[0 .. ceil(n_tokens / B))
+ * widened to bf16 (e4m3 x scale) at the same page ids of k_out and v_out
+ * (out_stride bytes a page, [n_kv_heads][B][head_dim] each); rows past
+ * n_tokens in the last page are zeros.  A pool view with k_out, v_out and
+ * the pool's other arrays then serves cattn_prefill and the MSA prefill. */
+int cattn_kv_widen(const cattn_pool *p, const int32_t *table, int n_tokens, void *k_out, void *v_out,
+                   long long out_stride, void *stream);
+
 /* Causal paged prefill (tensor cores, flash-attention 2 style).  With blist
  * (block-sparse prefill, B = 128, q_pos0 a multiple of 128) query tile t
  * (tokens [128t, 128t+128) of the new ones) and KV head h attend only to
