@@ -971,7 +971,7 @@ extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *tabl
     static int attr_done = 0;
     int rc = msa_check(p, n_q, q_pos0, n_heads, 0, 1);
     if (rc) return rc;
-    if (p->kv_fp8) return CATTN_ESHAPE; /* fp8 K/V pages: decode only, so far */
+    if (p->kv_fp8) return CATTN_ESHAPE; /* fp8 K/V pages: widen them first (cattn_kv_widen) */
     if (!table || !q || !out || !sel || n_sel < 1 || n_sel > 64) return CATTN_EINVAL;
     cudaStream_t st = (cudaStream_t)stream;
     if (!attr_done) {

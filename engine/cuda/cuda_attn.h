@@ -14,8 +14,9 @@
  *   summary  [n_kv_heads][3][head_dim]    (min, max, sum over the page)
  * or, with kv_fp8, K and V rows in e4m3 (head_dim bytes) and
  *   kv_scale [n_kv_heads][2][B]           (float: a row's K, V = e4m3 x its
- *                                          scale; so far the decode paths
- *                                          only, prefill answers ESHAPE)
+ *                                          scale; the decode paths read
+ *                                          them, prefill a bf16 copy made
+ *                                          by cattn_kv_widen)
  * Each array has its own base pointer and byte stride from one page to the
  * next, so one interleaved allocation and separate ones both fit.  Keys and
  * index keys already carry RoPE.
