@@ -118,6 +118,15 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
         snprintf(err, errlen, "index keys: fp8 needs the cuda device (the cpu keeps them in f32)");
         return NULL;
     }
+    int kv_fp8 = o->kv_cache_dtype && !strcmp(o->kv_cache_dtype, "fp8");
+    if (o->kv_cache_dtype && strcmp(o->kv_cache_dtype, "bf16") && !kv_fp8) {
+        snprintf(err, errlen, "kv cache dtype: '%s' is not known (bf16, fp8)", o->kv_cache_dtype);
+        return NULL;
+    }
+    if (kv_fp8 && !cuda) {
+        snprintf(err, errlen, "kv cache dtype: fp8 needs the cuda device (the cpu keeps K/V in f32)");
+        return NULL;
+    }
     engine *e = calloc(1, sizeof *e);
     if (!e) {
         snprintf(err, errlen, "out of memory");
@@ -151,7 +160,8 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
         e->rope_freq[i] = powf(e->m.rope_base, -2.0f * (float)i / (float)e->m.rope_dim);
 #ifdef SPARSED_CUDA
     if (cuda) {
-        e->cuda = cuda_backend_create(e, ordinal, o->dtype && !strcmp(o->dtype, "f32"), idx_fp8, err, errlen);
+        e->cuda = cuda_backend_create(e, ordinal, o->dtype && !strcmp(o->dtype, "f32"), idx_fp8, kv_fp8, err,
+                                      errlen);
         if (!e->cuda)
             goto fail;
     }

@@ -52,6 +52,8 @@ typedef struct engine_opts {
     const char *dtype;      /* cuda: "bf16" (default) or "f32" (weights, activations, K/V) */
     const char *index_keys; /* cuda: MSA index keys in the KV pool, "bf16" (default) or "fp8"
                                (e4m3: half the bytes); ignored by a model without an indexer */
+    const char *kv_cache_dtype; /* cuda: K/V in the KV pool, "bf16" (default) or "fp8" (e4m3 with a
+                                   scale a row: about half the bytes; the bf16 dtype only) */
 } engine_opts;
 
 /* Parses a device name: 0 for "cpu" (or NULL), 1 for "cuda" or "cuda:N"

@@ -50,6 +50,8 @@ static const opt opts[] = {
     {"device", T_STR, O(device), "cpu", 0, 0, NULL, "DEV", "compute device: cpu, cuda, or cuda:N (the N-th visible GPU)"},
     {"index-keys", T_ENUM, O(index_keys), "bf16", 0, 0, "bf16|fp8", "TYPE",
      "cuda: MSA index keys in the KV pool, bf16 or fp8 (e4m3: half the bytes, more pages)"},
+    {"kv-cache-dtype", T_ENUM, O(kv_cache_dtype), "bf16", 0, 0, "bf16|fp8", "TYPE",
+     "cuda: keys and values in the KV pool, bf16 or fp8 (e4m3 + a scale a row: ~half the bytes, more pages)"},
     {"threads", T_INT, O(threads), "0", 0, 4096, NULL, "N", "engine threads (0 = all cores)"},
     {"attention", T_ENUM, O(attention), "auto", 0, 0, "dense|sparse|auto", "MODE",
      "attention: dense, sparse (block-sparse) or auto (sparse iff the model has an MSA indexer)"},
@@ -526,6 +528,10 @@ int config_load(srv_config *c, int argc, char **argv)
     }
     if (!strcmp(c->index_keys, "fp8") && !on_cuda) {
         fprintf(stderr, "sparsed serve: --index-keys fp8 needs --device cuda\n");
+        return -1;
+    }
+    if (!strcmp(c->kv_cache_dtype, "fp8") && !on_cuda) {
+        fprintf(stderr, "sparsed serve: --kv-cache-dtype fp8 needs --device cuda\n");
         return -1;
     }
     /* every running sequence must fit one decode token into a step, or the

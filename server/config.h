@@ -18,6 +18,7 @@ typedef struct srv_config {
     /* engine */
     char *device;
     char *index_keys;
+    char *kv_cache_dtype;
     int threads;
     char *attention;
     char *indexer;

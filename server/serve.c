@@ -114,6 +114,7 @@ static int engine_options(const srv_config *c, engine_opts *eo)
     eo->model_path = c->model;
     eo->device = c->device;
     eo->index_keys = c->index_keys;
+    eo->kv_cache_dtype = c->kv_cache_dtype;
     eo->n_threads = c->threads;
     attn_config_default(&eo->attn);
     if (strcmp(c->attention, "auto"))
@@ -290,12 +291,12 @@ int serve_main(int argc, char **argv)
     fprintf(stderr,
             "sparsed: model %s (%s, %d layers, vocab %d, context %d) served as '%s' on %s\n"
             "sparsed: attention %s, KV pool %lld pages x %d tokens (%.1f MiB), max running %d, "
-            "batch tokens %d, prefix cache %s%s\n",
+            "batch tokens %d, prefix cache %s%s%s\n",
             cfg->model, srv->info->arch, srv->info->n_layers, srv->info->n_vocab, srv->info->n_ctx,
             srv->model_name, srv->info->device, ac->mode == ATTN_SPARSE ? "sparse" : "dense", pages, lay.block_size,
             (double)pages * (double)page_bytes / (1024.0 * 1024.0), cfg->max_running,
             cfg->max_batch_tokens, cfg->prefix_cache ? "on" : "off",
-            srv->n_keys ? ", API keys required" : "");
+            strcmp(cfg->kv_cache_dtype, "fp8") ? "" : ", K/V in fp8", srv->n_keys ? ", API keys required" : "");
     const char *h = cfg->host;
     int v6 = strchr(h, ':') != NULL;
     fprintf(stderr, "sparsed: listening on http://%s%s%s:%d\n", v6 ? "[" : "", h, v6 ? "]" : "",

@@ -861,6 +861,8 @@ static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse, const
     pool_init(&p, sh.hkv, np, 0, 0, 400);
     cattn_pool cp = pool_view(&p, 0);
     bf16 *wk = NULL, *wv = NULL; /* g_kv8: the fp8 pages widened, which the prefill then reads */
+    const int32_t *table = s.d_tables;
+    int32_t *ident = NULL;
     if (g_kv8) {
         const size_t kv = (size_t)np * sh.hkv * 128 * 128;
         pool_fp8_kv(&p);
@@ -872,6 +874,12 @@ static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse, const
         CA(cattn_kv_widen(&c8, s.d_tables, total, wk, wv, cp.k_stride, g_st));
         cp.k = wk;
         cp.v = wv;
+        /* the copy holds the sequence's pages in table order: the prefill
+         * reads it through the identity table */
+        int *hi = (int *)malloc(sizeof(int) * np);
+        for (int i = 0; i < np; i++) hi[i] = i;
+        table = ident = (int32_t *)to_dev(hi, sizeof(int) * np);
+        free(hi);
         /* rows before total as the dequantized pool holds them, zeros after */
         uint16_t *hk = (uint16_t *)to_host(wk, kv * 2), *hv = (uint16_t *)to_host(wv, kv * 2);
         uint16_t *rk = (uint16_t *)to_host(p.k, kv * 2), *rv = (uint16_t *)to_host(p.v, kv * 2);
@@ -879,8 +887,9 @@ static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse, const
         for (int t = 0; t < (total + 127) / 128 * 128; t++)
             for (int g = 0; g < sh.hkv; g++) {
                 const size_t o = (((size_t)s.tables[t / 128] * sh.hkv + g) * 128 + t % 128) * 128;
+                const size_t w = (((size_t)(t / 128) * sh.hkv + g) * 128 + t % 128) * 128;
                 for (int d = 0; d < 128; d++)
-                    bad += t < total ? hk[o + d] != rk[o + d] || hv[o + d] != rv[o + d] : hk[o + d] || hv[o + d];
+                    bad += t < total ? hk[w + d] != rk[o + d] || hv[w + d] != rv[o + d] : hk[w + d] || hv[w + d];
             }
         char name[96], det[64];
         snprintf(name, sizeof(name), "fp8 K/V widened, %s %d tokens", sh.name, total);
@@ -920,7 +929,7 @@ static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse, const
     size_t pwsb = cattn_prefill_ws();
     void *pws = dalloc(pwsb);
     env_list(env, 1);
-    CA(cattn_prefill(&cp, s.d_tables, n_q, q_pos0, sh.hq, q, out, (float)scale, dbl, bw, 0, pws, pwsb, g_st));
+    CA(cattn_prefill(&cp, table, n_q, q_pos0, sh.hq, q, out, (float)scale, dbl, bw, 0, pws, pwsb, g_st));
     env_list(env, 0);
     CK(cudaStreamSynchronize(g_st));
     CK(cudaFree(pws));
@@ -934,6 +943,7 @@ static void check_dense_prefill(Shape sh, int n_q, int q_pos0, int sparse, const
     if (wk) {
         CK(cudaFree(wk));
         CK(cudaFree(wv));
+        CK(cudaFree(ident));
     }
     free(hq);
     free(ho);
@@ -1053,6 +1063,22 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const cha
     seqs_free(&s);
 }
 
+/* fp8 K/V pages: the decode kernels (cluster and chain) read them, the
+ * prefill kernels a widened copy */
+static void check_fp8_kv(void)
+{
+    g_kv8 = 1;
+    const int l2[2] = {5000, 2900}, l1[1] = {40000};
+    check_msa_decode_case(0, 2, l2, 21, "b2", NULL);
+    check_msa_decode_case(0, 2, l2, 21, "b2 chain", "CATTN_SD_CLUSTER=0");
+    check_msa_decode_case(1, 1, l1, 27, "b1 40K", NULL);
+    check_quest_decode(NULL);
+    check_quest_decode("CATTN_SD_CLUSTER=0");
+    check_dense_prefill(L3, 1000, 0, 0); /* prefill reads them widened (cattn_kv_widen) */
+    check_dense_prefill(M3, 300, 2048, 1);
+    g_kv8 = 0;
+}
+
 static int run_checks(void)
 {
     check_dense_decode(M3, 0);
@@ -1065,18 +1091,7 @@ static int run_checks(void)
     check_quest_decode(NULL);
     check_quest_decode("CATTN_SD_CLUSTER=0");
     check_quest_decode("CATTN_SD_CLUSTER=4");
-    { /* fp8 K/V pages: the cluster kernel and the kernel chain */
-        g_kv8 = 1;
-        const int l2[2] = {5000, 2900}, l1[1] = {40000};
-        check_msa_decode_case(0, 2, l2, 21, "b2", NULL);
-        check_msa_decode_case(0, 2, l2, 21, "b2 chain", "CATTN_SD_CLUSTER=0");
-        check_msa_decode_case(1, 1, l1, 27, "b1 40K", NULL);
-        check_quest_decode(NULL);
-        check_quest_decode("CATTN_SD_CLUSTER=0");
-        check_dense_prefill(L3, 1000, 0, 0); /* prefill reads them widened (cattn_kv_widen) */
-        check_dense_prefill(M3, 300, 2048, 1);
-        g_kv8 = 0;
-    }
+    check_fp8_kv();
     check_dense_prefill(M3, 700, 300, 0);
     check_dense_prefill(L3, 1000, 0, 0);
     check_dense_prefill(L3, 2048, 0, 1);
@@ -1574,6 +1589,11 @@ int main(int argc, char **argv)
     CK(cudaMemset(g_flush, 0, FLUSH_BYTES));
     if (!strcmp(argv[1], "info")) return 0;
     if (!strcmp(argv[1], "check")) return run_checks();
+    if (!strcmp(argv[1], "check8")) {
+        check_fp8_kv();
+        printf("checks: %s (%d failed)\n", g_fail ? "FAIL" : "PASS", g_fail);
+        return g_fail ? 1 : 0;
+    }
     if (!strcmp(argv[1], "overhead")) return run_overhead();
     if (!strcmp(argv[1], "bench") && argc >= 3) return run_bench(argv[2], argc >= 4 ? argv[3] : NULL);
     if (!strcmp(argv[1], "decode") && argc >= 3) {

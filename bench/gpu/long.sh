@@ -8,8 +8,9 @@
 # quadratic: a few minutes on the wgmma kernel).  Each row is appended to
 # OUT/long.jsonl as soon as it is measured; OUT/gpu-model.json gathers
 # them with the card and the floors (datasheet bandwidth and bf16 rate).
-# ROWS picks rows by label (sparse-1m-fp8, MSA index keys in fp8, is
-# not in the default set).  SERVE=1 also runs `sparsed serve --device
+# ROWS picks rows by label (sparse-1m-fp8, MSA index keys in fp8, and
+# sparse-128k-fp8kv, sparse-1m-fp8kv(-fp8), K/V in fp8 (and index keys),
+# are not in the default set).  SERVE=1 also runs `sparsed serve --device
 # cuda` smoke tests (stories260K; the small MSA model with a prompt past
 # sparse_min_context).  Uses the
 # folder tests/gpu/pack.sh made (PACK).
@@ -38,8 +39,11 @@ row() {   # label attention context max-seconds [gpu_model_bench options]
 }
 row sparse-128k sparse 131072 ${T128:-120}
 row dense-128k dense 131072 ${T128:-120}
+row sparse-128k-fp8kv sparse 131072 ${T128:-120} "--kv-cache-dtype fp8"   # not in the default ROWS
 row sparse-1m sparse 1048576 ${T1M:-240}
 row sparse-1m-fp8 sparse 1048576 ${T1M:-240} "--index-keys fp8"   # not in the default ROWS
+row sparse-1m-fp8kv sparse 1048576 ${T1M:-240} "--kv-cache-dtype fp8"   # nor these two
+row sparse-1m-fp8kv-fp8 sparse 1048576 ${T1M:-240} "--kv-cache-dtype fp8 --index-keys fp8"
 row dense-1m dense 1048576 ${T1M_DENSE:-420}
 
 serve_smoke() {   # name model prompt-repeats: one completion over HTTP from the daemon on the GPU

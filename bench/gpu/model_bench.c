@@ -3,7 +3,7 @@
  *   gpu_model_bench --model PATH [--device cuda|cpu] [--dtype bf16|f32]
  *                   [--prompt N] [--batches 1,8,32] [--steps N] [--label S]
  *   gpu_model_bench --model PATH --context N [--chunk C] [--attention dense|sparse]
- *                   [--index-keys bf16|fp8] [--steps N] [--max-seconds S] [--label S]
+ *                   [--index-keys bf16|fp8] [--kv-cache-dtype bf16|fp8] [--steps N] [--max-seconds S] [--label S]
  *                   [--probe-chunks 128,512,...]
  *
  * For each batch size: that many sequences of N random prompt tokens are
@@ -78,7 +78,7 @@ static void probe_chunks(engine *e, kv_seq *seq, kv_pool *pool, int32_t *toks, i
 }
 
 static int long_context(engine *e, int n_ctx, int chunk, int steps, double max_s, const char *label,
-                        const char *index_keys, const int *probes, int n_probes)
+                        const engine_opts *o, const int *probes, int n_probes)
 {
     char err[512];
     const engine_info *in = engine_get_info(e);
@@ -150,11 +150,13 @@ static int long_context(engine *e, int n_ctx, int chunk, int steps, double max_s
     printf("JSON {\"label\":\"%s\",\"attention\":\"%s\",\"context\":%d,\"chunk\":%d,\"prefilled\":%d,"
            "\"partial\":%s,\"prefill_s\":%.3f,\"prefill_tok_s\":%.1f,\"decode_steps\":%d,"
            "\"decode_tok_s\":%.2f,\"decode_ms_per_token\":%.4f,\"kv_pages\":%d,\"top_k_blocks\":%d,"
-           "\"local_blocks\":%d,\"block_size\":%d,\"dense_layers\":%d,\"index_keys\":\"%s\"}\n",
+           "\"local_blocks\":%d,\"block_size\":%d,\"dense_layers\":%d,\"index_keys\":\"%s\","
+           "\"kv_cache_dtype\":\"%s\",\"kv_page_bytes\":%zu}\n",
            label, ac->mode == ATTN_SPARSE ? "sparse" : "dense", n_ctx, chunk, done, partial ? "true" : "false",
            t_pre, done / (t_pre > 0 ? t_pre : 1), timed, timed ? timed / t_dec : 0.0,
            timed ? 1e3 * t_dec / timed : 0.0, kv_pool_n_pages(pool), ac->top_k_blocks, ac->local_blocks,
-           ac->block_size, ac->dense_layers, index_keys ? index_keys : "bf16");
+           ac->block_size, ac->dense_layers, o->index_keys ? o->index_keys : "bf16",
+           o->kv_cache_dtype ? o->kv_cache_dtype : "bf16", engine_kv_page_bytes(e));
     fflush(stdout);
     kv_seq_release(pool, &seq);
     kv_pool_free(pool);
@@ -184,6 +186,7 @@ int main(int argc, char **argv)
         else if (OPT("--max-seconds")) max_s = atof(v);
         else if (OPT("--attention")) o.attn.mode = attn_mode_parse(v);
         else if (OPT("--index-keys")) o.index_keys = v;
+        else if (OPT("--kv-cache-dtype")) o.kv_cache_dtype = v;
         else if (OPT("--probe-chunks")) {
             for (char *t = strtok(strdup(v), ","); t && n_probes < MAX_PROBES; t = strtok(NULL, ","))
                 if ((probes[n_probes++] = atoi(t)) < 1)
@@ -212,7 +215,7 @@ int main(int argc, char **argv)
         printf("model %s: %d layers, embd %d, heads %d/%d x %d, vocab %d; device %s, context %d in chunks of %d\n",
                in->name, in->n_layers, in->n_embd, in->n_heads, in->n_kv_heads, in->head_dim, in->n_vocab, o.device,
                context, chunk);
-        int rc = long_context(e, context, chunk, steps, max_s, label, o.index_keys, probes, n_probes);
+        int rc = long_context(e, context, chunk, steps, max_s, label, &o, probes, n_probes);
         engine_free(e);
         return rc;
     }

@@ -784,7 +784,7 @@ __global__ void __launch_bounds__(256) sp_combine_kernel(const int32_t *sel, con
 static size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
 
 /* One (page, KV head) a CTA: 16 e4m3 of a row a thread per step, times
- * the row's scale, to bf16 (rows past n zeroed: stale pages may hold
+ * the row's scale, to bf16 at the page's place in the table (rows past n zeroed: stale pages may hold
  * anything, and a NaN there would reach the products through P = 0). */
 __global__ void __launch_bounds__(256) kv_widen_kernel(cattn_pool p, const int32_t *table, int n, char *k_out,
                                                        char *v_out, long long out_stride)
@@ -797,7 +797,7 @@ __global__ void __launch_bounds__(256) kv_widen_kernel(cattn_pool p, const int32
         const int kv = c / (B * 8), r = c / 8 % B, ch = c % 8;
         const long long off = ((long long)kvh * B + r) * 128;
         const char *src = (const char *)(kv ? p.v : p.k) + page * (kv ? p.v_stride : p.k_stride) + off + ch * 16;
-        bf16 *dst = (bf16 *)((kv ? v_out : k_out) + page * out_stride) + off + ch * 16;
+        bf16 *dst = (bf16 *)((kv ? v_out : k_out) + pi * out_stride) + off + ch * 16;
         uint4 lo = make_uint4(0u, 0u, 0u, 0u), hi = lo;
         if (r < rows_live) {
             const uint4 w = *(const uint4 *)src;

@@ -99,10 +99,12 @@ int cattn_quest_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, c
 
 /* fp8 K/V pages for the prefill kernels, which read bf16: the first
  * n_tokens rows of the sequence's pages table[0 .. ceil(n_tokens / B))
- * widened to bf16 (e4m3 x scale) at the same page ids of k_out and v_out
- * (out_stride bytes a page, [n_kv_heads][B][head_dim] each); rows past
- * n_tokens in the last page are zeros.  A pool view with k_out, v_out and
- * the pool's other arrays then serves cattn_prefill and the MSA prefill. */
+ * widened to bf16 (e4m3 x scale), page table[i] to page i of k_out and
+ * v_out (out_stride bytes a page, [n_kv_heads][B][head_dim] each), so the
+ * copy takes only the sequence's size; rows past n_tokens in the last
+ * page are zeros.  A pool view of k_out and v_out with the identity table
+ * then serves cattn_prefill and cattn_msa_attend_prefill (whose selection,
+ * cattn_msa_select_prefill, reads the index keys through the real one). */
 int cattn_kv_widen(const cattn_pool *p, const int32_t *table, int n_tokens, void *k_out, void *v_out,
                    long long out_stride, void *stream);
 

@@ -55,6 +55,7 @@ struct cuda_backend {
     int f32;                    /* storage type float (1) or bf16 (0) */
     size_t es;                  /* bytes per stored element */
     int idx_fp8;                /* MSA index keys in the pages as fp8 e4m3 (else es bytes) */
+    int kv_fp8;                 /* K/V rows in the pages as fp8 e4m3 with a float scale each */
     char name[300];
     int dev;                    /* CUDA ordinal: made current on each entry (the calling thread may change) */
     cudaStream_t st;
@@ -70,7 +71,15 @@ struct cuda_backend {
     const kv_pool *kv_owner;
     int kv_pages;
     char *kv;
-    long long page_bytes, layer_bytes, off_k, off_v, off_idx, off_summ;
+    long long page_bytes, layer_bytes, off_k, off_v, off_idx, off_summ, off_kvs;
+    /* with kv_fp8: one layer's K/V of a prefilling sequence in bf16, its
+     * pages in table order (K at 0, V at wide_v, wide_stride bytes a
+     * page), the copy the tuned prefill kernels read (cattn_kv_widen)
+     * through the identity table ident */
+    char *wide;
+    int32_t *ident;
+    size_t cap_wide, cap_ident;
+    long long wide_stride, wide_v;
 
     /* activations, grown to the largest batch */
     int cap_t, cap_r;
@@ -426,6 +435,8 @@ static int gemm(cuda_backend *cb, const void *W, int rows, int cols, const void 
 
 /* ---- lifetime --------------------------------------------------------------- */
 
+static long long al256(long long x) { return (x + 255) & ~255LL; }
+
 static void dfree(void *p)
 {
     if (p)
@@ -459,6 +470,8 @@ void cuda_backend_free(cuda_backend *cb)
         dfree(cb->out);
     dfree(cb->emb); dfree(cb->out_norm); dfree(cb->rope_freq);
     dfree(cb->kv);
+    dfree(cb->wide);
+    dfree(cb->ident);
     free_scratch(cb);
     dfree(cb->xl); dfree(cb->logits); dfree(cb->ids);
     dfree(cb->srows); dfree(cb->sout);
@@ -481,8 +494,13 @@ void cuda_backend_free(cuda_backend *cb)
     free(cb);
 }
 
-cuda_backend *cuda_backend_create(const engine *e, int ordinal, int f32, int idx_fp8, char *err, size_t errlen)
+cuda_backend *cuda_backend_create(const engine *e, int ordinal, int f32, int idx_fp8, int kv_fp8, char *err,
+                                  size_t errlen)
 {
+    if (kv_fp8 && f32) {
+        snprintf(err, errlen, "kv cache dtype: fp8 needs the bf16 engine (f32 keeps K/V in f32)");
+        return NULL;
+    }
     int n = 0;
     cudaError_t ce = cudaGetDeviceCount(&n);
     if (ce != cudaSuccess || n < 1) {
@@ -504,6 +522,9 @@ cuda_backend *cuda_backend_create(const engine *e, int ordinal, int f32, int idx
     cb->f32 = f32;
     cb->es = f32 ? 4 : 2;
     cb->idx_fp8 = idx_fp8 && e->m.idx_dim > 0;
+    cb->kv_fp8 = kv_fp8;
+    cb->wide_v = al256((long long)e->m.n_kv_heads * e->attn.block_size * e->m.head_dim * 2);
+    cb->wide_stride = 2 * cb->wide_v;
     const model *m = &e->m;
     cudaDeviceProp prop;
     cb->dev = ordinal;
@@ -574,23 +595,28 @@ fail:
 
 /* ---- per-step resources ----------------------------------------------------- */
 
-static long long al256(long long x) { return (x + 255) & ~255LL; }
-
-/* One layer's share of a device page: K and V (kvb bytes each), index keys
- * (ib: one byte an element in fp8), summaries; each 256-byte aligned. */
-static long long layer_page_bytes(const cuda_backend *cb, const kv_layout *l, long long *kvb, long long *ib)
+/* One layer's share of a device page, each array 256-byte aligned: K and
+ * V (one byte an element in fp8), index keys (likewise), summaries, and
+ * with kv_fp8 the K/V row scales.  off receives the offsets of V, index
+ * keys, summaries and scales (K is at 0). */
+static long long layer_page_bytes(const cuda_backend *cb, const kv_layout *l, long long off[4])
 {
     long long es = (long long)cb->es;
-    *kvb = al256((long long)l->n_kv_heads * l->block_size * l->head_dim * es);
-    *ib = l->idx_dim ? al256((long long)l->block_size * l->idx_dim * (cb->idx_fp8 ? 1 : es)) : 0;
+    long long kvb = al256((long long)l->n_kv_heads * l->block_size * l->head_dim * (cb->kv_fp8 ? 1 : es));
+    long long ib = l->idx_dim ? al256((long long)l->block_size * l->idx_dim * (cb->idx_fp8 ? 1 : es)) : 0;
     long long sb = l->summaries ? al256((long long)l->n_kv_heads * 3 * l->head_dim * es) : 0;
-    return 2 * *kvb + *ib + sb;
+    long long cb8 = cb->kv_fp8 ? al256((long long)l->n_kv_heads * 2 * l->block_size * 4) : 0;
+    off[0] = kvb;
+    off[1] = 2 * kvb;
+    off[2] = off[1] + ib;
+    off[3] = off[2] + sb;
+    return off[3] + cb8;
 }
 
 size_t cuda_backend_page_bytes(const cuda_backend *cb, const kv_layout *l)
 {
-    long long kvb, ib;
-    return (size_t)(layer_page_bytes(cb, l, &kvb, &ib) * l->n_layers);
+    long long off[4];
+    return (size_t)(layer_page_bytes(cb, l, off) * l->n_layers);
 }
 
 /* Device pages for this pool: one allocation, sized by its page count. */
@@ -602,12 +628,13 @@ static int ensure_kv(cuda_backend *cb, const kv_pool *pool, char *err, size_t er
     dfree(cb->kv);
     cb->kv = NULL;
     const kv_layout *l = kv_pool_layout(pool);
-    long long kvb, ib;
-    cb->layer_bytes = layer_page_bytes(cb, l, &kvb, &ib);
+    long long off[4];
+    cb->layer_bytes = layer_page_bytes(cb, l, off);
     cb->off_k = 0;
-    cb->off_v = kvb;
-    cb->off_idx = 2 * kvb;
-    cb->off_summ = 2 * kvb + ib;
+    cb->off_v = off[0];
+    cb->off_idx = off[1];
+    cb->off_summ = off[2];
+    cb->off_kvs = off[3];
     cb->page_bytes = cb->layer_bytes * l->n_layers;
     if (dmalloc((void **)&cb->kv, (size_t)(cb->page_bytes * n_pages), err, errlen))
         return -1;
@@ -790,12 +817,17 @@ static cattn_pool cattn_layer(const cuda_backend *cb, int l)
     const model *m = &cb->e->m;
     char *lay = cb->kv + (long long)l * cb->layer_bytes;
     cattn_pool p;
-    memset(&p, 0, sizeof(p)); /* bf16 K/V pages */
+    memset(&p, 0, sizeof(p));
     p.k = lay + cb->off_k;
     p.v = lay + cb->off_v;
     p.idx = lay + cb->off_idx;
     p.summ = lay + cb->off_summ;
     p.k_stride = p.v_stride = p.idx_stride = p.summ_stride = cb->page_bytes;
+    if (cb->kv_fp8) {
+        p.kv_fp8 = 1;
+        p.kv_scale = lay + cb->off_kvs;
+        p.kv_scale_stride = cb->page_bytes;
+    }
     p.n_kv_heads = m->n_kv_heads;
     p.head_dim = m->head_dim;
     p.block_size = cb->e->attn.block_size;
@@ -804,7 +836,55 @@ static cattn_pool cattn_layer(const cuda_backend *cb, int l)
     return p;
 }
 
+/* fp8 K/V pages for a tuned prefill kernel, which reads bf16: layer l's
+ * pages of a sequence of n_tokens tokens (page table `table`) widened
+ * into cb->wide in table order, and *p made a view of that copy, to be
+ * read through cb->ident.  The copy holds one sequence's layer at a time:
+ * each prefill call widens what it reads. */
+static int widen_view(const cuda_backend *cb, int l, const int32_t *table, int n_tokens, cattn_pool *p)
+{
+    *p = cattn_layer(cb, l);
+    int rc = cattn_kv_widen(p, table, n_tokens, cb->wide, cb->wide + cb->wide_v, cb->wide_stride, cb->st);
+    p->k = cb->wide;
+    p->v = cb->wide + cb->wide_v;
+    p->k_stride = p->v_stride = cb->wide_stride;
+    p->kv_fp8 = 0;
+    p->kv_scale = NULL;
+    p->kv_scale_stride = 0;
+    return rc;
+}
+
 static int fast_sparse_reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, char *err, size_t errlen);
+
+/* The widened copy and identity table for the batch's longest prefilling
+ * sequence (kv_fp8 with the tuned kernels). */
+static int wide_reserve(cuda_backend *cb, const engine_batch *b, char *err, size_t errlen)
+{
+    int B = cb->e->attn.block_size, pages = 0;
+    for (int i = 0; i < b->n_seqs; i++) {
+        const engine_seq *s = &b->seqs[i];
+        int n = (s->n_past + s->n_new + B - 1) / B;
+        if (s->n_new > 1 && n > pages)
+            pages = n;
+    }
+    size_t had = cb->cap_ident / sizeof(int32_t);
+    if (!pages || (size_t)pages <= had)
+        return 0;
+    if (grow((void **)&cb->wide, &cb->cap_wide, (size_t)pages * cb->wide_stride, err, errlen) ||
+        grow((void **)&cb->ident, &cb->cap_ident, (size_t)pages * sizeof(int32_t), err, errlen))
+        return -1;
+    int32_t *h = (int32_t *)malloc((size_t)pages * sizeof(int32_t));
+    if (!h) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < pages; i++)
+        h[i] = i;
+    cudaError_t ce = cudaMemcpy(cb->ident, h, (size_t)pages * sizeof(int32_t), cudaMemcpyHostToDevice);
+    free(h);
+    CU(ce);
+    return 0;
+}
 
 /* The GEMM plans of this step's shapes (forward's calls), made before any
  * capture so that the heuristic never runs inside one. */
@@ -852,6 +932,8 @@ static int reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
             return -1;
     }
     if (any_fast && fast_sparse_reserve(cb, b, mt, err, errlen))
+        return -1;
+    if (cb->kv_fp8 && (any_cattn || any_fast) && wide_reserve(cb, b, err, errlen))
         return -1;
     if (plan_gemms(cb, mt, err, errlen))
         return -1;
@@ -995,6 +1077,17 @@ static int attention_fast_sparse(cuda_backend *cb, const engine_batch *b, const 
                               : cattn_quest_decode(&p, &cbt, m->n_heads, q, out, scale, c->top_k_blocks,
                                                    c->local_blocks, c->sink_blocks, NULL, cb->ws, cb->cap_ws, cb->st);
             i = j;
+        } else if (cb->kv_fp8) {   /* selection on the pool, attention on the widened copy */
+            const int32_t *table = mt->ptab + (size_t)i * mt->mb;
+            cattn_pool pv;
+            rc = cattn_msa_select_prefill(&p, table, s->n_new, s->n_past, iq, c->top_k_blocks, c->local_blocks,
+                                          cb->sel, cb->ws, cb->cap_ws, cb->st);
+            if (!rc)
+                rc = widen_view(cb, l, table, s->n_past + s->n_new, &pv);
+            if (!rc)
+                rc = cattn_msa_attend_prefill(&pv, cb->ident, s->n_new, s->n_past, m->n_heads, q, out, scale,
+                                              c->top_k_blocks + c->local_blocks, cb->sel, cb->ws, cb->cap_ws, cb->st);
+            i++;
         } else {
             rc = cattn_msa_prefill(&p, mt->ptab + (size_t)i * mt->mb, s->n_new, s->n_past, m->n_heads, q, iq, out,
                                    scale, c->top_k_blocks, c->local_blocks, cb->sel, cb->ws, cb->cap_ws, cb->st);
@@ -1065,6 +1158,7 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
     a.tables = mt->tables;
     a.k = lay + cb->off_k;
     a.v = lay + cb->off_v;
+    a.kvs = cb->kv_fp8 ? lay + cb->off_kvs : NULL;
     a.pb = cb->page_bytes;
     a.B = c->block_size;
     a.sel = sparse ? cb->sel : NULL;
@@ -1108,9 +1202,13 @@ static int attention_cattn(cuda_backend *cb, const engine_batch *b, const meta *
                               cb->cap_ws, cb->st);
             i = j;
         } else {
-            rc = cattn_prefill(&p, mt->ptab + (size_t)i * mt->mb, s->n_new, s->n_past, m->n_heads,
-                               (const char *)cb->q + off, (char *)cb->att + off, scale, NULL, 0, 0, cb->ws,
-                               cb->cap_ws, cb->st);
+            const int32_t *table = mt->ptab + (size_t)i * mt->mb;
+            cattn_pool pv = p;
+            rc = cb->kv_fp8 ? widen_view(cb, l, table, s->n_past + s->n_new, &pv) : 0;
+            if (!rc)
+                rc = cattn_prefill(&pv, cb->kv_fp8 ? cb->ident : table, s->n_new, s->n_past, m->n_heads,
+                                   (const char *)cb->q + off, (char *)cb->att + off, scale, NULL, 0, 0, cb->ws,
+                                   cb->cap_ws, cb->st);
             i++;
         }
         if (rc) {
@@ -1159,6 +1257,8 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         pa.idx_dim = m->idx_dim;
         pa.has_idx = d->has_idx;
         pa.idx_fp8 = cb->idx_fp8;
+        pa.kv_fp8 = cb->kv_fp8;
+        pa.kvs = lay + cb->off_kvs;
         pa.q_bias = d->q_bias;
         pa.k_bias = d->k_bias;
         pa.v_bias = d->v_bias;
@@ -1179,10 +1279,11 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         launch_pdl_on(cb->pdl, qkv_post_kernel<S>, dim3(T, (nu + 7) / 8), 256,
                       ((size_t)8 * maxd + (size_t)(m->rope_dim / 2) * 2) * sizeof(float), st, pa);
         LAUNCHED();
-        if (cb->off_summ < cb->layer_bytes) {
+        if (cb->off_summ < cb->off_kvs) {
             launch_pdl_on(cb->pdl, summary_kernel<S>, dim3(mt->n_fin, m->n_kv_heads), 128, 0, st,
                           (const int32_t *)mt->fin, (const int32_t *)mt->pos, (const int32_t *)mt->tab,
-                          (const int32_t *)mt->tables, (const char *)(lay + cb->off_k), lay + cb->off_summ,
+                          (const int32_t *)mt->tables, (const char *)(lay + cb->off_k),
+                          (const char *)(cb->kv_fp8 ? lay + cb->off_kvs : NULL), lay + cb->off_summ,
                           cb->page_bytes, e->attn.block_size, D);
             LAUNCHED();
         }

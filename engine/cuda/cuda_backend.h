@@ -11,8 +11,9 @@
  * the first step from the kv_pool's page count; the pool itself is only
  * bookkeeping for this backend (its host storage, if any, is not touched).
  * Per page and layer, as kvcache.h lays them out but in bf16:
- *   K, V [n_kv_heads][B][head_dim], idx [B][idx_dim] (or fp8 e4m3),
- *   summary [n_kv_heads][3][head_dim] (min, max, sum of the page's keys).
+ *   K, V [n_kv_heads][B][head_dim] (or fp8 e4m3), idx [B][idx_dim] (or
+ *   fp8 e4m3), summary [n_kv_heads][3][head_dim] (min, max, sum of the
+ *   page's keys), with fp8 K/V their row scales [n_kv_heads][2][B].
  */
 #ifndef SPARSED_CUDA_BACKEND_H
 #define SPARSED_CUDA_BACKEND_H
@@ -33,9 +34,12 @@ typedef struct cuda_backend cuda_backend;
  * the GPU of this ordinal among the visible ones (CUDA_VISIBLE_DEVICES), in
  * bf16, or in fp32 with f32 set (weights, activations and K/V: for
  * exactness tests).  idx_fp8 keeps the MSA index keys of the KV pages in
- * fp8 e4m3 (half the bytes of bf16; ignored without an indexer).  NULL
- * with err set when there is no usable GPU or memory runs out. */
-cuda_backend *cuda_backend_create(const struct engine *e, int ordinal, int f32, int idx_fp8, char *err,
+ * fp8 e4m3 (half the bytes of bf16; ignored without an indexer).  kv_fp8
+ * keeps K and V in e4m3 with a float scale a row (bf16 only): about half
+ * the bytes; decode reads them as they are, prefill widens one layer at a
+ * time into a bf16 copy that the pool's page bytes include.  NULL with
+ * err set when there is no usable GPU or memory runs out. */
+cuda_backend *cuda_backend_create(const struct engine *e, int ordinal, int f32, int idx_fp8, int kv_fp8, char *err,
                                   size_t errlen);
 void cuda_backend_free(cuda_backend *cb);
 

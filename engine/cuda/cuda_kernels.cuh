@@ -339,19 +339,33 @@ struct PostArgs {
     const int32_t *pos, *tab, *tables;
     const float *rope_freq;
     int rope_dim, neox;
-    int Hq, Hkv, D, idx_heads, idx_dim, has_idx, idx_fp8;
+    int Hq, Hkv, D, idx_heads, idx_dim, has_idx, idx_fp8, kv_fp8;
     const float *q_bias, *k_bias, *v_bias, *q_norm, *k_norm, *iq_norm, *ik_norm;
     float eps;
     void *q, *iq;               /* [T][Hq][D], [T][idx_heads][idx_dim] */
     char *k, *v, *idx;          /* this layer's arrays in page 0 */
+    char *kvs;                  /* ... and its K/V row scales when kv_fp8 */
     long long pb;               /* bytes from one page to the next */
     int B;
 };
 
+/* The scale of an fp8 K/V row: the power of two that takes its largest
+ * |element| to at most 448 (e4m3's largest finite value), so that
+ * dividing by it is exact and only the e4m3 rounding loses bits. */
+static __device__ __forceinline__ float kv_row_scale(float amax)
+{
+    int ex = 0;
+    if (amax > 0.0f)
+        frexpf(amax / 448.0f, &ex);
+    return ldexpf(1.0f, ex);
+}
+
 /* Grid (tokens, head vectors / 8), one warp per head vector: bias, RMSNorm
  * over the head, RoPE on the first rope_dim dims (adjacent or NEOX pairs),
  * then the store (queries to the activations, keys/values/index key to the
- * page; the index key in fp8 e4m3 when idx_fp8).  The vectors spread over
+ * page; the index key in fp8 e4m3 when idx_fp8; with kv_fp8 a key or value
+ * row is finished in the scratch first, then stored in e4m3 over its
+ * kv_row_scale, the scale beside it).  The vectors spread over
  * blocks so that a decode token's ~30 run at once, not 4 to a warp. */
 template <typename T>
 __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
@@ -380,6 +394,7 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
         int n = D, rope = 1;
         T *dst = NULL;
         uint8_t *dst8 = NULL;
+        float *dsc = NULL;          /* an fp8 K/V row's scale */
         if (u < a.Hq) {
             src = row + (size_t)u * D;
             bias = a.q_bias ? a.q_bias + (size_t)u * D : NULL;
@@ -390,13 +405,23 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
             src = row + QD + (size_t)h * D;
             bias = a.k_bias ? a.k_bias + (size_t)h * D : NULL;
             nrm = a.k_norm;
-            dst = (T *)(a.k + page * a.pb) + ((size_t)h * a.B + slot) * D;
+            if (a.kv_fp8) {
+                dst8 = (uint8_t *)(a.k + page * a.pb) + ((size_t)h * a.B + slot) * D;
+                dsc = (float *)(a.kvs + page * a.pb) + (size_t)h * 2 * a.B + slot;
+            } else {
+                dst = (T *)(a.k + page * a.pb) + ((size_t)h * a.B + slot) * D;
+            }
         } else if (u < a.Hq + 2 * a.Hkv) {
             int h = u - a.Hq - a.Hkv;
             src = row + QD + KD + (size_t)h * D;
             bias = a.v_bias ? a.v_bias + (size_t)h * D : NULL;
             rope = 0;
-            dst = (T *)(a.v + page * a.pb) + ((size_t)h * a.B + slot) * D;
+            if (a.kv_fp8) {
+                dst8 = (uint8_t *)(a.v + page * a.pb) + ((size_t)h * a.B + slot) * D;
+                dsc = (float *)(a.kvs + page * a.pb) + ((size_t)h * 2 + 1) * a.B + slot;
+            } else {
+                dst = (T *)(a.v + page * a.pb) + ((size_t)h * a.B + slot) * D;
+            }
         } else if (u < a.Hq + 2 * a.Hkv + a.idx_heads) {
             int h = u - a.Hq - 2 * a.Hkv;
             n = a.idx_dim;
@@ -427,7 +452,9 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
         }
         __syncwarp();
         auto put = [&](int d, float o) {
-            if (dst8)
+            if (dsc)
+                s[d] = o;   /* a pair's lane reads both before it writes */
+            else if (dst8)
                 dst8[d] = to_e4m3(o);
             else
                 dst[d] = fromf<T>(o);
@@ -448,19 +475,30 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
                 put(d, s[d]);
         }
         __syncwarp();
+        if (dsc) {
+            float amax = 0.0f;
+            for (int d = lane; d < n; d += 32)
+                amax = fmaxf(amax, fabsf(s[d]));
+            const float sc = kv_row_scale(warp_max(amax)), inv = 1.0f / sc;
+            for (int d = lane; d < n; d += 32)
+                dst8[d] = to_e4m3(s[d] * inv);
+            if (!lane)
+                *dsc = sc;
+            __syncwarp();
+        }
     }
 }
 
 /* Key summaries (channel min, max, sum over the page's slots), recomputed
- * from the stored keys for every page a token of the batch filled last:
- * grid (n_fin, Hkv).  Only a full page's summary is ever read (selection
+ * from the stored keys (e4m3 times their row scales when kvs is set) for
+ * every page a token of the batch filled last: grid (n_fin, Hkv).  Only a full page's summary is ever read (selection
  * scores blocks before the local ones, and local_blocks >= 1 always holds
  * the newest, partial page), so a token that leaves its page partial
  * skips the work: in decode that is 63 steps in 64, each of which read
  * the page's keys back. */
 template <typename T>
 __global__ void summary_kernel(const int32_t *fin, const int32_t *pos, const int32_t *tab, const int32_t *tables,
-                               const char *k, char *summ, long long pb, int B, int D)
+                               const char *k, const char *kvs, char *summ, long long pb, int B, int D)
 {
     pdl_trigger();
     pdl_wait();
@@ -470,12 +508,15 @@ __global__ void summary_kernel(const int32_t *fin, const int32_t *pos, const int
         return;
     long long page = tables[tab[t] + p / B];
     int n = B;
-    const T *K = (const T *)(k + page * pb) + (size_t)h * B * D;
+    const size_t k0 = (size_t)h * B * D;
+    const T *K = (const T *)(k + page * pb) + k0;
+    const uint8_t *K8 = (const uint8_t *)(k + page * pb) + k0;
+    const float *ks = kvs ? (const float *)(kvs + page * pb) + (size_t)h * 2 * B : NULL;
     T *S = (T *)(summ + page * pb) + (size_t)h * 3 * D;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float mn = CK_INF, mx = -CK_INF, sum = 0.0f;
         for (int s = 0; s < n; s++) {
-            float v = tof(K[(size_t)s * D + d]);
+            float v = ks ? e4m3_tof(K8[(size_t)s * D + d]) * ks[s] : tof(K[(size_t)s * D + d]);
             mn = fminf(mn, v);
             mx = fmaxf(mx, v);
             sum += v;
@@ -656,6 +697,7 @@ struct AttnArgs {
     int T, Hq, Hkv, D, hpg;
     const int32_t *pos, *tab, *tables;
     const char *k, *v;
+    const char *kvs;            /* K/V row scales (fp8 e4m3 pages); NULL: K/V in T */
     long long pb;
     int B;
     const int32_t *sel, *cnt;   /* NULL: every visible block */
@@ -697,30 +739,41 @@ __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a)
     for (int k = 0; k < n; k++) {
         int bi = lst ? lst[k] : k;
         long long page = tbl[bi];
-        const T *K = (const T *)(a.k + page * a.pb) + (size_t)g * a.B * D;
-        const T *V = (const T *)(a.v + page * a.pb) + (size_t)g * a.B * D;
+        const size_t ho = (size_t)g * a.B * D;
+        const T *K = (const T *)(a.k + page * a.pb) + ho, *V = (const T *)(a.v + page * a.pb) + ho;
+        const uint8_t *K8 = (const uint8_t *)(a.k + page * a.pb) + ho, *V8 = (const uint8_t *)(a.v + page * a.pb) + ho;
+        const float *ks = a.kvs ? (const float *)(a.kvs + page * a.pb) + (size_t)g * 2 * a.B : NULL;
         int slots = bi == last ? pos - bi * a.B + 1 : a.B;
         for (int s0 = 0; s0 < slots; s0 += 32) {
             int s = s0 + lane;
             float sc = -CK_INF;
             if (s < slots) {
-                const T *kr = K + (size_t)s * D;
                 float dot = 0.0f;
-                for (int d = 0; d < D; d++)
-                    dot += qs[d] * tof(kr[d]);
+                if (ks) {
+                    for (int d = 0; d < D; d++)
+                        dot += qs[d] * e4m3_tof(K8[(size_t)s * D + d]);
+                    dot *= ks[s];
+                } else {
+                    for (int d = 0; d < D; d++)
+                        dot += qs[d] * tof(K[(size_t)s * D + d]);
+                }
                 sc = dot * a.scale;
             }
             float nm = fmaxf(m, warp_max(sc));
             float corr = expf(m - nm);
             float p = s < slots ? expf(sc - nm) : 0.0f;
             l = l * corr + warp_sum(p);
-            ps[lane] = p;
+            ps[lane] = ks && s < slots ? p * ks[a.B + s] : p;   /* a value row's scale rides on its weight */
             __syncwarp();
             int nj = slots - s0 < 32 ? slots - s0 : 32;
             for (int d = lane; d < D; d += 32) {
                 float av = acc[d] * corr;
-                for (int j = 0; j < nj; j++)
-                    av += ps[j] * tof(V[(size_t)(s0 + j) * D + d]);
+                if (ks)
+                    for (int j = 0; j < nj; j++)
+                        av += ps[j] * e4m3_tof(V8[(size_t)(s0 + j) * D + d]);
+                else
+                    for (int j = 0; j < nj; j++)
+                        av += ps[j] * tof(V[(size_t)(s0 + j) * D + d]);
                 acc[d] = av;
             }
             __syncwarp();

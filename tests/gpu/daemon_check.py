@@ -12,6 +12,11 @@ Checks (one JSON line each, appended to --checks, gpu_check's format):
                           follows the card, and a 128K-token prompt plus 8
                           concurrent requests run without the card's use
                           growing (the work buffers were reserved at start)
+  daemon-fp8-kv           the same model and card with --kv-cache-dtype fp8:
+                          the auto pool holds at least 1.5x the pages of
+                          bf16 K/V, and a 128K-token prompt plus 8
+                          concurrent requests run without the card's use
+                          growing (the widened prefill copy was reserved)
   daemon-kv-too-big       --kv-memory 1T fails at start with a message,
                           not on the first request
   daemon-no-such-gpu      --device cuda:<GPUs visible> fails at start, naming
@@ -140,6 +145,35 @@ def stories_greedy(a):
             "logprob_max_diff_top": round(top_diff, 4), "top3_same_steps": same_top, "steps": n}
 
 
+def pool_line(log):
+    """(pages, tokens a page, MiB, batch tokens) from the daemon's start-up log, or None."""
+    m = re.search(r"KV pool (\d+) pages x (\d+) tokens \(([\d.]+) MiB\).*batch tokens (\d+)", log)
+    return m and (int(m.group(1)), int(m.group(2)), float(m.group(3)), int(m.group(4)))
+
+
+def long_and_concurrent(d, res):
+    """A 128K-token prompt (token ids), then 8 short requests at once; True when all answer 200."""
+    rnd = random.Random(5)
+    n = 131072
+    st, r = d.post("/v1/completions", {"prompt": [rnd.randrange(3, 30000) for _ in range(n)],
+                                        "max_tokens": 8, "temperature": 0})
+    res["long_status"] = st
+    res["long_prompt_tokens"] = r.get("usage", {}).get("prompt_tokens") if st == 200 else str(r)[:300]
+    sts = []
+
+    def one(i):
+        s, _ = d.post("/v1/completions", {"prompt": [rnd.randrange(3, 30000) for _ in range(300 + i)],
+                                          "max_tokens": 16})
+        sts.append(s)
+    th = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    res["short_statuses"] = sts
+    return st == 200 and res["long_prompt_tokens"] == n and sts == [200] * 8
+
+
 def auto_pool(a):
     d = Daemon(a.sparsed, ["--device", "cuda", "--model", a.m3], a.port + 2, os.path.join(a.work, "d-auto.log"))
     res = {}
@@ -149,10 +183,11 @@ def auto_pool(a):
             return {"pass": False, "error": "not ready: %s" % d.text()[-600:]}
         res["ready_s"] = round(time.time() - t0, 1)
         log = d.text()
-        m = re.search(r"KV pool (\d+) pages x (\d+) tokens \(([\d.]+) MiB\).*batch tokens (\d+)", log)
-        if not m:
+        pl = pool_line(log)
+        if not pl:
             return {"pass": False, "error": "no pool line in the log: %s" % log[-600:]}
-        pages, block, pool_mib, batch = int(m.group(1)), int(m.group(2)), float(m.group(3)), int(m.group(4))
+        pages, block, pool_mib, batch = pl
+        a.bf16_pages = pages
         used0, total = gpu_mib()
         res.update(pool_pages=pages, pool_tokens=pages * block, pool_mib=pool_mib, batch_tokens=batch,
                    card_used_mib=used0, card_total_mib=total, sizing_line=next(
@@ -160,30 +195,37 @@ def auto_pool(a):
         want_batch = 8192 if total >= 70 * 1024 else 2048
         share = used0 / total
         res["card_used_share"] = round(share, 4)
-        # 128K-token prompt (token ids), then 8 short requests at once
-        rnd = random.Random(5)
-        n = 131072
-        st, r = d.post("/v1/completions", {"prompt": [rnd.randrange(3, 30000) for _ in range(n)],
-                                            "max_tokens": 8, "temperature": 0})
-        res["long_status"] = st
-        res["long_prompt_tokens"] = r.get("usage", {}).get("prompt_tokens") if st == 200 else str(r)[:300]
-        sts = []
-
-        def one(i):
-            s, _ = d.post("/v1/completions", {"prompt": [rnd.randrange(3, 30000) for _ in range(300 + i)],
-                                              "max_tokens": 16})
-            sts.append(s)
-        th = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-        for t in th:
-            t.start()
-        for t in th:
-            t.join()
-        res["short_statuses"] = sts
+        served = long_and_concurrent(d, res)
         used1, _ = gpu_mib()
         res["card_used_after_mib"] = used1
-        ok = (batch == want_batch and abs(share - 0.9) <= 0.03 and st == 200 and res["long_prompt_tokens"] == n
-              and sts == [200] * 8 and used1 - used0 <= 512)
-        res["pass"] = ok
+        res["pass"] = batch == want_batch and abs(share - 0.9) <= 0.03 and served and used1 - used0 <= 512
+        return res
+    finally:
+        res["exit_code"] = d.stop()
+        if res["exit_code"] != 0:
+            res["pass"] = False
+
+
+def fp8_kv(a):
+    d = Daemon(a.sparsed, ["--device", "cuda", "--model", a.m3, "--kv-cache-dtype", "fp8"], a.port + 9,
+               os.path.join(a.work, "d-fp8kv.log"))
+    res = {}
+    try:
+        if not d.wait_ready(600):
+            return {"pass": False, "error": "not ready: %s" % d.text()[-600:]}
+        log = d.text()
+        pl = pool_line(log)
+        if not pl:
+            return {"pass": False, "error": "no pool line in the log: %s" % log[-600:]}
+        used0, _ = gpu_mib()
+        bf16 = getattr(a, "bf16_pages", None)
+        res.update(pool_pages=pl[0], pool_mib=pl[2], bf16_pool_pages=bf16, logged_fp8="K/V in fp8" in log,
+                   card_used_mib=used0)
+        served = long_and_concurrent(d, res)
+        used1, _ = gpu_mib()
+        res["card_used_after_mib"] = used1
+        res["pass"] = (served and used1 - used0 <= 512 and res["logged_fp8"] and bf16 is not None
+                       and pl[0] >= 1.5 * bf16)
         return res
     finally:
         res["exit_code"] = d.stop()
@@ -349,16 +391,16 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--checks", required=True, help="JSON lines file to append to")
     ap.add_argument("--port", type=int, default=18210)
-    ap.add_argument("--only", help="run just this check (its label)")
+    ap.add_argument("--only", help="run just these checks (labels, comma-separated)")
     a = ap.parse_args()
     fails = 0
     checks = [("daemon-stories-greedy", stories_greedy), ("daemon-auto-pool", auto_pool),
-              ("daemon-kv-too-big", kv_too_big), ("daemon-no-such-gpu", no_such_gpu),
+              ("daemon-fp8-kv", fp8_kv), ("daemon-kv-too-big", kv_too_big), ("daemon-no-such-gpu", no_such_gpu),
               ("daemon-pressure", pressure)]
     if gpu_count() >= 2:
         checks.append(("daemon-two-gpus", two_gpus))
     for label, fn in checks:
-        if a.only and label != a.only:
+        if a.only and label not in a.only.split(","):
             continue
         try:
             r = fn(a)

@@ -8,7 +8,8 @@
  *             [--group-sum] [--force-sparse]
  *             [--vs-dense] [--vs-generic] [--vs-graphs] [--graphs]
  *             [--tol X] [--tol-alt X] [--greedy-info] [--device cuda|cpu]
- *             [--index-keys bf16|fp8]
+ *             [--index-keys bf16|fp8] [--kv-cache-dtype bf16|fp8] [--vs-bf16-kv]
+ *             [--min-agree F]
  *
  * Runs seeded random prompts as one ragged prefill batch (every row of the
  * first sequence asks for logits), then decode steps of all sequences in
@@ -28,10 +29,13 @@
  * --force-sparse makes the GPU engines run their sparse kernels even where
  * the top-k covers every block (so that such a run, against --vs-dense,
  * tests the sparse kernels rather than the dense fallback).  --index-keys
- * sets how the GPU engines keep MSA index keys (the CPU's stay f32).  Prints
- * one JSON object; exits 1 when an error against the CPU exceeds --tol,
- * one against the second GPU engine exceeds --tol-alt (default --tol), or
- * a greedy id differs (unless --greedy-info). */
+ * sets how the GPU engines keep MSA index keys (the CPU's stay f32),
+ * --kv-cache-dtype their K/V; --vs-bf16-kv adds a second GPU engine with
+ * bf16 K/V.  Prints one JSON object; exits 1 when an error against the CPU
+ * exceeds --tol, one against the second GPU engine exceeds --tol-alt
+ * (default --tol), fewer than the fraction --min-agree of the logit rows
+ * (prefill and decode) have the CPU's argmax, or a greedy id differs
+ * (unless --greedy-info). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -249,9 +253,10 @@ int main(int argc, char **argv)
     engine_opts o = {.model_path = NULL, .device = "cpu", .n_threads = 0};
     attn_config_default(&o.attn);
     const char *label = "run", *greedy_ref = NULL, *dtype = "bf16", *device = "cuda", *index_keys = "bf16";
+    const char *kv_dtype = "bf16";
     int prompts[MAX_SEQS] = {37, 150, 9}, n_seqs = 3, n_decode = 16, vs_dense = 0, vs_generic = 0;
-    int vs_graphs = 0, graphs = 0, greedy_info = 0;
-    double tol = 3e-2, tol_alt = -1;
+    int vs_graphs = 0, graphs = 0, greedy_info = 0, vs_bf16_kv = 0;
+    double tol = 3e-2, tol_alt = -1, min_agree = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define OPT(name) (!strcmp(a, name) && v && (i++, 1))
@@ -259,6 +264,8 @@ int main(int argc, char **argv)
         else if (OPT("--dtype")) dtype = v;
         else if (OPT("--device")) device = v;
         else if (OPT("--index-keys")) index_keys = v;
+        else if (OPT("--kv-cache-dtype")) kv_dtype = v;
+        else if (OPT("--min-agree")) min_agree = atof(v);
         else if (OPT("--label")) label = v;
         else if (OPT("--decode")) n_decode = atoi(v);
         else if (OPT("--greedy-ref")) greedy_ref = v;
@@ -279,6 +286,7 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--vs-dense")) vs_dense = 1;
         else if (!strcmp(a, "--vs-generic")) vs_generic = 1;
         else if (!strcmp(a, "--vs-graphs")) vs_graphs = 1;
+        else if (!strcmp(a, "--vs-bf16-kv")) vs_bf16_kv = 1;
         else if (!strcmp(a, "--graphs")) graphs = 1;
         else if (!strcmp(a, "--group-sum")) o.attn.group_reduce = GROUP_SUM;
         else if (!strcmp(a, "--force-sparse")) setenv("SPARSED_CUDA_SPARSE", "force", 1);
@@ -312,6 +320,7 @@ int main(int argc, char **argv)
     og.device = device;
     og.dtype = dtype;
     og.index_keys = index_keys;
+    og.kv_cache_dtype = kv_dtype;
     setenv("SPARSED_CUDA_GRAPHS", graphs ? "1" : "0", 1);   /* the engine's default is on */
     run_open(&gpu, &og, n_seqs, max_len);
     unsetenv("SPARSED_CUDA_GRAPHS");
@@ -331,6 +340,11 @@ int main(int argc, char **argv)
         run_open(&alt, &og, n_seqs, max_len);
         unsetenv("SPARSED_CUDA_GRAPHS");
         alt_name = "gpu_vs_gpu_graphs";
+    } else if (vs_bf16_kv) {
+        engine_opts ob = og;
+        ob.kv_cache_dtype = "bf16";
+        run_open(&alt, &ob, n_seqs, max_len);
+        alt_name = "gpu_vs_gpu_bf16_kv";
     }
     const engine_info *in = engine_get_info(cpu.e);
     const attn_config *ac = engine_attn(gpu.e);
@@ -389,20 +403,23 @@ int main(int argc, char **argv)
     }
     if (s_pre.max_err > tol || s_dec.max_err > tol || (alt.e && s_alt.max_err > tol_alt))
         fail = 1;
+    if (s_pre.agree + s_dec.agree < min_agree * (s_pre.rows + s_dec.rows))
+        fail = 1;
     /* the same rule on the same logits: equal picks (a pick may differ only
      * when u falls within rounding of a boundary: never seen at this size) */
     if (s_smp.diff || s_smp.lp_diff || s_smp.lp_err > 1e-4)
         fail = 1;
 
-    printf("{\"label\":\"%s\",\"model\":\"%s\",\"dtype\":\"%s\",\"index_keys\":\"%s\",\"device\":\"%s\","
+    printf("{\"label\":\"%s\",\"model\":\"%s\",\"dtype\":\"%s\",\"index_keys\":\"%s\",\"kv_cache_dtype\":\"%s\","
+           "\"device\":\"%s\","
            "\"n_vocab\":%d,\"attn\":{\"mode\":%d,\"indexer\":%d,\"block_size\":%d,\"top_k_blocks\":%d,\"local_blocks\":%d,"
            "\"sink_blocks\":%d,\"dense_layers\":%d,\"sparse_min_context\":%d},\"prompts\":[",
-           label, in->name, dtype, index_keys, device, V, ac->mode, ac->indexer, ac->block_size, ac->top_k_blocks,
+           label, in->name, dtype, index_keys, kv_dtype, device, V, ac->mode, ac->indexer, ac->block_size, ac->top_k_blocks,
            ac->local_blocks, ac->sink_blocks, ac->dense_layers, ac->sparse_min_context);
     for (int i = 0; i < n_seqs; i++)
         printf("%s%d", i ? "," : "", prompts[i]);
-    printf("],\"decode_steps\":%d,\"graphs\":%d,\"tol\":%.1e,\"tol_alt\":%.1e,\"kv_page_bytes\":%zu", n_decode,
-           graphs, tol, tol_alt, engine_kv_page_bytes(gpu.e));
+    printf("],\"decode_steps\":%d,\"graphs\":%d,\"tol\":%.1e,\"tol_alt\":%.1e,\"min_agree\":%.2f,"
+           "\"kv_page_bytes\":%zu", n_decode, graphs, tol, tol_alt, min_agree, engine_kv_page_bytes(gpu.e));
     print_stats("prefill_vs_cpu", &s_pre);
     print_stats("decode_vs_cpu", &s_dec);
     if (alt.e)

@@ -7,7 +7,7 @@
 # (card, commit, every number).  BENCH=1 also runs bench/gpu/model.sh;
 # memcheck runs start only while less than DEADLINE seconds (400) passed.
 # ONLY=sparse runs just the checks of the tuned sparse kernels (and, with
-# MEMCHECK=1, their memcheck run).
+# MEMCHECK=1, their memcheck run; FP8KV=1 adds the fp8 K/V checks).
 # Exit status: the number of failed checks.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
@@ -98,6 +98,34 @@ SPARSED_CUDA_ATTN=generic check llama-quest-generic-bf16-info --model $M/llama-q
 check llama-quest-cover-vs-dense --model $M/llama-q4k.gguf --prompts 600,300,130 --decode 16 \
     --attention sparse --indexer minmax --group-sum --block-size 64 --top-k-blocks 200 --local-blocks 1 \
     --sink-blocks 1 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 2e-2
+# fp8 (e4m3) K/V pages, a scale a row (--kv-cache-dtype fp8): against the
+# CPU and against the same engine with bf16 K/V, with the CPU's argmax on
+# most rows; decode reads the pages as they are, prefill a widened copy
+# (tuned kernels) or the pages (generic kernels: head dim 64, forced).
+# e4m3 keeps 3 mantissa bits: these random models' logits move 5-6% (9-13%
+# at most) against the CPU where bf16 K/V moves them ~1%; a wrong scale
+# or row would move them by their whole size.
+if [ "${ONLY:-}" != sparse ] || [ -n "${FP8KV:-}" ]; then
+check llama-q4k-fp8kv --model $M/llama-q4k.gguf --kv-cache-dtype fp8 --prompts 300,77,5 --decode 16 --tol 0.15 \
+    --vs-bf16-kv --tol-alt 0.15 --min-agree 0.85
+SPARSED_CUDA_ATTN=generic check llama-q4k-fp8kv-generic --model $M/llama-q4k.gguf --kv-cache-dtype fp8 \
+    --prompts 300,77,5 --decode 16 --tol 0.15 --vs-bf16-kv --tol-alt 0.15 --min-agree 0.85
+check qwen-q8-fp8kv --model $M/qwen-q8.gguf --kv-cache-dtype fp8 --prompts 200,31,64,9 --decode 16 --tol 0.15 \
+    --vs-bf16-kv --tol-alt 0.15 --min-agree 0.85
+check llama-q4k-fp8kv-graphs --model $M/llama-q4k.gguf --kv-cache-dtype fp8 --prompts 300,77,5 --decode 24 \
+    --tol 0.15 --vs-graphs --tol-alt 0
+# ... sparse: with a top-k covering every block, the MSA and Quest kernels
+# on fp8 pages equal dense attention on the same pages
+check m3-128-fp8kv-cover-vs-dense --model $M/m3-128.gguf --kv-cache-dtype fp8 --prompts 2000,700,130 --decode 16 \
+    --tol 0.15 --top-k-blocks 32 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 2e-2
+check m3-128-fp8kv-fp8-info --model $M/m3-128.gguf --kv-cache-dtype fp8 --index-keys fp8 --prompts 900,500,130 \
+    --decode 16 --tol 1 --top-k-blocks 2 --sparse-min-context 0 --vs-bf16-kv --tol-alt 1
+check llama-quest-fp8kv-cover-vs-dense --model $M/llama-q4k.gguf --kv-cache-dtype fp8 --prompts 600,300,130 \
+    --decode 16 --tol 0.15 --attention sparse --indexer minmax --group-sum --block-size 64 --top-k-blocks 200 \
+    --local-blocks 1 --sink-blocks 1 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 2e-2
+check m3-msa-fp8kv-cover-vs-dense --model $M/m3-tiny.gguf --kv-cache-dtype fp8 --prompts 200,120,33 --tol 0.15 \
+    --top-k-blocks 1000 --sparse-min-context 0 --vs-dense --tol-alt 0
+fi
 if [ "${ONLY:-}" = sparse ]; then
     : > "$OUT/memcheck.log"
     [ -n "${MEMCHECK:-}" ] && echo "== --model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1" >> "$OUT/memcheck.log"
@@ -185,7 +213,10 @@ fi
 # sparse selection, tuned attention); words with '=' are environment
 : > "$OUT/memcheck.log"
 mc_fail=0
-for args in "--model $M/stories260K.gguf --prompts 20,70,5" \
+for args in "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0 --kv-cache-dtype fp8" \
+            "--model $M/llama-q4k.gguf --prompts 130,7,2 --attention sparse --indexer minmax --block-size 64 --top-k-blocks 1 --sparse-min-context 0 --kv-cache-dtype fp8" \
+            "SPARSED_CUDA_ATTN=generic --model $M/llama-q4k.gguf --prompts 130,7,2 --kv-cache-dtype fp8" \
+            "--model $M/stories260K.gguf --prompts 20,70,5" \
             "--model $M/m3-tiny.gguf --prompts 120,90,3" \
             "--model $M/llama-q4k.gguf --prompts 130,7,2 --attention sparse --indexer minmax --block-size 64 --top-k-blocks 1 --sparse-min-context 0" \
             "--model $M/llama-q4k.gguf --prompts 130,7,2 --vs-graphs" \

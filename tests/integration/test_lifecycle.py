@@ -178,7 +178,8 @@ def test_help_lists_every_option():
                 "--sparse-min-context", "--kv-pages", "--kv-memory", "--max-running", "--max-batch-tokens",
                 "--max-queue", "--max-queued-tokens", "--body-limit", "--request-timeout", "--shutdown-timeout",
                 "--api-key", "--api-key-file", "--served-model-name", "--max-connections",
-                "--connection-timeout", "--index-keys", "--gpu-memory-utilization", "SPARSED_MAX_RUNNING"):
+                "--connection-timeout", "--index-keys", "--kv-cache-dtype", "--gpu-memory-utilization",
+                "SPARSED_MAX_RUNNING"):
         assert opt in out, opt
 
 
@@ -212,6 +213,9 @@ def test_invalid_values_rejected(tmp_path):
         ([], {"SPARSED_GPU_MEMORY_UTILIZATION": "most"}, "SPARSED_GPU_MEMORY_UTILIZATION"),
         (["--device", "cpu", "--index-keys", "fp8"], None, "--index-keys fp8 needs --device cuda"),
         ([], {"SPARSED_INDEX_KEYS": "fp8"}, "--index-keys fp8 needs --device cuda"),
+        (["--kv-cache-dtype", "fp16"], None, "--kv-cache-dtype"),
+        (["--device", "cpu", "--kv-cache-dtype", "fp8"], None, "--kv-cache-dtype fp8 needs --device cuda"),
+        ([], {"SPARSED_KV_CACHE_DTYPE": "fp8"}, "--kv-cache-dtype fp8 needs --device cuda"),
         (["--device", "gpu"], None, "invalid value 'gpu' for --device"),
         (["--device", "cuda:x"], None, "invalid value 'cuda:x' for --device"),
         (["--device", "cuda:-1"], None, "invalid value 'cuda:-1' for --device"),
