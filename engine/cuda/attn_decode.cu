@@ -117,7 +117,11 @@ static __device__ __forceinline__ void dec_load(const DecArgs &a, const int32_t 
 
 /* The fp8 tile as it is in the page, into the warp's raw stage: rows of
  * 128 bytes, K then V, then the 32 K and 32 V scales.  Keys at or past L
- * are zeros (their scales are never read). */
+ * are zeros (their scales are never read).  K rows swap the halves of odd
+ * rows' 16-byte chunks (dec_kpos), so that dec_tile's fragment loads,
+ * two rows a phase, meet no bank twice. */
+static __device__ __forceinline__ int dec_kpos(int r, int ch) { return r * 128 + ((ch ^ ((r & 1) << 2)) << 4); }
+
 static __device__ __forceinline__ void dec_load_fp8(const DecArgs &a, const int32_t *tab, int kvh, int L, int tile,
                                                     uint32_t dst, int lane, int page_known = -1)
 {
@@ -131,7 +135,7 @@ static __device__ __forceinline__ void dec_load_fp8(const DecArgs &a, const int3
     for (int i = 0; i < DEC_TILE * 8 / 32; i++) {
         const int c = lane + 32 * i;
         const bool ok = key0 + (c >> 3) < L;
-        cp16(dst + c * 16, kp + c * 16, ok);
+        cp16(dst + dec_kpos(c >> 3, c & 7), kp + c * 16, ok);
         cp16(dst + DEC_TILE * 128 + c * 16, vp + c * 16, ok);
     }
     if (lane < 16) /* K scales in lanes 0-7, V scales in 8-15: 4 keys each */
@@ -170,7 +174,11 @@ struct DecState {
 };
 
 /* F16: the queries as f16 (fp8 pages' products run on f16), clamped to
- * its range */
+ * its range, and in dec_tile's order of the dims for fp8 keys: step
+ * kk = 4g + j takes, where the mma puts dims 2t, 2t+1 and 2t+8, 2t+9
+ * (t = lane % 4), the dims 64g + 16t + 4j + {0, 1} and {2, 3}, the four
+ * bytes a lane finds together in a key row.  Any order of the dims, the
+ * same for queries and keys, gives the same dot products. */
 template <bool F16 = false>
 static __device__ __forceinline__ void dec_init(DecState &st, const bf16 *qb, int ratio, int lane)
 {
@@ -183,11 +191,12 @@ static __device__ __forceinline__ void dec_init(DecState &st, const bf16 *qb, in
     };
 #pragma unroll
     for (int kk = 0; kk < 8; kk++) {
-        int c = 16 * kk + 2 * (lane & 3);
+        const int c = F16 ? 64 * (kk >> 2) + 16 * (lane & 3) + 4 * (kk & 3) : 16 * kk + 2 * (lane & 3);
+        const int c2 = F16 ? c + 2 : c + 8;
         st.qa[kk][0] = pair(h_lo, c);
         st.qa[kk][1] = pair(h_hi, c);
-        st.qa[kk][2] = pair(h_lo, c + 8);
-        st.qa[kk][3] = pair(h_hi, c + 8);
+        st.qa[kk][2] = pair(h_lo, c2);
+        st.qa[kk][3] = pair(h_hi, c2);
     }
     st.vr = 1.f;
 #pragma unroll
@@ -198,8 +207,10 @@ static __device__ __forceinline__ void dec_init(DecState &st, const bf16 *qb, in
 
 /* One 32-key tile (K at ks, V right after it, swizzled rows) of keys
  * key0.. into the state; keys at or past L are masked.  F16 (fp8 pages):
- * raw is the tile as loaded (dec_load_fp8), and K, then V, is widened to
- * f16 at ks; kvsc points at its 32 K then 32 V scales.  Each key's scores
+ * raw is the tile as loaded (dec_load_fp8); each lane widens its K
+ * fragments from it in registers (the dims in dec_init's order), V is
+ * widened to f16 at ks for ldmatrix; kvsc points at its 32 K then 32 V
+ * scales.  Each key's scores
  * take its K scale; its probabilities take its V scale over the tile's
  * largest, vm, which then becomes the state's vr (so the f16
  * probabilities stay in [0, 1]). */
@@ -211,10 +222,7 @@ static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks,
     const int k_row = (lane >> 4) * 8 + (lane & 7), k_cb = (lane >> 3) & 1;
     const int v_row = ((lane >> 3) & 1) * 8 + (lane & 7), v_cb = lane >> 4;
     const uint32_t vs = F16 ? ks : ks + DEC_TILE * 256;
-    if (F16) {
-        dec_widen(raw, ks, lane);
-        __syncwarp();
-    }
+    if (F16) dec_widen(raw + DEC_TILE * 128, ks, lane); /* V, while K's products run */
     auto mma = [](float(&c)[4], const uint32_t(&a)[4], uint32_t b0, uint32_t b1) {
         if (F16) mma16816_f16(c, a, b0, b1);
         else mma16816(c, a, b0, b1);
@@ -222,21 +230,34 @@ static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks,
     float sc[4][4];
 #pragma unroll
     for (int n = 0; n < 4; n++) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+    if (F16) {
 #pragma unroll
-    for (int kk = 0; kk < 8; kk++) {
+        for (int nb = 0; nb < 4; nb++)
 #pragma unroll
-        for (int np = 0; np < 2; np++) {
-            uint32_t bk[4];
-            ldsm4(bk, ks + swz(16 * np + k_row, 2 * kk + k_cb));
-            mma(sc[2 * np], st.qa[kk], bk[0], bk[1]);
-            mma(sc[2 * np + 1], st.qa[kk], bk[2], bk[3]);
+            for (int g = 0; g < 2; g++) {
+                uint32_t w[4];
+                asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                             : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+                             : "r"(raw + dec_kpos(8 * nb + (lane >> 2), 4 * g + (lane & 3))));
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    mma(sc[nb], st.qa[4 * g + j], e4m3x2_to_h2(w[j]), e4m3x2_to_h2(w[j] >> 16));
+            }
+    } else {
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) {
+#pragma unroll
+            for (int np = 0; np < 2; np++) {
+                uint32_t bk[4];
+                ldsm4(bk, ks + swz(16 * np + k_row, 2 * kk + k_cb));
+                mma(sc[2 * np], st.qa[kk], bk[0], bk[1]);
+                mma(sc[2 * np + 1], st.qa[kk], bk[2], bk[3]);
+            }
         }
     }
     float inv_vm = 1.f, vrel = 1.f; /* F16: 1 / vm, and vr / vm for the output */
     if (F16) {
-        __syncwarp(); /* every lane's K fragments are in: V takes the half-tile */
-        dec_widen(raw + DEC_TILE * 128, ks, lane);
-        __syncwarp();
+        __syncwarp(); /* the widened V is in for every lane */
         float vm = key0 + lane < L ? kvsc[DEC_TILE + lane] : 0.f;
 #pragma unroll
         for (int x = 16; x; x >>= 1) vm = fmaxf(vm, __shfl_xor_sync(0xffffffffu, vm, x));
