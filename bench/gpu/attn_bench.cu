@@ -93,7 +93,8 @@ __global__ void fp8_kernel(const bf16 *src, __nv_fp8_e4m3 *dst, size_t n)
 }
 
 /* fp8 K/V pages: a warp a row of 128 (page, head, key), scaled by the
- * power of two that takes its largest |element| to at most 448, to e4m3;
+ * power of two that takes its largest |element| to at most 448, to e4m3
+ * (V rows in pairs, interleaved by dim);
  * the bf16 row is overwritten with the dequantized values (exact in bf16
  * for a power-of-two scale), so the float64 reference reads what the
  * kernels read.  Scales per page [n_kv][2][128], which = 0 K, 1 V. */
@@ -110,8 +111,9 @@ __global__ void quant_kv_kernel(bf16 *x, uint8_t *x8, float *scales, size_t rows
     const float sc = ldexpf(1.f, ex); /* >= amax / 448 */
     for (int j = 0; j < 4; j++) {
         const __nv_fp8_e4m3 e(v[j] / sc);
-        x8[row * 128 + lane * 4 + j] = e.__x;
-        x[row * 128 + lane * 4 + j] = __float2bfloat16(float(e) * sc);
+        const int d = lane * 4 + j; /* V: rows in pairs, interleaved by dim (cuda_attn.h) */
+        x8[which ? (row & ~(size_t)1) * 128 + 2 * d + (row & 1) : row * 128 + d] = e.__x;
+        x[row * 128 + d] = __float2bfloat16(float(e) * sc);
     }
     if (lane == 0) {
         const size_t page = row / ((size_t)n_kv * 128), kvh = row / 128 % n_kv, t = row % 128;

@@ -53,13 +53,13 @@ static __device__ __forceinline__ void sd_stamp_w(int k, int cta, int i)
 #define DEC_STAGE_BYTES (2 * DEC_TILE * 256)
 #define DEC_SMEM (DEC_WARPS * DEC_STAGES * DEC_STAGE_BYTES)
 /* fp8 K/V pages: a warp's stages hold the tile as it is in the page (e4m3
- * K and V rows, then their 32 + 32 scales); K, then V, is widened into
- * one f16 half-tile of the layout above before its products.  Two CTAs an
- * SM: the widening and the f16 products cost a tile ~1.5x bf16's
- * instructions, and one warp a scheduler issues at ~0.3 IPC either way
+ * K rows and V pair rows, then their 32 + 32 scales), and each lane
+ * widens its own mma fragments from it to f16 in registers.  Two CTAs an
+ * SM: the widening and the f16 products cost a tile more instructions
+ * than bf16's, and one warp a scheduler issues at ~0.3 IPC either way
  * (ncu, v19), so it takes two warps a scheduler to go faster than bf16. */
 #define DEC_RAW_BYTES (2 * DEC_TILE * 128 + 2 * DEC_TILE * 4)
-#define DEC_WARP_BYTES_FP8 (DEC_STAGES * DEC_RAW_BYTES + DEC_TILE * 256)
+#define DEC_WARP_BYTES_FP8 (DEC_STAGES * DEC_RAW_BYTES)
 #define DEC_SMEM_FP8 (DEC_WARPS * DEC_WARP_BYTES_FP8)
 
 struct DecArgs {
@@ -115,12 +115,15 @@ static __device__ __forceinline__ void dec_load(const DecArgs &a, const int32_t 
     }
 }
 
-/* The fp8 tile as it is in the page, into the warp's raw stage: rows of
- * 128 bytes, K then V, then the 32 K and 32 V scales.  Keys at or past L
- * are zeros (their scales are never read).  K rows swap the halves of odd
- * rows' 16-byte chunks (dec_kpos), so that dec_tile's fragment loads,
- * two rows a phase, meet no bank twice. */
+/* The fp8 tile as it is in the page, into the warp's raw stage: K rows
+ * of 128 bytes, V pair rows of 256 (keys 2j and 2j+1 interleaved by dim:
+ * cuda_attn.h), then the 32 K and 32 V scales.  Keys at or past L are
+ * zeros, but for the second key of a pair whose first is in (dec_tile
+ * masks it; scales past L are never read).  The 16-byte chunks of a row
+ * are permuted (dec_kpos, dec_vpos) so that dec_tile's fragment loads,
+ * 8 lanes a phase over 2 K rows or 4 V pair rows, meet no bank twice. */
 static __device__ __forceinline__ int dec_kpos(int r, int ch) { return r * 128 + ((ch ^ ((r & 1) << 2)) << 4); }
+static __device__ __forceinline__ int dec_vpos(int r, int ch) { return r * 256 + ((ch ^ ((r & 3) << 1)) << 4); }
 
 static __device__ __forceinline__ void dec_load_fp8(const DecArgs &a, const int32_t *tab, int kvh, int L, int tile,
                                                     uint32_t dst, int lane, int page_known = -1)
@@ -136,31 +139,11 @@ static __device__ __forceinline__ void dec_load_fp8(const DecArgs &a, const int3
         const int c = lane + 32 * i;
         const bool ok = key0 + (c >> 3) < L;
         cp16(dst + dec_kpos(c >> 3, c & 7), kp + c * 16, ok);
-        cp16(dst + DEC_TILE * 128 + c * 16, vp + c * 16, ok);
+        cp16(dst + DEC_TILE * 128 + dec_vpos(c >> 4, c & 15), vp + c * 16, key0 + 2 * (c >> 4) < L);
     }
     if (lane < 16) /* K scales in lanes 0-7, V scales in 8-15: 4 keys each */
         cp16(dst + 2 * DEC_TILE * 128 + lane * 16, sp + (lane >> 3) * a.B * 4 + (lane & 7) * 16,
              key0 + (lane & 7) * 4 < L);
-}
-
-/* 32 e4m3 rows (K or V of a raw stage) widened to the f16 half-tile at
- * dst (exact: every e4m3 value is an f16 value, one cvt a pair). */
-static __device__ __forceinline__ void dec_widen(uint32_t raw, uint32_t dst, int lane)
-{
-#pragma unroll
-    for (int i = 0; i < DEC_TILE * 8 / 32; i++) {
-        const int c = lane + 32 * i, r = c >> 3, ch = c & 7;
-        uint32_t w[4];
-        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                     : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
-                     : "r"(raw + c * 16));
-        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + swz(r, 2 * ch)),
-                     "r"(e4m3x2_to_h2(w[0])), "r"(e4m3x2_to_h2(w[0] >> 16)), "r"(e4m3x2_to_h2(w[1])),
-                     "r"(e4m3x2_to_h2(w[1] >> 16)));
-        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + swz(r, 2 * ch + 1)),
-                     "r"(e4m3x2_to_h2(w[2])), "r"(e4m3x2_to_h2(w[2] >> 16)), "r"(e4m3x2_to_h2(w[3])),
-                     "r"(e4m3x2_to_h2(w[3] >> 16)));
-    }
 }
 
 /* A warp's decode state: the group's query heads as the A fragments of
@@ -207,13 +190,13 @@ static __device__ __forceinline__ void dec_init(DecState &st, const bf16 *qb, in
 
 /* One 32-key tile (K at ks, V right after it, swizzled rows) of keys
  * key0.. into the state; keys at or past L are masked.  F16 (fp8 pages):
- * raw is the tile as loaded (dec_load_fp8); each lane widens its K
- * fragments from it in registers (the dims in dec_init's order), V is
- * widened to f16 at ks for ldmatrix; kvsc points at its 32 K then 32 V
- * scales.  Each key's scores
- * take its K scale; its probabilities take its V scale over the tile's
- * largest, vm, which then becomes the state's vr (so the f16
- * probabilities stay in [0, 1]). */
+ * raw is the tile as loaded (dec_load_fp8), from which each lane widens
+ * its fragments in registers: K's with the dims in dec_init's order; V's
+ * from the pair rows, whose 4-byte words hold both keys of 2 dims, so the
+ * output's dims come in dec_odim's order.  kvsc points at the tile's 32 K
+ * then 32 V scales.  Each key's scores take its K scale; its
+ * probabilities take its V scale over the tile's largest, vm, which then
+ * becomes the state's vr (so the f16 probabilities stay in [0, 1]). */
 template <bool F16 = false>
 static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks, const int key0, const int L,
                                                 const float scale_log2, const int lane, const float *kvsc = nullptr,
@@ -221,8 +204,25 @@ static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks,
 {
     const int k_row = (lane >> 4) * 8 + (lane & 7), k_cb = (lane >> 3) & 1;
     const int v_row = ((lane >> 3) & 1) * 8 + (lane & 7), v_cb = lane >> 4;
-    const uint32_t vs = F16 ? ks : ks + DEC_TILE * 256;
-    if (F16) dec_widen(raw + DEC_TILE * 128, ks, lane); /* V, while K's products run */
+    const uint32_t vs = ks + DEC_TILE * 256;
+    /* F16: the lane's V words, loaded before K's products so that their
+     * latency hides behind them: pair rows 8kk + t (keys 16kk + 2t, +1:
+     * b0) and 8kk + 4 + t (b1); chunk 8hf + g holds dims 64hf + 8g .. +7,
+     * the lane's dims of output blocks 8hf .. 8hf + 7 */
+    uint32_t vw[2][2][2][4]; /* [kk][hf][b0, b1][word] */
+    if (F16) {
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                for (int b = 0; b < 2; b++) {
+                    uint32_t *w = vw[kk][hf][b];
+                    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                                 : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+                                 : "r"(raw + DEC_TILE * 128 + dec_vpos(8 * kk + 4 * b + (lane & 3), 8 * hf + (lane >> 2))));
+                }
+    }
     auto mma = [](float(&c)[4], const uint32_t(&a)[4], uint32_t b0, uint32_t b1) {
         if (F16) mma16816_f16(c, a, b0, b1);
         else mma16816(c, a, b0, b1);
@@ -257,7 +257,6 @@ static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks,
     }
     float inv_vm = 1.f, vrel = 1.f; /* F16: 1 / vm, and vr / vm for the output */
     if (F16) {
-        __syncwarp(); /* the widened V is in for every lane */
         float vm = key0 + lane < L ? kvsc[DEC_TILE + lane] : 0.f;
 #pragma unroll
         for (int x = 16; x; x >>= 1) vm = fmaxf(vm, __shfl_xor_sync(0xffffffffu, vm, x));
@@ -312,13 +311,56 @@ static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks,
         pa[1] = pack(sc[2 * kk][2], sc[2 * kk][3]);
         pa[2] = pack(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
         pa[3] = pack(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+        if (F16) {
+            const int kv0 = key0 + 16 * kk + 2 * (lane & 3), kv1 = kv0 + 8; /* first keys of the two pairs */
 #pragma unroll
-        for (int dp = 0; dp < 8; dp++) {
-            uint32_t bv[4];
-            ldsm4t(bv, vs + swz(16 * kk + v_row, 2 * dp + v_cb));
-            mma(st.o[2 * dp], pa, bv[0], bv[1]);
-            mma(st.o[2 * dp + 1], pa, bv[2], bv[3]);
+            for (int hf = 0; hf < 2; hf++) {
+                uint32_t *w0 = vw[kk][hf][0], *w1 = vw[kk][hf][1];
+                if (key0 + DEC_TILE > L) { /* the last tile: a pair's second key past L may hold anything */
+                    const uint32_t m0 = kv0 + 1 < L ? ~0u : 0x00ff00ffu, m1 = kv1 + 1 < L ? ~0u : 0x00ff00ffu;
+#pragma unroll
+                    for (int i = 0; i < 4; i++) w0[i] &= m0, w1[i] &= m1;
+                }
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    mma(st.o[8 * hf + 2 * i], pa, e4m3x2_to_h2(w0[i]), e4m3x2_to_h2(w1[i]));
+                    mma(st.o[8 * hf + 2 * i + 1], pa, e4m3x2_to_h2(w0[i] >> 16), e4m3x2_to_h2(w1[i] >> 16));
+                }
+            }
+        } else {
+#pragma unroll
+            for (int dp = 0; dp < 8; dp++) {
+                uint32_t bv[4];
+                ldsm4t(bv, vs + swz(16 * kk + v_row, 2 * dp + v_cb));
+                mma(st.o[2 * dp], pa, bv[0], bv[1]);
+                mma(st.o[2 * dp + 1], pa, bv[2], bv[3]);
+            }
         }
+    }
+}
+
+/* A lane's output of head row h (0: rows lane / 4, 1: + 8) to row (128
+ * floats, shared or another CTA's shared memory).  Column c of output
+ * block n is dim 8n + c, or with fp8 pages (F16) dec_tile's order,
+ * 64 (n / 8) + 8c + n % 8: there a lane's 16 values of each (n / 8, c)
+ * are 8 adjacent dims, two float4 stores. */
+template <bool F16>
+static __device__ __forceinline__ void dec_store_row(float *row, const DecState &st, int h, int lane)
+{
+    const int t = lane & 3;
+    if (F16) {
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float4 *d = (float4 *)&row[64 * hf + 8 * (2 * t + e)];
+                const int n = 8 * hf, x = 2 * h + e;
+                d[0] = make_float4(st.o[n][x], st.o[n + 1][x], st.o[n + 2][x], st.o[n + 3][x]);
+                d[1] = make_float4(st.o[n + 4][x], st.o[n + 5][x], st.o[n + 6][x], st.o[n + 7][x]);
+            }
+    } else {
+#pragma unroll
+        for (int n = 0; n < 16; n++) *(float2 *)&row[8 * n + 2 * t] = make_float2(st.o[n][2 * h], st.o[n][2 * h + 1]);
     }
 }
 
@@ -326,6 +368,7 @@ static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks,
  * the warps' copies must be complete) and writes, per head r < ratio, the
  * normalised output to po + r * po_stride (128 floats) and its log2-sum-exp
  * to plse[r * lse_stride]: global or shared memory alike. */
+template <bool F16>
 static __device__ __forceinline__ void dec_cta_merge(DecState &st, unsigned char *smem, const int ratio, float *po,
                                                      const long long po_stride, float *plse,
                                                      const long long lse_stride)
@@ -342,12 +385,8 @@ static __device__ __forceinline__ void dec_cta_merge(DecState &st, unsigned char
     float *ms = os + DEC_WARPS * 16 * 128;         /* [warp][16] */
     float *ls = ms + DEC_WARPS * 16;
     float *ow = os + warp * 16 * 128;
-#pragma unroll
-    for (int n = 0; n < 16; n++) {
-        int c = 8 * n + 2 * (lane & 3);
-        *(float2 *)&ow[h_lo * 128 + c] = make_float2(st.o[n][0], st.o[n][1]);
-        *(float2 *)&ow[h_hi * 128 + c] = make_float2(st.o[n][2], st.o[n][3]);
-    }
+    dec_store_row<F16>(ow + h_lo * 128, st, 0, lane);
+    dec_store_row<F16>(ow + h_hi * 128, st, 1, lane);
     if ((lane & 3) == 0) {
         ms[warp * 16 + h_lo] = st.m[0];
         ms[warp * 16 + h_hi] = st.m[1];
@@ -383,7 +422,8 @@ static __device__ __forceinline__ void dec_cta_merge(DecState &st, unsigned char
 }
 
 /* One (split s, KV head, sequence) of the decode, DEC_STAGES tiles per
- * warp in flight; FP8: from e4m3 pages, widened to f16 for the products. */
+ * warp in flight; FP8: from e4m3 pages, widened to f16 for the products
+ * in registers. */
 template <bool FP8>
 static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char *smem, const int s, const int kvh,
                                                 const int b)
@@ -400,7 +440,6 @@ static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char 
     dec_init<FP8>(st, a.q + ((long long)b * a.n_heads + kvh * a.ratio) * 128, a.ratio, lane);
     constexpr int SB = FP8 ? DEC_RAW_BYTES : DEC_STAGE_BYTES; /* a stage's bytes */
     const uint32_t wbase = smem_u32(smem) + warp * (FP8 ? DEC_WARP_BYTES_FP8 : STAGES * DEC_STAGE_BYTES);
-    const uint32_t wide = wbase + STAGES * DEC_RAW_BYTES; /* FP8: the widened tile */
     const int my_n = t0 + warp < t1 ? (t1 - t0 - warp + DEC_WARPS - 1) / DEC_WARPS : 0;
     auto load = [&](int i) {
         const int tile = t0 + warp + DEC_WARPS * i;
@@ -421,7 +460,7 @@ static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char 
         if (i == 0) SD_STAMP_W(1, DEC_CTA, 1);
         const uint32_t stage = wbase + (i % STAGES) * SB;
         if (FP8) {
-            dec_tile<true>(st, wide, (t0 + warp + DEC_WARPS * i) * DEC_TILE, L, a.scale_log2, lane,
+            dec_tile<true>(st, 0, (t0 + warp + DEC_WARPS * i) * DEC_TILE, L, a.scale_log2, lane,
                            (const float *)(smem + (stage - smem_u32(smem)) + 2 * DEC_TILE * 128), stage);
         } else {
             dec_tile(st, stage, (t0 + warp + DEC_WARPS * i) * DEC_TILE, L, a.scale_log2, lane);
@@ -436,7 +475,7 @@ static __device__ __forceinline__ void dec_body(const DecArgs &a, unsigned char 
 #pragma unroll
             for (int e = 0; e < 4; e++) st.o[n][e] *= st.vr;
     const long long prow = ((long long)b * a.n_heads + kvh * a.ratio) * a.n_splits + s;
-    dec_cta_merge(st, smem, a.ratio, a.part_o + prow * 128, (long long)a.n_splits * 128, a.part_lse + prow,
+    dec_cta_merge<FP8>(st, smem, a.ratio, a.part_o + prow * 128, (long long)a.n_splits * 128, a.part_lse + prow,
                   a.n_splits);
     SD_STAMP(1, DEC_CTA, 4);
     if (!a.merge_cnt) return;
@@ -1346,7 +1385,6 @@ template <bool FP8> __global__ void __launch_bounds__(SD_THREADS, 1) sel_decode_
     const int my_n = warp < DEC_WARPS && gw < ntiles ? (ntiles - gw + nw - 1) / nw : 0;
     constexpr int SB = FP8 ? DEC_RAW_BYTES : DEC_STAGE_BYTES; /* a stage's bytes, as in dec_body */
     const uint32_t wbase = smem_u32(smem) + warp * (FP8 ? DEC_WARP_BYTES_FP8 : DEC_STAGES * DEC_STAGE_BYTES);
-    const uint32_t wide = wbase + DEC_STAGES * DEC_RAW_BYTES;
     auto load = [&](int i) {
         const int t = gw + i * nw, blk = blks[t / tpb];
         if (FP8)
@@ -1367,7 +1405,7 @@ template <bool FP8> __global__ void __launch_bounds__(SD_THREADS, 1) sel_decode_
         const int t = gw + i * nw, key0 = (blks[t / tpb] * tpb + t % tpb) * DEC_TILE;
         const uint32_t stage = wbase + (i % DEC_STAGES) * SB;
         if (FP8)
-            dec_tile<true>(st, wide, key0, len, d.scale_log2, lane,
+            dec_tile<true>(st, 0, key0, len, d.scale_log2, lane,
                            (const float *)(smem + (stage - smem_u32(smem)) + 2 * DEC_TILE * 128), stage);
         else
             dec_tile(st, stage, key0, len, d.scale_log2, lane);
@@ -1396,9 +1434,7 @@ template <bool FP8> __global__ void __launch_bounds__(SD_THREADS, 1) sel_decode_
         const int r = (lane >> 2) + 8 * h;
         if (r >= d.ratio) continue;
         float *rec = cl.map_shared_rank(recs, r % C) + ((rank * DEC_WARPS + warp) * hpo + r / C) * SD_REC;
-#pragma unroll
-        for (int n = 0; n < 16; n++)
-            *(float2 *)&rec[8 * n + 2 * (lane & 3)] = make_float2(st.o[n][2 * h], st.o[n][2 * h + 1]);
+        dec_store_row<FP8>(rec, st, h, lane);
         if ((lane & 3) == 0) *(float2 *)&rec[128] = make_float2(st.m[h], st.l[h]);
     }
     SD_STAMP(1, SD_CTA, 4);

@@ -783,9 +783,11 @@ __global__ void __launch_bounds__(256) sp_combine_kernel(const int32_t *sel, con
 
 static size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
 
-/* One (page, KV head) a CTA: 16 e4m3 of a row a thread per step, times
- * the row's scale, to bf16 at the page's place in the table (rows past n zeroed: stale pages may hold
- * anything, and a NaN there would reach the products through P = 0). */
+/* One (page, KV head) a CTA: 16 e4m3 bytes a thread per step (a K row's
+ * 16 dims, or a V pair row's 8 dims of both keys), times the rows'
+ * scales, to bf16 at the page's place in the table (rows past n zeroed:
+ * stale pages may hold anything, and a NaN there would reach the products
+ * through P = 0). */
 __global__ void __launch_bounds__(256) kv_widen_kernel(cattn_pool p, const int32_t *table, int n, char *k_out,
                                                        char *v_out, long long out_stride)
 {
@@ -793,27 +795,44 @@ __global__ void __launch_bounds__(256) kv_widen_kernel(cattn_pool p, const int32
     const long long page = table[pi];
     const int rows_live = min(B, n - pi * B);
     const float *sc = (const float *)((const char *)p.kv_scale + page * p.kv_scale_stride) + (long long)kvh * 2 * B;
-    for (int c = threadIdx.x; c < 2 * B * 8; c += blockDim.x) {
-        const int kv = c / (B * 8), r = c / 8 % B, ch = c % 8;
-        const long long off = ((long long)kvh * B + r) * 128;
-        const char *src = (const char *)(kv ? p.v : p.k) + page * (kv ? p.v_stride : p.k_stride) + off + ch * 16;
-        bf16 *dst = (bf16 *)((kv ? v_out : k_out) + pi * out_stride) + off + ch * 16;
+    auto widen = [](uint32_t pair, float s) { /* two e4m3 (low 16 bits) to bf16 x s */
+        const uint32_t h2 = e4m3x2_to_bf16x2(pair & 0xffff);
+        return pack_bf16(bf_lo(h2) * s, bf_hi(h2) * s);
+    };
+    for (int c = threadIdx.x; c < B * 8; c += blockDim.x) { /* K: row r, dims 16ch .. */
+        const int r = c / 8, ch = c % 8;
+        const long long off = ((long long)kvh * B + r) * 128 + ch * 16;
         uint4 lo = make_uint4(0u, 0u, 0u, 0u), hi = lo;
         if (r < rows_live) {
-            const uint4 w = *(const uint4 *)src;
-            const float s = sc[kv * B + r];
-            const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
-            uint32_t o[8];
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const uint32_t h2 = e4m3x2_to_bf16x2((ww[j >> 1] >> (16 * (j & 1))) & 0xffff);
-                o[j] = pack_bf16(bf_lo(h2) * s, bf_hi(h2) * s);
-            }
-            lo = make_uint4(o[0], o[1], o[2], o[3]);
-            hi = make_uint4(o[4], o[5], o[6], o[7]);
+            const uint4 w = *(const uint4 *)((const char *)p.k + page * p.k_stride + off);
+            const float s = sc[r];
+            lo = make_uint4(widen(w.x, s), widen(w.x >> 16, s), widen(w.y, s), widen(w.y >> 16, s));
+            hi = make_uint4(widen(w.z, s), widen(w.z >> 16, s), widen(w.w, s), widen(w.w >> 16, s));
         }
+        bf16 *dst = (bf16 *)(k_out + pi * out_stride) + off;
         *(uint4 *)dst = lo;
         *(uint4 *)(dst + 8) = hi;
+    }
+    for (int c = threadIdx.x; c < B * 8; c += blockDim.x) { /* V: pair row pr, dims 8ch .. of rows 2pr, 2pr+1 */
+        const int pr = c / 16, ch = c % 16, r0 = 2 * pr, r1 = r0 + 1;
+        const long long row0 = (long long)kvh * B + r0;
+        uint4 o0 = make_uint4(0u, 0u, 0u, 0u), o1 = o0;
+        if (r0 < rows_live) {
+            const uint4 w = *(const uint4 *)((const char *)p.v + page * p.v_stride + row0 * 128 + ch * 16);
+            const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
+            uint32_t a[4], b[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) { /* word j: dims 8ch + 2j, +1 of both keys, key by key */
+                const uint32_t m = __byte_perm(ww[j], 0u, 0x3120);
+                a[j] = widen(m, sc[B + r0]);
+                b[j] = r1 < rows_live ? widen(m >> 16, sc[B + r1]) : 0u;
+            }
+            o0 = make_uint4(a[0], a[1], a[2], a[3]);
+            o1 = make_uint4(b[0], b[1], b[2], b[3]);
+        }
+        bf16 *dst = (bf16 *)(v_out + pi * out_stride) + row0 * 128 + ch * 8;
+        *(uint4 *)dst = o0;
+        *(uint4 *)(dst + 128) = o1;
     }
 }
 

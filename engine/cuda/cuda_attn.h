@@ -12,7 +12,12 @@
  *                                          in e4m3 too, each row scaled by a
  *                                          power of two; attn_util.cuh)
  *   summary  [n_kv_heads][3][head_dim]    (min, max, sum over the page)
- * or, with kv_fp8, K and V rows in e4m3 (head_dim bytes) and
+ * or, with kv_fp8, K and V in e4m3:
+ *   K        [n_kv_heads][B][head_dim]
+ *   V        [n_kv_heads][B/2][head_dim][2]  (keys 2j and 2j+1 interleaved
+ *                                          by dim, so that one 16-bit word
+ *                                          holds the pair of keys that an
+ *                                          mma fragment takes)
  *   kv_scale [n_kv_heads][2][B]           (float: a row's K, V = e4m3 x its
  *                                          scale; the decode paths read
  *                                          them, prefill a bf16 copy made

@@ -395,6 +395,7 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
         T *dst = NULL;
         uint8_t *dst8 = NULL;
         float *dsc = NULL;          /* an fp8 K/V row's scale */
+        int step8 = 1;              /* bytes between an fp8 K/V row's elements */
         if (u < a.Hq) {
             src = row + (size_t)u * D;
             bias = a.q_bias ? a.q_bias + (size_t)u * D : NULL;
@@ -416,9 +417,10 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
             src = row + QD + KD + (size_t)h * D;
             bias = a.v_bias ? a.v_bias + (size_t)h * D : NULL;
             rope = 0;
-            if (a.kv_fp8) {
-                dst8 = (uint8_t *)(a.v + page * a.pb) + ((size_t)h * a.B + slot) * D;
+            if (a.kv_fp8) { /* V rows in pairs, interleaved by dim (cuda_attn.h) */
+                dst8 = (uint8_t *)(a.v + page * a.pb) + ((size_t)h * a.B + (slot & ~1)) * D + (slot & 1);
                 dsc = (float *)(a.kvs + page * a.pb) + ((size_t)h * 2 + 1) * a.B + slot;
+                step8 = 2;
             } else {
                 dst = (T *)(a.v + page * a.pb) + ((size_t)h * a.B + slot) * D;
             }
@@ -481,7 +483,7 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
                 amax = fmaxf(amax, fabsf(s[d]));
             const float sc = kv_row_scale(warp_max(amax)), inv = 1.0f / sc;
             for (int d = lane; d < n; d += 32)
-                dst8[d] = to_e4m3(s[d] * inv);
+                dst8[d * step8] = to_e4m3(s[d] * inv);
             if (!lane)
                 *dsc = sc;
             __syncwarp();
@@ -768,9 +770,9 @@ __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a)
             int nj = slots - s0 < 32 ? slots - s0 : 32;
             for (int d = lane; d < D; d += 32) {
                 float av = acc[d] * corr;
-                if (ks)
+                if (ks) /* V rows in pairs, interleaved by dim */
                     for (int j = 0; j < nj; j++)
-                        av += ps[j] * e4m3_tof(V8[(size_t)(s0 + j) * D + d]);
+                        av += ps[j] * e4m3_tof(V8[(size_t)((s0 + j) & ~1) * D + 2 * d + ((s0 + j) & 1)]);
                 else
                     for (int j = 0; j < nj; j++)
                         av += ps[j] * tof(V[(size_t)(s0 + j) * D + d]);
