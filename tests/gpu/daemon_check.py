@@ -30,6 +30,9 @@ Checks (one JSON line each, appended to --checks, gpu_check's format):
                           once force preemptions, and every greedy text
                           equals the one the same prompt got alone (up to
                           a near tie, where bf16 rounding may go either way)
+  daemon-pressure-fp8kv   the same with --kv-cache-dtype fp8 (the generic
+                          kernels on fp8 pages; cached pages shared with
+                          their row scales)
 Every daemon must exit 0 on SIGTERM.  Exit status: the failed checks.
 """
 import argparse
@@ -320,7 +323,7 @@ def first_split(ref, got):
     return None if len(ref["tokens"]) == len(got["tokens"]) else (min(len(ref["tokens"]), len(got["tokens"])), 0, False)
 
 
-def pressure(a):
+def pressure(a, extra=(), port=7, log="d-pressure.log"):
     # prompts of ~140 tokens fit the pool together (4 x 9 pages of 40), but
     # 150 more tokens each do not (4 x 19): decode must preempt.  Each greedy
     # text is compared with the same prompt's alone; the steps' batches then
@@ -335,8 +338,8 @@ def pressure(a):
     dev = getattr(a, "pressure_device", "cuda")
     args = ["--device", dev, "--model", a.stories, "--kv-pages", "40", "--block-size", "16", "--attention", "sparse",
             "--indexer", "minmax", "--top-k-blocks", "3", "--local-blocks", "1", "--sink-blocks", "1",
-            "--sparse-min-context", "0", "--max-running", "8"]
-    d = Daemon(a.sparsed, args, a.port + 7, os.path.join(a.work, "d-pressure.log"))
+            "--sparse-min-context", "0", "--max-running", "8", *extra]
+    d = Daemon(a.sparsed, args, a.port + port, os.path.join(a.work, log))
     res = {}
 
     def ask(i, out):
@@ -396,7 +399,8 @@ def main():
     fails = 0
     checks = [("daemon-stories-greedy", stories_greedy), ("daemon-auto-pool", auto_pool),
               ("daemon-fp8-kv", fp8_kv), ("daemon-kv-too-big", kv_too_big), ("daemon-no-such-gpu", no_such_gpu),
-              ("daemon-pressure", pressure)]
+              ("daemon-pressure", pressure),
+              ("daemon-pressure-fp8kv", lambda a: pressure(a, ("--kv-cache-dtype", "fp8"), 10, "d-pressure-fp8.log"))]
     if gpu_count() >= 2:
         checks.append(("daemon-two-gpus", two_gpus))
     for label, fn in checks:
