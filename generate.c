@@ -24,6 +24,7 @@ static void usage(FILE *f)
         "  --threads N              CPU threads (default: all cores)\n"
         "  --json                   print {\"tokens\": [...], \"text\": \"...\"}\n"
         "  --device cpu|cuda        engine backend (default cpu)\n"
+        "  --index-keys bf16|fp8  --kv-cache-dtype bf16|fp8   cuda: how the KV pages store them\n"
         "  --attention dense|sparse|auto   --indexer msa|minmax|mean\n"
         "  --block-size N  --top-k-blocks N  --local-blocks N  --sink-blocks N\n"
         "  --dense-layers N  --sparse-min-context N (0 = sparse at any length)\n"
@@ -79,7 +80,7 @@ static void json_string(FILE *f, const char *s, size_t n)
 
 enum { O_MODEL = 256, O_PROMPT, O_MAXTOK, O_TEMP, O_SEED, O_THREADS, O_JSON, O_DEVICE,
        O_ATTN, O_INDEXER, O_BLOCK, O_TOPKB, O_LOCAL, O_SINK, O_DENSE, O_MINCTX,
-       O_TOPK, O_TOPP, O_MINP, O_REP, O_GROUP, O_HELP };
+       O_TOPK, O_TOPP, O_MINP, O_REP, O_GROUP, O_IDXK, O_KVDT, O_HELP };
 
 int generate_main(int argc, char **argv)
 {
@@ -96,6 +97,7 @@ int generate_main(int argc, char **argv)
         {"sparse-min-context", required_argument, 0, O_MINCTX},
         {"top-k", required_argument, 0, O_TOPK}, {"top-p", required_argument, 0, O_TOPP},
         {"min-p", required_argument, 0, O_MINP}, {"repetition-penalty", required_argument, 0, O_REP},
+        {"index-keys", required_argument, 0, O_IDXK}, {"kv-cache-dtype", required_argument, 0, O_KVDT},
         {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0},
     };
     engine_opts eo = {.model_path = "models/stories260K.gguf", .device = "cpu"};
@@ -117,6 +119,8 @@ int generate_main(int argc, char **argv)
         case O_THREADS: bad = parse_int("threads", optarg, 1, 1024, &eo.n_threads); break;
         case O_JSON: json = 1; break;
         case O_DEVICE: eo.device = optarg; break;
+        case O_IDXK: eo.index_keys = optarg; break;     /* checked by engine_create */
+        case O_KVDT: eo.kv_cache_dtype = optarg; break;
         case O_ATTN:
             if ((eo.attn.mode = attn_mode_parse(optarg)) < 0) {
                 fprintf(stderr, "sparsed generate: --attention: must be dense, sparse or auto\n");

@@ -91,6 +91,24 @@ int engine_parse_device(const char *s, int *ordinal)
     return 1;
 }
 
+/* A KV pool storage option (what: its name in messages): 0 for bf16 or
+ * unset, 1 for fp8 (cuda only: the cpu keeps `kept` in f32), -1 with err
+ * set otherwise. */
+static int pool_fp8(const char *what, const char *kept, const char *v, int cuda, char *err, size_t errlen)
+{
+    if (!v || !strcmp(v, "bf16"))
+        return 0;
+    if (strcmp(v, "fp8")) {
+        snprintf(err, errlen, "%s: '%s' is not known (bf16, fp8)", what, v);
+        return -1;
+    }
+    if (!cuda) {
+        snprintf(err, errlen, "%s: fp8 needs the cuda device (the cpu keeps %s in f32)", what, kept);
+        return -1;
+    }
+    return 1;
+}
+
 engine *engine_create(const engine_opts *o, char *err, size_t errlen)
 {
     int ordinal = 0, cuda = engine_parse_device(o->device, &ordinal);
@@ -109,24 +127,10 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
         snprintf(err, errlen, "dtype: '%s' is not known (bf16, f32)", o->dtype);
         return NULL;
     }
-    int idx_fp8 = o->index_keys && !strcmp(o->index_keys, "fp8");
-    if (o->index_keys && strcmp(o->index_keys, "bf16") && !idx_fp8) {
-        snprintf(err, errlen, "index keys: '%s' is not known (bf16, fp8)", o->index_keys);
+    int idx_fp8 = pool_fp8("index keys", "them", o->index_keys, cuda, err, errlen);
+    int kv_fp8 = idx_fp8 < 0 ? -1 : pool_fp8("kv cache dtype", "K/V", o->kv_cache_dtype, cuda, err, errlen);
+    if (kv_fp8 < 0)
         return NULL;
-    }
-    if (idx_fp8 && !cuda) {
-        snprintf(err, errlen, "index keys: fp8 needs the cuda device (the cpu keeps them in f32)");
-        return NULL;
-    }
-    int kv_fp8 = o->kv_cache_dtype && !strcmp(o->kv_cache_dtype, "fp8");
-    if (o->kv_cache_dtype && strcmp(o->kv_cache_dtype, "bf16") && !kv_fp8) {
-        snprintf(err, errlen, "kv cache dtype: '%s' is not known (bf16, fp8)", o->kv_cache_dtype);
-        return NULL;
-    }
-    if (kv_fp8 && !cuda) {
-        snprintf(err, errlen, "kv cache dtype: fp8 needs the cuda device (the cpu keeps K/V in f32)");
-        return NULL;
-    }
     engine *e = calloc(1, sizeof *e);
     if (!e) {
         snprintf(err, errlen, "out of memory");
