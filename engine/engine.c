@@ -187,9 +187,12 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
     in->head_dim = e->m.head_dim;
     in->has_indexer = e->m.idx_dim > 0;
     in->device = "cpu";
+    in->kv_dtype = "f32";
 #ifdef SPARSED_CUDA
-    if (e->cuda)
+    if (e->cuda) {
         in->device = cuda_backend_device_name(e->cuda);
+        in->kv_dtype = o->dtype && !strcmp(o->dtype, "f32") ? "f32" : kv_fp8 ? "fp8" : "bf16";
+    }
 #endif
     in->bos = tokenizer_bos(e->tok);
     in->eos = tokenizer_eos(e->tok);

@@ -71,6 +71,7 @@ typedef struct engine_info {
     int add_bos;            /* prompts start with BOS */
     const char *chat_template; /* raw tokenizer.chat_template or NULL */
     const char *device;     /* "cpu", or the GPU ("cuda:0: NVIDIA H100 80GB HBM3, 132 SMs") */
+    const char *kv_dtype;   /* how the KV pages hold K/V: "f32" (cpu, and cuda in f32), "bf16", "fp8" */
 } engine_info;
 
 typedef struct engine engine;

@@ -122,7 +122,7 @@ static void histogram(char **buf, size_t *len, size_t *cap, const char *name, co
     P("%s_sum{%s} %.17g\n", name, lbl, h->sum);
 }
 
-void metrics_render(sched_metrics_t *m, const char *model_name,
+void metrics_render(sched_metrics_t *m, const char *model_name, const metrics_cache *cc,
                     char **buf, size_t *len, size_t *cap)
 {
     /* label value escaping: backslash, quote and newline */
@@ -196,6 +196,12 @@ void metrics_render(sched_metrics_t *m, const char *model_name,
     histogram(buf, len, cap, "sparsed_batch_tokens", lbl,
               "Tokens per engine step.", &c.batch_tokens);
     gauge(buf, len, cap, "sparsed_kv_pages_total", lbl, "Pages in the KV pool.", c.kv_pages);
+    /* an info metric as vLLM's: the pool's configuration in labels, value 1
+     * (vLLM counts pages as blocks; ours live on the device or the host) */
+    head(buf, len, cap, "vllm:cache_config_info", "gauge", "Information of the KV cache configuration.");
+    P("vllm:cache_config_info{%s,block_size=\"%d\",cache_dtype=\"%s\",enable_prefix_caching=\"%s\","
+      "num_gpu_blocks=\"%d\"} 1\n", lbl, cc->block_size, cc->dtype ? cc->dtype : "unknown",
+      cc->prefix_cache ? "True" : "False", c.kv_pages);
     gauge(buf, len, cap, "sparsed_kv_pages_used", lbl,
           "KV pages referenced by sequences.", c.kv_used);
     gauge(buf, len, cap, "sparsed_kv_pages_cached", lbl,

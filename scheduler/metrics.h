@@ -42,8 +42,15 @@ void metrics_destroy(sched_metrics_t *m);
 void sbuf_printf(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* Renders every metric; label is the escaped model_name label value. */
-void metrics_render(sched_metrics_t *m, const char *model_name,
+/* What vllm:cache_config_info tells of the pool besides its page count. */
+typedef struct metrics_cache {
+    int block_size;
+    const char *dtype;        /* NULL: "unknown" */
+    int prefix_cache;
+} metrics_cache;
+
+/* Renders every metric, each vllm:* series labelled with model_name. */
+void metrics_render(sched_metrics_t *m, const char *model_name, const metrics_cache *cc,
                     char **buf, size_t *len, size_t *cap);
 
 #endif

@@ -193,6 +193,7 @@ void sched_backend_engine(sched_backend *b, engine *e)
     b->ctx = e;
     b->n_vocab = in->n_vocab;
     b->n_ctx = in->n_ctx;
+    b->kv_dtype = in->kv_dtype;
     b->step = be_step;
     b->step_sample = be_step_sample;
     b->is_eog = be_is_eog;
@@ -1478,7 +1479,8 @@ int sched_healthy(sched *s)
 
 void sched_metrics(sched *s, char **buf, size_t *len, size_t *cap)
 {
-    metrics_render(&s->m, s->model_name, buf, len, cap);
+    metrics_cache cc = {kv_pool_layout(s->pool)->block_size, s->be.kv_dtype, s->o.prefix_cache};
+    metrics_render(&s->m, s->model_name, &cc, buf, len, cap);
 }
 
 void sched_get_stats(sched *s, sched_stats *st)

@@ -23,6 +23,7 @@ typedef struct sched_backend {
     void *ctx;
     int n_vocab;
     int n_ctx;
+    const char *kv_dtype;     /* how the pages hold K/V, for /metrics (NULL: not said) */
     int (*step)(void *ctx, kv_pool *pool, const engine_batch *b, float *logits,
                 char *err, size_t errlen);
     int (*is_eog)(void *ctx, int32_t tok);

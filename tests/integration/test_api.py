@@ -3,6 +3,7 @@ Python SDK, completions and chat, streamed and not, n > 1, stop strings,
 seeds, logprobs, include_usage; every response checked against OpenAI's
 published schema for its path."""
 import json
+import re
 import shutil
 import subprocess
 
@@ -280,6 +281,14 @@ def test_health_ready_metrics(daemon):
                  "sparsed_batch_size_count", "sparsed_kv_pages_used", "sparsed_kv_pages_total"):
         assert name in m, name
     assert m["vllm:generation_tokens_total"] > 0
+    # the pool's configuration as vLLM's info metric, as the start-up log gave it (the cpu keeps K/V in f32)
+    info = [l for l in r.text.splitlines() if l.startswith("vllm:cache_config_info{")]
+    assert len(info) == 1, r.text[-2000:]
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', info[0]))
+    pages, block = map(int, re.search(r"KV pool (\d+) pages x (\d+) tokens", daemon.log).groups())
+    assert labels["cache_dtype"] == "f32" and labels["enable_prefix_caching"] == "True", labels
+    assert int(labels["block_size"]) == block and int(labels["num_gpu_blocks"]) == pages, labels
+    assert pages == m["sparsed_kv_pages_total"] and info[0].endswith("} 1")
 
 
 def test_smollm2_chat_template_and_eog(make_daemon):
