@@ -188,6 +188,7 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
     in->has_indexer = e->m.idx_dim > 0;
     in->device = "cpu";
     in->kv_dtype = "f32";
+    e->kv_fp8_ref = !cuda && o->kv_fp8_reference;
 #ifdef SPARSED_CUDA
     if (e->cuda) {
         in->device = cuda_backend_device_name(e->cuda);

@@ -54,6 +54,8 @@ typedef struct engine_opts {
                                (e4m3: half the bytes); ignored by a model without an indexer */
     const char *kv_cache_dtype; /* cuda: K/V in the KV pool, "bf16" (default) or "fp8" (e4m3 with a
                                    scale a row: about half the bytes; the bf16 dtype only) */
+    int kv_fp8_reference;   /* cpu: round each K/V row as an fp8 page holds it, stored in f32 (the
+                               cuda fp8 pages' reference in tests; no memory saved) */
 } engine_opts;
 
 /* Parses a device name: 0 for "cpu" (or NULL), 1 for "cuda" or "cuda:N"

@@ -31,6 +31,7 @@ struct engine {
     scratch s;
     float *rope_freq;       /* [rope_dim/2] inverse frequencies */
     struct cuda_backend *cuda; /* set when the engine runs on a GPU */
+    int kv_fp8_ref;         /* cpu: K/V rows rounded as fp8 pages hold them (engine_opts) */
     /* Benchmarks' window on CPU attention (bench/quality): called per layer
      * once the batch's K/V are in the pages, with the post-RoPE queries
      * [T][Hq*D] and MSA index queries (or NULL).  NULL in normal use. */

@@ -79,6 +79,34 @@ uint16_t f32_to_fp16(float f)
 
 float bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
 
+float e4m3_round(float x)
+{
+    float a = fabsf(x);
+    if (!(a > 0.0f))
+        return x;                       /* zeros, NaN */
+    if (a >= 448.0f)
+        return copysignf(448.0f, x);
+    int ex;
+    frexpf(a, &ex);                     /* a in [2^(ex-1), 2^ex) */
+    int e = ex - 1 < -6 ? -6 : ex - 1;  /* subnormals: the smallest normals' step */
+    float q = ldexpf(1.0f, e - 3);      /* 3 mantissa bits */
+    return copysignf(nearbyintf(a / q) * q, x);
+}
+
+void fp8_row_round(float *x, int n)
+{
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++)
+        amax = fmaxf(amax, fabsf(x[i]));
+    if (!(amax > 0.0f))
+        return;
+    int ex;
+    frexpf(amax / 448.0f, &ex);
+    const float sc = ldexpf(1.0f, ex), inv = 1.0f / sc;
+    for (int i = 0; i < n; i++)
+        x[i] = e4m3_round(x[i] * inv) * sc;
+}
+
 uint16_t f32_to_bf16(float f)
 {
     uint32_t x = f32_bits(f);

@@ -30,6 +30,13 @@ int quant_simd(int enable);
 int dot_row_fused(uint32_t type);
 float dot_row(uint32_t type, const void *row, const float *x, int64_t n);
 
+/* fp8 e4m3 (the CUDA engine's --kv-cache-dtype fp8): x rounded to the
+ * nearest e4m3 value, ties to even, saturating at +-448; and a K or V row
+ * rounded in place as an fp8 page holds it, e4m3 times the power of two
+ * that takes the row's largest |x| to at most 448. */
+float e4m3_round(float x);
+void fp8_row_round(float *x, int n);
+
 /* fp16 / bf16 conversions */
 float fp16_to_f32(uint16_t h);
 uint16_t f32_to_fp16(float f);

@@ -216,6 +216,11 @@ int engine_step(engine *e, kv_pool *pool, const engine_batch *b, float *logits,
             head_norm(kt, w->k_norm, Hkv, D, m->eps);
             rope(e, qt, Hq, D, pos);
             rope(e, kt, Hkv, D, pos);
+            if (e->kv_fp8_ref)   /* as the cuda engine's fp8 pages hold them */
+                for (int h = 0; h < Hkv; h++) {
+                    fp8_row_round(kt + (size_t)h * D, D);
+                    fp8_row_round(s->v + ((size_t)t * Hkv + h) * D, D);
+                }
             if (w->has_indexer) {
                 float *iq = s->iq + (size_t)t * m->idx_heads * m->idx_dim;
                 float *ik = s->ik + (size_t)t * m->idx_dim;

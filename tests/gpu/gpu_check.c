@@ -30,8 +30,10 @@
  * the top-k covers every block (so that such a run, against --vs-dense,
  * tests the sparse kernels rather than the dense fallback).  --index-keys
  * sets how the GPU engines keep MSA index keys (the CPU's stay f32),
- * --kv-cache-dtype their K/V; --vs-bf16-kv adds a second GPU engine with
- * bf16 K/V.  Prints one JSON object; exits 1 when an error against the CPU
+ * --kv-cache-dtype their K/V (with fp8 the CPU reference rounds its K/V
+ * rows the same way, engine_opts.kv_fp8_reference, so the comparison
+ * measures the kernels, not fp8); --vs-bf16-kv adds a second GPU engine
+ * with bf16 K/V (which measures fp8).  Prints one JSON object; exits 1 when an error against the CPU
  * exceeds --tol, one against the second GPU engine exceeds --tol-alt
  * (default --tol), fewer than the fraction --min-agree of the logit rows
  * (prefill and decode) have the CPU's argmax, or a greedy id differs
@@ -315,6 +317,7 @@ int main(int argc, char **argv)
     run cpu = {0}, gpu = {0}, alt = {0};
     engine_opts oc = o;
     oc.device = "cpu";
+    oc.kv_fp8_reference = !strcmp(kv_dtype, "fp8");
     run_open(&cpu, &oc, n_seqs, max_len);
     engine_opts og = o;
     og.device = device;

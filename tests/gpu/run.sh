@@ -102,9 +102,12 @@ check llama-quest-cover-vs-dense --model $M/llama-q4k.gguf --prompts 600,300,130
 # CPU and against the same engine with bf16 K/V, with the CPU's argmax on
 # most rows; decode reads the pages as they are, prefill a widened copy
 # (tuned kernels) or the pages (generic kernels: head dim 64, forced).
-# e4m3 keeps 3 mantissa bits: these random models' logits move 5-6% (9-13%
-# at most) against the CPU where bf16 K/V moves them ~1%; a wrong scale
-# or row would move them by their whole size.
+# e4m3 keeps 3 mantissa bits: against bf16 K/V these random models' logits
+# move 5-6% (9-13% at most); bf16 K/V against the CPU moves them ~1%.
+# The CPU reference now rounds its K/V as fp8 pages do
+# (kv_fp8_reference), so against the CPU only the kernels' error should
+# remain: the 0.15 tolerance was set before that and awaits a GPU run to
+# be tightened.
 if [ "${ONLY:-}" != sparse ] || [ -n "${FP8KV:-}" ]; then
 check llama-q4k-fp8kv --model $M/llama-q4k.gguf --kv-cache-dtype fp8 --prompts 300,77,5 --decode 16 --tol 0.15 \
     --vs-bf16-kv --tol-alt 0.15 --min-agree 0.85

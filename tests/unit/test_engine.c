@@ -144,6 +144,41 @@ static double rel_err(const float *a, const float *b, int n)
     return sqrt(num / (den > 0 ? den : 1));
 }
 
+/* kv_fp8_reference: K/V rounded as the cuda fp8 pages hold them moves the
+ * logits a little (e4m3 keeps 3 mantissa bits), but it moves them. */
+START_TEST(test_kv_fp8_reference)
+{
+    int32_t ids[256];
+    int n = read_reference(ids, 256);
+    ck_assert_int_ge(n, 64);
+    int32_t toks[65];
+    toks[0] = 1;
+    memcpy(toks + 1, ids, 64 * sizeof(int32_t));
+    float a[512], b[512];
+    engine *e = open_engine(2);
+    engine_opts o = {.model_path = model_path, .n_threads = 2, .kv_fp8_reference = 1};
+    attn_config_default(&o.attn);
+    char err[256];
+    engine *e8 = engine_create(&o, err, sizeof err);
+    ck_assert_msg(e8 != NULL, "%s", err);
+    kv_pool *p = open_pool(e, 8), *p8 = open_pool(e8, 8);
+    kv_seq s, s8;
+    kv_seq_init(&s);
+    kv_seq_init(&s8);
+    step_one(e, p, &s, toks, 0, 65, a);
+    step_one(e8, p8, &s8, toks, 0, 65, b);
+    double err8 = rel_err(b, a, 512);
+    printf("kv fp8 reference: logits rel err %.3e\n", err8);
+    ck_assert_msg(err8 > 1e-4 && err8 < 0.2, "rel err %g", err8);
+    kv_seq_release(p, &s);
+    kv_seq_release(p8, &s8);
+    kv_pool_free(p);
+    kv_pool_free(p8);
+    engine_free(e);
+    engine_free(e8);
+}
+END_TEST
+
 /* Four sequences of different lengths prefilled together, then decoded
  * together for a few steps, give each sequence's logits alone. */
 START_TEST(test_ragged_batch_equals_single)
@@ -339,6 +374,7 @@ int main(void)
     tcase_set_timeout(tc, 240);
     tcase_add_loop_test(tc, test_stories_greedy_matches_published, 0, 2); /* 1 and 2 threads */
     tcase_add_test(tc, test_stories_logits_pos0);
+    tcase_add_test(tc, test_kv_fp8_reference);
     tcase_add_test(tc, test_ragged_batch_equals_single);
     tcase_add_test(tc, test_all_rows);
     tcase_add_test(tc, test_bad_batches_rejected);

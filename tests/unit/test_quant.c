@@ -109,6 +109,67 @@ START_TEST(test_bf16)
 }
 END_TEST
 
+/* e4m3 values from their bits: s eeee mmm, bias 7, subnormals at e = 0 */
+static float e4m3_value(int code)
+{
+    int e = code >> 3 & 15, m = code & 7;
+    float v = e ? ldexpf(1.0f + m / 8.0f, e - 7) : ldexpf((float)m, -9);
+    return code & 0x80 ? -v : v;
+}
+
+START_TEST(test_e4m3)
+{
+    ck_assert(e4m3_round(0.0f) == 0.0f);
+    ck_assert(e4m3_round(1.0f) == 1.0f);
+    ck_assert(e4m3_round(1.0625f) == 1.0f);          /* tie: even mantissa */
+    ck_assert(e4m3_round(1.1875f) == 1.25f);         /* tie: even mantissa */
+    ck_assert(e4m3_round(0.3f) == 0.3125f);
+    ck_assert(e4m3_round(-0.3f) == -0.3125f);
+    ck_assert(e4m3_round(440.0f) == 448.0f);
+    ck_assert(e4m3_round(500.0f) == 448.0f);         /* saturates */
+    ck_assert(e4m3_round(-1e9f) == -448.0f);
+    ck_assert(e4m3_round(ldexpf(1, -9)) == ldexpf(1, -9));     /* smallest subnormal */
+    ck_assert(e4m3_round(ldexpf(1, -10)) == 0.0f);             /* tie with 0: even */
+    ck_assert(e4m3_round(ldexpf(3, -10)) == ldexpf(1, -8));    /* tie: even */
+    ck_assert(isnan(e4m3_round(NAN)));
+    /* every finite code is a fixed point; between two neighbours the
+     * nearest one is taken */
+    for (int c = 0; c < 256; c++) {
+        if ((c & 0x7f) == 0x7f) continue;            /* NaN codes */
+        float v = e4m3_value(c);
+        ck_assert_msg(e4m3_round(v) == v, "code %02x (%g)", c, v);
+        if ((c & 0x80) || c + 1 >= 0x7f) continue;
+        float w = e4m3_value(c + 1);
+        ck_assert(e4m3_round(v + (w - v) * 0.49f) == v);
+        ck_assert(e4m3_round(v + (w - v) * 0.51f) == w);
+    }
+}
+END_TEST
+
+START_TEST(test_fp8_row)
+{
+    float x[128], y[128];
+    for (int i = 0; i < 128; i++)
+        x[i] = y[i] = sinf(0.37f * i) * 3.0f + (i == 77 ? 9.0f : 0.0f);
+    float amax = 0;
+    for (int i = 0; i < 128; i++)
+        amax = fmaxf(amax, fabsf(x[i]));
+    fp8_row_round(y, 128);
+    /* the scale: the power of two taking amax into [224, 448) */
+    int ex;
+    frexpf(amax / 448.0f, &ex);
+    float sc = ldexpf(1.0f, ex);
+    ck_assert(amax / sc >= 224.0f && amax / sc < 448.0f);
+    for (int i = 0; i < 128; i++) {
+        ck_assert_msg(e4m3_round(y[i] / sc) == y[i] / sc, "y[%d] = %g is no e4m3 value x %g", i, y[i], sc);
+        ck_assert_msg(fabsf(y[i] - x[i]) <= fabsf(x[i]) / 16 + ldexpf(sc, -10), "x[%d] %g -> %g", i, x[i], y[i]);
+    }
+    float z[4] = {0, 0, 0, 0};
+    fp8_row_round(z, 4);
+    ck_assert(z[0] == 0 && z[3] == 0);
+}
+END_TEST
+
 /* ---- hand-built blocks ------------------------------------------------------ */
 
 START_TEST(test_q8_0_block)
@@ -480,6 +541,8 @@ int main(void)
     tcase_add_test(tc, test_fp16_known);
     tcase_add_test(tc, test_fp16_exhaustive);
     tcase_add_test(tc, test_bf16);
+    tcase_add_test(tc, test_e4m3);
+    tcase_add_test(tc, test_fp8_row);
     tcase_add_test(tc, test_q8_0_block);
     tcase_add_test(tc, test_q4_0_block);
     tcase_add_test(tc, test_q4_1_block);
