@@ -151,6 +151,11 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
     }
     if (resolve_attn(e, &o->attn, err, errlen))
         goto fail;
+    if (o->max_model_len < 0 || o->max_model_len > e->m.n_ctx) {
+        snprintf(err, errlen, "max model len: %d is outside 1 to %d, the model's context length (0: all of it)",
+                 o->max_model_len, e->m.n_ctx);
+        goto fail;
+    }
 
     int nt = o->n_threads > 0 ? o->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     e->pool = tpool_create(nt > 0 ? nt : 1);
@@ -179,7 +184,7 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
         in->name = slash ? slash + 1 : o->model_path;
     }
     in->n_vocab = e->m.n_vocab;
-    in->n_ctx = e->m.n_ctx;
+    in->n_ctx = o->max_model_len ? o->max_model_len : e->m.n_ctx;
     in->n_layers = e->m.n_layers;
     in->n_embd = e->m.n_embd;
     in->n_heads = e->m.n_heads;

@@ -54,6 +54,7 @@ typedef struct engine_opts {
                                (e4m3: half the bytes); ignored by a model without an indexer */
     const char *kv_cache_dtype; /* cuda: K/V in the KV pool, "bf16" (default) or "fp8" (e4m3 with a
                                    scale a row: about half the bytes; the bf16 dtype only) */
+    int max_model_len;      /* context length served (0: the model's); at most the model's */
     int kv_fp8_reference;   /* cpu: round each K/V row as an fp8 page holds it, stored in f32 (the
                                cuda fp8 pages' reference in tests; no memory saved) */
 } engine_opts;
@@ -66,7 +67,7 @@ typedef struct engine_info {
     const char *arch;       /* "llama", ... */
     const char *name;       /* general.name or the file's base name */
     int n_vocab;
-    int n_ctx;              /* context length the model was trained for */
+    int n_ctx;              /* context length served: the model's, or engine_opts.max_model_len */
     int n_layers, n_embd, n_heads, n_kv_heads, head_dim;
     int has_indexer;        /* the GGUF carries MSA indexer weights */
     int bos, eos;           /* -1 if none */

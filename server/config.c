@@ -91,6 +91,9 @@ static const opt opts[] = {
      "prompt tokens waiting for admission before 503"},
     {"max-tokens", T_INT, O(max_tokens), "0", 0, INT_MAX, NULL, "N",
      "most tokens one choice may generate (0 = up to the context length)"},
+    {"max-model-len", T_INT, O(max_model_len), "0", 0, INT_MAX, NULL, "N",
+     "context length served, prompt plus completion (0 = the model's); less sizes the pool's cap and "
+     "the cuda work buffers for it"},
     {"prefix-cache", T_BOOL, O(prefix_cache), "true", 0, 0, NULL, NULL,
      "reuse KV pages of shared prompt prefixes (--no-prefix-cache to disable)"},
     {"body-limit", T_SIZE, O(body_limit), "8M", 1024, 1e12, NULL, "BYTES",

@@ -33,6 +33,7 @@ typedef struct srv_config {
     int interactive_context;
     int max_queue;
     int max_tokens;
+    int max_model_len;
     long long max_queued_tokens;
     int prefix_cache;
     /* HTTP */

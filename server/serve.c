@@ -115,6 +115,7 @@ static int engine_options(const srv_config *c, engine_opts *eo)
     eo->device = c->device;
     eo->index_keys = c->index_keys;
     eo->kv_cache_dtype = c->kv_cache_dtype;
+    eo->max_model_len = c->max_model_len;
     eo->n_threads = c->threads;
     attn_config_default(&eo->attn);
     if (strcmp(c->attention, "auto"))

@@ -3,6 +3,7 @@ SIGTERM drains in-flight streams (not ready meanwhile) and exits 0; the
 drain and request timeouts; keep-alive comments; configuration sources."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -179,7 +180,7 @@ def test_help_lists_every_option():
                 "--max-queue", "--max-queued-tokens", "--body-limit", "--request-timeout", "--shutdown-timeout",
                 "--api-key", "--api-key-file", "--served-model-name", "--max-connections",
                 "--connection-timeout", "--index-keys", "--kv-cache-dtype", "--gpu-memory-utilization",
-                "SPARSED_MAX_RUNNING"):
+                "--max-model-len", "SPARSED_MAX_RUNNING"):
         assert opt in out, opt
 
 
@@ -216,6 +217,8 @@ def test_invalid_values_rejected(tmp_path):
         (["--kv-cache-dtype", "fp16"], None, "--kv-cache-dtype"),
         (["--device", "cpu", "--kv-cache-dtype", "fp8"], None, "--kv-cache-dtype fp8 needs --device cuda"),
         ([], {"SPARSED_KV_CACHE_DTYPE": "fp8"}, "--kv-cache-dtype fp8 needs --device cuda"),
+        (["--max-model-len", "-5"], None, "--max-model-len"),
+        (["--max-model-len", "4096"], None, "max model len: 4096 is outside 1 to 2048"),
         (["--device", "gpu"], None, "invalid value 'gpu' for --device"),
         (["--device", "cuda:x"], None, "invalid value 'cuda:x' for --device"),
         (["--device", "cuda:-1"], None, "invalid value 'cuda:-1' for --device"),
@@ -232,6 +235,27 @@ def test_invalid_values_rejected(tmp_path):
         rc, err = bad_start(args, env)
         assert rc != 0, args
         assert needle in err, (args, err)
+
+
+def test_max_model_len(make_daemon):
+    """--max-model-len serves a shorter context than the model's 2048: the
+    API reports it, requests past it get 400 context_length_exceeded, chat's
+    default completion fills the rest of it, and the pool is capped at what
+    --max-running contexts of that length use."""
+    d = make_daemon("--max-model-len", "300", "--max-running", "4")
+    assert d.get("/v1/models").json()["data"][0]["max_model_len"] == 300
+    assert d.post("/tokenize", {"prompt": "hi"}).json()["max_model_len"] == 300
+    r = d.post("/v1/completions", {"prompt": [1] + [300] * 280, "max_tokens": 30})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded" and "maximum context length is 300 tokens" in err["message"]
+    r = d.post("/v1/completions", {"prompt": [1] + [300] * 250, "max_tokens": 30, "temperature": 0})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 251, r.text
+    msgs = [{"role": "user", "content": "Once upon a time"}]
+    r = d.post("/v1/chat/completions", {"messages": msgs, "temperature": 0, "ignore_eos": True}).json()
+    assert r["usage"]["total_tokens"] == 300 and r["choices"][0]["finish_reason"] == "length", r["usage"]
+    pages, block = map(int, re.search(r"KV pool (\d+) pages x (\d+) tokens", d.log).groups())
+    assert pages == 4 * -(-300 // block), d.log
 
 
 def test_precedence_flag_env_file(tmp_path):
