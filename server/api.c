@@ -647,6 +647,45 @@ out:
     return rc;
 }
 
+/* What this server cannot honour is refused, not dropped: a client that
+ * asks for tool calls or a JSON-constrained reply would otherwise get free
+ * text it did not ask for.  Empty tools, tool_choice "none" or "auto"
+ * and response_format "text" ask for nothing more and pass. */
+static int parse_unsupported(const cJSON *root, apierr *e)
+{
+    static const char *const calls[] = {"tools", "functions"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *t = field(root, calls[i]);
+        if (t && !(cJSON_IsArray(t) && cJSON_GetArraySize(t) == 0)) {
+            apierr_set(e, 400, calls[i], "unsupported_parameter",
+                       "Unsupported parameter: '%s': this server does not call tools (function calling).", calls[i]);
+            return -1;
+        }
+    }
+    const cJSON *tc = field(root, "tool_choice");
+    if (tc && !(cJSON_IsString(tc) && (!strcmp(tc->valuestring, "none") || !strcmp(tc->valuestring, "auto")))) {
+        apierr_set(e, 400, "tool_choice", "unsupported_value",
+                   "Unsupported value: 'tool_choice' can only be 'none' or 'auto': this server calls no tools.");
+        return -1;
+    }
+    const cJSON *rf = field(root, "response_format");
+    if (rf) {
+        const cJSON *type = cJSON_IsObject(rf) ? field(rf, "type") : NULL;
+        if (!cJSON_IsString(type)) {
+            apierr_set(e, 400, "response_format", "invalid_type",
+                       "Invalid 'response_format': expected an object with a string 'type'.");
+            return -1;
+        }
+        if (strcmp(type->valuestring, "text")) {
+            apierr_set(e, 400, "response_format.type", "unsupported_value",
+                       "Unsupported value: 'response_format.type' '%s' is not supported by this server; only "
+                       "'text' is (no constrained decoding).", type->valuestring);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int parse_stop(const cJSON *root, gen_req *g, apierr *e)
 {
     const cJSON *s = field(root, "stop");
@@ -902,7 +941,7 @@ int api_parse_gen(server *srv, const char *body, size_t len, int chat, gen_req *
         }
     }
 
-    if (parse_stop(root, g, e) || parse_bias(srv, root, g, e))
+    if (parse_unsupported(root, e) || parse_stop(root, g, e) || parse_bias(srv, root, g, e))
         goto out;
     if (chat ? parse_messages(srv, root, g, e) : parse_prompt(srv, root, g, e))
         goto out;

@@ -103,6 +103,13 @@ CASES = [
     ("chat logprobs not bool", "POST", CH, chat(logprobs=3), AUTH, 400, "logprobs", "invalid_type"),
     ("chat too long", "POST", CH, chat(messages=[{"role": "user", "content": "hello " * 1500}]), AUTH, 400, "messages", "context_length_exceeded"),
     ("chat max_completion_tokens zero", "POST", CH, chat(max_completion_tokens=0), AUTH, 400, "max_completion_tokens", "integer_below_min_value"),
+    ("chat tools", "POST", CH, chat(tools=[{"type": "function", "function": {"name": "f"}}]), AUTH, 400, "tools", "unsupported_parameter"),
+    ("chat functions", "POST", CH, chat(functions=[{"name": "f"}]), AUTH, 400, "functions", "unsupported_parameter"),
+    ("chat tool_choice required", "POST", CH, chat(tool_choice="required"), AUTH, 400, "tool_choice", "unsupported_value"),
+    ("chat tool_choice object", "POST", CH, chat(tool_choice={"type": "function", "function": {"name": "f"}}), AUTH, 400, "tool_choice", "unsupported_value"),
+    ("chat json mode", "POST", CH, chat(response_format={"type": "json_object"}), AUTH, 400, "response_format.type", "unsupported_value"),
+    ("chat json schema", "POST", CH, chat(response_format={"type": "json_schema", "json_schema": {"name": "x"}}), AUTH, 400, "response_format.type", "unsupported_value"),
+    ("response_format string", "POST", C, cmpl(response_format="json"), AUTH, 400, "response_format", "invalid_type"),
     ("detokenize bad tokens", "POST", "/detokenize", {"tokens": "x"}, AUTH, 400, "tokens", "invalid_type"),
     ("detokenize out of range", "POST", "/detokenize", {"tokens": [100000]}, AUTH, 400, "tokens", "invalid_value"),
     ("tokenize nothing", "POST", "/tokenize", {}, AUTH, 400, "prompt", "missing_required_parameter"),
@@ -173,6 +180,15 @@ def test_open_routes_and_recovery(keyed):
     # every failed request above left nothing behind
     m = keyed.metrics(headers=AUTH)
     assert m["sparsed_kv_pages_used"] == 0 and m["vllm:num_requests_running"] == 0
+
+
+def test_fields_asking_nothing_more_pass(keyed):
+    # what SDKs and frameworks send by default must not be refused
+    for extra in ({"tools": []}, {"tool_choice": "none"}, {"tool_choice": "auto"},
+                  {"response_format": {"type": "text"}}, {"tools": None, "response_format": None}):
+        r = send(keyed, "POST", CH, chat(**extra), AUTH)
+        assert r.status_code == 200, (extra, r.text)
+        assert r.json()["choices"][0]["message"]["role"] == "assistant"
 
 
 def test_chunked_body_over_limit(keyed):
