@@ -648,11 +648,28 @@ out:
 }
 
 /* What this server cannot honour is refused, not dropped: a client that
- * asks for tool calls or a JSON-constrained reply would otherwise get free
- * text it did not ask for.  Empty tools, tool_choice "none" or "auto"
- * and response_format "text" ask for nothing more and pass. */
-static int parse_unsupported(const cJSON *root, apierr *e)
+ * asks for tool calls, a JSON-constrained reply, an insertion (suffix) or
+ * the best n of best_of would otherwise get something it did not ask for.
+ * Empty tools, tool_choice "none" or "auto", response_format "text", an
+ * empty suffix and best_of equal to n ask for nothing more and pass. */
+static int parse_unsupported(const cJSON *root, int n, apierr *e)
 {
+    const cJSON *sfx = field(root, "suffix");
+    if (sfx && !(cJSON_IsString(sfx) && !sfx->valuestring[0])) {
+        apierr_set(e, 400, "suffix", "unsupported_parameter",
+                   "Unsupported parameter: 'suffix': this server does not insert text (only completes it).");
+        return -1;
+    }
+    long long best_of;
+    int has_best;
+    if (get_int(root, "best_of", 1, MAX_N, &best_of, &has_best, e))
+        return -1;
+    if (has_best && best_of != n) {
+        apierr_set(e, 400, "best_of", "unsupported_value",
+                   "Unsupported value: 'best_of' %lld differs from 'n' %d: this server returns every sequence it "
+                   "generates.", best_of, n);
+        return -1;
+    }
     static const char *const calls[] = {"tools", "functions"};
     for (int i = 0; i < 2; i++) {
         const cJSON *t = field(root, calls[i]);
@@ -941,7 +958,7 @@ int api_parse_gen(server *srv, const char *body, size_t len, int chat, gen_req *
         }
     }
 
-    if (parse_unsupported(root, e) || parse_stop(root, g, e) || parse_bias(srv, root, g, e))
+    if (parse_unsupported(root, g->n, e) || parse_stop(root, g, e) || parse_bias(srv, root, g, e))
         goto out;
     if (chat ? parse_messages(srv, root, g, e) : parse_prompt(srv, root, g, e))
         goto out;

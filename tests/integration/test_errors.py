@@ -110,6 +110,9 @@ CASES = [
     ("chat json mode", "POST", CH, chat(response_format={"type": "json_object"}), AUTH, 400, "response_format.type", "unsupported_value"),
     ("chat json schema", "POST", CH, chat(response_format={"type": "json_schema", "json_schema": {"name": "x"}}), AUTH, 400, "response_format.type", "unsupported_value"),
     ("response_format string", "POST", C, cmpl(response_format="json"), AUTH, 400, "response_format", "invalid_type"),
+    ("suffix", "POST", C, cmpl(suffix="The end."), AUTH, 400, "suffix", "unsupported_parameter"),
+    ("best_of above n", "POST", C, cmpl(best_of=3), AUTH, 400, "best_of", "unsupported_value"),
+    ("best_of zero", "POST", C, cmpl(best_of=0), AUTH, 400, "best_of", "integer_below_min_value"),
     ("detokenize bad tokens", "POST", "/detokenize", {"tokens": "x"}, AUTH, 400, "tokens", "invalid_type"),
     ("detokenize out of range", "POST", "/detokenize", {"tokens": [100000]}, AUTH, 400, "tokens", "invalid_value"),
     ("tokenize nothing", "POST", "/tokenize", {}, AUTH, 400, "prompt", "missing_required_parameter"),
@@ -189,6 +192,10 @@ def test_fields_asking_nothing_more_pass(keyed):
         r = send(keyed, "POST", CH, chat(**extra), AUTH)
         assert r.status_code == 200, (extra, r.text)
         assert r.json()["choices"][0]["message"]["role"] == "assistant"
+    for extra in ({"suffix": ""}, {"suffix": None}, {"best_of": 2, "n": 2}, {"best_of": 1}):
+        r = send(keyed, "POST", C, cmpl(**extra), AUTH)
+        assert r.status_code == 200, (extra, r.text)
+        assert len(r.json()["choices"]) == extra.get("n", 1)
 
 
 def test_chunked_body_over_limit(keyed):
