@@ -14,7 +14,8 @@ Checks (one JSON line each, appended to --checks, gpu_check's format):
                           growing (the work buffers were reserved at start)
   daemon-fp8-kv           the same model and card with --kv-cache-dtype fp8:
                           the auto pool holds at least 1.5x the pages of
-                          bf16 K/V, and a 128K-token prompt plus 8
+                          bf16 K/V (and /metrics' vllm:cache_config_info
+                          says fp8 and those pages), and a 128K-token prompt plus 8
                           concurrent requests run without the card's use
                           growing (the widened prefill copy was reserved)
   daemon-kv-too-big       --kv-memory 1T fails at start with a message,
@@ -221,6 +222,9 @@ def fp8_kv(a):
         if not pl:
             return {"pass": False, "error": "no pool line in the log: %s" % log[-600:]}
         used0, _ = gpu_mib()
+        with urllib.request.urlopen(d.url + "/metrics", timeout=10) as r:
+            info = next((l for l in r.read().decode().splitlines() if l.startswith("vllm:cache_config_info{")), "")
+        res["cache_config_info"] = info
         bf16 = getattr(a, "bf16_pages", None)
         res.update(pool_pages=pl[0], pool_mib=pl[2], bf16_pool_pages=bf16, logged_fp8="K/V in fp8" in log,
                    card_used_mib=used0)
@@ -228,7 +232,8 @@ def fp8_kv(a):
         used1, _ = gpu_mib()
         res["card_used_after_mib"] = used1
         res["pass"] = (served and used1 - used0 <= 512 and res["logged_fp8"] and bf16 is not None
-                       and pl[0] >= 1.5 * bf16)
+                       and pl[0] >= 1.5 * bf16 and 'cache_dtype="fp8"' in info
+                       and 'num_gpu_blocks="%d"' % pl[0] in info)
         return res
     finally:
         res["exit_code"] = d.stop()
