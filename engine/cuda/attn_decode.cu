@@ -188,13 +188,13 @@ static __device__ __forceinline__ void dec_init(DecState &st, const bf16 *qb, in
     st.l[0] = st.l[1] = 0.f;
 }
 
-/* One 32-key tile (K at ks, V right after it, swizzled rows) of keys
- * key0.. into the state; keys at or past L are masked.  F16 (fp8 pages):
- * raw is the tile as loaded (dec_load_fp8), from which each lane widens
- * its fragments in registers: K's with the dims in dec_init's order; V's
- * from the pair rows, whose 4-byte words hold both keys of 2 dims, so the
- * output's dims come in dec_odim's order.  kvsc points at the tile's 32 K
- * then 32 V scales.  Each key's scores take its K scale; its
+/* One 32-key tile (bf16: K at ks, V right after it, swizzled rows) of
+ * keys key0.. into the state; keys at or past L are masked.  F16 (fp8
+ * pages; ks unused): raw is the tile as loaded (dec_load_fp8), from which
+ * each lane widens its fragments in registers: K's with the dims in
+ * dec_init's order; V's from the pair rows, whose 4-byte words hold both
+ * keys of 2 dims, so the output's dims come in dec_store_row's order.
+ * kvsc points at the tile's 32 K then 32 V scales.  Each key's scores take its K scale; its
  * probabilities take its V scale over the tile's largest, vm, which then
  * becomes the state's vr (so the f16 probabilities stay in [0, 1]). */
 template <bool F16 = false>
@@ -216,12 +216,8 @@ static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks,
 #pragma unroll
             for (int hf = 0; hf < 2; hf++)
 #pragma unroll
-                for (int b = 0; b < 2; b++) {
-                    uint32_t *w = vw[kk][hf][b];
-                    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                                 : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
-                                 : "r"(raw + DEC_TILE * 128 + dec_vpos(8 * kk + 4 * b + (lane & 3), 8 * hf + (lane >> 2))));
-                }
+                for (int b = 0; b < 2; b++)
+                    lds128(vw[kk][hf][b], raw + DEC_TILE * 128 + dec_vpos(8 * kk + 4 * b + (lane & 3), 8 * hf + (lane >> 2)));
     }
     auto mma = [](float(&c)[4], const uint32_t(&a)[4], uint32_t b0, uint32_t b1) {
         if (F16) mma16816_f16(c, a, b0, b1);
@@ -236,9 +232,7 @@ static __device__ __forceinline__ void dec_tile(DecState &st, const uint32_t ks,
 #pragma unroll
             for (int g = 0; g < 2; g++) {
                 uint32_t w[4];
-                asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                             : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
-                             : "r"(raw + dec_kpos(8 * nb + (lane >> 2), 4 * g + (lane & 3))));
+                lds128(w, raw + dec_kpos(8 * nb + (lane >> 2), 4 * g + (lane & 3)));
 #pragma unroll
                 for (int j = 0; j < 4; j++)
                     mma(sc[nb], st.qa[4 * g + j], e4m3x2_to_h2(w[j]), e4m3x2_to_h2(w[j] >> 16));

@@ -48,6 +48,12 @@ static __device__ __forceinline__ uint32_t swz(int r, int c)
 
 /* ---- tensor core ---------------------------------------------------------- */
 
+/* 16 bytes of shared memory into registers */
+static __device__ __forceinline__ void lds128(uint32_t (&r)[4], uint32_t addr)
+{
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
 static __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], uint32_t addr)
 {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
