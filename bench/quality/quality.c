@@ -22,7 +22,9 @@
  *
  * Attention options: --attention --indexer --block-size --top-k-blocks
  * --budget F (top_k from a fraction of ctx) --local-blocks --sink-blocks
- * --group-reduce max|sum.  Every task writes a JSON object to --out. */
+ * --group-reduce max|sum; --kv-fp8 rounds K/V as the cuda engine's fp8
+ * pages hold them (engine_opts.kv_fp8_reference).  Every task writes a
+ * JSON object to --out. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -52,7 +54,7 @@ static void die(const char *msg)
 
 typedef struct opts {
     const char *task, *model, *text, *out;
-    int ctx, positions, chunk, threads, depths;
+    int ctx, positions, chunk, threads, depths, kv_fp8;
     double budget;          /* > 0: top_k from this fraction of ctx's blocks */
     attn_config attn;
     int blocks[8], n_blocks;
@@ -85,7 +87,7 @@ static int parse_list_d(const char *s, double *out, int max)
 static void parse(opts *o, int argc, char **argv)
 {
     enum { O_MODEL = 256, O_TEXT, O_OUT, O_CTX, O_POS, O_CHUNK, O_THREADS, O_DEPTHS, O_BUDGET,
-           O_ATTN, O_INDEXER, O_BLOCK, O_TOPK, O_LOCAL, O_SINK, O_REDUCE, O_BLOCKS, O_BUDGETS };
+           O_ATTN, O_INDEXER, O_BLOCK, O_TOPK, O_LOCAL, O_SINK, O_REDUCE, O_BLOCKS, O_BUDGETS, O_KVFP8 };
     static const struct option lo[] = {
         {"model", 1, 0, O_MODEL}, {"text", 1, 0, O_TEXT}, {"out", 1, 0, O_OUT},
         {"ctx", 1, 0, O_CTX}, {"positions", 1, 0, O_POS}, {"chunk", 1, 0, O_CHUNK},
@@ -93,7 +95,7 @@ static void parse(opts *o, int argc, char **argv)
         {"attention", 1, 0, O_ATTN}, {"indexer", 1, 0, O_INDEXER}, {"block-size", 1, 0, O_BLOCK},
         {"top-k-blocks", 1, 0, O_TOPK}, {"local-blocks", 1, 0, O_LOCAL},
         {"sink-blocks", 1, 0, O_SINK}, {"group-reduce", 1, 0, O_REDUCE},
-        {"blocks", 1, 0, O_BLOCKS}, {"budgets", 1, 0, O_BUDGETS}, {0, 0, 0, 0},
+        {"blocks", 1, 0, O_BLOCKS}, {"budgets", 1, 0, O_BUDGETS}, {"kv-fp8", 0, 0, O_KVFP8}, {0, 0, 0, 0},
     };
     memset(o, 0, sizeof *o);
     o->ctx = 8192;
@@ -119,6 +121,7 @@ static void parse(opts *o, int argc, char **argv)
         case O_THREADS: o->threads = atoi(optarg); break;
         case O_DEPTHS: o->depths = atoi(optarg); break;
         case O_BUDGET: o->budget = atof(optarg); break;
+        case O_KVFP8: o->kv_fp8 = 1; break;
         case O_ATTN:
             if ((o->attn.mode = attn_mode_parse(optarg)) < 0)
                 die("--attention: dense, sparse or auto");
@@ -158,7 +161,7 @@ static void parse(opts *o, int argc, char **argv)
 
 static engine *open_engine(const opts *o, const attn_config *c)
 {
-    engine_opts eo = {.model_path = o->model, .n_threads = o->threads, .attn = *c};
+    engine_opts eo = {.model_path = o->model, .n_threads = o->threads, .attn = *c, .kv_fp8_reference = o->kv_fp8};
     char err[256];
     engine *e = engine_create(&eo, err, sizeof err);
     if (!e)
@@ -612,17 +615,17 @@ static void task_ppl(const opts *o)
     double t = now() - t0;
     const attn_config *rc = engine_attn(e);
     double ppl = exp(acc.sum / acc.n), late = exp(acc.sum_late / acc.n_late);
-    printf("%-6s %-6s B=%-3d top_k=%-4d local=%d sink=%d reduce=%s  ppl %.4f  (positions >= %d: %.4f)  %.0f s\n",
+    printf("%-6s %-6s B=%-3d top_k=%-4d local=%d sink=%d reduce=%s%s  ppl %.4f  (positions >= %d: %.4f)  %.0f s\n",
            rc->mode == ATTN_SPARSE ? "sparse" : "dense", indexer_name(rc->indexer), rc->block_size,
-           rc->top_k_blocks, rc->local_blocks, rc->sink_blocks, rc->group_reduce ? "sum" : "max", ppl,
-           acc.from, late, t);
+           rc->top_k_blocks, rc->local_blocks, rc->sink_blocks, rc->group_reduce ? "sum" : "max",
+           o->kv_fp8 ? " kv fp8" : "", ppl, acc.from, late, t);
     FILE *out = open_out(o);
     if (out) {
         fprintf(out, "{\"task\": \"ppl\", \"model\": \"%s\", \"tokens\": %d, \"config\": ",
                 engine_get_info(e)->name, n);
         print_config(out, rc);
-        fprintf(out, ", \"budget\": %g, \"ppl\": %.5f, \"ppl_late\": %.5f, \"late_from\": %d, \"seconds\": %.1f}\n",
-                o->budget, ppl, late, acc.from, t);
+        fprintf(out, ", \"kv_fp8\": %s, \"budget\": %g, \"ppl\": %.5f, \"ppl_late\": %.5f, \"late_from\": %d, "
+                "\"seconds\": %.1f}\n", o->kv_fp8 ? "true" : "false", o->budget, ppl, late, acc.from, t);
         fclose(out);
     }
     kv_seq_release(p, &s);
@@ -826,7 +829,7 @@ static void task_passkey(const opts *o)
     if (out) {
         fprintf(out, "{\"task\": \"passkey\", \"model\": \"%s\", \"config\": ", engine_get_info(sr.e)->name);
         print_config(out, rc);
-        fprintf(out, ", \"budget\": %g, \"runs\": [", o->budget);
+        fprintf(out, ", \"kv_fp8\": %s, \"budget\": %g, \"runs\": [", o->kv_fp8 ? "true" : "false", o->budget);
     }
     uint64_t seed = 0x5eed;
     int ok_d = 0, ok_s = 0, n_tok = 0;
