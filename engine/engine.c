@@ -116,8 +116,10 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
         snprintf(err, errlen, "device: '%s' is not known (cpu, cuda, or cuda:N for the N-th visible GPU)", o->device);
         return NULL;
     }
+    int f32 = o->dtype && !strcmp(o->dtype, "f32");
 #ifndef SPARSED_CUDA
     (void)ordinal;
+    (void)f32;
     if (cuda) {
         snprintf(err, errlen, "device: cuda is not available in this build (cpu)");
         return NULL;
@@ -169,8 +171,7 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
         e->rope_freq[i] = powf(e->m.rope_base, -2.0f * (float)i / (float)e->m.rope_dim);
 #ifdef SPARSED_CUDA
     if (cuda) {
-        e->cuda = cuda_backend_create(e, ordinal, o->dtype && !strcmp(o->dtype, "f32"), idx_fp8, kv_fp8, err,
-                                      errlen);
+        e->cuda = cuda_backend_create(e, ordinal, f32, idx_fp8, kv_fp8, err, errlen);
         if (!e->cuda)
             goto fail;
     }
@@ -197,7 +198,7 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
 #ifdef SPARSED_CUDA
     if (e->cuda) {
         in->device = cuda_backend_device_name(e->cuda);
-        in->kv_dtype = o->dtype && !strcmp(o->dtype, "f32") ? "f32" : kv_fp8 ? "fp8" : "bf16";
+        in->kv_dtype = f32 ? "f32" : kv_fp8 ? "fp8" : "bf16";
     }
 #endif
     in->bos = tokenizer_bos(e->tok);

@@ -349,6 +349,13 @@ struct PostArgs {
     int B;
 };
 
+/* Byte of element d of key slot s in an fp8 page's V rows of dim D: keys
+ * 2j and 2j+1 interleaved by dim (cuda_attn.h). */
+static __device__ __forceinline__ size_t v8_at(int s, int d, int D)
+{
+    return (size_t)(s & ~1) * D + 2 * d + (s & 1);
+}
+
 /* The scale of an fp8 K/V row: the power of two that takes its largest
  * |element| to at most 448 (e4m3's largest finite value), so that
  * dividing by it is exact and only the e4m3 rounding loses bits. */
@@ -417,8 +424,8 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
             src = row + QD + KD + (size_t)h * D;
             bias = a.v_bias ? a.v_bias + (size_t)h * D : NULL;
             rope = 0;
-            if (a.kv_fp8) { /* V rows in pairs, interleaved by dim (cuda_attn.h) */
-                dst8 = (uint8_t *)(a.v + page * a.pb) + ((size_t)h * a.B + (slot & ~1)) * D + (slot & 1);
+            if (a.kv_fp8) { /* V rows in pairs, interleaved by dim: v8_at */
+                dst8 = (uint8_t *)(a.v + page * a.pb) + (size_t)h * a.B * D + v8_at(slot, 0, D);
                 dsc = (float *)(a.kvs + page * a.pb) + ((size_t)h * 2 + 1) * a.B + slot;
                 step8 = 2;
             } else {
@@ -493,11 +500,12 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
 
 /* Key summaries (channel min, max, sum over the page's slots), recomputed
  * from the stored keys (e4m3 times their row scales when kvs is set) for
- * every page a token of the batch filled last: grid (n_fin, Hkv).  Only a full page's summary is ever read (selection
- * scores blocks before the local ones, and local_blocks >= 1 always holds
- * the newest, partial page), so a token that leaves its page partial
- * skips the work: in decode that is 63 steps in 64, each of which read
- * the page's keys back. */
+ * every page a token of the batch filled last: grid (n_fin, Hkv).  Only a
+ * full page's summary is ever read (selection scores blocks before the
+ * local ones, and local_blocks >= 1 always holds the newest, partial
+ * page), so a token that leaves its page partial skips the work: in
+ * decode that is 63 steps in 64, each of which read the page's keys
+ * back. */
 template <typename T>
 __global__ void summary_kernel(const int32_t *fin, const int32_t *pos, const int32_t *tab, const int32_t *tables,
                                const char *k, const char *kvs, char *summ, long long pb, int B, int D)
@@ -770,9 +778,9 @@ __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a)
             int nj = slots - s0 < 32 ? slots - s0 : 32;
             for (int d = lane; d < D; d += 32) {
                 float av = acc[d] * corr;
-                if (ks) /* V rows in pairs, interleaved by dim */
+                if (ks)
                     for (int j = 0; j < nj; j++)
-                        av += ps[j] * e4m3_tof(V8[(size_t)((s0 + j) & ~1) * D + 2 * d + ((s0 + j) & 1)]);
+                        av += ps[j] * e4m3_tof(V8[v8_at(s0 + j, d, D)]);
                 else
                     for (int j = 0; j < nj; j++)
                         av += ps[j] * tof(V[(size_t)(s0 + j) * D + d]);
