@@ -103,30 +103,31 @@ check llama-quest-cover-vs-dense --model $M/llama-q4k.gguf --prompts 600,300,130
 # most rows; decode reads the pages as they are, prefill a widened copy
 # (tuned kernels) or the pages (generic kernels: head dim 64, forced).
 # e4m3 keeps 3 mantissa bits: against bf16 K/V these random models' logits
-# move 5-6% (9-13% at most); bf16 K/V against the CPU moves them ~1%.
-# The CPU reference now rounds its K/V as fp8 pages do
-# (kv_fp8_reference), so against the CPU only the kernels' error should
-# remain: the 0.15 tolerance was set before that and awaits a GPU run to
-# be tightened.
+# move 5-6% (9% at most); bf16 K/V against the CPU moves them ~1%.  The CPU
+# reference rounds its K/V as fp8 pages do (kv_fp8_reference), which halves
+# the error against it (H200, 220eaa1: mean 2.5-3.5%, max 4.3-6.1%): what
+# remains is rounding flips, a bf16 K 0.4% off the CPU's f32 crossing an
+# e4m3 step (6%) in a few per cent of elements.  Tolerances sit ~1.3x above
+# those maxima; argmax agreement measured 0.93-0.97 of rows.
 if [ "${ONLY:-}" != sparse ] || [ -n "${FP8KV:-}" ]; then
-check llama-q4k-fp8kv --model $M/llama-q4k.gguf --kv-cache-dtype fp8 --prompts 300,77,5 --decode 16 --tol 0.15 \
-    --vs-bf16-kv --tol-alt 0.15 --min-agree 0.85
+check llama-q4k-fp8kv --model $M/llama-q4k.gguf --kv-cache-dtype fp8 --prompts 300,77,5 --decode 16 --tol 0.08 \
+    --vs-bf16-kv --tol-alt 0.12 --min-agree 0.9
 SPARSED_CUDA_ATTN=generic check llama-q4k-fp8kv-generic --model $M/llama-q4k.gguf --kv-cache-dtype fp8 \
-    --prompts 300,77,5 --decode 16 --tol 0.15 --vs-bf16-kv --tol-alt 0.15 --min-agree 0.85
-check qwen-q8-fp8kv --model $M/qwen-q8.gguf --kv-cache-dtype fp8 --prompts 200,31,64,9 --decode 16 --tol 0.15 \
-    --vs-bf16-kv --tol-alt 0.15 --min-agree 0.85
+    --prompts 300,77,5 --decode 16 --tol 0.08 --vs-bf16-kv --tol-alt 0.12 --min-agree 0.9
+check qwen-q8-fp8kv --model $M/qwen-q8.gguf --kv-cache-dtype fp8 --prompts 200,31,64,9 --decode 16 --tol 0.08 \
+    --vs-bf16-kv --tol-alt 0.12 --min-agree 0.9
 check llama-q4k-fp8kv-graphs --model $M/llama-q4k.gguf --kv-cache-dtype fp8 --prompts 300,77,5 --decode 24 \
-    --tol 0.15 --vs-graphs --tol-alt 0
+    --tol 0.08 --vs-graphs --tol-alt 0
 # ... sparse: with a top-k covering every block, the MSA and Quest kernels
 # on fp8 pages equal dense attention on the same pages
 check m3-128-fp8kv-cover-vs-dense --model $M/m3-128.gguf --kv-cache-dtype fp8 --prompts 2000,700,130 --decode 16 \
-    --tol 0.15 --top-k-blocks 32 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 2e-2
+    --tol 0.08 --top-k-blocks 32 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 2e-2
 check m3-128-fp8kv-fp8-info --model $M/m3-128.gguf --kv-cache-dtype fp8 --index-keys fp8 --prompts 900,500,130 \
     --decode 16 --tol 1 --top-k-blocks 2 --sparse-min-context 0 --vs-bf16-kv --tol-alt 1
 check llama-quest-fp8kv-cover-vs-dense --model $M/llama-q4k.gguf --kv-cache-dtype fp8 --prompts 600,300,130 \
-    --decode 16 --tol 0.15 --attention sparse --indexer minmax --group-sum --block-size 64 --top-k-blocks 200 \
+    --decode 16 --tol 0.08 --attention sparse --indexer minmax --group-sum --block-size 64 --top-k-blocks 200 \
     --local-blocks 1 --sink-blocks 1 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 2e-2
-check m3-msa-fp8kv-cover-vs-dense --model $M/m3-tiny.gguf --kv-cache-dtype fp8 --prompts 200,120,33 --tol 0.15 \
+check m3-msa-fp8kv-cover-vs-dense --model $M/m3-tiny.gguf --kv-cache-dtype fp8 --prompts 200,120,33 --tol 0.08 \
     --top-k-blocks 1000 --sparse-min-context 0 --vs-dense --tol-alt 0
 fi
 if [ "${ONLY:-}" = sparse ]; then
