@@ -14,6 +14,7 @@
  *   attn_bench dense N          dense decode rows only (M3, L3-8B)
  *   attn_bench dense8 N         the same on fp8 K/V pages, then bf16
  *   attn_bench sparse8 N        MSA and Quest decode rows, fp8 K/V then bf16
+ *   attn_bench msa8 N           MSA prefill rows (M3, M3 at 4 heads a group), fp8 K/V then bf16
  *   attn_bench overhead         the timing's fixed cost: empty kernels
  *                               (one; two, the second programmatic)
  *   CATTN_SD_PROBE=1|2 (decode) floors of the sparse decode: the cluster
@@ -971,7 +972,16 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const cha
     seqs_init(&s, 1, &total, &np, 81);
     Pool p;
     pool_init(&p, 4, np, 1, 0, 500);
-    cattn_pool cp = pool_view(&p, fp8);
+    if (g_kv8) pool_fp8_kv(&p); /* the attention reads the e4m3 pages */
+    cattn_pool cp = pool_view(&p, fp8), cb = cp;
+    if (g_kv8) { /* the same values in bf16: dense reference, and the MSA path that must match bit for bit */
+        cb.k = p.k;
+        cb.v = p.v;
+        cb.k_stride = cb.v_stride = (long long)p.n_kv * 128 * 128 * 2;
+        cb.kv_fp8 = 0;
+        cb.kv_scale = NULL;
+        cb.kv_scale_stride = 0;
+    }
     size_t nq = (size_t)n_q * sh.hq * 128, niq = (size_t)n_q * 4 * 128;
     bf16 *q = (bf16 *)dalloc(nq * 2), *iq = (bf16 *)dalloc(niq * 2), *out = (bf16 *)dalloc(nq * 2);
     bf16 *out_d = (bf16 *)dalloc(nq * 2);
@@ -986,8 +996,21 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const cha
     void *ws = dalloc(wsb);
     CA(cattn_msa_prefill(&cp, s.d_tables, n_q, q_pos0, sh.hq, q, iq, out, (float)scale, top_k, local, sel, ws, wsb,
                          g_st));
+    long same_bits = -1;
+    if (g_kv8) {
+        bf16 *out_b = (bf16 *)dalloc(nq * 2);
+        poison(out_b, nq);
+        CA(cattn_msa_prefill(&cb, s.d_tables, n_q, q_pos0, sh.hq, q, iq, out_b, (float)scale, top_k, local, sel, ws,
+                             wsb, g_st));
+        uint16_t *a8 = (uint16_t *)to_host(out, nq * 2), *ab = (uint16_t *)to_host(out_b, nq * 2);
+        same_bits = 0;
+        for (size_t i = 0; i < nq; i++) same_bits += a8[i] != ab[i];
+        free(a8);
+        free(ab);
+        CK(cudaFree(out_b));
+    }
     env_list(env, 0);
-    CA(cattn_prefill(&cp, s.d_tables, n_q, q_pos0, sh.hq, q, out_d, (float)scale, NULL, 0, 0, ws, wsb, g_st));
+    CA(cattn_prefill(&cb, s.d_tables, n_q, q_pos0, sh.hq, q, out_d, (float)scale, NULL, 0, 0, ws, wsb, g_st));
     CK(cudaStreamSynchronize(g_st));
     HostPool h;
     host_pool(&h, &p);
@@ -1039,9 +1062,14 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const cha
     snprintf(name, sizeof(name), "msa prefill selection n_q %d at %d%s%s%s", n_q, q_pos0, fp8 ? " (fp8 idx)" : "",
              env ? " " : "", env ? env : "");
     report_cond(name, sel_ok, det);
-    snprintf(name, sizeof(name), "msa prefill output %s n_q %d at %d chunk %d%s", sh.name, n_q, q_pos0, chunk,
-             fp8 ? " (fp8 idx)" : "");
+    snprintf(name, sizeof(name), "msa prefill output %s n_q %d at %d chunk %d%s%s", sh.name, n_q, q_pos0, chunk,
+             fp8 ? " (fp8 idx)" : "", g_kv8 ? " (fp8 K/V)" : "");
     report(name, &e, 1e-2);
+    if (g_kv8) {
+        snprintf(det, sizeof(det), "%ld values differ", same_bits);
+        snprintf(name, sizeof(name), "msa prefill fp8 K/V == their bf16 values (%s, n_q %d)", sh.name, n_q);
+        report_cond(name, same_bits == 0, det);
+    }
     if ((q_pos0 + n_q + 127) / 128 <= top_k + local) {
         Err e2 = {0, 0, 0};
         err_add2(&e2, ho, hod, nq);
@@ -1065,8 +1093,8 @@ static void check_msa_prefill(int n_q, int q_pos0, int chunk, int fp8, const cha
     seqs_free(&s);
 }
 
-/* fp8 K/V pages: the decode kernels (cluster and chain) read them, the
- * prefill kernels a widened copy */
+/* fp8 K/V pages: the decode kernels (cluster and chain) and the MSA
+ * prefill read them, the dense prefill a widened copy */
 static void check_fp8_kv(void)
 {
     g_kv8 = 1;
@@ -1078,6 +1106,11 @@ static void check_fp8_kv(void)
     check_quest_decode("CATTN_SD_CLUSTER=0");
     check_dense_prefill(L3, 1000, 0, 0); /* prefill reads them widened (cattn_kv_widen) */
     check_dense_prefill(M3, 300, 2048, 1);
+    check_msa_prefill(3000, 1096, 1024, 0); /* the MSA prefill reads the pages */
+    check_msa_prefill(2048, 0, 100000, 1);
+    check_msa_prefill(256, 40000, 1024, 0, "CATTN_SP_SPLIT=3");
+    check_msa_prefill(1500, 600, 512, 0, "CATTN_SP_SM90=0");
+    check_msa_prefill(1500, 600, 512, 1, NULL, M3R6);
     g_kv8 = 0;
 }
 
@@ -1376,6 +1409,7 @@ static void bench_prefill(Shape sh, long n, int kind, const char *maskdir)
     Pool p;
     const int msa = kind == 1 || kind == 3; /* 3: MSA with fp8 index keys */
     pool_init(&p, sh.hkv, np, msa, 0, 9000 + n);
+    if (msa && g_kv8) pool_fp8_kv(&p); /* the MSA prefill reads the e4m3 pages */
     Ctx c;
     memset(&c, 0, sizeof(c));
     c.cp = pool_view(&p, kind == 3);
@@ -1411,7 +1445,9 @@ static void bench_prefill(Shape sh, long n, int kind, const char *maskdir)
         char extra[160];
         snprintf(extra, sizeof(extra), "\"select_us\":%.1f,\"attend_us\":%.1f,\"idx_flops\":%.6g,\"sparse_flops\":%.6g",
                  t_sel, t_att, idx_flops, sp_flops);
-        row(kind == 3 ? "msa_prefill_fp8" : "msa_prefill", sh.name, n, 1, t_all, 0, idx_flops + sp_flops, extra);
+        row(kind == 3 ? (g_kv8 ? "msa_prefill_fp8_fp8kv" : "msa_prefill_fp8")
+                      : (g_kv8 ? "msa_prefill_fp8kv" : "msa_prefill"),
+            sh.name, n, 1, t_all, 0, idx_flops + sp_flops, extra);
     } else {
         c.mode = 0;
         double flops = causal_flops(sh, (double)n);
@@ -1640,6 +1676,16 @@ int main(int argc, char **argv)
             bench_decode(M3, n, 1, 1, 0);
             bench_decode(M3, n, 1, 1, 1);
             bench_decode(L3, n, 1, 2, 0);
+        }
+        g_kv8 = 0;
+        return g_fail ? 1 : 0;
+    }
+    if (!strcmp(argv[1], "msa8") && argc >= 3) {
+        /* MSA prefill (M3, and 4 heads a group as in m3-1b) on fp8 K/V pages, then on bf16 ones */
+        long n = atol(argv[2]);
+        for (g_kv8 = 1; g_kv8 >= 0; g_kv8--) {
+            bench_prefill(M3, n, 1, NULL);
+            bench_prefill(M3R4, n, 1, NULL);
         }
         g_kv8 = 0;
         return g_fail ? 1 : 0;

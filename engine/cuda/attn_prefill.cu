@@ -649,14 +649,19 @@ __global__ void __launch_bounds__(SP_WARPS * 32) sp_attn_kernel(SpArgs a)
     int mine = sp_mine(items, n, warp * ipw, ipw, lane);
 
     {
-        long long page = a.table[blk];
-        const char *kp = a.k + page * a.k_stride + (long long)g * a.B * 256;
-        const char *vp = a.v + page * a.v_stride + (long long)g * a.B * 256;
         const int valid = a.kv_len - blk * a.B; /* rows past the sequence: zeros, not stale data */
-        for (int c = threadIdx.x; c < 128 * 16; c += SP_WARPS * 32) {
-            bool ok = (c >> 4) < valid;
-            cp16(ks + swz(c >> 4, c & 15), kp + c * 16, ok);
-            cp16(vs + swz(c >> 4, c & 15), vp + c * 16, ok);
+        if (a.kv_fp8) {
+            sp_load_kv8(a, blk, g, valid, smem, smem + 128 * 256, [](int r, int ch) { return (int)swz(r, ch); },
+                        threadIdx.x, SP_WARPS * 32);
+        } else {
+            long long page = a.table[blk];
+            const char *kp = a.k + page * a.k_stride + (long long)g * a.B * 256;
+            const char *vp = a.v + page * a.v_stride + (long long)g * a.B * 256;
+            for (int c = threadIdx.x; c < 128 * 16; c += SP_WARPS * 32) {
+                bool ok = (c >> 4) < valid;
+                cp16(ks + swz(c >> 4, c & 15), kp + c * 16, ok);
+                cp16(vs + swz(c >> 4, c & 15), vp + c * 16, ok);
+            }
         }
         if (warp < n_steps) sp_load_q<R>(a, mine, g, qcur, lane);
         cp_commit();
@@ -795,20 +800,12 @@ __global__ void __launch_bounds__(256) kv_widen_kernel(cattn_pool p, const int32
     const long long page = table[pi];
     const int rows_live = min(B, n - pi * B);
     const float *sc = (const float *)((const char *)p.kv_scale + page * p.kv_scale_stride) + (long long)kvh * 2 * B;
-    auto widen = [](uint32_t pair, float s) { /* two e4m3 (low 16 bits) to bf16 x s */
-        const uint32_t h2 = e4m3x2_to_bf16x2(pair & 0xffff);
-        return pack_bf16(bf_lo(h2) * s, bf_hi(h2) * s);
-    };
     for (int c = threadIdx.x; c < B * 8; c += blockDim.x) { /* K: row r, dims 16ch .. */
         const int r = c / 8, ch = c % 8;
         const long long off = ((long long)kvh * B + r) * 128 + ch * 16;
         uint4 lo = make_uint4(0u, 0u, 0u, 0u), hi = lo;
-        if (r < rows_live) {
-            const uint4 w = *(const uint4 *)((const char *)p.k + page * p.k_stride + off);
-            const float s = sc[r];
-            lo = make_uint4(widen(w.x, s), widen(w.x >> 16, s), widen(w.y, s), widen(w.y >> 16, s));
-            hi = make_uint4(widen(w.z, s), widen(w.z >> 16, s), widen(w.w, s), widen(w.w >> 16, s));
-        }
+        if (r < rows_live)
+            kv8_k_chunk(*(const uint4 *)((const char *)p.k + page * p.k_stride + off), sc[r], lo, hi);
         bf16 *dst = (bf16 *)(k_out + pi * out_stride) + off;
         *(uint4 *)dst = lo;
         *(uint4 *)(dst + 8) = hi;
@@ -818,17 +815,9 @@ __global__ void __launch_bounds__(256) kv_widen_kernel(cattn_pool p, const int32
         const long long row0 = (long long)kvh * B + r0;
         uint4 o0 = make_uint4(0u, 0u, 0u, 0u), o1 = o0;
         if (r0 < rows_live) {
-            const uint4 w = *(const uint4 *)((const char *)p.v + page * p.v_stride + row0 * 128 + ch * 16);
-            const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
-            uint32_t a[4], b[4];
-#pragma unroll
-            for (int j = 0; j < 4; j++) { /* word j: dims 8ch + 2j, +1 of both keys, key by key */
-                const uint32_t m = __byte_perm(ww[j], 0u, 0x3120);
-                a[j] = widen(m, sc[B + r0]);
-                b[j] = r1 < rows_live ? widen(m >> 16, sc[B + r1]) : 0u;
-            }
-            o0 = make_uint4(a[0], a[1], a[2], a[3]);
-            o1 = make_uint4(b[0], b[1], b[2], b[3]);
+            kv8_v_chunk(*(const uint4 *)((const char *)p.v + page * p.v_stride + row0 * 128 + ch * 16), sc[B + r0],
+                        sc[B + r1], o0, o1);
+            if (r1 >= rows_live) o1 = make_uint4(0u, 0u, 0u, 0u);
         }
         bf16 *dst = (bf16 *)(v_out + pi * out_stride) + row0 * 128 + ch * 8;
         *(uint4 *)dst = o0;
@@ -990,7 +979,7 @@ extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *tabl
     static int attr_done = 0;
     int rc = msa_check(p, n_q, q_pos0, n_heads, 0, 1);
     if (rc) return rc;
-    if (p->kv_fp8) return CATTN_ESHAPE; /* fp8 K/V pages: widen them first (cattn_kv_widen) */
+    if (p->kv_fp8 && !p->kv_scale) return CATTN_EINVAL;
     if (!table || !q || !out || !sel || n_sel < 1 || n_sel > 64) return CATTN_EINVAL;
     cudaStream_t st = (cudaStream_t)stream;
     if (!attr_done) {
@@ -1020,6 +1009,9 @@ extern "C" int cattn_msa_attend_prefill(const cattn_pool *p, const int32_t *tabl
     a.v = (const char *)p->v;
     a.k_stride = p->k_stride;
     a.v_stride = p->v_stride;
+    a.kvs = (const char *)p->kv_scale;
+    a.kvs_stride = p->kv_scale_stride;
+    a.kv_fp8 = p->kv_fp8;
     a.table = table;
     a.cnt = cnt;
     a.off = offs;

@@ -877,17 +877,24 @@ __global__ void __launch_bounds__(SQ_THREADS, 1) sp_attn_sm90_kernel(const SpArg
         }
     };
     {
-        const long long page = a.table[blk];
-        const char *kp = a.k + page * a.k_stride + (long long)g * 128 * 256;
-        const char *vp = a.v + page * a.v_stride + (long long)g * 128 * 256;
         const int valid = a.kv_len - blk * 128; /* rows past the sequence: zeros, not stale data */
-        for (int c = tid; c < 128 * 16; c += SQ_THREADS) {
-            const int r = c >> 4, ch = c & 15;
-            const uint32_t o = (ch >> 3) * H_HALF + r * 128 + (((ch & 7) ^ (r & 7)) << 4);
-            cp16(ks + o, kp + c * 16, r < valid);
-            cp16(vs + o, vp + c * 16, r < valid);
-        }
         if (wg < n_t) load_q(wg, 0);
+        if (a.kv_fp8) {
+            unsigned char *kp = smem_raw + (ks - smem_u32(smem_raw)), *vp = smem_raw + (vs - smem_u32(smem_raw));
+            sp_load_kv8(a, blk, g, valid, kp, vp,
+                        [](int r, int ch) { return (ch >> 3) * H_HALF + r * 128 + (((ch & 7) ^ (r & 7)) << 4); },
+                        tid, SQ_THREADS);
+        } else {
+            const long long page = a.table[blk];
+            const char *kp = a.k + page * a.k_stride + (long long)g * 128 * 256;
+            const char *vp = a.v + page * a.v_stride + (long long)g * 128 * 256;
+            for (int c = tid; c < 128 * 16; c += SQ_THREADS) {
+                const int r = c >> 4, ch = c & 15;
+                const uint32_t o = (ch >> 3) * H_HALF + r * 128 + (((ch & 7) ^ (r & 7)) << 4);
+                cp16(ks + o, kp + c * 16, r < valid);
+                cp16(vs + o, vp + c * 16, r < valid);
+            }
+        }
         cp_commit();
         cp_wait<0>();
         fence_async_smem(); /* cp.async wrote, wgmma reads */

@@ -35,8 +35,9 @@ int cattn_msa_select_prefill_sm90(const cattn_pool *p, const int32_t *table, int
  * exp in plse, row ((token 4 + g) W + slot) ratio + head. */
 struct SpArgs {
     const __nv_bfloat16 *q;
-    const char *k, *v;
-    long long k_stride, v_stride;
+    const char *k, *v, *kvs; /* kvs: fp8 pages' row scales (kv_fp8) */
+    long long k_stride, v_stride, kvs_stride;
+    int kv_fp8;
     const int32_t *table;
     const int *cnt, *off, *list;
     float *plse;
@@ -46,10 +47,46 @@ struct SpArgs {
 };
 
 #ifdef __CUDACC__
+#include "attn_util.cuh"
+
 /* The partial row of head hd of item it (group g, ratio heads a group). */
 static __device__ __forceinline__ long long sp_prow(const SpArgs &a, int it, int g, int ratio, int hd)
 {
     return (((long long)(it >> 6) * 4 + g) * a.W + (it & 63)) * ratio + hd;
+}
+
+/* Block blk's K and V (group g, 128 rows) from fp8 pages into shared
+ * memory as the kernels' bf16 tiles: 16-byte chunk ch of row r at byte
+ * pos(r, ch) of ks and vs; rows at or past `valid` zeros.  Each block is
+ * loaded once per CTA and serves all the items that chose it, so the
+ * sequence's pages need no widened copy.  Plain loads and stores: the
+ * caller syncs (and fences for wgmma) before reading. */
+template <typename Pos>
+static __device__ __forceinline__ void sp_load_kv8(const SpArgs &a, int blk, int g, int valid, unsigned char *ks,
+                                                   unsigned char *vs, Pos pos, int tid, int nthr)
+{
+    const long long page = a.table[blk];
+    const char *kp = a.k + page * a.k_stride + (long long)g * 128 * 128;
+    const char *vp = a.v + page * a.v_stride + (long long)g * 128 * 128;
+    const float *sc = (const float *)(a.kvs + page * a.kvs_stride) + g * 2 * 128;
+    const uint4 z = make_uint4(0u, 0u, 0u, 0u);
+    for (int c = tid; c < 128 * 8; c += nthr) { /* K: row r, dims 16 ch .. */
+        const int r = c >> 3, ch = c & 7;
+        uint4 lo = z, hi = z;
+        if (r < valid) kv8_k_chunk(*(const uint4 *)(kp + r * 128 + ch * 16), sc[r], lo, hi);
+        *(uint4 *)(ks + pos(r, 2 * ch)) = lo;
+        *(uint4 *)(ks + pos(r, 2 * ch + 1)) = hi;
+    }
+    for (int c = tid; c < 64 * 16; c += nthr) { /* V: pair row, dims 8 ch .. of rows r0, r0 + 1 */
+        const int r0 = 2 * (c >> 4), ch = c & 15;
+        uint4 o0 = z, o1 = z;
+        if (r0 < valid) {
+            kv8_v_chunk(*(const uint4 *)(vp + r0 * 128 + ch * 16), sc[128 + r0], sc[129 + r0], o0, o1);
+            if (r0 + 1 >= valid) o1 = z;
+        }
+        *(uint4 *)(vs + pos(r0, ch)) = o0;
+        *(uint4 *)(vs + pos(r0 + 1, ch)) = o1;
+    }
 }
 #endif
 

@@ -104,6 +104,36 @@ static __device__ __forceinline__ void e4m3x16_to_bf16(const uint4 &raw, uint4 &
     hi.w = e4m3x2_to_bf16x2(raw.w >> 16);
 }
 
+/* ---- fp8 K/V page rows to bf16 (cuda_attn.h's layout) ----------------------
+ * Exact: an e4m3 value times a power-of-two scale is a bf16 value.  A K
+ * chunk is 16 dims of one row (lo: the first 8); a V chunk is 8 dims of a
+ * pair row, keys 2j and 2j + 1 interleaved (o0: key 2j, o1: key 2j + 1). */
+static __device__ __forceinline__ uint32_t e4m3x2_scaled(uint32_t pair, float s)
+{
+    const uint32_t h2 = e4m3x2_to_bf16x2(pair & 0xffff);
+    return pack_bf16(bf_lo(h2) * s, bf_hi(h2) * s);
+}
+static __device__ __forceinline__ void kv8_k_chunk(const uint4 &w, float s, uint4 &lo, uint4 &hi)
+{
+    lo = make_uint4(e4m3x2_scaled(w.x, s), e4m3x2_scaled(w.x >> 16, s), e4m3x2_scaled(w.y, s),
+                    e4m3x2_scaled(w.y >> 16, s));
+    hi = make_uint4(e4m3x2_scaled(w.z, s), e4m3x2_scaled(w.z >> 16, s), e4m3x2_scaled(w.w, s),
+                    e4m3x2_scaled(w.w >> 16, s));
+}
+static __device__ __forceinline__ void kv8_v_chunk(const uint4 &w, float s0, float s1, uint4 &o0, uint4 &o1)
+{
+    const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
+    uint32_t a[4], b[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) { /* word j: dims 2j, 2j + 1 of both keys, regrouped key by key */
+        const uint32_t m = __byte_perm(ww[j], 0u, 0x3120);
+        a[j] = e4m3x2_scaled(m, s0);
+        b[j] = e4m3x2_scaled(m >> 16, s1);
+    }
+    o0 = make_uint4(a[0], a[1], a[2], a[3]);
+    o1 = make_uint4(b[0], b[1], b[2], b[3]);
+}
+
 /* ---- the fp8 indexer's queries (q8.cuh) ---------------------------------- */
 /* An mma.sync m16k16 A fragment set of two rows, qa[kk][0, 2] row lo and
  * [1, 3] row hi (bf16 pairs), the quad holding a row's 128 dims: rounded

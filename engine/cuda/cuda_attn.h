@@ -19,9 +19,10 @@
  *                                          holds the pair of keys that an
  *                                          mma fragment takes)
  *   kv_scale [n_kv_heads][2][B]           (float: a row's K, V = e4m3 x its
- *                                          scale; the decode paths read
- *                                          them, prefill a bf16 copy made
- *                                          by cattn_kv_widen)
+ *                                          scale; the decode paths and the
+ *                                          MSA prefill read them, dense
+ *                                          prefill a bf16 copy made by
+ *                                          cattn_kv_widen)
  * Each array has its own base pointer and byte stride from one page to the
  * next, so one interleaved allocation and separate ones both fit.  Keys and
  * index keys already carry RoPE.
@@ -102,14 +103,14 @@ int cattn_quest_decode(const cattn_pool *p, const cattn_batch *b, int n_heads, c
 
 /* ---- prefill: n_q new tokens of one sequence at positions q_pos0.. ------- */
 
-/* fp8 K/V pages for the prefill kernels, which read bf16: the first
+/* fp8 K/V pages for the dense prefill kernel, which reads bf16: the first
  * n_tokens rows of the sequence's pages table[0 .. ceil(n_tokens / B))
  * widened to bf16 (e4m3 x scale), page table[i] to page i of k_out and
  * v_out (out_stride bytes a page, [n_kv_heads][B][head_dim] each), so the
  * copy takes only the sequence's size; rows past n_tokens in the last
  * page are zeros.  A pool view of k_out and v_out with the identity table
- * then serves cattn_prefill and cattn_msa_attend_prefill (whose selection,
- * cattn_msa_select_prefill, reads the index keys through the real one). */
+ * then serves cattn_prefill.  (The MSA prefill reads fp8 pages as they
+ * are: each CTA widens its block once on the way into shared memory.) */
 int cattn_kv_widen(const cattn_pool *p, const int32_t *table, int n_tokens, void *k_out, void *v_out,
                    long long out_stride, void *stream);
 

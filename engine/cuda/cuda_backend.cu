@@ -74,7 +74,7 @@ struct cuda_backend {
     long long page_bytes, layer_bytes, off_k, off_v, off_idx, off_summ, off_kvs;
     /* with kv_fp8: one layer's K/V of a prefilling sequence in bf16, its
      * pages in table order (K at 0, V at wide_v, wide_stride bytes a
-     * page), the copy the tuned prefill kernels read (cattn_kv_widen)
+     * page), the copy the dense prefill kernel reads (cattn_kv_widen)
      * through the identity table ident */
     char *wide;
     int32_t *ident;
@@ -836,7 +836,8 @@ static cattn_pool cattn_layer(const cuda_backend *cb, int l)
     return p;
 }
 
-/* fp8 K/V pages for a tuned prefill kernel, which reads bf16: layer l's
+/* fp8 K/V pages for the dense prefill kernel, which reads bf16 (the MSA
+ * prefill reads the pages as they are): layer l's
  * pages of a sequence of n_tokens tokens (page table `table`) widened
  * into cb->wide in table order, and *p made a view of that copy, to be
  * read through cb->ident.  The copy holds one sequence's layer at a time:
@@ -857,7 +858,7 @@ static int widen_view(const cuda_backend *cb, int l, const int32_t *table, int n
 static int fast_sparse_reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, char *err, size_t errlen);
 
 /* The widened copy and identity table for the batch's longest prefilling
- * sequence (kv_fp8 with the tuned kernels). */
+ * sequence (kv_fp8 with the tuned dense kernels). */
 static int wide_reserve(cuda_backend *cb, const engine_batch *b, char *err, size_t errlen)
 {
     int B = cb->e->attn.block_size, pages = 0;
@@ -933,7 +934,7 @@ static int reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
     }
     if (any_fast && fast_sparse_reserve(cb, b, mt, err, errlen))
         return -1;
-    if (cb->kv_fp8 && (any_cattn || any_fast) && wide_reserve(cb, b, err, errlen))
+    if (cb->kv_fp8 && any_cattn && wide_reserve(cb, b, err, errlen))
         return -1;
     if (plan_gemms(cb, mt, err, errlen))
         return -1;
@@ -1077,17 +1078,6 @@ static int attention_fast_sparse(cuda_backend *cb, const engine_batch *b, const 
                               : cattn_quest_decode(&p, &cbt, m->n_heads, q, out, scale, c->top_k_blocks,
                                                    c->local_blocks, c->sink_blocks, NULL, cb->ws, cb->cap_ws, cb->st);
             i = j;
-        } else if (cb->kv_fp8) {   /* selection on the pool, attention on the widened copy */
-            const int32_t *table = mt->ptab + (size_t)i * mt->mb;
-            cattn_pool pv;
-            rc = cattn_msa_select_prefill(&p, table, s->n_new, s->n_past, iq, c->top_k_blocks, c->local_blocks,
-                                          cb->sel, cb->ws, cb->cap_ws, cb->st);
-            if (!rc)
-                rc = widen_view(cb, l, table, s->n_past + s->n_new, &pv);
-            if (!rc)
-                rc = cattn_msa_attend_prefill(&pv, cb->ident, s->n_new, s->n_past, m->n_heads, q, out, scale,
-                                              c->top_k_blocks + c->local_blocks, cb->sel, cb->ws, cb->cap_ws, cb->st);
-            i++;
         } else {
             rc = cattn_msa_prefill(&p, mt->ptab + (size_t)i * mt->mb, s->n_new, s->n_past, m->n_heads, q, iq, out,
                                    scale, c->top_k_blocks, c->local_blocks, cb->sel, cb->ws, cb->cap_ws, cb->st);

@@ -36,8 +36,9 @@ typedef struct cuda_backend cuda_backend;
  * exactness tests).  idx_fp8 keeps the MSA index keys of the KV pages in
  * fp8 e4m3 (half the bytes of bf16; ignored without an indexer).  kv_fp8
  * keeps K and V in e4m3 with a float scale a row (bf16 only): about half
- * the bytes; decode reads them as they are, prefill widens one layer at a
- * time into a bf16 copy that the pool's page bytes include.  NULL with
+ * the bytes; decode and MSA prefill read them as they are, dense prefill
+ * widens one layer at a time into a bf16 copy that the pool's page bytes
+ * include.  NULL with
  * err set when there is no usable GPU or memory runs out. */
 cuda_backend *cuda_backend_create(const struct engine *e, int ordinal, int f32, int idx_fp8, int kv_fp8, char *err,
                                   size_t errlen);
