@@ -92,9 +92,9 @@ bw, fl = (4.8e12, 989e12) if "H200" in card else (3.35e12, 989e12)   # datasheet
 E, Hq, Hkv, D, F, V, L, Ld, I = 2048, 16, 4, 128, 5632, 32000, 16, 2, 128
 layer = E * (Hq * D + 2 * Hkv * D) + Hq * D * E + 3 * E * F
 params = L * layer + (L - Ld) * E * (Hkv * I + I) + 2 * V * E
-kv_tok = 2 * Hkv * D * 2            # bytes of K and V per token and layer
 sel = 17 * 128                      # tokens a sparse query reads (top 16 + 1 local blocks)
-def floors(n, sparse, ib=2):         # ib: bytes per index key element
+def floors(n, sparse, ib=2, kv8=False):   # ib: bytes per index key element; kv8: fp8 K/V pages
+    kv_tok = 2 * Hkv * (D + 4) if kv8 else 2 * Hkv * D * 2   # bytes of K and V per token and layer (fp8: + row scales)
     wb = 2 * params
     if sparse:
         dec = wb + Ld * n * kv_tok + (L - Ld) * (n * I * ib + sel * kv_tok)
@@ -105,7 +105,8 @@ def floors(n, sparse, ib=2):         # ib: bytes per index key element
     return {"decode_ms": 1e3 * dec / bw, "prefill_s": (2 * params * n + att) / fl}
 rows = [json.loads(l) for l in open(os.path.join(out, "long.jsonl")) if l.strip()]
 for r in rows:
-    f = floors(r["context"], r["attention"] == "sparse", 1 if r.get("index_keys") == "fp8" else 2)
+    f = floors(r["context"], r["attention"] == "sparse", 1 if r.get("index_keys") == "fp8" else 2,
+               r.get("kv_cache_dtype") == "fp8")
     r["floor_decode_ms"] = round(f["decode_ms"], 3)
     r["floor_prefill_s"] = round(f["prefill_s"], 3)
 ref = {} if any(r["label"] == "dense-1m" for r in rows) else {"dense-1m (floor only)": floors(1 << 20, False)}
@@ -116,7 +117,7 @@ if os.path.exists(sp):
 res = {"what": "long-context model benchmark of the CUDA engine (bench/gpu/long.sh)",
        "date": datetime.date.today().isoformat(), "commit": commit, "card": card,
        "model": "mkmodel --preset m3-1b (random bf16, %.2fB parameters)" % (params / 1e9),
-       "floor_basis": "datasheet %.2f TB/s, %.0f TFLOP/s bf16; decode reads weights + KV (+ index keys)" %
+       "floor_basis": "datasheet %.2f TB/s, %.0f TFLOP/s bf16; decode reads weights + KV (+ index keys), each in the row's dtype" %
                       (bw / 1e12, fl / 1e12),
        "rows": rows, "floors_unmeasured": ref, "serve_smoke": serve}
 json.dump(res, open(os.path.join(out, "gpu-model.json"), "w"), indent=1)
