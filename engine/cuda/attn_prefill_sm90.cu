@@ -878,8 +878,8 @@ __global__ void __launch_bounds__(SQ_THREADS, 1) sp_attn_sm90_kernel(const SpArg
     };
     {
         const int valid = a.kv_len - blk * 128; /* rows past the sequence: zeros, not stale data */
-        if (wg < n_t) load_q(wg, 0);
         if (a.kv_fp8) {
+            if (wg < n_t) load_q(wg, 0); /* in flight while the fp8 rows are widened */
             unsigned char *kp = smem_raw + (ks - smem_u32(smem_raw)), *vp = smem_raw + (vs - smem_u32(smem_raw));
             sp_load_kv8(a, blk, g, valid, kp, vp,
                         [](int r, int ch) { return (ch >> 3) * H_HALF + r * 128 + (((ch & 7) ^ (r & 7)) << 4); },
@@ -894,6 +894,7 @@ __global__ void __launch_bounds__(SQ_THREADS, 1) sp_attn_sm90_kernel(const SpArg
                 cp16(ks + o, kp + c * 16, r < valid);
                 cp16(vs + o, vp + c * 16, r < valid);
             }
+            if (wg < n_t) load_q(wg, 0);
         }
         cp_commit();
         cp_wait<0>();
