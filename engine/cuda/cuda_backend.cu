@@ -858,7 +858,7 @@ static int widen_view(const cuda_backend *cb, int l, const int32_t *table, int n
 static int fast_sparse_reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, char *err, size_t errlen);
 
 /* The widened copy and identity table for the batch's longest prefilling
- * sequence (kv_fp8 with the tuned dense kernels). */
+ * sequence (kv_fp8 with the tuned kernels; the dense one reads it). */
 static int wide_reserve(cuda_backend *cb, const engine_batch *b, char *err, size_t errlen)
 {
     int B = cb->e->attn.block_size, pages = 0;
@@ -934,7 +934,9 @@ static int reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
     }
     if (any_fast && fast_sparse_reserve(cb, b, mt, err, errlen))
         return -1;
-    if (cb->kv_fp8 && any_cattn && wide_reserve(cb, b, err, errlen))
+    /* with sparse layers too: at short contexts they run dense (layer_mode),
+     * and the start-up reservation must cover that before any request */
+    if (cb->kv_fp8 && (any_cattn || any_fast) && wide_reserve(cb, b, err, errlen))
         return -1;
     if (plan_gemms(cb, mt, err, errlen))
         return -1;
