@@ -788,41 +788,18 @@ __global__ void __launch_bounds__(256) sp_combine_kernel(const int32_t *sel, con
 
 static size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
 
-/* One (page, KV head) a CTA: 16 e4m3 bytes a thread per step (a K row's
- * 16 dims, or a V pair row's 8 dims of both keys), times the rows'
- * scales, to bf16 at the page's place in the table (rows past n zeroed:
- * stale pages may hold anything, and a NaN there would reach the products
- * through P = 0). */
+/* One (page, KV head) a CTA: the page's rows widened (kv8_widen_rows) to
+ * bf16 at the page's place in the table, rows past n zeroed. */
 __global__ void __launch_bounds__(256) kv_widen_kernel(cattn_pool p, const int32_t *table, int n, char *k_out,
                                                        char *v_out, long long out_stride)
 {
     const int pi = blockIdx.x, kvh = blockIdx.y, B = p.block_size;
-    const long long page = table[pi];
-    const int rows_live = min(B, n - pi * B);
+    const long long page = table[pi], head = (long long)kvh * B * 128;
     const float *sc = (const float *)((const char *)p.kv_scale + page * p.kv_scale_stride) + (long long)kvh * 2 * B;
-    for (int c = threadIdx.x; c < B * 8; c += blockDim.x) { /* K: row r, dims 16ch .. */
-        const int r = c / 8, ch = c % 8;
-        const long long off = ((long long)kvh * B + r) * 128 + ch * 16;
-        uint4 lo = make_uint4(0u, 0u, 0u, 0u), hi = lo;
-        if (r < rows_live)
-            kv8_k_chunk(*(const uint4 *)((const char *)p.k + page * p.k_stride + off), sc[r], lo, hi);
-        bf16 *dst = (bf16 *)(k_out + pi * out_stride) + off;
-        *(uint4 *)dst = lo;
-        *(uint4 *)(dst + 8) = hi;
-    }
-    for (int c = threadIdx.x; c < B * 8; c += blockDim.x) { /* V: pair row pr, dims 8ch .. of rows 2pr, 2pr+1 */
-        const int pr = c / 16, ch = c % 16, r0 = 2 * pr, r1 = r0 + 1;
-        const long long row0 = (long long)kvh * B + r0;
-        uint4 o0 = make_uint4(0u, 0u, 0u, 0u), o1 = o0;
-        if (r0 < rows_live) {
-            kv8_v_chunk(*(const uint4 *)((const char *)p.v + page * p.v_stride + row0 * 128 + ch * 16), sc[B + r0],
-                        sc[B + r1], o0, o1);
-            if (r1 >= rows_live) o1 = make_uint4(0u, 0u, 0u, 0u);
-        }
-        bf16 *dst = (bf16 *)(v_out + pi * out_stride) + row0 * 128 + ch * 8;
-        *(uint4 *)dst = o0;
-        *(uint4 *)(dst + 128) = o1;
-    }
+    kv8_widen_rows((const char *)p.k + page * p.k_stride + head, (const char *)p.v + page * p.v_stride + head, sc,
+                   sc + B, B, n - pi * B, (unsigned char *)k_out + pi * out_stride + head * 2,
+                   (unsigned char *)v_out + pi * out_stride + head * 2, [](int r, int ch) { return r * 256 + ch * 16; },
+                   threadIdx.x, blockDim.x);
 }
 
 extern "C" int cattn_kv_widen(const cattn_pool *p, const int32_t *table, int n_tokens, void *k_out, void *v_out,

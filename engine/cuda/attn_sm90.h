@@ -56,37 +56,18 @@ static __device__ __forceinline__ long long sp_prow(const SpArgs &a, int it, int
 }
 
 /* Block blk's K and V (group g, 128 rows) from fp8 pages into shared
- * memory as the kernels' bf16 tiles: 16-byte chunk ch of row r at byte
- * pos(r, ch) of ks and vs; rows at or past `valid` zeros.  Each block is
- * loaded once per CTA and serves all the items that chose it, so the
- * sequence's pages need no widened copy.  Plain loads and stores: the
- * caller syncs (and fences for wgmma) before reading. */
+ * memory as the kernels' bf16 tiles (kv8_widen_rows: chunk ch of row r at
+ * byte pos(r, ch), rows at or past `valid` zeros).  Each block is loaded
+ * once per CTA and serves all the items that chose it, so the sequence's
+ * pages need no widened copy. */
 template <typename Pos>
 static __device__ __forceinline__ void sp_load_kv8(const SpArgs &a, int blk, int g, int valid, unsigned char *ks,
                                                    unsigned char *vs, Pos pos, int tid, int nthr)
 {
-    const long long page = a.table[blk];
-    const char *kp = a.k + page * a.k_stride + (long long)g * 128 * 128;
-    const char *vp = a.v + page * a.v_stride + (long long)g * 128 * 128;
+    const long long page = a.table[blk], head = (long long)g * 128 * 128;
     const float *sc = (const float *)(a.kvs + page * a.kvs_stride) + g * 2 * 128;
-    const uint4 z = make_uint4(0u, 0u, 0u, 0u);
-    for (int c = tid; c < 128 * 8; c += nthr) { /* K: row r, dims 16 ch .. */
-        const int r = c >> 3, ch = c & 7;
-        uint4 lo = z, hi = z;
-        if (r < valid) kv8_k_chunk(*(const uint4 *)(kp + r * 128 + ch * 16), sc[r], lo, hi);
-        *(uint4 *)(ks + pos(r, 2 * ch)) = lo;
-        *(uint4 *)(ks + pos(r, 2 * ch + 1)) = hi;
-    }
-    for (int c = tid; c < 64 * 16; c += nthr) { /* V: pair row, dims 8 ch .. of rows r0, r0 + 1 */
-        const int r0 = 2 * (c >> 4), ch = c & 15;
-        uint4 o0 = z, o1 = z;
-        if (r0 < valid) {
-            kv8_v_chunk(*(const uint4 *)(vp + r0 * 128 + ch * 16), sc[128 + r0], sc[129 + r0], o0, o1);
-            if (r0 + 1 >= valid) o1 = z;
-        }
-        *(uint4 *)(vs + pos(r0, ch)) = o0;
-        *(uint4 *)(vs + pos(r0 + 1, ch)) = o1;
-    }
+    kv8_widen_rows(a.k + page * a.k_stride + head, a.v + page * a.v_stride + head, sc, sc + 128, 128, valid, ks, vs,
+                   pos, tid, nthr);
 }
 #endif
 

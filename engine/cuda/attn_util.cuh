@@ -134,6 +134,37 @@ static __device__ __forceinline__ void kv8_v_chunk(const uint4 &w, float s0, flo
     o1 = make_uint4(b[0], b[1], b[2], b[3]);
 }
 
+/* Rows [0, rows) of one KV head's fp8 K and V (K rows of 128 bytes at k,
+ * V pair rows of 256 at v, rows even; scales sk[r], sv[r]) to bf16 rows:
+ * 16-byte chunk ch (8 dims) of row r at byte pos(r, ch) of ks and vs
+ * (shared or global memory).  Rows at or past `valid` are zeros: stale
+ * rows may hold anything, and a NaN there would reach the products
+ * through P = 0.  Plain stores: the caller syncs (and fences for wgmma). */
+template <typename Pos>
+static __device__ __forceinline__ void kv8_widen_rows(const char *k, const char *v, const float *sk, const float *sv,
+                                                      int rows, int valid, unsigned char *ks, unsigned char *vs,
+                                                      Pos pos, int tid, int nthr)
+{
+    const uint4 z = make_uint4(0u, 0u, 0u, 0u);
+    for (int c = tid; c < rows * 8; c += nthr) { /* K: row r, dims 16 ch .. */
+        const int r = c >> 3, ch = c & 7;
+        uint4 lo = z, hi = z;
+        if (r < valid) kv8_k_chunk(*(const uint4 *)(k + r * 128 + ch * 16), sk[r], lo, hi);
+        *(uint4 *)(ks + pos(r, 2 * ch)) = lo;
+        *(uint4 *)(ks + pos(r, 2 * ch + 1)) = hi;
+    }
+    for (int c = tid; c < rows * 8; c += nthr) { /* V: pair row, dims 8 ch .. of rows r0, r0 + 1 */
+        const int r0 = 2 * (c >> 4), ch = c & 15;
+        uint4 o0 = z, o1 = z;
+        if (r0 < valid) {
+            kv8_v_chunk(*(const uint4 *)(v + r0 * 128 + ch * 16), sv[r0], sv[r0 + 1], o0, o1);
+            if (r0 + 1 >= valid) o1 = z;
+        }
+        *(uint4 *)(vs + pos(r0, ch)) = o0;
+        *(uint4 *)(vs + pos(r0 + 1, ch)) = o1;
+    }
+}
+
 /* ---- the fp8 indexer's queries (q8.cuh) ---------------------------------- */
 /* An mma.sync m16k16 A fragment set of two rows, qa[kk][0, 2] row lo and
  * [1, 3] row hi (bf16 pairs), the quad holding a row's 128 dims: rounded
