@@ -3,13 +3,35 @@
  *   Q4_0  32 values: fp16 d, 16 bytes; byte j holds value j (low nibble) and
  *         j+16 (high nibble); x = d * (q - 8)
  *   Q4_1  32 values: fp16 d, fp16 m, 16 bytes as Q4_0; x = d * q + m
+ *   Q5_0  32 values: fp16 d, 4 bytes qh (a little-endian u32: bit j is the
+ *         fifth bit of value j), 16 bytes of nibbles as Q4_0;
+ *         x = d * (q - 16)
+ *   Q5_1  32 values: fp16 d, fp16 m, qh and nibbles as Q5_0; x = d * q + m
  *   Q8_0  32 values: fp16 d, 32 int8; x = d * q
+ *   IQ4_NL 32 values: fp16 d, 16 bytes of nibbles as Q4_0, each an index
+ *         into a fixed 16-entry non-uniform table; x = d * table[q]
+ *   Q2_K  256 values: 16 bytes of scales (low nibble sc, high nibble m, one
+ *         byte per sub-block of 16), 64 bytes of 2-bit codes, fp16 d, fp16
+ *         dmin; each half of 128 values uses 32 bytes, bit pair k of byte l
+ *         being value 32k + l; x = d * sc * q - dmin * m
+ *   Q3_K  256 values: 32 bytes hmask, 64 bytes of 2-bit codes laid out as
+ *         Q2_K, 12 bytes of 6-bit scales for 16 sub-blocks of 16, fp16 d;
+ *         bit k of hmask byte l belongs to value 32k + l and, when clear,
+ *         takes 4 off the code; x = d * (sc - 32) * (q - (h ? 0 : 4))
  *   Q4_K  256 values: fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins
  *         for 8 sub-blocks of 32, 128 bytes of nibbles; every 64 values
  *         share 32 bytes (low nibbles first sub-block, high the second);
  *         x = d * sc * q - dmin * m
+ *   Q5_K  256 values: fp16 d, fp16 dmin, 12 scale bytes as Q4_K, 32 bytes
+ *         qh, 128 bytes of nibbles as Q4_K; bit k of qh byte l is the fifth
+ *         bit of value 32k + l; x = d * sc * q - dmin * m
  *   Q6_K  256 values: 128 bytes low nibbles, 64 bytes high 2-bit pairs,
  *         16 int8 scales (one per 16 values), fp16 d; x = d * sc * (q - 32)
+ *   IQ4_XS 256 values: fp16 d, 2 bytes scales_h (a little-endian u16: bit
+ *         pair j is the top of scale j), 4 bytes scales_l (nibble j: low of
+ *         byte j / 2 for even j, high for odd), 128 bytes of nibbles, 16 per
+ *         sub-block of 32 as Q4_0; x = d * (sc - 32) * table[q] with
+ *         IQ4_NL's table
  *
  * Blocks are read bytewise (fp16 fields through memcpy) so any alignment of
  * the source is fine. */
@@ -191,6 +213,126 @@ static void deq_q8_0(const uint8_t *b, float *y, int64_t nb)
     }
 }
 
+/* little-endian u32 at p: the 32 fifth bits of a Q5_0/Q5_1 block */
+static uint32_t ld_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Q5_0/Q5_1: values j and j + 16 take nibble byte j's low and high
+ * nibble, and fifth bits j and j + 16. */
+static void deq_q5_0(const uint8_t *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, b += 22, y += 32) {
+        float d = ld_f16(b);
+        uint32_t qh = ld_u32(b + 2);
+        const uint8_t *qs = b + 6;
+        for (int j = 0; j < 16; j++) {
+            int q0 = (qs[j] & 0xf) | (int)((qh >> j) & 1) << 4;
+            int q1 = (qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4;
+            y[j] = d * (float)(q0 - 16);
+            y[j + 16] = d * (float)(q1 - 16);
+        }
+    }
+}
+
+static void deq_q5_1(const uint8_t *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, b += 24, y += 32) {
+        float d = ld_f16(b), m = ld_f16(b + 2);
+        uint32_t qh = ld_u32(b + 4);
+        const uint8_t *qs = b + 8;
+        for (int j = 0; j < 16; j++) {
+            int q0 = (qs[j] & 0xf) | (int)((qh >> j) & 1) << 4;
+            int q1 = (qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4;
+            y[j] = d * (float)q0 + m;
+            y[j + 16] = d * (float)q1 + m;
+        }
+    }
+}
+
+/* IQ4_NL and IQ4_XS code points: a fixed non-uniform grid, denser near
+ * zero where most weights lie. */
+static const int8_t iq4_grid[16] = {
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+};
+
+static void deq_iq4_nl(const uint8_t *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, b += 18, y += 32) {
+        float d = ld_f16(b);
+        const uint8_t *qs = b + 2;
+        for (int j = 0; j < 16; j++) {
+            y[j] = d * (float)iq4_grid[qs[j] & 0xf];
+            y[j + 16] = d * (float)iq4_grid[qs[j] >> 4];
+        }
+    }
+}
+
+static void deq_iq4_xs(const uint8_t *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, b += 136) {
+        float d = ld_f16(b);
+        unsigned sh = (unsigned)(b[2] | b[3] << 8);
+        const uint8_t *sl = b + 4, *qs = b + 8;
+        for (int j = 0; j < 8; j++, qs += 16, y += 32) {
+            int ls = ((sl[j / 2] >> 4 * (j % 2)) & 0xf) | (int)((sh >> 2 * j) & 3) << 4;
+            float dl = d * (float)(ls - 32);
+            for (int l = 0; l < 16; l++) {
+                y[l] = dl * (float)iq4_grid[qs[l] & 0xf];
+                y[l + 16] = dl * (float)iq4_grid[qs[l] >> 4];
+            }
+        }
+    }
+}
+
+/* Q2_K: sub-blocks of 16 go through each 32-byte half's bit pairs in
+ * order (pair 0 of bytes 0..15, of bytes 16..31, then pair 1, ...), one
+ * scale byte each. */
+static void deq_q2_k(const uint8_t *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, b += 84) {
+        const uint8_t *sc = b, *qs = b + 16;
+        float d = ld_f16(b + 80), dmin = ld_f16(b + 82);
+        for (int n = 0; n < 2; n++, qs += 32)
+            for (int shift = 0; shift < 8; shift += 2)
+                for (int h = 0; h < 2; h++, sc++, y += 16) {
+                    float dl = d * (float)(*sc & 0xf), ml = dmin * (float)(*sc >> 4);
+                    const uint8_t *q = qs + 16 * h;
+                    for (int l = 0; l < 16; l++) y[l] = dl * (float)((q[l] >> shift) & 3) - ml;
+                }
+    }
+}
+
+/* Scale j (0..15) of Q3_K from its 12 bytes: the low 4 bits are the low
+ * (j < 8) or high nibble of byte j % 8, the top 2 bits are bit pair j / 4
+ * of byte 8 + j % 4; stored with a bias of 32. */
+static int k3_scale(int j, const uint8_t *s)
+{
+    int lo = j < 8 ? s[j] & 0xf : s[j - 8] >> 4;
+    int hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+    return (lo | hi << 4) - 32;
+}
+
+static void deq_q3_k(const uint8_t *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, b += 110) {
+        const uint8_t *hm = b, *qs = b + 32, *s = b + 96;
+        float d = ld_f16(b + 108);
+        int j = 0;      /* sub-block of 16; its 32-value run j / 2 is hmask's bit */
+        for (int n = 0; n < 2; n++, qs += 32)
+            for (int shift = 0; shift < 8; shift += 2)
+                for (int h = 0; h < 2; h++, j++, y += 16) {
+                    float dl = d * (float)k3_scale(j, s);
+                    const uint8_t *q = qs + 16 * h, *hb = hm + 16 * h;
+                    for (int l = 0; l < 16; l++) {
+                        int v = ((q[l] >> shift) & 3) - ((hb[l] >> (j / 2)) & 1 ? 0 : 4);
+                        y[l] = dl * (float)v;
+                    }
+                }
+    }
+}
+
 /* Scale and min of Q4_K sub-block j (0..7) from the 12 packed bytes: the
  * first four sub-blocks keep 6 bits in bytes 0..3 / 4..7, the last four
  * put their low 4 bits in bytes 8..11 and their top 2 bits in the spare
@@ -219,6 +361,25 @@ static void deq_q4_k(const uint8_t *b, float *y, int64_t nb)
             float d2 = d * sc, m2 = dmin * m;
             for (int l = 0; l < 32; l++) *y++ = d1 * (float)(qs[l] & 0xf) - m1;
             for (int l = 0; l < 32; l++) *y++ = d2 * (float)(qs[l] >> 4) - m2;
+        }
+    }
+}
+
+static void deq_q5_k(const uint8_t *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, b += 176) {
+        float d = ld_f16(b), dmin = ld_f16(b + 2);
+        const uint8_t *scales = b + 4, *qh = b + 16, *qs = b + 48;
+        for (int c = 0; c < 4; c++, qs += 32) {
+            uint8_t sc, m;
+            k4_scale_min(2 * c, scales, &sc, &m);
+            float d1 = d * sc, m1 = dmin * m;
+            k4_scale_min(2 * c + 1, scales, &sc, &m);
+            float d2 = d * sc, m2 = dmin * m;
+            for (int l = 0; l < 32; l++)
+                *y++ = d1 * (float)((qs[l] & 0xf) | ((qh[l] >> (2 * c)) & 1) << 4) - m1;
+            for (int l = 0; l < 32; l++)
+                *y++ = d2 * (float)((qs[l] >> 4) | ((qh[l] >> (2 * c + 1)) & 1) << 4) - m2;
         }
     }
 }
@@ -406,8 +567,15 @@ void dequant_row(uint32_t type, const void *src, float *dst, int64_t n)
     case GGML_Q4_1: deq_q4_1(s, dst, nb); break;
     case GGML_Q8_0: deq_q8_0(s, dst, nb); break;
 #endif
+    case GGML_Q5_0: deq_q5_0(s, dst, nb); break;
+    case GGML_Q5_1: deq_q5_1(s, dst, nb); break;
+    case GGML_IQ4_NL: deq_iq4_nl(s, dst, nb); break;
+    case GGML_Q2_K: deq_q2_k(s, dst, nb); break;
+    case GGML_Q3_K: deq_q3_k(s, dst, nb); break;
     case GGML_Q4_K: deq_q4_k(s, dst, nb); break;
+    case GGML_Q5_K: deq_q5_k(s, dst, nb); break;
     case GGML_Q6_K: deq_q6_k(s, dst, nb); break;
+    case GGML_IQ4_XS: deq_iq4_xs(s, dst, nb); break;
     }
 }
 
