@@ -306,8 +306,10 @@ int ggml_blck_size(uint32_t type)
 {
     switch (type) {
     case GGML_F32: case GGML_F16: case GGML_BF16: return 1;
-    case GGML_Q4_0: case GGML_Q4_1: case GGML_Q8_0: return 32;
-    case GGML_Q4_K: case GGML_Q6_K: return 256;
+    case GGML_Q4_0: case GGML_Q4_1: case GGML_Q5_0: case GGML_Q5_1:
+    case GGML_Q8_0: case GGML_IQ4_NL: return 32;
+    case GGML_Q2_K: case GGML_Q3_K: case GGML_Q4_K: case GGML_Q5_K:
+    case GGML_Q6_K: case GGML_IQ4_XS: return 256;
     default: return 0;
     }
 }
@@ -319,9 +321,16 @@ size_t ggml_type_size(uint32_t type)
     case GGML_F16: case GGML_BF16: return 2;
     case GGML_Q4_0: return 18;     /* fp16 d, 16 bytes of nibbles */
     case GGML_Q4_1: return 20;     /* fp16 d, fp16 m, 16 bytes of nibbles */
+    case GGML_Q5_0: return 22;     /* fp16 d, 4 bytes of fifth bits, 16 bytes of nibbles */
+    case GGML_Q5_1: return 24;     /* fp16 d, fp16 m, 4 bytes of fifth bits, 16 of nibbles */
     case GGML_Q8_0: return 34;     /* fp16 d, 32 int8 */
+    case GGML_IQ4_NL: return 18;   /* fp16 d, 16 bytes of nibbles (table indices) */
+    case GGML_Q2_K: return 84;     /* 16 scale/min bytes, 64 bytes of 2-bit codes, fp16 d, dmin */
+    case GGML_Q3_K: return 110;    /* 32 high-bit bytes, 64 of 2-bit codes, 12 scale bytes, fp16 d */
     case GGML_Q4_K: return 144;    /* fp16 d, dmin, 12 scale bytes, 128 nibble bytes */
+    case GGML_Q5_K: return 176;    /* as Q4_K, with 32 high-bit bytes before the nibbles */
     case GGML_Q6_K: return 210;    /* 128 ql, 64 qh, 16 int8 scales, fp16 d */
+    case GGML_IQ4_XS: return 136;  /* fp16 d, 2 + 4 scale bytes, 128 nibble bytes */
     default: return 0;
     }
 }
@@ -334,9 +343,16 @@ const char *ggml_type_name(uint32_t type)
     case GGML_BF16: return "bf16";
     case GGML_Q4_0: return "q4_0";
     case GGML_Q4_1: return "q4_1";
+    case GGML_Q5_0: return "q5_0";
+    case GGML_Q5_1: return "q5_1";
     case GGML_Q8_0: return "q8_0";
+    case GGML_Q2_K: return "q2_K";
+    case GGML_Q3_K: return "q3_K";
     case GGML_Q4_K: return "q4_K";
+    case GGML_Q5_K: return "q5_K";
     case GGML_Q6_K: return "q6_K";
+    case GGML_IQ4_NL: return "iq4_nl";
+    case GGML_IQ4_XS: return "iq4_xs";
     default: return "unknown";
     }
 }

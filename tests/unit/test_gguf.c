@@ -432,6 +432,73 @@ START_TEST(test_roundtrip_tensors)
 }
 END_TEST
 
+/* The types sparsed reads but cannot write (Q5_0, Q5_1, Q2_K, Q3_K, Q5_K,
+ * IQ4_NL, IQ4_XS): tensors of pseudo-random blocks (fp16 fields kept
+ * finite) load from a real file with the right sizes and decode from the
+ * mapping exactly as from the bytes written. */
+START_TEST(test_read_only_types)
+{
+    static const struct {
+        uint32_t type;
+        int f16[2], nf;     /* offsets of the block's fp16 fields */
+    } types[] = {
+        { GGML_Q5_0, { 0 }, 1 },      { GGML_Q5_1, { 0, 2 }, 2 },   { GGML_Q2_K, { 80, 82 }, 2 },
+        { GGML_Q3_K, { 108 }, 1 },    { GGML_Q5_K, { 0, 2 }, 2 },   { GGML_IQ4_NL, { 0 }, 1 },
+        { GGML_IQ4_XS, { 0 }, 1 },
+    };
+    enum { NT = sizeof types / sizeof types[0], NE0 = 512, NE1 = 3 };
+    uint8_t *q[NT];
+    uint64_t s = 17;
+    gguf_writer *w = gw_new();
+    gw_add_str(w, "general.architecture", "test");
+    for (int k = 0; k < NT; k++) {
+        size_t rb = ggml_row_size(types[k].type, NE0), ts = ggml_type_size(types[k].type);
+        ck_assert_uint_gt(rb, 0);
+        q[k] = malloc(rb * NE1);
+        for (size_t i = 0; i < rb * NE1; i++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            q[k][i] = (uint8_t)(s >> 56);
+        }
+        /* exponent below 31 (no inf or NaN): clear its top bit */
+        for (size_t i = 0; i < rb * NE1 / ts; i++)
+            for (int f = 0; f < types[k].nf; f++) q[k][i * ts + (size_t)types[k].f16[f] + 1] &= 0xbf;
+        char name[32];
+        snprintf(name, sizeof name, "w.%s", ggml_type_name(types[k].type));
+        uint64_t ne[2] = { NE0, NE1 };
+        ck_assert_int_eq(gw_add_tensor(w, name, types[k].type, 2, ne, q[k]), k);
+    }
+    char path[] = "/tmp/sparsed-test-gguf-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ck_assert_msg(gw_write_file(w, path) == 0, "%s", gw_error(w));
+    gw_free(w);
+
+    char err[256] = "";
+    gguf_file *f = gguf_open(path, err, sizeof err);
+    unlink(path);
+    ck_assert_msg(f != NULL, "%s", err);
+    ck_assert_uint_eq(gguf_n_tensors(f), NT);
+    float a[NE0], b[NE0];
+    for (int k = 0; k < NT; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "w.%s", ggml_type_name(types[k].type));
+        check_tensor(f, name, types[k].type, 2, NE0, NE1);
+        const gguf_tensor *t = gguf_tensor_find(f, name);
+        size_t rb = ggml_row_size(types[k].type, NE0);
+        ck_assert_int_eq(memcmp(t->data, q[k], t->nbytes), 0);
+        for (int r = 0; r < NE1; r++) {
+            dequant_row(t->type, (const uint8_t *)t->data + r * rb, a, NE0);
+            dequant_row(types[k].type, q[k] + r * rb, b, NE0);
+            ck_assert_int_eq(memcmp(a, b, sizeof a), 0);
+            for (int j = 0; j < NE0; j++) ck_assert_msg(isfinite(a[j]), "%s: row %d value %d", name, r, j);
+        }
+        free(q[k]);
+    }
+    gguf_close(f);
+}
+END_TEST
+
 /* ---- broken files ------------------------------------------------------------ */
 
 /* A small valid file: three tensors (f32, q8_0, f16) and a few keys. */
@@ -528,7 +595,7 @@ static const broken cases[] = {
     { "5 dims", "dimensions" },
     { "zero dimension", "bad size" },
     { "unknown tensor type", "unknown or unsupported type" },
-    { "unsupported ggml type q5_0", "unknown or unsupported type" },
+    { "unsupported ggml type iq2_xxs", "unknown or unsupported type" },
     { "row not multiple of block", "block size" },
     { "misaligned offset", "alignment" },
     { "offset past end", "past the end" },
@@ -633,7 +700,7 @@ static uint8_t *make_broken(int k, size_t *len)
     else if (!strcmp(what, "zero dimension")) put64(t_ne(tinfo(buf, *len, "tensor.b"), 1), 0);
     else if (!strcmp(what, "huge dim")) put64(t_ne(tinfo(buf, *len, "tensor.b"), 1), 1ull << 63);
     else if (!strcmp(what, "unknown tensor type")) put32(t_type(tinfo(buf, *len, "tensor.a")), 99);
-    else if (!strcmp(what, "unsupported ggml type q5_0")) put32(t_type(tinfo(buf, *len, "tensor.a")), 6);
+    else if (!strcmp(what, "unsupported ggml type iq2_xxs")) put32(t_type(tinfo(buf, *len, "tensor.a")), 16);
     else if (!strcmp(what, "row not multiple of block")) put64(t_ne(tinfo(buf, *len, "tensor.b"), 0), 48);
     else if (!strcmp(what, "misaligned offset")) {
         uint8_t *o = t_off(tinfo(buf, *len, "tensor.b"));
@@ -800,8 +867,8 @@ START_TEST(test_type_geometry)
     ck_assert_uint_eq(ggml_type_size(GGML_Q4_1), 20);
     ck_assert_uint_eq(ggml_row_size(GGML_Q4_0, 4096), 4096 / 32 * 18);
     ck_assert_uint_eq(ggml_row_size(GGML_BF16, 10), 20);
-    ck_assert_int_eq(ggml_blck_size(7), 0);
-    ck_assert_uint_eq(ggml_row_size(7, 32), 0);
+    ck_assert_int_eq(ggml_blck_size(16), 0);     /* iq2_xxs: not read */
+    ck_assert_uint_eq(ggml_row_size(16, 256), 0);
     ck_assert_str_eq(ggml_type_name(GGML_Q6_K), "q6_K");
     ck_assert_str_eq(gguf_vtype_name(GGUF_T_STRING), "string");
     ck_assert_str_eq(gguf_vtype_name(99), "?");
@@ -818,6 +885,7 @@ int main(void)
     tcase_add_test(tc, test_smollm2);
     tcase_add_loop_test(tc, test_roundtrip_metadata, 2, 4);
     tcase_add_test(tc, test_roundtrip_tensors);
+    tcase_add_test(tc, test_read_only_types);
     tcase_add_test(tc, test_base_is_valid);
     tcase_add_loop_test(tc, test_broken, 0, N_CASES);
     tcase_add_test(tc, test_truncations);
