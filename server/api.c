@@ -862,6 +862,8 @@ int api_parse_gen(server *srv, const char *body, size_t len, int chat, gen_req *
         goto out;
     if (!chat && get_bool(root, "echo", &g->echo, e))
         goto out;
+    if (get_bool(root, "return_tokens_as_token_ids", &g->token_ids, e))
+        goto out;
     const cJSON *so = field(root, "stream_options");
     if (so) {
         if (!cJSON_IsObject(so)) {
@@ -1080,6 +1082,16 @@ static int *prompt_offsets(server *srv, const int32_t *t, int n)
     return off;
 }
 
+/* A logprobs entry's token: its text, or "token_id:N" when the request
+ * asks for ids (tokens whose text is not valid UTF-8 alone stay exact). */
+static void lp_token(server *srv, const gen_req *g, int32_t tok, char *s, int cap, unsigned char *raw,
+                     int *raw_len)
+{
+    token_string(srv, tok, s, cap, raw, raw_len);
+    if (g->token_ids)
+        snprintf(s, (size_t)cap, "token_id:%d", tok);
+}
+
 /* The logprobs object of a prompt so far; created with its first token
  * (which has no logprob: nothing predicts it). */
 static cJSON *prompt_lp(server *srv, gen_state *st, int p)
@@ -1089,7 +1101,7 @@ static cJSON *prompt_lp(server *srv, gen_state *st, int p)
     st->plp_off[p] = prompt_offsets(srv, st->g.prompts[p], st->g.prompt_len[p]);
     cJSON *lp = cJSON_CreateObject();
     char s[800];
-    token_string(srv, st->g.prompts[p][0], s, sizeof s, NULL, NULL);
+    lp_token(srv, &st->g, st->g.prompts[p][0], s, sizeof s, NULL, NULL);
     cJSON_AddItemToArray(cJSON_AddArrayToObject(lp, "tokens"), cJSON_CreateString(s));
     cJSON_AddItemToArray(cJSON_AddArrayToObject(lp, "token_logprobs"), cJSON_CreateNull());
     cJSON_AddItemToArray(cJSON_AddArrayToObject(lp, "top_logprobs"), cJSON_CreateNull());
@@ -1127,20 +1139,20 @@ static cJSON *bytes_array(const unsigned char *raw, int n)
 }
 
 /* Chat: one ChatCompletionTokenLogprob. */
-static cJSON *chat_token_lp(server *srv, const sched_event *ev)
+static cJSON *chat_token_lp(server *srv, const gen_req *g, const sched_event *ev)
 {
     char s[800];
     unsigned char raw[256];
     int rl;
     cJSON *o = cJSON_CreateObject();
-    token_string(srv, ev->token, s, sizeof s, raw, &rl);
+    lp_token(srv, g, ev->token, s, sizeof s, raw, &rl);
     cJSON_AddStringToObject(o, "token", s);
     cJSON_AddNumberToObject(o, "logprob", isfinite(ev->logprob) ? ev->logprob : -9999.0);
     cJSON_AddItemToObject(o, "bytes", bytes_array(raw, rl));
     cJSON *top = cJSON_AddArrayToObject(o, "top_logprobs");
     for (int i = 0; i < ev->n_top; i++) {
         cJSON *t = cJSON_CreateObject();
-        token_string(srv, ev->top_ids[i], s, sizeof s, raw, &rl);
+        lp_token(srv, g, ev->top_ids[i], s, sizeof s, raw, &rl);
         cJSON_AddStringToObject(t, "token", s);
         cJSON_AddNumberToObject(t, "logprob", isfinite(ev->top_lp[i]) ? ev->top_lp[i] : -9999.0);
         cJSON_AddItemToObject(t, "bytes", bytes_array(raw, rl));
@@ -1151,16 +1163,16 @@ static cJSON *chat_token_lp(server *srv, const sched_event *ev)
 
 /* Completions: appends one token to a {tokens, token_logprobs, top_logprobs,
  * text_offset} object. */
-static void cmpl_token_lp(server *srv, cJSON *lp, const sched_event *ev, size_t offset)
+static void cmpl_token_lp(server *srv, const gen_req *g, cJSON *lp, const sched_event *ev, size_t offset)
 {
     char s[800];
-    token_string(srv, ev->token, s, sizeof s, NULL, NULL);
+    lp_token(srv, g, ev->token, s, sizeof s, NULL, NULL);
     cJSON_AddItemToArray(cJSON_GetObjectItem(lp, "tokens"), cJSON_CreateString(s));
     cJSON_AddItemToArray(cJSON_GetObjectItem(lp, "token_logprobs"),
                          cJSON_CreateNumber(isfinite(ev->logprob) ? ev->logprob : -9999.0));
     cJSON *top = cJSON_CreateObject();
     for (int i = 0; i < ev->n_top; i++) {
-        token_string(srv, ev->top_ids[i], s, sizeof s, NULL, NULL);
+        lp_token(srv, g, ev->top_ids[i], s, sizeof s, NULL, NULL);
         if (!cJSON_GetObjectItemCaseSensitive(top, s))
             cJSON_AddNumberToObject(top, s, isfinite(ev->top_lp[i]) ? ev->top_lp[i] : -9999.0);
     }
@@ -1333,10 +1345,10 @@ void gen_apply(server *srv, gen_state *st, const sched_event *ev, sbuf *sse)
             c->n_tokens++;
             if (st->g.logprobs >= 0) {
                 if (st->g.chat) {
-                    lp = chat_token_lp(srv, ev);
+                    lp = chat_token_lp(srv, &st->g, ev);
                 } else {
                     lp = cmpl_lp_new();
-                    cmpl_token_lp(srv, lp, ev, offset);
+                    cmpl_token_lp(srv, &st->g, lp, ev, offset);
                 }
             }
         } else {
@@ -1405,14 +1417,14 @@ void gen_apply(server *srv, gen_state *st, const sched_event *ev, sbuf *sse)
         cJSON *obj = prompt_lp(srv, st, p);
         size_t off = st->plp_off[p] ? (size_t)st->plp_off[p][ev->pos] : 0;
         if (!sse) {
-            cmpl_token_lp(srv, obj, ev, off);
+            cmpl_token_lp(srv, &st->g, obj, ev, off);
             return;
         }
         for (int j = 0; j < st->g.n; j++) {
             int i = p * st->g.n + j;
             stream_plp_first(srv, st, i, sse);
             cJSON *lp = cmpl_lp_new();
-            cmpl_token_lp(srv, lp, ev, off);
+            cmpl_token_lp(srv, &st->g, lp, ev, off);
             stream_choice(srv, st, i, "", lp, NULL, sse);
         }
         break;

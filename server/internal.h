@@ -64,6 +64,7 @@ typedef struct gen_req {
     int chat;
     int stream, include_usage, echo;
     int logprobs;             /* -1 off, else alternatives per token */
+    int token_ids;            /* logprobs name tokens "token_id:N" (vLLM's return_tokens_as_token_ids) */
     int n;
     int n_prompts;
     int32_t **prompts;

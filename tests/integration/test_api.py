@@ -222,6 +222,32 @@ def test_logprobs_chat_stream(daemon):
     assert [e.token for e in whole.choices[0].logprobs.content] == [e.token for e in entries]
 
 
+def test_logprobs_as_token_ids(daemon):
+    """return_tokens_as_token_ids (vLLM's): the same logprobs, each token
+    named "token_id:N" with N the id whose text the plain request shows."""
+    body = {"prompt": PROMPT, "max_tokens": 6, "temperature": 0, "logprobs": 2, "echo": True}
+    plain = daemon.post("/v1/completions", body).json()["choices"][0]["logprobs"]
+    r = daemon.post("/v1/completions", dict(body, return_tokens_as_token_ids=True)).json()
+    schemas.check("CreateCompletionResponse", r, echo_patch)
+    ids = r["choices"][0]["logprobs"]
+    assert ids["token_logprobs"] == plain["token_logprobs"]
+    toks = [int(t.split(":", 1)[1]) for t in ids["tokens"]]
+    assert all(t.startswith("token_id:") for t in ids["tokens"])
+    prompt_ids = daemon.post("/tokenize", {"prompt": PROMPT}).json()["tokens"]
+    assert toks[:len(prompt_ids)] == prompt_ids
+    assert daemon.post("/detokenize", {"tokens": toks}).json()["prompt"] == r["choices"][0]["text"]
+    for a, b in zip(ids["top_logprobs"][1:], plain["top_logprobs"][1:]):
+        assert sorted(a.values()) == sorted(b.values()) and all(k.startswith("token_id:") for k in a)
+    chat = daemon.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hello"}],
+                                                "max_tokens": 3, "temperature": 0, "logprobs": True,
+                                                "top_logprobs": 1, "return_tokens_as_token_ids": True}).json()
+    schemas.check("CreateChatCompletionResponse", chat)
+    for e in chat["choices"][0]["logprobs"]["content"]:
+        assert e["token"].startswith("token_id:") and e["top_logprobs"][0]["token"].startswith("token_id:")
+    bad = daemon.post("/v1/completions", dict(body, return_tokens_as_token_ids="yes"))
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "return_tokens_as_token_ids"
+
+
 def test_echo(daemon):
     r = daemon.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 4, "temperature": 0, "echo": True}).json()
     plain = daemon.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 4, "temperature": 0}).json()
