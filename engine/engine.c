@@ -167,8 +167,7 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    for (int i = 0; i < half; i++)
-        e->rope_freq[i] = powf(e->m.rope_base, -2.0f * (float)i / (float)e->m.rope_dim);
+    e->rope_mscale = model_rope_table(&e->m, e->rope_freq);
 #ifdef SPARSED_CUDA
     if (cuda) {
         e->cuda = cuda_backend_create(e, ordinal, f32, idx_fp8, kv_fp8, err, errlen);

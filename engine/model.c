@@ -1,5 +1,6 @@
 /* Reads the llama-family hyperparameters and tensor directory of a GGUF
  * file and checks every shape, so the forward pass can trust them. */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,6 +114,72 @@ static void layer_name(char *buf, size_t n, int l, const char *what)
     snprintf(buf, n, "blk.%d.%s", l, what);
 }
 
+/* rope.scaling.* as llama.cpp reads them: no type key means linear by
+ * rope.scaling.factor (or the older rope.scale_linear), which is no
+ * scaling when that is absent too. */
+static int rope_scaling_load(loader *L)
+{
+    model *m = L->m;
+    char key[128];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", m->arch);
+    const char *type = gguf_get_str(L->f, key);
+    if (!type || !strcmp(type, "linear"))
+        m->rope_scaling = ROPE_SCALING_LINEAR;
+    else if (!strcmp(type, "none"))
+        m->rope_scaling = ROPE_SCALING_NONE;
+    else if (!strcmp(type, "yarn"))
+        m->rope_scaling = ROPE_SCALING_YARN;
+    else {
+        snprintf(L->err, L->errlen, "model: rope scaling '%s' is not supported (none, linear, yarn)", type);
+        return -1;
+    }
+    m->rope_factor = key_f32(L, "rope.scaling.factor", key_f32(L, "rope.scale_linear", 0.0f));
+    if (m->rope_factor == 0.0f || m->rope_scaling == ROPE_SCALING_NONE)
+        m->rope_factor = 1.0f;
+    m->rope_attn_factor = key_f32(L, "rope.scaling.attn_factor", 1.0f);
+    m->rope_orig_ctx = key_u32(L, "rope.scaling.original_context_length", 0, m->n_ctx);
+    m->yarn_beta_fast = key_f32(L, "rope.scaling.yarn_beta_fast", 32.0f);
+    m->yarn_beta_slow = key_f32(L, "rope.scaling.yarn_beta_slow", 1.0f);
+    if (!(m->rope_factor > 0.0f) || !isfinite(m->rope_factor) || !isfinite(m->rope_attn_factor) ||
+        m->rope_orig_ctx < 1) {
+        snprintf(L->err, L->errlen, "model: rope scaling factor %g, attention factor %g, original context %d are not usable",
+                 m->rope_factor, m->rope_attn_factor, m->rope_orig_ctx);
+        return -1;
+    }
+    return L->failed ? -1 : 0;
+}
+
+float model_rope_table(const model *m, float *freq)
+{
+    int half = m->rope_dim / 2;
+    float fs = 1.0f / m->rope_factor, mscale = m->rope_attn_factor;
+    float lo = 0, hi = 0;
+    if (m->rope_scaling == ROPE_SCALING_YARN) {
+        /* YaRN: pairs that turn fewer than beta_slow times over the
+         * original context are interpolated, more than beta_fast kept,
+         * a linear ramp between; cos and sin grow by 0.1 ln(factor) + 1. */
+        float lb = 2.0f * logf(m->rope_base);
+        lo = floorf(m->rope_dim * logf(m->rope_orig_ctx / (m->yarn_beta_fast * 2 * (float)M_PI)) / lb);
+        hi = ceilf(m->rope_dim * logf(m->rope_orig_ctx / (m->yarn_beta_slow * 2 * (float)M_PI)) / lb);
+        lo = fmaxf(0.0f, lo);
+        hi = fminf((float)(m->rope_dim - 1), hi);
+        if (m->rope_factor > 1.0f)
+            mscale *= 0.1f * logf(m->rope_factor) + 1.0f;
+    }
+    for (int i = 0; i < half; i++) {
+        float f = powf(m->rope_base, -2.0f * (float)i / (float)m->rope_dim);
+        if (m->rope_freq_factors)
+            f /= m->rope_freq_factors[i];
+        float s = fs;
+        if (m->rope_scaling == ROPE_SCALING_YARN) {
+            float keep = 1.0f - fminf(1.0f, fmaxf(0.0f, (i - lo) / fmaxf(0.001f, hi - lo)));
+            s = fs * (1.0f - keep) + keep;
+        }
+        freq[i] = f * s;
+    }
+    return mscale;
+}
+
 int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
 {
     memset(m, 0, sizeof *m);
@@ -157,6 +224,8 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
         return -1;
     }
     m->rope_base = key_f32(&L, "rope.freq_base", 10000.0f);
+    if (rope_scaling_load(&L))
+        return -1;
     m->eps = key_f32(&L, "attention.layer_norm_rms_epsilon", 1e-5f);
     /* GGUF llama files rotate adjacent pairs (the converter permutes Q/K);
      * Qwen layouts rotate halves. */
@@ -184,6 +253,12 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
     m->n_vocab = (int)te->ne[1];
     m->tok_embd = matrix(&L, "token_embd.weight", m->n_embd, m->n_vocab, 1);
     m->out_norm = vector(&L, "output_norm.weight", m->n_embd, 1);
+    if (m->rope_dim >= 2)
+        m->rope_freq_factors = vector(&L, "rope_freqs.weight", m->rope_dim / 2, 0);
+    for (int i = 0; m->rope_freq_factors && i < m->rope_dim / 2; i++)
+        if (!(m->rope_freq_factors[i] > 0.0f) || !isfinite(m->rope_freq_factors[i]))
+            fail(&L, "model: rope_freqs.weight[%d] = %g is not a positive divisor", i,
+                 m->rope_freq_factors[i]);
     if (gguf_tensor_find(f, "output.weight"))
         m->output = matrix(&L, "output.weight", m->n_embd, m->n_vocab, 1);
     else

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: the release build with warnings as errors (unit,
-# integration, reliability and deploy suites), then the unit, integration
-# and reliability suites again under ASan+UBSan (LeakSanitizer on the
-# daemon's exit), then each fuzz target for 60 s.  Expects tools/deps.sh
-# to have run.
+# integration, reliability, conformance and deploy suites), then the unit,
+# integration, reliability and conformance suites again under ASan+UBSan
+# (LeakSanitizer on the daemon's exit), then each fuzz target for 60 s.
+# Expects tools/deps.sh to have run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,8 +23,8 @@ meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 --time
 # The daemon itself under ASan+UBSan: these suites start build-asan/sparsed
 # (meson sets SPARSED_BUILD), and LeakSanitizer checks each daemon when it
 # exits after its SIGTERM drain (the tests require exit status 0).
-meson test -C build-asan --suite integration --suite reliability --print-errorlogs --num-processes 2 \
-    --timeout-multiplier 4
+meson test -C build-asan --suite integration --suite reliability --suite conformance --print-errorlogs \
+    --num-processes 2 --timeout-multiplier 4
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 # Every libFuzzer target (tests/fuzz/fuzz_*.c) for 60 s from its corpus.

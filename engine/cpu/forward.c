@@ -67,7 +67,7 @@ static void rope(const engine *e, float *x, int n, int head_dim, int pos)
     int half = m->rope_dim / 2;
     for (int i = 0; i < half; i++) {
         float a = (float)pos * e->rope_freq[i];
-        float c = cosf(a), s = sinf(a);
+        float c = cosf(a) * e->rope_mscale, s = sinf(a) * e->rope_mscale;
         for (int h = 0; h < n; h++) {
             float *v = x + (size_t)h * head_dim;
             int i0 = m->rope_neox ? i : 2 * i, i1 = m->rope_neox ? i + half : 2 * i + 1;

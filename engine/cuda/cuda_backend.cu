@@ -1240,6 +1240,7 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         pa.tab = mt->tab;
         pa.tables = mt->tables;
         pa.rope_freq = cb->rope_freq;
+        pa.rope_mscale = cb->e->rope_mscale;
         pa.rope_dim = m->rope_dim;
         pa.neox = m->rope_neox;
         pa.Hq = m->n_heads;

@@ -338,6 +338,7 @@ struct PostArgs {
     int ld;
     const int32_t *pos, *tab, *tables;
     const float *rope_freq;
+    float rope_mscale;
     int rope_dim, neox;
     int Hq, Hkv, D, idx_heads, idx_dim, has_idx, idx_fp8, kv_fp8;
     const float *q_bias, *k_bias, *v_bias, *q_norm, *k_norm, *iq_norm, *ik_norm;
@@ -394,7 +395,12 @@ __global__ void __launch_bounds__(256) qkv_post_kernel(PostArgs a)
      * warps' scratch): sincosf of a large angle takes a slow path */
     float *rc = post_sm + (size_t)nw * maxd, *rs = rc + half;
     for (int p = threadIdx.x; p < half; p += blockDim.x)
-        sincosf((float)pos * a.rope_freq[p], &rs[p], &rc[p]);
+    {
+        float sn, cs;
+        sincosf((float)pos * a.rope_freq[p], &sn, &cs);
+        rs[p] = sn * a.rope_mscale;
+        rc[p] = cs * a.rope_mscale;
+    }
     __syncthreads();
     for (int u = blockIdx.y * nw + w; u < nu; u += gridDim.y * nw) {
         const float *src, *bias = NULL, *nrm = NULL;

@@ -1,0 +1,149 @@
+"""Small random GGUF models of the architectures sparsed loads, written
+with the gguf package (llama.cpp's own writer), so that llama.cpp and
+sparsed read the same file.  Weights are normal / sqrt(fan-in) with a
+fixed seed; the vocabulary is SentencePiece-style (specials, byte tokens,
+filler pieces), enough for both loaders; tests feed token ids.
+"""
+import numpy as np
+import gguf
+
+
+def _vocab(w, n):
+    toks, scores, types = [], [], []
+    for i in range(n):
+        if i == 0:
+            t, ty = "<unk>", gguf.TokenType.UNKNOWN
+        elif i in (1, 2):
+            t, ty = ("<s>", "</s>")[i - 1], gguf.TokenType.CONTROL
+        elif i < 259:
+            t, ty = f"<0x{i - 3:02X}>", gguf.TokenType.BYTE
+        else:
+            t, ty = "\u2581" + format(i, "x"), gguf.TokenType.NORMAL
+        toks.append(t.encode())
+        scores.append(-float(i))
+        types.append(ty)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(toks)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+
+
+def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head_dim=None,
+                ff=96, vocab=320, ctx=512, rope_base=10000.0, qkv_bias=None, qk_norm=None,
+                rope_scaling=None, rope_factor=None, rope_orig_ctx=None, rope_freqs=None,
+                tied=False, seed=0, dtype=np.float32):
+    """Writes a model; returns the dict of its arrays by tensor name.
+    rope_freqs: an array of rope_dim/2 divisors (Llama 3 style) or None."""
+    rng = np.random.default_rng(seed)
+    hd = head_dim or embd // heads
+    qkv_bias = arch == "qwen2" if qkv_bias is None else qkv_bias
+    qk_norm = arch == "qwen3" if qk_norm is None else qk_norm
+    w = gguf.GGUFWriter(path, arch)
+    w.add_name(f"conformance-{arch}")
+    w.add_block_count(layers)
+    w.add_context_length(ctx)
+    w.add_embedding_length(embd)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    if hd * heads != embd:
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+    w.add_rope_dimension_count(hd)
+    w.add_rope_freq_base(rope_base)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(vocab)
+    if rope_scaling:
+        w.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling))
+        w.add_rope_scaling_factor(rope_factor)
+        if rope_orig_ctx:
+            w.add_rope_scaling_orig_ctx_len(rope_orig_ctx)
+    _vocab(w, vocab)
+
+    arrays = {}
+
+    def mat(name, rows, cols):
+        a = (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(dtype)
+        arrays[name] = a
+
+    def vec(name, n, mean=1.0, spread=0.1):
+        arrays[name] = (mean + spread * rng.standard_normal(n)).astype(np.float32)
+
+    mat("token_embd.weight", vocab, embd)
+    vec("output_norm.weight", embd)
+    if not tied:
+        mat("output.weight", vocab, embd)
+    if rope_freqs is not None:
+        arrays["rope_freqs.weight"] = np.asarray(rope_freqs, dtype=np.float32)
+    for l in range(layers):
+        p = f"blk.{l}."
+        vec(p + "attn_norm.weight", embd)
+        mat(p + "attn_q.weight", heads * hd, embd)
+        mat(p + "attn_k.weight", kv_heads * hd, embd)
+        mat(p + "attn_v.weight", kv_heads * hd, embd)
+        mat(p + "attn_output.weight", embd, heads * hd)
+        if qkv_bias:
+            vec(p + "attn_q.bias", heads * hd, 0.0, 0.5)
+            vec(p + "attn_k.bias", kv_heads * hd, 0.0, 0.5)
+            vec(p + "attn_v.bias", kv_heads * hd, 0.0, 0.5)
+        if qk_norm:
+            vec(p + "attn_q_norm.weight", hd)
+            vec(p + "attn_k_norm.weight", hd)
+        vec(p + "ffn_norm.weight", embd)
+        mat(p + "ffn_gate.weight", ff, embd)
+        mat(p + "ffn_up.weight", ff, embd)
+        mat(p + "ffn_down.weight", embd, ff)
+    for name, a in arrays.items():
+        w.add_tensor(name, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return arrays
+
+
+def llama3_rope_freqs(head_dim, base, factor=8.0, low=1.0, high=4.0, orig_ctx=8192):
+    """Llama 3.1's per-pair divisors, as its converter computes them."""
+    out = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * np.pi / (base ** (-i / head_dim))
+        lo_w, hi_w = orig_ctx / low, orig_ctx / high
+        if wavelen < hi_w:
+            out.append(1.0)
+        elif wavelen > lo_w:
+            out.append(factor)
+        else:
+            s = (orig_ctx / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - s) / factor + s))
+    return np.array(out, dtype=np.float32)
+
+
+def dequantize_file(src, dst):
+    """Copies a GGUF file with every tensor widened to f32 by the gguf
+    package's own dequantizers: the exact weights a quantized file holds,
+    for llama.cpp to run without rounding its activations to 8 bits (as
+    its quantized products do)."""
+    r = gguf.GGUFReader(src)
+    arch = r.fields["general.architecture"].contents()
+    w = gguf.GGUFWriter(dst, arch, use_temp_file=False)
+    for name, f in r.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        sub = f.types[1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(name, f.contents(), f.types[0], sub)
+    for t in r.tensors:
+        a = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        w.add_tensor(t.name, a.reshape([int(n) for n in reversed(t.shape)]))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def tensor_types(path):
+    """The set of tensor type names in a GGUF file (e.g. {"F32", "Q4_K"})."""
+    return {t.tensor_type.name for t in gguf.GGUFReader(path).tensors}

@@ -1,0 +1,200 @@
+"""sparsed against llama.cpp on the same GGUF files.
+
+llama.cpp (built from its source by tools/deps.sh, through the
+llama-cpp-python package) is the reference implementation of the format:
+a file sparsed reads differently from it -- an architecture's layout, a
+RoPE scaling key, a quantization type -- computes other logits.  Each case
+compares every prompt position's log-probability served by the real
+daemon (echo, max_tokens 0: prefill, in chunks where the prompt is longer
+than a step) and a greedy continuation (decode steps over the paged KV
+cache) with llama.cpp's.
+
+Models: small random ones written here with llama.cpp's own GGUF writer
+(ggufgen.py), one per architecture and RoPE variant, quantized by
+llama.cpp's quantizer to each type sparsed reads; and the real
+stories260K and SmolLM2-135M (real text, both tokenizers).
+"""
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+import ggufgen
+from conftest import BINARY, SMOL, STORIES, Reference, greedy, prompt_logprobs
+
+# f32 weights and K/V on both sides: only the order of the arithmetic
+# differs.  Measured: |d logprob| <= 6e-6.
+F32_TOL = 1e-3
+
+
+def random_prompt(n, vocab, seed=1):
+    rng = np.random.default_rng(seed)
+    return [int(t) for t in rng.integers(3, vocab, n)]
+
+
+def compare(serve, path, tokens, args=(), gen=16, ref_path=None):
+    """Max |d logprob| over the prompt and over a greedy continuation,
+    after checking that the continuation picks llama.cpp's tokens.
+    llama.cpp reads ref_path (the same weights widened to f32) if given."""
+    ref = Reference(ref_path or path, n_ctx=len(tokens) + gen + 8)
+    d = serve(path, *args)
+    got, _ = prompt_logprobs(d, tokens)
+    want = ref.logprobs(tokens)
+    assert got[0] is None
+    diff = max(abs(got[i] - want[i - 1, tokens[i]]) for i in range(1, len(tokens)))
+    if not gen:
+        return diff, None
+    ids, lps = greedy(d, tokens, gen)
+    full = ref.logprobs(tokens + ids)
+    for k, t in enumerate(ids):
+        row = full[len(tokens) + k - 1]
+        # greedy takes llama.cpp's best token, unless the two are a near tie
+        assert row[t] >= row.max() - 1e-4, "step %d: took %d, llama.cpp's best is %d" % (k, t, row.argmax())
+    gdiff = max(abs(lps[k] - full[len(tokens) + k - 1, t]) for k, t in enumerate(ids))
+    return diff, gdiff
+
+
+ARCHS = {
+    "llama": dict(arch="llama"),
+    "llama-tied-embeddings": dict(arch="llama", tied=True),
+    "qwen2-qkv-bias": dict(arch="qwen2"),
+    "qwen3-qk-norm": dict(arch="qwen3", head_dim=32),
+    # Llama 3.1/3.2's RoPE: per-pair divisors in rope_freqs.weight
+    "llama3-rope-freqs": dict(arch="llama", ctx=2048,
+                              rope_freqs=ggufgen.llama3_rope_freqs(16, 10000.0, factor=8, orig_ctx=64)),
+    "linear-rope-x4": dict(arch="llama", ctx=2048, rope_scaling="linear", rope_factor=4.0),
+    "yarn-rope-x4": dict(arch="qwen2", ctx=2048, rope_scaling="yarn", rope_factor=4.0, rope_orig_ctx=128),
+    "yarn-rope-x4-qwen3": dict(arch="qwen3", head_dim=32, ctx=2048, rope_scaling="yarn",
+                               rope_factor=4.0, rope_orig_ctx=128),
+}
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_architecture(serve, tmp_path, name):
+    """Each architecture and RoPE variant, f32: a 300-token prompt
+    prefilled in chunks of 128 (--max-batch-tokens), then 16 greedy steps."""
+    path = str(tmp_path / (name + ".gguf"))
+    ggufgen.write_model(path, **ARCHS[name])
+    diff, gdiff = compare(serve, path, random_prompt(300, 320), ("--max-batch-tokens", "128"))
+    assert diff < F32_TOL and gdiff < F32_TOL, (name, diff, gdiff)
+
+
+def test_rope_scaling_changes_the_logits(tmp_path):
+    """The RoPE cases above discriminate: with the scaling keys removed
+    llama.cpp's own logits move by far more than the tolerance."""
+    base = str(tmp_path / "plain.gguf")
+    scaled = str(tmp_path / "yarn.gguf")
+    ggufgen.write_model(base, arch="qwen2", ctx=2048)
+    ggufgen.write_model(scaled, **ARCHS["yarn-rope-x4"])
+    toks = random_prompt(300, 320)
+    a, b = Reference(base).logprobs(toks), Reference(scaled).logprobs(toks)
+    assert np.abs(a - b).max() > 100 * F32_TOL
+
+
+def test_unusable_rope_is_refused(tmp_path):
+    """A RoPE sparsed does not implement, or divisors it cannot use, stop
+    the load with a message (and a non-zero exit), never other logits."""
+    cases = [
+        (dict(rope_scaling="longrope", rope_factor=4.0), "rope scaling 'longrope' is not supported"),
+        (dict(rope_freqs=np.r_[np.ones(7), 0.0]), "rope_freqs.weight[7] = 0 is not a positive divisor"),
+        (dict(rope_scaling="yarn", rope_factor=-2.0), "rope scaling factor -2"),
+    ]
+    for i, (kw, needle) in enumerate(cases):
+        path = str(tmp_path / ("bad%d.gguf" % i))
+        ggufgen.write_model(path, **kw)
+        p = subprocess.run([BINARY, "generate", "--model", path, "--max-tokens", "1"],
+                           capture_output=True, timeout=60)
+        assert p.returncode == 1 and needle in p.stderr.decode(), (kw, p.returncode, p.stderr.decode())
+
+
+# The file types people download, made by llama.cpp's quantizer: its
+# llama_ftype, and the tensor type that must then be in the file (the
+# K-quant mixes hold other types too, for some tensors).
+QUANTS = {
+    "F16": (1, "F16"), "BF16": (32, "BF16"), "Q8_0": (7, "Q8_0"),
+    "Q5_0": (8, "Q5_0"), "Q5_1": (9, "Q5_1"), "Q4_0": (2, "Q4_0"), "Q4_1": (3, "Q4_1"),
+    "Q2_K": (10, "Q2_K"), "Q3_K_M": (12, "Q3_K"), "Q4_K_M": (15, "Q4_K"),
+    "Q5_K_M": (17, "Q5_K"), "Q6_K": (18, "Q6_K"), "IQ4_NL": (25, "IQ4_NL"), "IQ4_XS": (30, "IQ4_XS"),
+}
+
+
+@pytest.fixture(scope="module")
+def f32_model(tmp_path_factory):
+    """A random llama whose rows suit every block size (256): the source
+    each quantized file is made from."""
+    path = str(tmp_path_factory.mktemp("q") / "f32.gguf")
+    ggufgen.write_model(path, arch="llama", embd=256, heads=4, kv_heads=2, ff=512, vocab=512, ctx=1024)
+    return path
+
+
+@pytest.mark.parametrize("qname", list(QUANTS))
+def test_quantized(serve, f32_model, qname):
+    """A file quantized by llama.cpp's quantizer, served by sparsed, against
+    llama.cpp on the same weights widened to f32 by the gguf package: equal
+    to f32 precision.  (llama.cpp's own quantized products round the
+    activations to 8 bits, ~0.03 on these logprobs; within that it agrees
+    with the widened file, which checks the oracle itself.)"""
+    path = f32_model.replace("f32.gguf", qname + ".gguf")
+    wide = path.replace(".gguf", "-f32.gguf")
+    ftype, qtype = QUANTS[qname]
+    Reference(f32_model).quantize(f32_model, path, ftype)
+    assert qtype in ggufgen.tensor_types(path), (qname, ggufgen.tensor_types(path))
+    ggufgen.dequantize_file(path, wide)
+    toks = random_prompt(200, 512)
+    diff, gdiff = compare(serve, path, toks, ref_path=wide)
+    assert diff < F32_TOL and gdiff < F32_TOL, (qname, diff, gdiff)
+    pos = np.arange(len(toks) - 1)
+    own = Reference(path).logprobs(toks)[pos, toks[1:]]
+    assert np.abs(own - Reference(wide).logprobs(toks)[pos, toks[1:]]).max() < 0.25
+
+
+def real_text():
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md"), encoding="utf-8") as f:
+        return f.read()[:3000]
+
+
+TEXTS = [
+    "Once upon a time, there was a little girl named Lily.",
+    "  leading spaces, tabs\tand\nnew lines\n\n  end ",
+    "Numbers 1234567 3.14159 -42 1e10, dates 2026-11-27, and code: x->y[i] += f(a, b);",
+    "Unicode: café naïve Ωmega 日本語のテキスト 한국어 emoji 🙂🚀 and math ∑∫√",
+    "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+    "",
+]
+
+
+@pytest.mark.parametrize("model", ["stories260K", "SmolLM2"])
+def test_tokenizer(serve, model):
+    """/tokenize equals llama.cpp's tokenizer (special tokens parsed, with
+    and without BOS) on assorted texts and the README."""
+    path = STORIES if model == "stories260K" else SMOL
+    if not os.path.exists(path):
+        pytest.skip("%s not fetched (tools/deps.sh)" % path)
+    ref = Reference(path)
+    d = serve(path)
+    for text in TEXTS + [real_text()]:
+        for bos in (False, True):
+            r = d.post("/tokenize", {"prompt": text, "add_special_tokens": bos})
+            assert r.status_code == 200, r.text
+            want = ref.tokenize(text, add_bos=bos)
+            assert r.json()["tokens"] == want, (model, text[:40], bos)
+
+
+@pytest.mark.parametrize("model", ["stories260K", "SmolLM2"])
+def test_real_model(serve, tmp_path, model):
+    """Real checkpoints on real text: every prompt position and 16 greedy
+    steps.  stories260K is f32; SmolLM2 is Q4_1, compared with llama.cpp
+    on its weights widened to f32 (as in test_quantized)."""
+    path = STORIES if model == "stories260K" else SMOL
+    if not os.path.exists(path):
+        pytest.skip("%s not fetched (tools/deps.sh)" % path)
+    wide = None
+    if model == "SmolLM2":
+        wide = str(tmp_path / "smollm2-f32.gguf")
+        ggufgen.dequantize_file(path, wide)
+    text = "Once upon a time, there was a little dog named Max. He liked to run in the park." \
+        if model == "stories260K" else real_text()[:1500]
+    toks = Reference(path).tokenize(text, add_bos=True)
+    diff, gdiff = compare(serve, path, toks, ref_path=wide)
+    assert diff < F32_TOL and gdiff < F32_TOL, (model, diff, gdiff)
