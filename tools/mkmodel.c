@@ -24,6 +24,11 @@ typedef struct cfg {
     int m3;                 /* M3-style: half rotary, indexer by default */
     int indexer;            /* write indexer tensors and keys */
     int idx_heads, idx_dim, idx_top_k, idx_block, idx_local, dense_layers;
+    /* RoPE scaling: rope.scaling.* keys (scaling "linear" or "yarn"), or
+     * Llama 3.1's per-pair divisors in rope_freqs.weight (llama3_freqs) */
+    const char *rope_scaling;
+    float rope_factor;
+    int rope_orig_ctx, llama3_freqs;
 } cfg;
 
 static const cfg presets[] = {
@@ -58,6 +63,8 @@ static void usage(FILE *fp)
         "               [--qk-norm] [--rope-dim N] [--neox] [--rope-base F]\n"
         "               [--indexer-heads N --indexer-dim N --indexer-top-k N\n"
         "                --indexer-block N --indexer-local N --dense-layers N]\n"
+        "               [--rope-scaling linear|yarn | --llama3-rope-freqs]\n"
+        "               [--rope-factor F (4; llama3 8) --rope-orig-ctx N (ctx / factor)]\n"
         "presets:");
     for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
         fprintf(fp, " %s", presets[i].name);
@@ -124,7 +131,7 @@ static float rng_normal(rng *r)
 
 /* ---- the model ------------------------------------------------------------ */
 
-enum { T_WEIGHT, T_NORM };
+enum { T_WEIGHT, T_NORM, T_ROPE_FREQS };
 
 typedef struct tensor_plan {
     char name[96];
@@ -152,7 +159,7 @@ static int plan_add(plan *p, const cfg *c, int kind, uint64_t ne0, uint64_t ne1,
     t->kind = kind;
     t->ne0 = ne0;
     t->ne1 = ne1;
-    t->type = kind == T_NORM ? GGML_F32 : c->type;
+    t->type = kind != T_WEIGHT ? GGML_F32 : c->type;
     /* rows the block size does not divide stay f32 */
     if (ne0 % (uint64_t)ggml_blck_size(t->type)) {
         t->type = GGML_F32;
@@ -169,6 +176,8 @@ static int build_plan(const cfg *c, plan *p)
     rc |= plan_add(p, c, T_WEIGHT, e, (uint64_t)c->vocab, "token_embd.weight", 0);
     rc |= plan_add(p, c, T_NORM, e, 0, "output_norm.weight", 0);
     rc |= plan_add(p, c, T_WEIGHT, e, (uint64_t)c->vocab, "output.weight", 0);
+    if (c->llama3_freqs)
+        rc |= plan_add(p, c, T_ROPE_FREQS, (uint64_t)c->rope_dim / 2, 0, "rope_freqs.weight", 0);
     for (int l = 0; l < c->layers; l++) {
         rc |= plan_add(p, c, T_NORM, e, 0, "blk.%d.attn_norm.weight", l);
         rc |= plan_add(p, c, T_WEIGHT, e, q, "blk.%d.attn_q.weight", l);
@@ -285,6 +294,11 @@ static void add_metadata(gguf_writer *w, const cfg *c, const char *name)
     gw_add_f32(w, "llama.attention.layer_norm_rms_epsilon", c->eps);
     gw_add_u32(w, "llama.vocab_size", (uint32_t)c->vocab);
     if (c->neox) gw_add_bool(w, "sparsed.rope.neox", 1);
+    if (c->rope_scaling) {
+        gw_add_str(w, "llama.rope.scaling.type", c->rope_scaling);
+        gw_add_f32(w, "llama.rope.scaling.factor", c->rope_factor);
+        gw_add_u32(w, "llama.rope.scaling.original_context_length", (uint32_t)c->rope_orig_ctx);
+    }
     if (c->indexer) {
         gw_add_u32(w, "llama.attention.indexer.head_count", (uint32_t)c->idx_heads);
         gw_add_u32(w, "llama.attention.indexer.key_length", (uint32_t)c->idx_dim);
@@ -295,8 +309,22 @@ static void add_metadata(gguf_writer *w, const cfg *c, const char *name)
     }
 }
 
+/* Llama 3.1's divisor of pair i's frequency (its converter's formula, low
+ * 1 and high 4): pairs turning more than orig_ctx / 4 times over the
+ * original context keep theirs, fewer than orig_ctx / 1 times divide by
+ * the factor, a smooth blend between. */
+static float llama3_divisor(const cfg *c, int i)
+{
+    double wavelen = 2 * M_PI / pow(c->rope_base, -2.0 * i / c->rope_dim);
+    double lo = c->rope_orig_ctx / 1.0, hi = c->rope_orig_ctx / 4.0;
+    if (wavelen < hi) return 1.0f;
+    if (wavelen > lo) return c->rope_factor;
+    double s = (c->rope_orig_ctx / wavelen - 1.0) / (4.0 - 1.0);
+    return (float)(1.0 / ((1 - s) / c->rope_factor + s));
+}
+
 static int write_tensor(gguf_writer *w, FILE *fp, int idx, const tensor_plan *t, uint64_t seed,
-                        float *row, uint8_t *qbuf)
+                        const cfg *c, float *row, uint8_t *qbuf)
 {
     /* one stream per tensor, started at an unrelated point of the cycle */
     rng r = { .s = mix64(seed ^ mix64((uint64_t)idx + 1)) };
@@ -305,7 +333,9 @@ static int write_tensor(gguf_writer *w, FILE *fp, int idx, const tensor_plan *t,
     size_t rb = ggml_row_size(t->type, (int64_t)t->ne0);
     if (gw_tensor_begin(w, fp, idx)) return -1;
     for (uint64_t i = 0; i < rows; i++) {
-        for (uint64_t j = 0; j < t->ne0; j++) row[j] = t->kind == T_NORM ? 1.0f : rng_normal(&r) * scale;
+        for (uint64_t j = 0; j < t->ne0; j++)
+            row[j] = t->kind == T_NORM ? 1.0f : t->kind == T_ROPE_FREQS ? llama3_divisor(c, (int)j)
+                                                                       : rng_normal(&r) * scale;
         quantize_row(t->type, row, qbuf, (int64_t)t->ne0);
         if (gw_write_data(w, fp, qbuf, rb)) return -1;
     }
@@ -327,6 +357,9 @@ static int check_cfg(const cfg *c)
                             c->idx_block < 1 || c->idx_local < 1))
         bad = "indexer heads, dim, top-k, block and local must be >= 1";
     else if (c->indexer && c->dense_layers > c->layers) bad = "--dense-layers exceeds --layers";
+    else if ((c->rope_scaling || c->llama3_freqs) && !(c->rope_factor >= 1.0f && c->rope_orig_ctx >= 1))
+        bad = "--rope-factor must be >= 1 and --rope-orig-ctx >= 1";
+    else if (c->rope_scaling && c->llama3_freqs) bad = "--rope-scaling and --llama3-rope-freqs exclude each other";
     if (bad) fprintf(stderr, "mkmodel: %s\n", bad);
     return bad ? -1 : 0;
 }
@@ -334,7 +367,7 @@ static int check_cfg(const cfg *c)
 enum {
     O_OUT = 256, O_PRESET, O_LAYERS, O_EMBD, O_HEADS, O_KV, O_HD, O_FF, O_VOCAB, O_CTX, O_TYPE,
     O_SEED, O_QKN, O_ROPE_DIM, O_NEOX, O_ROPE_BASE, O_IH, O_ID, O_ITOP, O_IBLK, O_ILOC, O_DENSE,
-    O_HELP,
+    O_ROPE_SCALING, O_ROPE_FACTOR, O_ROPE_ORIG, O_LLAMA3, O_HELP,
 };
 
 int main(int argc, char **argv)
@@ -353,6 +386,10 @@ int main(int argc, char **argv)
         { "indexer-block", required_argument, 0, O_IBLK },
         { "indexer-local", required_argument, 0, O_ILOC },
         { "dense-layers", required_argument, 0, O_DENSE }, { "help", no_argument, 0, O_HELP },
+        { "rope-scaling", required_argument, 0, O_ROPE_SCALING },
+        { "rope-factor", required_argument, 0, O_ROPE_FACTOR },
+        { "rope-orig-ctx", required_argument, 0, O_ROPE_ORIG },
+        { "llama3-rope-freqs", no_argument, 0, O_LLAMA3 },
         { 0, 0, 0, 0 },
     };
     /* -1 = not given; applied over the preset after all options are read */
@@ -360,7 +397,8 @@ int main(int argc, char **argv)
     for (int i = 0; i <= O_HELP; i++) set[i] = -1;
     const char *out = NULL, *preset = "tiny", *type = NULL;
     unsigned long long seed = 1;
-    float rope_base = 0;
+    float rope_base = 0, rope_factor = 0;
+    const char *rope_scaling = NULL;
     int opt;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (opt) {
@@ -368,7 +406,15 @@ int main(int argc, char **argv)
         case O_PRESET: preset = optarg; break;
         case O_TYPE: type = optarg; break;
         case O_SEED: seed = strtoull(optarg, NULL, 0); break;
-        case O_QKN: case O_NEOX: set[opt] = 1; break;
+        case O_QKN: case O_NEOX: case O_LLAMA3: set[opt] = 1; break;
+        case O_ROPE_SCALING:
+            if (strcmp(optarg, "linear") && strcmp(optarg, "yarn")) {
+                fprintf(stderr, "mkmodel: --rope-scaling must be linear or yarn\n");
+                return 2;
+            }
+            rope_scaling = optarg;
+            break;
+        case O_ROPE_FACTOR: rope_factor = strtof(optarg, NULL); break;
         case O_ROPE_BASE:
             rope_base = strtof(optarg, NULL);
             if (!(rope_base > 0)) {
@@ -414,6 +460,10 @@ int main(int argc, char **argv)
     if (set[O_QKN] > 0) c.qk_norm = 1;
     if (set[O_NEOX] > 0) c.neox = 1;
     if (rope_base > 0) c.rope_base = rope_base;
+    c.rope_scaling = rope_scaling;
+    c.llama3_freqs = set[O_LLAMA3] > 0;
+    c.rope_factor = rope_factor > 0 ? rope_factor : c.llama3_freqs ? 8.0f : 4.0f;
+    c.rope_orig_ctx = set[O_ROPE_ORIG] >= 0 ? set[O_ROPE_ORIG] : c.ctx / (int)c.rope_factor;
     c.rope_dim = set[O_ROPE_DIM] >= 0 ? set[O_ROPE_DIM] : c.m3 ? c.head_dim / 2 : c.head_dim;
     if (set[O_IH] >= 0 || set[O_ID] >= 0 || set[O_ITOP] >= 0 || set[O_IBLK] >= 0 ||
         set[O_ILOC] >= 0 || set[O_DENSE] >= 0)
@@ -462,7 +512,7 @@ int main(int argc, char **argv)
     }
     setvbuf(fp, NULL, _IOFBF, 1 << 20);
     int rc = gw_write_header(w, fp);
-    for (int i = 0; i < pl.n && !rc; i++) rc = write_tensor(w, fp, i, &pl.t[i], seed, row, qbuf);
+    for (int i = 0; i < pl.n && !rc; i++) rc = write_tensor(w, fp, i, &pl.t[i], seed, &c, row, qbuf);
     if (!rc) rc = gw_write_end(w, fp);
     if (fclose(fp) && !rc) rc = -1;
     if (rc) {

@@ -15,6 +15,7 @@ _spec.loader.exec_module(_itest)
 
 Daemon = _itest.Daemon
 BINARY = _itest.BINARY
+BUILD = _itest.BUILD
 ROOT = _itest.ROOT
 need_binary = _itest.need_binary
 SMOL = os.path.join(ROOT, ".cache", "models", "SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -17,11 +17,12 @@ stories260K and SmolLM2-135M (real text, both tokenizers).
 import os
 import subprocess
 
+import gguf
 import numpy as np
 import pytest
 
 import ggufgen
-from conftest import BINARY, SMOL, STORIES, Reference, greedy, prompt_logprobs
+from conftest import BINARY, BUILD, SMOL, STORIES, Reference, greedy, prompt_logprobs
 
 # f32 weights and K/V on both sides: only the order of the arithmetic
 # differs.  Measured: |d logprob| <= 6e-6.
@@ -78,6 +79,25 @@ def test_architecture(serve, tmp_path, name):
     ggufgen.write_model(path, **ARCHS[name])
     diff, gdiff = compare(serve, path, random_prompt(300, 320), ("--max-batch-tokens", "128"))
     assert diff < F32_TOL and gdiff < F32_TOL, (name, diff, gdiff)
+
+
+@pytest.mark.parametrize("rope", [["--rope-scaling", "yarn"], ["--rope-scaling", "linear"],
+                                  ["--llama3-rope-freqs", "--rope-orig-ctx", "64"]])
+def test_mkmodel_rope(serve, tmp_path, rope):
+    """tools/mkmodel's RoPE options (the GPU checks' models) write what
+    llama.cpp reads as intended."""
+    path = str(tmp_path / "mk.gguf")
+    p = subprocess.run([os.path.join(BUILD, "tools", "mkmodel"), "--out", path, "--layers", "2",
+                        "--ctx", "1024", "--seed", "5"] + rope, capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+    r = gguf.GGUFReader(path)
+    if rope[0] == "--rope-scaling":
+        assert r.fields["llama.rope.scaling.type"].contents() == rope[1]
+    else:
+        f = [t for t in r.tensors if t.name == "rope_freqs.weight"][0].data
+        assert f.min() == 1.0 and f.max() == 8.0, f
+    diff, gdiff = compare(serve, path, random_prompt(300, 512), ("--max-batch-tokens", "128"))
+    assert diff < F32_TOL and gdiff < F32_TOL, (rope, diff, gdiff)
 
 
 def test_rope_scaling_changes_the_logits(tmp_path):

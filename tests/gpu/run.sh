@@ -170,6 +170,16 @@ check qwen-q8-bf16-32seq --model $M/qwen-q8.gguf --prompts $(seq -s, 20 51) --de
 check llama-q4k-bf16-graphs --model $M/llama-q4k.gguf --prompts 300,77,5 --decode 24 --vs-graphs --tol-alt 0
 check qwen-q8-bf16 --model $M/qwen-q8.gguf --prompts 200,31,64
 check qwen-q8-f32 --model $M/qwen-q8.gguf --dtype f32 --tol 1e-4 --prompts 200,31,64
+# RoPE scaling (the same angle table and YaRN's cos/sin factor on both
+# devices; tests/conformance holds the CPU to llama.cpp): YaRN x4 from 256
+# tokens (head dim 128: tuned kernels) and Llama 3.1's divisors (64)
+$P/bin/mkmodel --out $W/llama-yarn.gguf --layers 2 --embd 256 --heads 4 --kv-heads 2 --head-dim 128 --ff 512 \
+    --vocab 1024 --ctx 4096 --neox --rope-scaling yarn --rope-factor 4 --rope-orig-ctx 256 --seed 7 >/dev/null
+$P/bin/mkmodel --out $W/llama3-freqs.gguf --layers 2 --embd 256 --heads 4 --kv-heads 2 --head-dim 64 --ff 512 \
+    --vocab 1024 --ctx 4096 --llama3-rope-freqs --rope-orig-ctx 128 --seed 8 >/dev/null
+check llama-yarn-f32 --model $W/llama-yarn.gguf --dtype f32 --tol 1e-4 --prompts 900,300,5 --decode 16
+check llama-yarn-bf16 --model $W/llama-yarn.gguf --prompts 900,300,5 --decode 16
+check llama3-freqs-f32 --model $W/llama3-freqs.gguf --dtype f32 --tol 1e-4 --prompts 900,300,5 --decode 16
 # random MSA model: sparse from 80 tokens on (top 4 + 1 local blocks of 16)
 check m3-msa-f32 --model $M/m3-tiny.gguf --dtype f32 --tol 1e-4 --prompts 200,120,33 --decode 24
 check m3-msa-f32-graphs --model $M/m3-tiny.gguf --dtype f32 --tol 1e-4 --prompts 200,120,33 --decode 24 \
