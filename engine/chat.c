@@ -11,8 +11,8 @@
 
 #include "engine/internal.h"
 
-enum { FAM_PLAIN, FAM_CHATML, FAM_LLAMA3, FAM_LLAMA2, FAM_MISTRAL, FAM_ZEPHYR };
-static const char *const fam_names[] = {"plain", "chatml", "llama3", "llama2", "mistral", "zephyr"};
+enum { FAM_PLAIN, FAM_CHATML, FAM_LLAMA3, FAM_LLAMA2, FAM_MISTRAL, FAM_ZEPHYR, FAM_PHI3 };
+static const char *const fam_names[] = {"plain", "chatml", "llama3", "llama2", "mistral", "zephyr", "phi3"};
 
 static int family(const char *tmpl)
 {
@@ -20,7 +20,7 @@ static int family(const char *tmpl)
     if (strstr(tmpl, "<|im_start|>")) return FAM_CHATML;
     if (strstr(tmpl, "<|start_header_id|>")) return FAM_LLAMA3;
     if (strstr(tmpl, "[INST]")) return strstr(tmpl, "<<SYS>>") ? FAM_LLAMA2 : FAM_MISTRAL;
-    if (strstr(tmpl, "<|user|>")) return FAM_ZEPHYR;
+    if (strstr(tmpl, "<|user|>")) return strstr(tmpl, "<|end|>") ? FAM_PHI3 : FAM_ZEPHYR;
     return FAM_PLAIN;
 }
 
@@ -285,6 +285,27 @@ static int render_zephyr(sb *b, const char *eos, const chat_msg *m, int n, int a
     return 0;
 }
 
+/* Phi-3: "<|role|>\ncontent<|end|>\n" for system, user and assistant (the
+ * template drops other roles; Phi-3.5's drops an empty system message
+ * too), then "<|assistant|>\n" or, without a generation prompt, eos. */
+static void render_phi3(sb *b, const char *tmpl, const char *eos, const chat_msg *m, int n, int add_gen)
+{
+    int skip_empty_system = strstr(tmpl, "'system' and message['content']") != NULL;
+    for (int i = 0; i < n; i++) {
+        const char *r = role_of(&m[i]);
+        if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant"))
+            continue;
+        if (!strcmp(r, "system") && skip_empty_system && !content_of(&m[i])[0])
+            continue;
+        sb_add(b, "<|");
+        sb_add(b, r);
+        sb_add(b, "|>\n");
+        sb_add(b, content_of(&m[i]));
+        sb_add(b, "<|end|>\n");
+    }
+    sb_add(b, add_gen ? "<|assistant|>\n" : eos);
+}
+
 /* No template: "System: ...\nUser: ...\nAssistant:" */
 static int render_plain(sb *b, const chat_msg *m, int n, int add_gen)
 {
@@ -327,6 +348,7 @@ char *chat_render_template(const char *tmpl, const char *bos, const char *eos,
     case FAM_LLAMA2: rc = render_llama2(&b, bos, eos, msgs, n, err, errlen); break;
     case FAM_MISTRAL: rc = render_mistral(&b, bos, eos, msgs, n, err, errlen); break;
     case FAM_ZEPHYR: rc = render_zephyr(&b, eos, msgs, n, add_generation_prompt, err, errlen); break;
+    case FAM_PHI3: render_phi3(&b, tmpl, eos, msgs, n, add_generation_prompt); break;
     default: rc = render_plain(&b, msgs, n, add_generation_prompt); break;
     }
     if (rc == 0 && b.oom) {

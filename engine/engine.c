@@ -167,7 +167,7 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    e->rope_mscale = model_rope_table(&e->m, e->rope_freq);
+    e->rope_mscale = model_rope_table(&e->m, o->max_model_len ? o->max_model_len : e->m.n_ctx, e->rope_freq);
 #ifdef SPARSED_CUDA
     if (cuda) {
         e->cuda = cuda_backend_create(e, ordinal, f32, idx_fp8, kv_fp8, err, errlen);

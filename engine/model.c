@@ -81,6 +81,16 @@ static wmat matrix(loader *L, const char *name, int cols, int rows, int required
     return w;
 }
 
+/* Rows [r0, r0 + n) of w: the parts of a fused matrix (Phi-3's QKV and
+ * gate-up), which are whole rows, stay in the mapping as they are. */
+static wmat rows_of(wmat w, int r0, int n)
+{
+    if (w.data)
+        w.data = (const char *)w.data + (size_t)r0 * w.row_bytes;
+    w.rows = n;
+    return w;
+}
+
 /* A vector of n floats; dequantized into owned memory unless it is F32. */
 static const float *vector(loader *L, const char *name, int n, int required)
 {
@@ -112,6 +122,18 @@ static const float *vector(loader *L, const char *name, int n, int required)
 static void layer_name(char *buf, size_t n, int l, const char *what)
 {
     snprintf(buf, n, "blk.%d.%s", l, what);
+}
+
+/* Per-pair RoPE divisors (rope_dim/2 of them) if the file has them. */
+static const float *divisors(loader *L, const char *name, int n)
+{
+    const float *v = vector(L, name, n, 0);
+    for (int i = 0; v && i < n; i++)
+        if (!(v[i] > 0.0f) || !isfinite(v[i])) {
+            fail(L, "model: %s[%d] = %g is not a positive divisor", name, i, v[i]);
+            return NULL;
+        }
+    return v;
 }
 
 /* rope.scaling.* as llama.cpp reads them: no type key means linear by
@@ -149,8 +171,14 @@ static int rope_scaling_load(loader *L)
     return L->failed ? -1 : 0;
 }
 
-float model_rope_table(const model *m, float *freq)
+float model_rope_table(const model *m, int n_ctx, float *freq)
 {
+    /* Phi-3's LongRoPE: its long divisors serve contexts past the
+     * original one, the short ones the rest (llama.cpp's choice, by the
+     * context served rather than by the sequence's length) */
+    const float *div = m->rope_freq_factors;
+    if (!div)
+        div = n_ctx > m->rope_orig_ctx && m->rope_long_factors ? m->rope_long_factors : m->rope_short_factors;
     int half = m->rope_dim / 2;
     float fs = 1.0f / m->rope_factor, mscale = m->rope_attn_factor;
     float lo = 0, hi = 0;
@@ -168,8 +196,8 @@ float model_rope_table(const model *m, float *freq)
     }
     for (int i = 0; i < half; i++) {
         float f = powf(m->rope_base, -2.0f * (float)i / (float)m->rope_dim);
-        if (m->rope_freq_factors)
-            f /= m->rope_freq_factors[i];
+        if (div)
+            f /= div[i];
         float s = fs;
         if (m->rope_scaling == ROPE_SCALING_YARN) {
             float keep = 1.0f - fminf(1.0f, fmaxf(0.0f, (i - lo) / fmaxf(0.001f, hi - lo)));
@@ -190,8 +218,8 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
         return -1;
     }
     if (strcmp(arch, "llama") && strcmp(arch, "qwen2") && strcmp(arch, "qwen3") &&
-        strcmp(arch, "mistral")) {
-        snprintf(err, errlen, "model: architecture '%s' is not supported (llama, qwen2, qwen3, mistral)",
+        strcmp(arch, "mistral") && strcmp(arch, "phi3")) {
+        snprintf(err, errlen, "model: architecture '%s' is not supported (llama, qwen2, qwen3, mistral, phi3)",
                  arch);
         return -1;
     }
@@ -253,12 +281,11 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
     m->n_vocab = (int)te->ne[1];
     m->tok_embd = matrix(&L, "token_embd.weight", m->n_embd, m->n_vocab, 1);
     m->out_norm = vector(&L, "output_norm.weight", m->n_embd, 1);
-    if (m->rope_dim >= 2)
-        m->rope_freq_factors = vector(&L, "rope_freqs.weight", m->rope_dim / 2, 0);
-    for (int i = 0; m->rope_freq_factors && i < m->rope_dim / 2; i++)
-        if (!(m->rope_freq_factors[i] > 0.0f) || !isfinite(m->rope_freq_factors[i]))
-            fail(&L, "model: rope_freqs.weight[%d] = %g is not a positive divisor", i,
-                 m->rope_freq_factors[i]);
+    if (m->rope_dim >= 2) {
+        m->rope_freq_factors = divisors(&L, "rope_freqs.weight", m->rope_dim / 2);
+        m->rope_long_factors = divisors(&L, "rope_factors_long.weight", m->rope_dim / 2);
+        m->rope_short_factors = divisors(&L, "rope_factors_short.weight", m->rope_dim / 2);
+    }
     if (gguf_tensor_find(f, "output.weight"))
         m->output = matrix(&L, "output.weight", m->n_embd, m->n_vocab, 1);
     else
@@ -276,17 +303,40 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
 #define NAME(s) (layer_name(nm, sizeof nm, l, s), nm)
         w->attn_norm = vector(&L, NAME("attn_norm.weight"), E, 1);
         w->ffn_norm = vector(&L, NAME("ffn_norm.weight"), E, 1);
-        w->q = matrix(&L, NAME("attn_q.weight"), E, Hq * D, 1);
-        w->k = matrix(&L, NAME("attn_k.weight"), E, Hkv * D, 1);
-        w->v = matrix(&L, NAME("attn_v.weight"), E, Hkv * D, 1);
+        if (gguf_tensor_find(f, NAME("attn_qkv.weight"))) {
+            /* fused: Q's rows, then K's, then V's */
+            wmat qkv = matrix(&L, NAME("attn_qkv.weight"), E, (Hq + 2 * Hkv) * D, 1);
+            w->q = rows_of(qkv, 0, Hq * D);
+            w->k = rows_of(qkv, Hq * D, Hkv * D);
+            w->v = rows_of(qkv, (Hq + Hkv) * D, Hkv * D);
+            const float *b = vector(&L, NAME("attn_qkv.bias"), (Hq + 2 * Hkv) * D, 0);
+            if (b) {
+                w->q_bias = b;
+                w->k_bias = b + Hq * D;
+                w->v_bias = b + (Hq + Hkv) * D;
+            }
+        } else {
+            w->q = matrix(&L, NAME("attn_q.weight"), E, Hq * D, 1);
+            w->k = matrix(&L, NAME("attn_k.weight"), E, Hkv * D, 1);
+            w->v = matrix(&L, NAME("attn_v.weight"), E, Hkv * D, 1);
+        }
         w->o = matrix(&L, NAME("attn_output.weight"), Hq * D, E, 1);
-        w->q_bias = vector(&L, NAME("attn_q.bias"), Hq * D, 0);
-        w->k_bias = vector(&L, NAME("attn_k.bias"), Hkv * D, 0);
-        w->v_bias = vector(&L, NAME("attn_v.bias"), Hkv * D, 0);
+        if (!w->q_bias) {
+            w->q_bias = vector(&L, NAME("attn_q.bias"), Hq * D, 0);
+            w->k_bias = vector(&L, NAME("attn_k.bias"), Hkv * D, 0);
+            w->v_bias = vector(&L, NAME("attn_v.bias"), Hkv * D, 0);
+        }
         w->q_norm = vector(&L, NAME("attn_q_norm.weight"), D, 0);
         w->k_norm = vector(&L, NAME("attn_k_norm.weight"), D, 0);
-        w->gate = matrix(&L, NAME("ffn_gate.weight"), E, m->n_ff, 1);
-        w->up = matrix(&L, NAME("ffn_up.weight"), E, m->n_ff, 1);
+        if (!strcmp(arch, "phi3")) {
+            /* fused: the gate's rows, then the up projection's */
+            wmat gu = matrix(&L, NAME("ffn_up.weight"), E, 2 * m->n_ff, 1);
+            w->gate = rows_of(gu, 0, m->n_ff);
+            w->up = rows_of(gu, m->n_ff, m->n_ff);
+        } else {
+            w->gate = matrix(&L, NAME("ffn_gate.weight"), E, m->n_ff, 1);
+            w->up = matrix(&L, NAME("ffn_up.weight"), E, m->n_ff, 1);
+        }
         w->down = matrix(&L, NAME("ffn_down.weight"), m->n_ff, E, 1);
         if (m->idx_dim && gguf_tensor_find(f, NAME("indexer.k_proj.weight"))) {
             w->has_indexer = 1;

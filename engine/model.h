@@ -27,14 +27,16 @@ typedef struct model {
     int rope_neox;          /* 1: pairs (i, i+rope_dim/2); 0: adjacent pairs */
     float rope_base;
     /* RoPE scaling for contexts past training (GGUF rope.scaling.*; Llama
-     * 3's per-pair divisors in rope_freqs.weight): model_rope_table turns
-     * them into angles, so the forward passes only see the table. */
+     * 3's per-pair divisors in rope_freqs.weight, Phi-3's long and short
+     * ones): model_rope_table turns them into angles, so the forward
+     * passes only see the table. */
     int rope_scaling;               /* ROPE_SCALING_* */
     float rope_factor;              /* context extension factor; 1: none */
     float rope_attn_factor;         /* cos and sin scale (rope.scaling.attn_factor) */
     int rope_orig_ctx;              /* YaRN: the context trained before extension */
     float yarn_beta_fast, yarn_beta_slow;
     const float *rope_freq_factors; /* [rope_dim/2] or NULL */
+    const float *rope_long_factors, *rope_short_factors;    /* Phi-3's LongRoPE */
     float eps;
     /* MSA indexer (idx_dim 0 when the model has none) */
     int idx_heads, idx_dim, idx_top_k, idx_block, idx_local, idx_dense_layers;
@@ -48,11 +50,11 @@ typedef struct model {
 
 int model_load(model *m, const gguf_file *f, char *err, size_t errlen);
 void model_free(model *m);
-/* Fills freq[rope_dim/2] with each rotated pair's angle per position and
- * returns the factor that scales cos and sin (YaRN's attention factor
- * times rope.scaling.attn_factor; 1 for most models), as llama.cpp reads
- * the same keys. */
-float model_rope_table(const model *m, float *freq);
+/* Fills freq[rope_dim/2] with each rotated pair's angle per position, for
+ * a context of n_ctx tokens served, and returns the factor that scales
+ * cos and sin (YaRN's attention factor times rope.scaling.attn_factor; 1
+ * for most models), as llama.cpp reads the same keys. */
+float model_rope_table(const model *m, int n_ctx, float *freq);
 /* Row `tok` of the embedding, as floats. */
 void model_embed(const model *m, int32_t tok, float *out);
 

@@ -34,6 +34,7 @@ struct tokenizer {
     float *score;
     uint8_t *type;
     uint8_t *eog;
+    uint8_t *rstrip;        /* whitespace after this special token is dropped; NULL: none */
     int32_t *vh;            /* open-addressed text -> id */
     uint32_t vh_mask;
     uint64_t *mk;           /* open-addressed (left id, right id) -> merge */
@@ -330,6 +331,32 @@ static const char *const eog_texts[] = {
     "<|eom_id|>", "<EOT>", "</s>", "<|end_of_text|>",
 };
 
+/* Phi-3's added tokens strip the whitespace that follows them (rstrip in
+ * its tokenizer.json), except <unk>, <s> and <|endoftext|>; GGUF does not
+ * record it, so llama.cpp knows the model by its name, and so do we. */
+static int phi3_rstrip(tokenizer *t, const gguf_file *f)
+{
+    const char *name = gguf_get_str(f, "general.name");
+    char low[256];
+    size_t k = 0;
+    for (; name && name[k] && k < sizeof low - 1; k++)
+        low[k] = (char)(name[k] >= 'A' && name[k] <= 'Z' ? name[k] + 32 : name[k]);
+    low[k] = 0;
+    if (!strstr(low, "phi-3") && !strstr(low, "phi3"))
+        return 0;
+    if (!(t->rstrip = calloc((size_t)t->n_vocab, 1)))
+        return -1;
+    for (int i = t->sp_first[0]; i < t->sp_first[256]; i++)
+        t->rstrip[t->special[i]] = 1;
+    static const char *const keep[] = {"<unk>", "<s>", "<|endoftext|>"};
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
+        int id = vocab_find(t, keep[i], strlen(keep[i]));
+        if (id >= 0)
+            t->rstrip[id] = 0;
+    }
+    return 0;
+}
+
 tokenizer *tokenizer_load(const gguf_file *f, char *err, size_t errlen)
 {
     const char *model = gguf_get_str(f, "tokenizer.ggml.model");
@@ -475,6 +502,8 @@ tokenizer *tokenizer_load(const gguf_file *f, char *err, size_t errlen)
         while (j < ns && (uint8_t)tok_text(t, t->special[j])[0] == c) j++;
     }
     t->sp_first[256] = ns;
+    if (phi3_rstrip(t, f))
+        goto oom;
     return t;
 
 oom:
@@ -487,7 +516,7 @@ void tokenizer_free(tokenizer *t)
 {
     if (!t) return;
     free(t->arena); free(t->off); free(t->len); free(t->score); free(t->type);
-    free(t->eog); free(t->vh); free(t->mk); free(t->mrank); free(t->mres);
+    free(t->eog); free(t->rstrip); free(t->vh); free(t->mk); free(t->mrank); free(t->mres);
     free(t->special);
     free(t);
 }
@@ -943,6 +972,8 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_b
         ivec_push(&v, id);
         after_special = 1;
         i += t->len[id];
+        while (t->rstrip && t->rstrip[id] && i < len && strchr(" \t\n\v\f\r", text[i]) && text[i])
+            i++;
         start = i;
     }
     if (start < len) encode_text(t, text + start, len - start, after_special, &v);

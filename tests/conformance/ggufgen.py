@@ -8,10 +8,16 @@ import numpy as np
 import gguf
 
 
-def _vocab(w, n):
+PHI3_SPECIALS = ["<|endoftext|>", "<|assistant|>", "<|end|>", "<|system|>", "<|user|>"]
+
+
+def _vocab(w, n, arch):
     toks, scores, types = [], [], []
     for i in range(n):
-        if i == 0:
+        if arch == "phi3" and i - 259 in range(len(PHI3_SPECIALS)):
+            # Phi-3's added tokens (llama.cpp looks <|endoftext|> up by text)
+            t, ty = PHI3_SPECIALS[i - 259], gguf.TokenType.CONTROL
+        elif i == 0:
             t, ty = "<unk>", gguf.TokenType.UNKNOWN
         elif i in (1, 2):
             t, ty = ("<s>", "</s>")[i - 1], gguf.TokenType.CONTROL
@@ -35,9 +41,12 @@ def _vocab(w, n):
 def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head_dim=None,
                 ff=96, vocab=320, ctx=512, rope_base=10000.0, qkv_bias=None, qk_norm=None,
                 rope_scaling=None, rope_factor=None, rope_orig_ctx=None, rope_freqs=None,
+                rope_long=None, rope_short=None, rope_attn_factor=None,
                 tied=False, seed=0, dtype=np.float32):
     """Writes a model; returns the dict of its arrays by tensor name.
-    rope_freqs: an array of rope_dim/2 divisors (Llama 3 style) or None."""
+    rope_freqs: an array of rope_dim/2 divisors (Llama 3 style) or None;
+    rope_long, rope_short: Phi-3's LongRoPE divisors.  phi3 fuses Q, K and
+    V into attn_qkv and the gate and up projections into ffn_up."""
     rng = np.random.default_rng(seed)
     hd = head_dim or embd // heads
     qkv_bias = arch == "qwen2" if qkv_bias is None else qkv_bias
@@ -60,9 +69,11 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
     if rope_scaling:
         w.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling))
         w.add_rope_scaling_factor(rope_factor)
-        if rope_orig_ctx:
-            w.add_rope_scaling_orig_ctx_len(rope_orig_ctx)
-    _vocab(w, vocab)
+    if rope_orig_ctx:
+        w.add_rope_scaling_orig_ctx_len(rope_orig_ctx)
+    if rope_attn_factor:
+        w.add_rope_scaling_attn_factors(rope_attn_factor)
+    _vocab(w, vocab, arch)
 
     arrays = {}
 
@@ -77,14 +88,20 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
     vec("output_norm.weight", embd)
     if not tied:
         mat("output.weight", vocab, embd)
-    if rope_freqs is not None:
-        arrays["rope_freqs.weight"] = np.asarray(rope_freqs, dtype=np.float32)
+    for name, f in (("rope_freqs", rope_freqs), ("rope_factors_long", rope_long),
+                    ("rope_factors_short", rope_short)):
+        if f is not None:
+            arrays[name + ".weight"] = np.asarray(f, dtype=np.float32)
+    fused = arch == "phi3"
     for l in range(layers):
         p = f"blk.{l}."
         vec(p + "attn_norm.weight", embd)
-        mat(p + "attn_q.weight", heads * hd, embd)
-        mat(p + "attn_k.weight", kv_heads * hd, embd)
-        mat(p + "attn_v.weight", kv_heads * hd, embd)
+        if fused:
+            mat(p + "attn_qkv.weight", (heads + 2 * kv_heads) * hd, embd)
+        else:
+            mat(p + "attn_q.weight", heads * hd, embd)
+            mat(p + "attn_k.weight", kv_heads * hd, embd)
+            mat(p + "attn_v.weight", kv_heads * hd, embd)
         mat(p + "attn_output.weight", embd, heads * hd)
         if qkv_bias:
             vec(p + "attn_q.bias", heads * hd, 0.0, 0.5)
@@ -94,8 +111,11 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
             vec(p + "attn_q_norm.weight", hd)
             vec(p + "attn_k_norm.weight", hd)
         vec(p + "ffn_norm.weight", embd)
-        mat(p + "ffn_gate.weight", ff, embd)
-        mat(p + "ffn_up.weight", ff, embd)
+        if fused:
+            mat(p + "ffn_up.weight", 2 * ff, embd)
+        else:
+            mat(p + "ffn_gate.weight", ff, embd)
+            mat(p + "ffn_up.weight", ff, embd)
         mat(p + "ffn_down.weight", embd, ff)
     for name, a in arrays.items():
         w.add_tensor(name, a)

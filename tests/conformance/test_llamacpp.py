@@ -34,11 +34,12 @@ def random_prompt(n, vocab, seed=1):
     return [int(t) for t in rng.integers(3, vocab, n)]
 
 
-def compare(serve, path, tokens, args=(), gen=16, ref_path=None):
+def compare(serve, path, tokens, args=(), gen=16, ref_path=None, ref_ctx=0):
     """Max |d logprob| over the prompt and over a greedy continuation,
     after checking that the continuation picks llama.cpp's tokens.
-    llama.cpp reads ref_path (the same weights widened to f32) if given."""
-    ref = Reference(ref_path or path, n_ctx=len(tokens) + gen + 8)
+    llama.cpp reads ref_path (the same weights widened to f32) if given,
+    with a context of ref_ctx (what sparsed serves, where that matters)."""
+    ref = Reference(ref_path or path, n_ctx=max(ref_ctx, len(tokens) + gen + 8))
     d = serve(path, *args)
     got, _ = prompt_logprobs(d, tokens)
     want = ref.logprobs(tokens)
@@ -68,6 +69,10 @@ ARCHS = {
     "yarn-rope-x4": dict(arch="qwen2", ctx=2048, rope_scaling="yarn", rope_factor=4.0, rope_orig_ctx=128),
     "yarn-rope-x4-qwen3": dict(arch="qwen3", head_dim=32, ctx=2048, rope_scaling="yarn",
                                rope_factor=4.0, rope_orig_ctx=128),
+    # Phi-3: fused QKV and gate-up; LongRoPE's short divisors within the
+    # original 512 tokens, its long ones past them (see test_phi3_short)
+    "phi3-longrope": dict(arch="phi3", ctx=2048, rope_orig_ctx=512, rope_attn_factor=1.19,
+                          rope_long=np.linspace(1.0, 12.0, 8), rope_short=np.linspace(1.0, 1.6, 8)),
 }
 
 
@@ -77,7 +82,8 @@ def test_architecture(serve, tmp_path, name):
     prefilled in chunks of 128 (--max-batch-tokens), then 16 greedy steps."""
     path = str(tmp_path / (name + ".gguf"))
     ggufgen.write_model(path, **ARCHS[name])
-    diff, gdiff = compare(serve, path, random_prompt(300, 320), ("--max-batch-tokens", "128"))
+    diff, gdiff = compare(serve, path, random_prompt(300, 320), ("--max-batch-tokens", "128"),
+                          ref_ctx=ARCHS[name].get("ctx", 512))
     assert diff < F32_TOL and gdiff < F32_TOL, (name, diff, gdiff)
 
 
@@ -98,6 +104,21 @@ def test_mkmodel_rope(serve, tmp_path, rope):
         assert f.min() == 1.0 and f.max() == 8.0, f
     diff, gdiff = compare(serve, path, random_prompt(300, 512), ("--max-batch-tokens", "128"))
     assert diff < F32_TOL and gdiff < F32_TOL, (rope, diff, gdiff)
+
+
+def test_phi3_short(serve, tmp_path):
+    """Phi-3 served within its original context (--max-model-len 512)
+    takes the short LongRoPE divisors, as llama.cpp does at that context."""
+    path = str(tmp_path / "phi3.gguf")
+    ggufgen.write_model(path, **ARCHS["phi3-longrope"])
+    toks = random_prompt(400, 320)
+    ref = Reference(path, n_ctx=512).logprobs(toks)
+    d = serve(path, "--max-model-len", "512")
+    got, _ = prompt_logprobs(d, toks)
+    diff = max(abs(got[i] - ref[i - 1, toks[i]]) for i in range(1, len(toks)))
+    assert diff < F32_TOL, diff
+    long_ref = Reference(path, n_ctx=1024).logprobs(toks)
+    assert np.abs(long_ref - ref).max() > 100 * F32_TOL     # the two really differ
 
 
 def test_rope_scaling_changes_the_logits(tmp_path):
@@ -184,16 +205,24 @@ TEXTS = [
 ]
 
 
-@pytest.mark.parametrize("model", ["stories260K", "SmolLM2"])
-def test_tokenizer(serve, model):
+PHI3_CHAT = "<|system|>\nBe brief.<|end|>\n<|user|>\n  Hi there\t<|end|>\n<|assistant|>\n Hello<|endoftext|> x"
+
+
+@pytest.mark.parametrize("model", ["stories260K", "SmolLM2", "phi3"])
+def test_tokenizer(serve, tmp_path, model):
     """/tokenize equals llama.cpp's tokenizer (special tokens parsed, with
-    and without BOS) on assorted texts and the README."""
-    path = STORIES if model == "stories260K" else SMOL
+    and without BOS) on assorted texts and the README.  A Phi-3 vocabulary
+    drops the whitespace after its added tokens (but <|endoftext|>)."""
+    if model == "phi3":
+        path = str(tmp_path / "phi3.gguf")
+        ggufgen.write_model(path, arch="phi3", vocab=2000)
+    else:
+        path = STORIES if model == "stories260K" else SMOL
     if not os.path.exists(path):
         pytest.skip("%s not fetched (tools/deps.sh)" % path)
     ref = Reference(path)
     d = serve(path)
-    for text in TEXTS + [real_text()]:
+    for text in TEXTS + [real_text(), PHI3_CHAT]:
         for bos in (False, True):
             r = d.post("/tokenize", {"prompt": text, "add_special_tokens": bos})
             assert r.status_code == 200, r.text

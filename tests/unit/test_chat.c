@@ -145,10 +145,33 @@ START_TEST(reference_renderings)
     /* every family was covered, SmolLM2's own template text included */
     static const char *const want[][2] = {
         {"chatml", "chatml"}, {"qwen2", "chatml"}, {"llama3", "llama3"}, {"llama2", "llama2"},
-        {"mistral", "mistral"}, {"zephyr", "zephyr"}, {"smollm2", "chatml"},
+        {"mistral", "mistral"}, {"zephyr", "zephyr"}, {"smollm2", "chatml"}, {"phi3", "phi3"},
+        {"phi3.5", "phi3"},
     };
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
         ck_assert_str_eq(chat_template_family(find_tmpl(want[i][0])->text), want[i][1]);
+    free_tmpls();
+}
+END_TEST
+
+/* Phi-3's template renders nothing for roles other than system, user and
+ * assistant (tool results, say), where Zephyr's, whose text is alike,
+ * is refused with a message. */
+static void no_check(const tmpl *t, int add_gen, const char *want, const chat_msg *m, int n, void *ctx)
+{
+    (void)t, (void)add_gen, (void)want, (void)m, (void)n, (void)ctx;
+}
+
+START_TEST(phi3_drops_other_roles)
+{
+    chat_msg m[] = {{"user", "2+2?"}, {"tool", "4"}, {"assistant", "4."}};
+    each_case(no_check, NULL);      /* loads the templates */
+    char err[128] = "";
+    char *s = chat_render_template(find_tmpl("phi3")->text, "<s>", "<|endoftext|>", m, 3, 1, err, sizeof err);
+    ck_assert_str_eq(s, "<|user|>\n2+2?<|end|>\n<|assistant|>\n4.<|end|>\n<|assistant|>\n");
+    free(s);
+    ck_assert_ptr_null(chat_render_template(find_tmpl("zephyr")->text, "<s>", "</s>", m, 3, 1, err, sizeof err));
+    ck_assert_msg(strstr(err, "no role 'tool'"), "%s", err);
     free_tmpls();
 }
 END_TEST
@@ -304,6 +327,7 @@ int main(void)
     TCase *tc = tcase_create("chat");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, reference_renderings);
+    tcase_add_test(tc, phi3_drops_other_roles);
     tcase_add_test(tc, plain_fallback);
     tcase_add_test(tc, default_system_prompt);
     tcase_add_test(tc, errors);
