@@ -29,6 +29,7 @@ typedef struct cfg {
     const char *rope_scaling;
     float rope_factor;
     int rope_orig_ctx, llama3_freqs;
+    const char *arch;       /* "llama", or "phi3": fused QKV and gate-up */
 } cfg;
 
 static const cfg presets[] = {
@@ -63,7 +64,7 @@ static void usage(FILE *fp)
         "               [--qk-norm] [--rope-dim N] [--neox] [--rope-base F]\n"
         "               [--indexer-heads N --indexer-dim N --indexer-top-k N\n"
         "                --indexer-block N --indexer-local N --dense-layers N]\n"
-        "               [--rope-scaling linear|yarn | --llama3-rope-freqs]\n"
+        "               [--arch llama|phi3] [--rope-scaling linear|yarn | --llama3-rope-freqs]\n"
         "               [--rope-factor F (4; llama3 8) --rope-orig-ctx N (ctx / factor)]\n"
         "presets:");
     for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
@@ -180,17 +181,25 @@ static int build_plan(const cfg *c, plan *p)
         rc |= plan_add(p, c, T_ROPE_FREQS, (uint64_t)c->rope_dim / 2, 0, "rope_freqs.weight", 0);
     for (int l = 0; l < c->layers; l++) {
         rc |= plan_add(p, c, T_NORM, e, 0, "blk.%d.attn_norm.weight", l);
-        rc |= plan_add(p, c, T_WEIGHT, e, q, "blk.%d.attn_q.weight", l);
-        rc |= plan_add(p, c, T_WEIGHT, e, kv, "blk.%d.attn_k.weight", l);
-        rc |= plan_add(p, c, T_WEIGHT, e, kv, "blk.%d.attn_v.weight", l);
+        if (!strcmp(c->arch, "phi3")) {
+            rc |= plan_add(p, c, T_WEIGHT, e, q + 2 * kv, "blk.%d.attn_qkv.weight", l);
+        } else {
+            rc |= plan_add(p, c, T_WEIGHT, e, q, "blk.%d.attn_q.weight", l);
+            rc |= plan_add(p, c, T_WEIGHT, e, kv, "blk.%d.attn_k.weight", l);
+            rc |= plan_add(p, c, T_WEIGHT, e, kv, "blk.%d.attn_v.weight", l);
+        }
         rc |= plan_add(p, c, T_WEIGHT, q, e, "blk.%d.attn_output.weight", l);
         if (c->qk_norm) {
             rc |= plan_add(p, c, T_NORM, (uint64_t)c->head_dim, 0, "blk.%d.attn_q_norm.weight", l);
             rc |= plan_add(p, c, T_NORM, (uint64_t)c->head_dim, 0, "blk.%d.attn_k_norm.weight", l);
         }
         rc |= plan_add(p, c, T_NORM, e, 0, "blk.%d.ffn_norm.weight", l);
-        rc |= plan_add(p, c, T_WEIGHT, e, ff, "blk.%d.ffn_gate.weight", l);
-        rc |= plan_add(p, c, T_WEIGHT, e, ff, "blk.%d.ffn_up.weight", l);
+        if (!strcmp(c->arch, "phi3")) {
+            rc |= plan_add(p, c, T_WEIGHT, e, 2 * ff, "blk.%d.ffn_up.weight", l);
+        } else {
+            rc |= plan_add(p, c, T_WEIGHT, e, ff, "blk.%d.ffn_gate.weight", l);
+            rc |= plan_add(p, c, T_WEIGHT, e, ff, "blk.%d.ffn_up.weight", l);
+        }
         rc |= plan_add(p, c, T_WEIGHT, ff, e, "blk.%d.ffn_down.weight", l);
         if (c->indexer && l >= c->dense_layers) {
             uint64_t d = (uint64_t)c->idx_dim;
@@ -276,36 +285,45 @@ out:
     return rc;
 }
 
+/* "<arch>.<suffix>", for the next gw_add_* call (which copies it) */
+static const char *arch_key(const cfg *c, const char *suffix)
+{
+    static char key[96];
+    snprintf(key, sizeof key, "%s.%s", c->arch, suffix);
+    return key;
+}
+
 static void add_metadata(gguf_writer *w, const cfg *c, const char *name)
 {
-    gw_add_str(w, "general.architecture", "llama");
+#define K(suffix) arch_key(c, suffix)
+    gw_add_str(w, "general.architecture", c->arch);
     gw_add_str(w, "general.name", name);
-    gw_add_u32(w, "llama.block_count", (uint32_t)c->layers);
-    gw_add_u32(w, "llama.context_length", (uint32_t)c->ctx);
-    gw_add_u32(w, "llama.embedding_length", (uint32_t)c->embd);
-    gw_add_u32(w, "llama.feed_forward_length", (uint32_t)c->ff);
-    gw_add_u32(w, "llama.attention.head_count", (uint32_t)c->heads);
-    gw_add_u32(w, "llama.attention.head_count_kv", (uint32_t)c->kv_heads);
+    gw_add_u32(w, K("block_count"), (uint32_t)c->layers);
+    gw_add_u32(w, K("context_length"), (uint32_t)c->ctx);
+    gw_add_u32(w, K("embedding_length"), (uint32_t)c->embd);
+    gw_add_u32(w, K("feed_forward_length"), (uint32_t)c->ff);
+    gw_add_u32(w, K("attention.head_count"), (uint32_t)c->heads);
+    gw_add_u32(w, K("attention.head_count_kv"), (uint32_t)c->kv_heads);
     if (c->head_dim * c->heads != c->embd)
-        gw_add_u32(w, "llama.attention.key_length", (uint32_t)c->head_dim);
-    gw_add_u32(w, "llama.attention.value_length", (uint32_t)c->head_dim);
-    gw_add_u32(w, "llama.rope.dimension_count", (uint32_t)c->rope_dim);
-    gw_add_f32(w, "llama.rope.freq_base", c->rope_base);
-    gw_add_f32(w, "llama.attention.layer_norm_rms_epsilon", c->eps);
-    gw_add_u32(w, "llama.vocab_size", (uint32_t)c->vocab);
+        gw_add_u32(w, K("attention.key_length"), (uint32_t)c->head_dim);
+    gw_add_u32(w, K("attention.value_length"), (uint32_t)c->head_dim);
+    gw_add_u32(w, K("rope.dimension_count"), (uint32_t)c->rope_dim);
+    gw_add_f32(w, K("rope.freq_base"), c->rope_base);
+    gw_add_f32(w, K("attention.layer_norm_rms_epsilon"), c->eps);
+    gw_add_u32(w, K("vocab_size"), (uint32_t)c->vocab);
     if (c->neox) gw_add_bool(w, "sparsed.rope.neox", 1);
     if (c->rope_scaling) {
-        gw_add_str(w, "llama.rope.scaling.type", c->rope_scaling);
-        gw_add_f32(w, "llama.rope.scaling.factor", c->rope_factor);
-        gw_add_u32(w, "llama.rope.scaling.original_context_length", (uint32_t)c->rope_orig_ctx);
+        gw_add_str(w, K("rope.scaling.type"), c->rope_scaling);
+        gw_add_f32(w, K("rope.scaling.factor"), c->rope_factor);
+        gw_add_u32(w, K("rope.scaling.original_context_length"), (uint32_t)c->rope_orig_ctx);
     }
     if (c->indexer) {
-        gw_add_u32(w, "llama.attention.indexer.head_count", (uint32_t)c->idx_heads);
-        gw_add_u32(w, "llama.attention.indexer.key_length", (uint32_t)c->idx_dim);
-        gw_add_u32(w, "llama.attention.indexer.top_k", (uint32_t)c->idx_top_k);
-        gw_add_u32(w, "llama.attention.indexer.block_size", (uint32_t)c->idx_block);
-        gw_add_u32(w, "llama.attention.indexer.local_blocks", (uint32_t)c->idx_local);
-        gw_add_u32(w, "llama.attention.indexer.dense_layers", (uint32_t)c->dense_layers);
+        gw_add_u32(w, K("attention.indexer.head_count"), (uint32_t)c->idx_heads);
+        gw_add_u32(w, K("attention.indexer.key_length"), (uint32_t)c->idx_dim);
+        gw_add_u32(w, K("attention.indexer.top_k"), (uint32_t)c->idx_top_k);
+        gw_add_u32(w, K("attention.indexer.block_size"), (uint32_t)c->idx_block);
+        gw_add_u32(w, K("attention.indexer.local_blocks"), (uint32_t)c->idx_local);
+        gw_add_u32(w, K("attention.indexer.dense_layers"), (uint32_t)c->dense_layers);
     }
 }
 
@@ -321,6 +339,7 @@ static float llama3_divisor(const cfg *c, int i)
     if (wavelen > lo) return c->rope_factor;
     double s = (c->rope_orig_ctx / wavelen - 1.0) / (4.0 - 1.0);
     return (float)(1.0 / ((1 - s) / c->rope_factor + s));
+#undef K
 }
 
 static int write_tensor(gguf_writer *w, FILE *fp, int idx, const tensor_plan *t, uint64_t seed,
@@ -367,7 +386,7 @@ static int check_cfg(const cfg *c)
 enum {
     O_OUT = 256, O_PRESET, O_LAYERS, O_EMBD, O_HEADS, O_KV, O_HD, O_FF, O_VOCAB, O_CTX, O_TYPE,
     O_SEED, O_QKN, O_ROPE_DIM, O_NEOX, O_ROPE_BASE, O_IH, O_ID, O_ITOP, O_IBLK, O_ILOC, O_DENSE,
-    O_ROPE_SCALING, O_ROPE_FACTOR, O_ROPE_ORIG, O_LLAMA3, O_HELP,
+    O_ROPE_SCALING, O_ROPE_FACTOR, O_ROPE_ORIG, O_LLAMA3, O_ARCH, O_HELP,
 };
 
 int main(int argc, char **argv)
@@ -390,6 +409,7 @@ int main(int argc, char **argv)
         { "rope-factor", required_argument, 0, O_ROPE_FACTOR },
         { "rope-orig-ctx", required_argument, 0, O_ROPE_ORIG },
         { "llama3-rope-freqs", no_argument, 0, O_LLAMA3 },
+        { "arch", required_argument, 0, O_ARCH },
         { 0, 0, 0, 0 },
     };
     /* -1 = not given; applied over the preset after all options are read */
@@ -398,7 +418,7 @@ int main(int argc, char **argv)
     const char *out = NULL, *preset = "tiny", *type = NULL;
     unsigned long long seed = 1;
     float rope_base = 0, rope_factor = 0;
-    const char *rope_scaling = NULL;
+    const char *rope_scaling = NULL, *arch = "llama";
     int opt;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (opt) {
@@ -415,6 +435,13 @@ int main(int argc, char **argv)
             rope_scaling = optarg;
             break;
         case O_ROPE_FACTOR: rope_factor = strtof(optarg, NULL); break;
+        case O_ARCH:
+            if (strcmp(optarg, "llama") && strcmp(optarg, "phi3")) {
+                fprintf(stderr, "mkmodel: --arch must be llama or phi3\n");
+                return 2;
+            }
+            arch = optarg;
+            break;
         case O_ROPE_BASE:
             rope_base = strtof(optarg, NULL);
             if (!(rope_base > 0)) {
@@ -461,6 +488,7 @@ int main(int argc, char **argv)
     if (set[O_NEOX] > 0) c.neox = 1;
     if (rope_base > 0) c.rope_base = rope_base;
     c.rope_scaling = rope_scaling;
+    c.arch = arch;
     c.llama3_freqs = set[O_LLAMA3] > 0;
     c.rope_factor = rope_factor > 0 ? rope_factor : c.llama3_freqs ? 8.0f : 4.0f;
     c.rope_orig_ctx = set[O_ROPE_ORIG] >= 0 ? set[O_ROPE_ORIG] : c.ctx / (int)c.rope_factor;

@@ -125,6 +125,30 @@ const char *cuda_backend_device_name(const cuda_backend *cb) { return cb->name; 
 
 /* ---- weights ---------------------------------------------------------------- */
 
+/* Rows [r0, r0 + n) of a matrix, dequantized into tmp and, unless the
+ * engine runs in f32, rounded to bf16 into b16: a task per 16 rows on the
+ * engine's threads (a single thread took seconds per GB of weights). */
+typedef struct up_job {
+    const wmat *w;
+    int r0, n;
+    float *tmp;
+    uint16_t *b16;
+} up_job;
+
+static void up_rows(void *ctx, int i, int thread)
+{
+    (void)thread;
+    const up_job *j = (const up_job *)ctx;
+    int cols = j->w->cols;
+    for (int r = 16 * i; r < 16 * i + 16 && r < j->n; r++) {
+        float *row = j->tmp + (size_t)r * cols;
+        dequant_row(j->w->type, (const char *)j->w->data + (size_t)(j->r0 + r) * j->w->row_bytes, row, cols);
+        if (j->b16)
+            for (int c = 0; c < cols; c++)
+                j->b16[(size_t)r * cols + c] = f32_to_bf16(row[c]);
+    }
+}
+
 /* Dequantizes w a chunk of rows at a time and copies it to dst (rows
  * consecutive, stored type), so no full fp32 copy ever exists on the host. */
 static int upload_matrix(cuda_backend *cb, void *dst, const wmat *w, char *err, size_t errlen)
@@ -146,16 +170,10 @@ static int upload_matrix(cuda_backend *cb, void *dst, const wmat *w, char *err, 
     int rc = 0;
     for (int r0 = 0; r0 < w->rows && !rc; r0 += chunk) {
         int n = w->rows - r0 < chunk ? w->rows - r0 : chunk;
-        for (int r = 0; r < n; r++)
-            dequant_row(w->type, (const char *)w->data + (size_t)(r0 + r) * w->row_bytes, tmp + (size_t)r * cols,
-                        cols);
+        up_job job = {w, r0, n, tmp, b16};
+        tpool_run(cb->e->pool, up_rows, &job, (n + 15) / 16);
         size_t cnt = (size_t)n * cols;
-        const void *src = tmp;
-        if (!cb->f32) {
-            for (size_t i = 0; i < cnt; i++)
-                b16[i] = f32_to_bf16(tmp[i]);
-            src = b16;
-        }
+        const void *src = cb->f32 ? (const void *)tmp : (const void *)b16;
         cudaError_t ce = cudaMemcpy((char *)dst + (size_t)r0 * cols * cb->es, src, cnt * cb->es,
                                     cudaMemcpyHostToDevice);
         if (ce != cudaSuccess) {

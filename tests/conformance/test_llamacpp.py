@@ -88,10 +88,10 @@ def test_architecture(serve, tmp_path, name):
 
 
 @pytest.mark.parametrize("rope", [["--rope-scaling", "yarn"], ["--rope-scaling", "linear"],
-                                  ["--llama3-rope-freqs", "--rope-orig-ctx", "64"]])
-def test_mkmodel_rope(serve, tmp_path, rope):
-    """tools/mkmodel's RoPE options (the GPU checks' models) write what
-    llama.cpp reads as intended."""
+                                  ["--llama3-rope-freqs", "--rope-orig-ctx", "64"], ["--arch", "phi3"]])
+def test_mkmodel_options(serve, tmp_path, rope):
+    """tools/mkmodel's RoPE and architecture options (the GPU checks'
+    models) write what llama.cpp reads as intended."""
     path = str(tmp_path / "mk.gguf")
     p = subprocess.run([os.path.join(BUILD, "tools", "mkmodel"), "--out", path, "--layers", "2",
                         "--ctx", "1024", "--seed", "5"] + rope, capture_output=True, timeout=60)
@@ -99,6 +99,9 @@ def test_mkmodel_rope(serve, tmp_path, rope):
     r = gguf.GGUFReader(path)
     if rope[0] == "--rope-scaling":
         assert r.fields["llama.rope.scaling.type"].contents() == rope[1]
+    elif rope[0] == "--arch":
+        assert r.fields["general.architecture"].contents() == "phi3"
+        assert "blk.0.attn_qkv.weight" in [t.name for t in r.tensors]
     else:
         f = [t for t in r.tensors if t.name == "rope_freqs.weight"][0].data
         assert f.min() == 1.0 and f.max() == 8.0, f

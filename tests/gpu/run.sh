@@ -180,6 +180,11 @@ $P/bin/mkmodel --out $W/llama3-freqs.gguf --layers 2 --embd 256 --heads 4 --kv-h
 check llama-yarn-f32 --model $W/llama-yarn.gguf --dtype f32 --tol 1e-4 --prompts 900,300,5 --decode 16
 check llama-yarn-bf16 --model $W/llama-yarn.gguf --prompts 900,300,5 --decode 16
 check llama3-freqs-f32 --model $W/llama3-freqs.gguf --dtype f32 --tol 1e-4 --prompts 900,300,5 --decode 16
+# Phi-3's fused QKV and gate-up matrices, uploaded as row views (Q4_K)
+$P/bin/mkmodel --out $W/phi3.gguf --arch phi3 --layers 2 --embd 512 --heads 4 --kv-heads 2 --head-dim 128 \
+    --ff 1024 --vocab 1024 --type q4_k --seed 9 >/dev/null
+check phi3-q4k-f32 --model $W/phi3.gguf --dtype f32 --tol 1e-4 --prompts 300,77,5 --decode 16
+check phi3-q4k-bf16 --model $W/phi3.gguf --prompts 300,77,5 --decode 16
 # random MSA model: sparse from 80 tokens on (top 4 + 1 local blocks of 16)
 check m3-msa-f32 --model $M/m3-tiny.gguf --dtype f32 --tol 1e-4 --prompts 200,120,33 --decode 24
 check m3-msa-f32-graphs --model $M/m3-tiny.gguf --dtype f32 --tol 1e-4 --prompts 200,120,33 --decode 24 \
