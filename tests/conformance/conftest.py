@@ -84,7 +84,7 @@ def prompt_logprobs(d, tokens, top=0):
     """sparsed's logprob of each prompt token after the ones before it
     (echo, max_tokens 0), and its top alternatives when top > 0."""
     r = d.post("/v1/completions", {"model": d.model_id, "prompt": list(tokens), "max_tokens": 0,
-                                   "echo": True, "logprobs": top})
+                                   "echo": True, "logprobs": top}, timeout=600)
     assert r.status_code == 200, r.text
     lp = r.json()["choices"][0]["logprobs"]
     return lp["token_logprobs"], lp["top_logprobs"]
@@ -94,7 +94,7 @@ def greedy(d, tokens, n):
     """sparsed's greedy continuation of a token prompt: ids and logprobs."""
     r = d.post("/v1/completions", {"model": d.model_id, "prompt": list(tokens), "max_tokens": n,
                                    "temperature": 0, "logprobs": 1, "ignore_eos": True,
-                                   "return_tokens_as_token_ids": True})
+                                   "return_tokens_as_token_ids": True}, timeout=600)
     assert r.status_code == 200, r.text
     lp = r.json()["choices"][0]["logprobs"]
     ids = [int(t.split(":", 1)[1]) for t in lp["tokens"]]
