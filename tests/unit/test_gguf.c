@@ -360,6 +360,23 @@ START_TEST(test_roundtrip_metadata)
 END_TEST
 
 /* Tensors of every type, custom alignment, through a real file (mmap). */
+/* Writes w to a temporary file (freeing w), opens it with the reader and
+ * removes the file: the reader sees exactly the writer's bytes. */
+static gguf_file *write_and_open(gguf_writer *w)
+{
+    char path[] = "/tmp/sparsed-test-gguf-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ck_assert_msg(gw_write_file(w, path) == 0, "%s", gw_error(w));
+    gw_free(w);
+    char err[256] = "";
+    gguf_file *f = gguf_open(path, err, sizeof err);
+    unlink(path);
+    ck_assert_msg(f != NULL, "%s", err);
+    return f;
+}
+
 START_TEST(test_roundtrip_tensors)
 {
     static const uint32_t types[] = { GGML_F32, GGML_F16, GGML_BF16, GGML_Q8_0,
@@ -385,17 +402,7 @@ START_TEST(test_roundtrip_tensors)
     for (int i = 0; i < 128; i++) small[i] = (float)i;
     gw_add_tensor(w, "w.3d", GGML_F32, 3, ne3, small);
 
-    char path[] = "/tmp/sparsed-test-gguf-XXXXXX";
-    int fd = mkstemp(path);
-    ck_assert_int_ge(fd, 0);
-    close(fd);
-    ck_assert_msg(gw_write_file(w, path) == 0, "%s", gw_error(w));
-    gw_free(w);
-
-    char err[256] = "";
-    gguf_file *f = gguf_open(path, err, sizeof err);
-    unlink(path);
-    ck_assert_msg(f != NULL, "%s", err);
+    gguf_file *f = write_and_open(w);
     ck_assert_uint_eq(gguf_alignment(f), 64);
     ck_assert_uint_eq(gguf_data_offset(f) % 64, 0);
     ck_assert_uint_eq(gguf_n_tensors(f), NT + 1);
@@ -467,17 +474,7 @@ START_TEST(test_read_only_types)
         uint64_t ne[2] = { NE0, NE1 };
         ck_assert_int_eq(gw_add_tensor(w, name, types[k].type, 2, ne, q[k]), k);
     }
-    char path[] = "/tmp/sparsed-test-gguf-XXXXXX";
-    int fd = mkstemp(path);
-    ck_assert_int_ge(fd, 0);
-    close(fd);
-    ck_assert_msg(gw_write_file(w, path) == 0, "%s", gw_error(w));
-    gw_free(w);
-
-    char err[256] = "";
-    gguf_file *f = gguf_open(path, err, sizeof err);
-    unlink(path);
-    ck_assert_msg(f != NULL, "%s", err);
+    gguf_file *f = write_and_open(w);
     ck_assert_uint_eq(gguf_n_tensors(f), NT);
     float a[NE0], b[NE0];
     for (int k = 0; k < NT; k++) {
