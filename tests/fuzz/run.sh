@@ -3,7 +3,7 @@
 # SECONDS (default 60), starting from tests/fuzz/corpus/NAME.  New inputs go
 # to build-fuzz/corpus/NAME; crashes are written to tests/fuzz/crash-*.
 # usage: tests/fuzz/run.sh [SECONDS] [NAME...]
-#   NAME: gguf, tokenizer, chat, request, sse, http (default: all fuzz_*.c)
+#   NAME: gguf, model, tokenizer, chat, request, sse, http (default: all fuzz_*.c)
 # A crash, once fixed, goes into tests/fuzz/corpus/NAME/ as a regression input.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
