@@ -122,7 +122,9 @@ def model(path, arch, embd, heads, kv_heads, ff, vocab, head_dim=None, layers=1,
             mat(p + "attn_k.weight", kv_heads * hd, embd)
             mat(p + "attn_v.weight", kv_heads * hd, embd)
         mat(p + "attn_output.weight", embd, heads * hd)
-        if qkv_bias:
+        if qkv_bias and fused:
+            vec(p + "attn_qkv.bias", (heads + 2 * kv_heads) * hd, 0.0, 0.5)
+        elif qkv_bias:
             vec(p + "attn_q.bias", heads * hd, 0.0, 0.5)
             vec(p + "attn_k.bias", kv_heads * hd, 0.0, 0.5)
             vec(p + "attn_v.bias", kv_heads * hd, 0.0, 0.5)
@@ -206,13 +208,14 @@ def main():
     # mistral, two layers, the MSA indexer on the second
     model(o("mistral_indexer.gguf"), "mistral", embd=32, heads=4, kv_heads=2, ff=32, vocab=16,
           layers=2, tied=True, indexer=(8, [1]), types={"indexer.q_norm.weight": T.F16}, seed=6)
-    # phi3: fused QKV and gate-up, LongRoPE divisors
+    # phi3: fused QKV (with a bias, dequantized) and gate-up, LongRoPE
+    # divisors
     model(o("phi3_longrope.gguf"), "phi3", embd=32, heads=4, kv_heads=4, ff=32, vocab=16,
-          ctx=1024, kv={"rope.scaling.original_context_length": 256,
+          ctx=1024, qkv_bias=True, kv={"rope.scaling.original_context_length": 256,
                         "rope.scaling.attn_factor": 1.19},
           divisors={"rope_factors_long.weight": (llama3_divisors(4, 4.0), T.F32),
                     "rope_factors_short.weight": (np.ones(4), T.F16)},
-          types={"attn_qkv.weight": T.Q8_0}, seed=7)
+          types={"attn_qkv.weight": T.Q8_0, "attn_qkv.bias": T.F16}, seed=7)
 
     # fuzz_gguf: one tensor of each newly dequantized type, two rows each
     g = os.path.join(HERE, "corpus", "gguf", "newtypes.gguf")
