@@ -124,13 +124,24 @@ static void layer_name(char *buf, size_t n, int l, const char *what)
     snprintf(buf, n, "blk.%d.%s", l, what);
 }
 
+/* A string from the file, fit to quote in a one-line message: control
+ * bytes become '?', and it is cut at n - 1 bytes. */
+static const char *shown(const char *s, char *buf, size_t n)
+{
+    size_t k = 0;
+    for (; s[k] && k < n - 1; k++)
+        buf[k] = (unsigned char)s[k] < 0x20 || s[k] == 0x7f ? '?' : s[k];
+    buf[k] = 0;
+    return buf;
+}
+
 /* Per-pair RoPE divisors (rope_dim/2 of them) if the file has them. */
 static const float *divisors(loader *L, const char *name, int n)
 {
     const float *v = vector(L, name, n, 0);
     for (int i = 0; v && i < n; i++)
-        if (!(v[i] > 0.0f) || !isfinite(v[i])) {
-            fail(L, "model: %s[%d] = %g is not a positive divisor", name, i, v[i]);
+        if (!(v[i] >= 1e-6f && v[i] <= 1e6f)) {
+            fail(L, "model: %s[%d] = %g is not a divisor in [1e-6, 1e6]", name, i, v[i]);
             return NULL;
         }
     return v;
@@ -152,7 +163,9 @@ static int rope_scaling_load(loader *L)
     else if (!strcmp(type, "yarn"))
         m->rope_scaling = ROPE_SCALING_YARN;
     else {
-        snprintf(L->err, L->errlen, "model: rope scaling '%s' is not supported (none, linear, yarn)", type);
+        char b[64];
+        snprintf(L->err, L->errlen, "model: rope scaling '%s' is not supported (none, linear, yarn)",
+                 shown(type, b, sizeof b));
         return -1;
     }
     m->rope_factor = key_f32(L, "rope.scaling.factor", key_f32(L, "rope.scale_linear", 0.0f));
@@ -162,10 +175,14 @@ static int rope_scaling_load(loader *L)
     m->rope_orig_ctx = key_u32(L, "rope.scaling.original_context_length", 0, m->n_ctx);
     m->yarn_beta_fast = key_f32(L, "rope.scaling.yarn_beta_fast", 32.0f);
     m->yarn_beta_slow = key_f32(L, "rope.scaling.yarn_beta_slow", 1.0f);
-    if (!(m->rope_factor > 0.0f) || !isfinite(m->rope_factor) || !isfinite(m->rope_attn_factor) ||
-        m->rope_orig_ctx < 1) {
-        snprintf(L->err, L->errlen, "model: rope scaling factor %g, attention factor %g, original context %d are not usable",
-                 m->rope_factor, m->rope_attn_factor, m->rope_orig_ctx);
+    /* bounds that keep every angle and the cos/sin scale finite */
+    if (!(m->rope_base > 1.0f && m->rope_base <= 1e30f) || !(m->rope_factor >= 1e-6f && m->rope_factor <= 1e6f) ||
+        !(m->rope_attn_factor > 0.0f && m->rope_attn_factor <= 1e3f) || m->rope_orig_ctx < 1 ||
+        !(m->yarn_beta_fast > 0.0f && m->yarn_beta_fast <= 1e6f) ||
+        !(m->yarn_beta_slow > 0.0f && m->yarn_beta_slow <= 1e6f)) {
+        snprintf(L->err, L->errlen, "model: rope base %g, scaling factor %g, attention factor %g, original context %d, "
+                 "yarn betas %g/%g are not usable", m->rope_base, m->rope_factor, m->rope_attn_factor,
+                 m->rope_orig_ctx, m->yarn_beta_fast, m->yarn_beta_slow);
         return -1;
     }
     return L->failed ? -1 : 0;
@@ -219,8 +236,9 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
     }
     if (strcmp(arch, "llama") && strcmp(arch, "qwen2") && strcmp(arch, "qwen3") &&
         strcmp(arch, "mistral") && strcmp(arch, "phi3")) {
+        char b[64];
         snprintf(err, errlen, "model: architecture '%s' is not supported (llama, qwen2, qwen3, mistral, phi3)",
-                 arch);
+                 shown(arch, b, sizeof b));
         return -1;
     }
     snprintf(m->arch, sizeof m->arch, "%s", arch);
@@ -243,6 +261,15 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
     int vdim = key_u32(&L, "attention.value_length", 0, m->head_dim);
     if (m->head_dim < 2 || m->head_dim % 2 || vdim != m->head_dim || m->head_dim > 1024) {
         snprintf(err, errlen, "model: head dimension %d (value %d) is not supported", m->head_dim, vdim);
+        return -1;
+    }
+    /* every layer has its tensors, and no product of the shape overflows
+     * an int (each value alone is at most 2^30) */
+    if ((uint64_t)m->n_layers > gguf_n_tensors(f) ||
+        (int64_t)(m->n_heads + 2 * (int64_t)m->n_kv_heads) * m->head_dim > 1 << 30 ||
+        2 * (int64_t)m->n_ff > 1 << 30) {
+        snprintf(err, errlen, "model: shape too large for the file (layers %d, ff %d, heads %d, kv heads %d, head dim %d)",
+                 m->n_layers, m->n_ff, m->n_heads, m->n_kv_heads, m->head_dim);
         return -1;
     }
     m->rope_dim = key_u32(&L, "rope.dimension_count", 0, m->head_dim);
@@ -268,6 +295,10 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
         m->idx_block = key_u32(&L, "attention.indexer.block_size", 0, 128);
         m->idx_local = key_u32(&L, "attention.indexer.local_blocks", 0, 1);
         m->idx_dense_layers = key_u32(&L, "attention.indexer.dense_layers", 0, 0);
+        if ((int64_t)m->idx_heads * m->idx_dim > 1 << 30) {
+            snprintf(err, errlen, "model: indexer shape too large (%d heads x %d)", m->idx_heads, m->idx_dim);
+            return -1;
+        }
         if (m->idx_heads != m->n_kv_heads || m->idx_dim % 2) {
             snprintf(err, errlen, "model: indexer needs one head per KV group (%d heads for %d groups) and an even key length",
                      m->idx_heads, m->n_kv_heads);

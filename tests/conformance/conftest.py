@@ -71,6 +71,7 @@ def serve():
         d = Daemon("--attention", "dense", *args, model=model)
         started.append(d)
         d.model_id = d.get("/v1/models").json()["data"][0]["id"]
+        start.last = d
         return d
 
     yield start

@@ -38,6 +38,47 @@ def _vocab(w, n, arch):
     w.add_add_bos_token(False)
 
 
+def layout(arch, layers, embd, heads, kv_heads, hd, ff, vocab, tied=False, qkv_bias=False, qk_norm=False,
+           extra=(), indexer=None):
+    """The tensors of a model, in file order: ("mat", name, rows, cols),
+    ("vec", name, n, mean, spread) and ("given", name, values) for each
+    (name, values) of extra (RoPE divisors), after the output ones.  phi3
+    fuses Q, K and V into attn_qkv, gate and up into ffn_up.  indexer:
+    (key_length, layers with one) for an MSA indexer."""
+    fused = arch == "phi3"
+    out = [("mat", "token_embd.weight", vocab, embd), ("vec", "output_norm.weight", embd, 1.0, 0.1)]
+    if not tied:
+        out.append(("mat", "output.weight", vocab, embd))
+    out += [("given", n, v) for n, v in extra]
+    for l in range(layers):
+        p = f"blk.{l}."
+        out.append(("vec", p + "attn_norm.weight", embd, 1.0, 0.1))
+        if fused:
+            out.append(("mat", p + "attn_qkv.weight", (heads + 2 * kv_heads) * hd, embd))
+        else:
+            out += [("mat", p + "attn_q.weight", heads * hd, embd), ("mat", p + "attn_k.weight", kv_heads * hd, embd),
+                    ("mat", p + "attn_v.weight", kv_heads * hd, embd)]
+        out.append(("mat", p + "attn_output.weight", embd, heads * hd))
+        if qkv_bias and fused:
+            out.append(("vec", p + "attn_qkv.bias", (heads + 2 * kv_heads) * hd, 0.0, 0.5))
+        elif qkv_bias:
+            out += [("vec", p + "attn_q.bias", heads * hd, 0.0, 0.5), ("vec", p + "attn_k.bias", kv_heads * hd, 0.0, 0.5),
+                    ("vec", p + "attn_v.bias", kv_heads * hd, 0.0, 0.5)]
+        if qk_norm:
+            out += [("vec", p + "attn_q_norm.weight", hd, 1.0, 0.1), ("vec", p + "attn_k_norm.weight", hd, 1.0, 0.1)]
+        out.append(("vec", p + "ffn_norm.weight", embd, 1.0, 0.1))
+        if fused:
+            out.append(("mat", p + "ffn_up.weight", 2 * ff, embd))
+        else:
+            out += [("mat", p + "ffn_gate.weight", ff, embd), ("mat", p + "ffn_up.weight", ff, embd)]
+        out.append(("mat", p + "ffn_down.weight", embd, ff))
+        if indexer and l in indexer[1]:
+            d = indexer[0]
+            out += [("mat", p + "indexer.q_proj.weight", kv_heads * d, embd), ("mat", p + "indexer.k_proj.weight", d, embd),
+                    ("vec", p + "indexer.q_norm.weight", d, 1.0, 0.1), ("vec", p + "indexer.k_norm.weight", d, 1.0, 0.1)]
+    return out
+
+
 def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head_dim=None,
                 ff=96, vocab=320, ctx=512, rope_base=10000.0, qkv_bias=None, qk_norm=None,
                 rope_scaling=None, rope_factor=None, rope_orig_ctx=None, rope_freqs=None,
@@ -75,48 +116,19 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
         w.add_rope_scaling_attn_factors(rope_attn_factor)
     _vocab(w, vocab, arch)
 
+    divisors = [(n + ".weight", f) for n, f in (("rope_freqs", rope_freqs), ("rope_factors_long", rope_long),
+                                                 ("rope_factors_short", rope_short)) if f is not None]
     arrays = {}
-
-    def mat(name, rows, cols):
-        a = (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(dtype)
-        arrays[name] = a
-
-    def vec(name, n, mean=1.0, spread=0.1):
-        arrays[name] = (mean + spread * rng.standard_normal(n)).astype(np.float32)
-
-    mat("token_embd.weight", vocab, embd)
-    vec("output_norm.weight", embd)
-    if not tied:
-        mat("output.weight", vocab, embd)
-    for name, f in (("rope_freqs", rope_freqs), ("rope_factors_long", rope_long),
-                    ("rope_factors_short", rope_short)):
-        if f is not None:
-            arrays[name + ".weight"] = np.asarray(f, dtype=np.float32)
-    fused = arch == "phi3"
-    for l in range(layers):
-        p = f"blk.{l}."
-        vec(p + "attn_norm.weight", embd)
-        if fused:
-            mat(p + "attn_qkv.weight", (heads + 2 * kv_heads) * hd, embd)
+    for kind, name, *dims in layout(arch, layers, embd, heads, kv_heads, hd, ff, vocab, tied, qkv_bias,
+                                    qk_norm, extra=divisors):
+        if kind == "mat":
+            rows, cols = dims
+            arrays[name] = (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(dtype)
+        elif kind == "vec":
+            n, mean, spread = dims
+            arrays[name] = (mean + spread * rng.standard_normal(n)).astype(np.float32)
         else:
-            mat(p + "attn_q.weight", heads * hd, embd)
-            mat(p + "attn_k.weight", kv_heads * hd, embd)
-            mat(p + "attn_v.weight", kv_heads * hd, embd)
-        mat(p + "attn_output.weight", embd, heads * hd)
-        if qkv_bias:
-            vec(p + "attn_q.bias", heads * hd, 0.0, 0.5)
-            vec(p + "attn_k.bias", kv_heads * hd, 0.0, 0.5)
-            vec(p + "attn_v.bias", kv_heads * hd, 0.0, 0.5)
-        if qk_norm:
-            vec(p + "attn_q_norm.weight", hd)
-            vec(p + "attn_k_norm.weight", hd)
-        vec(p + "ffn_norm.weight", embd)
-        if fused:
-            mat(p + "ffn_up.weight", 2 * ff, embd)
-        else:
-            mat(p + "ffn_gate.weight", ff, embd)
-            mat(p + "ffn_up.weight", ff, embd)
-        mat(p + "ffn_down.weight", embd, ff)
+            arrays[name] = np.asarray(dims[0], dtype=np.float32)
     for name, a in arrays.items():
         w.add_tensor(name, a)
     w.write_header_to_file()

@@ -136,13 +136,28 @@ def test_rope_scaling_changes_the_logits(tmp_path):
     assert np.abs(a - b).max() > 100 * F32_TOL
 
 
+@pytest.mark.parametrize("indexer", ["minmax", "mean"])
+def test_sparse_covering_every_block(serve, tmp_path, indexer):
+    """Block-sparse attention (a training-free indexer, blocks of 16)
+    whose top-k covers every block attends to all the keys: llama.cpp's
+    dense logits, prefill in chunks and decode alike."""
+    path = str(tmp_path / "qwen3.gguf")
+    ggufgen.write_model(path, **ARCHS["qwen3-qk-norm"])
+    args = ("--attention", "sparse", "--indexer", indexer, "--block-size", "16", "--top-k-blocks", "1000",
+            "--sparse-min-context", "0", "--max-batch-tokens", "128")
+    diff, gdiff = compare(serve, path, random_prompt(300, 320), args)
+    assert "attention sparse" in serve.last.log, serve.last.log[-2000:]
+    assert diff < F32_TOL and gdiff < F32_TOL, (indexer, diff, gdiff)
+
+
 def test_unusable_rope_is_refused(tmp_path):
     """A RoPE sparsed does not implement, or divisors it cannot use, stop
     the load with a message (and a non-zero exit), never other logits."""
     cases = [
         (dict(rope_scaling="longrope", rope_factor=4.0), "rope scaling 'longrope' is not supported"),
-        (dict(rope_freqs=np.r_[np.ones(7), 0.0]), "rope_freqs.weight[7] = 0 is not a positive divisor"),
-        (dict(rope_scaling="yarn", rope_factor=-2.0), "rope scaling factor -2"),
+        (dict(rope_freqs=np.r_[np.ones(7), 0.0]), "rope_freqs.weight[7] = 0 is not a divisor in [1e-6, 1e6]"),
+        (dict(rope_scaling="yarn", rope_factor=-2.0), "scaling factor -2,"),
+        (dict(rope_base=-10000.0), "rope base -10000,"),
     ]
     for i, (kw, needle) in enumerate(cases):
         path = str(tmp_path / ("bad%d.gguf" % i))

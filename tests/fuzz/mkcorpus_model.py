@@ -21,6 +21,8 @@ import gguf
 from gguf import GGMLQuantizationType as T
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "conformance"))
+import ggufgen  # noqa: E402  (the tensor layout the conformance suite writes)
 
 
 def _ggml():
@@ -99,50 +101,17 @@ def model(path, arch, embd, heads, kv_heads, ff, vocab, head_dim=None, layers=1,
         hits = [s for s in types if name.endswith(s)]
         return types[max(hits, key=len)] if hits else dflt
 
-    def mat(name, rows, cols):
-        add(w, name, rng.standard_normal((rows, cols)) / np.sqrt(cols), ty(name, default))
-
-    def vec(name, n, mean=1.0, spread=0.1):
-        add(w, name, mean + spread * rng.standard_normal(n), ty(name, T.F32))
-
-    mat("token_embd.weight", vocab, embd)
-    vec("output_norm.weight", embd)
-    if not tied:
-        mat("output.weight", vocab, embd)
-    for name, (vals, t) in (divisors or {}).items():
-        add(w, name, np.asarray(vals, dtype=np.float32), t)
-    fused = arch == "phi3"
-    for l in range(layers):
-        p = f"blk.{l}."
-        vec(p + "attn_norm.weight", embd)
-        if fused:
-            mat(p + "attn_qkv.weight", (heads + 2 * kv_heads) * hd, embd)
+    for kind, name, *dims in ggufgen.layout(arch, layers, embd, heads, kv_heads, hd, ff, vocab, tied, qkv_bias,
+                                            qk_norm, extra=[(n, d) for n, (d, _) in (divisors or {}).items()],
+                                            indexer=indexer):
+        if kind == "mat":
+            rows, cols = dims
+            add(w, name, rng.standard_normal((rows, cols)) / np.sqrt(cols), ty(name, default))
+        elif kind == "vec":
+            n, mean, spread = dims
+            add(w, name, mean + spread * rng.standard_normal(n), ty(name, T.F32))
         else:
-            mat(p + "attn_q.weight", heads * hd, embd)
-            mat(p + "attn_k.weight", kv_heads * hd, embd)
-            mat(p + "attn_v.weight", kv_heads * hd, embd)
-        mat(p + "attn_output.weight", embd, heads * hd)
-        if qkv_bias and fused:
-            vec(p + "attn_qkv.bias", (heads + 2 * kv_heads) * hd, 0.0, 0.5)
-        elif qkv_bias:
-            vec(p + "attn_q.bias", heads * hd, 0.0, 0.5)
-            vec(p + "attn_k.bias", kv_heads * hd, 0.0, 0.5)
-            vec(p + "attn_v.bias", kv_heads * hd, 0.0, 0.5)
-        if qk_norm:
-            vec(p + "attn_q_norm.weight", hd)
-            vec(p + "attn_k_norm.weight", hd)
-        vec(p + "ffn_norm.weight", embd)
-        if fused:
-            mat(p + "ffn_up.weight", 2 * ff, embd)
-        else:
-            mat(p + "ffn_gate.weight", ff, embd)
-            mat(p + "ffn_up.weight", ff, embd)
-        mat(p + "ffn_down.weight", embd, ff)
-        if indexer and l in indexer[1]:
-            mat(p + "indexer.q_proj.weight", kv_heads * indexer[0], embd)
-            mat(p + "indexer.k_proj.weight", indexer[0], embd)
-            vec(p + "indexer.q_norm.weight", indexer[0])
-            vec(p + "indexer.k_norm.weight", indexer[0])
+            add(w, name, np.asarray(dims[0], dtype=np.float32), divisors[name][1])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
