@@ -79,15 +79,84 @@ def layout(arch, layers, embd, heads, kv_heads, hd, ff, vocab, tied=False, qkv_b
     return out
 
 
+def byte_chars():
+    """GPT-2's byte-level alphabet: byte b as a printable character (the
+    printable Latin-1 bytes as themselves, the rest from U+0100 on)."""
+    keep = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+def train_bpe(text, n_merges):
+    """Byte-level BPE merges learned from text (words cut at spaces and
+    digits, most frequent pair first): a vocabulary whose tokens span
+    words, spaces and runs of digits, so that any two pre-tokenizers that
+    cut a text differently give other tokens."""
+    import collections
+    import re
+    bc = byte_chars()
+    words = collections.Counter(re.findall(r" ?[^\s\d]+|\d+|\s+", text))
+    seqs = {w: [bc[b] for b in w.encode()] for w in words}
+    merges = []
+    for _ in range(n_merges):
+        pairs = collections.Counter()
+        for w, n in words.items():
+            q = seqs[w]
+            for a, b in zip(q, q[1:]):
+                pairs[a, b] += n
+        if not pairs:
+            break
+        (a, b), _ = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
+        merges.append((a, b))
+        for w in seqs:
+            q, r, i = seqs[w], [], 0
+            while i < len(q):
+                if i + 1 < len(q) and q[i] == a and q[i + 1] == b:
+                    r.append(a + b)
+                    i += 2
+                else:
+                    r.append(q[i])
+                    i += 1
+            seqs[w] = r
+    return merges
+
+
+def write_bpe_vocab(w, text, pre, n_merges=400, specials=("<|begin_of_text|>", "<|eot_id|>")):
+    """A gpt2-style (byte-level BPE) tokenizer trained on text, with
+    tokenizer.ggml.pre = pre; returns the vocabulary size."""
+    merges = train_bpe(text, n_merges)
+    toks = [byte_chars()[b] for b in range(256)] + [a + b for a, b in merges]
+    toks = list(dict.fromkeys(toks))
+    types = [gguf.TokenType.NORMAL] * len(toks) + [gguf.TokenType.CONTROL] * len(specials)
+    toks += list(specials)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(toks)
+    w.add_token_types(types)
+    w.add_token_merges([a + " " + b for a, b in merges])
+    w.add_bos_token_id(len(toks) - len(specials))
+    w.add_eos_token_id(len(toks) - len(specials) + 1)
+    w.add_add_bos_token(True)
+    return len(toks)
+
+
 def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head_dim=None,
                 ff=96, vocab=320, ctx=512, rope_base=10000.0, qkv_bias=None, qk_norm=None,
                 rope_scaling=None, rope_factor=None, rope_orig_ctx=None, rope_freqs=None,
                 rope_long=None, rope_short=None, rope_attn_factor=None,
-                tied=False, seed=0, dtype=np.float32):
+                tied=False, seed=0, dtype=np.float32, bpe=None):
     """Writes a model; returns the dict of its arrays by tensor name.
     rope_freqs: an array of rope_dim/2 divisors (Llama 3 style) or None;
     rope_long, rope_short: Phi-3's LongRoPE divisors.  phi3 fuses Q, K and
-    V into attn_qkv and the gate and up projections into ffn_up."""
+    V into attn_qkv and the gate and up projections into ffn_up.  bpe:
+    (training text, pre-tokenizer name) for a byte-level BPE vocabulary
+    (its size replaces vocab) instead of the SentencePiece one."""
     rng = np.random.default_rng(seed)
     hd = head_dim or embd // heads
     qkv_bias = arch == "qwen2" if qkv_bias is None else qkv_bias
@@ -106,6 +175,8 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
     w.add_rope_dimension_count(hd)
     w.add_rope_freq_base(rope_base)
     w.add_layer_norm_rms_eps(1e-5)
+    if bpe:
+        vocab = write_bpe_vocab(w, *bpe)
     w.add_vocab_size(vocab)
     if rope_scaling:
         w.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling))
@@ -114,7 +185,8 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
         w.add_rope_scaling_orig_ctx_len(rope_orig_ctx)
     if rope_attn_factor:
         w.add_rope_scaling_attn_factors(rope_attn_factor)
-    _vocab(w, vocab, arch)
+    if not bpe:
+        _vocab(w, vocab, arch)
 
     divisors = [(n + ".weight", f) for n, f in (("rope_freqs", rope_freqs), ("rope_factors_long", rope_long),
                                                  ("rope_factors_short", rope_short)) if f is not None]

@@ -248,6 +248,26 @@ def test_tokenizer(serve, tmp_path, model):
             assert r.json()["tokens"] == want, (model, text[:40], bos)
 
 
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "smollm", "gpt-2"])
+def test_bpe_pre_tokenizers(serve, tmp_path, pre):
+    """Byte-level BPE vocabularies (Llama 3's, Qwen 2's, SmolLM's, GPT-2's
+    pre-tokenizer), merges learned from this repo's README: every text
+    tokenizes as llama.cpp tokenizes it.  The merges join words, spaces
+    and digit runs, so a text cut other than llama.cpp cuts it gives other
+    tokens (Llama 3: digits in threes and whole pieces first; Qwen 2:
+    single digits)."""
+    path = str(tmp_path / "bpe.gguf")
+    train = real_text() + " 1234567 2026 3.14159 \n\n\t x = 100000;" * 3
+    ggufgen.write_model(path, arch="qwen2" if pre == "qwen2" else "llama", bpe=(train, pre))
+    ref = Reference(path)
+    d = serve(path)
+    for text in TEXTS + [real_text(), "  123456789 digits 12 1234 and 3.14159\n\n\n x  y", "<|eot_id|>x"]:
+        for bos in (False, True):
+            r = d.post("/tokenize", {"prompt": text, "add_special_tokens": bos})
+            assert r.status_code == 200, r.text
+            assert r.json()["tokens"] == ref.tokenize(text, add_bos=bos), (pre, text[:40], bos)
+
+
 @pytest.mark.parametrize("model", ["stories260K", "SmolLM2"])
 def test_real_model(serve, tmp_path, model):
     """Real checkpoints on real text: every prompt position and 16 greedy
