@@ -12,7 +12,11 @@ cache) with llama.cpp's.
 Models: small random ones written here with llama.cpp's own GGUF writer
 (ggufgen.py), one per architecture and RoPE variant, quantized by
 llama.cpp's quantizer to each type sparsed reads; and the real
-stories260K and SmolLM2-135M (real text, both tokenizers).
+stories260K and SmolLM2-135M (real text, both tokenizers).  Tokenizers:
+/tokenize against llama.cpp's on those two, a Phi-3 vocabulary and small
+byte-level BPE vocabularies under each pre-tokenizer sparsed knows.
+Block-sparse attention that chooses every block must give llama.cpp's
+dense logits too.
 """
 import os
 import subprocess
