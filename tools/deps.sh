@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # Installs what building and testing sparsed needs on Debian: system
 # packages, a Python venv for the integration tests (.venv), and the
-# SmolLM2 model into .cache/models.  Idempotent.
+# SmolLM2 model into .cache/models; with --tests also llama.cpp for the
+# conformance suite (minutes to compile the first time, so not for a user
+# who only runs the daemon).  Idempotent.
+#     bash tools/deps.sh [--tests]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tests=0
+case "${1:-}" in
+    --tests) tests=1 ;;
+    "") ;;
+    *) echo "usage: tools/deps.sh [--tests]" >&2; exit 2 ;;
+esac
 
 pkgs=(build-essential meson ninja-build pkg-config libmicrohttpd-dev libcjson-dev
       libuv1-dev check clang libclang-rt-14-dev python3 python3-venv curl nginx-light)
@@ -38,7 +47,7 @@ fi
 # Only the library (no multimodal part, tools or network code), for AVX2
 # rather than -march=native: a native build uses AMX where the CPU has it,
 # and a container may not grant it (SIGILL).
-if [ -f tests/conformance/requirements.txt ] &&
+if [ $tests = 1 ] && [ -f tests/conformance/requirements.txt ] &&
    ! cmp -s tests/conformance/requirements.txt .venv/.requirements-conformance 2>/dev/null; then
     cmake_args="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF"
     cmake_args+=" -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF"

@@ -3,7 +3,8 @@
 # integration, reliability, conformance and deploy suites), then the unit,
 # integration, reliability and conformance suites again under ASan+UBSan
 # (LeakSanitizer on the daemon's exit), then each fuzz target for 60 s.
-# Expects tools/deps.sh to have run.
+# Expects `tools/deps.sh --tests` to have run (without it the conformance
+# suite is skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,6 +1,6 @@
 """sparsed against llama.cpp on the same GGUF files.
 
-llama.cpp (built from its source by tools/deps.sh, through the
+llama.cpp (built from its source by `tools/deps.sh --tests`, through the
 llama-cpp-python package) is the reference implementation of the format:
 a file sparsed reads differently from it -- an architecture's layout, a
 RoPE scaling key, a quantization type -- computes other logits.  Each case
