@@ -972,7 +972,7 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_b
         ivec_push(&v, id);
         after_special = 1;
         i += t->len[id];
-        while (t->rstrip && t->rstrip[id] && i < len && strchr(" \t\n\v\f\r", text[i]) && text[i])
+        while (t->rstrip && t->rstrip[id] && i < len && text[i] && strchr(" \t\n\v\f\r", text[i]))
             i++;
         start = i;
     }

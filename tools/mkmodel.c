@@ -491,7 +491,7 @@ int main(int argc, char **argv)
     c.arch = arch;
     c.llama3_freqs = set[O_LLAMA3] > 0;
     c.rope_factor = rope_factor > 0 ? rope_factor : c.llama3_freqs ? 8.0f : 4.0f;
-    c.rope_orig_ctx = set[O_ROPE_ORIG] >= 0 ? set[O_ROPE_ORIG] : c.ctx / (int)c.rope_factor;
+    c.rope_orig_ctx = set[O_ROPE_ORIG] >= 0 ? set[O_ROPE_ORIG] : (int)(c.ctx / c.rope_factor);
     c.rope_dim = set[O_ROPE_DIM] >= 0 ? set[O_ROPE_DIM] : c.m3 ? c.head_dim / 2 : c.head_dim;
     if (set[O_IH] >= 0 || set[O_ID] >= 0 || set[O_ITOP] >= 0 || set[O_IBLK] >= 0 ||
         set[O_ILOC] >= 0 || set[O_DENSE] >= 0)

@@ -146,6 +146,20 @@ def write_bpe_vocab(w, text, pre, n_merges=400, specials=("<|begin_of_text|>", "
     return len(toks)
 
 
+def shape_keys(w, layers, ctx, embd, ff, heads, kv_heads, hd):
+    """The <arch>.* keys of a model's shape (head dims only where they
+    are not embd / heads)."""
+    w.add_block_count(layers)
+    w.add_context_length(ctx)
+    w.add_embedding_length(embd)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    if hd * heads != embd:
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+
+
 def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head_dim=None,
                 ff=96, vocab=320, ctx=512, rope_base=10000.0, qkv_bias=None, qk_norm=None,
                 rope_scaling=None, rope_factor=None, rope_orig_ctx=None, rope_freqs=None,
@@ -163,15 +177,7 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
     qk_norm = arch == "qwen3" if qk_norm is None else qk_norm
     w = gguf.GGUFWriter(path, arch)
     w.add_name(f"conformance-{arch}")
-    w.add_block_count(layers)
-    w.add_context_length(ctx)
-    w.add_embedding_length(embd)
-    w.add_feed_forward_length(ff)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
-    if hd * heads != embd:
-        w.add_key_length(hd)
-        w.add_value_length(hd)
+    shape_keys(w, layers, ctx, embd, ff, heads, kv_heads, hd)
     w.add_rope_dimension_count(hd)
     w.add_rope_freq_base(rope_base)
     w.add_layer_norm_rms_eps(1e-5)

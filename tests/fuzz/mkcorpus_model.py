@@ -69,15 +69,7 @@ def model(path, arch, embd, heads, kv_heads, ff, vocab, head_dim=None, layers=1,
     types = types or {}
     hd = head_dim or embd // heads
     w = gguf.GGUFWriter(path, arch)
-    w.add_block_count(layers)
-    w.add_context_length(ctx)
-    w.add_embedding_length(embd)
-    w.add_feed_forward_length(ff)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
-    if hd * heads != embd:
-        w.add_key_length(hd)
-        w.add_value_length(hd)
+    ggufgen.shape_keys(w, layers, ctx, embd, ff, heads, kv_heads, hd)
     if rope_dim is not None:
         w.add_rope_dimension_count(rope_dim)
     w.add_rope_freq_base(10000.0)
