@@ -61,7 +61,8 @@ static int resolve_attn(engine *e, const attn_config *in, char *err, size_t errl
 int engine_layer_sparse(const engine *e, int l, int n_ctx)
 {
     const attn_config *c = &e->attn;
-    if (c->mode != ATTN_SPARSE || l < c->dense_layers || n_ctx < c->sparse_min_context)
+    /* a sliding window is already a short span */
+    if (c->mode != ATTN_SPARSE || l < c->dense_layers || n_ctx < c->sparse_min_context || e->m.layers[l].swa)
         return 0;
     /* an MSA model's dense layers carry no indexer weights */
     return c->indexer != IDX_MSA || e->m.layers[l].has_indexer;
@@ -162,12 +163,15 @@ engine *engine_create(const engine_opts *o, char *err, size_t errlen)
     int nt = o->n_threads > 0 ? o->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     e->pool = tpool_create(nt > 0 ? nt : 1);
     int half = e->m.rope_dim / 2;
-    e->rope_freq = malloc((size_t)(half > 0 ? half : 1) * sizeof(float));
+    e->rope_freq = malloc((size_t)(half > 0 ? 2 * half : 1) * sizeof(float));
     if (!e->pool || !e->rope_freq) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    e->rope_mscale = model_rope_table(&e->m, o->max_model_len ? o->max_model_len : e->m.n_ctx, e->rope_freq);
+    int served = o->max_model_len ? o->max_model_len : e->m.n_ctx;
+    e->rope_freq_swa = e->rope_freq + half;
+    e->rope_mscale = model_rope_table(&e->m, served, 0, e->rope_freq);
+    e->rope_mscale_swa = model_rope_table(&e->m, served, 1, e->rope_freq_swa);
 #ifdef SPARSED_CUDA
     if (cuda) {
         e->cuda = cuda_backend_create(e, ordinal, f32, idx_fp8, kv_fp8, err, errlen);

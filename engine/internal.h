@@ -31,6 +31,8 @@ struct engine {
     scratch s;
     float *rope_freq;       /* [rope_dim/2] angle per position of each pair */
     float rope_mscale;      /* scales cos and sin (YaRN); 1 for most models */
+    float *rope_freq_swa;   /* the same for sliding-window layers (rope_freq + rope_dim/2) */
+    float rope_mscale_swa;
     struct cuda_backend *cuda; /* set when the engine runs on a GPU */
     int kv_fp8_ref;         /* cpu: K/V rows rounded as fp8 pages hold them (engine_opts) */
     /* Benchmarks' window on CPU attention (bench/quality): called per layer

@@ -188,7 +188,51 @@ static int rope_scaling_load(loader *L)
     return L->failed ? -1 : 0;
 }
 
-float model_rope_table(const model *m, int n_ctx, float *freq)
+/* Whether layer l slides its window: the file's per-layer list, else
+ * every layer but the last of each `pattern` (0: all of them). */
+static int swa_layer(const gguf_kv *kv, int pattern, int l)
+{
+    if (kv && kv->type == GGUF_T_ARRAY)     /* integers or bools, checked */
+        return ((const uint64_t *)kv->arr)[l] != 0;
+    return pattern == 0 || l % pattern < pattern - 1;
+}
+
+/* Gemma's differences from Llama, as llama.cpp reads them: scaled
+ * embeddings, GELU, post-norms (Gemma 2 and 3), sliding-window layers
+ * and soft caps.  Gemma's RMSNorm multiplies by (1 + w): the converter
+ * stores 1 + w, so the norms are plain here. */
+static int gemma_load(loader *L)
+{
+    model *m = L->m;
+    int g1 = !strcmp(m->arch, "gemma"), g2 = !strcmp(m->arch, "gemma2"), g3 = !strcmp(m->arch, "gemma3");
+    m->embd_scale = 1.0f;
+    m->attn_scale = 1.0f / sqrtf((float)m->head_dim);
+    m->rope_base_swa = m->rope_base;
+    m->rope_swa_scaled = 1;
+    if (!g1 && !g2 && !g3)
+        return 0;
+    m->embd_scale = sqrtf((float)m->n_embd);
+    m->ffn_gelu = 1;
+    /* the 27B models scale by their width per head, not the head dim */
+    if ((g2 && m->n_layers == 46) || (g3 && m->n_layers == 62))
+        m->attn_scale = 1.0f / sqrtf((float)(m->n_embd / m->n_heads));
+    if (g1)
+        return 0;
+    m->attn_softcap = g2 ? key_f32(L, "attn_logit_softcapping", 50.0f) : 0.0f;
+    m->logit_softcap = key_f32(L, "final_logit_softcapping", g2 ? 30.0f : 0.0f);
+    m->swa_window = key_u32(L, "attention.sliding_window", 0, g2 ? 4096 : 0);
+    m->rope_base_swa = key_f32(L, "rope.freq_base_swa", g2 ? m->rope_base : 10000.0f);
+    m->rope_swa_scaled = g2;
+    if (!(m->attn_softcap >= 0.0f && m->attn_softcap <= 1e6f) || !(m->logit_softcap >= 0.0f && m->logit_softcap <= 1e6f) ||
+        !(m->rope_base_swa > 1.0f && m->rope_base_swa <= 1e30f)) {
+        snprintf(L->err, L->errlen, "model: soft caps %g/%g or sliding-window rope base %g are not usable",
+                 m->attn_softcap, m->logit_softcap, m->rope_base_swa);
+        return -1;
+    }
+    return L->failed ? -1 : 0;
+}
+
+float model_rope_table(const model *m, int n_ctx, int swa, float *freq)
 {
     /* Phi-3's LongRoPE: its long divisors serve contexts past the
      * original one, the short ones the rest (llama.cpp's choice, by the
@@ -197,13 +241,22 @@ float model_rope_table(const model *m, int n_ctx, float *freq)
     if (!div)
         div = n_ctx > m->rope_orig_ctx && m->rope_long_factors ? m->rope_long_factors : m->rope_short_factors;
     int half = m->rope_dim / 2;
-    float fs = 1.0f / m->rope_factor, mscale = m->rope_attn_factor;
+    float fs = 1.0f / m->rope_factor, mscale = m->rope_attn_factor, base = m->rope_base;
+    int yarn = m->rope_scaling == ROPE_SCALING_YARN;
+    if (swa) {
+        base = m->rope_base_swa;
+        if (!m->rope_swa_scaled) {  /* Gemma 3's local layers: plain RoPE */
+            div = NULL;
+            fs = mscale = 1.0f;
+            yarn = 0;
+        }
+    }
     float lo = 0, hi = 0;
-    if (m->rope_scaling == ROPE_SCALING_YARN) {
+    if (yarn) {
         /* YaRN: pairs that turn fewer than beta_slow times over the
          * original context are interpolated, more than beta_fast kept,
          * a linear ramp between; cos and sin grow by 0.1 ln(factor) + 1. */
-        float lb = 2.0f * logf(m->rope_base);
+        float lb = 2.0f * logf(base);
         lo = floorf(m->rope_dim * logf(m->rope_orig_ctx / (m->yarn_beta_fast * 2 * (float)M_PI)) / lb);
         hi = ceilf(m->rope_dim * logf(m->rope_orig_ctx / (m->yarn_beta_slow * 2 * (float)M_PI)) / lb);
         lo = fmaxf(0.0f, lo);
@@ -212,11 +265,11 @@ float model_rope_table(const model *m, int n_ctx, float *freq)
             mscale *= 0.1f * logf(m->rope_factor) + 1.0f;
     }
     for (int i = 0; i < half; i++) {
-        float f = powf(m->rope_base, -2.0f * (float)i / (float)m->rope_dim);
+        float f = powf(base, -2.0f * (float)i / (float)m->rope_dim);
         if (div)
             f /= div[i];
         float s = fs;
-        if (m->rope_scaling == ROPE_SCALING_YARN) {
+        if (yarn) {
             float keep = 1.0f - fminf(1.0f, fmaxf(0.0f, (i - lo) / fmaxf(0.001f, hi - lo)));
             s = fs * (1.0f - keep) + keep;
         }
@@ -234,11 +287,14 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
         snprintf(err, errlen, "model: missing required key general.architecture");
         return -1;
     }
-    if (strcmp(arch, "llama") && strcmp(arch, "qwen2") && strcmp(arch, "qwen3") &&
-        strcmp(arch, "mistral") && strcmp(arch, "phi3")) {
+    static const char *const archs[] = {"llama", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "gemma3"};
+    int known = 0;
+    for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
+        known |= !strcmp(arch, archs[i]);
+    if (!known) {
         char b[64];
-        snprintf(err, errlen, "model: architecture '%s' is not supported (llama, qwen2, qwen3, mistral, phi3)",
-                 shown(arch, b, sizeof b));
+        snprintf(err, errlen, "model: architecture '%s' is not supported (llama, qwen2, qwen3, mistral, phi3, "
+                 "gemma, gemma2, gemma3)", shown(arch, b, sizeof b));
         return -1;
     }
     snprintf(m->arch, sizeof m->arch, "%s", arch);
@@ -282,6 +338,8 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
     if (rope_scaling_load(&L))
         return -1;
     m->eps = key_f32(&L, "attention.layer_norm_rms_epsilon", 1e-5f);
+    if (gemma_load(&L))
+        return -1;
     /* GGUF llama files rotate adjacent pairs (the converter permutes Q/K);
      * Qwen layouts rotate halves. */
     int neox = strcmp(arch, "llama") && strcmp(arch, "mistral");
@@ -329,6 +387,17 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
     }
     int E = m->n_embd, D = m->head_dim, Hq = m->n_heads, Hkv = m->n_kv_heads;
     char nm[96];
+    char swa_key[128];
+    snprintf(swa_key, sizeof swa_key, "%s.attention.sliding_window_pattern", arch);
+    const gguf_kv *swa_kv = gguf_find(f, swa_key);
+    if (swa_kv && swa_kv->type == GGUF_T_ARRAY && (swa_kv->arr_n != (uint64_t)m->n_layers || swa_kv->arr_type == GGUF_T_STRING ||
+                                                  swa_kv->arr_type == GGUF_T_ARRAY || swa_kv->arr_type == GGUF_T_F32 ||
+                                                  swa_kv->arr_type == GGUF_T_F64)) {
+        snprintf(err, errlen, "model: %s must list a flag for each of the %d layers", swa_key, m->n_layers);
+        model_free(m);
+        return -1;
+    }
+    int swa_pattern = key_u32(&L, "attention.sliding_window_pattern", 0, !strcmp(arch, "gemma2") ? 2 : 6);
     for (int l = 0; l < m->n_layers && !L.failed; l++) {
         layer_w *w = &m->layers[l];
 #define NAME(s) (layer_name(nm, sizeof nm, l, s), nm)
@@ -359,6 +428,9 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
         }
         w->q_norm = vector(&L, NAME("attn_q_norm.weight"), D, 0);
         w->k_norm = vector(&L, NAME("attn_k_norm.weight"), D, 0);
+        w->attn_post_norm = vector(&L, NAME("post_attention_norm.weight"), E, 0);
+        w->ffn_post_norm = vector(&L, NAME("post_ffw_norm.weight"), E, 0);
+        w->swa = m->swa_window > 0 && swa_layer(swa_kv, swa_pattern, l);
         if (!strcmp(arch, "phi3")) {
             /* fused: the gate's rows, then the up projection's */
             wmat gu = matrix(&L, NAME("ffn_up.weight"), E, 2 * m->n_ff, 1);

@@ -11,6 +11,10 @@ typedef struct layer_w {
     wmat q, k, v, o;
     const float *q_bias, *k_bias, *v_bias;   /* Qwen2-style; NULL if absent */
     const float *q_norm, *k_norm;            /* per-head QK RMSNorm; NULL if absent */
+    /* Gemma 2/3: RMSNorm of the attention and FFN outputs before their
+     * residual adds; NULL if absent */
+    const float *attn_post_norm, *ffn_post_norm;
+    int swa;                /* attends only the last model.swa_window tokens */
     wmat gate, up, down;
     /* MSA indexer; has_indexer 0 for dense layers */
     int has_indexer;
@@ -38,6 +42,16 @@ typedef struct model {
     const float *rope_freq_factors; /* [rope_dim/2] or NULL */
     const float *rope_long_factors, *rope_short_factors;    /* Phi-3's LongRoPE */
     float eps;
+    /* Gemma: embeddings scaled by sqrt(n_embd), GELU (tanh) gating, scores
+     * scaled by attn_scale (1/sqrt(head_dim) elsewhere) and capped as
+     * cap * tanh(x / cap) when a cap is set (0: none) */
+    float embd_scale, attn_scale, attn_softcap, logit_softcap;
+    int ffn_gelu;
+    /* sliding-window layers (layer_w.swa): a window of swa_window tokens,
+     * their own RoPE base, scaled as the global layers or not at all */
+    int swa_window;
+    float rope_base_swa;
+    int rope_swa_scaled;
     /* MSA indexer (idx_dim 0 when the model has none) */
     int idx_heads, idx_dim, idx_top_k, idx_block, idx_local, idx_dense_layers;
 
@@ -53,8 +67,9 @@ void model_free(model *m);
 /* Fills freq[rope_dim/2] with each rotated pair's angle per position, for
  * a context of n_ctx tokens served, and returns the factor that scales
  * cos and sin (YaRN's attention factor times rope.scaling.attn_factor; 1
- * for most models), as llama.cpp reads the same keys. */
-float model_rope_table(const model *m, int n_ctx, float *freq);
+ * for most models), as llama.cpp reads the same keys.  swa: the table of
+ * the sliding-window layers. */
+float model_rope_table(const model *m, int n_ctx, int swa, float *freq);
 /* Row `tok` of the embedding, as floats. */
 void model_embed(const model *m, int32_t tok, float *out);
 

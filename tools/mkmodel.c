@@ -30,6 +30,10 @@ typedef struct cfg {
     float rope_factor;
     int rope_orig_ctx, llama3_freqs;
     const char *arch;       /* "llama", or "phi3": fused QKV and gate-up */
+    /* gemma2/gemma3: post-norms, tied embeddings; sliding-window layers
+     * (window 0: the loader's default) and soft caps (0: not written) */
+    int swa_window, swa_pattern;
+    float attn_softcap, logit_softcap;
 } cfg;
 
 static const cfg presets[] = {
@@ -64,7 +68,8 @@ static void usage(FILE *fp)
         "               [--qk-norm] [--rope-dim N] [--neox] [--rope-base F]\n"
         "               [--indexer-heads N --indexer-dim N --indexer-top-k N\n"
         "                --indexer-block N --indexer-local N --dense-layers N]\n"
-        "               [--arch llama|phi3] [--rope-scaling linear|yarn | --llama3-rope-freqs]\n"
+        "               [--arch llama|phi3|gemma2|gemma3] [--rope-scaling linear|yarn | --llama3-rope-freqs]\n"
+        "               [--swa-window N --swa-pattern N --attn-softcap F --logit-softcap F] (gemma2/3)\n"
         "               [--rope-factor F (4; llama3 8) --rope-orig-ctx N (ctx / factor)]\n"
         "presets:");
     for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
@@ -176,7 +181,9 @@ static int build_plan(const cfg *c, plan *p)
     int rc = 0;
     rc |= plan_add(p, c, T_WEIGHT, e, (uint64_t)c->vocab, "token_embd.weight", 0);
     rc |= plan_add(p, c, T_NORM, e, 0, "output_norm.weight", 0);
-    rc |= plan_add(p, c, T_WEIGHT, e, (uint64_t)c->vocab, "output.weight", 0);
+    int gemma = !strncmp(c->arch, "gemma", 5);
+    if (!gemma)     /* Gemma ties its output to the embedding */
+        rc |= plan_add(p, c, T_WEIGHT, e, (uint64_t)c->vocab, "output.weight", 0);
     if (c->llama3_freqs)
         rc |= plan_add(p, c, T_ROPE_FREQS, (uint64_t)c->rope_dim / 2, 0, "rope_freqs.weight", 0);
     for (int l = 0; l < c->layers; l++) {
@@ -189,6 +196,8 @@ static int build_plan(const cfg *c, plan *p)
             rc |= plan_add(p, c, T_WEIGHT, e, kv, "blk.%d.attn_v.weight", l);
         }
         rc |= plan_add(p, c, T_WEIGHT, q, e, "blk.%d.attn_output.weight", l);
+        if (gemma)
+            rc |= plan_add(p, c, T_NORM, e, 0, "blk.%d.post_attention_norm.weight", l);
         if (c->qk_norm) {
             rc |= plan_add(p, c, T_NORM, (uint64_t)c->head_dim, 0, "blk.%d.attn_q_norm.weight", l);
             rc |= plan_add(p, c, T_NORM, (uint64_t)c->head_dim, 0, "blk.%d.attn_k_norm.weight", l);
@@ -201,6 +210,8 @@ static int build_plan(const cfg *c, plan *p)
             rc |= plan_add(p, c, T_WEIGHT, e, ff, "blk.%d.ffn_up.weight", l);
         }
         rc |= plan_add(p, c, T_WEIGHT, ff, e, "blk.%d.ffn_down.weight", l);
+        if (gemma)
+            rc |= plan_add(p, c, T_NORM, e, 0, "blk.%d.post_ffw_norm.weight", l);
         if (c->indexer && l >= c->dense_layers) {
             uint64_t d = (uint64_t)c->idx_dim;
             rc |= plan_add(p, c, T_WEIGHT, e, (uint64_t)c->idx_heads * d, "blk.%d.indexer.q_proj.weight", l);
@@ -317,6 +328,10 @@ static void add_metadata(gguf_writer *w, const cfg *c, const char *name)
         gw_add_f32(w, K("rope.scaling.factor"), c->rope_factor);
         gw_add_u32(w, K("rope.scaling.original_context_length"), (uint32_t)c->rope_orig_ctx);
     }
+    if (c->swa_window) gw_add_u32(w, K("attention.sliding_window"), (uint32_t)c->swa_window);
+    if (c->swa_pattern >= 0) gw_add_u32(w, K("attention.sliding_window_pattern"), (uint32_t)c->swa_pattern);
+    if (c->attn_softcap > 0) gw_add_f32(w, K("attn_logit_softcapping"), c->attn_softcap);
+    if (c->logit_softcap > 0) gw_add_f32(w, K("final_logit_softcapping"), c->logit_softcap);
     if (c->indexer) {
         gw_add_u32(w, K("attention.indexer.head_count"), (uint32_t)c->idx_heads);
         gw_add_u32(w, K("attention.indexer.key_length"), (uint32_t)c->idx_dim);
@@ -379,6 +394,8 @@ static int check_cfg(const cfg *c)
     else if ((c->rope_scaling || c->llama3_freqs) && !(c->rope_factor >= 1.0f && c->rope_orig_ctx >= 1))
         bad = "--rope-factor must be >= 1 and --rope-orig-ctx >= 1";
     else if (c->rope_scaling && c->llama3_freqs) bad = "--rope-scaling and --llama3-rope-freqs exclude each other";
+    else if (strncmp(c->arch, "gemma", 5) && (c->swa_window || c->swa_pattern >= 0 || c->attn_softcap || c->logit_softcap))
+        bad = "--swa-window, --swa-pattern and the soft caps are for --arch gemma2 or gemma3";
     if (bad) fprintf(stderr, "mkmodel: %s\n", bad);
     return bad ? -1 : 0;
 }
@@ -386,7 +403,8 @@ static int check_cfg(const cfg *c)
 enum {
     O_OUT = 256, O_PRESET, O_LAYERS, O_EMBD, O_HEADS, O_KV, O_HD, O_FF, O_VOCAB, O_CTX, O_TYPE,
     O_SEED, O_QKN, O_ROPE_DIM, O_NEOX, O_ROPE_BASE, O_IH, O_ID, O_ITOP, O_IBLK, O_ILOC, O_DENSE,
-    O_ROPE_SCALING, O_ROPE_FACTOR, O_ROPE_ORIG, O_LLAMA3, O_ARCH, O_HELP,
+    O_ROPE_SCALING, O_ROPE_FACTOR, O_ROPE_ORIG, O_LLAMA3, O_ARCH, O_SWA, O_SWA_PATTERN, O_ATTN_CAP, O_LOGIT_CAP,
+    O_HELP,
 };
 
 int main(int argc, char **argv)
@@ -410,6 +428,8 @@ int main(int argc, char **argv)
         { "rope-orig-ctx", required_argument, 0, O_ROPE_ORIG },
         { "llama3-rope-freqs", no_argument, 0, O_LLAMA3 },
         { "arch", required_argument, 0, O_ARCH },
+        { "swa-window", required_argument, 0, O_SWA }, { "swa-pattern", required_argument, 0, O_SWA_PATTERN },
+        { "attn-softcap", required_argument, 0, O_ATTN_CAP }, { "logit-softcap", required_argument, 0, O_LOGIT_CAP },
         { 0, 0, 0, 0 },
     };
     /* -1 = not given; applied over the preset after all options are read */
@@ -417,7 +437,7 @@ int main(int argc, char **argv)
     for (int i = 0; i <= O_HELP; i++) set[i] = -1;
     const char *out = NULL, *preset = "tiny", *type = NULL;
     unsigned long long seed = 1;
-    float rope_base = 0, rope_factor = 0;
+    float rope_base = 0, rope_factor = 0, attn_cap = 0, logit_cap = 0;
     const char *rope_scaling = NULL, *arch = "llama";
     int opt;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -436,8 +456,9 @@ int main(int argc, char **argv)
             break;
         case O_ROPE_FACTOR: rope_factor = strtof(optarg, NULL); break;
         case O_ARCH:
-            if (strcmp(optarg, "llama") && strcmp(optarg, "phi3")) {
-                fprintf(stderr, "mkmodel: --arch must be llama or phi3\n");
+            if (strcmp(optarg, "llama") && strcmp(optarg, "phi3") && strcmp(optarg, "gemma2") &&
+                strcmp(optarg, "gemma3")) {
+                fprintf(stderr, "mkmodel: --arch must be llama, phi3, gemma2 or gemma3\n");
                 return 2;
             }
             arch = optarg;
@@ -449,6 +470,15 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case O_ATTN_CAP: case O_LOGIT_CAP: {
+            float v = strtof(optarg, NULL);
+            if (!(v > 0 && v < 1e6f)) {
+                fprintf(stderr, "mkmodel: --%s must be > 0\n", opt == O_ATTN_CAP ? "attn-softcap" : "logit-softcap");
+                return 2;
+            }
+            *(opt == O_ATTN_CAP ? &attn_cap : &logit_cap) = v;
+            break;
+        }
         case O_HELP: usage(stdout); return 0;
         case '?': usage(stderr); return 2;
         default: {
@@ -489,6 +519,11 @@ int main(int argc, char **argv)
     if (rope_base > 0) c.rope_base = rope_base;
     c.rope_scaling = rope_scaling;
     c.arch = arch;
+    c.swa_window = set[O_SWA] > 0 ? set[O_SWA] : 0;
+    c.swa_pattern = set[O_SWA_PATTERN];
+    c.attn_softcap = attn_cap;
+    c.logit_softcap = logit_cap;
+    if (!strcmp(arch, "gemma3")) c.qk_norm = 1;
     c.llama3_freqs = set[O_LLAMA3] > 0;
     c.rope_factor = rope_factor > 0 ? rope_factor : c.llama3_freqs ? 8.0f : 4.0f;
     c.rope_orig_ctx = set[O_ROPE_ORIG] >= 0 ? set[O_ROPE_ORIG] : (int)(c.ctx / c.rope_factor);

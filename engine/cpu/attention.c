@@ -40,7 +40,9 @@ static void attn_task(void *ctx, int i, int thread)
     int pos = e->s.tok_pos[t];
     int last = pos / B;
     const float *q = j->q + (size_t)t * Hq * D + (size_t)g * hpg * D;
-    float scale = 1.0f / sqrtf((float)D);
+    float scale = m->attn_scale, cap = m->attn_softcap;
+    /* a sliding-window layer sees positions lo..pos */
+    int lo = m->layers[j->l].swa && pos >= m->swa_window ? pos - m->swa_window + 1 : 0;
 
     /* scratch: block list, per-head running max/sum, accumulators, scores */
     size_t nb = (size_t)last + 1;
@@ -59,9 +61,9 @@ static void attn_task(void *ctx, int i, int thread)
         };
         n = sparse_select(&a, sel);
     } else {
-        n = last + 1;
+        n = last + 1 - lo / B;
         for (int k = 0; k < n; k++)
-            sel[k] = k;
+            sel[k] = lo / B + k;
     }
 
     for (int h = 0; h < hpg; h++) {
@@ -75,11 +77,14 @@ static void attn_task(void *ctx, int i, int thread)
         const float *K = kv_page_k(j->pool, page, j->l) + (size_t)g * B * D;
         const float *V = kv_page_v(j->pool, page, j->l) + (size_t)g * B * D;
         int slots = bi == last ? pos - bi * B + 1 : B;
+        int s0 = lo > bi * B ? lo - bi * B : 0;     /* slots before the window */
         for (int h = 0; h < hpg; h++) {
             const float *qh = q + (size_t)h * D;
             float bm = -INFINITY;
-            for (int s = 0; s < slots; s++) {
+            for (int s = s0; s < slots; s++) {
                 sc[s] = dot_f32(qh, K + (size_t)s * D, D) * scale;
+                if (cap > 0.0f)
+                    sc[s] = cap * tanhf(sc[s] / cap);
                 bm = sc[s] > bm ? sc[s] : bm;
             }
             float nm = bm > mx[h] ? bm : mx[h];
@@ -90,7 +95,7 @@ static void attn_task(void *ctx, int i, int thread)
                     ah[d] *= corr;
                 sum[h] *= corr;
             }
-            for (int s = 0; s < slots; s++) {
+            for (int s = s0; s < slots; s++) {
                 float p = expf(sc[s] - nm);
                 sum[h] += p;
                 axpy_f32(ah, p, V + (size_t)s * D, D);

@@ -60,14 +60,17 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
         out[i] = x[i] * r * w[i];
 }
 
-/* Rotates the first rope_dim dims of each of n heads at position pos. */
-static void rope(const engine *e, float *x, int n, int head_dim, int pos)
+/* Rotates the first rope_dim dims of each of n heads at position pos, by
+ * the angles of layer l's kind (global or sliding-window). */
+static void rope(const engine *e, int l, float *x, int n, int head_dim, int pos)
 {
     const model *m = &e->m;
-    int half = m->rope_dim / 2;
+    int half = m->rope_dim / 2, swa = m->layers[l].swa;
+    const float *freq = swa ? e->rope_freq_swa : e->rope_freq;
+    float ms = swa ? e->rope_mscale_swa : e->rope_mscale;
     for (int i = 0; i < half; i++) {
-        float a = (float)pos * e->rope_freq[i];
-        float c = cosf(a) * e->rope_mscale, s = sinf(a) * e->rope_mscale;
+        float a = (float)pos * freq[i];
+        float c = cosf(a) * ms, s = sinf(a) * ms;
         for (int h = 0; h < n; h++) {
             float *v = x + (size_t)h * head_dim;
             int i0 = m->rope_neox ? i : 2 * i, i1 = m->rope_neox ? i + half : 2 * i + 1;
@@ -160,6 +163,24 @@ static void add_bias(float *x, const float *bias, int T, int n)
             x[(size_t)t * n + i] += bias[i];
 }
 
+/* x += rmsnorm(y) * w over T rows, or x += y without a post-norm. */
+static void residual_add(float *x, float *y, const float *w, int T, int E, float eps)
+{
+    for (int t = 0; t < T; t++) {
+        float *yt = y + (size_t)t * E, *xt = x + (size_t)t * E;
+        if (w)
+            rmsnorm(yt, yt, w, E, eps);
+        for (int i = 0; i < E; i++)
+            xt[i] += yt[i];
+    }
+}
+
+/* tanh-approximated GELU, as Gemma is trained with */
+static float gelu(float x)
+{
+    return 0.5f * x * (1.0f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
+}
+
 static void head_norm(float *x, const float *w, int n_heads, int D, float eps)
 {
     if (!w)
@@ -192,8 +213,13 @@ int engine_step(engine *e, kv_pool *pool, const engine_batch *b, float *logits,
 
     int E = m->n_embd, D = m->head_dim, Hq = m->n_heads, Hkv = m->n_kv_heads;
     int QD = Hq * D, KD = Hkv * D, F = m->n_ff;
-    for (int t = 0; t < T; t++)
-        model_embed(m, b->tokens[t], s->x + (size_t)t * E);
+    for (int t = 0; t < T; t++) {
+        float *xt = s->x + (size_t)t * E;
+        model_embed(m, b->tokens[t], xt);
+        if (m->embd_scale != 1.0f)
+            for (int i = 0; i < E; i++)
+                xt[i] *= m->embd_scale;
+    }
 
     for (int l = 0; l < m->n_layers; l++) {
         const layer_w *w = &m->layers[l];
@@ -214,8 +240,8 @@ int engine_step(engine *e, kv_pool *pool, const engine_batch *b, float *logits,
             float *qt = s->q + (size_t)t * QD, *kt = s->k + (size_t)t * KD;
             head_norm(qt, w->q_norm, Hq, D, m->eps);
             head_norm(kt, w->k_norm, Hkv, D, m->eps);
-            rope(e, qt, Hq, D, pos);
-            rope(e, kt, Hkv, D, pos);
+            rope(e, l, qt, Hq, D, pos);
+            rope(e, l, kt, Hkv, D, pos);
             if (e->kv_fp8_ref)   /* as the cuda engine's fp8 pages hold them */
                 for (int h = 0; h < Hkv; h++) {
                     fp8_row_round(kt + (size_t)h * D, D);
@@ -226,15 +252,14 @@ int engine_step(engine *e, kv_pool *pool, const engine_batch *b, float *logits,
                 float *ik = s->ik + (size_t)t * m->idx_dim;
                 head_norm(iq, w->iq_norm, m->idx_heads, m->idx_dim, m->eps);
                 head_norm(ik, w->ik_norm, 1, m->idx_dim, m->eps);
-                rope(e, iq, m->idx_heads, m->idx_dim, pos);
-                rope(e, ik, 1, m->idx_dim, pos);
+                rope(e, l, iq, m->idx_heads, m->idx_dim, pos);
+                rope(e, l, ik, 1, m->idx_dim, pos);
             }
             store_kv(e, pool, b, l, t);
         }
         attention_layer(e, pool, b, l, s->q, w->has_indexer ? s->iq : NULL, s->att);
         matmul(e->pool, s->xb, &w->o, s->att, T);
-        for (size_t i = 0; i < (size_t)T * E; i++)
-            s->x[i] += s->xb[i];
+        residual_add(s->x, s->xb, w->attn_post_norm, T, E, m->eps);
 
         for (int t = 0; t < T; t++)
             rmsnorm(s->xb + (size_t)t * E, s->x + (size_t)t * E, w->ffn_norm, E, m->eps);
@@ -242,11 +267,10 @@ int engine_step(engine *e, kv_pool *pool, const engine_batch *b, float *logits,
         matmul(e->pool, s->ff2, &w->up, s->xb, T);
         for (size_t i = 0; i < (size_t)T * F; i++) {
             float g = s->ff1[i];
-            s->ff1[i] = g / (1.0f + expf(-g)) * s->ff2[i];
+            s->ff1[i] = (m->ffn_gelu ? gelu(g) : g / (1.0f + expf(-g))) * s->ff2[i];
         }
         matmul(e->pool, s->xb, &w->down, s->ff1, T);
-        for (size_t i = 0; i < (size_t)T * E; i++)
-            s->x[i] += s->xb[i];
+        residual_add(s->x, s->xb, w->ffn_post_norm, T, E, m->eps);
     }
 
     /* final norm and logits only for the rows that asked */
@@ -262,6 +286,9 @@ int engine_step(engine *e, kv_pool *pool, const engine_batch *b, float *logits,
     }
     if (rows)
         matmul(e->pool, logits, &m->output, s->xl, rows);
+    if (m->logit_softcap > 0.0f)
+        for (size_t i = 0; i < (size_t)rows * m->n_vocab; i++)
+            logits[i] = m->logit_softcap * tanhf(logits[i] / m->logit_softcap);
     return rows;
 }
 

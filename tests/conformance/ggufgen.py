@@ -38,14 +38,39 @@ def _vocab(w, n, arch):
     w.add_add_bos_token(False)
 
 
+GEMMA_TURNS = ["<start_of_turn>", "<end_of_turn>"]
+
+
+def copy_spm_vocab(w, src, specials):
+    """src's SentencePiece vocabulary and special ids, plus specials as
+    control tokens, without the space prefix and with BOS added (Gemma's
+    settings); returns the vocabulary size."""
+    r = gguf.GGUFReader(src)
+    f = r.fields
+    toks = [t.encode() for t in f["tokenizer.ggml.tokens"].contents()] + [t.encode() for t in specials]
+    scores = list(f["tokenizer.ggml.scores"].contents()) + [0.0] * len(specials)
+    types = list(f["tokenizer.ggml.token_type"].contents()) + [gguf.TokenType.CONTROL] * len(specials)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(toks)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    for key, add in (("unknown", w.add_unk_token_id), ("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id)):
+        add(int(f["tokenizer.ggml.%s_token_id" % key].contents()))
+    w.add_add_bos_token(True)
+    w.add_add_space_prefix(False)
+    return len(toks)
+
+
 def layout(arch, layers, embd, heads, kv_heads, hd, ff, vocab, tied=False, qkv_bias=False, qk_norm=False,
            extra=(), indexer=None):
     """The tensors of a model, in file order: ("mat", name, rows, cols),
     ("vec", name, n, mean, spread) and ("given", name, values) for each
     (name, values) of extra (RoPE divisors), after the output ones.  phi3
-    fuses Q, K and V into attn_qkv, gate and up into ffn_up.  indexer:
+    fuses Q, K and V into attn_qkv, gate and up into ffn_up; gemma2 and
+    gemma3 add post-norms.  indexer:
     (key_length, layers with one) for an MSA indexer."""
     fused = arch == "phi3"
+    post_norms = arch in ("gemma2", "gemma3")     # norms of the attention and FFN outputs
     out = [("mat", "token_embd.weight", vocab, embd), ("vec", "output_norm.weight", embd, 1.0, 0.1)]
     if not tied:
         out.append(("mat", "output.weight", vocab, embd))
@@ -59,6 +84,8 @@ def layout(arch, layers, embd, heads, kv_heads, hd, ff, vocab, tied=False, qkv_b
             out += [("mat", p + "attn_q.weight", heads * hd, embd), ("mat", p + "attn_k.weight", kv_heads * hd, embd),
                     ("mat", p + "attn_v.weight", kv_heads * hd, embd)]
         out.append(("mat", p + "attn_output.weight", embd, heads * hd))
+        if post_norms:
+            out.append(("vec", p + "post_attention_norm.weight", embd, 1.0, 0.1))
         if qkv_bias and fused:
             out.append(("vec", p + "attn_qkv.bias", (heads + 2 * kv_heads) * hd, 0.0, 0.5))
         elif qkv_bias:
@@ -72,6 +99,8 @@ def layout(arch, layers, embd, heads, kv_heads, hd, ff, vocab, tied=False, qkv_b
         else:
             out += [("mat", p + "ffn_gate.weight", ff, embd), ("mat", p + "ffn_up.weight", ff, embd)]
         out.append(("mat", p + "ffn_down.weight", embd, ff))
+        if post_norms:
+            out.append(("vec", p + "post_ffw_norm.weight", embd, 1.0, 0.1))
         if indexer and l in indexer[1]:
             d = indexer[0]
             out += [("mat", p + "indexer.q_proj.weight", kv_heads * d, embd), ("mat", p + "indexer.k_proj.weight", d, embd),
@@ -164,17 +193,24 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
                 ff=96, vocab=320, ctx=512, rope_base=10000.0, qkv_bias=None, qk_norm=None,
                 rope_scaling=None, rope_factor=None, rope_orig_ctx=None, rope_freqs=None,
                 rope_long=None, rope_short=None, rope_attn_factor=None,
-                tied=False, seed=0, dtype=np.float32, bpe=None):
+                tied=None, seed=0, dtype=np.float32, bpe=None, swa=None, softcaps=None, spm_from=None):
     """Writes a model; returns the dict of its arrays by tensor name.
     rope_freqs: an array of rope_dim/2 divisors (Llama 3 style) or None;
     rope_long, rope_short: Phi-3's LongRoPE divisors.  phi3 fuses Q, K and
     V into attn_qkv and the gate and up projections into ffn_up.  bpe:
     (training text, pre-tokenizer name) for a byte-level BPE vocabulary
-    (its size replaces vocab) instead of the SentencePiece one."""
+    (its size replaces vocab) instead of the SentencePiece one.  Gemma
+    ties its embeddings; swa: (window, pattern: an int or a flag per
+    layer, or None for the architecture's default) for gemma2/3's
+    sliding-window layers; softcaps: (attention, final) for gemma2/3.
+    spm_from: a GGUF file whose SentencePiece vocabulary to take, as
+    Gemma's: no space prefix, BOS added, its turn markers as control
+    tokens."""
     rng = np.random.default_rng(seed)
     hd = head_dim or embd // heads
     qkv_bias = arch == "qwen2" if qkv_bias is None else qkv_bias
-    qk_norm = arch == "qwen3" if qk_norm is None else qk_norm
+    qk_norm = arch in ("qwen3", "gemma3") if qk_norm is None else qk_norm
+    tied = arch.startswith("gemma") if tied is None else tied
     w = gguf.GGUFWriter(path, arch)
     w.add_name(f"conformance-{arch}")
     shape_keys(w, layers, ctx, embd, ff, heads, kv_heads, hd)
@@ -191,8 +227,19 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
         w.add_rope_scaling_orig_ctx_len(rope_orig_ctx)
     if rope_attn_factor:
         w.add_rope_scaling_attn_factors(rope_attn_factor)
-    if not bpe:
+    if spm_from:
+        vocab = copy_spm_vocab(w, spm_from, GEMMA_TURNS)
+    elif not bpe:
         _vocab(w, vocab, arch)
+    if swa:
+        w.add_sliding_window(swa[0])
+        if swa[1] is not None:
+            w.add_sliding_window_pattern(swa[1])
+    if softcaps:
+        if softcaps[0] is not None:
+            w.add_attn_logit_softcapping(softcaps[0])
+        if softcaps[1] is not None:
+            w.add_final_logit_softcapping(softcaps[1])
 
     divisors = [(n + ".weight", f) for n, f in (("rope_freqs", rope_freqs), ("rope_factors_long", rope_long),
                                                  ("rope_factors_short", rope_short)) if f is not None]

@@ -158,8 +158,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     float *freq = malloc((size_t)(half > 0 ? half : 1) * sizeof *freq);
     if (freq) {
         int ctx[2] = {m.n_ctx, m.rope_orig_ctx < INT32_MAX ? m.rope_orig_ctx + 1 : m.rope_orig_ctx};
-        for (int c = 0; c < 2; c++) {
-            float scale = model_rope_table(&m, ctx[c], freq);
+        for (int c = 0; c < 4; c++) {     /* global and sliding-window layers */
+            float scale = model_rope_table(&m, ctx[c / 2], c & 1, freq);
             CHECK(isfinite(scale));
             for (int i = 0; i < half; i++) CHECK(isfinite(freq[i]));
         }
