@@ -24,6 +24,7 @@ typedef struct dlayer {
     int nqkv;
     void *wo, *wgu, *wdown;     /* [E][QD], [2F][E], [E][F] */
     float *attn_norm, *ffn_norm, *q_bias, *k_bias, *v_bias, *q_norm, *k_norm, *iq_norm, *ik_norm;
+    float *attn_post, *ffn_post;    /* Gemma's post-norms; NULL if none */
     int has_idx;
 } dlayer;
 
@@ -229,7 +230,7 @@ static int upload_model(cuda_backend *cb, char *err, size_t errlen)
         return -1;
     }
     if (upload_vec(&cb->out_norm, m->out_norm, E, err, errlen) ||
-        upload_vec(&cb->rope_freq, cb->e->rope_freq, m->rope_dim / 2 > 0 ? m->rope_dim / 2 : 0, err, errlen))
+        upload_vec(&cb->rope_freq, cb->e->rope_freq, m->rope_dim > 0 ? m->rope_dim : 0, err, errlen))
         return -1;
     cb->L = (dlayer *)calloc((size_t)m->n_layers, sizeof *cb->L);
     if (!cb->L) {
@@ -259,6 +260,8 @@ static int upload_model(cuda_backend *cb, char *err, size_t errlen)
             return -1;
         if (upload_vec(&d->attn_norm, w->attn_norm, E, err, errlen) ||
             upload_vec(&d->ffn_norm, w->ffn_norm, E, err, errlen) ||
+            upload_vec(&d->attn_post, w->attn_post_norm, E, err, errlen) ||
+            upload_vec(&d->ffn_post, w->ffn_post_norm, E, err, errlen) ||
             upload_vec(&d->q_bias, w->q_bias, QD, err, errlen) || upload_vec(&d->k_bias, w->k_bias, KD, err, errlen) ||
             upload_vec(&d->v_bias, w->v_bias, KD, err, errlen) || upload_vec(&d->q_norm, w->q_norm, D, err, errlen) ||
             upload_vec(&d->k_norm, w->k_norm, D, err, errlen) ||
@@ -481,6 +484,7 @@ void cuda_backend_free(cuda_backend *cb)
             dfree(d->wqkv); dfree(d->wo); dfree(d->wgu); dfree(d->wdown);
             dfree(d->attn_norm); dfree(d->ffn_norm); dfree(d->q_bias); dfree(d->k_bias); dfree(d->v_bias);
             dfree(d->q_norm); dfree(d->k_norm); dfree(d->iq_norm); dfree(d->ik_norm);
+            dfree(d->attn_post); dfree(d->ffn_post);
         }
         free(cb->L);
     }
@@ -588,7 +592,7 @@ cuda_backend *cuda_backend_create(const engine *e, int ordinal, int f32, int idx
         const char *ev = getenv("SPARSED_CUDA_ATTN");
         int hpg = m->n_heads / m->n_kv_heads;
         cb->use_cattn = !f32 && m->head_dim == 128 && e->attn.block_size % 64 == 0 && hpg <= 16 &&
-                        !(ev && !strcmp(ev, "generic"));
+                        m->attn_softcap == 0.0f && !(ev && !strcmp(ev, "generic"));
         /* The tuned sparse kernels select exactly as cpu/sparse.c does
          * (ties aside) when their shape holds and no token below
          * sparse_min_context could select fewer blocks than it sees. */
@@ -676,7 +680,7 @@ static int ensure_scratch(cuda_backend *cb, int T, int R, char *err, size_t errl
         for (int l = 0; l < m->n_layers; l++)
             NQ = (size_t)cb->L[l].nqkv > NQ ? (size_t)cb->L[l].nqkv : NQ;
         if (dmalloc((void **)&cb->x, cap * E * 4, err, errlen) || dmalloc((void **)&cb->qkv, cap * NQ * 4, err, errlen) ||
-            dmalloc((void **)&cb->gu, cap * 2 * F * 4, err, errlen) || dmalloc(&cb->xb, cap * E * es, err, errlen) ||
+            dmalloc((void **)&cb->gu, cap * (2 * F > E ? 2 * F : E) * 4, err, errlen) || dmalloc(&cb->xb, cap * E * es, err, errlen) ||
             dmalloc(&cb->q, cap * QD * es, err, errlen) || dmalloc(&cb->iq, cap * (IQ ? IQ : 1) * es, err, errlen) ||
             dmalloc(&cb->att, cap * QD * es, err, errlen) || dmalloc(&cb->h, cap * F * es, err, errlen))
             return -1;
@@ -738,7 +742,8 @@ static int layer_mode(const cuda_backend *cb, int l, int max_ctx, int all_decode
         if (fl - sink > c->top_k_blocks || cb->force_sparse)
             return cb->fast_msa || (cb->fast_quest && all_decode) ? MODE_FAST_SPARSE : MODE_SPARSE;
     }
-    return cb->use_cattn ? MODE_CATTN : MODE_GENERIC;
+    /* only the generic kernel slides a window */
+    return cb->use_cattn && !cb->e->m.layers[l].swa ? MODE_CATTN : MODE_GENERIC;
 }
 
 /* Writes the batch description into pinned memory and sends it over.  The
@@ -913,8 +918,9 @@ static int plan_gemms(cuda_backend *cb, const meta *mt, char *err, size_t errlen
     int E = m->n_embd, QD = m->n_heads * m->head_dim, F = m->n_ff, T = mt->T;
     for (int l = 0; l < m->n_layers; l++) {
         int nq = cb->L[l].nqkv;
-        if (!plan_get(cb, nq, E, T, nq, 0, err, errlen) || !plan_get(cb, E, QD, T, E, 1, err, errlen) ||
-            !plan_get(cb, 2 * F, E, T, 2 * F, 0, err, errlen) || !plan_get(cb, E, F, T, E, 1, err, errlen))
+        int ao = !cb->L[l].attn_post, fo = !cb->L[l].ffn_post;    /* accumulate unless post-normed */
+        if (!plan_get(cb, nq, E, T, nq, 0, err, errlen) || !plan_get(cb, E, QD, T, E, ao, err, errlen) ||
+            !plan_get(cb, 2 * F, E, T, 2 * F, 0, err, errlen) || !plan_get(cb, E, F, T, E, fo, err, errlen))
             return -1;
     }
     return mt->R && !plan_get(cb, m->n_vocab, E, mt->R, m->n_vocab, 0, err, errlen) ? -1 : 0;
@@ -1078,7 +1084,7 @@ static int attention_fast_sparse(cuda_backend *cb, const engine_batch *b, const 
     const attn_config *c = &cb->e->attn;
     cattn_pool p = cattn_layer(cb, l);
     size_t QD = (size_t)m->n_heads * m->head_dim, IQ = (size_t)m->idx_heads * m->idx_dim;
-    float scale = 1.0f / sqrtf((float)m->head_dim);
+    float scale = m->attn_scale;
     for (int i = 0; i < b->n_seqs;) {
         const engine_seq *s = &b->seqs[i];
         const char *q = (const char *)cb->q + (size_t)s->tok_offset * QD * 2;
@@ -1174,7 +1180,9 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
     a.sel = sparse ? cb->sel : NULL;
     a.cnt = sparse ? cb->sel + rows * W : NULL;
     a.W = W;
-    a.scale = 1.0f / sqrtf((float)D);
+    a.scale = m->attn_scale;
+    a.softcap = m->attn_softcap;
+    a.window = m->layers[l].swa ? m->swa_window : 0;
     size_t items = (size_t)mt->T * m->n_heads;
     size_t smem = (size_t)4 * (2 * D + 32) * sizeof(float);
     if (smem > 48 * 1024)
@@ -1193,7 +1201,7 @@ static int attention_cattn(cuda_backend *cb, const engine_batch *b, const meta *
     const model *m = &cb->e->m;
     cattn_pool p = cattn_layer(cb, l);
     int QD = m->n_heads * m->head_dim;
-    float scale = 1.0f / sqrtf((float)m->head_dim);
+    float scale = m->attn_scale;
     for (int i = 0; i < b->n_seqs;) {
         const engine_seq *s = &b->seqs[i];
         size_t off = (size_t)s->tok_offset * QD * 2;
@@ -1229,6 +1237,15 @@ static int attention_cattn(cuda_backend *cb, const engine_batch *b, const meta *
     return 0;
 }
 
+/* x += rmsnorm(gu) * w over T rows: a Gemma sublayer's output, in gu. */
+static int post_norm_add(cuda_backend *cb, const float *w, int T, char *err, size_t errlen)
+{
+    const model *m = &cb->e->m;
+    launch_pdl_on(cb->pdl, norm_add_kernel, T, 256, 0, cb->st, (const float *)cb->gu, w, m->n_embd, m->eps, cb->x);
+    LAUNCHED();
+    return 0;
+}
+
 /* Every kernel and GEMM of one step, on cb->st: no allocation, no host
  * synchronization, so that it can be captured into a graph. */
 template <typename S>
@@ -1240,7 +1257,7 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
     int T = mt->T, E = m->n_embd, D = m->head_dim, QD = m->n_heads * D, F = m->n_ff;
     cudaStream_t st = cb->st;
 
-    embed_kernel<S><<<T, 128, 0, st>>>((const S *)cb->emb, E, mt->tok, cb->x);
+    embed_kernel<S><<<T, 128, 0, st>>>((const S *)cb->emb, E, mt->tok, m->embd_scale, cb->x);
     LAUNCHED();
     for (int l = 0; l < m->n_layers; l++) {
         const dlayer *d = &cb->L[l];
@@ -1257,8 +1274,8 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         pa.pos = mt->pos;
         pa.tab = mt->tab;
         pa.tables = mt->tables;
-        pa.rope_freq = cb->rope_freq;
-        pa.rope_mscale = cb->e->rope_mscale;
+        pa.rope_freq = m->layers[l].swa ? cb->rope_freq + m->rope_dim / 2 : cb->rope_freq;
+        pa.rope_mscale = m->layers[l].swa ? e->rope_mscale_swa : e->rope_mscale;
         pa.rope_dim = m->rope_dim;
         pa.neox = m->rope_neox;
         pa.Hq = m->n_heads;
@@ -1308,8 +1325,10 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         } else if (attention_generic<S>(cb, mt, l, modes[l] == MODE_SPARSE, err, errlen)) {
             return -1;
         }
-        /* x += att . Wo^T */
-        if (gemm(cb, d->wo, E, QD, cb->att, T, cb->x, E, 1.0f, err, errlen))
+        /* x += att . Wo^T (Gemma: normed first, in gu, free until the FFN) */
+        if (d->attn_post ? gemm(cb, d->wo, E, QD, cb->att, T, cb->gu, E, 0.0f, err, errlen) ||
+                               post_norm_add(cb, d->attn_post, T, err, errlen)
+                         : gemm(cb, d->wo, E, QD, cb->att, T, cb->x, E, 1.0f, err, errlen))
             return -1;
         launch_pdl_on(cb->pdl, rmsnorm_kernel<S>, T, 256, 0, st, cb->x, (const int32_t *)NULL, d->ffn_norm, E,
                       m->eps, (S *)cb->xb);
@@ -1318,9 +1337,12 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
             return -1;
         const int per_tok = F & 3 ? F : F / 4; /* threads a token needs */
         const dim3 sg((per_tok + 255) / 256, T < 65535 ? T : 65535);
-        launch_pdl_on(cb->pdl, swiglu_kernel<S>, sg, 256, 0, st, (const float *)cb->gu, F, T, (S *)cb->h);
+        launch_pdl_on(cb->pdl, m->ffn_gelu ? swiglu_kernel<S, 1> : swiglu_kernel<S, 0>, sg, 256, 0, st,
+                      (const float *)cb->gu, F, T, (S *)cb->h);
         LAUNCHED();
-        if (gemm(cb, d->wdown, E, F, cb->h, T, cb->x, E, 1.0f, err, errlen))
+        if (d->ffn_post ? gemm(cb, d->wdown, E, F, cb->h, T, cb->gu, E, 0.0f, err, errlen) ||
+                              post_norm_add(cb, d->ffn_post, T, err, errlen)
+                        : gemm(cb, d->wdown, E, F, cb->h, T, cb->x, E, 1.0f, err, errlen))
             return -1;
     }
     if (mt->R) {
@@ -1329,6 +1351,12 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         LAUNCHED();
         if (gemm(cb, cb->out, m->n_vocab, E, cb->xl, mt->R, cb->logits, m->n_vocab, 0.0f, err, errlen))
             return -1;
+        if (m->logit_softcap > 0.0f) {
+            size_t n = (size_t)mt->R * m->n_vocab;
+            launch_pdl_on(cb->pdl, softcap_kernel, (unsigned)((n + 255) / 256 < 1024 ? (n + 255) / 256 : 1024), 256, 0,
+                          st, cb->logits, n, m->logit_softcap);
+            LAUNCHED();
+        }
         if (want_ids) {
             launch_pdl_on(cb->pdl, argmax_kernel, mt->R, ARGMAX_T, 0, st, (const float *)cb->logits, m->n_vocab,
                           cb->ids);

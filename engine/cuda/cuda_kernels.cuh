@@ -90,13 +90,14 @@ static __device__ float block_sum(float v)
 static constexpr int CK_ILP = 4;
 
 template <typename T>
-__global__ void embed_kernel(const T *__restrict__ emb, int E, const int32_t *tok, float *__restrict__ x)
+__global__ void embed_kernel(const T *__restrict__ emb, int E, const int32_t *tok, float scale,
+                             float *__restrict__ x)
 {
     int t = blockIdx.x;
     const T *row = emb + (size_t)tok[t] * E;
 #pragma unroll CK_ILP
     for (int i = threadIdx.x; i < E; i += blockDim.x)
-        x[(size_t)t * E + i] = tof(row[i]);
+        x[(size_t)t * E + i] = tof(row[i]) * scale;
 }
 
 /* out[r] = x[rows ? rows[r] : r] * rsqrt(mean square + eps) * w, one block
@@ -243,6 +244,13 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(const T *__restri
 }
 
 static __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+/* Gemma's gate: GELU, tanh-approximated */
+static __device__ __forceinline__ float gelu_mul(float g, float u)
+{
+    return 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g))) * u;
+}
+template <int GELU>
+static __device__ __forceinline__ float gate_mul(float g, float u) { return GELU ? gelu_mul(g, u) : silu_mul(g, u); }
 static __device__ __forceinline__ void store4(float *p, float a, float b, float c, float d)
 {
     *(float4 *)p = make_float4(a, b, c, d);
@@ -256,11 +264,11 @@ static __device__ __forceinline__ void store4(bf16 *p, float a, float b, float c
     *(uint2 *)p = v;
 }
 
-/* h[t][j] = silu(gu[t][j]) * gu[t][F + j]: grid (column blocks, tokens),
+/* h[t][j] = silu(gu[t][j]) * gu[t][F + j] (GELU: gelu): grid (column blocks, tokens),
  * four columns a thread where F % 4 == 0 (16-byte loads of each half, the
  * four outputs stored together; a flat loop with a 64-bit divide per
  * element read 2.2 TB/s at 8192 tokens of F = 5632 on an H200). */
-template <typename T>
+template <typename T, int GELU>
 __global__ void swiglu_kernel(const float *gu, int F, int n_tok, T *h)
 {
     pdl_trigger();
@@ -272,13 +280,41 @@ __global__ void swiglu_kernel(const float *gu, int F, int n_tok, T *h)
         if (!(F & 3)) {
             for (int j = j0; j < F >> 2; j += step) {
                 const float4 a = ((const float4 *)g)[j], b = ((const float4 *)u)[j];
-                store4(o + 4 * j, silu_mul(a.x, b.x), silu_mul(a.y, b.y), silu_mul(a.z, b.z), silu_mul(a.w, b.w));
+                store4(o + 4 * j, gate_mul<GELU>(a.x, b.x), gate_mul<GELU>(a.y, b.y), gate_mul<GELU>(a.z, b.z),
+                       gate_mul<GELU>(a.w, b.w));
             }
         } else {
             for (int j = j0; j < F; j += step)
-                o[j] = fromf<T>(silu_mul(g[j], u[j]));
+                o[j] = fromf<T>(gate_mul<GELU>(g[j], u[j]));
         }
     }
+}
+
+/* x[r] += rmsnorm(y[r]) * w, one block per row: Gemma's norm of a
+ * sublayer's output before its residual add. */
+__global__ void norm_add_kernel(const float *__restrict__ y, const float *__restrict__ w, int E, float eps,
+                                float *__restrict__ x)
+{
+    pdl_trigger();
+    pdl_wait();
+    const float *yr = y + (size_t)blockIdx.x * E;
+    float *xr = x + (size_t)blockIdx.x * E;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < E; i += blockDim.x)
+        ss += yr[i] * yr[i];
+    ss = block_sum(ss);
+    const float inv = 1.0f / sqrtf(ss / (float)E + eps);
+    for (int i = threadIdx.x; i < E; i += blockDim.x)
+        xr[i] += yr[i] * inv * w[i];
+}
+
+/* v = cap * tanh(v / cap) over n values: a soft cap on the logits. */
+__global__ void softcap_kernel(float *v, size_t n, float cap)
+{
+    pdl_trigger();
+    pdl_wait();
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        v[i] = cap * tanhf(v[i] / cap);
 }
 
 /* Per row, the first index of the largest value (NaN never wins). */
@@ -719,6 +755,8 @@ struct AttnArgs {
     const int32_t *sel, *cnt;   /* NULL: every visible block */
     int W;
     float scale;
+    float softcap;              /* scores capped as softcap * tanh(s / softcap); 0: not */
+    int window;                 /* a token sees its last `window` positions; 0: all */
 };
 
 /* One warp per (token, query head): 32 keys at a time, one per lane, with an
@@ -742,7 +780,8 @@ __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a)
     __syncwarp();
     int pos = a.pos[t], last = pos / a.B;
     const int32_t *tbl = a.tables + a.tab[t];
-    int n = last + 1;
+    int lo = a.window && pos >= a.window ? pos - a.window + 1 : 0;  /* first visible position */
+    int n = last + 1 - lo / a.B;
     const int32_t *lst = NULL;
     if (a.sel) {
         int c = a.cnt[t * a.Hkv + g];
@@ -753,17 +792,20 @@ __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a)
     }
     float m = -CK_INF, l = 0.0f;
     for (int k = 0; k < n; k++) {
-        int bi = lst ? lst[k] : k;
+        int bi = lst ? lst[k] : lo / a.B + k;
         long long page = tbl[bi];
         const size_t ho = (size_t)g * a.B * D;
         const T *K = (const T *)(a.k + page * a.pb) + ho, *V = (const T *)(a.v + page * a.pb) + ho;
         const uint8_t *K8 = (const uint8_t *)(a.k + page * a.pb) + ho, *V8 = (const uint8_t *)(a.v + page * a.pb) + ho;
         const float *ks = a.kvs ? (const float *)(a.kvs + page * a.pb) + (size_t)g * 2 * a.B : NULL;
         int slots = bi == last ? pos - bi * a.B + 1 : a.B;
-        for (int s0 = 0; s0 < slots; s0 += 32) {
+        int first = lo > bi * a.B ? lo - bi * a.B : 0;     /* slots before the window stay out */
+        /* from the 32 holding `first`: a chunk with no visible key would
+         * make the running max -inf - -inf */
+        for (int s0 = first & ~31; s0 < slots; s0 += 32) {
             int s = s0 + lane;
             float sc = -CK_INF;
-            if (s < slots) {
+            if (s < slots && s >= first) {
                 float dot = 0.0f;
                 if (ks) {
                     for (int d = 0; d < D; d++)
@@ -774,10 +816,12 @@ __global__ void __launch_bounds__(128) attn_kernel(AttnArgs a)
                         dot += qs[d] * tof(K[(size_t)s * D + d]);
                 }
                 sc = dot * a.scale;
+                if (a.softcap > 0.0f)
+                    sc = a.softcap * tanhf(sc / a.softcap);
             }
             float nm = fmaxf(m, warp_max(sc));
             float corr = expf(m - nm);
-            float p = s < slots ? expf(sc - nm) : 0.0f;
+            float p = s < slots && s >= first ? expf(sc - nm) : 0.0f;
             l = l * corr + warp_sum(p);
             ps[lane] = ks && s < slots ? p * ks[a.B + s] : p;   /* a value row's scale rides on its weight */
             __syncwarp();

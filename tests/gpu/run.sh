@@ -185,6 +185,27 @@ $P/bin/mkmodel --out $W/phi3.gguf --arch phi3 --layers 2 --embd 512 --heads 4 --
     --ff 1024 --vocab 1024 --type q4_k --seed 9 >/dev/null
 check phi3-q4k-f32 --model $W/phi3.gguf --dtype f32 --tol 1e-4 --prompts 300,77,5 --decode 16
 check phi3-q4k-bf16 --model $W/phi3.gguf --prompts 300,77,5 --decode 16
+# Gemma 3: post-norms, GELU, scaled embeddings, windows of 100 tokens on
+# every other layer (their own unscaled RoPE; the generic kernel slides
+# them), the global layers linear x4; head dim 256 (generic kernels) and
+# 128 (tuned kernels on the global layers, and sparse ones there).
+# Gemma 2: soft caps on scores (only the generic kernel has them) and logits.
+$P/bin/mkmodel --out $W/gemma3-256.gguf --arch gemma3 --layers 4 --embd 512 --heads 4 --kv-heads 2 --head-dim 256 \
+    --ff 1024 --vocab 1024 --ctx 4096 --rope-base 1000000 --rope-scaling linear --rope-factor 4 \
+    --swa-window 100 --swa-pattern 2 --type q4_k --seed 12 >/dev/null
+$P/bin/mkmodel --out $W/gemma3-128.gguf --arch gemma3 --layers 4 --embd 256 --heads 4 --kv-heads 2 --head-dim 128 \
+    --ff 512 --vocab 1024 --ctx 4096 --swa-window 100 --swa-pattern 2 --logit-softcap 8 --seed 13 >/dev/null
+$P/bin/mkmodel --out $W/gemma2-128.gguf --arch gemma2 --layers 4 --embd 256 --heads 4 --kv-heads 2 --head-dim 128 \
+    --ff 512 --vocab 1024 --ctx 4096 --swa-window 100 --attn-softcap 2 --logit-softcap 5 --seed 14 >/dev/null
+check gemma3-256-f32 --model $W/gemma3-256.gguf --dtype f32 --tol 1e-4 --prompts 900,300,5 --decode 16
+check gemma3-256-bf16 --model $W/gemma3-256.gguf --prompts 900,300,5 --decode 16
+check gemma3-128-bf16 --model $W/gemma3-128.gguf --prompts 900,300,5 --decode 16
+check gemma3-128-bf16-graphs --model $W/gemma3-128.gguf --prompts 900,300,5 --decode 24 --vs-graphs --tol-alt 0
+check gemma3-128-minmax-f32 --model $W/gemma3-128.gguf --dtype f32 --tol 1e-4 --prompts 900,300,40 \
+    --attention sparse --indexer minmax --block-size 16 --top-k-blocks 4 --local-blocks 2 --sink-blocks 1 \
+    --sparse-min-context 0
+check gemma2-128-f32 --model $W/gemma2-128.gguf --dtype f32 --tol 1e-4 --prompts 900,300,5 --decode 16
+check gemma2-128-bf16 --model $W/gemma2-128.gguf --prompts 900,300,5 --decode 16
 # random MSA model: sparse from 80 tokens on (top 4 + 1 local blocks of 16)
 check m3-msa-f32 --model $M/m3-tiny.gguf --dtype f32 --tol 1e-4 --prompts 200,120,33 --decode 24
 check m3-msa-f32-graphs --model $M/m3-tiny.gguf --dtype f32 --tol 1e-4 --prompts 200,120,33 --decode 24 \
