@@ -8,17 +8,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/internal.h"
 
-enum { FAM_PLAIN, FAM_CHATML, FAM_LLAMA3, FAM_LLAMA2, FAM_MISTRAL, FAM_ZEPHYR, FAM_PHI3 };
-static const char *const fam_names[] = {"plain", "chatml", "llama3", "llama2", "mistral", "zephyr", "phi3"};
+enum {
+    FAM_PLAIN, FAM_CHATML, FAM_LLAMA3, FAM_LLAMA31, FAM_LLAMA2, FAM_MISTRAL, FAM_ZEPHYR, FAM_PHI3,
+    FAM_GEMMA,
+};
+static const char *const fam_names[] = {"plain", "chatml", "llama3", "llama3.1", "llama2", "mistral",
+                                        "zephyr", "phi3", "gemma"};
 
 static int family(const char *tmpl)
 {
     if (!tmpl) return FAM_PLAIN;
     if (strstr(tmpl, "<|im_start|>")) return FAM_CHATML;
-    if (strstr(tmpl, "<|start_header_id|>")) return FAM_LLAMA3;
+    /* Llama 3.1, 3.2 and 3.3 always write a dated system block */
+    if (strstr(tmpl, "<|start_header_id|>"))
+        return strstr(tmpl, "Cutting Knowledge Date") ? FAM_LLAMA31 : FAM_LLAMA3;
+    if (strstr(tmpl, "<start_of_turn>")) return FAM_GEMMA;
     if (strstr(tmpl, "[INST]")) return strstr(tmpl, "<<SYS>>") ? FAM_LLAMA2 : FAM_MISTRAL;
     if (strstr(tmpl, "<|user|>")) return strstr(tmpl, "<|end|>") ? FAM_PHI3 : FAM_ZEPHYR;
     return FAM_PLAIN;
@@ -101,6 +109,35 @@ static void sb_add_stripped(sb *b, const char *s)
         }
     }
     sb_addn(b, s + a, last - a);
+}
+
+/* Python's json.dumps(s, ensure_ascii=False): transformers' tojson filter,
+ * which Llama 3.1's template applies to tool results (a string is
+ * "iterable" to Jinja). */
+static void sb_add_json(sb *b, const char *s)
+{
+    sb_add(b, "\"");
+    for (const char *run = s;; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c && c != '"' && c != '\\' && c >= 0x20) continue;
+        sb_addn(b, run, (size_t)(s - run));
+        if (!c) break;
+        char u[8];
+        switch (c) {
+        case '"': sb_add(b, "\\\""); break;
+        case '\\': sb_add(b, "\\\\"); break;
+        case '\n': sb_add(b, "\\n"); break;
+        case '\r': sb_add(b, "\\r"); break;
+        case '\t': sb_add(b, "\\t"); break;
+        case '\b': sb_add(b, "\\b"); break;
+        case '\f': sb_add(b, "\\f"); break;
+        default:
+            snprintf(u, sizeof u, "\\u%04x", c);
+            sb_add(b, u);
+        }
+        run = s + 1;
+    }
+    sb_add(b, "\"");
 }
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -189,6 +226,100 @@ static int render_llama3(sb *b, const char *bos, const chat_msg *m, int n, int a
         sb_add(b, "<|eot_id|>");
     }
     if (add_gen) sb_add(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    return 0;
+}
+
+/* The "Today Date" of a Llama 3.1+ system block.  Templates that call
+ * strftime_now (3.2's), which transformers defines, get today's date:
+ * in UTC (transformers takes the host's local time), with English month
+ * names whatever the locale.  The others (3.1's, 3.3's) get their
+ * date_string default, "26 Jul 2024". */
+static void llama31_date(const char *tmpl, char *out, size_t len)
+{
+    static const char *const mon[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                      "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    static const char needle[] = "set date_string = \"";
+    if (strstr(tmpl, "strftime_now")) {
+        time_t now = time(NULL);
+        struct tm tm;
+        if (gmtime_r(&now, &tm)) {
+            snprintf(out, len, "%02d %s %04d", tm.tm_mday, mon[tm.tm_mon], tm.tm_year + 1900);
+            return;
+        }
+    }
+    snprintf(out, len, "26 Jul 2024");
+    const char *p = strstr(tmpl, needle);
+    if (!p) return;
+    p += sizeof(needle) - 1;
+    size_t n = strcspn(p, "\"{}\\");
+    if (p[n] == '"' && n < len) snprintf(out, len, "%.*s", (int)n, p);
+}
+
+/* Llama 3.1, 3.2, 3.3 without tools: a system block with the knowledge
+ * cutoff, the date and the (trimmed) system message, always; then the
+ * turns as in Llama 3, except tool results, which go under "ipython" as
+ * JSON strings, untrimmed. */
+static int render_llama31(sb *b, const char *tmpl, const char *bos, const chat_msg *m, int n,
+                          int add_gen)
+{
+    char date[32];
+    llama31_date(tmpl, date, sizeof date);
+    int start = n > 0 && is_role(&m[0], "system");
+    sb_add(b, bos);
+    sb_add(b, "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+              "Today Date: ");
+    sb_add(b, date);
+    sb_add(b, "\n\n");
+    if (start) sb_add_stripped(b, content_of(&m[0]));
+    sb_add(b, "<|eot_id|>");
+    for (int i = start; i < n; i++) {
+        if (!strcmp(m[i].role, "tool") || !strcmp(m[i].role, "ipython")) {
+            sb_add(b, "<|start_header_id|>ipython<|end_header_id|>\n\n");
+            sb_add_json(b, content_of(&m[i]));
+        } else {
+            sb_add(b, "<|start_header_id|>");
+            sb_add(b, role_of(&m[i]));
+            sb_add(b, "<|end_header_id|>\n\n");
+            sb_add_stripped(b, content_of(&m[i]));
+        }
+        sb_add(b, "<|eot_id|>");
+    }
+    if (add_gen) sb_add(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    return 0;
+}
+
+/* Gemma 2 and 3: "<start_of_turn>role\ncontent<end_of_turn>\n", the
+ * assistant called "model", contents trimmed.  Turns alternate from a user
+ * one: user at even places, anything else at odd ones.  Gemma 3 puts a
+ * leading system message, untrimmed, before the first turn's content;
+ * Gemma 2's template (and Gemma 1's) refuses it. */
+static int render_gemma(sb *b, const char *tmpl, const char *bos, const chat_msg *m, int n,
+                        int add_gen, char *err, size_t errlen)
+{
+    int start = n > 0 && is_role(&m[0], "system");
+    if (start && strstr(tmpl, "System role not supported")) {
+        set_err(err, errlen, "chat: the Gemma template takes no system message");
+        return -1;
+    }
+    for (int i = start; i < n; i++)
+        if (is_role(&m[i], "user") != ((i - start) % 2 == 0)) {
+            set_err(err, errlen, "chat: the Gemma template takes user and assistant turns in "
+                    "alternation, from a user one; message %d is '%s'", i, m[i].role);
+            return -1;
+        }
+    sb_add(b, bos);
+    for (int i = start; i < n; i++) {
+        sb_add(b, "<start_of_turn>");
+        sb_add(b, is_role(&m[i], "assistant") ? "model" : role_of(&m[i]));
+        sb_add(b, "\n");
+        if (i == start && start) {
+            sb_add(b, content_of(&m[0]));
+            sb_add(b, "\n\n");
+        }
+        sb_add_stripped(b, content_of(&m[i]));
+        sb_add(b, "<end_of_turn>\n");
+    }
+    if (add_gen) sb_add(b, "<start_of_turn>model\n");
     return 0;
 }
 
@@ -345,10 +476,14 @@ char *chat_render_template(const char *tmpl, const char *bos, const char *eos,
     switch (family(tmpl)) {
     case FAM_CHATML: rc = render_chatml(&b, tmpl, msgs, n, add_generation_prompt); break;
     case FAM_LLAMA3: rc = render_llama3(&b, bos, msgs, n, add_generation_prompt); break;
+    case FAM_LLAMA31: rc = render_llama31(&b, tmpl, bos, msgs, n, add_generation_prompt); break;
     case FAM_LLAMA2: rc = render_llama2(&b, bos, eos, msgs, n, err, errlen); break;
     case FAM_MISTRAL: rc = render_mistral(&b, bos, eos, msgs, n, err, errlen); break;
     case FAM_ZEPHYR: rc = render_zephyr(&b, eos, msgs, n, add_generation_prompt, err, errlen); break;
     case FAM_PHI3: render_phi3(&b, tmpl, eos, msgs, n, add_generation_prompt); break;
+    case FAM_GEMMA:
+        rc = render_gemma(&b, tmpl, bos, msgs, n, add_generation_prompt, err, errlen);
+        break;
     default: rc = render_plain(&b, msgs, n, add_generation_prompt); break;
     }
     if (rc == 0 && b.oom) {

@@ -5,7 +5,9 @@
 Run in a venv with: pip install transformers tokenizers gguf jinja2
 sentencepiece protobuf regex numpy (no torch needed).
 
-    .venv/bin/python tools/tokref.py [--smollm PATH] [--stories PATH]
+    .venv/bin/python tools/tokref.py [--smollm PATH] [--stories PATH] [--chat-only]
+
+--chat-only writes chat.tsv alone; it needs only jinja2 and gguf.
 
 References, all built from the GGUF files themselves:
 - SmolLM2 ("gpt2" vocab, pre "smollm"): the HF `tokenizers` BPE that
@@ -21,8 +23,12 @@ References, all built from the GGUF files themselves:
   llama.cpp does for "llama" vocabs.
 - Pre-tokenizer splits (gpt2, smollm, llama3, qwen2): the `regex` module with
   the published split regexes.
-- Chat: jinja2 rendering of the template texts, with the settings
-  transformers' apply_chat_template uses (trim_blocks, lstrip_blocks).
+- Chat: jinja2 rendering of the template texts, set up as transformers'
+  apply_chat_template sets it up (trim_blocks, lstrip_blocks, loop
+  controls, its tojson filter, raise_exception, strftime_now, tools=None).
+  strftime_now answers for FIXED_NOW, so the file stays put; the C test
+  puts today's date in its place.  A conversation the template refuses
+  (raise_exception) is an E line: chat.c must refuse it too.
 
 Line formats (fields separated by TAB; text fields escaped: \\\\ \\t \\n \\r
 and \\xHH for other control or invisible bytes):
@@ -31,12 +37,13 @@ and \\xHH for other control or invisible bytes):
   pretok.tsv   pre    text  piece byte lengths
   chat.tsv     T  name  bos  eos  template
                C  name  add_gen  expected  role  content  [role content ...]
+               E  name  add_gen  jinja's error  role  content  [role content ...]
 """
 import argparse
+import datetime
 import os
 import sys
 
-import regex
 from gguf import GGUFReader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -261,6 +268,7 @@ PRETOK = {"gpt2": [GPT2], "smollm": [r"\p{N}", GPT2], "llama3": [LLAMA3], "qwen2
 
 def split(pieces, pattern):
     """Each regex cuts every piece into matches and the text between them."""
+    import regex
     out = []
     for p in pieces:
         pos = 0
@@ -289,6 +297,271 @@ def pretok_rows():
 # ---- chat templates --------------------------------------------------------
 
 # Template texts as the model repos publish them (tokenizer_config.json).
+# The long ones come first, a line of template a line here.  Those of
+# Llama-3.1-8B-Instruct (Llama-3.3-70B-Instruct's is the same text),
+# Llama-3.2-3B-Instruct and gemma-2-2b-it are byte for byte the copies in
+# llama.cpp's models/templates; gemma-3-1b-it's is the _CHAT_TEMPLATE of
+# transformers' convert_gemma3_weights.py, the text its config carries.
+LLAMA31 = (
+    "{{- bos_token }}\n"
+    "{%- if custom_tools is defined %}\n"
+    "    {%- set tools = custom_tools %}\n"
+    "{%- endif %}\n"
+    "{%- if not tools_in_user_message is defined %}\n"
+    "    {%- set tools_in_user_message = true %}\n"
+    "{%- endif %}\n"
+    "{%- if not date_string is defined %}\n"
+    "    {%- set date_string = \"26 Jul 2024\" %}\n"
+    "{%- endif %}\n"
+    "{%- if not tools is defined %}\n"
+    "    {%- set tools = none %}\n"
+    "{%- endif %}\n"
+    "\n"
+    "{#- This block extracts the system message, so we can slot it into the right place. #}\n"
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {%- set system_message = messages[0]['content']|trim %}\n"
+    "    {%- set messages = messages[1:] %}\n"
+    "{%- else %}\n"
+    "    {%- set system_message = \"\" %}\n"
+    "{%- endif %}\n"
+    "\n"
+    "{#- System message + builtin tools #}\n"
+    "{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}\n"
+    "{%- if builtin_tools is defined or tools is not none %}\n"
+    "    {{- \"Environment: ipython\\n\" }}\n"
+    "{%- endif %}\n"
+    "{%- if builtin_tools is defined %}\n"
+    "    {{- \"Tools: \" + builtin_tools | reject('equalto', 'code_interpreter') | join(\", \") + \"\\n\\n\"}}\n"
+    "{%- endif %}\n"
+    "{{- \"Cutting Knowledge Date: December 2023\\n\" }}\n"
+    "{{- \"Today Date: \" + date_string + \"\\n\\n\" }}\n"
+    "{%- if tools is not none and not tools_in_user_message %}\n"
+    "    {{- \"You have access to the following functions. To call a function, please respond with JSON for a function call.\" }}\n"
+    "    {{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.' }}\n"
+    "    {{- \"Do not use variables.\\n\\n\" }}\n"
+    "    {%- for t in tools %}\n"
+    "        {{- t | tojson(indent=4) }}\n"
+    "        {{- \"\\n\\n\" }}\n"
+    "    {%- endfor %}\n"
+    "{%- endif %}\n"
+    "{{- system_message }}\n"
+    "{{- \"<|eot_id|>\" }}\n"
+    "\n"
+    "{#- Custom tools are passed in a user message with some extra guidance #}\n"
+    "{%- if tools_in_user_message and not tools is none %}\n"
+    "    {#- Extract the first user message so we can plug it in here #}\n"
+    "    {%- if messages | length != 0 %}\n"
+    "        {%- set first_user_message = messages[0]['content']|trim %}\n"
+    "        {%- set messages = messages[1:] %}\n"
+    "    {%- else %}\n"
+    "        {{- raise_exception(\"Cannot put tools in the first user message when there's no first user message!\") }}\n"
+    "{%- endif %}\n"
+    "    {{- '<|start_header_id|>user<|end_header_id|>\\n\\n' -}}\n"
+    "    {{- \"Given the following functions, please respond with a JSON for a function call \" }}\n"
+    "    {{- \"with its proper arguments that best answers the given prompt.\\n\\n\" }}\n"
+    "    {{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.' }}\n"
+    "    {{- \"Do not use variables.\\n\\n\" }}\n"
+    "    {%- for t in tools %}\n"
+    "        {{- t | tojson(indent=4) }}\n"
+    "        {{- \"\\n\\n\" }}\n"
+    "    {%- endfor %}\n"
+    "    {{- first_user_message + \"<|eot_id|>\"}}\n"
+    "{%- endif %}\n"
+    "\n"
+    "{%- for message in messages %}\n"
+    "    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}\n"
+    "        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}\n"
+    "    {%- elif 'tool_calls' in message %}\n"
+    "        {%- if not message.tool_calls|length == 1 %}\n"
+    "            {{- raise_exception(\"This model only supports single tool-calls at once!\") }}\n"
+    "        {%- endif %}\n"
+    "        {%- set tool_call = message.tool_calls[0].function %}\n"
+    "        {%- if builtin_tools is defined and tool_call.name in builtin_tools %}\n"
+    "            {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}\n"
+    "            {{- \"<|python_tag|>\" + tool_call.name + \".call(\" }}\n"
+    "            {%- for arg_name, arg_val in tool_call.arguments | items %}\n"
+    "                {{- arg_name + '=\"' + arg_val + '\"' }}\n"
+    "                {%- if not loop.last %}\n"
+    "                    {{- \", \" }}\n"
+    "                {%- endif %}\n"
+    "                {%- endfor %}\n"
+    "            {{- \")\" }}\n"
+    "        {%- else  %}\n"
+    "            {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}\n"
+    "            {{- '{\"name\": \"' + tool_call.name + '\", ' }}\n"
+    "            {{- '\"parameters\": ' }}\n"
+    "            {{- tool_call.arguments | tojson }}\n"
+    "            {{- \"}\" }}\n"
+    "        {%- endif %}\n"
+    "        {%- if builtin_tools is defined %}\n"
+    "            {#- This means we're in ipython mode #}\n"
+    "            {{- \"<|eom_id|>\" }}\n"
+    "        {%- else %}\n"
+    "            {{- \"<|eot_id|>\" }}\n"
+    "        {%- endif %}\n"
+    "    {%- elif message.role == \"tool\" or message.role == \"ipython\" %}\n"
+    "        {{- \"<|start_header_id|>ipython<|end_header_id|>\\n\\n\" }}\n"
+    "        {%- if message.content is mapping or message.content is iterable %}\n"
+    "            {{- message.content | tojson }}\n"
+    "        {%- else %}\n"
+    "            {{- message.content }}\n"
+    "        {%- endif %}\n"
+    "        {{- \"<|eot_id|>\" }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n"
+    "{%- endif %}\n"
+)
+
+LLAMA32 = (
+    "{{- bos_token }}\n"
+    "{%- if custom_tools is defined %}\n"
+    "    {%- set tools = custom_tools %}\n"
+    "{%- endif %}\n"
+    "{%- if not tools_in_user_message is defined %}\n"
+    "    {%- set tools_in_user_message = true %}\n"
+    "{%- endif %}\n"
+    "{%- if not date_string is defined %}\n"
+    "    {%- if strftime_now is defined %}\n"
+    "        {%- set date_string = strftime_now(\"%d %b %Y\") %}\n"
+    "    {%- else %}\n"
+    "        {%- set date_string = \"26 Jul 2024\" %}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}\n"
+    "{%- if not tools is defined %}\n"
+    "    {%- set tools = none %}\n"
+    "{%- endif %}\n"
+    "\n"
+    "{#- This block extracts the system message, so we can slot it into the right place. #}\n"
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {%- set system_message = messages[0]['content']|trim %}\n"
+    "    {%- set messages = messages[1:] %}\n"
+    "{%- else %}\n"
+    "    {%- set system_message = \"\" %}\n"
+    "{%- endif %}\n"
+    "\n"
+    "{#- System message #}\n"
+    "{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}\n"
+    "{%- if tools is not none %}\n"
+    "    {{- \"Environment: ipython\\n\" }}\n"
+    "{%- endif %}\n"
+    "{{- \"Cutting Knowledge Date: December 2023\\n\" }}\n"
+    "{{- \"Today Date: \" + date_string + \"\\n\\n\" }}\n"
+    "{%- if tools is not none and not tools_in_user_message %}\n"
+    "    {{- \"You have access to the following functions. To call a function, please respond with JSON for a function call.\" }}\n"
+    "    {{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.' }}\n"
+    "    {{- \"Do not use variables.\\n\\n\" }}\n"
+    "    {%- for t in tools %}\n"
+    "        {{- t | tojson(indent=4) }}\n"
+    "        {{- \"\\n\\n\" }}\n"
+    "    {%- endfor %}\n"
+    "{%- endif %}\n"
+    "{{- system_message }}\n"
+    "{{- \"<|eot_id|>\" }}\n"
+    "\n"
+    "{#- Custom tools are passed in a user message with some extra guidance #}\n"
+    "{%- if tools_in_user_message and not tools is none %}\n"
+    "    {#- Extract the first user message so we can plug it in here #}\n"
+    "    {%- if messages | length != 0 %}\n"
+    "        {%- set first_user_message = messages[0]['content']|trim %}\n"
+    "        {%- set messages = messages[1:] %}\n"
+    "    {%- else %}\n"
+    "        {{- raise_exception(\"Cannot put tools in the first user message when there's no first user message!\") }}\n"
+    "{%- endif %}\n"
+    "    {{- '<|start_header_id|>user<|end_header_id|>\\n\\n' -}}\n"
+    "    {{- \"Given the following functions, please respond with a JSON for a function call \" }}\n"
+    "    {{- \"with its proper arguments that best answers the given prompt.\\n\\n\" }}\n"
+    "    {{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.' }}\n"
+    "    {{- \"Do not use variables.\\n\\n\" }}\n"
+    "    {%- for t in tools %}\n"
+    "        {{- t | tojson(indent=4) }}\n"
+    "        {{- \"\\n\\n\" }}\n"
+    "    {%- endfor %}\n"
+    "    {{- first_user_message + \"<|eot_id|>\"}}\n"
+    "{%- endif %}\n"
+    "\n"
+    "{%- for message in messages %}\n"
+    "    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}\n"
+    "        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}\n"
+    "    {%- elif 'tool_calls' in message %}\n"
+    "        {%- if not message.tool_calls|length == 1 %}\n"
+    "            {{- raise_exception(\"This model only supports single tool-calls at once!\") }}\n"
+    "        {%- endif %}\n"
+    "        {%- set tool_call = message.tool_calls[0].function %}\n"
+    "        {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}\n"
+    "        {{- '{\"name\": \"' + tool_call.name + '\", ' }}\n"
+    "        {{- '\"parameters\": ' }}\n"
+    "        {{- tool_call.arguments | tojson }}\n"
+    "        {{- \"}\" }}\n"
+    "        {{- \"<|eot_id|>\" }}\n"
+    "    {%- elif message.role == \"tool\" or message.role == \"ipython\" %}\n"
+    "        {{- \"<|start_header_id|>ipython<|end_header_id|>\\n\\n\" }}\n"
+    "        {%- if message.content is mapping or message.content is iterable %}\n"
+    "            {{- message.content | tojson }}\n"
+    "        {%- else %}\n"
+    "            {{- message.content }}\n"
+    "        {%- endif %}\n"
+    "        {{- \"<|eot_id|>\" }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n"
+    "{%- endif %}\n"
+)
+
+GEMMA2 = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+
+GEMMA3 = (
+    "{{ bos_token }}\n"
+    "{%- if messages[0]['role'] == 'system' -%}\n"
+    "    {%- if messages[0]['content'] is string -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'] + '\n"
+    "\n"
+    "' -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n"
+    "\n"
+    "' -%}\n"
+    "    {%- endif -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n"
+    "{%- else -%}\n"
+    "    {%- set first_user_prefix = \"\" -%}\n"
+    "    {%- set loop_messages = messages -%}\n"
+    "{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
+    "    {%- endif -%}\n"
+    "    {%- if (message['role'] == 'assistant') -%}\n"
+    "        {%- set role = \"model\" -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set role = message['role'] -%}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\n"
+    "' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n"
+    "        {{ message['content'] | trim }}\n"
+    "    {%- elif message['content'] is iterable -%}\n"
+    "        {%- for item in message['content'] -%}\n"
+    "            {%- if item['type'] == 'image' -%}\n"
+    "                {{ '<start_of_image>' }}\n"
+    "            {%- elif item['type'] == 'text' -%}\n"
+    "                {{ item['text'] | trim }}\n"
+    "            {%- endif -%}\n"
+    "        {%- endfor -%}\n"
+    "    {%- else -%}\n"
+    "        {{ raise_exception(\"Invalid content type\") }}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<end_of_turn>\n"
+    "' }}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{'<start_of_turn>model\n"
+    "'}}\n"
+    "{%- endif -%}\n"
+)
+
 TEMPLATES = {
     "chatml": ("", "<|im_end|>",
                "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"),
@@ -306,6 +579,10 @@ TEMPLATES = {
              "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"),
     "phi3.5": ("<s>", "<|endoftext|>",
                "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"),
+    "llama3.1": ("<|begin_of_text|>", "<|eot_id|>", LLAMA31),
+    "llama3.2": ("<|begin_of_text|>", "<|eot_id|>", LLAMA32),
+    "gemma2": ("<bos>", "<eos>", GEMMA2),
+    "gemma3": ("<bos>", "<eos>", GEMMA3),
 }
 
 CONVERSATIONS = [
@@ -318,36 +595,77 @@ CONVERSATIONS = [
     [("system", ""), ("user", "Empty system message")],
 ]
 
+# Conversations for some templates only: the roles and orders they take
+# or refuse in their own way (chat.c refuses Llama 2's tool turns, which
+# its template drops, so these are not for every template).
+LLAMA31_CONVERSATIONS = [
+    [("system", "  Padded system.\n"), ("user", "Hi")],
+    [("system", "Only a system message.")],
+    [("user", "   ")],
+    [("user", "Hi"), ("system", " A later system message "), ("user", "Again")],
+    [("user", "What is 2+2?"), ("assistant", "Let me look."),
+     ("tool", '{"result": 4, "note": "a\\b\t\x01 caf\u00e9 \U0001f600 <b>&</b>"}\n'),
+     ("assistant", "4.")],
+    [("user", "x"), ("ipython", "  line1\nline2\r\x7f\x1f\x0b\x0c\x08 \u2028 '  ")],
+]
+GEMMA_CONVERSATIONS = [
+    [("system", "  Padded system\n"), ("user", "  Hi  ")],
+    [("system", "Only a system message.")],
+    [("user", "Hi"), ("tool", "42"), ("user", "Thanks")],
+    [("user", "Hi"), ("system", "  A later system message  ")],
+    [("user", "a"), ("user", "b")],
+    [("assistant", "I start.")],
+    [("user", "Hi"), ("assistant", "Hello"), ("assistant", "Again")],
+    [("system", "Be brief."), ("assistant", "Hi")],
+]
+EXTRA_CONVERSATIONS = {"llama3.1": LLAMA31_CONVERSATIONS, "llama3.2": LLAMA31_CONVERSATIONS,
+                       "gemma2": GEMMA_CONVERSATIONS, "gemma3": GEMMA_CONVERSATIONS}
+
+# The time strftime_now formats (transformers': datetime.now()).
+FIXED_NOW = datetime.datetime(2025, 3, 9, 12, 0, 0)
+
 
 def render(template, bos, eos, msgs, add_gen):
+    """The environment of transformers' _compile_jinja_template and the
+    arguments of its apply_chat_template without tools."""
+    import json
+
+    import jinja2.ext
     from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(m):
         raise TemplateError(m)
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = FIXED_NOW.strftime
     # developer is the new name of system: the templates predate it
     messages = [{"role": "system" if r == "developer" else r, "content": c} for r, c in msgs]
-    return env.from_string(template).render(messages=messages, bos_token=bos, eos_token=eos,
+    return env.from_string(template).render(messages=messages, tools=None, documents=None,
+                                            bos_token=bos, eos_token=eos,
                                             add_generation_prompt=add_gen)
 
 
 def chat_rows(smollm_template):
+    from jinja2.exceptions import TemplateError
     templates = dict(TEMPLATES)
     if smollm_template:
         templates["smollm2"] = ("<|im_start|>", "<|im_end|>", smollm_template)
     rows = []
     for name, (bos, eos, tmpl) in templates.items():
         rows.append(["T", name, bos, eos, tmpl])
-        for msgs in CONVERSATIONS:
+        for msgs in CONVERSATIONS + EXTRA_CONVERSATIONS.get(name, []):
             for add_gen in (True, False):
                 try:
-                    text = render(tmpl, bos, eos, msgs, add_gen)
-                except Exception as e:  # template refuses (roles); not a reference
-                    print("chat %s: %s" % (name, e), file=sys.stderr)
-                    continue
-                row = ["C", name, "1" if add_gen else "0", text]
+                    row = ["C", name, "1" if add_gen else "0", render(tmpl, bos, eos, msgs, add_gen)]
+                except TemplateError as e:     # the template refuses (roles, order)
+                    row = ["E", name, "1" if add_gen else "0", str(e)]
                 for r, c in msgs:
                     row += [r, c]
                 rows.append(row)
@@ -368,15 +686,17 @@ def main():
     ap.add_argument("--smollm", default=os.path.join(ROOT, ".cache", "models",
                                                      "SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--stories", default=os.path.join(ROOT, "models", "stories260K.gguf"))
+    ap.add_argument("--chat-only", action="store_true", help="write chat.tsv alone")
     a = ap.parse_args()
 
     fmt = lambda rows: ["%s\t%s\t%s" % (f, esc(s), " ".join(map(str, ids))) for f, s, ids in rows]
-    write("smollm2.tsv", fmt(smollm_refs(a.smollm)))
-    write("stories260k.tsv", fmt(llama_refs(a.stories)))
-    write("pretok.tsv", fmt(pretok_rows()))
-    _, _, meta = gguf_tokenizer(a.smollm)
+    if not a.chat_only:
+        write("smollm2.tsv", fmt(smollm_refs(a.smollm)))
+        write("stories260k.tsv", fmt(llama_refs(a.stories)))
+        write("pretok.tsv", fmt(pretok_rows()))
+    tmpl = GGUFReader(a.smollm).fields.get("tokenizer.chat_template")
     write("chat.tsv", ["\t".join(r[:1] + [esc(x) for x in r[1:]])
-                       for r in chat_rows(meta.get("tokenizer.chat_template"))])
+                       for r in chat_rows(tmpl.contents() if tmpl else None)])
 
 
 if __name__ == "__main__":

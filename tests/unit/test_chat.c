@@ -1,11 +1,12 @@
 /* Chat templates against jinja2's rendering of the published template texts
- * (tests/data/tokenizer/chat.tsv, written by tools/tokref.py), family
- * detection, the plain fallback, errors, and engine_chat_render on real
- * models. */
+ * (tests/data/tokenizer/chat.tsv, written by tools/tokref.py), refusals
+ * where the template raises, family detection, the plain fallback, errors,
+ * and engine_chat_render on real models. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/internal.h"
 
@@ -67,7 +68,7 @@ typedef struct tmpl {
     char *name, *bos, *eos, *text;
 } tmpl;
 
-static tmpl tmpls[16];
+static tmpl tmpls[32];
 static int n_tmpls;
 
 static const tmpl *find_tmpl(const char *name)
@@ -78,7 +79,8 @@ static const tmpl *find_tmpl(const char *name)
     return NULL;
 }
 
-/* Calls fn for every C line, after loading the T lines before it. */
+/* Calls fn for every C line, and with want NULL for every E line (the
+ * template refuses), after loading the T lines before it. */
 static int each_case(void (*fn)(const tmpl *, int, const char *, const chat_msg *, int, void *),
                      void *ctx)
 {
@@ -96,17 +98,18 @@ static int each_case(void (*fn)(const tmpl *, int, const char *, const chat_msg 
         int nf = fields(line, fv);
         if (strcmp(fv[0], "T") == 0) {
             ck_assert_int_eq(nf, 5);
-            ck_assert(n_tmpls < 16);
+            ck_assert(n_tmpls < 32);
             tmpls[n_tmpls++] = (tmpl){fv[1], fv[2], fv[3], fv[4]};
             free(fv[0]);
             continue;
         }
-        ck_assert_str_eq(fv[0], "C");
+        int refused = strcmp(fv[0], "E") == 0;
+        ck_assert_msg(refused || strcmp(fv[0], "C") == 0, "line kind %s", fv[0]);
         ck_assert(nf >= 6 && nf % 2 == 0);
         chat_msg msgs[MAXF / 2];
         int n = 0;
         for (int i = 4; i < nf; i += 2) msgs[n++] = (chat_msg){fv[i], fv[i + 1]};
-        fn(find_tmpl(fv[1]), atoi(fv[2]), fv[3], msgs, n, ctx);
+        fn(find_tmpl(fv[1]), atoi(fv[2]), refused ? NULL : fv[3], msgs, n, ctx);
         cases++;
         for (int i = 0; i < nf; i++) free(fv[i]);
     }
@@ -126,27 +129,70 @@ static void free_tmpls(void)
     n_tmpls = 0;
 }
 
+/* tools/tokref.py's strftime_now answers for 2025-03-09; chat.c gives
+ * today's date (UTC) where a template calls it (Llama 3.2). */
+#define REF_DATE "09 Mar 2025"
+
+static void today(char *out, size_t len)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    ck_assert(gmtime_r(&now, &tm));
+    strftime(out, len, "%d %b %Y", &tm);
+}
+
+/* want with every REF_DATE replaced by date; malloc'd. */
+static char *with_date(const char *want, const char *date)
+{
+    size_t k = 0, rl = strlen(REF_DATE);
+    for (const char *p = want; (p = strstr(p, REF_DATE)); p += rl) k++;
+    char *out = malloc(strlen(want) + k * strlen(date) + 1), *o = out;
+    const char *p = want;
+    for (const char *q; (q = strstr(p, REF_DATE)); p = q + rl) {
+        memcpy(o, p, (size_t)(q - p));
+        o = stpcpy(o + (q - p), date);
+    }
+    strcpy(o, p);
+    return out;
+}
+
 static void check_render(const tmpl *t, int add_gen, const char *want, const chat_msg *m, int n,
                          void *ctx)
 {
     (void)ctx;
-    char err[256] = "";
-    char *got = chat_render_template(t->text, t->bos, t->eos, m, n, add_gen, err, sizeof err);
+    char err[256] = "", before[32], after[32];
+    char *got;
+    /* a render that straddles midnight is done again */
+    do {
+        today(before, sizeof before);
+        got = chat_render_template(t->text, t->bos, t->eos, m, n, add_gen, err, sizeof err);
+        today(after, sizeof after);
+        if (strcmp(before, after)) free(got);
+    } while (strcmp(before, after));
+    if (!want) {
+        ck_assert_msg(got == NULL, "%s (add_gen %d, %d messages): the template refuses, chat.c "
+                      "gave \"%s\"", t->name, add_gen, n, got);
+        ck_assert_msg(err[0], "%s: refused without a message", t->name);
+        return;
+    }
     ck_assert_msg(got != NULL, "%s: %s", t->name, err);
-    ck_assert_msg(strcmp(got, want) == 0, "%s (add_gen %d, %d messages):\ngot  \"%s\"\nwant \"%s\"",
-                  t->name, add_gen, n, got, want);
+    char *w = strstr(t->text, "strftime_now") ? with_date(want, before) : strdup(want);
+    ck_assert_msg(strcmp(got, w) == 0, "%s (add_gen %d, %d messages):\ngot  \"%s\"\nwant \"%s\"",
+                  t->name, add_gen, n, got, w);
+    free(w);
     free(got);
 }
 
 START_TEST(reference_renderings)
 {
     int n = each_case(check_render, NULL);
-    ck_assert_int_ge(n, 60);
+    ck_assert_int_ge(n, 200);
     /* every family was covered, SmolLM2's own template text included */
     static const char *const want[][2] = {
         {"chatml", "chatml"}, {"qwen2", "chatml"}, {"llama3", "llama3"}, {"llama2", "llama2"},
         {"mistral", "mistral"}, {"zephyr", "zephyr"}, {"smollm2", "chatml"}, {"phi3", "phi3"},
-        {"phi3.5", "phi3"},
+        {"phi3.5", "phi3"}, {"llama3.1", "llama3.1"}, {"llama3.2", "llama3.1"},
+        {"gemma2", "gemma"}, {"gemma3", "gemma"},
     };
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
         ck_assert_str_eq(chat_template_family(find_tmpl(want[i][0])->text), want[i][1]);
@@ -252,6 +298,51 @@ START_TEST(errors)
 }
 END_TEST
 
+/* Llama 3.1's date: the template's date_string default, else Llama 3.1's;
+ * and the tool/ipython turns' JSON escapes for bytes no reference has. */
+START_TEST(llama31_date_and_json)
+{
+    chat_msg m[] = {{"tool", "\x1e\"\x7f"}};
+    char err[128];
+    char *s = chat_render_template("<|start_header_id|>Cutting Knowledge Date"
+                                   "{%- set date_string = \"01 Jan 2030\" %}", "", "", m, 1, 0,
+                                   err, sizeof err);
+    ck_assert_str_eq(s, "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: "
+                        "December 2023\nToday Date: 01 Jan 2030\n\n<|eot_id|>"
+                        "<|start_header_id|>ipython<|end_header_id|>\n\n\"\\u001e\\\"\x7f\"<|eot_id|>");
+    free(s);
+    /* an expression is no default; an empty conversation keeps the block */
+    s = chat_render_template("<|start_header_id|>Cutting Knowledge Date {% set date_string = \"{{ x }}\" %}",
+                             "<|begin_of_text|>", "", NULL, 0, 1, err, sizeof err);
+    ck_assert_str_eq(s, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting "
+                        "Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|>"
+                        "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    free(s);
+}
+END_TEST
+
+START_TEST(gemma_refusals)
+{
+    char err[256];
+    chat_msg sys[] = {{"developer", "Be brief."}, {"user", "Hi"}};
+    ck_assert_ptr_null(chat_render_template("{{ raise_exception('System role not supported') }}"
+                                            "<start_of_turn>", "<bos>", "<eos>", sys, 2, 1, err, sizeof err));
+    ck_assert_msg(strstr(err, "Gemma") && strstr(err, "system"), "%s", err);
+    char *s = chat_render_template("<start_of_turn>", "<bos>", "<eos>", sys, 2, 1, err, sizeof err);
+    ck_assert_str_eq(s, "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n");
+    free(s);
+    /* after the system message, turn 0 must be the user's */
+    chat_msg order[] = {{"system", "s"}, {"user", "a"}, {"tool", "b"}, {"tool", "c"}};
+    ck_assert_ptr_null(chat_render_template("<start_of_turn>", "", "", order, 4, 0, err, sizeof err));
+    ck_assert_msg(strstr(err, "message 3 is 'tool'"), "%s", err);
+    ck_assert_ptr_null(chat_render_template("<start_of_turn>", "", "", order + 2, 1, 0, err, sizeof err));
+    ck_assert_msg(strstr(err, "message 0 is 'tool'"), "%s", err);
+    s = chat_render_template("<start_of_turn>", "", "", order, 3, 0, err, sizeof err);
+    ck_assert_str_eq(s, "<start_of_turn>user\ns\n\na<end_of_turn>\n<start_of_turn>tool\nb<end_of_turn>\n");
+    free(s);
+}
+END_TEST
+
 /* ---- through the engine -------------------------------------------------- */
 
 static engine *open_engine(const char *rel)
@@ -273,7 +364,7 @@ static engine *open_engine(const char *rel)
 static void check_engine_render(const tmpl *t, int add_gen, const char *want, const chat_msg *m,
                                 int n, void *ctx)
 {
-    if (strcmp(t->name, "smollm2") != 0) return;
+    if (strcmp(t->name, "smollm2") != 0 || !want) return;
     engine *e = ctx;
     ck_assert_str_eq(engine_get_info(e)->chat_template, t->text);
     char err[256] = "";
@@ -331,6 +422,8 @@ int main(void)
     tcase_add_test(tc, plain_fallback);
     tcase_add_test(tc, default_system_prompt);
     tcase_add_test(tc, errors);
+    tcase_add_test(tc, llama31_date_and_json);
+    tcase_add_test(tc, gemma_refusals);
     tcase_add_test(tc, engine_smollm2);
     tcase_add_test(tc, engine_stories_plain);
     suite_add_tcase(s, tc);
