@@ -148,6 +148,34 @@ int cattn_msa_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_
                       const void *iq, void *out, float scale, int top_k, int local, int32_t *sel, void *ws,
                       size_t ws_bytes, void *stream);
 
+/* ---- any shape: head dims 64, 128, 256; windows, soft caps --------------- */
+
+/* Dense attention of a whole ragged batch (prefill and decode tokens) in
+ * one call, bf16 K/V pages only.  Work comes as tiles: tiles[2 i] is the
+ * first batch token of tile i, tiles[2 i + 1] its count, at most
+ * cattn_flash_tile_tokens() consecutive new tokens of one sequence.  Token
+ * t sits at pos[t] and reads pages tables[tab[t] + pos / B].  A token sees
+ * positions pos - window + 1 .. pos (window 0: all); a score s becomes
+ * softcap * tanh(s * scale / softcap) when softcap > 0. */
+typedef struct cattn_flash_args {
+    const void *q;
+    void *out;                  /* [T][n_heads][head_dim], as q */
+    const char *k, *v;          /* the layer's K and V of page 0 */
+    long long page_bytes;       /* from one page to the next */
+    const int32_t *pos, *tab, *tables, *tiles;
+    int n_tiles, T, n_heads, n_kv, head_dim, B;
+    float scale, softcap;
+    int window;
+} cattn_flash_args;
+
+/* Tokens a tile may hold (0: the head ratio does not fit a tile). */
+int cattn_flash_tile_tokens(int n_heads, int n_kv_heads);
+/* Key ranges for n_tiles tiles of sequences of at most max_len tokens, and
+ * the workspace they take for T tokens. */
+int cattn_flash_splits(int n_tiles, int n_kv_heads, int max_len);
+size_t cattn_flash_ws(int splits, int T, int n_heads, int head_dim);
+int cattn_flash(const cattn_flash_args *a, int splits, void *ws, size_t ws_bytes, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

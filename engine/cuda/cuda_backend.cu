@@ -65,6 +65,7 @@ struct cuda_backend {
     void *emb, *out;            /* [V][E]; out == emb when tied */
     float *out_norm, *rope_freq;
     int use_cattn;              /* tuned attention kernels for dense layers */
+    int flash_tpt;              /* tokens a tile of cattn_flash (the other dense layers); 0: generic kernel */
     int fast_msa, fast_quest;   /* ... and for sparse ones (MSA; Quest decode) */
     int force_sparse;           /* sparse kernels even where every block is chosen (tests) */
 
@@ -593,6 +594,9 @@ cuda_backend *cuda_backend_create(const engine *e, int ordinal, int f32, int idx
         int hpg = m->n_heads / m->n_kv_heads;
         cb->use_cattn = !f32 && m->head_dim == 128 && e->attn.block_size % 64 == 0 && hpg <= 16 &&
                         m->attn_softcap == 0.0f && !(ev && !strcmp(ev, "generic"));
+        int D = m->head_dim;
+        cb->flash_tpt = !f32 && !kv_fp8 && (D == 64 || D == 128 || D == 256) && !(ev && !strcmp(ev, "generic"))
+                            ? cattn_flash_tile_tokens(m->n_heads, m->n_kv_heads) : 0;
         /* The tuned sparse kernels select exactly as cpu/sparse.c does
          * (ties aside) when their shape holds and no token below
          * sparse_min_context could select fewer blocks than it sees. */
@@ -722,10 +726,11 @@ typedef struct meta {
     int T, R, n_fin, n_seqs;
     int mb;                     /* block-table width, a power of two >= every table */
     int max_ctx;
-    int32_t *tok, *pos, *tab, *row, *fin, *tables, *lens, *ptab;   /* device views */
+    int n_tiles;                /* cattn_flash's */
+    int32_t *tok, *pos, *tab, *row, *fin, *tables, *lens, *ptab, *tiles;   /* device views */
 } meta;
 
-enum { MODE_GENERIC = 0, MODE_CATTN = 1, MODE_SPARSE = 2, MODE_FAST_SPARSE = 3 };
+enum { MODE_GENERIC = 0, MODE_CATTN = 1, MODE_SPARSE = 2, MODE_FAST_SPARSE = 3, MODE_FLASH = 4 };
 
 /* How layer l attends in this step: sparse only when some token selects
  * fewer blocks than it sees (both conditions grow with the position, so the
@@ -742,8 +747,24 @@ static int layer_mode(const cuda_backend *cb, int l, int max_ctx, int all_decode
         if (fl - sink > c->top_k_blocks || cb->force_sparse)
             return cb->fast_msa || (cb->fast_quest && all_decode) ? MODE_FAST_SPARSE : MODE_SPARSE;
     }
-    /* only the generic kernel slides a window */
-    return cb->use_cattn && !cb->e->m.layers[l].swa ? MODE_CATTN : MODE_GENERIC;
+    /* windows and other shapes: cattn_flash, or in f32 the generic kernel */
+    if (cb->use_cattn && !cb->e->m.layers[l].swa)
+        return MODE_CATTN;
+    return cb->flash_tpt ? MODE_FLASH : MODE_GENERIC;
+}
+
+/* cattn_flash's tiles of a batch: runs of at most flash_tpt new tokens of
+ * one sequence.  Writes them to tiles (2 ints each) unless NULL. */
+static int flash_tiles(const cuda_backend *cb, const engine_batch *b, int32_t *tiles)
+{
+    int n = 0, tpt = cb->flash_tpt;
+    for (int i = 0; tpt && i < b->n_seqs; i++)
+        for (int k = 0; k < b->seqs[i].n_new; k += tpt, n++)
+            if (tiles) {
+                tiles[2 * n] = b->seqs[i].tok_offset + k;
+                tiles[2 * n + 1] = b->seqs[i].n_new - k < tpt ? b->seqs[i].n_new - k : tpt;
+            }
+    return n;
 }
 
 /* Writes the batch description into pinned memory and sends it over.  The
@@ -762,7 +783,7 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
     int mb = 1;
     while (mb < max_blocks)
         mb *= 2;
-    size_t need = (size_t)4 * T + R + b->n_seqs + (size_t)b->n_seqs * mb + n_tab;
+    size_t need = (size_t)6 * T + R + b->n_seqs + (size_t)b->n_seqs * mb + n_tab;
     if (need > cb->cap_meta) {
         if (cb->hmeta)
             cudaFreeHost(cb->hmeta);
@@ -779,7 +800,7 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
     }
     int32_t *h = cb->hmeta;
     int32_t *tok = h, *pos = h + T, *tab = h + 2 * T, *fin = h + 3 * T, *row = fin + T, *lens = row + R;
-    int32_t *ptab = lens + b->n_seqs, *tables = ptab + (size_t)b->n_seqs * mb;
+    int32_t *tiles = lens + b->n_seqs, *ptab = tiles + 2 * T, *tables = ptab + (size_t)b->n_seqs * mb;
     memcpy(tok, b->tokens, (size_t)T * sizeof(int32_t));
     int r = 0, nf = 0, off = 0;
     mt->max_ctx = 0;
@@ -809,6 +830,7 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
         for (int k = s->n_blocks; k < mb; k++)
             ptab[(size_t)i * mb + k] = s->blocks[0];
     }
+    mt->n_tiles = flash_tiles(cb, b, tiles);
     CU(cudaMemcpyAsync(cb->dmeta, h, need * sizeof(int32_t), cudaMemcpyHostToDevice, cb->st));
     int32_t *d = cb->dmeta;
     mt->T = T;
@@ -824,6 +846,7 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
     mt->lens = d + (lens - h);
     mt->ptab = d + (ptab - h);
     mt->tables = d + (tables - h);
+    mt->tiles = d + (tiles - h);
     return 0;
 }
 
@@ -958,6 +981,13 @@ static int reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
     }
     if (any_fast && fast_sparse_reserve(cb, b, mt, err, errlen))
         return -1;
+    for (int l = 0; l < m->n_layers; l++)
+        if (modes[l] == MODE_FLASH) {
+            int S = cattn_flash_splits(flash_tiles(cb, b, NULL), m->n_kv_heads, mt->mb * cb->e->attn.block_size);
+            if (grow(&cb->ws, &cb->cap_ws, cattn_flash_ws(S, mt->T, m->n_heads, m->head_dim), err, errlen))
+                return -1;
+            break;
+        }
     /* with sparse layers too: at short contexts they run dense (layer_mode),
      * and the start-up reservation must cover that before any request */
     if (cb->kv_fp8 && (any_cattn || any_fast) && wide_reserve(cb, b, err, errlen))
@@ -1192,6 +1222,40 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
     return 0;
 }
 
+/* Dense attention of the whole batch through cattn_flash (windows, soft
+ * caps, head dims 64 and 256). */
+static int attention_flash(cuda_backend *cb, const meta *mt, int l, char *err, size_t errlen)
+{
+    const model *m = &cb->e->m;
+    char *lay = cb->kv + (long long)l * cb->layer_bytes;
+    cattn_flash_args a;
+    a.q = cb->q;
+    a.out = cb->att;
+    a.k = lay + cb->off_k;
+    a.v = lay + cb->off_v;
+    a.page_bytes = cb->page_bytes;
+    a.pos = mt->pos;
+    a.tab = mt->tab;
+    a.tables = mt->tables;
+    a.tiles = mt->tiles;
+    a.n_tiles = mt->n_tiles;
+    a.T = mt->T;
+    a.n_heads = m->n_heads;
+    a.n_kv = m->n_kv_heads;
+    a.head_dim = m->head_dim;
+    a.B = cb->e->attn.block_size;
+    a.scale = m->attn_scale;
+    a.softcap = m->attn_softcap;
+    a.window = m->layers[l].swa ? m->swa_window : 0;
+    int S = cattn_flash_splits(mt->n_tiles, m->n_kv_heads, mt->mb * a.B);
+    int rc = cattn_flash(&a, S, cb->ws, cb->cap_ws, cb->st);
+    if (rc) {
+        snprintf(err, errlen, "cuda: attention kernel: %s", cattn_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
 /* Dense attention through the tuned kernels of cuda_attn.h: runs of decode
  * sequences (one new token each, consecutive in the batch) in one call,
  * every prefill chunk in its own. */
@@ -1318,6 +1382,9 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
 
         if (modes[l] == MODE_CATTN) {
             if (attention_cattn(cb, b, mt, l, err, errlen))
+                return -1;
+        } else if (modes[l] == MODE_FLASH) {
+            if (attention_flash(cb, mt, l, err, errlen))
                 return -1;
         } else if (modes[l] == MODE_FAST_SPARSE) {
             if (attention_fast_sparse(cb, b, mt, l, err, errlen))

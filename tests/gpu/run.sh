@@ -206,6 +206,14 @@ check gemma3-128-minmax-f32 --model $W/gemma3-128.gguf --dtype f32 --tol 1e-4 --
     --sparse-min-context 0
 check gemma2-128-f32 --model $W/gemma2-128.gguf --dtype f32 --tol 1e-4 --prompts 900,300,5 --decode 16
 check gemma2-128-bf16 --model $W/gemma2-128.gguf --prompts 900,300,5 --decode 16
+# cattn_flash (bf16: head dims 64 and 256, windows, soft caps) against the
+# generic kernel it replaces, both on the GPU; decode splits the keys
+check gemma3-256-flash-vs-generic --model $W/gemma3-256.gguf --prompts 900,300,5 --decode 16 --vs-generic \
+    --tol-alt 2e-2
+check gemma2-128-flash-vs-generic --model $W/gemma2-128.gguf --prompts 900,300,5 --decode 16 --vs-generic \
+    --tol-alt 2e-2
+check qwen-q8-flash-vs-generic --model $M/qwen-q8.gguf --prompts 200,31,64 --decode 16 --vs-generic --tol-alt 2e-2
+check gemma3-256-flash-graphs --model $W/gemma3-256.gguf --prompts 900,300,5 --decode 24 --vs-graphs --tol-alt 0
 # random MSA model: sparse from 80 tokens on (top 4 + 1 local blocks of 16)
 check m3-msa-f32 --model $M/m3-tiny.gguf --dtype f32 --tol 1e-4 --prompts 200,120,33 --decode 24
 check m3-msa-f32-graphs --model $M/m3-tiny.gguf --dtype f32 --tol 1e-4 --prompts 200,120,33 --decode 24 \
@@ -249,8 +257,8 @@ if [ -n "${BENCH:-}" ]; then
     PACK=$P OUT=$OUT bash bench/gpu/model.sh || fails=$((fails + 1))
 fi
 
-# compute-sanitizer memcheck over the three kernel paths (generic dense,
-# sparse selection, tuned attention); words with '=' are environment
+# compute-sanitizer memcheck over the kernel paths (generic dense, sparse
+# selection, tuned attention, cattn_flash); words with '=' are environment
 : > "$OUT/memcheck.log"
 mc_fail=0
 for args in "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0 --kv-cache-dtype fp8" \
@@ -264,7 +272,9 @@ for args in "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --spars
             "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0 --index-keys fp8" \
             "CATTN_SELECT_SPLIT=3 CATTN_PREFILL_SPLIT=3 --model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0" \
             "CATTN_SELECT_SM90=0 CATTN_PREFILL_SM90=0 CATTN_SELECT_SPLIT=3 CATTN_PREFILL_SPLIT=3 --model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0" \
-            "--model $W/llama-v32k.gguf --prompts 60,20,7 --decode 9"; do
+            "--model $W/llama-v32k.gguf --prompts 60,20,7 --decode 9" \
+            "--model $W/gemma3-256.gguf --prompts 300,140,3" \
+            "--model $M/qwen-q8.gguf --prompts 130,7,2 --vs-graphs"; do
     if [ $SECONDS -gt ${DEADLINE:-400} ]; then
         echo "== skipped (time): $args" >> "$OUT/memcheck.log"
         continue

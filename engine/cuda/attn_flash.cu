@@ -1,0 +1,291 @@
+/* attn_flash: paged flash attention for the shapes the tuned kernels do not
+ * take: head dims 64, 128 and 256, sliding windows and soft-capped scores
+ * (Gemma 2/3, Llama 3.2 1B, Qwen2.5 0.5B, SmolLM2), prefill and decode in
+ * one kernel.
+ *
+ * A CTA takes a tile of one sequence's new tokens and one KV group, and
+ * packs the group's query heads as rows: row r is token r / ratio, head r %
+ * ratio of the group, 64 rows in all (4 warps of one m16 tile).  So a
+ * decode token still fills `ratio` rows, and each K/V tile read from the
+ * pages feeds every query head that shares it.  32-key K/V tiles stream
+ * through a cp.async double buffer; scores and P V run on mma.sync (bf16 in,
+ * f32 out) with the flash-attention online softmax.  Each row masks its own
+ * causal and window bounds, so the tiles of a CTA start at its first
+ * token's window and end at its last token.
+ *
+ * When the CTAs are below a wave (decode, short chunks), the keys split into
+ * ranges, a CTA each, whose normalised rows and log2-sum-exp a second kernel
+ * weighs together. */
+#include "attn_util.cuh"
+#include "cuda_attn.h"
+
+#define FL_ROWS 64
+#define FL_KT 32
+#define FL_MAX_SPLITS 32
+
+/* Byte offset of 16-byte chunk c of row r in a tile of D-dim bf16 rows,
+ * swizzled within each 8 chunks so ldmatrix reads hit 8 banks apart. */
+template <int D> static __device__ __forceinline__ uint32_t fswz(int r, int c)
+{
+    return (uint32_t)(r * (2 * D) + ((c ^ (r & 7)) << 4));
+}
+
+/* K and V rows key0 .. key0+31 of KV head g into a stage (zeros past the
+ * last key, which may lie past the table). */
+template <int D>
+static __device__ __forceinline__ void fl_load(const cattn_flash_args &a, const int32_t *tbl, int g, int key0,
+                                               int key_end, uint32_t dst)
+{
+    constexpr int CH = D / 8;
+#pragma unroll
+    for (int i = 0; i < FL_KT * CH / 128; i++) {
+        const int c = threadIdx.x + 128 * i, r = c / CH, ch = c % CH, key = key0 + r;
+        const bool ok = key <= key_end;
+        long long off = 0;
+        if (ok) off = (long long)tbl[key / a.B] * a.page_bytes + ((long long)g * a.B + key % a.B) * (2 * D) + ch * 16;
+        cp16(dst + fswz<D>(r, ch), a.k + off, ok);
+        cp16(dst + FL_KT * 2 * D + fswz<D>(r, ch), a.v + off, ok);
+    }
+}
+
+template <int D> __global__ void __launch_bounds__(128) flash_kernel(cattn_flash_args a, int S, float *part_o,
+                                                                      float *part_lse)
+{
+    constexpr int NT = D / 8;                 /* n8 tiles of a row of O */
+    constexpr int STAGE = 2 * FL_KT * 2 * D;  /* K and V of 32 keys */
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int tile = blockIdx.x / S, split = blockIdx.x % S, g = blockIdx.y;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int t0 = a.tiles[2 * tile], nt = a.tiles[2 * tile + 1];
+    const int ratio = a.n_heads / a.n_kv;
+    const uint32_t qs = smem_u32(smem), kvs = qs + FL_ROWS * 2 * D;
+    const int32_t *tbl = a.tables + a.tab[t0];
+    const int p_lo = a.pos[t0], p_hi = a.pos[t0 + nt - 1];
+
+    /* the rows' queries */
+    for (int c = threadIdx.x; c < FL_ROWS * NT; c += 128) {
+        const int r = c / NT, ch = c % NT, tk = r / ratio;
+        const bool ok = tk < nt;
+        const long long row = ok ? (long long)(t0 + tk) * a.n_heads + g * ratio + r % ratio : 0;
+        cp16(qs + fswz<D>(r, ch), (const bf16 *)a.q + row * D + ch * 8, ok);
+    }
+    cp_commit();
+
+    /* this CTA's key tiles: from its first token's window to its last token */
+    const int k_lo = a.window && p_lo >= a.window ? p_lo - a.window + 1 : 0;
+    const int kt0 = k_lo / FL_KT, all = p_hi / FL_KT + 1 - kt0, per = (all + S - 1) / S;
+    const int it0 = kt0 + min(all, split * per), n_it = max(0, min(all, split * per + per) - min(all, split * per));
+
+    /* the two rows this thread holds: their position, first visible key */
+    int rpos[2], rlo[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int r = warp * 16 + (lane >> 2) + 8 * h, tk = r / ratio;
+        rpos[h] = tk < nt ? a.pos[t0 + tk] : -1;
+        rlo[h] = a.window && rpos[h] >= a.window ? rpos[h] - a.window + 1 : 0;
+    }
+    float o[NT][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+#pragma unroll
+    for (int n = 0; n < NT; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    const float sl = a.scale * LOG2E_F;
+
+    if (n_it > 0) fl_load<D>(a, tbl, g, it0 * FL_KT, p_hi, kvs);
+    cp_commit();
+    const int a_row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, a_cb = lane >> 4;
+    const int k_row = (lane >> 4) * 8 + (lane & 7), k_cb = (lane >> 3) & 1;
+    const int v_row = ((lane >> 3) & 1) * 8 + (lane & 7), v_cb = lane >> 4;
+    for (int it = 0; it < n_it; it++) {
+        if (it + 1 < n_it) fl_load<D>(a, tbl, g, (it0 + it + 1) * FL_KT, p_hi, kvs + ((it + 1) & 1) * STAGE);
+        cp_commit();
+        cp_wait<1>();
+        __syncthreads();
+        const uint32_t ks = kvs + (it & 1) * STAGE, vs = ks + FL_KT * 2 * D;
+        const int key0 = (it0 + it) * FL_KT;
+
+        float s[4][4];
+#pragma unroll
+        for (int n = 0; n < 4; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t qa[4];
+            ldsm4(qa, qs + fswz<D>(a_row, 2 * kk + a_cb));
+#pragma unroll
+            for (int np = 0; np < 2; np++) {
+                uint32_t b[4];
+                ldsm4(b, ks + fswz<D>(16 * np + k_row, 2 * kk + k_cb));
+                mma16816(s[2 * np], qa, b[0], b[1]);
+                mma16816(s[2 * np + 1], qa, b[2], b[3]);
+            }
+        }
+        /* scale, cap, mask; online softmax */
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float mx = NEG_INF;
+#pragma unroll
+            for (int n = 0; n < 4; n++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int key = key0 + 8 * n + 2 * (lane & 3) + e;
+                    float v = s[n][2 * h + e];
+                    if (a.softcap > 0.f) v = a.softcap * tanhf(v * a.scale / a.softcap) * LOG2E_F;
+                    else v *= sl;
+                    if (key > rpos[h] || key < rlo[h]) v = NEG_INF;
+                    s[n][2 * h + e] = v;
+                    mx = fmaxf(mx, v);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mnew = fmaxf(m[h], mx), base = mnew == NEG_INF ? 0.f : mnew;
+            const float corr = exp2f(m[h] - base);
+            m[h] = mnew;
+            float sum = 0.f;
+#pragma unroll
+            for (int n = 0; n < 4; n++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const float p = exp2f(s[n][2 * h + e] - base);
+                    s[n][2 * h + e] = p;
+                    sum += p;
+                }
+            l[h] = l[h] * corr + sum;
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                o[n][2 * h] *= corr;
+                o[n][2 * h + 1] *= corr;
+            }
+        }
+        /* O += P V */
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++) {
+            uint32_t pa[4];
+            pa[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+            pa[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+            pa[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            pa[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++) {
+                uint32_t b[4];
+                ldsm4t(b, vs + fswz<D>(16 * kk + v_row, 2 * dp + v_cb));
+                mma16816(o[2 * dp], pa, b[0], b[1]);
+                mma16816(o[2 * dp + 1], pa, b[2], b[3]);
+            }
+        }
+        __syncthreads();
+    }
+    cp_wait<0>();
+
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        float v = l[h];
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+        l[h] = v;
+        const int r = warp * 16 + (lane >> 2) + 8 * h, tk = r / ratio;
+        if (tk >= nt) continue;
+        const long long row = (long long)(t0 + tk) * a.n_heads + g * ratio + r % ratio;
+        const float inv = l[h] > 0.f ? 1.f / l[h] : 0.f;
+        if (S > 1) {
+            const long long pr = (long long)split * a.T * a.n_heads + row;
+            float2 *po = (float2 *)(part_o + pr * D + 2 * (lane & 3));
+#pragma unroll
+            for (int n = 0; n < NT; n++) po[4 * n] = make_float2(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
+            if ((lane & 3) == 0) part_lse[pr] = l[h] > 0.f ? m[h] + __log2f(l[h]) : NEG_INF;
+            continue;
+        }
+        uint32_t *op = (uint32_t *)((bf16 *)a.out + row * D + 2 * (lane & 3));
+#pragma unroll
+        for (int n = 0; n < NT; n++) op[4 * n] = pack_bf16(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
+    }
+}
+
+/* A warp a row (token, head): the S ranges weighed by their sums. */
+__global__ void __launch_bounds__(128) flash_combine_kernel(const float *part_o, const float *part_lse, int S,
+                                                            long long rows, int D, bf16 *out)
+{
+    const long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    float mx = NEG_INF;
+    for (int s = 0; s < S; s++) mx = fmaxf(mx, part_lse[s * rows + r]);
+    for (int d = lane; d < D; d += 32) {
+        float acc = 0.f, wsum = 0.f;
+        for (int s = 0; s < S; s++) {
+            const float lse = part_lse[s * rows + r];
+            if (lse == NEG_INF) continue;
+            const float w = exp2f(lse - mx);
+            acc += w * part_o[(s * rows + r) * D + d];
+            wsum += w;
+        }
+        out[r * D + d] = __float2bfloat16(wsum > 0.f ? acc / wsum : 0.f);
+    }
+}
+
+static int fl_sms(void)
+{
+    static int sms = 0;
+    int dev = 0;
+    if (!sms && (cudaGetDevice(&dev) != cudaSuccess ||
+                 cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)) {
+        cudaGetLastError();
+        sms = 0;
+        return 132;
+    }
+    return sms;
+}
+
+extern "C" int cattn_flash_tile_tokens(int n_heads, int n_kv_heads)
+{
+    const int ratio = n_kv_heads > 0 ? n_heads / n_kv_heads : 0;
+    return ratio >= 1 && ratio <= FL_ROWS ? FL_ROWS / ratio : 0;
+}
+
+extern "C" int cattn_flash_splits(int n_tiles, int n_kv_heads, int max_len)
+{
+    const int ctas = n_tiles * n_kv_heads, slots = 2 * fl_sms();
+    if (ctas <= 0 || ctas >= slots) return 1;
+    int S = (slots + ctas - 1) / ctas;
+    const int most = (max_len + FL_KT - 1) / FL_KT / 4; /* at least 4 key tiles a range */
+    S = S < most ? S : most;
+    S = S < FL_MAX_SPLITS ? S : FL_MAX_SPLITS;
+    return S < 2 ? 1 : S;
+}
+
+extern "C" size_t cattn_flash_ws(int S, int T, int n_heads, int head_dim)
+{
+    return S > 1 ? (size_t)S * T * n_heads * (head_dim + 1) * sizeof(float) + 256 : 0;
+}
+
+template <int D> static int flash_launch(const cattn_flash_args *a, int S, float *po, float *pl, cudaStream_t st)
+{
+    const int smem = FL_ROWS * 2 * D + 2 * (2 * FL_KT * 2 * D);
+    static int attr_set = 0;
+    if (!attr_set) {
+        CUDA_TRY(cudaFuncSetAttribute(flash_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        attr_set = 1;
+    }
+    flash_kernel<D><<<dim3(a->n_tiles * S, a->n_kv), 128, smem, st>>>(*a, S, po, pl);
+    return 0;
+}
+
+extern "C" int cattn_flash(const cattn_flash_args *a, int S, void *ws, size_t ws_bytes, void *stream)
+{
+    cudaStream_t st = (cudaStream_t)stream;
+    const int D = a->head_dim;
+    if ((D != 64 && D != 128 && D != 256) || a->B < 1 || cattn_flash_tile_tokens(a->n_heads, a->n_kv) < 1 ||
+        S < 1 || S > FL_MAX_SPLITS)
+        return CATTN_ESHAPE;
+    if (a->n_tiles < 1) return 0;
+    if (cattn_flash_ws(S, a->T, a->n_heads, D) > ws_bytes) return CATTN_EWORKSPACE;
+    const long long rows = (long long)a->T * a->n_heads;
+    float *po = S > 1 ? (float *)ws : NULL, *pl = S > 1 ? po + (size_t)S * rows * D : NULL;
+    int rc = D == 64 ? flash_launch<64>(a, S, po, pl, st) : D == 128 ? flash_launch<128>(a, S, po, pl, st)
+                                                                     : flash_launch<256>(a, S, po, pl, st);
+    if (rc) return rc;
+    CUDA_TRY(cudaGetLastError());
+    if (S > 1) {
+        flash_combine_kernel<<<(unsigned)((rows * 32 + 127) / 128), 128, 0, st>>>(po, pl, S, rows, D,
+                                                                                   (bf16 *)a->out);
+        CUDA_TRY(cudaGetLastError());
+    }
+    return 0;
+}
