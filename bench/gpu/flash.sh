@@ -8,7 +8,11 @@
 #   llama64 Llama-3.2-1B's attention: 6 layers, embd 2048, 32/8 heads of 64
 #   llama   gemma3's widths as 16/8 heads of 128 (the tuned kernels)
 # Random bf16 weights, vocab 32000.  SPARSED_CUDA_ATTN=generic rows run
-# the generic kernel.  Uses the pack (PACK); writes flash.jsonl under OUT.
+# the generic kernel.  Then at LONG (131072) tokens, dense against sparse
+# attention (the engine's training-free default: minmax summaries, blocks
+# of 64, sink 1 + top 61 + local 2) through cattn_flash's selection lists;
+# the ctas2 row splits decode keys for 2 CTAs an SM instead of 8.
+# Uses the pack (PACK); writes flash.jsonl under OUT.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
 P=${PACK:-build-cuda/gpu-pack}
@@ -24,13 +28,19 @@ $P/bin/mkmodel --out $W/gemma3.gguf --arch gemma3 $common --embd 2560 --ff 10240
 $P/bin/mkmodel --out $W/llama64.gguf $common --embd 2048 --ff 8192 --heads 32 --kv-heads 8 --head-dim 64 >/dev/null
 $P/bin/mkmodel --out $W/llama.gguf $common --embd 2560 --ff 10240 --heads 16 --kv-heads 8 --head-dim 128 >/dev/null
 : > "$OUT/flash.jsonl"
-run() {   # label model [env]
-    env ${3:-X=1} timeout 300 $P/bin/gpu_model_bench --model $W/$2.gguf --context $CTX --chunk 2048 --steps 32 \
-        --max-seconds 120 --label $1 2>&1 | tee $W/$1.log | grep '^JSON ' | sed 's/^JSON //' >> "$OUT/flash.jsonl"
+run() {   # label model [env [context [more options]]]
+    env ${3:-X=1} timeout 300 $P/bin/gpu_model_bench --model $W/$2.gguf --context ${4:-$CTX} --chunk 2048 --steps 32 \
+        --max-seconds 120 --label $1 ${5:-} 2>&1 | tee $W/$1.log | grep '^JSON ' | sed 's/^JSON //' >> "$OUT/flash.jsonl"
 }
 run gemma3-flash gemma3
 run gemma3-generic gemma3 SPARSED_CUDA_ATTN=generic
 run llama64-flash llama64
 run llama64-generic llama64 SPARSED_CUDA_ATTN=generic
 run llama128-tuned llama
+L=${LONG:-131072}
+run llama64-dense-long llama64 X=1 $L
+run llama64-dense-long-ctas2 llama64 CATTN_FLASH_CTAS=2 $L
+run llama64-sparse-long llama64 X=1 $L "--attention sparse"
+run gemma3-dense-long gemma3 X=1 $L
+run gemma3-sparse-long gemma3 X=1 $L "--attention sparse"
 cat "$OUT/flash.jsonl"

@@ -16,12 +16,14 @@
  * When the CTAs are below a wave (decode, short chunks), the keys split into
  * ranges, a CTA each, whose normalised rows and log2-sum-exp a second kernel
  * weighs together. */
+#include <stdlib.h>
+
 #include "attn_util.cuh"
 #include "cuda_attn.h"
 
 #define FL_ROWS 64
 #define FL_KT 32
-#define FL_MAX_SPLITS 32
+#define FL_MAX_SPLITS 128
 
 /* Byte offset of 16-byte chunk c of row r in a tile of D-dim bf16 rows,
  * swizzled within each 8 chunks so ldmatrix reads hit 8 banks apart. */
@@ -30,8 +32,8 @@ template <int D> static __device__ __forceinline__ uint32_t fswz(int r, int c)
     return (uint32_t)(r * (2 * D) + ((c ^ (r & 7)) << 4));
 }
 
-/* K and V rows key0 .. key0+31 of KV head g into a stage (zeros past the
- * last key, which may lie past the table). */
+/* K and V rows key0 .. key0+31 of KV head g into a stage (zeros past
+ * key_end: the next block, or past the table). */
 template <int D>
 static __device__ __forceinline__ void fl_load(const cattn_flash_args &a, const int32_t *tbl, int g, int key0,
                                                int key_end, uint32_t dst)
@@ -56,7 +58,8 @@ template <int D> __global__ void __launch_bounds__(128) flash_kernel(cattn_flash
     extern __shared__ __align__(128) unsigned char smem[];
     const int tile = blockIdx.x / S, split = blockIdx.x % S, g = blockIdx.y;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int t0 = a.tiles[2 * tile], nt = a.tiles[2 * tile + 1];
+    /* with selection lists a tile is one token */
+    const int t0 = a.sel ? tile : a.tiles[2 * tile], nt = a.sel ? 1 : a.tiles[2 * tile + 1];
     const int ratio = a.n_heads / a.n_kv;
     const uint32_t qs = smem_u32(smem), kvs = qs + FL_ROWS * 2 * D;
     const int32_t *tbl = a.tables + a.tab[t0];
@@ -71,10 +74,23 @@ template <int D> __global__ void __launch_bounds__(128) flash_kernel(cattn_flash
     }
     cp_commit();
 
-    /* this CTA's key tiles: from its first token's window to its last token */
-    const int k_lo = a.window && p_lo >= a.window ? p_lo - a.window + 1 : 0;
-    const int kt0 = k_lo / FL_KT, all = p_hi / FL_KT + 1 - kt0, per = (all + S - 1) / S;
+    /* this CTA's key tiles: from its first token's window to its last
+     * token, or the 32-key pieces of the token's selected blocks */
+    const int32_t *lst = NULL;
+    int kt0 = 0, all, per_blk = (a.B + FL_KT - 1) / FL_KT;
+    if (a.sel && a.cnt[t0 * a.n_kv + g] >= 0) {
+        lst = a.sel + ((long long)t0 * a.n_kv + g) * a.sel_w;
+        all = a.cnt[t0 * a.n_kv + g] * per_blk;
+    } else {
+        const int k_lo = a.window && p_lo >= a.window ? p_lo - a.window + 1 : 0;
+        kt0 = k_lo / FL_KT;
+        all = p_hi / FL_KT + 1 - kt0;
+    }
+    const int per = (all + S - 1) / S;
     const int it0 = kt0 + min(all, split * per), n_it = max(0, min(all, split * per + per) - min(all, split * per));
+    /* the first key of piece u and the last one it may hold */
+#define FL_KEY0(u) (lst ? lst[(u) / per_blk] * a.B + (u) % per_blk * FL_KT : (u) * FL_KT)
+#define FL_KEYHI(u) (lst ? min(lst[(u) / per_blk] * a.B + a.B - 1, p_hi) : p_hi)
 
     /* the two rows this thread holds: their position, first visible key */
     int rpos[2], rlo[2];
@@ -89,18 +105,19 @@ template <int D> __global__ void __launch_bounds__(128) flash_kernel(cattn_flash
     for (int n = 0; n < NT; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
     const float sl = a.scale * LOG2E_F;
 
-    if (n_it > 0) fl_load<D>(a, tbl, g, it0 * FL_KT, p_hi, kvs);
+    if (n_it > 0) fl_load<D>(a, tbl, g, FL_KEY0(it0), FL_KEYHI(it0), kvs);
     cp_commit();
     const int a_row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, a_cb = lane >> 4;
     const int k_row = (lane >> 4) * 8 + (lane & 7), k_cb = (lane >> 3) & 1;
     const int v_row = ((lane >> 3) & 1) * 8 + (lane & 7), v_cb = lane >> 4;
     for (int it = 0; it < n_it; it++) {
-        if (it + 1 < n_it) fl_load<D>(a, tbl, g, (it0 + it + 1) * FL_KT, p_hi, kvs + ((it + 1) & 1) * STAGE);
+        if (it + 1 < n_it)
+            fl_load<D>(a, tbl, g, FL_KEY0(it0 + it + 1), FL_KEYHI(it0 + it + 1), kvs + ((it + 1) & 1) * STAGE);
         cp_commit();
         cp_wait<1>();
         __syncthreads();
         const uint32_t ks = kvs + (it & 1) * STAGE, vs = ks + FL_KT * 2 * D;
-        const int key0 = (it0 + it) * FL_KT;
+        const int key0 = FL_KEY0(it0 + it), key_hi = FL_KEYHI(it0 + it);
 
         float s[4][4];
 #pragma unroll
@@ -129,7 +146,7 @@ template <int D> __global__ void __launch_bounds__(128) flash_kernel(cattn_flash
                     float v = s[n][2 * h + e];
                     if (a.softcap > 0.f) v = a.softcap * tanhf(v * a.scale / a.softcap) * LOG2E_F;
                     else v *= sl;
-                    if (key > rpos[h] || key < rlo[h]) v = NEG_INF;
+                    if (key > rpos[h] || key < rlo[h] || key > key_hi) v = NEG_INF;
                     s[n][2 * h + e] = v;
                     mx = fmaxf(mx, v);
                 }
@@ -173,6 +190,8 @@ template <int D> __global__ void __launch_bounds__(128) flash_kernel(cattn_flash
         __syncthreads();
     }
     cp_wait<0>();
+#undef FL_KEY0
+#undef FL_KEYHI
 
 #pragma unroll
     for (int h = 0; h < 2; h++) {
@@ -239,9 +258,17 @@ extern "C" int cattn_flash_tile_tokens(int n_heads, int n_kv_heads)
     return ratio >= 1 && ratio <= FL_ROWS ? FL_ROWS / ratio : 0;
 }
 
+/* Ranges enough for 8 CTAs an SM (CATTN_FLASH_CTAS overrides,
+ * for comparisons): a decode CTA keeps two 32-key tiles in flight, so
+ * reading at the copy rate takes many of them an SM. */
 extern "C" int cattn_flash_splits(int n_tiles, int n_kv_heads, int max_len)
 {
-    const int ctas = n_tiles * n_kv_heads, slots = 2 * fl_sms();
+    static int per_sm = 0;
+    if (!per_sm) {
+        const char *e = getenv("CATTN_FLASH_CTAS");
+        per_sm = e && atoi(e) > 0 ? atoi(e) : 8;
+    }
+    const int ctas = n_tiles * n_kv_heads, slots = per_sm * fl_sms();
     if (ctas <= 0 || ctas >= slots) return 1;
     int S = (slots + ctas - 1) / ctas;
     const int most = (max_len + FL_KT - 1) / FL_KT / 4; /* at least 4 key tiles a range */

@@ -150,8 +150,8 @@ int cattn_msa_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_
 
 /* ---- any shape: head dims 64, 128, 256; windows, soft caps --------------- */
 
-/* Dense attention of a whole ragged batch (prefill and decode tokens) in
- * one call, bf16 K/V pages only.  Work comes as tiles: tiles[2 i] is the
+/* Attention of a whole ragged batch (prefill and decode tokens) in one
+ * call, bf16 K/V pages only.  Work comes as tiles: tiles[2 i] is the
  * first batch token of tile i, tiles[2 i + 1] its count, at most
  * cattn_flash_tile_tokens() consecutive new tokens of one sequence.  Token
  * t sits at pos[t] and reads pages tables[tab[t] + pos / B].  A token sees
@@ -166,6 +166,11 @@ typedef struct cattn_flash_args {
     int n_tiles, T, n_heads, n_kv, head_dim, B;
     float scale, softcap;
     int window;
+    /* block-sparse: per (token, KV group) a list of cnt blocks at
+     * sel[(t * n_kv + g) * sel_w] (cnt -1: every block), each token a
+     * tile of its own (n_tiles = T, tiles unread); NULL: dense */
+    const int32_t *sel, *cnt;
+    int sel_w;
 } cattn_flash_args;
 
 /* Tokens a tile may hold (0: the head ratio does not fit a tile). */

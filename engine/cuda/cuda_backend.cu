@@ -981,12 +981,12 @@ static int reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
     }
     if (any_fast && fast_sparse_reserve(cb, b, mt, err, errlen))
         return -1;
-    for (int l = 0; l < m->n_layers; l++)
-        if (modes[l] == MODE_FLASH) {
-            int S = cattn_flash_splits(flash_tiles(cb, b, NULL), m->n_kv_heads, mt->mb * cb->e->attn.block_size);
+    for (int l = 0; l < m->n_layers; l++)     /* cattn_flash's key splits: dense tiles, or a token each */
+        if (modes[l] == MODE_FLASH || (modes[l] == MODE_SPARSE && cb->flash_tpt)) {
+            int tiles = modes[l] == MODE_FLASH ? flash_tiles(cb, b, NULL) : mt->T;
+            int S = cattn_flash_splits(tiles, m->n_kv_heads, mt->mb * cb->e->attn.block_size);
             if (grow(&cb->ws, &cb->cap_ws, cattn_flash_ws(S, mt->T, m->n_heads, m->head_dim), err, errlen))
                 return -1;
-            break;
         }
     /* with sparse layers too: at short contexts they run dense (layer_mode),
      * and the start-up reservation must cover that before any request */
@@ -1147,6 +1147,8 @@ static int attention_fast_sparse(cuda_backend *cb, const engine_batch *b, const 
     return 0;
 }
 
+static int attention_flash(cuda_backend *cb, const meta *mt, int l, int sparse, char *err, size_t errlen);
+
 template <typename S>
 static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse, char *err, size_t errlen)
 {
@@ -1185,12 +1187,15 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
         s.sel = cb->sel;
         s.cnt = cb->sel + rows * W;
         s.W = W;
+        s.force = cb->force_sparse;
         size_t smem = (size_t)(c->indexer == IDX_MSA ? m->idx_dim : 2 * hpg * D) * sizeof(float);
         if (smem > 48 * 1024)
             CU(cudaFuncSetAttribute(select_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         select_kernel<S><<<(unsigned)rows, 128, smem, cb->st>>>(s);
         LAUNCHED();
     }
+    if (cb->flash_tpt)
+        return attention_flash(cb, mt, l, sparse, err, errlen);
     AttnArgs a;
     a.q = cb->q;
     a.out = cb->att;
@@ -1222,9 +1227,9 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
     return 0;
 }
 
-/* Dense attention of the whole batch through cattn_flash (windows, soft
- * caps, head dims 64 and 256). */
-static int attention_flash(cuda_backend *cb, const meta *mt, int l, char *err, size_t errlen)
+/* Attention of the whole batch through cattn_flash (windows, soft caps,
+ * head dims 64 and 256), dense or over the selection lists in cb->sel. */
+static int attention_flash(cuda_backend *cb, const meta *mt, int l, int sparse, char *err, size_t errlen)
 {
     const model *m = &cb->e->m;
     char *lay = cb->kv + (long long)l * cb->layer_bytes;
@@ -1247,7 +1252,12 @@ static int attention_flash(cuda_backend *cb, const meta *mt, int l, char *err, s
     a.scale = m->attn_scale;
     a.softcap = m->attn_softcap;
     a.window = m->layers[l].swa ? m->swa_window : 0;
-    int S = cattn_flash_splits(mt->n_tiles, m->n_kv_heads, mt->mb * a.B);
+    a.sel = sparse ? cb->sel : NULL;
+    a.sel_w = sparse ? sel_width(cb, mt) : 0;
+    a.cnt = sparse ? cb->sel + (size_t)mt->T * m->n_kv_heads * a.sel_w : NULL;
+    if (sparse)
+        a.n_tiles = mt->T;
+    int S = cattn_flash_splits(a.n_tiles, m->n_kv_heads, mt->mb * a.B);
     int rc = cattn_flash(&a, S, cb->ws, cb->cap_ws, cb->st);
     if (rc) {
         snprintf(err, errlen, "cuda: attention kernel: %s", cattn_strerror(rc));
@@ -1384,7 +1394,7 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
             if (attention_cattn(cb, b, mt, l, err, errlen))
                 return -1;
         } else if (modes[l] == MODE_FLASH) {
-            if (attention_flash(cb, mt, l, err, errlen))
+            if (attention_flash(cb, mt, l, 0, err, errlen))
                 return -1;
         } else if (modes[l] == MODE_FAST_SPARSE) {
             if (attention_fast_sparse(cb, b, mt, l, err, errlen))

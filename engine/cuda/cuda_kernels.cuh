@@ -595,12 +595,14 @@ struct SelArgs {
     int nbmax;
     int32_t *sel, *cnt;         /* [T*Hkv][W], [T*Hkv]; cnt -1 = every block */
     int W;
+    int force;                  /* lists even where every block is chosen (tests) */
 };
 
 /* One block of 128 threads per (token, KV group), the CPU's rules
  * (cpu/sparse.c): sink and local forced, top_k best of the rest (ties to
  * the lower block), ascending output; when every block would be chosen the
- * count is -1 and attention reads them all. */
+ * count is -1 and attention reads them all (unless forced: then the list
+ * names them all). */
 template <typename T>
 __global__ void __launch_bounds__(128) select_kernel(SelArgs a)
 {
@@ -613,7 +615,7 @@ __global__ void __launch_bounds__(128) select_kernel(SelArgs a)
     int sink = a.sink < nb ? a.sink : nb;
     int fl = nb - a.local > 0 ? nb - a.local : 0;
     int ncand = fl > sink ? fl - sink : 0;
-    if (pos + 1 < a.min_ctx || ncand <= a.topk) {
+    if (pos + 1 < a.min_ctx || (ncand <= a.topk && !a.force)) {
         if (tid == 0)
             a.cnt[row] = -1;
         return;
@@ -689,7 +691,8 @@ __global__ void __launch_bounds__(128) select_kernel(SelArgs a)
 
     /* top_k rounds of a block-wide argmax; taken blocks become NaN */
     int32_t *out = a.sel + (size_t)row * a.W;
-    for (int k = 0; k < a.topk; k++) {
+    const int topk = ncand < a.topk ? ncand : a.topk;
+    for (int k = 0; k < topk; k++) {
         float bv = -CK_INF;
         int bi = INT_MAX;
         for (int b = sink + tid; b < fl; b += blockDim.x) {
@@ -727,15 +730,15 @@ __global__ void __launch_bounds__(128) select_kernel(SelArgs a)
         for (int i = 0; i < sink; i++)
             out[i] = i;
         int32_t *c = out + sink;
-        for (int i = 1; i < a.topk; i++) {
+        for (int i = 1; i < topk; i++) {
             int32_t v = c[i];
             int j = i - 1;
             for (; j >= 0 && c[j] > v; j--)
                 c[j + 1] = c[j];
             c[j + 1] = v;
         }
-        int n = sink + a.topk;
-        for (int b = fl; b < nb; b++)
+        int n = sink + topk;
+        for (int b = fl > sink ? fl : sink; b < nb; b++)   /* (forced lists: a sink block is not local too) */
             out[n++] = b;
         a.cnt[row] = n;
     }

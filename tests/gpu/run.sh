@@ -214,6 +214,16 @@ check gemma2-128-flash-vs-generic --model $W/gemma2-128.gguf --prompts 900,300,5
     --tol-alt 2e-2
 check qwen-q8-flash-vs-generic --model $M/qwen-q8.gguf --prompts 200,31,64 --decode 16 --vs-generic --tol-alt 2e-2
 check gemma3-256-flash-graphs --model $W/gemma3-256.gguf --prompts 900,300,5 --decode 24 --vs-graphs --tol-alt 0
+# ... over selection lists (a token a tile): every block listed (forced)
+# must match dense up to the order of the sums (blocks of 16 and 64)
+check qwen-minmax-flash-cover --model $M/qwen-q8.gguf --prompts 200,31,64 --attention sparse --indexer minmax \
+    --block-size 16 --top-k-blocks 1000 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 1e-2
+check gemma3-256-minmax-flash-cover --model $W/gemma3-256.gguf --prompts 900,300,5 --attention sparse \
+    --indexer minmax --block-size 64 --top-k-blocks 1000 --sparse-min-context 0 --force-sparse --vs-dense \
+    --tol-alt 1e-2
+check qwen-minmax-flash-bf16-info --model $M/qwen-q8.gguf --prompts 200,31,64 --attention sparse --indexer minmax \
+    --block-size 16 --top-k-blocks 3 --local-blocks 1 --sink-blocks 1 --sparse-min-context 0 --vs-generic --tol 1 \
+    --tol-alt 1
 # random MSA model: sparse from 80 tokens on (top 4 + 1 local blocks of 16)
 check m3-msa-f32 --model $M/m3-tiny.gguf --dtype f32 --tol 1e-4 --prompts 200,120,33 --decode 24
 check m3-msa-f32-graphs --model $M/m3-tiny.gguf --dtype f32 --tol 1e-4 --prompts 200,120,33 --decode 24 \
@@ -274,7 +284,8 @@ for args in "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --spars
             "CATTN_SELECT_SM90=0 CATTN_PREFILL_SM90=0 CATTN_SELECT_SPLIT=3 CATTN_PREFILL_SPLIT=3 --model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0" \
             "--model $W/llama-v32k.gguf --prompts 60,20,7 --decode 9" \
             "--model $W/gemma3-256.gguf --prompts 300,140,3" \
-            "--model $M/qwen-q8.gguf --prompts 130,7,2 --vs-graphs"; do
+            "--model $M/qwen-q8.gguf --prompts 130,7,2 --vs-graphs" \
+            "--model $W/gemma3-256.gguf --prompts 300,140,3 --attention sparse --indexer minmax --block-size 16 --top-k-blocks 2 --sparse-min-context 0"; do
     if [ $SECONDS -gt ${DEADLINE:-400} ]; then
         echo "== skipped (time): $args" >> "$OUT/memcheck.log"
         continue
