@@ -11,7 +11,7 @@
 # the generic kernel.  Then at LONG (131072) tokens, dense against sparse
 # attention (the engine's training-free default: minmax summaries, blocks
 # of 64, sink 1 + top 61 + local 2) through cattn_flash's selection lists;
-# the ctas2 row splits decode keys for 2 CTAs an SM instead of 8.
+# the ctas8 row splits decode keys for 8 CTAs an SM instead of 2.
 # Uses the pack (PACK); writes flash.jsonl under OUT.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
@@ -39,7 +39,7 @@ run llama64-generic llama64 SPARSED_CUDA_ATTN=generic
 run llama128-tuned llama
 L=${LONG:-131072}
 run llama64-dense-long llama64 X=1 $L
-run llama64-dense-long-ctas2 llama64 CATTN_FLASH_CTAS=2 $L
+run llama64-dense-long-ctas8 llama64 CATTN_FLASH_CTAS=8 $L
 run llama64-sparse-long llama64 X=1 $L "--attention sparse"
 run gemma3-dense-long gemma3 X=1 $L
 run gemma3-sparse-long gemma3 X=1 $L "--attention sparse"

@@ -23,7 +23,7 @@
 
 #define FL_ROWS 64
 #define FL_KT 32
-#define FL_MAX_SPLITS 128
+#define FL_MAX_SPLITS 32
 
 /* Byte offset of 16-byte chunk c of row r in a tile of D-dim bf16 rows,
  * swizzled within each 8 chunks so ldmatrix reads hit 8 banks apart. */
@@ -258,15 +258,15 @@ extern "C" int cattn_flash_tile_tokens(int n_heads, int n_kv_heads)
     return ratio >= 1 && ratio <= FL_ROWS ? FL_ROWS / ratio : 0;
 }
 
-/* Ranges enough for 8 CTAs an SM (CATTN_FLASH_CTAS overrides,
- * for comparisons): a decode CTA keeps two 32-key tiles in flight, so
- * reading at the copy rate takes many of them an SM. */
+/* Ranges enough for 2 CTAs an SM (CATTN_FLASH_CTAS overrides, for
+ * comparisons).  More ranges cost more than they bring: at 128K, head dim
+ * 64, decode ran 591 tokens/s at 2 an SM and 520 at 8 (H200, ae08cd0). */
 extern "C" int cattn_flash_splits(int n_tiles, int n_kv_heads, int max_len)
 {
     static int per_sm = 0;
     if (!per_sm) {
         const char *e = getenv("CATTN_FLASH_CTAS");
-        per_sm = e && atoi(e) > 0 ? atoi(e) : 8;
+        per_sm = e && atoi(e) > 0 ? atoi(e) : 2;
     }
     const int ctas = n_tiles * n_kv_heads, slots = per_sm * fl_sms();
     if (ctas <= 0 || ctas >= slots) return 1;
