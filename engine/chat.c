@@ -215,15 +215,21 @@ static int render_chatml(sb *b, const char *tmpl, const chat_msg *m, int n, int 
     return 0;
 }
 
+/* One Llama 3 turn: header, trimmed content, end of turn. */
+static void llama3_turn(sb *b, const chat_msg *m)
+{
+    sb_add(b, "<|start_header_id|>");
+    sb_add(b, role_of(m));
+    sb_add(b, "<|end_header_id|>\n\n");
+    sb_add_stripped(b, content_of(m));
+    sb_add(b, "<|eot_id|>");
+}
+
 static int render_llama3(sb *b, const char *bos, const chat_msg *m, int n, int add_gen)
 {
     for (int i = 0; i < n; i++) {
         if (i == 0) sb_add(b, bos);
-        sb_add(b, "<|start_header_id|>");
-        sb_add(b, role_of(&m[i]));
-        sb_add(b, "<|end_header_id|>\n\n");
-        sb_add_stripped(b, content_of(&m[i]));
-        sb_add(b, "<|eot_id|>");
+        llama3_turn(b, &m[i]);
     }
     if (add_gen) sb_add(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
     return 0;
@@ -276,13 +282,10 @@ static int render_llama31(sb *b, const char *tmpl, const char *bos, const chat_m
         if (!strcmp(m[i].role, "tool") || !strcmp(m[i].role, "ipython")) {
             sb_add(b, "<|start_header_id|>ipython<|end_header_id|>\n\n");
             sb_add_json(b, content_of(&m[i]));
+            sb_add(b, "<|eot_id|>");
         } else {
-            sb_add(b, "<|start_header_id|>");
-            sb_add(b, role_of(&m[i]));
-            sb_add(b, "<|end_header_id|>\n\n");
-            sb_add_stripped(b, content_of(&m[i]));
+            llama3_turn(b, &m[i]);
         }
-        sb_add(b, "<|eot_id|>");
     }
     if (add_gen) sb_add(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
     return 0;
