@@ -1190,8 +1190,10 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
         s.force = cb->force_sparse;
         size_t smem = (size_t)(c->indexer == IDX_MSA ? m->idx_dim : 2 * hpg * D) * sizeof(float);
         if (smem > 48 * 1024)
-            CU(cudaFuncSetAttribute(select_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        select_kernel<S><<<(unsigned)rows, 128, smem, cb->st>>>(s);
+            CU(cudaFuncSetAttribute(select_score_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        select_score_kernel<S><<<dim3((unsigned)rows, (mt->mb + SEL_CHUNK - 1) / SEL_CHUNK), 128, smem, cb->st>>>(s);
+        LAUNCHED();
+        select_topk_kernel<<<(unsigned)rows, SEL_TOPK_T, 0, cb->st>>>(s);
         LAUNCHED();
     }
     if (cb->flash_tpt)

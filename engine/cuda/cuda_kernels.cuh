@@ -598,30 +598,48 @@ struct SelArgs {
     int force;                  /* lists even where every block is chosen (tests) */
 };
 
-/* One block of 128 threads per (token, KV group), the CPU's rules
- * (cpu/sparse.c): sink and local forced, top_k best of the rest (ties to
- * the lower block), ascending output; when every block would be chosen the
- * count is -1 and attention reads them all (unless forced: then the list
- * names them all). */
+/* Selection follows the CPU's rules (cpu/sparse.c): per (token, KV group)
+ * row, sink and local blocks forced, the top_k best of the rest by score
+ * (ties to the lower block), listed ascending; when every block would be
+ * chosen the count is -1 and attention reads them all (unless forced:
+ * then the list names them all).  Two kernels: select_score_kernel scores
+ * the candidates in chunks of SEL_CHUNK blocks, a CTA each, so that one
+ * decode token still spreads over the card; select_topk_kernel finds the
+ * k-th best score of a row by radix select and writes the list. */
+#define SEL_CHUNK 64
+#define SEL_TOPK_T 256
+
+struct SelRow {
+    int t, g, pos, nb, sink, fl, ncand;
+    bool lists;                 /* the row gets a list (else cnt -1) */
+};
+
+static __device__ __forceinline__ SelRow sel_row(const SelArgs &a, int row)
+{
+    SelRow r;
+    r.t = row / a.Hkv;
+    r.g = row % a.Hkv;
+    r.pos = a.pos[r.t];
+    r.nb = r.pos / a.B + 1;
+    r.sink = a.sink < r.nb ? a.sink : r.nb;
+    r.fl = r.nb - a.local > 0 ? r.nb - a.local : 0;
+    r.ncand = r.fl > r.sink ? r.fl - r.sink : 0;
+    r.lists = r.pos + 1 >= a.min_ctx && (r.ncand > a.topk || a.force);
+    return r;
+}
+
+/* grid (rows, chunks of SEL_CHUNK candidates), 128 threads: a warp a block */
 template <typename T>
-__global__ void __launch_bounds__(128) select_kernel(SelArgs a)
+__global__ void __launch_bounds__(128) select_score_kernel(SelArgs a)
 {
     extern __shared__ float sel_sm[];
-    __shared__ float rv[4];
-    __shared__ int ri[4];
-    int row = blockIdx.x, t = row / a.Hkv, g = row % a.Hkv;
-    int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-    int pos = a.pos[t], nb = pos / a.B + 1;
-    int sink = a.sink < nb ? a.sink : nb;
-    int fl = nb - a.local > 0 ? nb - a.local : 0;
-    int ncand = fl > sink ? fl - sink : 0;
-    if (pos + 1 < a.min_ctx || (ncand <= a.topk && !a.force)) {
-        if (tid == 0)
-            a.cnt[row] = -1;
+    const SelRow r = sel_row(a, blockIdx.x);
+    const int b0 = r.sink + blockIdx.y * SEL_CHUNK;
+    if (!r.lists || b0 >= r.fl)
         return;
-    }
-    int D = a.D, msa = a.indexer == SEL_MSA;
-    int nq = msa ? 0 : a.group_sum ? 1 : a.hpg;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, t = r.t, g = r.g;
+    const int D = a.D, msa = a.indexer == SEL_MSA;
+    const int nq = msa ? 0 : a.group_sum ? 1 : a.hpg;
     float *qs = sel_sm;
     if (msa) {
         const T *iq = (const T *)a.iq + ((size_t)t * a.Hkv + g) * a.idx_dim;
@@ -656,9 +674,10 @@ __global__ void __launch_bounds__(128) select_kernel(SelArgs a)
     }
     __syncthreads();
 
-    float *sc = a.scores + (size_t)row * a.nbmax;
+    float *sc = a.scores + (size_t)blockIdx.x * a.nbmax;
     const int32_t *tbl = a.tables + a.tab[t];
-    for (int b = sink + w; b < fl; b += 4) {
+    const int b1 = b0 + SEL_CHUNK < r.fl ? b0 + SEL_CHUNK : r.fl;
+    for (int b = b0 + w; b < b1; b += 4) {
         long long page = tbl[b];
         float best = -CK_INF;
         if (msa) {
@@ -687,60 +706,117 @@ __global__ void __launch_bounds__(128) select_kernel(SelArgs a)
         if (lane == 0)
             sc[b] = isnan(best) ? -CK_INF : best;
     }
-    __syncthreads();
+}
 
-    /* top_k rounds of a block-wide argmax; taken blocks become NaN */
+/* A score as an unsigned key that orders as the floats do. */
+static __device__ __forceinline__ uint32_t sel_key(float v)
+{
+    uint32_t u = __float_as_uint(v);
+    return u & 0x80000000u ? ~u : u | 0x80000000u;
+}
+
+/* Exclusive prefix sum of v over the CTA's SEL_TOPK_T threads (in thread
+ * order); *total gets the sum.  Uses sm[SEL_TOPK_T / 32 + 1]. */
+static __device__ __forceinline__ int sel_scan(int v, int *sm, int *total)
+{
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    int x = v;
+    for (int o = 1; o < 32; o <<= 1) {
+        int y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o)
+            x += y;
+    }
+    if (lane == 31)
+        sm[w] = x;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int run = 0;
+        for (int i = 0; i < SEL_TOPK_T / 32; i++) {
+            int c = sm[i];
+            sm[i] = run;
+            run += c;
+        }
+        sm[SEL_TOPK_T / 32] = run;
+    }
+    __syncthreads();
+    const int out = sm[w] + x - v;
+    *total = sm[SEL_TOPK_T / 32];
+    __syncthreads();
+    return out;
+}
+
+/* One CTA a row.  The k-th largest key, 8 bits a pass; then every block
+ * above it, and the lowest-numbered ones equal to it, in block order (each
+ * thread owns a contiguous run of candidates, so a prefix sum places them
+ * ascending). */
+__global__ void __launch_bounds__(SEL_TOPK_T) select_topk_kernel(SelArgs a)
+{
+    __shared__ int hist[256];
+    __shared__ int scan_sm[SEL_TOPK_T / 32 + 1];
+    __shared__ uint32_t s_prefix;
+    __shared__ int s_need;
+    const int row = blockIdx.x, tid = threadIdx.x;
+    const SelRow r = sel_row(a, row);
     int32_t *out = a.sel + (size_t)row * a.W;
-    const int topk = ncand < a.topk ? ncand : a.topk;
-    for (int k = 0; k < topk; k++) {
-        float bv = -CK_INF;
-        int bi = INT_MAX;
-        for (int b = sink + tid; b < fl; b += blockDim.x) {
-            float v = sc[b];
-            if (!isnan(v) && (v > bv || (v == bv && b < bi))) {
-                bv = v;
-                bi = b;
-            }
-        }
-        for (int o = 16; o; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ov > bv || (ov == bv && oi < bi)) {
-                bv = ov;
-                bi = oi;
-            }
-        }
-        if (lane == 0) {
-            rv[w] = bv;
-            ri[w] = bi;
+    if (!r.lists) {
+        if (tid == 0)
+            a.cnt[row] = -1;
+        return;
+    }
+    const float *sc = a.scores + (size_t)row * a.nbmax + r.sink;
+    const int n = r.ncand, k = n < a.topk ? n : a.topk;
+    uint32_t prefix = 0, mask = 0;
+    int need = k;
+    for (int shift = 24; shift >= 0 && k > 0; shift -= 8) {
+        for (int i = tid; i < 256; i += SEL_TOPK_T)
+            hist[i] = 0;
+        __syncthreads();
+        for (int i = tid; i < n; i += SEL_TOPK_T) {
+            uint32_t key = sel_key(sc[i]);
+            if ((key & mask) == prefix)
+                atomicAdd(&hist[(key >> shift) & 255], 1);
         }
         __syncthreads();
         if (tid == 0) {
-            for (int x = 1; x < 4; x++)
-                if (rv[x] > bv || (rv[x] == bv && ri[x] < bi)) {
-                    bv = rv[x];
-                    bi = ri[x];
-                }
-            out[sink + k] = bi;
-            sc[bi] = __int_as_float(0x7fc00000);
+            int above = 0, d = 255;
+            for (; d > 0 && above + hist[d] < need; d--)
+                above += hist[d];
+            s_prefix = prefix | ((uint32_t)d << shift);
+            s_need = need - above;
         }
         __syncthreads();
+        prefix = s_prefix;
+        need = s_need;
+        mask |= 255u << shift;
+        __syncthreads();
+    }
+    /* prefix: the k-th key; need: how many equal to it to take */
+    const int per = (n + SEL_TOPK_T - 1) / SEL_TOPK_T, i0 = tid * per, i1 = min(n, i0 + per);
+    int gt = 0, eq = 0;
+    for (int i = i0; i < i1; i++) {
+        uint32_t key = sel_key(sc[i]);
+        gt += k > 0 && key > prefix;
+        eq += k > 0 && key == prefix;
+    }
+    int total;
+    int eq_before = sel_scan(eq, scan_sm, &total);
+    int take_eq = min(eq, max(0, need - eq_before));
+    int pos = sel_scan(gt + take_eq, scan_sm, &total);
+    for (int i = i0; i < i1; i++) {
+        uint32_t key = sel_key(sc[i]);
+        bool take = k > 0 && (key > prefix || (key == prefix && take_eq > 0));
+        if (key == prefix && take_eq > 0 && k > 0)
+            take_eq--;
+        if (take)
+            out[r.sink + pos++] = r.sink + i;
     }
     if (tid == 0) {
-        for (int i = 0; i < sink; i++)
+        for (int i = 0; i < r.sink; i++)
             out[i] = i;
-        int32_t *c = out + sink;
-        for (int i = 1; i < topk; i++) {
-            int32_t v = c[i];
-            int j = i - 1;
-            for (; j >= 0 && c[j] > v; j--)
-                c[j + 1] = c[j];
-            c[j + 1] = v;
-        }
-        int n = sink + topk;
-        for (int b = fl > sink ? fl : sink; b < nb; b++)   /* (forced lists: a sink block is not local too) */
-            out[n++] = b;
-        a.cnt[row] = n;
+        int m = r.sink + k;
+        for (int b = r.fl > r.sink ? r.fl : r.sink; b < r.nb; b++)   /* (forced lists: a sink block is not local too) */
+            out[m++] = b;
+        a.cnt[row] = m;
     }
 }
 
