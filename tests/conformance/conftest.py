@@ -51,6 +51,17 @@ class Reference:
     def tokenize(self, text, add_bos=False):
         return self.llm.tokenize(text.encode(), add_bos=add_bos, special=True)
 
+    def chat(self, template, messages, add_generation_prompt=True):
+        """llama.cpp's built-in rendering of a conversation for the family
+        it recognises in template."""
+        arr = (llama_cpp.llama_chat_message * len(messages))(
+            *[llama_cpp.llama_chat_message(m["role"].encode(), m["content"].encode()) for m in messages])
+        buf = bytes(1 << 16)
+        n = llama_cpp.llama_chat_apply_template(template.encode(), arr, len(messages), add_generation_prompt, buf,
+                                                len(buf))
+        assert 0 < n < len(buf), n
+        return buf[:n].decode()
+
     def quantize(self, src, dst, ftype):
         """llama.cpp's own quantizer: src (f32 GGUF) to dst in ftype."""
         p = llama_cpp.llama_model_quantize_default_params()

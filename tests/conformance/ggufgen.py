@@ -193,7 +193,8 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
                 ff=96, vocab=320, ctx=512, rope_base=10000.0, qkv_bias=None, qk_norm=None,
                 rope_scaling=None, rope_factor=None, rope_orig_ctx=None, rope_freqs=None,
                 rope_long=None, rope_short=None, rope_attn_factor=None,
-                tied=None, seed=0, dtype=np.float32, bpe=None, swa=None, softcaps=None, spm_from=None):
+                tied=None, seed=0, dtype=np.float32, bpe=None, swa=None, softcaps=None, spm_from=None,
+                chat_template=None):
     """Writes a model; returns the dict of its arrays by tensor name.
     rope_freqs: an array of rope_dim/2 divisors (Llama 3 style) or None;
     rope_long, rope_short: Phi-3's LongRoPE divisors.  phi3 fuses Q, K and
@@ -205,7 +206,7 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
     sliding-window layers; softcaps: (attention, final) for gemma2/3.
     spm_from: a GGUF file whose SentencePiece vocabulary to take, as
     Gemma's: no space prefix, BOS added, its turn markers as control
-    tokens."""
+    tokens.  chat_template: tokenizer.chat_template's text."""
     rng = np.random.default_rng(seed)
     hd = head_dim or embd // heads
     qkv_bias = arch == "qwen2" if qkv_bias is None else qkv_bias
@@ -231,6 +232,8 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
         vocab = copy_spm_vocab(w, spm_from, GEMMA_TURNS)
     elif not bpe:
         _vocab(w, vocab, arch)
+    if chat_template:
+        w.add_chat_template(chat_template)
     if swa:
         w.add_sliding_window(swa[0])
         if swa[1] is not None:

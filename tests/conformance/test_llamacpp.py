@@ -282,6 +282,35 @@ def test_tokenizer(serve, tmp_path, model):
             assert r.json()["tokens"] == want, (model, text[:40], bos)
 
 
+# Gemma 3's template as far as the two renderers look: its turn markers
+# (sparsed and llama.cpp both recognise the family by them)
+GEMMA3_TEMPLATE = ("{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}...{%- endif -%}"
+                   "<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n"
+                   "{%- if add_generation_prompt -%}<start_of_turn>model\n{%- endif -%}")
+
+
+def test_gemma_chat(serve, tmp_path):
+    """A Gemma 3 conversation: the daemon's prompt is llama.cpp's rendering
+    of it, token for token in number (BOS once, the system message folded
+    into the first user turn); <end_of_turn> ends the reply."""
+    path = str(tmp_path / "gemma.gguf")
+    ggufgen.write_model(path, arch="gemma3", spm_from=STORIES, chat_template=GEMMA3_TEMPLATE)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Once upon a time"},
+            {"role": "assistant", "content": "there was a cat."}, {"role": "user", "content": "And then?"}]
+    ref = Reference(path)
+    want = ref.tokenize(ref.chat(GEMMA3_TEMPLATE, msgs), add_bos=True)
+    d = serve(path)
+    end = ref.tokenize("<end_of_turn>")
+    assert len(end) == 1
+    r = d.post("/v1/chat/completions", {"model": d.model_id, "messages": msgs, "max_tokens": 8, "temperature": 0,
+                                        "logit_bias": {str(end[0]): 100}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["usage"]["prompt_tokens"] == len(want), (body["usage"], len(want))
+    assert body["choices"][0]["finish_reason"] == "stop", body
+    assert body["choices"][0]["message"]["content"] == "", body
+
+
 @pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "smollm", "gpt-2"])
 def test_bpe_pre_tokenizers(serve, tmp_path, pre):
     """Byte-level BPE vocabularies (Llama 3's, Qwen 2's, SmolLM's, GPT-2's
