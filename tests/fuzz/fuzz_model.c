@@ -8,6 +8,8 @@
  *   - model_rope_table gives rope_dim/2 finite angles and a finite cos/sin
  *     scale, whatever the RoPE scaling keys and divisor tensors
  *     (rope_freqs.weight, Phi-3's rope_factors_long/short) say;
+ *   - Gemma's embedding and query scales and soft caps are finite, and a
+ *     sliding-window layer has a window;
  *   - model_embed reads the first, a middle and the last vocabulary row;
  *   - model_free releases everything (LeakSanitizer checks).
  * Seeds: tests/fuzz/corpus/model (tests/fuzz/mkcorpus_model.py).  With
@@ -95,6 +97,10 @@ static void check_model(const model *m)
     check_vec(m->rope_freq_factors, m->rope_dim / 2);
     check_vec(m->rope_long_factors, m->rope_dim / 2);
     check_vec(m->rope_short_factors, m->rope_dim / 2);
+    /* Gemma's: finite scales and caps, a window only with a width */
+    CHECK(isfinite(m->embd_scale) && isfinite(m->attn_scale) && m->attn_scale > 0);
+    CHECK(m->attn_softcap >= 0 && isfinite(m->attn_softcap) && m->logit_softcap >= 0 && isfinite(m->logit_softcap));
+    CHECK(m->swa_window >= 0);
     for (int l = 0; l < m->n_layers; l++) {
         const layer_w *w = &m->layers[l];
         CHECK(w->attn_norm && w->ffn_norm);
@@ -114,6 +120,9 @@ static void check_model(const model *m)
         check_vec(w->v_bias, w->v.rows);
         check_vec(w->q_norm, D);
         check_vec(w->k_norm, D);
+        check_vec(w->attn_post_norm, E);
+        check_vec(w->ffn_post_norm, E);
+        CHECK(!w->swa || m->swa_window > 0);
         if (w->has_indexer) {
             check_mat(&w->iq, 1);
             check_mat(&w->ik, 1);

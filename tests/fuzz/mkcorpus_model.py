@@ -1,7 +1,8 @@
 """Writes the seed corpus of fuzz_model (tests/fuzz/corpus/model/) and the
 new-quant-types seed of fuzz_gguf: small models (a few KB to ~35 KB) that
-model_load accepts, covering the llama, qwen2, qwen3, mistral and phi3
-layouts, RoPE scaling none / linear (by type and by the older
+model_load accepts, covering the llama, qwen2, qwen3, mistral, phi3,
+gemma2 and gemma3 layouts (windows by pattern and by per-layer flags, soft
+caps, the windows' RoPE base), RoPE scaling none / linear (by type and by the older
 rope.scale_linear) / YaRN with its optional keys, per-pair divisor tensors
 (rope_freqs, Phi-3's rope_factors_long/short, F32 and quantized), the MSA
 indexer, and weights of every type the engine dequantizes.  No tokenizer:
@@ -63,7 +64,7 @@ def model(path, arch, embd, heads, kv_heads, ff, vocab, head_dim=None, layers=1,
           qk_norm=False, divisors=None, indexer=None, seed=0):
     """types: tensor name suffix -> ggml type (`default` for the other
     matrices, F32 for the other vectors);
-    kv: extra '<arch>.'-relative keys -> value (str, float, int);
+    kv: extra '<arch>.'-relative keys -> value (str, float, int, list);
     divisors: tensor name -> (values, type); indexer: (key_length, layers)."""
     rng = np.random.default_rng(seed)
     types = types or {}
@@ -81,7 +82,9 @@ def model(path, arch, embd, heads, kv_heads, ff, vocab, head_dim=None, layers=1,
         w.add_uint32(f"{arch}.attention.indexer.block_size", 16)
     for k, v in (kv or {}).items():
         k = f"{arch}.{k}"
-        if isinstance(v, str):
+        if isinstance(v, list):
+            w.add_array(k, v)
+        elif isinstance(v, str):
             w.add_string(k, v)
         elif isinstance(v, float):
             w.add_float32(k, v)
@@ -177,6 +180,18 @@ def main():
           divisors={"rope_factors_long.weight": (llama3_divisors(4, 4.0), T.F32),
                     "rope_factors_short.weight": (np.ones(4), T.F16)},
           types={"attn_qkv.weight": T.Q8_0, "attn_qkv.bias": T.F16}, seed=7)
+
+    # gemma3: QK norms, post-norms, tied; a window every other layer by
+    # pattern, their own RoPE base, a final soft cap, linear x2 globally
+    model(o("gemma3_window.gguf"), "gemma3", embd=32, heads=2, kv_heads=1, head_dim=32, ff=32, vocab=16,
+          layers=2, tied=True, qk_norm=True,
+          kv={"attention.sliding_window": 64, "attention.sliding_window_pattern": 2,
+              "rope.freq_base_swa": 10000.0, "final_logit_softcapping": 30.0,
+              "rope.scaling.type": "linear", "rope.scaling.factor": 2.0}, seed=9)
+    # gemma2: post-norms, tied; windows by per-layer flags, both soft caps
+    model(o("gemma2_flags.gguf"), "gemma2", embd=32, heads=4, kv_heads=2, ff=32, vocab=16, layers=3,
+          tied=True, kv={"attention.sliding_window": 16, "attention.sliding_window_pattern": [True, False, True],
+                         "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}, seed=10)
 
     # fuzz_gguf: one tensor of each newly dequantized type, two rows each
     g = os.path.join(HERE, "corpus", "gguf", "newtypes.gguf")
