@@ -50,8 +50,58 @@ static __device__ __forceinline__ void fl_load(const cattn_flash_args &a, const 
     }
 }
 
-template <int D> __global__ void __launch_bounds__(128) flash_kernel(cattn_flash_args a, int S, float *part_o,
-                                                                      float *part_lse)
+/* The same from fp8 pages (cuda_attn.h's layout), widened to bf16 on the
+ * way (exact: an e4m3 value times its power-of-two scale is a bf16
+ * value).  Plain loads and stores: the stage is read after the loop's
+ * next barrier.  Keys come in pairs (B and key0 even), as V rows do. */
+template <int D>
+static __device__ __forceinline__ void fl_load8(const cattn_flash_args &a, const int32_t *tbl, int g, int key0,
+                                                int key_end, unsigned char *dst)
+{
+    const uint4 z = make_uint4(0u, 0u, 0u, 0u);
+    unsigned char *vdst = dst + FL_KT * 2 * D;
+    for (int c = threadIdx.x; c < FL_KT * D / 16; c += 128) { /* K: row r, dims 16 ch .. */
+        const int r = c / (D / 16), ch = c % (D / 16), key = key0 + r;
+        uint4 lo = z, hi = z;
+        if (key <= key_end) {
+            const long long page = tbl[key / a.B];
+            const int slot = key % a.B;
+            const float sk = ((const float *)(a.kvs + page * a.page_bytes))[(g * 2) * a.B + slot];
+            kv8_k_chunk(*(const uint4 *)(a.k + page * a.page_bytes + ((long long)g * a.B + slot) * D + ch * 16), sk,
+                        lo, hi);
+        }
+        *(uint4 *)(dst + fswz<D>(r, 2 * ch)) = lo;
+        *(uint4 *)(dst + fswz<D>(r, 2 * ch + 1)) = hi;
+    }
+    for (int c = threadIdx.x; c < FL_KT / 2 * D / 8; c += 128) { /* V: pair row of keys r0, r0 + 1, dims 8 ch .. */
+        const int r0 = 2 * (c / (D / 8)), ch = c % (D / 8), key = key0 + r0;
+        uint4 o0 = z, o1 = z;
+        if (key <= key_end) {
+            const long long page = tbl[key / a.B];
+            const int slot = key % a.B;
+            const float *sv = (const float *)(a.kvs + page * a.page_bytes) + (g * 2 + 1) * a.B + slot;
+            kv8_v_chunk(*(const uint4 *)(a.v + page * a.page_bytes + (long long)g * a.B * D + (long long)slot * D +
+                                         ch * 16),
+                        sv[0], sv[1], o0, o1);
+            if (key + 1 > key_end) o1 = z;
+        }
+        *(uint4 *)(vdst + fswz<D>(r0, ch)) = o0;
+        *(uint4 *)(vdst + fswz<D>(r0 + 1, ch)) = o1;
+    }
+}
+
+template <int D, bool F8>
+static __device__ __forceinline__ void fl_stage(const cattn_flash_args &a, const int32_t *tbl, int g, int key0,
+                                                int key_end, unsigned char *smem, uint32_t dst)
+{
+    if (F8)
+        fl_load8<D>(a, tbl, g, key0, key_end, smem + (dst - smem_u32(smem)));
+    else
+        fl_load<D>(a, tbl, g, key0, key_end, dst);
+}
+
+template <int D, bool F8>
+__global__ void __launch_bounds__(128) flash_kernel(cattn_flash_args a, int S, float *part_o, float *part_lse)
 {
     constexpr int NT = D / 8;                 /* n8 tiles of a row of O */
     constexpr int STAGE = 2 * FL_KT * 2 * D;  /* K and V of 32 keys */
@@ -105,14 +155,15 @@ template <int D> __global__ void __launch_bounds__(128) flash_kernel(cattn_flash
     for (int n = 0; n < NT; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
     const float sl = a.scale * LOG2E_F;
 
-    if (n_it > 0) fl_load<D>(a, tbl, g, FL_KEY0(it0), FL_KEYHI(it0), kvs);
+    if (n_it > 0) fl_stage<D, F8>(a, tbl, g, FL_KEY0(it0), FL_KEYHI(it0), smem, kvs);
     cp_commit();
     const int a_row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, a_cb = lane >> 4;
     const int k_row = (lane >> 4) * 8 + (lane & 7), k_cb = (lane >> 3) & 1;
     const int v_row = ((lane >> 3) & 1) * 8 + (lane & 7), v_cb = lane >> 4;
     for (int it = 0; it < n_it; it++) {
         if (it + 1 < n_it)
-            fl_load<D>(a, tbl, g, FL_KEY0(it0 + it + 1), FL_KEYHI(it0 + it + 1), kvs + ((it + 1) & 1) * STAGE);
+            fl_stage<D, F8>(a, tbl, g, FL_KEY0(it0 + it + 1), FL_KEYHI(it0 + it + 1), smem,
+                            kvs + ((it + 1) & 1) * STAGE);
         cp_commit();
         cp_wait<1>();
         __syncthreads();
@@ -282,23 +333,30 @@ extern "C" size_t cattn_flash_ws(int S, int T, int n_heads, int head_dim)
     return S > 1 ? (size_t)S * T * n_heads * (head_dim + 1) * sizeof(float) + 256 : 0;
 }
 
-template <int D> static int flash_launch(const cattn_flash_args *a, int S, float *po, float *pl, cudaStream_t st)
+template <int D, bool F8>
+static int flash_launch(const cattn_flash_args *a, int S, float *po, float *pl, cudaStream_t st)
 {
     const int smem = FL_ROWS * 2 * D + 2 * (2 * FL_KT * 2 * D);
     static int attr_set = 0;
     if (!attr_set) {
-        CUDA_TRY(cudaFuncSetAttribute(flash_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        CUDA_TRY(cudaFuncSetAttribute(flash_kernel<D, F8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         attr_set = 1;
     }
-    flash_kernel<D><<<dim3(a->n_tiles * S, a->n_kv), 128, smem, st>>>(*a, S, po, pl);
+    flash_kernel<D, F8><<<dim3(a->n_tiles * S, a->n_kv), 128, smem, st>>>(*a, S, po, pl);
     return 0;
+}
+
+template <int D> static int flash_launch(const cattn_flash_args *a, int S, float *po, float *pl, cudaStream_t st)
+{
+    return a->kvs ? flash_launch<D, true>(a, S, po, pl, st) : flash_launch<D, false>(a, S, po, pl, st);
 }
 
 extern "C" int cattn_flash(const cattn_flash_args *a, int S, void *ws, size_t ws_bytes, void *stream)
 {
     cudaStream_t st = (cudaStream_t)stream;
     const int D = a->head_dim;
-    if ((D != 64 && D != 128 && D != 256) || a->B < 1 || cattn_flash_tile_tokens(a->n_heads, a->n_kv) < 1 ||
+    if ((D != 64 && D != 128 && D != 256) || a->B < 1 || (a->kvs && a->B % 2) ||
+        cattn_flash_tile_tokens(a->n_heads, a->n_kv) < 1 ||
         S < 1 || S > FL_MAX_SPLITS)
         return CATTN_ESHAPE;
     if (a->n_tiles < 1) return 0;

@@ -151,7 +151,7 @@ int cattn_msa_prefill(const cattn_pool *p, const int32_t *table, int n_q, int q_
 /* ---- any shape: head dims 64, 128, 256; windows, soft caps --------------- */
 
 /* Attention of a whole ragged batch (prefill and decode tokens) in one
- * call, bf16 K/V pages only.  Work comes as tiles: tiles[2 i] is the
+ * call, over bf16 or fp8 K/V pages.  Work comes as tiles: tiles[2 i] is the
  * first batch token of tile i, tiles[2 i + 1] its count, at most
  * cattn_flash_tile_tokens() consecutive new tokens of one sequence.  Token
  * t sits at pos[t] and reads pages tables[tab[t] + pos / B].  A token sees
@@ -161,6 +161,7 @@ typedef struct cattn_flash_args {
     const void *q;
     void *out;                  /* [T][n_heads][head_dim], as q */
     const char *k, *v;          /* the layer's K and V of page 0 */
+    const char *kvs;            /* their row scales when the pages are fp8 (kv_scale); NULL: bf16 */
     long long page_bytes;       /* from one page to the next */
     const int32_t *pos, *tab, *tables, *tiles;
     int n_tiles, T, n_heads, n_kv, head_dim, B;

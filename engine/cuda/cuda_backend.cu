@@ -595,7 +595,7 @@ cuda_backend *cuda_backend_create(const engine *e, int ordinal, int f32, int idx
         cb->use_cattn = !f32 && m->head_dim == 128 && e->attn.block_size % 64 == 0 && hpg <= 16 &&
                         m->attn_softcap == 0.0f && !(ev && !strcmp(ev, "generic"));
         int D = m->head_dim;
-        cb->flash_tpt = !f32 && !kv_fp8 && (D == 64 || D == 128 || D == 256) && !(ev && !strcmp(ev, "generic"))
+        cb->flash_tpt = !f32 && (D == 64 || D == 128 || D == 256) && !(ev && !strcmp(ev, "generic"))
                             ? cattn_flash_tile_tokens(m->n_heads, m->n_kv_heads) : 0;
         /* The tuned sparse kernels select exactly as cpu/sparse.c does
          * (ties aside) when their shape holds and no token below
@@ -1240,6 +1240,7 @@ static int attention_flash(cuda_backend *cb, const meta *mt, int l, int sparse, 
     a.out = cb->att;
     a.k = lay + cb->off_k;
     a.v = lay + cb->off_v;
+    a.kvs = cb->kv_fp8 ? lay + cb->off_kvs : NULL;
     a.page_bytes = cb->page_bytes;
     a.pos = mt->pos;
     a.tab = mt->tab;

@@ -101,7 +101,8 @@ check llama-quest-cover-vs-dense --model $M/llama-q4k.gguf --prompts 600,300,130
 # fp8 (e4m3) K/V pages, a scale a row (--kv-cache-dtype fp8): against the
 # CPU and against the same engine with bf16 K/V, with the CPU's argmax on
 # most rows; decode reads the pages as they are, prefill a widened copy
-# (tuned kernels) or the pages (generic kernels: head dim 64, forced).
+# (tuned kernels) or the pages (cattn_flash and the generic kernel: head
+# dim 64, forced).
 # e4m3 keeps 3 mantissa bits: against bf16 K/V these random models' logits
 # move 5-6% (9% at most); bf16 K/V against the CPU moves them ~1%.  The CPU
 # reference rounds its K/V as fp8 pages do (kv_fp8_reference), which halves
@@ -186,10 +187,10 @@ $P/bin/mkmodel --out $W/phi3.gguf --arch phi3 --layers 2 --embd 512 --heads 4 --
 check phi3-q4k-f32 --model $W/phi3.gguf --dtype f32 --tol 1e-4 --prompts 300,77,5 --decode 16
 check phi3-q4k-bf16 --model $W/phi3.gguf --prompts 300,77,5 --decode 16
 # Gemma 3: post-norms, GELU, scaled embeddings, windows of 100 tokens on
-# every other layer (their own unscaled RoPE; the generic kernel slides
-# them), the global layers linear x4; head dim 256 (generic kernels) and
-# 128 (tuned kernels on the global layers, and sparse ones there).
-# Gemma 2: soft caps on scores (only the generic kernel has them) and logits.
+# every other layer (their own unscaled RoPE; cattn_flash, or the generic
+# kernel in f32, slides them), the global layers linear x4; head dim 256
+# and 128 (tuned kernels on the global layers, and sparse ones there).
+# Gemma 2: soft caps on scores (cattn_flash and the generic kernel) and logits.
 $P/bin/mkmodel --out $W/gemma3-256.gguf --arch gemma3 --layers 4 --embd 512 --heads 4 --kv-heads 2 --head-dim 256 \
     --ff 1024 --vocab 1024 --ctx 4096 --rope-base 1000000 --rope-scaling linear --rope-factor 4 \
     --swa-window 100 --swa-pattern 2 --type q4_k --seed 12 >/dev/null
@@ -224,6 +225,17 @@ check gemma3-256-minmax-flash-cover --model $W/gemma3-256.gguf --prompts 900,300
 check qwen-minmax-flash-bf16-info --model $M/qwen-q8.gguf --prompts 200,31,64 --attention sparse --indexer minmax \
     --block-size 16 --top-k-blocks 3 --local-blocks 1 --sink-blocks 1 --sparse-min-context 0 --vs-generic --tol 1 \
     --tol-alt 1
+# cattn_flash on fp8 pages (widened to bf16 on their way into shared
+# memory): head dim 256 with windows against the CPU and the bf16 pages;
+# against the generic kernel on the same pages; over forced selection lists
+# against dense on the same pages
+check gemma3-256-fp8kv --model $W/gemma3-256.gguf --kv-cache-dtype fp8 --prompts 900,300,5 --decode 16 --tol 0.08 \
+    --vs-bf16-kv --tol-alt 0.12 --min-agree 0.9
+check gemma3-256-fp8kv-flash-vs-generic --model $W/gemma3-256.gguf --kv-cache-dtype fp8 --prompts 900,300,5 \
+    --decode 16 --tol 0.08 --vs-generic --tol-alt 2e-2
+check qwen-minmax-fp8kv-flash-cover --model $M/qwen-q8.gguf --kv-cache-dtype fp8 --prompts 200,31,64 --tol 0.08 \
+    --attention sparse --indexer minmax --block-size 16 --top-k-blocks 1000 --sparse-min-context 0 --force-sparse \
+    --vs-dense --tol-alt 1e-2
 # random MSA model: sparse from 80 tokens on (top 4 + 1 local blocks of 16)
 check m3-msa-f32 --model $M/m3-tiny.gguf --dtype f32 --tol 1e-4 --prompts 200,120,33 --decode 24
 check m3-msa-f32-graphs --model $M/m3-tiny.gguf --dtype f32 --tol 1e-4 --prompts 200,120,33 --decode 24 \
@@ -285,6 +297,7 @@ for args in "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --spars
             "--model $W/llama-v32k.gguf --prompts 60,20,7 --decode 9" \
             "--model $W/gemma3-256.gguf --prompts 300,140,3" \
             "--model $M/qwen-q8.gguf --prompts 130,7,2 --vs-graphs" \
+            "--model $W/gemma3-256.gguf --prompts 300,140,3 --kv-cache-dtype fp8" \
             "--model $W/gemma3-256.gguf --prompts 300,140,3 --attention sparse --indexer minmax --block-size 16 --top-k-blocks 2 --sparse-min-context 0"; do
     if [ $SECONDS -gt ${DEADLINE:-400} ]; then
         echo "== skipped (time): $args" >> "$OUT/memcheck.log"
