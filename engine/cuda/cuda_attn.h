@@ -39,7 +39,8 @@
  *
  * Supported shapes: head_dim 128; B a multiple of 64 (MSA and block lists:
  * B = 128); idx_dim 128 with n_kv_heads index heads (MSA: n_kv_heads 4);
- * n_heads / n_kv_heads <= 16.
+ * n_heads / n_kv_heads <= 16.  cattn_flash (last section) takes head dims
+ * 64, 128 and 256 at any even B, with windows and soft caps.
  */
 #ifndef SPARSED_CUDA_ATTN_H
 #define SPARSED_CUDA_ATTN_H
