@@ -39,6 +39,11 @@ F32_TOL = 1e-3
 GELU_TOL = 3e-3
 
 
+def tol(name):
+    """The tolerance of an architecture (or ARCHS entry) by its name."""
+    return GELU_TOL if name.startswith("gemma") else F32_TOL
+
+
 def random_prompt(n, vocab, seed=1):
     rng = np.random.default_rng(seed)
     return [int(t) for t in rng.integers(3, vocab, n)]
@@ -103,8 +108,7 @@ def test_architecture(serve, tmp_path, name):
     ggufgen.write_model(path, **ARCHS[name])
     diff, gdiff = compare(serve, path, random_prompt(300, 320), ("--max-batch-tokens", "128"),
                           ref_ctx=ARCHS[name].get("ctx", 512))
-    tol = GELU_TOL if name.startswith("gemma") else F32_TOL
-    assert diff < tol and gdiff < tol, (name, diff, gdiff)
+    assert diff < tol(name) and gdiff < tol(name), (name, diff, gdiff)
 
 
 @pytest.mark.parametrize("rope", [["--rope-scaling", "yarn"], ["--rope-scaling", "linear"],
@@ -132,8 +136,7 @@ def test_mkmodel_options(serve, tmp_path, rope):
         f = [t for t in r.tensors if t.name == "rope_freqs.weight"][0].data
         assert f.min() == 1.0 and f.max() == 8.0, f
     diff, gdiff = compare(serve, path, random_prompt(300, 512), ("--max-batch-tokens", "128"))
-    tol = GELU_TOL if rope[1].startswith("gemma") else F32_TOL
-    assert diff < tol and gdiff < tol, (rope, diff, gdiff)
+    assert diff < tol(rope[1]) and gdiff < tol(rope[1]), (rope, diff, gdiff)
 
 
 def test_phi3_short(serve, tmp_path):
@@ -176,8 +179,7 @@ def test_sparse_covering_every_block(serve, tmp_path, indexer, arch):
             "--sparse-min-context", "0", "--max-batch-tokens", "128")
     diff, gdiff = compare(serve, path, random_prompt(300, 320), args, ref_ctx=ARCHS[arch].get("ctx", 512))
     assert "attention sparse" in serve.last.log, serve.last.log[-2000:]
-    tol = GELU_TOL if arch.startswith("gemma") else F32_TOL
-    assert diff < tol and gdiff < tol, (indexer, arch, diff, gdiff)
+    assert diff < tol(arch) and gdiff < tol(arch), (indexer, arch, diff, gdiff)
 
 
 def test_unusable_rope_is_refused(tmp_path):
