@@ -14,10 +14,22 @@
 
 enum {
     FAM_PLAIN, FAM_CHATML, FAM_LLAMA3, FAM_LLAMA31, FAM_LLAMA2, FAM_MISTRAL, FAM_ZEPHYR, FAM_PHI3,
-    FAM_GEMMA,
+    FAM_GEMMA, FAM_DEEPSEEK_R1,
 };
 static const char *const fam_names[] = {"plain", "chatml", "llama3", "llama3.1", "llama2", "mistral",
-                                        "zephyr", "phi3", "gemma"};
+                                        "zephyr", "phi3", "gemma", "deepseek-r1"};
+
+/* DeepSeek's markers, "<|User|>" and the like with fullwidth bars (U+FF5C)
+ * and U+2581 between words, spelled in escapes: this file is ASCII. */
+#define DS_BAR "\xef\xbd\x9c"
+#define DS_JOIN "\xe2\x96\x81"
+#define DS_USER "<" DS_BAR "User" DS_BAR ">"
+#define DS_ASSISTANT "<" DS_BAR "Assistant" DS_BAR ">"
+#define DS_EOS "<" DS_BAR "end" DS_JOIN "of" DS_JOIN "sentence" DS_BAR ">"
+#define DS_OUTPUTS_BEGIN "<" DS_BAR "tool" DS_JOIN "outputs" DS_JOIN "begin" DS_BAR ">"
+#define DS_OUTPUTS_END "<" DS_BAR "tool" DS_JOIN "outputs" DS_JOIN "end" DS_BAR ">"
+#define DS_OUTPUT_BEGIN "<" DS_BAR "tool" DS_JOIN "output" DS_JOIN "begin" DS_BAR ">"
+#define DS_OUTPUT_END "<" DS_BAR "tool" DS_JOIN "output" DS_JOIN "end" DS_BAR ">"
 
 static int family(const char *tmpl)
 {
@@ -27,6 +39,7 @@ static int family(const char *tmpl)
     if (strstr(tmpl, "<|start_header_id|>"))
         return strstr(tmpl, "Cutting Knowledge Date") ? FAM_LLAMA31 : FAM_LLAMA3;
     if (strstr(tmpl, "<start_of_turn>")) return FAM_GEMMA;
+    if (strstr(tmpl, DS_USER) && strstr(tmpl, DS_ASSISTANT)) return FAM_DEEPSEEK_R1;
     if (strstr(tmpl, "[INST]")) return strstr(tmpl, "<<SYS>>") ? FAM_LLAMA2 : FAM_MISTRAL;
     if (strstr(tmpl, "<|user|>")) return strstr(tmpl, "<|end|>") ? FAM_PHI3 : FAM_ZEPHYR;
     return FAM_PLAIN;
@@ -326,6 +339,59 @@ static int render_gemma(sb *b, const char *tmpl, const char *bos, const chat_msg
     return 0;
 }
 
+/* An assistant turn as DeepSeek-R1 writes it back: only what follows the
+ * last "</think>", so earlier reasoning does not fill the context. */
+static const char *after_think(const char *s)
+{
+    for (const char *p; (p = strstr(s, "</think>"));) s = p + 8;
+    return s;
+}
+
+/* DeepSeek-R1's distills (Qwen and Llama): BOS, the last system message
+ * alone (the template keeps no other), then "<|User|>" + content and
+ * "<|Assistant|>" + what follows the content's last "</think>" + "<|end of
+ * sentence|>"; other roles write nothing.  Tool results open an outputs
+ * block (the first ever with its begin marker, later ones a newline) that
+ * a user turn leaves open and an assistant turn closes, its content then
+ * kept whole; still open at the end, it is closed in place of the
+ * generation prompt.  The template's current revision opens the reply
+ * with "<think>\n", its first did not. */
+static void render_deepseek_r1(sb *b, const char *tmpl, const char *bos, const chat_msg *m, int n,
+                               int add_gen)
+{
+    const char *system = "";
+    for (int i = 0; i < n; i++)
+        if (is_role(&m[i], "system")) system = content_of(&m[i]);
+    sb_add(b, bos);
+    sb_add(b, system);
+    int in_tool = 0, first_output = 1;
+    for (int i = 0; i < n; i++) {
+        const char *c = content_of(&m[i]);
+        if (is_role(&m[i], "user")) {
+            in_tool = 0;
+            sb_add(b, DS_USER);
+            sb_add(b, c);
+        } else if (is_role(&m[i], "assistant")) {
+            sb_add(b, in_tool ? DS_OUTPUTS_END : DS_ASSISTANT);
+            sb_add(b, in_tool ? c : after_think(c));
+            sb_add(b, DS_EOS);
+            in_tool = 0;
+        } else if (is_role(&m[i], "tool")) {
+            in_tool = 1;
+            sb_add(b, first_output ? DS_OUTPUTS_BEGIN DS_OUTPUT_BEGIN : "\n" DS_OUTPUT_BEGIN);
+            sb_add(b, c);
+            sb_add(b, DS_OUTPUT_END);
+            first_output = 0;
+        }
+    }
+    if (in_tool) {
+        sb_add(b, DS_OUTPUTS_END);
+    } else if (add_gen) {
+        sb_add(b, DS_ASSISTANT);
+        if (strstr(tmpl, DS_ASSISTANT "<think>")) sb_add(b, "<think>\n");
+    }
+}
+
 /* Llama-2 and Mistral take one leading system message and then user and
  * assistant turns. */
 static int inst_roles(const chat_msg *m, int n, const char *name, char *err, size_t errlen)
@@ -487,6 +553,7 @@ char *chat_render_template(const char *tmpl, const char *bos, const char *eos,
     case FAM_GEMMA:
         rc = render_gemma(&b, tmpl, bos, msgs, n, add_generation_prompt, err, errlen);
         break;
+    case FAM_DEEPSEEK_R1: render_deepseek_r1(&b, tmpl, bos, msgs, n, add_generation_prompt); break;
     default: rc = render_plain(&b, msgs, n, add_generation_prompt); break;
     }
     if (rc == 0 && b.oom) {

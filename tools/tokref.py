@@ -562,6 +562,48 @@ GEMMA3 = (
     "{%- endif -%}\n"
 )
 
+# DeepSeek-R1-Distill-Qwen-7B's, published on one line, cut here at its
+# tags (llama.cpp's models/templates keeps it, reformatted, for Qwen-32B
+# and Llama-8B).  It replaced the distills' first revision, which GGUFs
+# made before still carry and which differs only in the generation prompt:
+# "<｜Assistant｜>" without "<think>\n" (DEEPSEEK_R1_FIRST).
+DEEPSEEK_R1 = (
+    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
+    "{% set ns = namespace(is_first=false, is_tool=false, is_output_first=true, system_prompt='') %}"
+    "{%- for message in messages %}{%- if message['role'] == 'system' %}"
+    "{% set ns.system_prompt = message['content'] %}{%- endif %}{%- endfor %}"
+    "{{bos_token}}{{ns.system_prompt}}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' %}{%- set ns.is_tool = false -%}"
+    "{{'<｜User｜>' + message['content']}}{%- endif %}"
+    "{%- if message['role'] == 'assistant' and message['content'] is none %}{%- set ns.is_tool = false -%}"
+    "{%- for tool in message['tool_calls']%}"
+    "{%- if not ns.is_first %}"
+    "{{'<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\\n' + '```json' + '\\n' + tool['function']['arguments'] + '\\n' + '```' + '<｜tool▁call▁end｜>'}}"
+    "{%- set ns.is_first = true -%}"
+    "{%- else %}"
+    "{{'\\n' + '<｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\\n' + '```json' + '\\n' + tool['function']['arguments'] + '\\n' + '```' + '<｜tool▁call▁end｜>'}}"
+    "{{'<｜tool▁calls▁end｜><｜end▁of▁sentence｜>'}}"
+    "{%- endif %}{%- endfor %}{%- endif %}"
+    "{%- if message['role'] == 'assistant' and message['content'] is not none %}"
+    "{%- if ns.is_tool %}{{'<｜tool▁outputs▁end｜>' + message['content'] + '<｜end▁of▁sentence｜>'}}"
+    "{%- set ns.is_tool = false -%}"
+    "{%- else %}{% set content = message['content'] %}"
+    "{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}"
+    "{{'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'}}{%- endif %}{%- endif %}"
+    "{%- if message['role'] == 'tool' %}{%- set ns.is_tool = true -%}"
+    "{%- if ns.is_output_first %}"
+    "{{'<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}"
+    "{%- set ns.is_output_first = false %}"
+    "{%- else %}{{'\\n<｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}"
+    "{%- endif %}{%- endif %}"
+    "{%- endfor -%}"
+    "{% if ns.is_tool %}{{'<｜tool▁outputs▁end｜>'}}{% endif %}"
+    "{% if add_generation_prompt and not ns.is_tool %}{{'<｜Assistant｜><think>\\n'}}{% endif %}"
+)
+DEEPSEEK_R1_FIRST = DEEPSEEK_R1.replace("<｜Assistant｜><think>\\n'}}", "<｜Assistant｜>'}}")
+assert DEEPSEEK_R1_FIRST != DEEPSEEK_R1
+
 TEMPLATES = {
     "chatml": ("", "<|im_end|>",
                "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"),
@@ -583,6 +625,8 @@ TEMPLATES = {
     "llama3.2": ("<|begin_of_text|>", "<|eot_id|>", LLAMA32),
     "gemma2": ("<bos>", "<eos>", GEMMA2),
     "gemma3": ("<bos>", "<eos>", GEMMA3),
+    "deepseek-r1": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", DEEPSEEK_R1),
+    "deepseek-r1-first": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", DEEPSEEK_R1_FIRST),
 }
 
 CONVERSATIONS = [
@@ -618,8 +662,24 @@ GEMMA_CONVERSATIONS = [
     [("user", "Hi"), ("assistant", "Hello"), ("assistant", "Again")],
     [("system", "Be brief."), ("assistant", "Hi")],
 ]
+DEEPSEEK_CONVERSATIONS = [
+    [("user", "2+2?"), ("assistant", "<think>\nAdd them.\n</think>\n\n4."), ("user", "And 3+3?")],
+    [("user", "x"), ("assistant", "a</think>b</think>\n\nc"), ("user", "y"),
+     ("assistant", "<think>never closed"), ("assistant", "</think>")],
+    [("system", "First."), ("user", "Hi"), ("developer", "Second, later."), ("user", "Again")],
+    [("system", "Only a system message.")],
+    [("assistant", "I start.")],
+    [("user", "Hi"), ("ipython", "dropped"), ("other", "dropped too"), ("assistant", "Hello")],
+    [("user", "2+2?"), ("assistant", "Let me look."), ("tool", "4"), ("tool", "four"),
+     ("assistant", "<think>x</think>It is 4."), ("user", "And 5?"), ("tool", "5"),
+     ("user", "Thanks"), ("tool", "last")],
+    [("user", "Hi"), ("tool", "4"), ("system", "  Sys  "), ("assistant", "ok")],
+    [("user", "\uff5cUser\uff5c <\uff5cUser\uff5c> caf\u00e9 \U0001f600\n  ")],
+]
 EXTRA_CONVERSATIONS = {"llama3.1": LLAMA31_CONVERSATIONS, "llama3.2": LLAMA31_CONVERSATIONS,
-                       "gemma2": GEMMA_CONVERSATIONS, "gemma3": GEMMA_CONVERSATIONS}
+                       "gemma2": GEMMA_CONVERSATIONS, "gemma3": GEMMA_CONVERSATIONS,
+                       "deepseek-r1": DEEPSEEK_CONVERSATIONS,
+                       "deepseek-r1-first": DEEPSEEK_CONVERSATIONS}
 
 # The time strftime_now formats (transformers': datetime.now()).
 FIXED_NOW = datetime.datetime(2025, 3, 9, 12, 0, 0)

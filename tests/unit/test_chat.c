@@ -192,7 +192,8 @@ START_TEST(reference_renderings)
         {"chatml", "chatml"}, {"qwen2", "chatml"}, {"llama3", "llama3"}, {"llama2", "llama2"},
         {"mistral", "mistral"}, {"zephyr", "zephyr"}, {"smollm2", "chatml"}, {"phi3", "phi3"},
         {"phi3.5", "phi3"}, {"llama3.1", "llama3.1"}, {"llama3.2", "llama3.1"},
-        {"gemma2", "gemma"}, {"gemma3", "gemma"},
+        {"gemma2", "gemma"}, {"gemma3", "gemma"}, {"deepseek-r1", "deepseek-r1"},
+        {"deepseek-r1-first", "deepseek-r1"},
     };
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
         ck_assert_str_eq(chat_template_family(find_tmpl(want[i][0])->text), want[i][1]);
@@ -343,6 +344,25 @@ START_TEST(gemma_refusals)
 }
 END_TEST
 
+/* DeepSeek-R1 by its markers alone: both are needed, the reply opens with
+ * "<think>\n" only where the template writes it, and NULL content is empty. */
+START_TEST(deepseek_r1_telltales)
+{
+    char err[128];
+    chat_msg m[] = {{"user", NULL}, {"assistant", "a</think>b"}, {"user", "c"}};
+    ck_assert_str_eq(chat_template_family("<\uff5cUser\uff5c>"), "plain");
+    char *s = chat_render_template("<\uff5cUser\uff5c><\uff5cAssistant\uff5c>", "<s>", "</s>", m, 3,
+                                   1, err, sizeof err);
+    ck_assert_str_eq(s, "<s><\uff5cUser\uff5c><\uff5cAssistant\uff5c>b<\uff5cend\u2581of\u2581"
+                        "sentence\uff5c><\uff5cUser\uff5c>c<\uff5cAssistant\uff5c>");
+    free(s);
+    s = chat_render_template("<\uff5cUser\uff5c>{{'<\uff5cAssistant\uff5c><think>\\n'}}", NULL,
+                             NULL, m + 2, 1, 1, err, sizeof err);
+    ck_assert_str_eq(s, "<\uff5cUser\uff5c>c<\uff5cAssistant\uff5c><think>\n");
+    free(s);
+}
+END_TEST
+
 /* ---- through the engine -------------------------------------------------- */
 
 static engine *open_engine(const char *rel)
@@ -424,6 +444,7 @@ int main(void)
     tcase_add_test(tc, errors);
     tcase_add_test(tc, llama31_date_and_json);
     tcase_add_test(tc, gemma_refusals);
+    tcase_add_test(tc, deepseek_r1_telltales);
     tcase_add_test(tc, engine_smollm2);
     tcase_add_test(tc, engine_stories_plain);
     suite_add_tcase(s, tc);
