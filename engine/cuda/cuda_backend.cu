@@ -730,7 +730,9 @@ typedef struct meta {
     int32_t *tok, *pos, *tab, *row, *fin, *tables, *lens, *ptab, *tiles;   /* device views */
 } meta;
 
-enum { MODE_GENERIC = 0, MODE_CATTN = 1, MODE_SPARSE = 2, MODE_FAST_SPARSE = 3, MODE_FLASH = 4 };
+/* GENERIC and SPARSE attend through cattn_flash where it fits (flash_tpt),
+ * else the generic kernel; SPARSE selects first (select_blocks). */
+enum { MODE_GENERIC = 0, MODE_CATTN = 1, MODE_SPARSE = 2, MODE_FAST_SPARSE = 3 };
 
 /* How layer l attends in this step: sparse only when some token selects
  * fewer blocks than it sees (both conditions grow with the position, so the
@@ -748,9 +750,7 @@ static int layer_mode(const cuda_backend *cb, int l, int max_ctx, int all_decode
             return cb->fast_msa || (cb->fast_quest && all_decode) ? MODE_FAST_SPARSE : MODE_SPARSE;
     }
     /* windows and other shapes: cattn_flash, or in f32 the generic kernel */
-    if (cb->use_cattn && !cb->e->m.layers[l].swa)
-        return MODE_CATTN;
-    return cb->flash_tpt ? MODE_FLASH : MODE_GENERIC;
+    return cb->use_cattn && !cb->e->m.layers[l].swa ? MODE_CATTN : MODE_GENERIC;
 }
 
 /* cattn_flash's tiles of a batch: runs of at most flash_tpt new tokens of
@@ -856,6 +856,12 @@ static int sel_width(const cuda_backend *cb, const meta *mt)
     const attn_config *c = &cb->e->attn;
     long long w = (long long)c->sink_blocks + c->top_k_blocks + c->local_blocks;
     return (int)(w < mt->mb ? w : mt->mb);
+}
+
+/* The generic selection's counts, after its lists in cb->sel. */
+static int32_t *sel_counts(const cuda_backend *cb, const meta *mt)
+{
+    return cb->sel + (size_t)mt->T * cb->e->m.n_kv_heads * sel_width(cb, mt);
 }
 
 static cattn_pool cattn_layer(const cuda_backend *cb, int l)
@@ -982,8 +988,8 @@ static int reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
     if (any_fast && fast_sparse_reserve(cb, b, mt, err, errlen))
         return -1;
     for (int l = 0; l < m->n_layers; l++)     /* cattn_flash's key splits: dense tiles, or a token each */
-        if (modes[l] == MODE_FLASH || (modes[l] == MODE_SPARSE && cb->flash_tpt)) {
-            int tiles = modes[l] == MODE_FLASH ? flash_tiles(cb, b, NULL) : mt->T;
+        if (cb->flash_tpt && (modes[l] == MODE_GENERIC || modes[l] == MODE_SPARSE)) {
+            int tiles = modes[l] == MODE_GENERIC ? flash_tiles(cb, b, NULL) : mt->T;
             int S = cattn_flash_splits(tiles, m->n_kv_heads, mt->mb * cb->e->attn.block_size);
             if (grow(&cb->ws, &cb->cap_ws, cattn_flash_ws(S, mt->T, m->n_heads, m->head_dim), err, errlen))
                 return -1;
@@ -1147,8 +1153,58 @@ static int attention_fast_sparse(cuda_backend *cb, const engine_batch *b, const 
     return 0;
 }
 
-static int attention_flash(cuda_backend *cb, const meta *mt, int l, int sparse, char *err, size_t errlen);
+/* Layer l's selection lists in cb->sel (and counts after them), a row a
+ * (token, KV group), for the generic or cattn_flash attention. */
+template <typename S>
+static int select_blocks(cuda_backend *cb, const meta *mt, int l, char *err, size_t errlen)
+{
+    const engine *e = cb->e;
+    const model *m = &e->m;
+    const attn_config *c = &e->attn;
+    int Hkv = m->n_kv_heads, D = m->head_dim, hpg = m->n_heads / Hkv;
+    char *lay = cb->kv + (long long)l * cb->layer_bytes;
+    int W = sel_width(cb, mt);
+    size_t rows = (size_t)mt->T * Hkv;
+    SelArgs s;
+    s.q = cb->q;
+    s.iq = cb->iq;
+    s.Hq = m->n_heads;
+    s.Hkv = Hkv;
+    s.D = D;
+    s.hpg = hpg;
+    s.idx_dim = m->idx_dim;
+    s.pos = mt->pos;
+    s.tab = mt->tab;
+    s.tables = mt->tables;
+    s.idx = lay + cb->off_idx;
+    s.idx_fp8 = cb->idx_fp8;
+    s.summ = lay + cb->off_summ;
+    s.pb = cb->page_bytes;
+    s.B = c->block_size;
+    s.sink = c->sink_blocks;
+    s.local = c->local_blocks;
+    s.topk = c->top_k_blocks;
+    s.indexer = c->indexer == IDX_MSA ? SEL_MSA : c->indexer == IDX_MINMAX ? SEL_MINMAX : SEL_MEAN;
+    s.group_sum = c->group_reduce == GROUP_SUM;
+    s.min_ctx = c->sparse_min_context;
+    s.scores = cb->scores;
+    s.nbmax = mt->mb;
+    s.sel = cb->sel;
+    s.cnt = sel_counts(cb, mt);
+    s.W = W;
+    s.force = cb->force_sparse;
+    size_t smem = (size_t)(c->indexer == IDX_MSA ? m->idx_dim : 2 * hpg * D) * sizeof(float);
+    if (smem > 48 * 1024)
+        CU(cudaFuncSetAttribute(select_score_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    select_score_kernel<S><<<dim3((unsigned)rows, (mt->mb + SEL_CHUNK - 1) / SEL_CHUNK), 128, smem, cb->st>>>(s);
+    LAUNCHED();
+    select_topk_kernel<<<(unsigned)rows, SEL_TOPK_T, 0, cb->st>>>(s);
+    LAUNCHED();
+    return 0;
+}
 
+/* The generic kernel (f32 runs, shapes cattn_flash does not take), dense or
+ * over the selection lists. */
 template <typename S>
 static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse, char *err, size_t errlen)
 {
@@ -1158,46 +1214,6 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
     int Hkv = m->n_kv_heads, D = m->head_dim, hpg = m->n_heads / Hkv;
     char *lay = cb->kv + (long long)l * cb->layer_bytes;
     int W = sparse ? sel_width(cb, mt) : 0;
-    size_t rows = (size_t)mt->T * Hkv;
-    if (sparse) {
-        SelArgs s;
-        s.q = cb->q;
-        s.iq = cb->iq;
-        s.Hq = m->n_heads;
-        s.Hkv = Hkv;
-        s.D = D;
-        s.hpg = hpg;
-        s.idx_dim = m->idx_dim;
-        s.pos = mt->pos;
-        s.tab = mt->tab;
-        s.tables = mt->tables;
-        s.idx = lay + cb->off_idx;
-        s.idx_fp8 = cb->idx_fp8;
-        s.summ = lay + cb->off_summ;
-        s.pb = cb->page_bytes;
-        s.B = c->block_size;
-        s.sink = c->sink_blocks;
-        s.local = c->local_blocks;
-        s.topk = c->top_k_blocks;
-        s.indexer = c->indexer == IDX_MSA ? SEL_MSA : c->indexer == IDX_MINMAX ? SEL_MINMAX : SEL_MEAN;
-        s.group_sum = c->group_reduce == GROUP_SUM;
-        s.min_ctx = c->sparse_min_context;
-        s.scores = cb->scores;
-        s.nbmax = mt->mb;
-        s.sel = cb->sel;
-        s.cnt = cb->sel + rows * W;
-        s.W = W;
-        s.force = cb->force_sparse;
-        size_t smem = (size_t)(c->indexer == IDX_MSA ? m->idx_dim : 2 * hpg * D) * sizeof(float);
-        if (smem > 48 * 1024)
-            CU(cudaFuncSetAttribute(select_score_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        select_score_kernel<S><<<dim3((unsigned)rows, (mt->mb + SEL_CHUNK - 1) / SEL_CHUNK), 128, smem, cb->st>>>(s);
-        LAUNCHED();
-        select_topk_kernel<<<(unsigned)rows, SEL_TOPK_T, 0, cb->st>>>(s);
-        LAUNCHED();
-    }
-    if (cb->flash_tpt)
-        return attention_flash(cb, mt, l, sparse, err, errlen);
     AttnArgs a;
     a.q = cb->q;
     a.out = cb->att;
@@ -1215,7 +1231,7 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
     a.pb = cb->page_bytes;
     a.B = c->block_size;
     a.sel = sparse ? cb->sel : NULL;
-    a.cnt = sparse ? cb->sel + rows * W : NULL;
+    a.cnt = sparse ? sel_counts(cb, mt) : NULL;
     a.W = W;
     a.scale = m->attn_scale;
     a.softcap = m->attn_softcap;
@@ -1257,7 +1273,7 @@ static int attention_flash(cuda_backend *cb, const meta *mt, int l, int sparse, 
     a.window = m->layers[l].swa ? m->swa_window : 0;
     a.sel = sparse ? cb->sel : NULL;
     a.sel_w = sparse ? sel_width(cb, mt) : 0;
-    a.cnt = sparse ? cb->sel + (size_t)mt->T * m->n_kv_heads * a.sel_w : NULL;
+    a.cnt = sparse ? sel_counts(cb, mt) : NULL;
     if (sparse)
         a.n_tiles = mt->T;
     int S = cattn_flash_splits(a.n_tiles, m->n_kv_heads, mt->mb * a.B);
@@ -1314,11 +1330,19 @@ static int attention_cattn(cuda_backend *cb, const engine_batch *b, const meta *
     return 0;
 }
 
-/* x += rmsnorm(gu) * w over T rows: a Gemma sublayer's output, in gu. */
-static int post_norm_add(cuda_backend *cb, const float *w, int T, char *err, size_t errlen)
+/* x += in . W^T, a sublayer's output added to the residual stream; with a
+ * post-norm (Gemma) the product goes to gu (free outside the FFN's gate)
+ * and x += rmsnorm(it) * post. */
+static int residual_add(cuda_backend *cb, const void *W, int cols, const void *in, int T, const float *post,
+                        char *err, size_t errlen)
 {
     const model *m = &cb->e->m;
-    launch_pdl_on(cb->pdl, norm_add_kernel, T, 256, 0, cb->st, (const float *)cb->gu, w, m->n_embd, m->eps, cb->x);
+    int E = m->n_embd;
+    if (!post)
+        return gemm(cb, W, E, cols, in, T, cb->x, E, 1.0f, err, errlen);
+    if (gemm(cb, W, E, cols, in, T, cb->gu, E, 0.0f, err, errlen))
+        return -1;
+    launch_pdl_on(cb->pdl, norm_add_kernel, T, 256, 0, cb->st, (const float *)cb->gu, post, E, m->eps, cb->x);
     LAUNCHED();
     return 0;
 }
@@ -1396,19 +1420,17 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         if (modes[l] == MODE_CATTN) {
             if (attention_cattn(cb, b, mt, l, err, errlen))
                 return -1;
-        } else if (modes[l] == MODE_FLASH) {
-            if (attention_flash(cb, mt, l, 0, err, errlen))
-                return -1;
         } else if (modes[l] == MODE_FAST_SPARSE) {
             if (attention_fast_sparse(cb, b, mt, l, err, errlen))
                 return -1;
-        } else if (attention_generic<S>(cb, mt, l, modes[l] == MODE_SPARSE, err, errlen)) {
-            return -1;
+        } else {    /* generic selection, then cattn_flash or the generic kernel */
+            int sparse = modes[l] == MODE_SPARSE;
+            if ((sparse && select_blocks<S>(cb, mt, l, err, errlen)) ||
+                (cb->flash_tpt ? attention_flash(cb, mt, l, sparse, err, errlen)
+                               : attention_generic<S>(cb, mt, l, sparse, err, errlen)))
+                return -1;
         }
-        /* x += att . Wo^T (Gemma: normed first, in gu, free until the FFN) */
-        if (d->attn_post ? gemm(cb, d->wo, E, QD, cb->att, T, cb->gu, E, 0.0f, err, errlen) ||
-                               post_norm_add(cb, d->attn_post, T, err, errlen)
-                         : gemm(cb, d->wo, E, QD, cb->att, T, cb->x, E, 1.0f, err, errlen))
+        if (residual_add(cb, d->wo, QD, cb->att, T, d->attn_post, err, errlen))
             return -1;
         launch_pdl_on(cb->pdl, rmsnorm_kernel<S>, T, 256, 0, st, cb->x, (const int32_t *)NULL, d->ffn_norm, E,
                       m->eps, (S *)cb->xb);
@@ -1420,9 +1442,7 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         launch_pdl_on(cb->pdl, m->ffn_gelu ? swiglu_kernel<S, 1> : swiglu_kernel<S, 0>, sg, 256, 0, st,
                       (const float *)cb->gu, F, T, (S *)cb->h);
         LAUNCHED();
-        if (d->ffn_post ? gemm(cb, d->wdown, E, F, cb->h, T, cb->gu, E, 0.0f, err, errlen) ||
-                              post_norm_add(cb, d->ffn_post, T, err, errlen)
-                        : gemm(cb, d->wdown, E, F, cb->h, T, cb->x, E, 1.0f, err, errlen))
+        if (residual_add(cb, d->wdown, F, cb->h, T, d->ffn_post, err, errlen))
             return -1;
     }
     if (mt->R) {
