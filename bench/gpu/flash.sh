@@ -10,8 +10,10 @@
 # Random bf16 weights, vocab 32000.  SPARSED_CUDA_ATTN=generic rows run
 # the generic kernel.  Then at LONG (131072) tokens, dense against sparse
 # attention (the engine's training-free default: minmax summaries, blocks
-# of 64, sink 1 + top 61 + local 2) through cattn_flash's selection lists;
-# the ctas8 row splits decode keys for 8 CTAs an SM instead of 2.
+# of 64, sink 1 + top 61 + local 2) through cattn_flash's selection lists:
+# prefill chunks KV-block outer (cattn_flash_bo), the -token rows a tile a
+# token as before it; the ctas8 row splits decode keys for 8 CTAs an SM
+# instead of 2.
 # Uses the pack (PACK); writes flash.jsonl under OUT.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
@@ -41,6 +43,8 @@ L=${LONG:-131072}
 run llama64-dense-long llama64 X=1 $L
 run llama64-dense-long-ctas8 llama64 CATTN_FLASH_CTAS=8 $L
 run llama64-sparse-long llama64 X=1 $L "--attention sparse"
+run llama64-sparse-long-token llama64 SPARSED_CUDA_SPARSE_PREFILL=token $L "--attention sparse"
 run gemma3-dense-long gemma3 X=1 $L
 run gemma3-sparse-long gemma3 X=1 $L "--attention sparse"
+run gemma3-sparse-long-token gemma3 SPARSED_CUDA_SPARSE_PREFILL=token $L "--attention sparse"
 cat "$OUT/flash.jsonl"

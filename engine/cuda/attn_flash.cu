@@ -18,87 +18,9 @@
  * weighs together. */
 #include <stdlib.h>
 
-#include "attn_util.cuh"
-#include "cuda_attn.h"
+#include "attn_flash.cuh"
 
-#define FL_ROWS 64
-#define FL_KT 32
 #define FL_MAX_SPLITS 32
-
-/* Byte offset of 16-byte chunk c of row r in a tile of D-dim bf16 rows,
- * swizzled within each 8 chunks so ldmatrix reads hit 8 banks apart. */
-template <int D> static __device__ __forceinline__ uint32_t fswz(int r, int c)
-{
-    return (uint32_t)(r * (2 * D) + ((c ^ (r & 7)) << 4));
-}
-
-/* K and V rows key0 .. key0+31 of KV head g into a stage (zeros past
- * key_end: the next block, or past the table). */
-template <int D>
-static __device__ __forceinline__ void fl_load(const cattn_flash_args &a, const int32_t *tbl, int g, int key0,
-                                               int key_end, uint32_t dst)
-{
-    constexpr int CH = D / 8;
-#pragma unroll
-    for (int i = 0; i < FL_KT * CH / 128; i++) {
-        const int c = threadIdx.x + 128 * i, r = c / CH, ch = c % CH, key = key0 + r;
-        const bool ok = key <= key_end;
-        long long off = 0;
-        if (ok) off = (long long)tbl[key / a.B] * a.page_bytes + ((long long)g * a.B + key % a.B) * (2 * D) + ch * 16;
-        cp16(dst + fswz<D>(r, ch), a.k + off, ok);
-        cp16(dst + FL_KT * 2 * D + fswz<D>(r, ch), a.v + off, ok);
-    }
-}
-
-/* The same from fp8 pages (cuda_attn.h's layout), widened to bf16 on the
- * way (exact: an e4m3 value times its power-of-two scale is a bf16
- * value).  Plain loads and stores: the stage is read after the loop's
- * next barrier.  Keys come in pairs (B and key0 even), as V rows do. */
-template <int D>
-static __device__ __forceinline__ void fl_load8(const cattn_flash_args &a, const int32_t *tbl, int g, int key0,
-                                                int key_end, unsigned char *dst)
-{
-    const uint4 z = make_uint4(0u, 0u, 0u, 0u);
-    unsigned char *vdst = dst + FL_KT * 2 * D;
-    for (int c = threadIdx.x; c < FL_KT * D / 16; c += 128) { /* K: row r, dims 16 ch .. */
-        const int r = c / (D / 16), ch = c % (D / 16), key = key0 + r;
-        uint4 lo = z, hi = z;
-        if (key <= key_end) {
-            const long long page = tbl[key / a.B];
-            const int slot = key % a.B;
-            const float sk = ((const float *)(a.kvs + page * a.page_bytes))[(g * 2) * a.B + slot];
-            kv8_k_chunk(*(const uint4 *)(a.k + page * a.page_bytes + ((long long)g * a.B + slot) * D + ch * 16), sk,
-                        lo, hi);
-        }
-        *(uint4 *)(dst + fswz<D>(r, 2 * ch)) = lo;
-        *(uint4 *)(dst + fswz<D>(r, 2 * ch + 1)) = hi;
-    }
-    for (int c = threadIdx.x; c < FL_KT / 2 * D / 8; c += 128) { /* V: pair row of keys r0, r0 + 1, dims 8 ch .. */
-        const int r0 = 2 * (c / (D / 8)), ch = c % (D / 8), key = key0 + r0;
-        uint4 o0 = z, o1 = z;
-        if (key <= key_end) {
-            const long long page = tbl[key / a.B];
-            const int slot = key % a.B;
-            const float *sv = (const float *)(a.kvs + page * a.page_bytes) + (g * 2 + 1) * a.B + slot;
-            kv8_v_chunk(*(const uint4 *)(a.v + page * a.page_bytes + (long long)g * a.B * D + (long long)slot * D +
-                                         ch * 16),
-                        sv[0], sv[1], o0, o1);
-            if (key + 1 > key_end) o1 = z;
-        }
-        *(uint4 *)(vdst + fswz<D>(r0, ch)) = o0;
-        *(uint4 *)(vdst + fswz<D>(r0 + 1, ch)) = o1;
-    }
-}
-
-template <int D, bool F8>
-static __device__ __forceinline__ void fl_stage(const cattn_flash_args &a, const int32_t *tbl, int g, int key0,
-                                                int key_end, unsigned char *smem, uint32_t dst)
-{
-    if (F8)
-        fl_load8<D>(a, tbl, g, key0, key_end, smem + (dst - smem_u32(smem)));
-    else
-        fl_load<D>(a, tbl, g, key0, key_end, dst);
-}
 
 template <int D, bool F8>
 __global__ void __launch_bounds__(128) flash_kernel(cattn_flash_args a, int S, float *part_o, float *part_lse)
@@ -108,8 +30,7 @@ __global__ void __launch_bounds__(128) flash_kernel(cattn_flash_args a, int S, f
     extern __shared__ __align__(128) unsigned char smem[];
     const int tile = blockIdx.x / S, split = blockIdx.x % S, g = blockIdx.y;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    /* with selection lists a tile is one token */
-    const int t0 = a.sel ? tile : a.tiles[2 * tile], nt = a.sel ? 1 : a.tiles[2 * tile + 1];
+    const int t0 = a.tiles[2 * tile], nt = a.tiles[2 * tile + 1];
     const int ratio = a.n_heads / a.n_kv;
     const uint32_t qs = smem_u32(smem), kvs = qs + FL_ROWS * 2 * D;
     const int32_t *tbl = a.tables + a.tab[t0];
@@ -125,10 +46,11 @@ __global__ void __launch_bounds__(128) flash_kernel(cattn_flash_args a, int S, f
     cp_commit();
 
     /* this CTA's key tiles: from its first token's window to its last
-     * token, or the 32-key pieces of the token's selected blocks */
+     * token, or the 32-key pieces of a listed token's blocks (a tile of
+     * one token; tiles of several hold only tokens that read every block) */
     const int32_t *lst = NULL;
     int kt0 = 0, all, per_blk = (a.B + FL_KT - 1) / FL_KT;
-    if (a.sel && a.cnt[t0 * a.n_kv + g] >= 0) {
+    if (a.sel && nt == 1 && a.cnt[t0 * a.n_kv + g] >= 0) {
         lst = a.sel + ((long long)t0 * a.n_kv + g) * a.sel_w;
         all = a.cnt[t0 * a.n_kv + g] * per_blk;
     } else {
@@ -153,13 +75,9 @@ __global__ void __launch_bounds__(128) flash_kernel(cattn_flash_args a, int S, f
     float o[NT][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
 #pragma unroll
     for (int n = 0; n < NT; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-    const float sl = a.scale * LOG2E_F;
 
     if (n_it > 0) fl_stage<D, F8>(a, tbl, g, FL_KEY0(it0), FL_KEYHI(it0), smem, kvs);
     cp_commit();
-    const int a_row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, a_cb = lane >> 4;
-    const int k_row = (lane >> 4) * 8 + (lane & 7), k_cb = (lane >> 3) & 1;
-    const int v_row = ((lane >> 3) & 1) * 8 + (lane & 7), v_cb = lane >> 4;
     for (int it = 0; it < n_it; it++) {
         if (it + 1 < n_it)
             fl_stage<D, F8>(a, tbl, g, FL_KEY0(it0 + it + 1), FL_KEYHI(it0 + it + 1), smem,
@@ -167,77 +85,9 @@ __global__ void __launch_bounds__(128) flash_kernel(cattn_flash_args a, int S, f
         cp_commit();
         cp_wait<1>();
         __syncthreads();
-        const uint32_t ks = kvs + (it & 1) * STAGE, vs = ks + FL_KT * 2 * D;
-        const int key0 = FL_KEY0(it0 + it), key_hi = FL_KEYHI(it0 + it);
-
-        float s[4][4];
-#pragma unroll
-        for (int n = 0; n < 4; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            uint32_t qa[4];
-            ldsm4(qa, qs + fswz<D>(a_row, 2 * kk + a_cb));
-#pragma unroll
-            for (int np = 0; np < 2; np++) {
-                uint32_t b[4];
-                ldsm4(b, ks + fswz<D>(16 * np + k_row, 2 * kk + k_cb));
-                mma16816(s[2 * np], qa, b[0], b[1]);
-                mma16816(s[2 * np + 1], qa, b[2], b[3]);
-            }
-        }
-        /* scale, cap, mask; online softmax */
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            float mx = NEG_INF;
-#pragma unroll
-            for (int n = 0; n < 4; n++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int key = key0 + 8 * n + 2 * (lane & 3) + e;
-                    float v = s[n][2 * h + e];
-                    if (a.softcap > 0.f) v = a.softcap * tanhf(v * a.scale / a.softcap) * LOG2E_F;
-                    else v *= sl;
-                    if (key > rpos[h] || key < rlo[h] || key > key_hi) v = NEG_INF;
-                    s[n][2 * h + e] = v;
-                    mx = fmaxf(mx, v);
-                }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(m[h], mx), base = mnew == NEG_INF ? 0.f : mnew;
-            const float corr = exp2f(m[h] - base);
-            m[h] = mnew;
-            float sum = 0.f;
-#pragma unroll
-            for (int n = 0; n < 4; n++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const float p = exp2f(s[n][2 * h + e] - base);
-                    s[n][2 * h + e] = p;
-                    sum += p;
-                }
-            l[h] = l[h] * corr + sum;
-#pragma unroll
-            for (int n = 0; n < NT; n++) {
-                o[n][2 * h] *= corr;
-                o[n][2 * h + 1] *= corr;
-            }
-        }
-        /* O += P V */
-#pragma unroll
-        for (int kk = 0; kk < 2; kk++) {
-            uint32_t pa[4];
-            pa[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-            pa[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-            pa[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            pa[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int dp = 0; dp < D / 16; dp++) {
-                uint32_t b[4];
-                ldsm4t(b, vs + fswz<D>(16 * kk + v_row, 2 * dp + v_cb));
-                mma16816(o[2 * dp], pa, b[0], b[1]);
-                mma16816(o[2 * dp + 1], pa, b[2], b[3]);
-            }
-        }
+        const uint32_t ks = kvs + (it & 1) * STAGE;
+        fl_keys32<D>(qs, warp * 16, ks, ks + FL_KT * 2 * D, FL_KEY0(it0 + it), FL_KEYHI(it0 + it), rpos, rlo,
+                     a.scale, a.softcap, o, m, l);
         __syncthreads();
     }
     cp_wait<0>();
@@ -246,10 +96,7 @@ __global__ void __launch_bounds__(128) flash_kernel(cattn_flash_args a, int S, f
 
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        float v = l[h];
-        v += __shfl_xor_sync(0xffffffffu, v, 1);
-        v += __shfl_xor_sync(0xffffffffu, v, 2);
-        l[h] = v;
+        l[h] = fl_quad_sum(l[h]);
         const int r = warp * 16 + (lane >> 2) + 8 * h, tk = r / ratio;
         if (tk >= nt) continue;
         const long long row = (long long)(t0 + tk) * a.n_heads + g * ratio + r % ratio;
@@ -288,19 +135,6 @@ __global__ void __launch_bounds__(128) flash_combine_kernel(const float *part_o,
         }
         out[r * D + d] = __float2bfloat16(wsum > 0.f ? acc / wsum : 0.f);
     }
-}
-
-static int fl_sms(void)
-{
-    static int sms = 0;
-    int dev = 0;
-    if (!sms && (cudaGetDevice(&dev) != cudaSuccess ||
-                 cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)) {
-        cudaGetLastError();
-        sms = 0;
-        return 132;
-    }
-    return sms;
 }
 
 extern "C" int cattn_flash_tile_tokens(int n_heads, int n_kv_heads)

@@ -492,24 +492,7 @@ __global__ void sp_fill_kernel(const int32_t *sel, int n, int W, int nblk, int *
 /* Exclusive scan of cnt into off and fill (one CTA of 1024 threads). */
 __global__ void __launch_bounds__(1024) sp_scan_kernel(const int *cnt, int *off, int *fill, int n)
 {
-    __shared__ int part[1024];
-    const int per = (n + 1023) / 1024;
-    const int lo = threadIdx.x * per, hi = min(n, lo + per);
-    int s = 0;
-    for (int i = lo; i < hi; i++) s += cnt[i];
-    part[threadIdx.x] = s;
-    __syncthreads();
-    for (int x = 1; x < 1024; x <<= 1) {
-        int v = threadIdx.x >= x ? part[threadIdx.x - x] : 0;
-        __syncthreads();
-        part[threadIdx.x] += v;
-        __syncthreads();
-    }
-    int run = part[threadIdx.x] - s;
-    for (int i = lo; i < hi; i++) {
-        off[i] = fill[i] = run;
-        run += cnt[i];
-    }
+    cta_scan_excl(cnt, off, fill, n);
 }
 
 /* A warp takes SP_ROWS query rows a step; the CTA's SP_WARPS warps share

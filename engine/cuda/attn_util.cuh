@@ -389,6 +389,32 @@ static __device__ __forceinline__ void attn_state_finish(AttnState &st)
         }
 }
 
+/* ---- bucketing ------------------------------------------------------------ */
+
+/* Exclusive scan of cnt[0..n) into off and fill, by one CTA of 1024
+ * threads (each sums a run, then the runs' totals are scanned). */
+static __device__ __forceinline__ void cta_scan_excl(const int *cnt, int *off, int *fill, int n)
+{
+    __shared__ int part[1024];
+    const int per = (n + 1023) / 1024;
+    const int lo = threadIdx.x * per, hi = min(n, lo + per);
+    int s = 0;
+    for (int i = lo; i < hi; i++) s += cnt[i];
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (int x = 1; x < 1024; x <<= 1) {
+        int v = threadIdx.x >= x ? part[threadIdx.x - x] : 0;
+        __syncthreads();
+        part[threadIdx.x] += v;
+        __syncthreads();
+    }
+    int run = part[threadIdx.x] - s;
+    for (int i = lo; i < hi; i++) {
+        off[i] = fill[i] = run;
+        run += cnt[i];
+    }
+}
+
 #define CUDA_TRY(x)                                   \
     do {                                              \
         cudaError_t e_ = (x);                         \

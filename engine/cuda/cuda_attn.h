@@ -169,8 +169,9 @@ typedef struct cattn_flash_args {
     float scale, softcap;
     int window;
     /* block-sparse: per (token, KV group) a list of cnt blocks at
-     * sel[(t * n_kv + g) * sel_w] (cnt -1: every block), each token a
-     * tile of its own (n_tiles = T, tiles unread); NULL: dense */
+     * sel[(t * n_kv + g) * sel_w] (cnt -1: every block); a listed token is
+     * a tile of its own, and a tile of several tokens must hold only
+     * tokens with cnt -1.  NULL: dense */
     const int32_t *sel, *cnt;
     int sel_w;
 } cattn_flash_args;
@@ -182,6 +183,47 @@ int cattn_flash_tile_tokens(int n_heads, int n_kv_heads);
 int cattn_flash_splits(int n_tiles, int n_kv_heads, int max_len);
 size_t cattn_flash_ws(int splits, int T, int n_heads, int head_dim);
 int cattn_flash(const cattn_flash_args *a, int splits, void *ws, size_t ws_bytes, void *stream);
+
+/* Listed tokens of prefill chunks, KV-block outer: every selected block's
+ * K/V is read once for all the tokens (and query heads) that chose it, and
+ * each (token, head)'s per-block results are merged after.  The same
+ * arguments as cattn_flash (sel set; tiles unread) plus the tokens: tok[i]
+ * is a batch token with lists (cnt >= 0) and seq[i] its sequence's index
+ * in seqs, 3 ints each: the first of its entries, its table offset (as
+ * tab[]) and its last position.  Entry e of sequence s is its block
+ * e - seqs[3 s] (n_ent entries in all; ent_seq[e] = s).  Needs B a multiple
+ * of 32 and B * head_dim <= 32768.  The tokens go in passes that fit the
+ * workspace; cattn_flash_bo_ws() gives it for a pass of `pass` tokens. */
+typedef struct cattn_flash_bo_args {
+    const int32_t *tok, *seq, *seqs, *ent_seq;
+    int n_tok, n_ent;
+} cattn_flash_bo_args;
+
+/* Block scores of the training-free indexers over the pages' summaries
+ * (per block and KV head: min, max and sum of the keys, head_dim values
+ * each, at summ + page * page_bytes), on the tensor cores.  Tiles as
+ * cattn_flash's, at most 64 rows each (a row is a token with group_sum, a
+ * token and head otherwise).  For every token t of the tiles and group g,
+ * scores[(t * n_kv + g) * nbmax + b] gets the score of each candidate
+ * block b: from min(sink, blocks seen) up to the local ones; mean: the
+ * group's summed queries (or each head, the group taking the max) dotted
+ * with the block's sum over B; else the min/max bound.  max_blocks bounds
+ * any sequence's blocks. */
+typedef struct cattn_score_args {
+    const void *q;              /* bf16 [T][n_heads][head_dim] */
+    const char *summ;           /* bf16 summaries of page 0 */
+    long long page_bytes;
+    const int32_t *pos, *tab, *tables, *tiles;
+    int n_tiles, n_heads, n_kv, head_dim, B, sink, local, mean, group_sum, max_blocks, nbmax;
+    float *scores;
+} cattn_score_args;
+
+int cattn_score(const cattn_score_args *a, void *stream);
+
+int cattn_flash_bo_fits(int B, int head_dim);
+size_t cattn_flash_bo_ws(int pass, int n_ent, int n_heads, int n_kv, int head_dim, int sel_w);
+int cattn_flash_bo(const cattn_flash_args *a, const cattn_flash_bo_args *bo, void *ws, size_t ws_bytes,
+                   void *stream);
 
 #ifdef __cplusplus
 }

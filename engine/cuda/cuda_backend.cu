@@ -68,6 +68,8 @@ struct cuda_backend {
     int flash_tpt;              /* tokens a tile of cattn_flash (the other dense layers); 0: generic kernel */
     int fast_msa, fast_quest;   /* ... and for sparse ones (MSA; Quest decode) */
     int force_sparse;           /* sparse kernels even where every block is chosen (tests) */
+    int flash_bo;               /* listed prefill tokens through cattn_flash_bo (else a tile each) */
+    int score_mma;              /* min/max and mean block scores through cattn_score */
 
     /* device pages */
     const kv_pool *kv_owner;
@@ -610,6 +612,10 @@ cuda_backend *cuda_backend_create(const engine *e, int ordinal, int f32, int idx
                        c->top_k_blocks + c->local_blocks <= 64;
         cb->fast_quest = ok && c->indexer == IDX_MINMAX && c->group_reduce == GROUP_SUM && forced <= 256;
         cb->force_sparse = sv && !strcmp(sv, "force");
+        const char *pv = getenv("SPARSED_CUDA_SPARSE_PREFILL"); /* "token": a tile each (comparisons) */
+        cb->flash_bo = cb->flash_tpt && cattn_flash_bo_fits(c->block_size, D) && !(pv && !strcmp(pv, "token"));
+        const char *sc = getenv("SPARSED_CUDA_SPARSE_SCORE"); /* "scalar": the CUDA-core kernel (comparisons) */
+        cb->score_mma = cb->flash_tpt && c->indexer != IDX_MSA && !(sc && !strcmp(sc, "scalar"));
     }
     if (upload_model(cb, err, errlen))
         goto fail;
@@ -727,7 +733,9 @@ typedef struct meta {
     int mb;                     /* block-table width, a power of two >= every table */
     int max_ctx;
     int n_tiles;                /* cattn_flash's */
+    int n_stiles, n_bo, n_bseq, n_ent;  /* sparse layers' (plan_sparse) */
     int32_t *tok, *pos, *tab, *row, *fin, *tables, *lens, *ptab, *tiles;   /* device views */
+    int32_t *stiles, *bo_tok, *bo_seq, *bo_seqs, *ent_seq;
 } meta;
 
 /* GENERIC and SPARSE attend through cattn_flash where it fits (flash_tpt),
@@ -767,6 +775,74 @@ static int flash_tiles(const cuda_backend *cb, const engine_batch *b, int32_t *t
     return n;
 }
 
+/* Whether a token at pos gets a selection list (select_topk_kernel's rule,
+ * sel_row): it depends on the position alone. */
+static int sel_listed(const cuda_backend *cb, int pos)
+{
+    const attn_config *c = &cb->e->attn;
+    int nb = pos / c->block_size + 1;
+    int sink = c->sink_blocks < nb ? c->sink_blocks : nb;
+    int fl = nb - c->local_blocks > 0 ? nb - c->local_blocks : 0;
+    int ncand = fl > sink ? fl - sink : 0;
+    return pos + 1 >= c->sparse_min_context && (ncand > c->top_k_blocks || cb->force_sparse);
+}
+
+/* cattn_flash_bo takes a sequence's listed tokens when there are this many */
+#define BO_MIN_TOKENS 16
+
+typedef struct sparse_plan {
+    int n_stiles;               /* cattn_flash's tiles */
+    int n_bo, n_bseq, n_ent;    /* cattn_flash_bo's tokens, sequences, entries */
+} sparse_plan;
+
+/* How a sparse layer of this batch attends through cattn_flash.  Each
+ * sequence's unlisted tokens (a prefix: listing grows with the position)
+ * go in dense tiles; its listed ones to cattn_flash_bo when there are
+ * BO_MIN_TOKENS of them, else a tile each (decode).  Writes the arrays
+ * (cuda_attn.h) unless stiles is NULL. */
+static sparse_plan plan_sparse(const cuda_backend *cb, const engine_batch *b, int32_t *stiles, int32_t *bo_tok,
+                               int32_t *bo_seq, int32_t *bo_seqs, int32_t *ent_seq)
+{
+    sparse_plan p = {0, 0, 0, 0};
+    int B = cb->e->attn.block_size, tpt = cb->flash_tpt, off = 0;
+    if (!tpt)       /* no cattn_flash: the plan goes unread */
+        return p;
+    for (int i = 0; i < b->n_seqs; off += b->seqs[i].n_blocks, i++) {
+        const engine_seq *s = &b->seqs[i];
+        int first = 0;
+        while (first < s->n_new && !sel_listed(cb, s->n_past + first))
+            first++;
+        for (int k = 0; k < s->n_new; p.n_stiles++) {
+            int n = k < first ? (first - k < tpt ? first - k : tpt) : 1;
+            if (k >= first && cb->flash_bo && s->n_new - first >= BO_MIN_TOKENS)
+                break;
+            if (stiles) {
+                stiles[2 * p.n_stiles] = s->tok_offset + k;
+                stiles[2 * p.n_stiles + 1] = n;
+            }
+            k += n;
+        }
+        if (!cb->flash_bo || s->n_new - first < BO_MIN_TOKENS)
+            continue;
+        int last = s->n_past + s->n_new - 1, n_ent = last / B + 1;
+        if (stiles) {
+            for (int k = first; k < s->n_new; k++) {
+                bo_tok[p.n_bo + k - first] = s->tok_offset + k;
+                bo_seq[p.n_bo + k - first] = p.n_bseq;
+            }
+            bo_seqs[3 * p.n_bseq] = p.n_ent;
+            bo_seqs[3 * p.n_bseq + 1] = off;
+            bo_seqs[3 * p.n_bseq + 2] = last;
+            for (int e = 0; e < n_ent; e++)
+                ent_seq[p.n_ent + e] = p.n_bseq;
+        }
+        p.n_bo += s->n_new - first;
+        p.n_bseq++;
+        p.n_ent += n_ent;
+    }
+    return p;
+}
+
 /* Writes the batch description into pinned memory and sends it over.  The
  * offsets depend only on (T, R, n_seqs, mb), so a captured graph stays
  * valid while those do. */
@@ -783,7 +859,9 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
     int mb = 1;
     while (mb < max_blocks)
         mb *= 2;
-    size_t need = (size_t)6 * T + R + b->n_seqs + (size_t)b->n_seqs * mb + n_tab;
+    sparse_plan sp = plan_sparse(cb, b, NULL, NULL, NULL, NULL, NULL);
+    size_t need = (size_t)8 * T + R + b->n_seqs + (size_t)b->n_seqs * mb + n_tab + 2 * (size_t)sp.n_bo +
+                  3 * (size_t)sp.n_bseq + sp.n_ent;
     if (need > cb->cap_meta) {
         if (cb->hmeta)
             cudaFreeHost(cb->hmeta);
@@ -800,7 +878,9 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
     }
     int32_t *h = cb->hmeta;
     int32_t *tok = h, *pos = h + T, *tab = h + 2 * T, *fin = h + 3 * T, *row = fin + T, *lens = row + R;
-    int32_t *tiles = lens + b->n_seqs, *ptab = tiles + 2 * T, *tables = ptab + (size_t)b->n_seqs * mb;
+    int32_t *tiles = lens + b->n_seqs, *stiles = tiles + 2 * T, *ptab = stiles + 2 * T;
+    int32_t *tables = ptab + (size_t)b->n_seqs * mb, *bo_tok = tables + n_tab, *bo_seq = bo_tok + sp.n_bo;
+    int32_t *bo_seqs = bo_seq + sp.n_bo, *ent_seq = bo_seqs + 3 * sp.n_bseq;
     memcpy(tok, b->tokens, (size_t)T * sizeof(int32_t));
     int r = 0, nf = 0, off = 0;
     mt->max_ctx = 0;
@@ -831,6 +911,11 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
             ptab[(size_t)i * mb + k] = s->blocks[0];
     }
     mt->n_tiles = flash_tiles(cb, b, tiles);
+    plan_sparse(cb, b, stiles, bo_tok, bo_seq, bo_seqs, ent_seq);
+    mt->n_stiles = sp.n_stiles;
+    mt->n_bo = sp.n_bo;
+    mt->n_bseq = sp.n_bseq;
+    mt->n_ent = sp.n_ent;
     CU(cudaMemcpyAsync(cb->dmeta, h, need * sizeof(int32_t), cudaMemcpyHostToDevice, cb->st));
     int32_t *d = cb->dmeta;
     mt->T = T;
@@ -847,6 +932,11 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
     mt->ptab = d + (ptab - h);
     mt->tables = d + (tables - h);
     mt->tiles = d + (tiles - h);
+    mt->stiles = d + (stiles - h);
+    mt->bo_tok = d + (bo_tok - h);
+    mt->bo_seq = d + (bo_seq - h);
+    mt->bo_seqs = d + (bo_seqs - h);
+    mt->ent_seq = d + (ent_seq - h);
     return 0;
 }
 
@@ -955,6 +1045,22 @@ static int plan_gemms(cuda_backend *cb, const meta *mt, char *err, size_t errlen
     return mt->R && !plan_get(cb, m->n_vocab, E, mt->R, m->n_vocab, 0, err, errlen) ? -1 : 0;
 }
 
+/* cattn_flash_bo's workspace: passes of tokens whose partial rows take
+ * about BO_PASS_BYTES (fewer passes read the chosen blocks fewer times). */
+#define BO_PASS_BYTES ((size_t)256 << 20)
+
+static size_t bo_ws(const cuda_backend *cb, const meta *mt, const sparse_plan *sp)
+{
+    const model *m = &cb->e->m;
+    int W = sel_width(cb, mt);
+    size_t per = cattn_flash_bo_ws(1, 0, m->n_heads, m->n_kv_heads, m->head_dim, W) -
+                 cattn_flash_bo_ws(0, 0, m->n_heads, m->n_kv_heads, m->head_dim, W);
+    size_t pass = BO_PASS_BYTES / per;
+    pass = pass < BO_MIN_TOKENS ? BO_MIN_TOKENS : pass;
+    pass = pass < (size_t)sp->n_bo ? pass : (size_t)sp->n_bo;
+    return cattn_flash_bo_ws((int)pass, sp->n_ent, m->n_heads, m->n_kv_heads, m->head_dim, W);
+}
+
 /* Every buffer the step needs, allocated before any kernel runs (nothing
  * may be allocated while a graph is being captured). */
 static int reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, const int *modes, char *err,
@@ -987,11 +1093,13 @@ static int reserve(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
     }
     if (any_fast && fast_sparse_reserve(cb, b, mt, err, errlen))
         return -1;
-    for (int l = 0; l < m->n_layers; l++)     /* cattn_flash's key splits: dense tiles, or a token each */
+    sparse_plan sp = plan_sparse(cb, b, NULL, NULL, NULL, NULL, NULL);
+    for (int l = 0; l < m->n_layers; l++)     /* cattn_flash's key splits; cattn_flash_bo's passes */
         if (cb->flash_tpt && (modes[l] == MODE_GENERIC || modes[l] == MODE_SPARSE)) {
-            int tiles = modes[l] == MODE_GENERIC ? flash_tiles(cb, b, NULL) : mt->T;
+            int tiles = modes[l] == MODE_GENERIC ? flash_tiles(cb, b, NULL) : sp.n_stiles;
             int S = cattn_flash_splits(tiles, m->n_kv_heads, mt->mb * cb->e->attn.block_size);
-            if (grow(&cb->ws, &cb->cap_ws, cattn_flash_ws(S, mt->T, m->n_heads, m->head_dim), err, errlen))
+            if (grow(&cb->ws, &cb->cap_ws, cattn_flash_ws(S, mt->T, m->n_heads, m->head_dim), err, errlen) ||
+                (modes[l] == MODE_SPARSE && sp.n_bo && grow(&cb->ws, &cb->cap_ws, bo_ws(cb, mt, &sp), err, errlen)))
                 return -1;
         }
     /* with sparse layers too: at short contexts they run dense (layer_mode),
@@ -1193,11 +1301,22 @@ static int select_blocks(cuda_backend *cb, const meta *mt, int l, char *err, siz
     s.cnt = sel_counts(cb, mt);
     s.W = W;
     s.force = cb->force_sparse;
-    size_t smem = (size_t)(c->indexer == IDX_MSA ? m->idx_dim : 2 * hpg * D) * sizeof(float);
-    if (smem > 48 * 1024)
-        CU(cudaFuncSetAttribute(select_score_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    select_score_kernel<S><<<dim3((unsigned)rows, (mt->mb + SEL_CHUNK - 1) / SEL_CHUNK), 128, smem, cb->st>>>(s);
-    LAUNCHED();
+    if (cb->score_mma) {
+        cattn_score_args a = {cb->q, s.summ, cb->page_bytes, mt->pos, mt->tab, mt->tables, mt->tiles,
+                              mt->n_tiles, m->n_heads, Hkv, D, c->block_size, c->sink_blocks, c->local_blocks,
+                              c->indexer == IDX_MEAN, s.group_sum, mt->mb, mt->mb, cb->scores};
+        int rc = cattn_score(&a, cb->st);
+        if (rc) {
+            snprintf(err, errlen, "cuda: block scores: %s", cattn_strerror(rc));
+            return -1;
+        }
+    } else {
+        size_t smem = (size_t)(c->indexer == IDX_MSA ? m->idx_dim : 2 * hpg * D) * sizeof(float);
+        if (smem > 48 * 1024)
+            CU(cudaFuncSetAttribute(select_score_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        select_score_kernel<S><<<dim3((unsigned)rows, (mt->mb + SEL_CHUNK - 1) / SEL_CHUNK), 128, smem, cb->st>>>(s);
+        LAUNCHED();
+    }
     select_topk_kernel<<<(unsigned)rows, SEL_TOPK_T, 0, cb->st>>>(s);
     LAUNCHED();
     return 0;
@@ -1274,10 +1393,16 @@ static int attention_flash(cuda_backend *cb, const meta *mt, int l, int sparse, 
     a.sel = sparse ? cb->sel : NULL;
     a.sel_w = sparse ? sel_width(cb, mt) : 0;
     a.cnt = sparse ? sel_counts(cb, mt) : NULL;
-    if (sparse)
-        a.n_tiles = mt->T;
+    if (sparse) {
+        a.tiles = mt->stiles;
+        a.n_tiles = mt->n_stiles;
+    }
     int S = cattn_flash_splits(a.n_tiles, m->n_kv_heads, mt->mb * a.B);
     int rc = cattn_flash(&a, S, cb->ws, cb->cap_ws, cb->st);
+    if (!rc && sparse && mt->n_bo) {
+        cattn_flash_bo_args bo = {mt->bo_tok, mt->bo_seq, mt->bo_seqs, mt->ent_seq, mt->n_bo, mt->n_ent};
+        rc = cattn_flash_bo(&a, &bo, cb->ws, cb->cap_ws, cb->st);
+    }
     if (rc) {
         snprintf(err, errlen, "cuda: attention kernel: %s", cattn_strerror(rc));
         return -1;

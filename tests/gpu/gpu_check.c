@@ -5,8 +5,8 @@
  *             [--attention dense|sparse|auto] [--indexer msa|minmax|mean]
  *             [--block-size N] [--top-k-blocks N] [--local-blocks N]
  *             [--sink-blocks N] [--dense-layers N] [--sparse-min-context N]
- *             [--group-sum] [--force-sparse]
- *             [--vs-dense] [--vs-generic] [--vs-graphs] [--graphs]
+ *             [--group-sum] [--group-max] [--force-sparse]
+ *             [--vs-dense] [--vs-generic] [--vs-graphs] [--vs-env VAR=VALUE] [--graphs]
  *             [--tol X] [--tol-alt X] [--greedy-info] [--device cuda|cpu]
  *             [--index-keys bf16|fp8] [--kv-cache-dtype bf16|fp8] [--vs-bf16-kv]
  *             [--min-agree F]
@@ -25,7 +25,9 @@
  * dense attention (same batches; a sparse run whose top-k covers every
  * block must equal it); --vs-generic one with the generic attention
  * kernels instead of the tuned ones; --vs-graphs one that replays decode
- * steps from CUDA graphs (--graphs: the main GPU engine does).
+ * steps from CUDA graphs (--graphs: the main GPU engine does); --vs-env
+ * one made with an environment variable set (a kernel choice, e.g.
+ * SPARSED_CUDA_SPARSE_PREFILL=token).
  * --force-sparse makes the GPU engines run their sparse kernels even where
  * the top-k covers every block (so that such a run, against --vs-dense,
  * tests the sparse kernels rather than the dense fallback).  --index-keys
@@ -258,6 +260,7 @@ int main(int argc, char **argv)
     const char *kv_dtype = "bf16";
     int prompts[MAX_SEQS] = {37, 150, 9}, n_seqs = 3, n_decode = 16, vs_dense = 0, vs_generic = 0;
     int vs_graphs = 0, graphs = 0, greedy_info = 0, vs_bf16_kv = 0;
+    const char *vs_env = NULL;
     double tol = 3e-2, tol_alt = -1, min_agree = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -269,6 +272,7 @@ int main(int argc, char **argv)
         else if (OPT("--kv-cache-dtype")) kv_dtype = v;
         else if (OPT("--min-agree")) min_agree = atof(v);
         else if (OPT("--label")) label = v;
+        else if (OPT("--vs-env")) vs_env = v;
         else if (OPT("--decode")) n_decode = atoi(v);
         else if (OPT("--greedy-ref")) greedy_ref = v;
         else if (OPT("--tol")) tol = atof(v);
@@ -291,6 +295,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--vs-bf16-kv")) vs_bf16_kv = 1;
         else if (!strcmp(a, "--graphs")) graphs = 1;
         else if (!strcmp(a, "--group-sum")) o.attn.group_reduce = GROUP_SUM;
+        else if (!strcmp(a, "--group-max")) o.attn.group_reduce = GROUP_MAX;
         else if (!strcmp(a, "--force-sparse")) setenv("SPARSED_CUDA_SPARSE", "force", 1);
         else if (!strcmp(a, "--greedy-info")) greedy_info = 1;
         else {
@@ -343,6 +348,16 @@ int main(int argc, char **argv)
         run_open(&alt, &og, n_seqs, max_len);
         unsetenv("SPARSED_CUDA_GRAPHS");
         alt_name = "gpu_vs_gpu_graphs";
+    } else if (vs_env) {
+        char *name = strdup(vs_env), *eq = strchr(name, '=');
+        if (!eq || eq == name)
+            die("--vs-env", "expects VAR=VALUE");
+        *eq = 0;
+        setenv(name, eq + 1, 1);
+        run_open(&alt, &og, n_seqs, max_len);
+        unsetenv(name);
+        free(name);
+        alt_name = "gpu_vs_gpu_env";
     } else if (vs_bf16_kv) {
         engine_opts ob = og;
         ob.kv_cache_dtype = "bf16";

@@ -225,6 +225,42 @@ check gemma3-256-minmax-flash-cover --model $W/gemma3-256.gguf --prompts 900,300
 check qwen-minmax-flash-bf16-info --model $M/qwen-q8.gguf --prompts 200,31,64 --attention sparse --indexer minmax \
     --block-size 16 --top-k-blocks 3 --local-blocks 1 --sink-blocks 1 --sparse-min-context 0 --vs-generic --tol 1 \
     --tol-alt 1
+# ... KV-block outer (cattn_flash_bo: a prefill chunk's listed tokens,
+# blocks of 32 or more) against a tile a token, both on the GPU, with only
+# the last layer sparse so that both get the same inputs and lists: only
+# the order of the sums and the bf16 partials differ.  Head dims 64 (fp8
+# pages too), 128 (blocks of 128) and 256; the prompts mix listed runs,
+# unlisted dense tiles and short sequences.
+check qwen-minmax-bo-vs-token --model $M/qwen-q8.gguf --prompts 900,300,20 --attention sparse --indexer minmax \
+    --block-size 32 --top-k-blocks 3 --local-blocks 1 --sink-blocks 1 --sparse-min-context 0 --dense-layers 1 \
+    --tol 1 --vs-env SPARSED_CUDA_SPARSE_PREFILL=token --tol-alt 2e-2
+check qwen-minmax-fp8kv-bo-vs-token --model $M/qwen-q8.gguf --kv-cache-dtype fp8 --prompts 900,300,20 \
+    --attention sparse --indexer minmax --block-size 32 --top-k-blocks 3 --local-blocks 1 --sink-blocks 1 \
+    --sparse-min-context 0 --dense-layers 1 --tol 1 --vs-env SPARSED_CUDA_SPARSE_PREFILL=token --tol-alt 2e-2
+check llama-minmax-bo-vs-token --model $M/llama-q4k.gguf --prompts 1500,900,40 --attention sparse \
+    --indexer minmax --block-size 128 --top-k-blocks 3 --local-blocks 1 --sink-blocks 1 --sparse-min-context 0 \
+    --dense-layers 2 --tol 1 --vs-env SPARSED_CUDA_SPARSE_PREFILL=token --tol-alt 2e-2
+check gemma3-256-minmax-bo-vs-token --model $W/gemma3-256.gguf --prompts 900,300,5 --attention sparse \
+    --indexer minmax --block-size 64 --top-k-blocks 4 --local-blocks 1 --sink-blocks 1 --sparse-min-context 0 \
+    --dense-layers 3 --tol 1 --vs-env SPARSED_CUDA_SPARSE_PREFILL=token --tol-alt 2e-2
+# ... every block listed, every layer: KV-block outer against dense
+check qwen-minmax-bo-cover --model $M/qwen-q8.gguf --prompts 900,300,20 --attention sparse --indexer minmax \
+    --block-size 32 --top-k-blocks 1000 --sparse-min-context 0 --force-sparse --vs-dense --tol-alt 2e-2
+# block scores on the tensor cores (cattn_score) against the CUDA-core
+# kernel: summed and per-head (--group-max) rows, min/max and mean, head
+# dims 64, 128, 256; the last layer sparse (a near-tie may flip a block)
+check qwen-minmax-score-vs-scalar --model $M/qwen-q8.gguf --prompts 900,300,20 --attention sparse \
+    --indexer minmax --block-size 32 --top-k-blocks 3 --local-blocks 1 --sink-blocks 1 --sparse-min-context 0 \
+    --dense-layers 1 --tol 1 --vs-env SPARSED_CUDA_SPARSE_SCORE=scalar --tol-alt 2e-2
+check qwen-minmax-max-score-vs-scalar --model $M/qwen-q8.gguf --prompts 900,300,20 --attention sparse \
+    --indexer minmax --group-max --block-size 16 --top-k-blocks 3 --local-blocks 1 --sink-blocks 1 \
+    --sparse-min-context 0 --dense-layers 1 --tol 1 --vs-env SPARSED_CUDA_SPARSE_SCORE=scalar --tol-alt 2e-2
+check llama-mean-max-score-vs-scalar --model $M/llama-q4k.gguf --prompts 1500,900,40 --attention sparse \
+    --indexer mean --group-max --block-size 64 --top-k-blocks 3 --local-blocks 1 --sink-blocks 1 \
+    --sparse-min-context 0 --dense-layers 2 --tol 1 --vs-env SPARSED_CUDA_SPARSE_SCORE=scalar --tol-alt 2e-2
+check gemma3-256-mean-score-vs-scalar --model $W/gemma3-256.gguf --prompts 900,300,5 --attention sparse \
+    --indexer mean --block-size 64 --top-k-blocks 4 --local-blocks 1 --sink-blocks 1 --sparse-min-context 0 \
+    --dense-layers 3 --tol 1 --vs-env SPARSED_CUDA_SPARSE_SCORE=scalar --tol-alt 2e-2
 # cattn_flash on fp8 pages (widened to bf16 on their way into shared
 # memory): head dim 256 with windows against the CPU and the bf16 pages;
 # against the generic kernel on the same pages; over forced selection lists
@@ -299,7 +335,9 @@ for args in "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --spars
             "--model $W/gemma3-256.gguf --prompts 300,140,3" \
             "--model $M/qwen-q8.gguf --prompts 130,7,2 --vs-graphs" \
             "--model $W/gemma3-256.gguf --prompts 300,140,3 --kv-cache-dtype fp8" \
-            "--model $W/gemma3-256.gguf --prompts 300,140,3 --attention sparse --indexer minmax --block-size 16 --top-k-blocks 2 --sparse-min-context 0"; do
+            "--model $W/gemma3-256.gguf --prompts 300,140,3 --attention sparse --indexer minmax --block-size 16 --top-k-blocks 2 --sparse-min-context 0" \
+            "--model $W/gemma3-256.gguf --prompts 600,140,3 --attention sparse --indexer minmax --block-size 64 --top-k-blocks 2 --sparse-min-context 0" \
+            "--model $M/qwen-q8.gguf --prompts 400,40,2 --attention sparse --indexer minmax --block-size 32 --top-k-blocks 2 --sparse-min-context 0 --kv-cache-dtype fp8"; do
     if [ $SECONDS -gt ${DEADLINE:-400} ]; then
         echo "== skipped (time): $args" >> "$OUT/memcheck.log"
         continue
