@@ -33,7 +33,7 @@ rows = list(csv.DictReader(lines))
 def kind(n):
     if re.search(r'nvjet|gemm|cutlass|xmma|cublas|splitKreduce', n, re.I): return 'GEMM (cuBLASLt)'
     if re.search(r'select|score|topk|msa_', n): return 'block selection'
-    if re.search(r'prefill|attn|decode|combine|flash', n): return 'attention'
+    if re.search(r'prefill|attn|decode|combine|flash|bo_', n): return 'attention'
     return 'elementwise and the rest'
 agg = {}
 for r in rows:

@@ -11,6 +11,7 @@
 
 #define BO_MAX_KD 32768 /* B * head_dim: a block's K and V in 128 KB of shared memory */
 #define BO_WARPS 4
+#define BO_ITEMS 256 /* a bucket's items looked up at a time */
 
 struct BoArgs {
     cattn_flash_bo_args bo;
@@ -49,13 +50,32 @@ __global__ void __launch_bounds__(1024) bo_scan_kernel(const int *cnt, int *off,
     cta_scan_excl(cnt, off, fill, n);
 }
 
+/* The 16 rows of step st of a batch (row r: item r / ratio, head r %
+ * ratio) into a warp's Q tile. */
+template <int D>
+static __device__ __forceinline__ void bo_load_q(const cattn_flash_args &a, const int *s_tok, int rows, int st,
+                                                 int g, uint32_t qs)
+{
+    constexpr int NT = D / 8;
+    const int ratio = a.n_heads / a.n_kv;
+    for (int c = threadIdx.x & 31; c < 16 * NT; c += 32) {
+        const int r = c / NT, ch = c % NT, gr = 16 * st + r;
+        const long long qrow = gr < rows ? (long long)s_tok[gr / ratio] * a.n_heads + g * ratio + gr % ratio : 0;
+        cp16(qs + fswz<D>(r, ch), (const bf16 *)a.q + qrow * D + ch * 8, gr < rows);
+    }
+    cp_commit();
+}
+
 /* grid (entries, groups, splits of a bucket).  The block's K/V goes to
- * shared memory as B / 32 tiles; each warp then takes 16-row steps of the
- * bucket (row r: item r / ratio, head r % ratio) through its own Q tile. */
+ * shared memory as B / 32 tiles.  The bucket's items come BO_ITEMS at a
+ * time, their tokens and positions looked up by the whole CTA at once;
+ * each warp then takes 16-row steps of the batch through two Q tiles, the
+ * next step's rows loading while the current one computes. */
 template <int D, bool F8> __global__ void __launch_bounds__(BO_WARPS * 32) bo_attn_kernel(cattn_flash_args a, BoArgs b)
 {
-    constexpr int NT = D / 8, STAGE = 2 * FL_KT * 2 * D;
+    constexpr int NT = D / 8, STAGE = 2 * FL_KT * 2 * D, QT = 16 * 2 * D;
     extern __shared__ __align__(128) unsigned char smem[];
+    __shared__ int s_item[BO_ITEMS], s_tok[BO_ITEMS], s_pos[BO_ITEMS];
     const int e = blockIdx.x, g = blockIdx.y, key = g * b.bo.n_ent + e;
     const int n_all = b.bcnt[key], per = (n_all + gridDim.z - 1) / gridDim.z;
     const int first = blockIdx.z * per, n = min(per, n_all - first);
@@ -65,56 +85,63 @@ template <int D, bool F8> __global__ void __launch_bounds__(BO_WARPS * 32) bo_at
     const int key0 = (e - b.bo.seqs[3 * s]) * a.B, key_hi = min(key0 + a.B - 1, b.bo.seqs[3 * s + 2]);
     const int32_t *tbl = a.tables + b.bo.seqs[3 * s + 1];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const uint32_t kv = smem_u32(smem), qs = kv + (a.B / FL_KT) * STAGE + warp * 16 * 2 * D;
+    const uint32_t kv = smem_u32(smem), qs = kv + (a.B / FL_KT) * STAGE + warp * 2 * QT;
 
     for (int u = 0; u < a.B / FL_KT; u++)
         fl_stage<D, F8>(a, tbl, g, key0 + u * FL_KT, key_hi, smem, kv + u * STAGE);
     cp_commit();
-    cp_wait<0>();
-    __syncthreads();
 
-    const int rows = n * ratio, steps = (rows + 15) / 16;
-    for (int st = warp; st < steps; st += BO_WARPS) {
-        for (int c = lane; c < 16 * NT; c += 32) {
-            const int r = c / NT, ch = c % NT, gr = 16 * st + r;
-            long long qrow = 0;
-            if (gr < rows) {
-                const int it = items[gr / ratio];
-                qrow = (long long)b.bo.tok[b.p0 + it / W] * a.n_heads + g * ratio + gr % ratio;
+    for (int i0 = 0; i0 < n; i0 += BO_ITEMS) {
+        const int ni = min(BO_ITEMS, n - i0), rows = ni * ratio, steps = (rows + 15) / 16;
+        __syncthreads(); /* the last batch's rows are done with the lookups */
+        for (int i = threadIdx.x; i < ni; i += blockDim.x) {
+            const int it = items[i0 + i], t = b.bo.tok[b.p0 + it / W];
+            s_item[i] = it;
+            s_tok[i] = t;
+            s_pos[i] = a.pos[t];
+        }
+        cp_wait<0>(); /* the K/V, on the first batch */
+        __syncthreads();
+        if (warp < steps) bo_load_q<D>(a, s_tok, rows, warp, g, qs);
+        for (int st = warp, k = 0; st < steps; st += BO_WARPS, k++) {
+            const uint32_t q = qs + (k & 1) * QT;
+            if (st + BO_WARPS < steps) {
+                bo_load_q<D>(a, s_tok, rows, st + BO_WARPS, g, qs + ((k + 1) & 1) * QT);
+                cp_wait<1>();
+            } else {
+                cp_wait<0>();
             }
-            cp16(qs + fswz<D>(r, ch), (const bf16 *)a.q + qrow * D + ch * 8, gr < rows);
+            __syncwarp();
+            int item[2], rpos[2], rlo[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int gr = 16 * st + (lane >> 2) + 8 * h;
+                item[h] = gr < rows ? s_item[gr / ratio] : -1;
+                rpos[h] = gr < rows ? s_pos[gr / ratio] : -1;
+                rlo[h] = a.window && rpos[h] >= a.window ? rpos[h] - a.window + 1 : 0;
+            }
+            float o[NT][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+#pragma unroll
+            for (int nn = 0; nn < NT; nn++) o[nn][0] = o[nn][1] = o[nn][2] = o[nn][3] = 0.f;
+            for (int u = 0; u < a.B / FL_KT; u++)
+                fl_keys32<D>(q, 0, kv + u * STAGE, kv + u * STAGE + FL_KT * 2 * D, key0 + u * FL_KT, key_hi, rpos,
+                             rlo, a.scale, a.softcap, o, m, l);
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                l[h] = fl_quad_sum(l[h]);
+                if (item[h] < 0) continue;
+                const int gr = 16 * st + (lane >> 2) + 8 * h;
+                const long long pr = bo_prow(a, item[h] / W, g, item[h] % W, gr % ratio);
+                const float inv = l[h] > 0.f ? 1.f / l[h] : 0.f;
+                uint32_t *po = (uint32_t *)(b.part + pr * D + 2 * (lane & 3));
+#pragma unroll
+                for (int nn = 0; nn < NT; nn++) po[4 * nn] = pack_bf16(o[nn][2 * h] * inv, o[nn][2 * h + 1] * inv);
+                if ((lane & 3) == 0) b.plse[pr] = l[h] > 0.f ? m[h] + __log2f(l[h]) : NEG_INF;
+            }
+            __syncwarp(); /* the step after next loads into this tile */
         }
-        cp_commit();
-        cp_wait<0>();
-        __syncwarp();
-        int item[2], rpos[2], rlo[2];
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int gr = 16 * st + (lane >> 2) + 8 * h;
-            item[h] = gr < rows ? items[gr / ratio] : -1;
-            rpos[h] = item[h] >= 0 ? a.pos[b.bo.tok[b.p0 + item[h] / W]] : -1;
-            rlo[h] = a.window && rpos[h] >= a.window ? rpos[h] - a.window + 1 : 0;
-        }
-        float o[NT][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
-#pragma unroll
-        for (int nn = 0; nn < NT; nn++) o[nn][0] = o[nn][1] = o[nn][2] = o[nn][3] = 0.f;
-        for (int u = 0; u < a.B / FL_KT; u++)
-            fl_keys32<D>(qs, 0, kv + u * STAGE, kv + u * STAGE + FL_KT * 2 * D, key0 + u * FL_KT, key_hi, rpos, rlo,
-                         a.scale, a.softcap, o, m, l);
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            l[h] = fl_quad_sum(l[h]);
-            if (item[h] < 0) continue;
-            const int gr = 16 * st + (lane >> 2) + 8 * h;
-            const long long pr = bo_prow(a, item[h] / W, g, item[h] % W, gr % ratio);
-            const float inv = l[h] > 0.f ? 1.f / l[h] : 0.f;
-            uint32_t *po = (uint32_t *)(b.part + pr * D + 2 * (lane & 3));
-#pragma unroll
-            for (int nn = 0; nn < NT; nn++) po[4 * nn] = pack_bf16(o[nn][2 * h] * inv, o[nn][2 * h + 1] * inv);
-            if ((lane & 3) == 0) b.plse[pr] = l[h] > 0.f ? m[h] + __log2f(l[h]) : NEG_INF;
-        }
-        __syncwarp(); /* the next step's Q overwrites the tile */
     }
+    cp_wait<0>();
 }
 
 /* D / 32 consecutive bf16 of a partial row as floats. */
@@ -187,7 +214,7 @@ extern "C" size_t cattn_flash_bo_ws(int pass, int n_ent, int n_heads, int n_kv, 
 template <int D, bool F8>
 static int bo_attend(const cattn_flash_args *a, const BoArgs &b, int splits, cudaStream_t st)
 {
-    const int smem = a->B * 4 * D + BO_WARPS * 16 * 2 * D;
+    const int smem = a->B * 4 * D + BO_WARPS * 2 * 16 * 2 * D;
     static int attr = 0;
     if (attr != smem) {
         CUDA_TRY(cudaFuncSetAttribute(bo_attn_kernel<D, F8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
