@@ -13,7 +13,8 @@
 # of 64, sink 1 + top 61 + local 2) through cattn_flash's selection lists:
 # prefill chunks KV-block outer (cattn_flash_bo), the -token rows a tile a
 # token as before it; the ctas8 row splits decode keys for 8 CTAs an SM
-# instead of 2.
+# instead of 2; llama128 rows the tuned dense kernels against sparse at
+# head dim 128; fp8kv rows fp8 K/V pages through cattn_flash.
 # Uses the pack (PACK); writes flash.jsonl under OUT.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
@@ -44,6 +45,10 @@ run llama64-dense-long llama64 X=1 $L
 run llama64-dense-long-ctas8 llama64 CATTN_FLASH_CTAS=8 $L
 run llama64-sparse-long llama64 X=1 $L "--attention sparse"
 run llama64-sparse-long-token llama64 SPARSED_CUDA_SPARSE_PREFILL=token $L "--attention sparse"
+run llama128-dense-long llama X=1 $L
+run llama128-sparse-long llama X=1 $L "--attention sparse"
+run llama64-sparse-long-fp8kv llama64 X=1 $L "--attention sparse --kv-cache-dtype fp8"
+run llama64-dense-long-fp8kv llama64 X=1 $L "--kv-cache-dtype fp8"
 run gemma3-dense-long gemma3 X=1 $L
 run gemma3-sparse-long gemma3 X=1 $L "--attention sparse"
 run gemma3-sparse-long-token gemma3 SPARSED_CUDA_SPARSE_PREFILL=token $L "--attention sparse"
