@@ -14,7 +14,8 @@
 # prefill chunks KV-block outer (cattn_flash_bo), the -token rows a tile a
 # token as before it; the ctas8 row splits decode keys for 8 CTAs an SM
 # instead of 2; llama128 rows the tuned dense kernels against sparse at
-# head dim 128; fp8kv rows fp8 K/V pages through cattn_flash.
+# head dim 128; fp8kv rows fp8 K/V pages through cattn_flash; chunk8192
+# rows the daemon's default step on a large card.
 # Uses the pack (PACK); writes flash.jsonl under OUT.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
@@ -48,6 +49,8 @@ run llama64-sparse-long-token llama64 SPARSED_CUDA_SPARSE_PREFILL=token $L "--at
 run llama128-dense-long llama X=1 $L
 run llama128-sparse-long llama X=1 $L "--attention sparse"
 run llama64-sparse-long-fp8kv llama64 X=1 $L "--attention sparse --kv-cache-dtype fp8"
+run llama64-dense-long-chunk8192 llama64 X=1 $L "--chunk 8192"
+run llama64-sparse-long-chunk8192 llama64 X=1 $L "--attention sparse --chunk 8192"
 run llama64-dense-long-fp8kv llama64 X=1 $L "--kv-cache-dtype fp8"
 run gemma3-dense-long gemma3 X=1 $L
 run gemma3-sparse-long gemma3 X=1 $L "--attention sparse"
