@@ -16,7 +16,7 @@
 # instead of 2; llama128 rows the tuned dense kernels against sparse at
 # head dim 128; fp8kv rows fp8 K/V pages through cattn_flash; chunk8192
 # rows the daemon's default step on a large card.
-# Uses the pack (PACK); writes flash.jsonl under OUT.
+# Uses the pack (PACK); writes flash.jsonl and card.txt under OUT.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
 P=${PACK:-build-cuda/gpu-pack}
@@ -32,6 +32,7 @@ $P/bin/mkmodel --out $W/gemma3.gguf --arch gemma3 $common --embd 2560 --ff 10240
 $P/bin/mkmodel --out $W/llama64.gguf $common --embd 2048 --ff 8192 --heads 32 --kv-heads 8 --head-dim 64 >/dev/null
 $P/bin/mkmodel --out $W/llama.gguf $common --embd 2560 --ff 10240 --heads 16 --kv-heads 8 --head-dim 128 >/dev/null
 : > "$OUT/flash.jsonl"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/card.txt" 2>/dev/null || true
 run() {   # label model [env [context [more options]]]
     env ${3:-X=1} timeout 300 $P/bin/gpu_model_bench --model $W/$2.gguf --context ${4:-$CTX} --chunk 2048 --steps 32 \
         --max-seconds 120 --label $1 ${5:-} 2>&1 | tee $W/$1.log | grep '^JSON ' | sed 's/^JSON //' >> "$OUT/flash.jsonl"
