@@ -76,28 +76,16 @@ __global__ void __launch_bounds__(128) flash_kernel(cattn_flash_args a, int S, f
 #pragma unroll
     for (int n = 0; n < NT; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
 
-    /* piece u into buffer buf: bf16 straight into a stage, fp8 into a raw
-     * area that is widened into the stage once it has landed */
-    const uint32_t raws = kvs + 2 * STAGE;
-    auto issue = [&](int u, int buf) {
-        if constexpr (F8)
-            fl_copy8<D>(a, tbl, g, FL_KEY0(u), FL_KEYHI(u), raws + buf * FL_RAW(D));
-        else
-            fl_load<D>(a, tbl, g, FL_KEY0(u), FL_KEYHI(u), kvs + buf * STAGE);
-    };
-    if (n_it > 0) issue(it0, 0);
+    if (n_it > 0) fl_stage<D, F8>(a, tbl, g, FL_KEY0(it0), FL_KEYHI(it0), smem, kvs);
     cp_commit();
     for (int it = 0; it < n_it; it++) {
-        if (it + 1 < n_it) issue(it0 + it + 1, (it + 1) & 1);
+        if (it + 1 < n_it)
+            fl_stage<D, F8>(a, tbl, g, FL_KEY0(it0 + it + 1), FL_KEYHI(it0 + it + 1), smem,
+                            kvs + ((it + 1) & 1) * STAGE);
         cp_commit();
         cp_wait<1>();
         __syncthreads();
         const uint32_t ks = kvs + (it & 1) * STAGE;
-        if constexpr (F8) {
-            fl_widen8<D>(smem + (raws - qs) + (it & 1) * FL_RAW(D), smem + (ks - qs), FL_KEY0(it0 + it),
-                         FL_KEYHI(it0 + it));
-            __syncthreads();
-        }
         fl_keys32<D>(qs, warp * 16, ks, ks + FL_KT * 2 * D, FL_KEY0(it0 + it), FL_KEYHI(it0 + it), rpos, rlo,
                      a.scale, a.softcap, o, m, l);
         __syncthreads();
@@ -182,7 +170,7 @@ extern "C" size_t cattn_flash_ws(int S, int T, int n_heads, int head_dim)
 template <int D, bool F8>
 static int flash_launch(const cattn_flash_args *a, int S, float *po, float *pl, cudaStream_t st)
 {
-    const int smem = FL_ROWS * 2 * D + 2 * (2 * FL_KT * 2 * D) + (F8 ? 2 * FL_RAW(D) : 0);
+    const int smem = FL_ROWS * 2 * D + 2 * (2 * FL_KT * 2 * D);
     static int attr_set = 0;
     if (!attr_set) {
         CUDA_TRY(cudaFuncSetAttribute(flash_kernel<D, F8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));

@@ -36,60 +36,54 @@ static __device__ __forceinline__ void fl_load(const cattn_flash_args &a, const 
     }
 }
 
-/* fp8 pages (cuda_attn.h's layout) reach a stage in two steps, so that
- * their copy overlaps the mma work as the bf16 cp.async does: fl_copy8
- * starts 32 keys' raw rows and scales into a raw area of FL_RAW(D) bytes
- * (K rows of D bytes, V rows of D bytes, K scales, V scales), and after
- * the copy's wait and a barrier fl_widen8 turns the area into a bf16 stage
- * (exact: an e4m3 value times its power-of-two scale is a bf16 value).
- * Keys come in pairs (B and key0 even), as V pair rows do: a V row is half
- * of its pair's interleaved row, copied while the pair's first key is. */
-#define FL_RAW(D) (2 * FL_KT * (D) + 2 * FL_KT * 4)
-
+/* The same from fp8 pages (cuda_attn.h's layout), widened to bf16 on the
+ * way (exact: an e4m3 value times its power-of-two scale is a bf16
+ * value).  Plain loads and stores: the stage is read after the loop's
+ * next barrier.  Keys come in pairs (B and key0 even), as V rows do. */
 template <int D>
-static __device__ __forceinline__ void fl_copy8(const cattn_flash_args &a, const int32_t *tbl, int g, int key0,
-                                                int key_end, uint32_t raw)
-{
-    for (int c = threadIdx.x; c < FL_KT * D / 16; c += 128) {
-        const int r = c / (D / 16), ch = c % (D / 16), key = key0 + r;
-        const bool kv = key <= key_end, vv = key - (r & 1) <= key_end;
-        long long off = 0;
-        if (vv) off = (long long)tbl[key / a.B] * a.page_bytes + ((long long)g * a.B + key % a.B) * D + ch * 16;
-        cp16(raw + r * D + ch * 16, a.k + off, kv);
-        cp16(raw + (FL_KT + r) * D + ch * 16, a.v + off, vv);
-    }
-    for (int c = threadIdx.x; c < 2 * FL_KT; c += 128) { /* K scales, then V scales */
-        const int r = c % FL_KT, key = key0 + r;
-        const bool ok = key <= key_end;
-        const float *src = (const float *)a.kvs;
-        if (ok) src = (const float *)(a.kvs + tbl[key / a.B] * a.page_bytes) + (g * 2 + c / FL_KT) * a.B + key % a.B;
-        cp4(raw + 2 * FL_KT * D + c * 4, src, ok);
-    }
-}
-
-template <int D>
-static __device__ __forceinline__ void fl_widen8(const unsigned char *raw, unsigned char *dst, int key0, int key_end)
+static __device__ __forceinline__ void fl_load8(const cattn_flash_args &a, const int32_t *tbl, int g, int key0,
+                                                int key_end, unsigned char *dst)
 {
     const uint4 z = make_uint4(0u, 0u, 0u, 0u);
-    const float *sk = (const float *)(raw + 2 * FL_KT * D), *sv = sk + FL_KT;
     unsigned char *vdst = dst + FL_KT * 2 * D;
     for (int c = threadIdx.x; c < FL_KT * D / 16; c += 128) { /* K: row r, dims 16 ch .. */
-        const int r = c / (D / 16), ch = c % (D / 16);
+        const int r = c / (D / 16), ch = c % (D / 16), key = key0 + r;
         uint4 lo = z, hi = z;
-        if (key0 + r <= key_end) kv8_k_chunk(*(const uint4 *)(raw + r * D + ch * 16), sk[r], lo, hi);
+        if (key <= key_end) {
+            const long long page = tbl[key / a.B];
+            const int slot = key % a.B;
+            const float sk = ((const float *)(a.kvs + page * a.page_bytes))[(g * 2) * a.B + slot];
+            kv8_k_chunk(*(const uint4 *)(a.k + page * a.page_bytes + ((long long)g * a.B + slot) * D + ch * 16), sk,
+                        lo, hi);
+        }
         *(uint4 *)(dst + fswz<D>(r, 2 * ch)) = lo;
         *(uint4 *)(dst + fswz<D>(r, 2 * ch + 1)) = hi;
     }
     for (int c = threadIdx.x; c < FL_KT / 2 * D / 8; c += 128) { /* V: pair row of keys r0, r0 + 1, dims 8 ch .. */
-        const int r0 = 2 * (c / (D / 8)), ch = c % (D / 8);
+        const int r0 = 2 * (c / (D / 8)), ch = c % (D / 8), key = key0 + r0;
         uint4 o0 = z, o1 = z;
-        if (key0 + r0 <= key_end) {
-            kv8_v_chunk(*(const uint4 *)(raw + (FL_KT + r0) * D + ch * 16), sv[r0], sv[r0 + 1], o0, o1);
-            if (key0 + r0 + 1 > key_end) o1 = z;
+        if (key <= key_end) {
+            const long long page = tbl[key / a.B];
+            const int slot = key % a.B;
+            const float *sv = (const float *)(a.kvs + page * a.page_bytes) + (g * 2 + 1) * a.B + slot;
+            kv8_v_chunk(*(const uint4 *)(a.v + page * a.page_bytes + (long long)g * a.B * D + (long long)slot * D +
+                                         ch * 16),
+                        sv[0], sv[1], o0, o1);
+            if (key + 1 > key_end) o1 = z;
         }
         *(uint4 *)(vdst + fswz<D>(r0, ch)) = o0;
         *(uint4 *)(vdst + fswz<D>(r0 + 1, ch)) = o1;
     }
+}
+
+template <int D, bool F8>
+static __device__ __forceinline__ void fl_stage(const cattn_flash_args &a, const int32_t *tbl, int g, int key0,
+                                                int key_end, unsigned char *smem, uint32_t dst)
+{
+    if (F8)
+        fl_load8<D>(a, tbl, g, key0, key_end, smem + (dst - smem_u32(smem)));
+    else
+        fl_load<D>(a, tbl, g, key0, key_end, dst);
 }
 
 /* acc[0 .. 2 N) += A B^T over the whole head dim: A a warp's 16 rows from

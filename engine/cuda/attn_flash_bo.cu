@@ -87,21 +87,9 @@ template <int D, bool F8> __global__ void __launch_bounds__(BO_WARPS * 32) bo_at
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const uint32_t kv = smem_u32(smem), qs = kv + (a.B / FL_KT) * STAGE + warp * 2 * QT;
 
-    if constexpr (F8) { /* through a raw area after the Q tiles, a piece at a time */
-        const uint32_t raw = qs - warp * 2 * QT + BO_WARPS * 2 * QT;
-        for (int u = 0; u < a.B / FL_KT; u++) {
-            fl_copy8<D>(a, tbl, g, key0 + u * FL_KT, key_hi, raw);
-            cp_commit();
-            cp_wait<0>();
-            __syncthreads();
-            fl_widen8<D>(smem + (raw - kv), smem + u * STAGE, key0 + u * FL_KT, key_hi);
-            __syncthreads();
-        }
-    } else {
-        for (int u = 0; u < a.B / FL_KT; u++)
-            fl_load<D>(a, tbl, g, key0 + u * FL_KT, key_hi, kv + u * STAGE);
-        cp_commit();
-    }
+    for (int u = 0; u < a.B / FL_KT; u++)
+        fl_stage<D, F8>(a, tbl, g, key0 + u * FL_KT, key_hi, smem, kv + u * STAGE);
+    cp_commit();
 
     for (int i0 = 0; i0 < n; i0 += BO_ITEMS) {
         const int ni = min(BO_ITEMS, n - i0), rows = ni * ratio, steps = (rows + 15) / 16;
@@ -226,7 +214,7 @@ extern "C" size_t cattn_flash_bo_ws(int pass, int n_ent, int n_heads, int n_kv, 
 template <int D, bool F8>
 static int bo_attend(const cattn_flash_args *a, const BoArgs &b, int splits, cudaStream_t st)
 {
-    const int smem = a->B * 4 * D + BO_WARPS * 2 * 16 * 2 * D + (F8 ? FL_RAW(D) : 0);
+    const int smem = a->B * 4 * D + BO_WARPS * 2 * 16 * 2 * D;
     static int attr = 0;
     if (attr != smem) {
         CUDA_TRY(cudaFuncSetAttribute(bo_attn_kernel<D, F8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));

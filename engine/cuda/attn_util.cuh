@@ -34,12 +34,6 @@ static __device__ __forceinline__ void cp16(uint32_t dst, const void *src, bool 
     int n = valid ? 16 : 0;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
 }
-/* The same for 4 bytes (through L1). */
-static __device__ __forceinline__ void cp4(uint32_t dst, const void *src, bool valid = true)
-{
-    int n = valid ? 4 : 0;
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
 static __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N> static __device__ __forceinline__ void cp_wait()
 {
