@@ -798,23 +798,28 @@ typedef struct sparse_plan {
 /* How a sparse layer of this batch attends through cattn_flash.  Each
  * sequence's unlisted tokens (a prefix: listing grows with the position)
  * go in dense tiles; its listed ones to cattn_flash_bo when there are
- * BO_MIN_TOKENS of them, else a tile each (decode).  Writes the arrays
- * (cuda_attn.h) unless stiles is NULL. */
+ * BO_MIN_TOKENS of them and their lists could name each of its blocks
+ * once (else its buckets, three ints a block and group, cost more than
+ * the blocks they share save), otherwise a tile each (decode).  Writes
+ * the arrays (cuda_attn.h) unless stiles is NULL. */
 static sparse_plan plan_sparse(const cuda_backend *cb, const engine_batch *b, int32_t *stiles, int32_t *bo_tok,
                                int32_t *bo_seq, int32_t *bo_seqs, int32_t *ent_seq)
 {
+    const attn_config *c = &cb->e->attn;
     sparse_plan p = {0, 0, 0, 0};
-    int B = cb->e->attn.block_size, tpt = cb->flash_tpt, off = 0;
+    int B = c->block_size, tpt = cb->flash_tpt, off = 0;
+    long long W = (long long)c->sink_blocks + c->top_k_blocks + c->local_blocks;
     if (!tpt)       /* no cattn_flash: the plan goes unread */
         return p;
     for (int i = 0; i < b->n_seqs; off += b->seqs[i].n_blocks, i++) {
         const engine_seq *s = &b->seqs[i];
-        int first = 0;
+        int first = 0, last = s->n_past + s->n_new - 1, n_ent = last / B + 1;
         while (first < s->n_new && !sel_listed(cb, s->n_past + first))
             first++;
+        int bo = cb->flash_bo && s->n_new - first >= BO_MIN_TOKENS && (s->n_new - first) * W >= n_ent;
         for (int k = 0; k < s->n_new; p.n_stiles++) {
             int n = k < first ? (first - k < tpt ? first - k : tpt) : 1;
-            if (k >= first && cb->flash_bo && s->n_new - first >= BO_MIN_TOKENS)
+            if (k >= first && bo)
                 break;
             if (stiles) {
                 stiles[2 * p.n_stiles] = s->tok_offset + k;
@@ -822,9 +827,8 @@ static sparse_plan plan_sparse(const cuda_backend *cb, const engine_batch *b, in
             }
             k += n;
         }
-        if (!cb->flash_bo || s->n_new - first < BO_MIN_TOKENS)
+        if (!bo)
             continue;
-        int last = s->n_past + s->n_new - 1, n_ent = last / B + 1;
         if (stiles) {
             for (int k = first; k < s->n_new; k++) {
                 bo_tok[p.n_bo + k - first] = s->tok_offset + k;
