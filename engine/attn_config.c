@@ -88,3 +88,11 @@ int attn_config_check(const attn_config *c, char *err, size_t errlen)
     }
     return 0;
 }
+
+int attn_candidates(const attn_config *c, int pos, int *sink, int *first_local)
+{
+    int nb = pos / c->block_size + 1;
+    *sink = c->sink_blocks < nb ? c->sink_blocks : nb;
+    *first_local = nb - c->local_blocks > 0 ? nb - c->local_blocks : 0;
+    return *first_local > *sink ? *first_local - *sink : 0;
+}

@@ -41,6 +41,11 @@ int attn_indexer_parse(const char *s);
 int attn_group_reduce_parse(const char *s);
 /* Checks ranges; writes a message naming the field. */
 int attn_config_check(const attn_config *c, char *err, size_t errlen);
+/* A token at pos sees blocks 0 .. pos / block_size: the first min(sink,
+ * seen) and the last `local` are forced, and those between, [*sink,
+ * *first_local), are its candidates; returns how many.  It chooses among
+ * them (scores blocks) only when they outnumber top_k. */
+int attn_candidates(const attn_config *c, int pos, int *sink, int *first_local);
 
 /* ---- engine ----------------------------------------------------------- */
 

@@ -144,7 +144,9 @@ static void score_ahead(attn_job *j)
     for (int t = 0; t < T; t++) {
         int pos = e->s.tok_pos[t];
         j->off[t] = SIZE_MAX;
-        if (engine_layer_sparse(e, j->l, pos + 1) && sparse_needs_scores(&e->attn, pos)) {
+        int sink, first_local;
+        if (engine_layer_sparse(e, j->l, pos + 1) &&
+            attn_candidates(&e->attn, pos, &sink, &first_local) > e->attn.top_k_blocks) {
             j->off[t] = total;
             total += (size_t)e->m.n_kv_heads * (pos / B + 1);
             max_nb = pos / B + 1 > max_nb ? pos / B + 1 : max_nb;

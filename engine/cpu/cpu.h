@@ -58,10 +58,6 @@ typedef struct sel_args {
  * for pos / block_size + 1 entries. */
 int sparse_select(const sel_args *a, int32_t *out);
 
-/* Whether a selection at pos must score blocks (it does not when the
- * budget covers every block that is not forced). */
-int sparse_needs_scores(const attn_config *cfg, int pos);
-
 /* MSA block scores of one query token for n_groups KV groups at once, so
  * the index keys are read once for all groups: a->iq holds the groups'
  * index queries [n_groups][idx_dim]; scores[g * (pos / B + 1) + b] for the

@@ -130,25 +130,11 @@ void sparse_score_msa(const sel_args *a, int n_groups, int b0, int b1, float *sc
     }
 }
 
-/* Candidates: the visible blocks in [sink, first_local). */
-static int candidates(const attn_config *c, int nb, int *sink, int *first_local)
-{
-    *sink = c->sink_blocks < nb ? c->sink_blocks : nb;
-    *first_local = nb - c->local_blocks > 0 ? nb - c->local_blocks : 0;
-    return *first_local > *sink ? *first_local - *sink : 0;
-}
-
-int sparse_needs_scores(const attn_config *cfg, int pos)
-{
-    int sink, first_local;
-    return candidates(cfg, pos / cfg->block_size + 1, &sink, &first_local) > cfg->top_k_blocks;
-}
-
 int sparse_select(const sel_args *a, int32_t *out)
 {
     const attn_config *c = a->cfg;
     int nb = a->pos / c->block_size + 1, sink, first_local;
-    int n_cand = candidates(c, nb, &sink, &first_local);
+    int n_cand = attn_candidates(c, a->pos, &sink, &first_local);
     if (n_cand <= c->top_k_blocks) {
         /* everything visible is chosen: exactly the dense block list */
         for (int i = 0; i < nb; i++)

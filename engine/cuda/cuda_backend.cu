@@ -750,11 +750,9 @@ enum { MODE_GENERIC = 0, MODE_CATTN = 1, MODE_SPARSE = 2, MODE_FAST_SPARSE = 3 }
 static int layer_mode(const cuda_backend *cb, int l, int max_ctx, int all_decode)
 {
     const attn_config *c = &cb->e->attn;
+    int sink, first_local;
     if (engine_layer_sparse(cb->e, l, max_ctx)) {
-        int nb = (max_ctx - 1) / c->block_size + 1;
-        int sink = c->sink_blocks < nb ? c->sink_blocks : nb;
-        int fl = nb - c->local_blocks > 0 ? nb - c->local_blocks : 0;
-        if (fl - sink > c->top_k_blocks || cb->force_sparse)
+        if (attn_candidates(c, max_ctx - 1, &sink, &first_local) > c->top_k_blocks || cb->force_sparse)
             return cb->fast_msa || (cb->fast_quest && all_decode) ? MODE_FAST_SPARSE : MODE_SPARSE;
     }
     /* windows and other shapes: cattn_flash, or in f32 the generic kernel */
@@ -780,11 +778,9 @@ static int flash_tiles(const cuda_backend *cb, const engine_batch *b, int32_t *t
 static int sel_listed(const cuda_backend *cb, int pos)
 {
     const attn_config *c = &cb->e->attn;
-    int nb = pos / c->block_size + 1;
-    int sink = c->sink_blocks < nb ? c->sink_blocks : nb;
-    int fl = nb - c->local_blocks > 0 ? nb - c->local_blocks : 0;
-    int ncand = fl > sink ? fl - sink : 0;
-    return pos + 1 >= c->sparse_min_context && (ncand > c->top_k_blocks || cb->force_sparse);
+    int sink, first_local;
+    return pos + 1 >= c->sparse_min_context &&
+           (attn_candidates(c, pos, &sink, &first_local) > c->top_k_blocks || cb->force_sparse);
 }
 
 /* cattn_flash_bo takes a sequence's listed tokens when there are this many */

@@ -208,6 +208,42 @@ static attn_config cfg_of(int indexer, int B, int top_k, int local, int sink, in
     return c;
 }
 
+/* Whether a selection at pos scores blocks: more candidates than top_k. */
+static int needs_scores(const attn_config *c, int pos)
+{
+    int sink, first_local;
+    return attn_candidates(c, pos, &sink, &first_local) > c->top_k_blocks;
+}
+
+/* attn_candidates (the rule the CPU and the CUDA backend share) against
+ * its definition, block by block: a visible block is a candidate when it
+ * is neither one of the first `sink` nor one of the last `local`. */
+START_TEST(test_candidates_by_definition)
+{
+    for (int B = 16; B <= 64; B *= 2)
+        for (int sink = 0; sink <= 2; sink++)
+            for (int local = 1; local <= 3; local++)
+                for (int pos = 0; pos < 12 * B; pos += 5) {
+                    attn_config c = cfg_of(IDX_MINMAX, B, 4, local, sink, GROUP_SUM);
+                    int nb = pos / B + 1, n = 0, lo = nb, hi = -1;
+                    for (int b = 0; b < nb; b++)
+                        if (b >= sink && b < nb - local) {
+                            n++;
+                            lo = b < lo ? b : lo;
+                            hi = b;
+                        }
+                    int s, fl, got = attn_candidates(&c, pos, &s, &fl);
+                    ck_assert_int_eq(got, n);
+                    if (n) {
+                        ck_assert_int_eq(s, lo);
+                        ck_assert_int_eq(fl, hi + 1);
+                    }
+                    ck_assert_int_le(s, nb);
+                    ck_assert_int_le(fl, nb);
+                }
+}
+END_TEST
+
 /* The summaries summary_update keeps are the min, max and sum of the
  * page's keys. */
 START_TEST(test_summary_is_min_max_sum)
@@ -373,7 +409,7 @@ START_TEST(test_msa_scores_ahead_match)
         attn_config c = cfg_of(IDX_MSA, B, 1 + trial % 7, 1 + trial % 2, trial % 3 == 0, GROUP_MAX);
         sel_args all = {.pool = f.pool, .cfg = &c, .layer = trial % 2, .blocks = f.blocks, .pos = pos,
                         .iq = iq, .idx_dim = IDX};
-        ck_assert(sparse_needs_scores(&c, pos));
+        ck_assert(needs_scores(&c, pos));
         int cut = nb / 3;
         sparse_score_msa(&all, G, 0, cut, scores);
         sparse_score_msa(&all, G, cut, nb, scores);
@@ -391,9 +427,9 @@ START_TEST(test_msa_scores_ahead_match)
     }
     /* and no scoring is needed when the budget covers every block */
     attn_config c = cfg_of(IDX_MSA, B, 40, 1, 0, GROUP_MAX);
-    ck_assert(!sparse_needs_scores(&c, n_tok - 1));
+    ck_assert(!needs_scores(&c, n_tok - 1));
     c.top_k_blocks = 39;
-    ck_assert(sparse_needs_scores(&c, n_tok - 1));
+    ck_assert(needs_scores(&c, n_tok - 1));
     free(scores);
     fixture_free(&f);
 }
@@ -924,6 +960,7 @@ static Suite *suite(void)
     TCase *t = tcase_create("select");
     tcase_set_timeout(t, 120);
     tcase_add_test(t, test_summary_is_min_max_sum);
+    tcase_add_test(t, test_candidates_by_definition);
     tcase_add_loop_test(t, test_selection_matches_definition, 0, 6);
     tcase_add_test(t, test_full_budget_is_every_block);
     tcase_add_test(t, test_ties_pick_lower_blocks);
