@@ -219,6 +219,8 @@ static void scratch_free(scratch *s)
     free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v); free(s->att);
     free(s->ff1); free(s->ff2); free(s->iq); free(s->ik);
     free(s->tok_seq); free(s->tok_pos); free(s->xl); free(s->lg);
+    free(s->moe_logit); free(s->moe_wt); free(s->moe_in); free(s->moe_out); free(s->moe_sum);
+    free(s->moe_sel); free(s->moe_tok);
     memset(s, 0, sizeof *s);
 }
 

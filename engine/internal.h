@@ -15,6 +15,11 @@ typedef struct scratch {
     float *x, *xb, *q, *k, *v, *att, *ff1, *ff2;
     float *iq, *ik;         /* MSA index queries / keys */
     int32_t *tok_seq, *tok_pos;
+    /* mixture of experts: router logits [T][n_expert], each token's
+     * chosen experts and weights [T][n_expert_used], an expert's tokens,
+     * their rows in and out [T][E], the weighted sum [T][E] */
+    float *moe_logit, *moe_wt, *moe_in, *moe_out, *moe_sum;
+    int32_t *moe_sel, *moe_tok;
     int logit_cap;          /* rows */
     float *xl;              /* final-normed rows that want logits */
     int lg_cap;             /* rows */

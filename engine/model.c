@@ -81,13 +81,25 @@ static wmat matrix(loader *L, const char *name, int cols, int rows, int required
     return w;
 }
 
-/* Rows [r0, r0 + n) of w: the parts of a fused matrix (Phi-3's QKV and
- * gate-up), which are whole rows, stay in the mapping as they are. */
-static wmat rows_of(wmat w, int r0, int n)
+/* `n` matrices of `rows` x `cols` stacked (GGUF dims [cols, rows, n]: a
+ * mixture of experts' weights), as one matrix of n * rows rows. */
+static wmat stacked(loader *L, const char *name, int cols, int rows, int n)
 {
-    if (w.data)
-        w.data = (const char *)w.data + (size_t)r0 * w.row_bytes;
-    w.rows = n;
+    wmat w = {0};
+    const gguf_tensor *t = tensor(L, name, 1);
+    if (!t)
+        return w;
+    if (t->n_dims != 3 || t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows || t->ne[2] != (uint64_t)n) {
+        fail(L, "model: tensor %s has shape [%llu, %llu, %llu], expected [%d, %d, %d]", name,
+             (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], (unsigned long long)t->ne[2], cols, rows,
+             n);
+        return w;
+    }
+    w.data = t->data;
+    w.type = t->type;
+    w.rows = rows * n;
+    w.cols = cols;
+    w.row_bytes = ggml_row_size(t->type, cols);
     return w;
 }
 
@@ -232,6 +244,31 @@ static int gemma_load(loader *L)
     return L->failed ? -1 : 0;
 }
 
+/* A mixture of experts, as llama.cpp reads Mixtral (llama with expert
+ * tensors) and Qwen3-MoE: softmax routing over the best n_expert_used,
+ * no shared experts. */
+static int moe_load(loader *L)
+{
+    model *m = L->m;
+    m->n_expert = key_u32(L, "expert_count", 0, 0);
+    if (!m->n_expert)
+        return L->failed ? -1 : 0;
+    m->n_expert_used = key_u32(L, "expert_used_count", 1, 0);
+    m->n_ff_exp = key_u32(L, "expert_feed_forward_length", 0, m->n_ff);
+    int shared = key_u32(L, "expert_shared_count", 0, 0);
+    int gating = key_u32(L, "expert_gating_func", 0, 1);  /* llama.cpp: 1 softmax, 2 sigmoid */
+    if (L->failed)
+        return -1;
+    if (m->n_expert > 1024 || m->n_expert_used < 1 || m->n_expert_used > m->n_expert || m->n_ff_exp < 1 ||
+        (int64_t)m->n_expert * m->n_ff_exp > 1 << 30 || shared || gating != 1) {
+        snprintf(L->err, L->errlen, "model: mixture of experts not supported (%d experts, %d used, width %d, "
+                 "%d shared, gating %d): softmax routing without shared experts, at most 1024 experts",
+                 m->n_expert, m->n_expert_used, m->n_ff_exp, shared, gating);
+        return -1;
+    }
+    return 0;
+}
+
 float model_rope_table(const model *m, int n_ctx, int swa, float *freq)
 {
     /* Phi-3's LongRoPE: its long divisors serve contexts past the
@@ -287,14 +324,15 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
         snprintf(err, errlen, "model: missing required key general.architecture");
         return -1;
     }
-    static const char *const archs[] = {"llama", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "gemma3"};
+    static const char *const archs[] = {"llama", "qwen2", "qwen3", "qwen3moe", "mistral", "phi3", "gemma", "gemma2",
+                                        "gemma3"};
     int known = 0;
     for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
         known |= !strcmp(arch, archs[i]);
     if (!known) {
         char b[64];
-        snprintf(err, errlen, "model: architecture '%s' is not supported (llama, qwen2, qwen3, mistral, phi3, "
-                 "gemma, gemma2, gemma3)", shown(arch, b, sizeof b));
+        snprintf(err, errlen, "model: architecture '%s' is not supported (llama, qwen2, qwen3, qwen3moe, mistral, "
+                 "phi3, gemma, gemma2, gemma3)", shown(arch, b, sizeof b));
         return -1;
     }
     snprintf(m->arch, sizeof m->arch, "%s", arch);
@@ -345,6 +383,9 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
     int neox = strcmp(arch, "llama") && strcmp(arch, "mistral");
     gguf_get_bool(f, "sparsed.rope.neox", &neox);
     m->rope_neox = neox;
+
+    if (moe_load(&L))
+        return -1;
 
     m->idx_dim = key_u32(&L, "attention.indexer.key_length", 0, 0);
     if (m->idx_dim) {
@@ -406,9 +447,9 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
         if (gguf_tensor_find(f, NAME("attn_qkv.weight"))) {
             /* fused: Q's rows, then K's, then V's */
             wmat qkv = matrix(&L, NAME("attn_qkv.weight"), E, (Hq + 2 * Hkv) * D, 1);
-            w->q = rows_of(qkv, 0, Hq * D);
-            w->k = rows_of(qkv, Hq * D, Hkv * D);
-            w->v = rows_of(qkv, (Hq + Hkv) * D, Hkv * D);
+            w->q = wmat_rows(qkv, 0, Hq * D);
+            w->k = wmat_rows(qkv, Hq * D, Hkv * D);
+            w->v = wmat_rows(qkv, (Hq + Hkv) * D, Hkv * D);
             const float *b = vector(&L, NAME("attn_qkv.bias"), (Hq + 2 * Hkv) * D, 0);
             if (b) {
                 w->q_bias = b;
@@ -434,13 +475,20 @@ int model_load(model *m, const gguf_file *f, char *err, size_t errlen)
         if (!strcmp(arch, "phi3")) {
             /* fused: the gate's rows, then the up projection's */
             wmat gu = matrix(&L, NAME("ffn_up.weight"), E, 2 * m->n_ff, 1);
-            w->gate = rows_of(gu, 0, m->n_ff);
-            w->up = rows_of(gu, m->n_ff, m->n_ff);
+            w->gate = wmat_rows(gu, 0, m->n_ff);
+            w->up = wmat_rows(gu, m->n_ff, m->n_ff);
+        } else if (m->n_expert) {
+            int X = m->n_expert, F = m->n_ff_exp;
+            w->gate_inp = matrix(&L, NAME("ffn_gate_inp.weight"), E, X, 1);
+            w->gate_exps = stacked(&L, NAME("ffn_gate_exps.weight"), E, F, X);
+            w->up_exps = stacked(&L, NAME("ffn_up_exps.weight"), E, F, X);
+            w->down_exps = stacked(&L, NAME("ffn_down_exps.weight"), F, E, X);
         } else {
             w->gate = matrix(&L, NAME("ffn_gate.weight"), E, m->n_ff, 1);
             w->up = matrix(&L, NAME("ffn_up.weight"), E, m->n_ff, 1);
         }
-        w->down = matrix(&L, NAME("ffn_down.weight"), m->n_ff, E, 1);
+        if (!m->n_expert)
+            w->down = matrix(&L, NAME("ffn_down.weight"), m->n_ff, E, 1);
         if (m->idx_dim && gguf_tensor_find(f, NAME("indexer.k_proj.weight"))) {
             w->has_indexer = 1;
             w->iq = matrix(&L, NAME("indexer.q_proj.weight"), E, m->idx_heads * m->idx_dim, 1);

@@ -16,6 +16,10 @@ typedef struct layer_w {
     const float *attn_post_norm, *ffn_post_norm;
     int swa;                /* attends only the last model.swa_window tokens */
     wmat gate, up, down;
+    /* mixture of experts (model.n_expert > 0): the router's logits over
+     * the experts, and each expert's gate, up and down matrices stacked
+     * (expert e's rows start at e times one expert's; wmat_rows) */
+    wmat gate_inp, gate_exps, up_exps, down_exps;
     /* MSA indexer; has_indexer 0 for dense layers */
     int has_indexer;
     wmat iq, ik;
@@ -52,6 +56,10 @@ typedef struct model {
     int swa_window;
     float rope_base_swa;
     int rope_swa_scaled;
+    /* mixture of experts (0: a dense FFN): each token's n_expert_used
+     * best experts by router logit, weighed by the softmax of those logits
+     * (Mixtral's and Qwen3-MoE's routing); n_ff_exp an expert's width */
+    int n_expert, n_expert_used, n_ff_exp;
     /* MSA indexer (idx_dim 0 when the model has none) */
     int idx_heads, idx_dim, idx_top_k, idx_block, idx_local, idx_dense_layers;
 

@@ -34,6 +34,8 @@ typedef struct cfg {
      * (window 0: the loader's default) and soft caps (0: not written) */
     int swa_window, swa_pattern;
     float attn_softcap, logit_softcap;
+    /* mixture of experts (llama or qwen3moe): experts, used a token, width */
+    int experts, experts_used, expert_ff;
 } cfg;
 
 static const cfg presets[] = {
@@ -68,7 +70,8 @@ static void usage(FILE *fp)
         "               [--qk-norm] [--rope-dim N] [--neox] [--rope-base F]\n"
         "               [--indexer-heads N --indexer-dim N --indexer-top-k N\n"
         "                --indexer-block N --indexer-local N --dense-layers N]\n"
-        "               [--arch llama|phi3|gemma2|gemma3] [--rope-scaling linear|yarn | --llama3-rope-freqs]\n"
+        "               [--arch llama|phi3|gemma2|gemma3|qwen3moe] [--rope-scaling linear|yarn | --llama3-rope-freqs]\n"
+        "               [--experts N --experts-used K --expert-ff N] (llama, qwen3moe)\n"
         "               [--swa-window N --swa-pattern N --attn-softcap F --logit-softcap F] (gemma2/3)\n"
         "               [--rope-factor F (4; llama3 8) --rope-orig-ctx N (ctx / factor)]\n"
         "presets:");
@@ -137,12 +140,13 @@ static float rng_normal(rng *r)
 
 /* ---- the model ------------------------------------------------------------ */
 
-enum { T_WEIGHT, T_NORM, T_ROPE_FREQS };
+enum { T_WEIGHT, T_NORM, T_ROPE_FREQS, T_ROUTER };
 
 typedef struct tensor_plan {
     char name[96];
     int kind;
     uint64_t ne0, ne1;      /* ne1 == 0 for 1-D */
+    uint64_t ne2;           /* stacked experts; 0 for 1-D and 2-D */
     uint32_t type;
 } tensor_plan;
 
@@ -165,6 +169,8 @@ static int plan_add(plan *p, const cfg *c, int kind, uint64_t ne0, uint64_t ne1,
     t->kind = kind;
     t->ne0 = ne0;
     t->ne1 = ne1;
+    t->ne2 = 0;
+    /* the router stays f32, as converters write it */
     t->type = kind != T_WEIGHT ? GGML_F32 : c->type;
     /* rows the block size does not divide stay f32 */
     if (ne0 % (uint64_t)ggml_blck_size(t->type)) {
@@ -205,11 +211,21 @@ static int build_plan(const cfg *c, plan *p)
         rc |= plan_add(p, c, T_NORM, e, 0, "blk.%d.ffn_norm.weight", l);
         if (!strcmp(c->arch, "phi3")) {
             rc |= plan_add(p, c, T_WEIGHT, e, 2 * ff, "blk.%d.ffn_up.weight", l);
+        } else if (c->experts) {
+            uint64_t x = (uint64_t)c->experts, xf = (uint64_t)c->expert_ff;
+            rc |= plan_add(p, c, T_ROUTER, e, x, "blk.%d.ffn_gate_inp.weight", l);
+            rc |= plan_add(p, c, T_WEIGHT, e, xf, "blk.%d.ffn_gate_exps.weight", l);
+            p->t[p->n - 1].ne2 = x;
+            rc |= plan_add(p, c, T_WEIGHT, e, xf, "blk.%d.ffn_up_exps.weight", l);
+            p->t[p->n - 1].ne2 = x;
+            rc |= plan_add(p, c, T_WEIGHT, xf, e, "blk.%d.ffn_down_exps.weight", l);
+            p->t[p->n - 1].ne2 = x;
         } else {
             rc |= plan_add(p, c, T_WEIGHT, e, ff, "blk.%d.ffn_gate.weight", l);
             rc |= plan_add(p, c, T_WEIGHT, e, ff, "blk.%d.ffn_up.weight", l);
         }
-        rc |= plan_add(p, c, T_WEIGHT, ff, e, "blk.%d.ffn_down.weight", l);
+        if (!c->experts)
+            rc |= plan_add(p, c, T_WEIGHT, ff, e, "blk.%d.ffn_down.weight", l);
         if (gemma)
             rc |= plan_add(p, c, T_NORM, e, 0, "blk.%d.post_ffw_norm.weight", l);
         if (c->indexer && l >= c->dense_layers) {
@@ -332,6 +348,11 @@ static void add_metadata(gguf_writer *w, const cfg *c, const char *name)
     if (c->swa_pattern >= 0) gw_add_u32(w, K("attention.sliding_window_pattern"), (uint32_t)c->swa_pattern);
     if (c->attn_softcap > 0) gw_add_f32(w, K("attn_logit_softcapping"), c->attn_softcap);
     if (c->logit_softcap > 0) gw_add_f32(w, K("final_logit_softcapping"), c->logit_softcap);
+    if (c->experts) {
+        gw_add_u32(w, K("expert_count"), (uint32_t)c->experts);
+        gw_add_u32(w, K("expert_used_count"), (uint32_t)c->experts_used);
+        gw_add_u32(w, K("expert_feed_forward_length"), (uint32_t)c->expert_ff);
+    }
     if (c->indexer) {
         gw_add_u32(w, K("attention.indexer.head_count"), (uint32_t)c->idx_heads);
         gw_add_u32(w, K("attention.indexer.key_length"), (uint32_t)c->idx_dim);
@@ -362,7 +383,7 @@ static int write_tensor(gguf_writer *w, FILE *fp, int idx, const tensor_plan *t,
 {
     /* one stream per tensor, started at an unrelated point of the cycle */
     rng r = { .s = mix64(seed ^ mix64((uint64_t)idx + 1)) };
-    uint64_t rows = t->ne1 ? t->ne1 : 1;
+    uint64_t rows = (t->ne1 ? t->ne1 : 1) * (t->ne2 ? t->ne2 : 1);
     float scale = 1.0f / sqrtf((float)t->ne0);
     size_t rb = ggml_row_size(t->type, (int64_t)t->ne0);
     if (gw_tensor_begin(w, fp, idx)) return -1;
@@ -396,6 +417,11 @@ static int check_cfg(const cfg *c)
     else if (c->rope_scaling && c->llama3_freqs) bad = "--rope-scaling and --llama3-rope-freqs exclude each other";
     else if (strncmp(c->arch, "gemma", 5) && (c->swa_window || c->swa_pattern >= 0 || c->attn_softcap || c->logit_softcap))
         bad = "--swa-window, --swa-pattern and the soft caps are for --arch gemma2 or gemma3";
+    else if (!strcmp(c->arch, "qwen3moe") && !c->experts) bad = "--arch qwen3moe needs --experts";
+    else if (c->experts && strcmp(c->arch, "llama") && strcmp(c->arch, "qwen3moe"))
+        bad = "--experts is for --arch llama or qwen3moe";
+    else if (c->experts && (c->experts_used < 1 || c->experts_used > c->experts || c->expert_ff < 1))
+        bad = "--experts-used must be in [1, --experts] and --expert-ff >= 1";
     if (bad) fprintf(stderr, "mkmodel: %s\n", bad);
     return bad ? -1 : 0;
 }
@@ -404,7 +430,7 @@ enum {
     O_OUT = 256, O_PRESET, O_LAYERS, O_EMBD, O_HEADS, O_KV, O_HD, O_FF, O_VOCAB, O_CTX, O_TYPE,
     O_SEED, O_QKN, O_ROPE_DIM, O_NEOX, O_ROPE_BASE, O_IH, O_ID, O_ITOP, O_IBLK, O_ILOC, O_DENSE,
     O_ROPE_SCALING, O_ROPE_FACTOR, O_ROPE_ORIG, O_LLAMA3, O_ARCH, O_SWA, O_SWA_PATTERN, O_ATTN_CAP, O_LOGIT_CAP,
-    O_HELP,
+    O_EXPERTS, O_EXPERTS_USED, O_EXPERT_FF, O_HELP,
 };
 
 int main(int argc, char **argv)
@@ -430,6 +456,8 @@ int main(int argc, char **argv)
         { "arch", required_argument, 0, O_ARCH },
         { "swa-window", required_argument, 0, O_SWA }, { "swa-pattern", required_argument, 0, O_SWA_PATTERN },
         { "attn-softcap", required_argument, 0, O_ATTN_CAP }, { "logit-softcap", required_argument, 0, O_LOGIT_CAP },
+        { "experts", required_argument, 0, O_EXPERTS }, { "experts-used", required_argument, 0, O_EXPERTS_USED },
+        { "expert-ff", required_argument, 0, O_EXPERT_FF },
         { 0, 0, 0, 0 },
     };
     /* -1 = not given; applied over the preset after all options are read */
@@ -457,8 +485,8 @@ int main(int argc, char **argv)
         case O_ROPE_FACTOR: rope_factor = strtof(optarg, NULL); break;
         case O_ARCH:
             if (strcmp(optarg, "llama") && strcmp(optarg, "phi3") && strcmp(optarg, "gemma2") &&
-                strcmp(optarg, "gemma3")) {
-                fprintf(stderr, "mkmodel: --arch must be llama, phi3, gemma2 or gemma3\n");
+                strcmp(optarg, "gemma3") && strcmp(optarg, "qwen3moe")) {
+                fprintf(stderr, "mkmodel: --arch must be llama, phi3, gemma2, gemma3 or qwen3moe\n");
                 return 2;
             }
             arch = optarg;
@@ -523,7 +551,10 @@ int main(int argc, char **argv)
     c.swa_pattern = set[O_SWA_PATTERN];
     c.attn_softcap = attn_cap;
     c.logit_softcap = logit_cap;
-    if (!strcmp(arch, "gemma3")) c.qk_norm = 1;
+    if (!strcmp(arch, "gemma3") || !strcmp(arch, "qwen3moe")) c.qk_norm = 1;
+    c.experts = set[O_EXPERTS] > 0 ? set[O_EXPERTS] : 0;
+    c.experts_used = set[O_EXPERTS_USED] >= 0 ? set[O_EXPERTS_USED] : c.experts < 2 ? c.experts : 2;
+    c.expert_ff = set[O_EXPERT_FF] > 0 ? set[O_EXPERT_FF] : c.ff;
     c.llama3_freqs = set[O_LLAMA3] > 0;
     c.rope_factor = rope_factor > 0 ? rope_factor : c.llama3_freqs ? 8.0f : 4.0f;
     c.rope_orig_ctx = set[O_ROPE_ORIG] >= 0 ? set[O_ROPE_ORIG] : (int)(c.ctx / c.rope_factor);
@@ -562,8 +593,8 @@ int main(int argc, char **argv)
     }
     uint64_t max_ne0 = 0;
     for (int i = 0; i < pl.n; i++) {
-        uint64_t ne[2] = { pl.t[i].ne0, pl.t[i].ne1 };
-        gw_add_tensor(w, pl.t[i].name, pl.t[i].type, pl.t[i].ne1 ? 2 : 1, ne, NULL);
+        uint64_t ne[3] = { pl.t[i].ne0, pl.t[i].ne1, pl.t[i].ne2 };
+        gw_add_tensor(w, pl.t[i].name, pl.t[i].type, pl.t[i].ne2 ? 3 : pl.t[i].ne1 ? 2 : 1, ne, NULL);
         if (ne[0] > max_ne0) max_ne0 = ne[0];
     }
     float *row = malloc(max_ne0 * sizeof(float));
@@ -583,7 +614,8 @@ int main(int argc, char **argv)
         remove(out);
     } else {
         uint64_t params = 0;
-        for (int i = 0; i < pl.n; i++) params += pl.t[i].ne0 * (pl.t[i].ne1 ? pl.t[i].ne1 : 1);
+        for (int i = 0; i < pl.n; i++)
+            params += pl.t[i].ne0 * (pl.t[i].ne1 ? pl.t[i].ne1 : 1) * (pl.t[i].ne2 ? pl.t[i].ne2 : 1);
         fprintf(stderr, "mkmodel: wrote %s: preset %s, %d layers, %d tensors, %.1fM params, %s\n",
                 out, c.name, c.layers, pl.n, (double)params / 1e6, ggml_type_name(c.type));
     }

@@ -31,6 +31,16 @@ typedef struct wmat {
     size_t row_bytes;
 } wmat;
 
+/* Rows [r0, r0 + n) of w, in place (the parts of fused or stacked
+ * matrices are whole rows). */
+static inline wmat wmat_rows(wmat w, int r0, int n)
+{
+    if (w.data)
+        w.data = (const char *)w.data + (size_t)r0 * w.row_bytes;
+    w.rows = n;
+    return w;
+}
+
 /* out[t][r] = sum_c W[r][c] * x[t][c] for t < T, all rows. */
 void matmul(tpool *p, float *out, const wmat *w, const float *x, int T);
 

@@ -27,13 +27,25 @@ static int scratch_reserve(engine *e, int T, int rows)
     const model *m = &e->m;
     if (T > s->cap) {
         size_t E = m->n_embd, QD = (size_t)m->n_heads * m->head_dim,
-               KD = (size_t)m->n_kv_heads * m->head_dim, F = m->n_ff;
-        size_t IQ = (size_t)m->idx_heads * m->idx_dim;
+               KD = (size_t)m->n_kv_heads * m->head_dim, F = m->n_ff > m->n_ff_exp ? m->n_ff : m->n_ff_exp;
+        size_t IQ = (size_t)m->idx_heads * m->idx_dim, X = m->n_expert, K = m->n_expert_used;
         if (grow(&s->x, T * E) || grow(&s->xb, T * (E > QD ? E : QD)) || grow(&s->q, T * QD) ||
             grow(&s->k, T * KD) || grow(&s->v, T * KD) || grow(&s->att, T * QD) ||
             grow(&s->ff1, T * F) || grow(&s->ff2, T * F) || grow(&s->iq, T * (IQ ? IQ : 1)) ||
             grow(&s->ik, T * (m->idx_dim ? m->idx_dim : 1)))
             return -1;
+        if (X && (grow(&s->moe_logit, T * X) || grow(&s->moe_wt, T * K) || grow(&s->moe_in, T * E) ||
+                  grow(&s->moe_out, T * E) || grow(&s->moe_sum, T * E)))
+            return -1;
+        if (X) {
+            int32_t *p = realloc(s->moe_sel, (size_t)T * K * sizeof *p);
+            if (!p)
+                return -1;
+            s->moe_sel = p;
+            if (!(p = realloc(s->moe_tok, (size_t)T * K * sizeof *p)))
+                return -1;
+            s->moe_tok = p;
+        }
         int32_t *a = realloc(s->tok_seq, (size_t)T * sizeof *a);
         if (!a)
             return -1;
@@ -181,6 +193,77 @@ static float gelu(float x)
     return 0.5f * x * (1.0f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
 }
 
+/* The gated FFN on n rows of in (E wide) through gate, up (F rows each)
+ * and down into out: out = down (act(gate in) * up in). */
+static void ffn(engine *e, const wmat *gate, const wmat *up, const wmat *down, const float *in, int n, int F,
+                float *out)
+{
+    scratch *s = &e->s;
+    matmul(e->pool, s->ff1, gate, in, n);
+    matmul(e->pool, s->ff2, up, in, n);
+    for (size_t i = 0; i < (size_t)n * F; i++) {
+        float g = s->ff1[i];
+        s->ff1[i] = (e->m.ffn_gelu ? gelu(g) : g / (1.0f + expf(-g))) * s->ff2[i];
+    }
+    matmul(e->pool, out, down, s->ff1, n);
+}
+
+/* A mixture of experts on the T rows of s->xb, in place: each token's
+ * n_expert_used experts of highest router logit (ties to the lower one),
+ * weighed by the softmax of those logits; each expert then runs once on
+ * the rows of all the tokens that chose it. */
+static void moe_ffn(engine *e, const layer_w *w, int T)
+{
+    const model *m = &e->m;
+    scratch *s = &e->s;
+    int E = m->n_embd, X = m->n_expert, K = m->n_expert_used, F = m->n_ff_exp;
+    matmul(e->pool, s->moe_logit, &w->gate_inp, s->xb, T);
+    for (int t = 0; t < T; t++) {
+        const float *lg = s->moe_logit + (size_t)t * X;
+        int32_t *sel = s->moe_sel + (size_t)t * K;
+        float *wt = s->moe_wt + (size_t)t * K;
+        for (int j = 0; j < K; j++) {   /* K is small: selection by repeated max */
+            int best = -1;
+            for (int x = 0; x < X; x++) {
+                int taken = 0;
+                for (int i = 0; i < j; i++)
+                    taken |= sel[i] == x;
+                if (!taken && (best < 0 || lg[x] > lg[best]))
+                    best = x;
+            }
+            sel[j] = best;
+        }
+        float mx = lg[sel[0]], sum = 0.0f;
+        for (int j = 0; j < K; j++)
+            sum += wt[j] = expf(lg[sel[j]] - mx);
+        for (int j = 0; j < K; j++)
+            wt[j] /= sum;
+    }
+    memset(s->moe_sum, 0, (size_t)T * E * sizeof(float));
+    for (int x = 0; x < X; x++) {
+        int n = 0;
+        for (int i = 0; i < T * K; i++)
+            if (s->moe_sel[i] == x) {
+                s->moe_tok[n] = i;
+                memcpy(s->moe_in + (size_t)n * E, s->xb + (size_t)(i / K) * E, (size_t)E * sizeof(float));
+                n++;
+            }
+        if (!n)
+            continue;
+        wmat g = wmat_rows(w->gate_exps, x * F, F), u = wmat_rows(w->up_exps, x * F, F);
+        wmat d = wmat_rows(w->down_exps, x * E, E);
+        ffn(e, &g, &u, &d, s->moe_in, n, F, s->moe_out);
+        for (int r = 0; r < n; r++) {
+            int i = s->moe_tok[r];
+            float wt = s->moe_wt[i], *acc = s->moe_sum + (size_t)(i / K) * E;
+            const float *y = s->moe_out + (size_t)r * E;
+            for (int c = 0; c < E; c++)
+                acc[c] += wt * y[c];
+        }
+    }
+    memcpy(s->xb, s->moe_sum, (size_t)T * E * sizeof(float));
+}
+
 static void head_norm(float *x, const float *w, int n_heads, int D, float eps)
 {
     if (!w)
@@ -263,13 +346,10 @@ int engine_step(engine *e, kv_pool *pool, const engine_batch *b, float *logits,
 
         for (int t = 0; t < T; t++)
             rmsnorm(s->xb + (size_t)t * E, s->x + (size_t)t * E, w->ffn_norm, E, m->eps);
-        matmul(e->pool, s->ff1, &w->gate, s->xb, T);
-        matmul(e->pool, s->ff2, &w->up, s->xb, T);
-        for (size_t i = 0; i < (size_t)T * F; i++) {
-            float g = s->ff1[i];
-            s->ff1[i] = (m->ffn_gelu ? gelu(g) : g / (1.0f + expf(-g))) * s->ff2[i];
-        }
-        matmul(e->pool, s->xb, &w->down, s->ff1, T);
+        if (m->n_expert)
+            moe_ffn(e, w, T);
+        else
+            ffn(e, &w->gate, &w->up, &w->down, s->xb, T, F, s->xb);
         residual_add(s->x, s->xb, w->ffn_post_norm, T, E, m->eps);
     }
 

@@ -526,6 +526,11 @@ cuda_backend *cuda_backend_create(const engine *e, int ordinal, int f32, int idx
         snprintf(err, errlen, "kv cache dtype: fp8 needs the bf16 engine (f32 keeps K/V in f32)");
         return NULL;
     }
+    if (e->m.n_expert) {
+        snprintf(err, errlen, "device: a mixture-of-experts model (%s, %d experts) runs on the CPU only "
+                 "(--device cpu)", e->m.arch, e->m.n_expert);
+        return NULL;
+    }
     int n = 0;
     cudaError_t ce = cudaGetDeviceCount(&n);
     if (ce != cudaSuccess || n < 1) {

@@ -62,13 +62,15 @@ def copy_spm_vocab(w, src, specials):
 
 
 def layout(arch, layers, embd, heads, kv_heads, hd, ff, vocab, tied=False, qkv_bias=False, qk_norm=False,
-           extra=(), indexer=None):
+           extra=(), indexer=None, moe=None):
     """The tensors of a model, in file order: ("mat", name, rows, cols),
+    ("exps", name, n, rows, cols) for n stacked experts' matrices,
     ("vec", name, n, mean, spread) and ("given", name, values) for each
     (name, values) of extra (RoPE divisors), after the output ones.  phi3
     fuses Q, K and V into attn_qkv, gate and up into ffn_up; gemma2 and
     gemma3 add post-norms.  indexer:
-    (key_length, layers with one) for an MSA indexer."""
+    (key_length, layers with one) for an MSA indexer.  moe: (experts,
+    used a token, expert width) for a mixture of experts' FFN."""
     fused = arch == "phi3"
     post_norms = arch in ("gemma2", "gemma3")     # norms of the attention and FFN outputs
     out = [("mat", "token_embd.weight", vocab, embd), ("vec", "output_norm.weight", embd, 1.0, 0.1)]
@@ -94,11 +96,16 @@ def layout(arch, layers, embd, heads, kv_heads, hd, ff, vocab, tied=False, qkv_b
         if qk_norm:
             out += [("vec", p + "attn_q_norm.weight", hd, 1.0, 0.1), ("vec", p + "attn_k_norm.weight", hd, 1.0, 0.1)]
         out.append(("vec", p + "ffn_norm.weight", embd, 1.0, 0.1))
-        if fused:
+        if moe:
+            x, _, xf = moe
+            out += [("mat", p + "ffn_gate_inp.weight", x, embd), ("exps", p + "ffn_gate_exps.weight", x, xf, embd),
+                    ("exps", p + "ffn_up_exps.weight", x, xf, embd), ("exps", p + "ffn_down_exps.weight", x, embd, xf)]
+        elif fused:
             out.append(("mat", p + "ffn_up.weight", 2 * ff, embd))
         else:
             out += [("mat", p + "ffn_gate.weight", ff, embd), ("mat", p + "ffn_up.weight", ff, embd)]
-        out.append(("mat", p + "ffn_down.weight", embd, ff))
+        if not moe:
+            out.append(("mat", p + "ffn_down.weight", embd, ff))
         if post_norms:
             out.append(("vec", p + "post_ffw_norm.weight", embd, 1.0, 0.1))
         if indexer and l in indexer[1]:
@@ -194,7 +201,7 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
                 rope_scaling=None, rope_factor=None, rope_orig_ctx=None, rope_freqs=None,
                 rope_long=None, rope_short=None, rope_attn_factor=None,
                 tied=None, seed=0, dtype=np.float32, bpe=None, swa=None, softcaps=None, spm_from=None,
-                chat_template=None):
+                chat_template=None, moe=None, keys=None):
     """Writes a model; returns the dict of its arrays by tensor name.
     rope_freqs: an array of rope_dim/2 divisors (Llama 3 style) or None;
     rope_long, rope_short: Phi-3's LongRoPE divisors.  phi3 fuses Q, K and
@@ -206,11 +213,13 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
     sliding-window layers; softcaps: (attention, final) for gemma2/3.
     spm_from: a GGUF file whose SentencePiece vocabulary to take, as
     Gemma's: no space prefix, BOS added, its turn markers as control
-    tokens.  chat_template: tokenizer.chat_template's text."""
+    tokens.  chat_template: tokenizer.chat_template's text.  moe:
+    (experts, used a token, expert width) for a mixture of experts.
+    keys: more '<arch>.'-relative keys, as uint32."""
     rng = np.random.default_rng(seed)
     hd = head_dim or embd // heads
     qkv_bias = arch == "qwen2" if qkv_bias is None else qkv_bias
-    qk_norm = arch in ("qwen3", "gemma3") if qk_norm is None else qk_norm
+    qk_norm = arch in ("qwen3", "qwen3moe", "gemma3") if qk_norm is None else qk_norm
     tied = arch.startswith("gemma") if tied is None else tied
     w = gguf.GGUFWriter(path, arch)
     w.add_name(f"conformance-{arch}")
@@ -238,6 +247,12 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
         w.add_sliding_window(swa[0])
         if swa[1] is not None:
             w.add_sliding_window_pattern(swa[1])
+    if moe:
+        w.add_expert_count(moe[0])
+        w.add_expert_used_count(moe[1])
+        w.add_expert_feed_forward_length(moe[2])
+    for k, v in (keys or {}).items():
+        w.add_uint32(f"{arch}.{k}", v)
     if softcaps:
         if softcaps[0] is not None:
             w.add_attn_logit_softcapping(softcaps[0])
@@ -248,10 +263,13 @@ def write_model(path, arch="llama", layers=2, embd=64, heads=4, kv_heads=2, head
                                                  ("rope_factors_short", rope_short)) if f is not None]
     arrays = {}
     for kind, name, *dims in layout(arch, layers, embd, heads, kv_heads, hd, ff, vocab, tied, qkv_bias,
-                                    qk_norm, extra=divisors):
+                                    qk_norm, extra=divisors, moe=moe):
         if kind == "mat":
             rows, cols = dims
             arrays[name] = (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(dtype)
+        elif kind == "exps":
+            n, rows, cols = dims
+            arrays[name] = (rng.standard_normal((n, rows, cols)) / np.sqrt(cols)).astype(dtype)
         elif kind == "vec":
             n, mean, spread = dims
             arrays[name] = (mean + spread * rng.standard_normal(n)).astype(np.float32)

@@ -97,6 +97,11 @@ ARCHS = {
     "gemma3-window": dict(arch="gemma3", layers=4, head_dim=32, ctx=2048, rope_base=1e6, rope_scaling="linear",
                           rope_factor=4.0, swa=(48, 2)),
     "gemma3-window-flags": dict(arch="gemma3", layers=3, swa=(40, [True, False, True]), softcaps=(None, 3.0)),
+    # mixtures of experts: Qwen3-MoE (QK norm, 8 experts of width 32, 2 a
+    # token) and Mixtral's layout (llama with expert tensors: 4 as wide as
+    # feed_forward_length, which llama.cpp takes for their width; 2 a token)
+    "qwen3moe": dict(arch="qwen3moe", head_dim=32, moe=(8, 2, 32)),
+    "llama-moe": dict(arch="llama", ff=64, moe=(4, 2, 64)),
 }
 
 
@@ -115,7 +120,8 @@ def test_architecture(serve, tmp_path, name):
                                   ["--llama3-rope-freqs", "--rope-orig-ctx", "64"], ["--arch", "phi3"],
                                   ["--arch", "gemma3", "--swa-window", "40", "--swa-pattern", "2"],
                                   ["--arch", "gemma2", "--swa-window", "40", "--attn-softcap", "2",
-                                   "--logit-softcap", "5"]])
+                                   "--logit-softcap", "5"],
+                                  ["--arch", "qwen3moe", "--experts", "8", "--experts-used", "3", "--expert-ff", "40"]])
 def test_mkmodel_options(serve, tmp_path, rope):
     """tools/mkmodel's RoPE and architecture options (the GPU checks'
     models) write what llama.cpp reads as intended."""
@@ -129,6 +135,9 @@ def test_mkmodel_options(serve, tmp_path, rope):
     elif rope[1] == "phi3":
         assert r.fields["general.architecture"].contents() == "phi3"
         assert "blk.0.attn_qkv.weight" in [t.name for t in r.tensors]
+    elif rope[1] == "qwen3moe":
+        assert r.fields["qwen3moe.expert_used_count"].contents() == 3
+        assert [t.shape.tolist() for t in r.tensors if t.name == "blk.1.ffn_down_exps.weight"] == [[40, 64, 8]]
     elif rope[0] == "--arch":
         assert r.fields[rope[1] + ".attention.sliding_window"].contents() == 40
         assert "blk.1.post_ffw_norm.weight" in [t.name for t in r.tensors]
@@ -197,6 +206,32 @@ def test_unusable_rope_is_refused(tmp_path):
         p = subprocess.run([BINARY, "generate", "--model", path, "--max-tokens", "1"],
                            capture_output=True, timeout=60)
         assert p.returncode == 1 and needle in p.stderr.decode(), (kw, p.returncode, p.stderr.decode())
+
+
+def test_unusable_moe_is_refused(tmp_path):
+    """Mixtures of experts routed otherwise than sparsed routes them
+    (shared experts, sigmoid gating) or with more experts used than there
+    are stop the load with a message, never other logits; and the
+    routing the suite checks is not vacuous: a model whose experts are
+    all chosen (8 of 8) gives other logits than 2 of 8."""
+    cases = [
+        (dict(keys={"expert_shared_count": 1}), "1 shared"),
+        (dict(keys={"expert_gating_func": 2}), "gating 2"),
+        (dict(moe=(8, 9, 32)), "9 used"),
+    ]
+    for i, (kw, needle) in enumerate(cases):
+        path = str(tmp_path / ("bad%d.gguf" % i))
+        ggufgen.write_model(path, **dict(dict(ARCHS["qwen3moe"]), **kw))
+        p = subprocess.run([BINARY, "generate", "--model", path, "--max-tokens", "1"],
+                           capture_output=True, timeout=60)
+        assert p.returncode == 1 and needle in p.stderr.decode(), (kw, p.returncode, p.stderr.decode())
+    toks = random_prompt(40, 320)
+    out = {}
+    for used in (2, 8):
+        path = str(tmp_path / ("used%d.gguf" % used))
+        ggufgen.write_model(path, **dict(dict(ARCHS["qwen3moe"]), moe=(8, used, 32)))
+        out[used] = Reference(path, n_ctx=64).logprobs(toks)
+    assert np.abs(out[2] - out[8]).max() > 100 * F32_TOL
 
 
 # The file types people download, made by llama.cpp's quantizer: its

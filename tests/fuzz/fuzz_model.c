@@ -110,9 +110,18 @@ static void check_model(const model *m)
         check_mat(&w->k, 1);
         check_mat(&w->v, 1);
         check_mat(&w->o, 1);
-        check_mat(&w->gate, 1);
-        check_mat(&w->up, 1);
-        check_mat(&w->down, 1);
+        check_mat(&w->gate, !m->n_expert);
+        check_mat(&w->up, !m->n_expert);
+        check_mat(&w->down, !m->n_expert);
+        /* a mixture of experts: the router, each expert's rows in the file */
+        CHECK(!m->n_expert || (m->n_expert_used >= 1 && m->n_expert_used <= m->n_expert && m->n_ff_exp >= 1));
+        check_mat(&w->gate_inp, m->n_expert);
+        check_mat(&w->gate_exps, m->n_expert);
+        check_mat(&w->up_exps, m->n_expert);
+        check_mat(&w->down_exps, m->n_expert);
+        CHECK(!m->n_expert || (w->gate_inp.rows == m->n_expert && w->gate_inp.cols == E &&
+                               w->gate_exps.rows == (int64_t)m->n_expert * m->n_ff_exp &&
+                               w->down_exps.rows == (int64_t)m->n_expert * E && w->down_exps.cols == m->n_ff_exp));
         CHECK(w->q.rows == (int64_t)m->n_heads * D && w->k.rows == (int64_t)m->n_kv_heads * D);
         CHECK(w->v.rows == w->k.rows && w->o.cols == w->q.rows && w->o.rows == E);
         check_vec(w->q_bias, w->q.rows);

@@ -1,7 +1,7 @@
 """Writes the seed corpus of fuzz_model (tests/fuzz/corpus/model/) and the
 new-quant-types seed of fuzz_gguf: small models (a few KB to ~35 KB) that
-model_load accepts, covering the llama, qwen2, qwen3, mistral, phi3,
-gemma2 and gemma3 layouts (windows by pattern and by per-layer flags, soft
+model_load accepts, covering the llama, qwen2, qwen3, qwen3moe, mistral,
+phi3, gemma2 and gemma3 layouts (windows by pattern and by per-layer flags, soft
 caps, the windows' RoPE base), RoPE scaling none / linear (by type and by the older
 rope.scale_linear) / YaRN with its optional keys, per-pair divisor tensors
 (rope_freqs, Phi-3's rope_factors_long/short, F32 and quantized), the MSA
@@ -42,30 +42,31 @@ GGML = _ggml()
 
 
 def add(w, name, a, ty):
-    """a: float32 [rows, cols] or [n]; stored as ggml type ty."""
+    """a: float32 [n, rows, cols], [rows, cols] or [n]; stored as ggml type ty."""
     a = np.ascontiguousarray(a, dtype=np.float32)
     if ty == T.F32:
         w.add_tensor(name, a)
     elif ty == T.F16:
         w.add_tensor(name, a.astype(np.float16))
     else:
-        rows = 1 if a.ndim == 1 else a.shape[0]
+        rows = int(np.prod(a.shape[:-1]))
         cols = a.shape[-1]
         assert cols % gguf.GGML_QUANT_SIZES[ty][0] == 0, (name, ty, cols)
         rb = GGML.ggml_row_size(int(ty), cols)
         out = np.zeros((rows, rb), dtype=np.uint8)
         n = GGML.ggml_quantize_chunk(int(ty), a.ctypes.data, out.ctypes.data, 0, rows, cols, None)
         assert n == rows * rb, (name, ty, n, rows * rb)
-        w.add_tensor(name, out if a.ndim == 2 else out[0], raw_dtype=ty)
+        w.add_tensor(name, out.reshape(a.shape[:-1] + (rb,)) if a.ndim > 1 else out[0], raw_dtype=ty)
 
 
 def model(path, arch, embd, heads, kv_heads, ff, vocab, head_dim=None, layers=1, ctx=256,
           rope_dim=None, kv=None, types=None, default=T.F16, tied=False, qkv_bias=False,
-          qk_norm=False, divisors=None, indexer=None, seed=0):
+          qk_norm=False, divisors=None, indexer=None, moe=None, seed=0):
     """types: tensor name suffix -> ggml type (`default` for the other
     matrices, F32 for the other vectors);
     kv: extra '<arch>.'-relative keys -> value (str, float, int, list);
-    divisors: tensor name -> (values, type); indexer: (key_length, layers)."""
+    divisors: tensor name -> (values, type); indexer: (key_length, layers);
+    moe: (experts, used a token, expert width)."""
     rng = np.random.default_rng(seed)
     types = types or {}
     hd = head_dim or embd // heads
@@ -75,6 +76,10 @@ def model(path, arch, embd, heads, kv_heads, ff, vocab, head_dim=None, layers=1,
         w.add_rope_dimension_count(rope_dim)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
+    if moe:
+        w.add_expert_count(moe[0])
+        w.add_expert_used_count(moe[1])
+        w.add_expert_feed_forward_length(moe[2])
     if indexer:
         w.add_uint32(f"{arch}.attention.indexer.key_length", indexer[0])
         w.add_uint32(f"{arch}.attention.indexer.head_count", kv_heads)
@@ -98,10 +103,13 @@ def model(path, arch, embd, heads, kv_heads, ff, vocab, head_dim=None, layers=1,
 
     for kind, name, *dims in ggufgen.layout(arch, layers, embd, heads, kv_heads, hd, ff, vocab, tied, qkv_bias,
                                             qk_norm, extra=[(n, d) for n, (d, _) in (divisors or {}).items()],
-                                            indexer=indexer):
+                                            indexer=indexer, moe=moe):
         if kind == "mat":
             rows, cols = dims
             add(w, name, rng.standard_normal((rows, cols)) / np.sqrt(cols), ty(name, default))
+        elif kind == "exps":
+            n, rows, cols = dims
+            add(w, name, rng.standard_normal((n, rows, cols)) / np.sqrt(cols), ty(name, default))
         elif kind == "vec":
             n, mean, spread = dims
             add(w, name, mean + spread * rng.standard_normal(n), ty(name, T.F32))
@@ -180,6 +188,12 @@ def main():
           divisors={"rope_factors_long.weight": (llama3_divisors(4, 4.0), T.F32),
                     "rope_factors_short.weight": (np.ones(4), T.F16)},
           types={"attn_qkv.weight": T.Q8_0, "attn_qkv.bias": T.F16}, seed=7)
+
+    # qwen3moe: QK norms, 4 experts of width 32 (Q8_0, down in Q4_0), 2 a
+    # token, the router in F16
+    model(o("qwen3moe_experts.gguf"), "qwen3moe", embd=32, heads=2, kv_heads=1, head_dim=32, ff=64, vocab=16,
+          layers=2, qk_norm=True, moe=(4, 2, 32), default=T.Q8_0,
+          types={"ffn_gate_inp.weight": T.F16, "ffn_down_exps.weight": T.Q4_0, "_norm.weight": T.F32}, seed=11)
 
     # gemma3: QK norms, post-norms, tied; a window every other layer by
     # pattern, their own RoPE base, a final soft cap, linear x2 globally
