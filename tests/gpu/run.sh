@@ -306,6 +306,17 @@ gen --device cuda > "$W/gen-cuda.json"
 echo "generate cpu:  $(cut -c1-120 "$W/gen-cpu.json")"
 echo "generate cuda: $(cut -c1-120 "$W/gen-cuda.json")"
 
+# a mixture of experts runs on the CPU only: the CUDA engine refuses it at
+# start with a message, and the CPU serves it
+$P/bin/mkmodel --out $W/moe.gguf --arch qwen3moe --layers 2 --experts 4 --expert-ff 64 --seed 15 >/dev/null
+moe_cuda=$(gen --model $W/moe.gguf --device cuda --max-tokens 4)
+moe_cpu=$(gen --model $W/moe.gguf --device cpu --max-tokens 4)
+if grep -q "runs on the CPU only" <<<"$moe_cuda" && grep -q '"tokens"' <<<"$moe_cpu"; then moe_ok=true; else
+    moe_ok=false; fails=$((fails + 1)); fi
+echo "{\"label\":\"moe-cpu-only\",\"pass\":$moe_ok,\"cuda\":\"$(tr -d '"\\' <<<"$moe_cuda" | cut -c1-200)\"}" \
+    >> "$OUT/checks.jsonl"
+echo "moe-cpu-only: $moe_ok"
+
 # the daemon as a user starts it (no memory options): tests/gpu/daemon_check.py
 $P/bin/mkmodel --out $W/m3-2l-1m.gguf --preset m3-1b --layers 2 --dense-layers 1 --ctx 1052672 --seed 11 >/dev/null
 LD_LIBRARY_PATH="$P/lib:${LD_LIBRARY_PATH:-}" timeout 900 python3 tests/gpu/daemon_check.py --sparsed $P/bin/sparsed \
