@@ -61,6 +61,13 @@ static const gguf_tensor *tensor(loader *L, const char *name, int required)
     return t;
 }
 
+/* A tensor's data as `rows` rows of `cols` values (its shape checked). */
+static wmat tensor_rows(const gguf_tensor *t, int cols, int rows)
+{
+    wmat w = {t->data, t->type, rows, cols, ggml_row_size(t->type, cols)};
+    return w;
+}
+
 /* A matrix of `rows` outputs over `cols` inputs (GGUF dims [cols, rows]). */
 static wmat matrix(loader *L, const char *name, int cols, int rows, int required)
 {
@@ -73,12 +80,7 @@ static wmat matrix(loader *L, const char *name, int cols, int rows, int required
              (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], cols, rows);
         return w;
     }
-    w.data = t->data;
-    w.type = t->type;
-    w.rows = rows;
-    w.cols = cols;
-    w.row_bytes = ggml_row_size(t->type, cols);
-    return w;
+    return tensor_rows(t, cols, rows);
 }
 
 /* `n` matrices of `rows` x `cols` stacked (GGUF dims [cols, rows, n]: a
@@ -95,12 +97,7 @@ static wmat stacked(loader *L, const char *name, int cols, int rows, int n)
              n);
         return w;
     }
-    w.data = t->data;
-    w.type = t->type;
-    w.rows = rows * n;
-    w.cols = cols;
-    w.row_bytes = ggml_row_size(t->type, cols);
-    return w;
+    return tensor_rows(t, cols, rows * n);
 }
 
 /* A vector of n floats; dequantized into owned memory unless it is F32. */

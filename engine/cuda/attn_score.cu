@@ -136,7 +136,7 @@ extern "C" int cattn_score(const cattn_score_args *a, void *stream)
     /* chunks a CTA strides over: enough CTAs for two an SM, the features
      * built once for as many chunks as that leaves */
     const long long ctas = (long long)a->n_tiles * a->n_kv, want = 2LL * fl_sms();
-    const int chunks = (a->max_blocks + SC_BLK - 1) / SC_BLK;
+    const int chunks = (a->nbmax + SC_BLK - 1) / SC_BLK;
     int strides = ctas >= want ? 1 : (int)((want + ctas - 1) / ctas);
     strides = strides < chunks ? strides : chunks;
     strides = strides < 1 ? 1 : strides;

@@ -207,14 +207,14 @@ typedef struct cattn_flash_bo_args {
  * scores[(t * n_kv + g) * nbmax + b] gets the score of each candidate
  * block b: from min(sink, blocks seen) up to the local ones; mean: the
  * group's summed queries (or each head, the group taking the max) dotted
- * with the block's sum over B; else the min/max bound.  max_blocks bounds
- * any sequence's blocks. */
+ * with the block's sum over B; else the min/max bound.  A score row holds
+ * every block, so nbmax also bounds any sequence's blocks. */
 typedef struct cattn_score_args {
     const void *q;              /* bf16 [T][n_heads][head_dim] */
     const char *summ;           /* bf16 summaries of page 0 */
     long long page_bytes;
     const int32_t *pos, *tab, *tables, *tiles;
-    int n_tiles, n_heads, n_kv, head_dim, B, sink, local, mean, group_sum, max_blocks, nbmax;
+    int n_tiles, n_heads, n_kv, head_dim, B, sink, local, mean, group_sum, nbmax;
     float *scores;
 } cattn_score_args;
 

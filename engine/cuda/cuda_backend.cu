@@ -1309,7 +1309,7 @@ static int select_blocks(cuda_backend *cb, const meta *mt, int l, char *err, siz
     if (cb->score_mma) {
         cattn_score_args a = {cb->q, s.summ, cb->page_bytes, mt->pos, mt->tab, mt->tables, mt->tiles,
                               mt->n_tiles, m->n_heads, Hkv, D, c->block_size, c->sink_blocks, c->local_blocks,
-                              c->indexer == IDX_MEAN, s.group_sum, mt->mb, mt->mb, cb->scores};
+                              c->indexer == IDX_MEAN, s.group_sum, mt->mb, cb->scores};
         int rc = cattn_score(&a, cb->st);
         if (rc) {
             snprintf(err, errlen, "cuda: block scores: %s", cattn_strerror(rc));
