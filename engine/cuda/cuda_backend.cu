@@ -17,12 +17,14 @@ extern "C" {
 #include "engine/cuda/cuda_attn.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_kernels.cuh"
+#include "engine/cuda/moe.cuh"
 #include "engine/cuda/sample.cuh"
 
 typedef struct dlayer {
     void *wqkv;                 /* [nqkv][E]: Q, K, V, index queries, index key */
     int nqkv;
-    void *wo, *wgu, *wdown;     /* [E][QD], [2F][E], [E][F] */
+    void *wo, *wgu, *wdown;     /* [E][QD], [2F][E], [E][F]; experts: [2 X F][E] (gates, ups), [X E][F] */
+    void *wrouter;              /* experts: the router [X][E]; NULL for a dense FFN */
     float *attn_norm, *ffn_norm, *q_bias, *k_bias, *v_bias, *q_norm, *k_norm, *iq_norm, *ik_norm;
     float *attn_post, *ffn_post;    /* Gemma's post-norms; NULL if none */
     int has_idx;
@@ -70,6 +72,7 @@ struct cuda_backend {
     int force_sparse;           /* sparse kernels even where every block is chosen (tests) */
     int flash_bo;               /* listed prefill tokens through cattn_flash_bo (else a tile each) */
     int score_mma;              /* min/max and mean block scores through cattn_score */
+    int moe_mma;                /* experts' products on moe_mma_kernel past MOE_SIMPLE_T tokens (2: always) */
 
     /* device pages */
     const kv_pool *kv_owner;
@@ -89,6 +92,12 @@ struct cuda_backend {
     int cap_t, cap_r;
     float *x, *qkv, *gu, *logits;
     void *xb, *q, *iq, *att, *h, *xl;
+    /* mixture of experts (moe.cuh): router logits, each token's choices
+     * and weights, the pairs bucketed (rows, slot, tiles), the experts'
+     * activations h and outputs y */
+    float *moe_logit, *moe_wt, *moe_y;
+    int32_t *moe_sel, *moe_rows, *moe_slot, *moe_tiles;
+    void *moe_h;
     int32_t *ids;
     size_t cap_meta;
     int32_t *hmeta, *dmeta;     /* pinned host / device batch description */
@@ -254,7 +263,19 @@ static int upload_model(cuda_backend *cb, char *err, size_t errlen)
             (upload_matrix(cb, (char *)d->wqkv + (size_t)(QD + 2 * KD) * E * es, &w->iq, err, errlen) ||
              upload_matrix(cb, (char *)d->wqkv + (size_t)(QD + 2 * KD + IQ) * E * es, &w->ik, err, errlen)))
             return -1;
-        if (dmalloc(&d->wo, (size_t)E * QD * es, err, errlen) || upload_matrix(cb, d->wo, &w->o, err, errlen) ||
+        if (m->n_expert) {
+            size_t X = m->n_expert, FX = (size_t)m->n_ff_exp * X;
+            if (dmalloc(&d->wrouter, X * E * es, err, errlen) ||
+                upload_matrix(cb, d->wrouter, &w->gate_inp, err, errlen) ||
+                dmalloc(&d->wgu, 2 * FX * E * es, err, errlen) ||
+                upload_matrix(cb, d->wgu, &w->gate_exps, err, errlen) ||
+                upload_matrix(cb, (char *)d->wgu + FX * E * es, &w->up_exps, err, errlen) ||
+                dmalloc(&d->wdown, FX * E * es, err, errlen) ||
+                upload_matrix(cb, d->wdown, &w->down_exps, err, errlen) ||
+                dmalloc(&d->wo, (size_t)E * QD * es, err, errlen) || upload_matrix(cb, d->wo, &w->o, err, errlen))
+                return -1;
+        } else if (dmalloc(&d->wo, (size_t)E * QD * es, err, errlen) ||
+            upload_matrix(cb, d->wo, &w->o, err, errlen) ||
             dmalloc(&d->wgu, (size_t)2 * F * E * es, err, errlen) ||
             upload_matrix(cb, d->wgu, &w->gate, err, errlen) ||
             upload_matrix(cb, (char *)d->wgu + (size_t)F * E * es, &w->up, err, errlen) ||
@@ -471,8 +492,13 @@ static void free_scratch(cuda_backend *cb)
 {
     dfree(cb->x); dfree(cb->qkv); dfree(cb->gu); dfree(cb->xb); dfree(cb->q); dfree(cb->iq);
     dfree(cb->att); dfree(cb->h);
+    dfree(cb->moe_logit); dfree(cb->moe_wt); dfree(cb->moe_y); dfree(cb->moe_sel); dfree(cb->moe_rows);
+    dfree(cb->moe_slot); dfree(cb->moe_tiles); dfree(cb->moe_h);
     cb->x = cb->qkv = cb->gu = NULL;
     cb->xb = cb->q = cb->iq = cb->att = cb->h = NULL;
+    cb->moe_logit = cb->moe_wt = cb->moe_y = NULL;
+    cb->moe_sel = cb->moe_rows = cb->moe_slot = cb->moe_tiles = NULL;
+    cb->moe_h = NULL;
     cb->cap_t = 0;
 }
 
@@ -484,7 +510,7 @@ void cuda_backend_free(cuda_backend *cb)
     if (cb->L) {
         for (int l = 0; l < cb->e->m.n_layers; l++) {
             dlayer *d = &cb->L[l];
-            dfree(d->wqkv); dfree(d->wo); dfree(d->wgu); dfree(d->wdown);
+            dfree(d->wqkv); dfree(d->wo); dfree(d->wgu); dfree(d->wdown); dfree(d->wrouter);
             dfree(d->attn_norm); dfree(d->ffn_norm); dfree(d->q_bias); dfree(d->k_bias); dfree(d->v_bias);
             dfree(d->q_norm); dfree(d->k_norm); dfree(d->iq_norm); dfree(d->ik_norm);
             dfree(d->attn_post); dfree(d->ffn_post);
@@ -524,11 +550,6 @@ cuda_backend *cuda_backend_create(const engine *e, int ordinal, int f32, int idx
 {
     if (kv_fp8 && f32) {
         snprintf(err, errlen, "kv cache dtype: fp8 needs the bf16 engine (f32 keeps K/V in f32)");
-        return NULL;
-    }
-    if (e->m.n_expert) {
-        snprintf(err, errlen, "device: a mixture-of-experts model (%s, %d experts) runs on the CPU only "
-                 "(--device cpu)", e->m.arch, e->m.n_expert);
         return NULL;
     }
     int n = 0;
@@ -621,6 +642,9 @@ cuda_backend *cuda_backend_create(const engine *e, int ordinal, int f32, int idx
         cb->flash_bo = cb->flash_tpt && cattn_flash_bo_fits(c->block_size, D) && !(pv && !strcmp(pv, "token"));
         const char *sc = getenv("SPARSED_CUDA_SPARSE_SCORE"); /* "scalar": the CUDA-core kernel (comparisons) */
         cb->score_mma = cb->flash_tpt && c->indexer != IDX_MSA && !(sc && !strcmp(sc, "scalar"));
+        const char *mv = getenv("SPARSED_CUDA_MOE");
+        cb->moe_mma = !f32 && m->n_embd % 8 == 0 && m->n_ff_exp % 8 == 0 && !(mv && !strcmp(mv, "simple"));
+        cb->moe_mma += cb->moe_mma && mv && !strcmp(mv, "mma");
     }
     if (upload_model(cb, err, errlen))
         goto fail;
@@ -699,6 +723,16 @@ static int ensure_scratch(cuda_backend *cb, int T, int R, char *err, size_t errl
             dmalloc(&cb->q, cap * QD * es, err, errlen) || dmalloc(&cb->iq, cap * (IQ ? IQ : 1) * es, err, errlen) ||
             dmalloc(&cb->att, cap * QD * es, err, errlen) || dmalloc(&cb->h, cap * F * es, err, errlen))
             return -1;
+        if (m->n_expert) {
+            size_t X = m->n_expert, P = (size_t)cap * m->n_expert_used, FX = m->n_ff_exp;
+            size_t NT = (size_t)moe_max_tiles((int)P, (int)X);
+            if (dmalloc((void **)&cb->moe_logit, cap * X * 4, err, errlen) ||
+                dmalloc((void **)&cb->moe_wt, P * 4, err, errlen) || dmalloc((void **)&cb->moe_y, P * E * 4, err, errlen) ||
+                dmalloc((void **)&cb->moe_sel, P * 4, err, errlen) || dmalloc((void **)&cb->moe_rows, P * 4, err, errlen) ||
+                dmalloc((void **)&cb->moe_slot, P * 4, err, errlen) ||
+                dmalloc((void **)&cb->moe_tiles, (3 * NT + 1) * 4, err, errlen) || dmalloc(&cb->moe_h, P * FX * es, err, errlen))
+                return -1;
+        }
         cb->cap_t = cap;
     }
     if (R > cb->cap_r) {
@@ -1043,8 +1077,10 @@ static int plan_gemms(cuda_backend *cb, const meta *mt, char *err, size_t errlen
     for (int l = 0; l < m->n_layers; l++) {
         int nq = cb->L[l].nqkv;
         int ao = !cb->L[l].attn_post, fo = !cb->L[l].ffn_post;    /* accumulate unless post-normed */
-        if (!plan_get(cb, nq, E, T, nq, 0, err, errlen) || !plan_get(cb, E, QD, T, E, ao, err, errlen) ||
-            !plan_get(cb, 2 * F, E, T, 2 * F, 0, err, errlen) || !plan_get(cb, E, F, T, E, fo, err, errlen))
+        if (!plan_get(cb, nq, E, T, nq, 0, err, errlen) || !plan_get(cb, E, QD, T, E, ao, err, errlen))
+            return -1;
+        if (m->n_expert ? !plan_get(cb, m->n_expert, E, T, m->n_expert, 0, err, errlen)
+                        : !plan_get(cb, 2 * F, E, T, 2 * F, 0, err, errlen) || !plan_get(cb, E, F, T, E, fo, err, errlen))
             return -1;
     }
     return mt->R && !plan_get(cb, m->n_vocab, E, mt->R, m->n_vocab, 0, err, errlen) ? -1 : 0;
@@ -1477,6 +1513,56 @@ static int residual_add(cuda_backend *cb, const void *W, int cols, const void *i
     return 0;
 }
 
+/* A mixture of experts on the T rows of xb into the residual stream
+ * (moe.cuh): router, choices, buckets, the two grouped products, the
+ * weighted sum. */
+template <typename S>
+static int moe_ffn(cuda_backend *cb, const dlayer *d, int T, char *err, size_t errlen)
+{
+    const model *m = &cb->e->m;
+    const int E = m->n_embd, X = m->n_expert, K = m->n_expert_used, F = m->n_ff_exp, P = T * K;
+    const int NT = moe_max_tiles(P, X);
+    cudaStream_t st = cb->st;
+    if (gemm(cb, d->wrouter, X, E, cb->xb, T, cb->moe_logit, X, 0.0f, err, errlen))
+        return -1;
+    moe_route_kernel<<<(T + 3) / 4, 128, 0, st>>>(cb->moe_logit, T, X, K, cb->moe_sel, cb->moe_wt);
+    LAUNCHED();
+    int32_t *n_tiles = cb->moe_tiles + 3 * NT;
+    moe_plan_kernel<<<1, 1024, 0, st>>>(cb->moe_sel, P, X, cb->moe_rows, cb->moe_slot, cb->moe_tiles, n_tiles);
+    LAUNCHED();
+    const S *wg = (const S *)d->wgu, *wu = wg + (size_t)X * F * E;
+    MoeGemm<S> up = {(const S *)cb->xb, wg, wu, E, F, K, cb->moe_rows, cb->moe_tiles, n_tiles, (S *)cb->moe_h, NULL};
+    MoeGemm<S> down = {(const S *)cb->moe_h, (const S *)d->wdown, NULL, F, E, K, cb->moe_rows, cb->moe_tiles, n_tiles,
+                       NULL, cb->moe_y};
+    /* SPARSED_CUDA_MOE=mma|simple: one kernel at every batch (comparisons) */
+    const int mma = cb->moe_mma == 2 || (cb->moe_mma == 1 && T > MOE_SIMPLE_T);
+    if constexpr (sizeof(S) == 2) {
+        if (mma) {
+            (m->ffn_gelu ? moe_mma_kernel<true, 1> : moe_mma_kernel<true, 0>)
+                <<<dim3(NT, (F + MOE_BN - 1) / MOE_BN), 128, 0, st>>>(up);
+            LAUNCHED();
+            moe_mma_kernel<false, 0><<<dim3(NT, (E + MOE_BN - 1) / MOE_BN), 128, 0, st>>>(down);
+            LAUNCHED();
+        }
+    }
+    if (!mma) {
+        (m->ffn_gelu ? moe_simple_kernel<S, true, 1> : moe_simple_kernel<S, true, 0>)
+            <<<dim3((F + 7) / 8, NT), 256, 0, st>>>(up);
+        LAUNCHED();
+        moe_simple_kernel<S, false, 0><<<dim3((E + 7) / 8, NT), 256, 0, st>>>(down);
+        LAUNCHED();
+    }
+    moe_combine_kernel<<<T, 256, 0, st>>>(cb->moe_y, cb->moe_slot, cb->moe_wt, K, E, d->ffn_post ? cb->gu : cb->x,
+                                          !d->ffn_post);
+    LAUNCHED();
+    if (d->ffn_post) {
+        launch_pdl_on(cb->pdl, norm_add_kernel, T, 256, 0, st, (const float *)cb->gu, (const float *)d->ffn_post, E,
+                      m->eps, cb->x);
+        LAUNCHED();
+    }
+    return 0;
+}
+
 /* Every kernel and GEMM of one step, on cb->st: no allocation, no host
  * synchronization, so that it can be captured into a graph. */
 template <typename S>
@@ -1565,6 +1651,11 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         launch_pdl_on(cb->pdl, rmsnorm_kernel<S>, T, 256, 0, st, cb->x, (const int32_t *)NULL, d->ffn_norm, E,
                       m->eps, (S *)cb->xb);
         LAUNCHED();
+        if (m->n_expert) {
+            if (moe_ffn<S>(cb, d, T, err, errlen))
+                return -1;
+            continue;
+        }
         if (gemm(cb, d->wgu, 2 * F, E, cb->xb, T, cb->gu, 2 * F, 0.0f, err, errlen))
             return -1;
         const int per_tok = F & 3 ? F : F / 4; /* threads a token needs */
