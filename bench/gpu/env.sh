@@ -20,3 +20,12 @@ llama_model() {
     [ -f "$1" ] || "$P/bin/mkmodel" --out "$1" --layers 8 --embd 2048 --heads 16 --kv-heads 4 --head-dim 128 \
         --ff 5632 --vocab 32000 --type bf16 --seed 7 >/dev/null
 }
+
+# qwen3moe_model PATH [LAYERS]: Qwen3-30B-A3B's layer shape (embd 2048, 32/4
+# heads of 128, 128 experts of width 768, 8 a token; vocab 32000; bf16,
+# seed 23; LAYERS default 4), unless PATH exists.
+qwen3moe_model() {
+    [ -f "$1" ] || "$P/bin/mkmodel" --out "$1" --arch qwen3moe --layers "${2:-4}" --embd 2048 --heads 32 \
+        --kv-heads 4 --head-dim 128 --experts 128 --experts-used 8 --expert-ff 768 --vocab 32000 --ctx 8192 \
+        --type bf16 --seed 23 >/dev/null
+}

@@ -17,10 +17,8 @@ LAYERS=${LAYERS:-4}
 MODEL=${MODEL:-/tmp/bench-qwen3moe-$LAYERS.gguf}
 mkdir -p "$OUT"
 . bench/gpu/env.sh
-E=2048 H=32 KV=4 D=128 X=128 K=8 F=768 V=32000
-[ -f "$MODEL" ] || "$P/bin/mkmodel" --out "$MODEL" --arch qwen3moe --layers $LAYERS --embd $E --heads $H \
-    --kv-heads $KV --head-dim $D --experts $X --experts-used $K --expert-ff $F --vocab $V --ctx 8192 --type bf16 \
-    --seed 23 >/dev/null || exit 1
+E=2048 H=32 KV=4 D=128 X=128 K=8 F=768 V=32000     # qwen3moe_model's shape (env.sh)
+qwen3moe_model "$MODEL" $LAYERS || exit 1
 log=/tmp/gpu-moe-bench.log
 : > $log
 rc=0

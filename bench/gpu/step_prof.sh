@@ -7,7 +7,8 @@
 # shape).  cuBLASLt's kernels (prefill, 3+ tokens) are not in the filter.
 # Writes step-<context>.txt under OUT.  Env: PACK, CONTEXTS, MODEL;
 # LLAMA=1 profiles model.sh's 0.5B Llama instead, at BATCH sequences of
-# 512-token prompts, every kernel (cuBLASLt's too).
+# 512-token prompts, every kernel (cuBLASLt's too); MOE=1 the same on
+# moe.sh's Qwen3-MoE-shaped model.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
 P=${PACK:-build-cuda/gpu-pack}
@@ -20,6 +21,10 @@ m3_model "$MODEL" || exit 1
 if [ -n "${LLAMA:-}" ]; then
     MODEL=/tmp/bench-llama-0.5b.gguf
     llama_model $MODEL || exit 1
+    CONTEXTS="b${BATCH:-32}"
+elif [ -n "${MOE:-}" ]; then   # moe.sh's Qwen3-MoE-shaped model, like LLAMA=1
+    MODEL=/tmp/bench-qwen3moe-4.gguf LLAMA=1
+    qwen3moe_model $MODEL 4 || exit 1
     CONTEXTS="b${BATCH:-32}"
 fi
 for ctx in $CONTEXTS; do
@@ -50,7 +55,7 @@ if len(ends) < 2:
     sys.exit('fewer than two decode steps profiled')
 tot = collections.OrderedDict()
 for nm, g, v in rows[ends[-2] + 1:ends[-1] + 1]:
-    a = tot.setdefault(nm + (' grid ' + g if nm.startswith(('gemv', 'nvjet', 'sm90', 'cutlass')) else ''), [0, 0.0])
+    a = tot.setdefault(nm + (' grid ' + g if nm.startswith(('gemv', 'nvjet', 'sm90', 'cutlass', 'moe')) else ''), [0, 0.0])
     a[0] += 1
     a[1] += v
 print(sys.argv[1].split('ncu-')[-1].split('.')[0], 'tokens: one decode step, us')

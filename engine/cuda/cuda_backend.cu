@@ -1525,10 +1525,14 @@ static int moe_ffn(cuda_backend *cb, const dlayer *d, int T, char *err, size_t e
     cudaStream_t st = cb->st;
     if (gemm(cb, d->wrouter, X, E, cb->xb, T, cb->moe_logit, X, 0.0f, err, errlen))
         return -1;
-    moe_route_kernel<<<(T + 3) / 4, 128, 0, st>>>(cb->moe_logit, T, X, K, cb->moe_sel, cb->moe_wt);
-    LAUNCHED();
+    const int route_apart = T > MOE_ROUTE_IN_PLAN;
+    if (route_apart) {
+        moe_route_kernel<<<(T + 3) / 4, 128, 0, st>>>(cb->moe_logit, T, X, K, cb->moe_sel, cb->moe_wt);
+        LAUNCHED();
+    }
     int32_t *n_tiles = cb->moe_tiles + 3 * NT;
-    moe_plan_kernel<<<1, 1024, 0, st>>>(cb->moe_sel, P, X, cb->moe_rows, cb->moe_slot, cb->moe_tiles, n_tiles);
+    moe_plan_kernel<<<1, 1024, 0, st>>>(route_apart ? NULL : cb->moe_logit, T, K, X, cb->moe_sel, cb->moe_wt,
+                                        cb->moe_rows, cb->moe_slot, cb->moe_tiles, n_tiles);
     LAUNCHED();
     const S *wg = (const S *)d->wgu, *wu = wg + (size_t)X * F * E;
     MoeGemm<S> up = {(const S *)cb->xb, wg, wu, E, F, K, cb->moe_rows, cb->moe_tiles, n_tiles, (S *)cb->moe_h, NULL};
@@ -1552,7 +1556,7 @@ static int moe_ffn(cuda_backend *cb, const dlayer *d, int T, char *err, size_t e
         moe_simple_kernel<S, false, 0><<<dim3((E + 7) / 8, NT), 256, 0, st>>>(down);
         LAUNCHED();
     }
-    moe_combine_kernel<<<T, 256, 0, st>>>(cb->moe_y, cb->moe_slot, cb->moe_wt, K, E, d->ffn_post ? cb->gu : cb->x,
+    moe_combine_kernel<<<dim3(T, (E + 255) / 256), 256, 0, st>>>(cb->moe_y, cb->moe_slot, cb->moe_wt, K, E, d->ffn_post ? cb->gu : cb->x,
                                           !d->ffn_post);
     LAUNCHED();
     if (d->ffn_post) {

@@ -2,10 +2,11 @@
  * with the semantics of engine/cpu/forward.c's moe_ffn and no host
  * synchronization anywhere, so that a decode step with experts is still
  * one captured graph:
- *   1. moe_route_kernel: each token's n_used experts of highest router
+ *   1. moe_route_warp: each token's n_used experts of highest router
  *      logit (ties to the lower index) and the softmax of those logits;
  *   2. moe_plan_kernel (one CTA): the (token, choice) pairs bucketed by
- *      expert, and each bucket cut into tiles of MOE_BM rows;
+ *      expert, and each bucket cut into tiles of MOE_BM rows (at decode it
+ *      routes too: one launch);
  *   3. the grouped products, one CTA a (tile, column block), reading only
  *      the chosen experts' weights: gate and up with the activation into
  *      h, then down into y.  Grids are sized for the most tiles a batch
@@ -29,33 +30,37 @@
 #define MOE_BM 64   /* rows (token-expert pairs) a tile */
 #define MOE_BN 64   /* output columns a CTA of moe_mma_kernel */
 #define MOE_BK 64   /* inner dimension a pipeline stage */
-#define MOE_SIMPLE_T 16 /* batches of up to this many tokens take moe_simple_kernel */
+#define MOE_SIMPLE_T 2 /* batches of up to this many tokens take moe_simple_kernel (H200: 1 token 368 us a step against 393 on
+                        * the tensor cores, 8 tokens 982 against 856) */
 
 /* The most tiles n pairs over X experts can make: each non-empty bucket
  * adds at most one partial tile. */
 static inline int moe_max_tiles(int n, int X) { return n / MOE_BM + (n < X ? n : X); }
 
-/* One warp a token: its K best experts by repeated arg-max over the
- * untaken ones (a bit per expert, X <= 1024), then their weights. */
-__global__ void __launch_bounds__(128) moe_route_kernel(const float *__restrict__ logit, int T, int X, int K,
-                                                        int32_t *sel, float *wt)
+#define MOE_ROUTE_IN_PLAN 64 /* batches of up to this many tokens are routed by moe_plan_kernel's warps */
+
+/* Token t's K best experts by repeated arg-max (ties to the lower index),
+ * by one warp: lane l holds logits l, l + 32, ... in registers (X <= 1024)
+ * and a bit for each that is taken; then the softmax of the chosen logits. */
+static __device__ __forceinline__ void moe_route_warp(const float *__restrict__ logit, int t, int X, int K,
+                                                      int32_t *sel, float *wt)
 {
-    __shared__ uint32_t taken[4][32];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = blockIdx.x * 4 + warp;
-    if (t >= T)
-        return;
-    taken[warp][lane] = 0u;
-    __syncwarp();
+    const int lane = threadIdx.x & 31, nv = (X + 31) / 32;
     const float *lg = logit + (size_t)t * X;
-    int32_t *s = sel + (size_t)t * K;
-    float *w = wt + (size_t)t * K;
+    float v[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++)
+        v[i] = i < nv && lane + 32 * i < X ? lg[lane + 32 * i] : NEG_INF;
+    uint32_t taken = 0u;
+    float chosen = 0.0f, mx = 0.0f, sum = 0.0f;
     for (int j = 0; j < K; j++) {
-        float bv = 0.0f;
-        int bi = X; /* none yet: the first untaken expert is taken as it is */
-        for (int x = lane; x < X; x += 32)
-            if (!((taken[warp][x >> 5] >> (x & 31)) & 1u) && (bi == X || lg[x] > bv)) {
-                bv = lg[x];
-                bi = x;
+        float bv = NEG_INF;
+        int bi = X; /* none yet: the first untaken one is taken as it is */
+#pragma unroll
+        for (int i = 0; i < 32; i++)
+            if (i < nv && lane + 32 * i < X && !((taken >> i) & 1u) && (bi == X || v[i] > bv)) {
+                bv = v[i];
+                bi = lane + 32 * i;
             }
         for (int o = 16; o; o >>= 1) {
             const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
@@ -65,48 +70,89 @@ __global__ void __launch_bounds__(128) moe_route_kernel(const float *__restrict_
                 bi = oi;
             }
         }
-        if (lane == 0) {
-            taken[warp][bi >> 5] |= 1u << (bi & 31);
-            s[j] = bi;
-            w[j] = bv;
+        if ((bi & 31) == lane)
+            taken |= 1u << (bi >> 5);
+        if (j == 0) mx = bv;
+        const float ew = expf(bv - mx);
+        sum += ew;
+        if (lane == j % 32) chosen = ew;   /* choice j's weight waits in lane j % 32 */
+        if (lane == 0) sel[(size_t)t * K + j] = bi;
+        if (j % 32 == 31 || j == K - 1)
+            if (lane <= j % 32) wt[(size_t)t * K + j - j % 32 + lane] = chosen;
+    }
+    __syncwarp();
+    for (int j = lane; j < K; j += 32)
+        wt[(size_t)t * K + j] /= sum;
+}
+
+/* Routing of batches past MOE_ROUTE_IN_PLAN tokens: a warp a token. */
+__global__ void __launch_bounds__(128) moe_route_kernel(const float *__restrict__ logit, int T, int X, int K,
+                                                        int32_t *sel, float *wt)
+{
+    const int t = blockIdx.x * 4 + (threadIdx.x >> 5);
+    if (t < T)
+        moe_route_warp(logit, t, X, K, sel, wt);
+}
+
+/* Exclusive scan of c[0 .. n) (n <= 1024) into off, by a CTA of 1024: a
+ * warp's 32 on shuffles, then the warps' totals. */
+static __device__ __forceinline__ void moe_scan(const int *c, int *off, int n)
+{
+    __shared__ int wsum[32];
+    const int i = threadIdx.x, lane = i & 31, w = i >> 5;
+    const int x = i < n ? c[i] : 0;
+    int v = x;
+    for (int o = 1; o < 32; o <<= 1) {
+        const int u = __shfl_up_sync(0xffffffffu, v, o);
+        if (lane >= o) v += u;
+    }
+    if (lane == 31) wsum[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        int s = wsum[lane];
+        for (int o = 1; o < 32; o <<= 1) {
+            const int u = __shfl_up_sync(0xffffffffu, s, o);
+            if (lane >= o) s += u;
         }
-        __syncwarp();
+        wsum[lane] = s;
     }
-    if (lane == 0) { /* softmax over the chosen logits; the first is the largest */
-        const float mx = w[0];
-        float sum = 0.0f;
-        for (int j = 0; j < K; j++)
-            sum += w[j] = expf(w[j] - mx);
-        for (int j = 0; j < K; j++)
-            w[j] /= sum;
-    }
+    __syncthreads();
+    if (i < n) off[i] = v - x + (w ? wsum[w - 1] : 0);
+    __syncthreads();
 }
 
 /* Buckets the n = T * K pairs by expert: rows[p] is the pair at sorted
  * position p, slot[i] pair i's position; tiles[3 t ..] = (expert, first
- * position, end) of tile t, n_tiles their count.  One CTA of 1024. */
-__global__ void __launch_bounds__(1024) moe_plan_kernel(const int32_t *__restrict__ sel, int n, int X, int32_t *rows,
-                                                        int32_t *slot, int32_t *tiles, int32_t *n_tiles)
+ * position, end) of tile t, n_tiles their count.  One CTA of 1024; with
+ * logit non-NULL (T <= MOE_ROUTE_IN_PLAN) its warps route the tokens
+ * first, saving a launch at decode. */
+__global__ void __launch_bounds__(1024) moe_plan_kernel(const float *__restrict__ logit, int T, int K, int X,
+                                                        int32_t *sel, float *wt, int32_t *rows, int32_t *slot,
+                                                        int32_t *tiles, int32_t *n_tiles)
 {
     __shared__ int cnt[1024], off[1024], fill[1024], tcnt[1024], toff[1024];
+    const int n = T * K;
+    if (logit)
+        for (int t = threadIdx.x >> 5; t < T; t += 32)
+            moe_route_warp(logit, t, X, K, sel, wt);
     for (int e = threadIdx.x; e < X; e += 1024)
         cnt[e] = 0;
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += 1024)
         atomicAdd(&cnt[sel[i]], 1);
     __syncthreads();
-    cta_scan_excl(cnt, off, fill, X);
+    moe_scan(cnt, off, X);
+    for (int e = threadIdx.x; e < X; e += 1024) {
+        fill[e] = off[e];
+        tcnt[e] = (cnt[e] + MOE_BM - 1) / MOE_BM;
+    }
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += 1024) {
         const int p = atomicAdd(&fill[sel[i]], 1);
         rows[p] = i;
         slot[i] = p;
     }
-    for (int e = threadIdx.x; e < X; e += 1024)
-        tcnt[e] = (cnt[e] + MOE_BM - 1) / MOE_BM;
-    __syncthreads();
-    cta_scan_excl(tcnt, toff, fill, X);
-    __syncthreads();
+    moe_scan(tcnt, toff, X);
     for (int e = threadIdx.x; e < X; e += 1024)
         for (int k = 0; k < tcnt[e]; k++) {
             int32_t *tt = tiles + 3 * (toff[e] + k);
@@ -313,21 +359,22 @@ __global__ void __launch_bounds__(256) moe_simple_kernel(MoeGemm<S> g)
 }
 
 /* out[t] (+)= sum over token t's choices j of wt[t K + j] y[slot[t K + j]]:
- * a CTA a token, its choices in order. */
+ * grid (tokens, column blocks of 256), the choices in order. */
 __global__ void __launch_bounds__(256) moe_combine_kernel(const float *__restrict__ y, const int32_t *__restrict__ slot,
                                                           const float *__restrict__ wt, int K, int E, float *out,
                                                           int add)
 {
-    const int t = blockIdx.x;
+    const int t = blockIdx.x, c = blockIdx.y * 256 + threadIdx.x;
+    if (c >= E)
+        return;
     const int32_t *s = slot + (size_t)t * K;
     const float *w = wt + (size_t)t * K;
-    float *o = out + (size_t)t * E;
-    for (int c = threadIdx.x; c < E; c += blockDim.x) {
-        float acc = 0.0f;
-        for (int j = 0; j < K; j++)
-            acc = fmaf(w[j], y[(size_t)s[j] * E + c], acc);
-        o[c] = add ? o[c] + acc : acc;
-    }
+    float acc = 0.0f;
+#pragma unroll 8
+    for (int j = 0; j < K; j++)
+        acc = fmaf(w[j], y[(size_t)s[j] * E + c], acc);
+    float *o = out + (size_t)t * E + c;
+    *o = add ? *o + acc : acc;
 }
 
 #endif

@@ -328,6 +328,50 @@ def first_split(ref, got):
     return None if len(ref["tokens"]) == len(got["tokens"]) else (min(len(ref["tokens"]), len(got["tokens"])), 0, False)
 
 
+def same_greedy(ref, got):
+    """(equal, split): two greedy runs' logprobs agree, or split only where
+    ref's top two were within 0.25 and got took the second (first_split)."""
+    if ref is None or got is None:
+        return False, "HTTP error"
+    sp = first_split(ref, got)
+    return sp is None or (sp[1] <= 0.25 and sp[2]), sp
+
+
+def moe_serve(a):
+    # a mixture of experts served on the card: four prompts alone (a token
+    # a step: the CUDA-core expert products) and then together (batches of
+    # 3-4: the tensor-core ones), greedy, each pair equal up to near ties
+    rng = random.Random(11)
+    prompts = ["Tell me " + " ".join(rng.choice(("red", "sun", "box", "tree", "cat", "sky")) for _ in range(40))
+               for _ in range(4)]
+    d = Daemon(a.sparsed, ["--device", "cuda", "--model", a.moe, "--max-running", "8"], a.port + 12,
+               os.path.join(a.work, "d-moe.log"))
+    res = {}
+
+    def ask(i, out):
+        st, r = d.post("/v1/completions", {"prompt": prompts[i], "max_tokens": 48, "temperature": 0, "logprobs": 2})
+        out[i] = r["choices"][0]["logprobs"] if st == 200 and r["usage"]["completion_tokens"] == 48 else None
+
+    try:
+        if not d.wait_ready():
+            return {"pass": False, "error": "daemon not ready: %s" % d.text()[-400:]}
+        alone, both = {}, {}
+        for i in range(4):
+            ask(i, alone)
+        th = [threading.Thread(target=ask, args=(i, both)) for i in range(4)]
+        for t in th:
+            t.start()
+        for t in th:
+            t.join()
+        together = [same_greedy(alone[i], both[i]) for i in range(4)]
+        res["together_ok"], res["together_split"] = [x[0] for x in together], [x[1] for x in together]
+        res["text0"] = "".join(alone[0]["tokens"])[:200] if alone[0] else ""
+    finally:
+        res["exit_code"] = d.stop()
+    res["pass"] = all(res.get("together_ok", [False])) and len(res.get("text0", "")) > 0 and res["exit_code"] == 0
+    return res
+
+
 def pressure(a, extra=(), port=7, log="d-pressure.log"):
     # prompts of ~140 tokens fit the pool together (4 x 9 pages of 40), but
     # 150 more tokens each do not (4 x 19): decode must preempt.  Each greedy
@@ -351,12 +395,6 @@ def pressure(a, extra=(), port=7, log="d-pressure.log"):
         st, r = d.post("/v1/completions", {"prompt": prompts[i], "max_tokens": 150, "temperature": 0, "logprobs": 2})
         out[i] = (r["choices"][0]["logprobs"], r["usage"]["prompt_tokens"]) if st == 200 else (None, 0)
 
-    def same(ref, got):
-        if ref is None or got is None:
-            return False, "HTTP error"
-        sp = first_split(ref, got)
-        return sp is None or (sp[1] <= 0.25 and sp[2]), sp
-
     try:
         if not d.wait_ready():
             return {"pass": False, "error": "daemon not ready: %s" % d.text()[-400:]}
@@ -377,8 +415,8 @@ def pressure(a, extra=(), port=7, log="d-pressure.log"):
         for t in th:
             t.join()
         res["preemptions"] = metric(d, "vllm:num_preemptions_total") - p0
-        together = [same(alone[i][0], both[i][0]) for i in range(4)]
-        cached = [same(alone[i][0], again[i][0]) for i in (0, 3)]
+        together = [same_greedy(alone[i][0], both[i][0]) for i in range(4)]
+        cached = [same_greedy(alone[i][0], again[i][0]) for i in (0, 3)]
         res["together_ok"], res["together_split"] = [x[0] for x in together], [x[1] for x in together]
         res["cached_ok"], res["cached_split"] = [x[0] for x in cached], [x[1] for x in cached]
         res["text0"] = "".join(alone[0][0]["tokens"])[:200] if alone[0][0] else ""
@@ -396,6 +434,7 @@ def main():
     ap.add_argument("--sparsed", required=True)
     ap.add_argument("--stories", required=True)
     ap.add_argument("--m3", required=True, help="M3-shaped model with a 1M context")
+    ap.add_argument("--moe", help="a mixture-of-experts model (daemon-moe)")
     ap.add_argument("--work", required=True)
     ap.add_argument("--checks", required=True, help="JSON lines file to append to")
     ap.add_argument("--port", type=int, default=18210)
@@ -406,6 +445,8 @@ def main():
               ("daemon-fp8-kv", fp8_kv), ("daemon-kv-too-big", kv_too_big), ("daemon-no-such-gpu", no_such_gpu),
               ("daemon-pressure", pressure),
               ("daemon-pressure-fp8kv", lambda a: pressure(a, ("--kv-cache-dtype", "fp8"), 10, "d-pressure-fp8.log"))]
+    if a.moe:
+        checks.append(("daemon-moe", moe_serve))
     if gpu_count() >= 2:
         checks.append(("daemon-two-gpus", two_gpus))
     for label, fn in checks:

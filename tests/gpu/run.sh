@@ -326,7 +326,7 @@ $P/bin/mkmodel --out $W/llama-moe.gguf --arch llama --layers 2 --experts 4 --exp
 check qwen3moe-f32 --model $W/qwen3moe.gguf --dtype f32 --tol 1e-4 --prompts 300,77,5 --decode 16
 check qwen3moe-256-f32 --model $W/qwen3moe-256.gguf --dtype f32 --tol 1e-4 --prompts 600,77,5 --decode 16
 check llama-moe-f32 --model $W/llama-moe.gguf --dtype f32 --tol 1e-4 --prompts 300,77,5 --decode 16
-check qwen3moe-all-bf16 --model $W/qwen3moe-all.gguf --prompts 600,77,5 --decode 16 \
+check qwen3moe-all-bf16 --model $W/qwen3moe-all.gguf --prompts 600,77 --decode 16 \
     --vs-env SPARSED_CUDA_MOE=mma --tol-alt 2e-2
 check qwen3moe-all-bf16-20seq --model $W/qwen3moe-all.gguf --prompts $(seq -s, 40 59) --decode 8 \
     --vs-env SPARSED_CUDA_MOE=simple --tol-alt 2e-2
@@ -341,7 +341,8 @@ check llama-moe-bf16 --model $W/llama-moe.gguf --prompts 300,77,5 --decode 16 --
 # the daemon as a user starts it (no memory options): tests/gpu/daemon_check.py
 $P/bin/mkmodel --out $W/m3-2l-1m.gguf --preset m3-1b --layers 2 --dense-layers 1 --ctx 1052672 --seed 11 >/dev/null
 LD_LIBRARY_PATH="$P/lib:${LD_LIBRARY_PATH:-}" timeout 900 python3 tests/gpu/daemon_check.py --sparsed $P/bin/sparsed \
-    --stories $M/stories260K.gguf --m3 $W/m3-2l-1m.gguf --work $W --checks "$OUT/checks.jsonl"
+    --stories $M/stories260K.gguf --m3 $W/m3-2l-1m.gguf --moe $W/qwen3moe-all.gguf --work $W \
+    --checks "$OUT/checks.jsonl"
 fails=$((fails + $?))
 
 if [ -n "${BENCH:-}" ]; then
