@@ -1521,18 +1521,20 @@ static int moe_ffn(cuda_backend *cb, const dlayer *d, int T, char *err, size_t e
 {
     const model *m = &cb->e->m;
     const int E = m->n_embd, X = m->n_expert, K = m->n_expert_used, F = m->n_ff_exp, P = T * K;
-    const int NT = moe_max_tiles(P, X);
+    const int NT = moe_max_tiles(P, X), on = cb->pdl;
     cudaStream_t st = cb->st;
     if (gemm(cb, d->wrouter, X, E, cb->xb, T, cb->moe_logit, X, 0.0f, err, errlen))
         return -1;
     const int route_apart = T > MOE_ROUTE_IN_PLAN;
     if (route_apart) {
-        moe_route_kernel<<<(T + 3) / 4, 128, 0, st>>>(cb->moe_logit, T, X, K, cb->moe_sel, cb->moe_wt);
+        launch_pdl_on(on, moe_route_kernel, (T + 3) / 4, 128, 0, st, (const float *)cb->moe_logit, T, X, K,
+                      cb->moe_sel, cb->moe_wt);
         LAUNCHED();
     }
     int32_t *n_tiles = cb->moe_tiles + 3 * NT;
-    moe_plan_kernel<<<1, 1024, 0, st>>>(route_apart ? NULL : cb->moe_logit, T, K, X, cb->moe_sel, cb->moe_wt,
-                                        cb->moe_rows, cb->moe_slot, cb->moe_tiles, n_tiles);
+    launch_pdl_on(on, moe_plan_kernel, 1, T <= 8 ? 256 : MOE_PLAN_T, 0, st,
+                  (const float *)(route_apart ? NULL : cb->moe_logit), T, K, X, cb->moe_sel, cb->moe_wt,
+                  cb->moe_rows, cb->moe_slot, cb->moe_tiles, n_tiles);
     LAUNCHED();
     const S *wg = (const S *)d->wgu, *wu = wg + (size_t)X * F * E;
     MoeGemm<S> up = {(const S *)cb->xb, wg, wu, E, F, K, cb->moe_rows, cb->moe_tiles, n_tiles, (S *)cb->moe_h, NULL};
@@ -1542,25 +1544,26 @@ static int moe_ffn(cuda_backend *cb, const dlayer *d, int T, char *err, size_t e
     const int mma = cb->moe_mma == 2 || (cb->moe_mma == 1 && T > MOE_SIMPLE_T);
     if constexpr (sizeof(S) == 2) {
         if (mma) {
-            (m->ffn_gelu ? moe_mma_kernel<true, 1> : moe_mma_kernel<true, 0>)
-                <<<dim3(NT, (F + MOE_BN - 1) / MOE_BN), 128, 0, st>>>(up);
+            launch_pdl_on(on, m->ffn_gelu ? moe_mma_kernel<true, 1> : moe_mma_kernel<true, 0>,
+                          dim3(NT, (F + MOE_BN - 1) / MOE_BN), 128, 0, st, up);
             LAUNCHED();
-            moe_mma_kernel<false, 0><<<dim3(NT, (E + MOE_BN - 1) / MOE_BN), 128, 0, st>>>(down);
+            launch_pdl_on(on, moe_mma_kernel<false, 0>, dim3(NT, (E + MOE_BN - 1) / MOE_BN), 128, 0, st, down);
             LAUNCHED();
         }
     }
     if (!mma) {
-        (m->ffn_gelu ? moe_simple_kernel<S, true, 1> : moe_simple_kernel<S, true, 0>)
-            <<<dim3((F + 7) / 8, NT), 256, 0, st>>>(up);
+        launch_pdl_on(on, m->ffn_gelu ? moe_simple_kernel<S, true, 1> : moe_simple_kernel<S, true, 0>,
+                      dim3((F + 7) / 8, NT), 256, 0, st, up);
         LAUNCHED();
-        moe_simple_kernel<S, false, 0><<<dim3((E + 7) / 8, NT), 256, 0, st>>>(down);
+        launch_pdl_on(on, moe_simple_kernel<S, false, 0>, dim3((E + 7) / 8, NT), 256, 0, st, down);
         LAUNCHED();
     }
-    moe_combine_kernel<<<dim3(T, (E + 255) / 256), 256, 0, st>>>(cb->moe_y, cb->moe_slot, cb->moe_wt, K, E, d->ffn_post ? cb->gu : cb->x,
-                                          !d->ffn_post);
+    launch_pdl_on(on, moe_combine_kernel, dim3(T, (E + 255) / 256), 256, 0, st, (const float *)cb->moe_y,
+                  (const int32_t *)cb->moe_slot, (const float *)cb->moe_wt, K, E, d->ffn_post ? cb->gu : cb->x,
+                  !d->ffn_post);
     LAUNCHED();
     if (d->ffn_post) {
-        launch_pdl_on(cb->pdl, norm_add_kernel, T, 256, 0, st, (const float *)cb->gu, (const float *)d->ffn_post, E,
+        launch_pdl_on(on, norm_add_kernel, T, 256, 0, st, (const float *)cb->gu, (const float *)d->ffn_post, E,
                       m->eps, cb->x);
         LAUNCHED();
     }

@@ -13,6 +13,8 @@
  *      can have (moe_max_tiles) and the spare CTAs return at once;
  *   4. moe_combine_kernel: each token's weighted sum of its experts' rows
  *      of y, added to the residual stream (or written for a post-norm).
+ * Every kernel waits on its predecessor at its start (pdl.cuh) and lets
+ * its successor launch early.
  * A row's result does not depend on where in its bucket or tile it lands
  * (each output element is one dot product in a fixed order), so the
  * bucketing's atomics leave the output deterministic.
@@ -89,18 +91,22 @@ static __device__ __forceinline__ void moe_route_warp(const float *__restrict__ 
 __global__ void __launch_bounds__(128) moe_route_kernel(const float *__restrict__ logit, int T, int X, int K,
                                                         int32_t *sel, float *wt)
 {
+    pdl_trigger();
+    pdl_wait();
     const int t = blockIdx.x * 4 + (threadIdx.x >> 5);
     if (t < T)
         moe_route_warp(logit, t, X, K, sel, wt);
 }
 
-/* Exclusive scan of c[0 .. n) (n <= 1024) into off, by a CTA of 1024: a
- * warp's 32 on shuffles, then the warps' totals. */
+/* Exclusive scan of c[0 .. n) into off by the CTA: each thread a run of
+ * n / blockDim.x, the runs' totals scanned on shuffles. */
 static __device__ __forceinline__ void moe_scan(const int *c, int *off, int n)
 {
     __shared__ int wsum[32];
-    const int i = threadIdx.x, lane = i & 31, w = i >> 5;
-    const int x = i < n ? c[i] : 0;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, per = (n + blockDim.x - 1) / blockDim.x;
+    const int lo = min(n, (int)threadIdx.x * per), hi = min(n, lo + per);
+    int x = 0;
+    for (int i = lo; i < hi; i++) x += c[i];
     int v = x;
     for (int o = 1; o < 32; o <<= 1) {
         const int u = __shfl_up_sync(0xffffffffu, v, o);
@@ -109,51 +115,59 @@ static __device__ __forceinline__ void moe_scan(const int *c, int *off, int n)
     if (lane == 31) wsum[w] = v;
     __syncthreads();
     if (w == 0) {
-        int s = wsum[lane];
+        int t = lane < (int)(blockDim.x >> 5) ? wsum[lane] : 0;
         for (int o = 1; o < 32; o <<= 1) {
-            const int u = __shfl_up_sync(0xffffffffu, s, o);
-            if (lane >= o) s += u;
+            const int u = __shfl_up_sync(0xffffffffu, t, o);
+            if (lane >= o) t += u;
         }
-        wsum[lane] = s;
+        wsum[lane] = t;
     }
     __syncthreads();
-    if (i < n) off[i] = v - x + (w ? wsum[w - 1] : 0);
+    int run = v - x + (w ? wsum[w - 1] : 0);
+    for (int i = lo; i < hi; i++) {
+        off[i] = run;
+        run += c[i];
+    }
     __syncthreads();
 }
 
 /* Buckets the n = T * K pairs by expert: rows[p] is the pair at sorted
  * position p, slot[i] pair i's position; tiles[3 t ..] = (expert, first
- * position, end) of tile t, n_tiles their count.  One CTA of 1024; with
- * logit non-NULL (T <= MOE_ROUTE_IN_PLAN) its warps route the tokens
- * first, saving a launch at decode. */
-__global__ void __launch_bounds__(1024) moe_plan_kernel(const float *__restrict__ logit, int T, int K, int X,
+ * position, end) of tile t, n_tiles their count.  One CTA (MOE_PLAN_T
+ * threads, or 256 for a few tokens); with logit non-NULL (T <=
+ * MOE_ROUTE_IN_PLAN) its warps route the tokens first, saving a launch at
+ * decode. */
+#define MOE_PLAN_T 1024
+__global__ void __launch_bounds__(MOE_PLAN_T) moe_plan_kernel(const float *__restrict__ logit, int T, int K, int X,
                                                         int32_t *sel, float *wt, int32_t *rows, int32_t *slot,
                                                         int32_t *tiles, int32_t *n_tiles)
 {
     __shared__ int cnt[1024], off[1024], fill[1024], tcnt[1024], toff[1024];
-    const int n = T * K;
+    const int n = T * K, nt = blockDim.x;
+    pdl_trigger();
+    pdl_wait();
     if (logit)
-        for (int t = threadIdx.x >> 5; t < T; t += 32)
+        for (int t = threadIdx.x >> 5; t < T; t += nt / 32)
             moe_route_warp(logit, t, X, K, sel, wt);
-    for (int e = threadIdx.x; e < X; e += 1024)
+    for (int e = threadIdx.x; e < X; e += nt)
         cnt[e] = 0;
     __syncthreads();
-    for (int i = threadIdx.x; i < n; i += 1024)
+    for (int i = threadIdx.x; i < n; i += nt)
         atomicAdd(&cnt[sel[i]], 1);
     __syncthreads();
     moe_scan(cnt, off, X);
-    for (int e = threadIdx.x; e < X; e += 1024) {
+    for (int e = threadIdx.x; e < X; e += nt) {
         fill[e] = off[e];
         tcnt[e] = (cnt[e] + MOE_BM - 1) / MOE_BM;
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < n; i += 1024) {
+    for (int i = threadIdx.x; i < n; i += nt) {
         const int p = atomicAdd(&fill[sel[i]], 1);
         rows[p] = i;
         slot[i] = p;
     }
     moe_scan(tcnt, toff, X);
-    for (int e = threadIdx.x; e < X; e += 1024)
+    for (int e = threadIdx.x; e < X; e += nt)
         for (int k = 0; k < tcnt[e]; k++) {
             int32_t *tt = tiles + 3 * (toff[e] + k);
             tt[0] = e;
@@ -190,6 +204,8 @@ __global__ void __launch_bounds__(128) moe_mma_kernel(MoeGemm<bf16> g)
     constexpr int NB = GLU ? 3 : 2;             /* tiles a stage: A, W (, W2) */
     constexpr int TB = MOE_BM * MOE_BK * 2;     /* bytes a tile */
     __shared__ __align__(128) unsigned char sm[2 * NB * TB];
+    pdl_trigger();
+    pdl_wait();
     const int tile = blockIdx.x;
     if (tile >= *g.n_tiles)
         return;
@@ -303,6 +319,8 @@ template <typename S, bool GLU, int GELU>
 __global__ void __launch_bounds__(256) moe_simple_kernel(MoeGemm<S> g)
 {
     constexpr int PER = 16 / sizeof(S), R = 4;
+    pdl_trigger();
+    pdl_wait();
     const int tile = blockIdx.y, lane = threadIdx.x & 31, n = blockIdx.x * 8 + (threadIdx.x >> 5);
     if (tile >= *g.n_tiles || n >= g.N)
         return;
@@ -364,6 +382,8 @@ __global__ void __launch_bounds__(256) moe_combine_kernel(const float *__restric
                                                           const float *__restrict__ wt, int K, int E, float *out,
                                                           int add)
 {
+    pdl_trigger();
+    pdl_wait();
     const int t = blockIdx.x, c = blockIdx.y * 256 + threadIdx.x;
     if (c >= E)
         return;
