@@ -73,6 +73,7 @@ struct cuda_backend {
     int flash_bo;               /* listed prefill tokens through cattn_flash_bo (else a tile each) */
     int score_mma;              /* min/max and mean block scores through cattn_score */
     int moe_mma;                /* experts' products on moe_mma_kernel past MOE_SIMPLE_T tokens (2: always) */
+    int moe_plan;               /* bucket the pairs at decode too (else a tile a pair there) */
 
     /* device pages */
     const kv_pool *kv_owner;
@@ -645,6 +646,7 @@ cuda_backend *cuda_backend_create(const engine *e, int ordinal, int f32, int idx
         const char *mv = getenv("SPARSED_CUDA_MOE");
         cb->moe_mma = !f32 && m->n_embd % 8 == 0 && m->n_ff_exp % 8 == 0 && !(mv && !strcmp(mv, "simple"));
         cb->moe_mma += cb->moe_mma && mv && !strcmp(mv, "mma");
+        cb->moe_plan = mv && !strcmp(mv, "plan");
     }
     if (upload_model(cb, err, errlen))
         goto fail;
@@ -1525,23 +1527,26 @@ static int moe_ffn(cuda_backend *cb, const dlayer *d, int T, char *err, size_t e
     cudaStream_t st = cb->st;
     if (gemm(cb, d->wrouter, X, E, cb->xb, T, cb->moe_logit, X, 0.0f, err, errlen))
         return -1;
-    const int route_apart = T > MOE_ROUTE_IN_PLAN;
+    /* SPARSED_CUDA_MOE=mma|simple: one kernel at every batch; =plan: buckets at decode too (comparisons) */
+    const int mma = cb->moe_mma == 2 || (cb->moe_mma == 1 && T > MOE_SIMPLE_T);
+    const int direct = !mma && T <= MOE_SIMPLE_T && P <= NT && !cb->moe_plan; /* a tile a pair, no buckets */
+    const int route_apart = direct || T > MOE_ROUTE_IN_PLAN;
+    int32_t *n_tiles = cb->moe_tiles + 3 * NT;
     if (route_apart) {
         launch_pdl_on(on, moe_route_kernel, (T + 3) / 4, 128, 0, st, (const float *)cb->moe_logit, T, X, K,
-                      cb->moe_sel, cb->moe_wt);
+                      cb->moe_sel, cb->moe_wt, direct, cb->moe_rows, cb->moe_slot, cb->moe_tiles, n_tiles);
         LAUNCHED();
     }
-    int32_t *n_tiles = cb->moe_tiles + 3 * NT;
-    launch_pdl_on(on, moe_plan_kernel, 1, T <= 8 ? 256 : MOE_PLAN_T, 0, st,
-                  (const float *)(route_apart ? NULL : cb->moe_logit), T, K, X, cb->moe_sel, cb->moe_wt,
-                  cb->moe_rows, cb->moe_slot, cb->moe_tiles, n_tiles);
-    LAUNCHED();
+    if (!direct) {
+        launch_pdl_on(on, moe_plan_kernel, 1, T <= 8 ? 256 : MOE_PLAN_T, 0, st,
+                      (const float *)(route_apart ? NULL : cb->moe_logit), T, K, X, cb->moe_sel, cb->moe_wt,
+                      cb->moe_rows, cb->moe_slot, cb->moe_tiles, n_tiles);
+        LAUNCHED();
+    }
     const S *wg = (const S *)d->wgu, *wu = wg + (size_t)X * F * E;
     MoeGemm<S> up = {(const S *)cb->xb, wg, wu, E, F, K, cb->moe_rows, cb->moe_tiles, n_tiles, (S *)cb->moe_h, NULL};
     MoeGemm<S> down = {(const S *)cb->moe_h, (const S *)d->wdown, NULL, F, E, K, cb->moe_rows, cb->moe_tiles, n_tiles,
                        NULL, cb->moe_y};
-    /* SPARSED_CUDA_MOE=mma|simple: one kernel at every batch (comparisons) */
-    const int mma = cb->moe_mma == 2 || (cb->moe_mma == 1 && T > MOE_SIMPLE_T);
     if constexpr (sizeof(S) == 2) {
         if (mma) {
             launch_pdl_on(on, m->ffn_gelu ? moe_mma_kernel<true, 1> : moe_mma_kernel<true, 0>,
@@ -1552,10 +1557,17 @@ static int moe_ffn(cuda_backend *cb, const dlayer *d, int T, char *err, size_t e
         }
     }
     if (!mma) {
-        launch_pdl_on(on, m->ffn_gelu ? moe_simple_kernel<S, true, 1> : moe_simple_kernel<S, true, 0>,
-                      dim3((F + 7) / 8, NT), 256, 0, st, up);
-        LAUNCHED();
-        launch_pdl_on(on, moe_simple_kernel<S, false, 0>, dim3((E + 7) / 8, NT), 256, 0, st, down);
+        if (direct) {
+            launch_pdl_on(on, m->ffn_gelu ? moe_simple_kernel<S, true, 1, 1> : moe_simple_kernel<S, true, 0, 1>,
+                          dim3((F + 7) / 8, P), 256, 0, st, up);
+            LAUNCHED();
+            launch_pdl_on(on, moe_simple_kernel<S, false, 0, 1>, dim3((E + 7) / 8, P), 256, 0, st, down);
+        } else {
+            launch_pdl_on(on, m->ffn_gelu ? moe_simple_kernel<S, true, 1, 4> : moe_simple_kernel<S, true, 0, 4>,
+                          dim3((F + 7) / 8, NT), 256, 0, st, up);
+            LAUNCHED();
+            launch_pdl_on(on, moe_simple_kernel<S, false, 0, 4>, dim3((E + 7) / 8, NT), 256, 0, st, down);
+        }
         LAUNCHED();
     }
     launch_pdl_on(on, moe_combine_kernel, dim3(T, (E + 255) / 256), 256, 0, st, (const float *)cb->moe_y,

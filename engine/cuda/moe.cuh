@@ -87,15 +87,32 @@ static __device__ __forceinline__ void moe_route_warp(const float *__restrict__ 
         wt[(size_t)t * K + j] /= sum;
 }
 
-/* Routing of batches past MOE_ROUTE_IN_PLAN tokens: a warp a token. */
+/* Routing of batches past MOE_ROUTE_IN_PLAN tokens: a warp a token.  With
+ * direct (decode, the CUDA-core products) the pairs need no buckets: each
+ * is a tile of its own (pair i: rows, slot i; tile i = (its expert, i,
+ * i + 1)), written here in place of moe_plan_kernel's, one launch less. */
 __global__ void __launch_bounds__(128) moe_route_kernel(const float *__restrict__ logit, int T, int X, int K,
-                                                        int32_t *sel, float *wt)
+                                                        int32_t *sel, float *wt, int direct, int32_t *rows,
+                                                        int32_t *slot, int32_t *tiles, int32_t *n_tiles)
 {
     pdl_trigger();
     pdl_wait();
-    const int t = blockIdx.x * 4 + (threadIdx.x >> 5);
-    if (t < T)
-        moe_route_warp(logit, t, X, K, sel, wt);
+    const int t = blockIdx.x * 4 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (t >= T)
+        return;
+    moe_route_warp(logit, t, X, K, sel, wt);
+    if (!direct)
+        return;
+    __syncwarp();
+    for (int j = lane; j < K; j += 32) {
+        const int i = t * K + j;
+        rows[i] = slot[i] = i;
+        tiles[3 * i] = sel[i];
+        tiles[3 * i + 1] = i;
+        tiles[3 * i + 2] = i + 1;
+    }
+    if (t == 0 && lane == 0)
+        *n_tiles = T * K;
 }
 
 /* Exclusive scan of c[0 .. n) into off by the CTA: each thread a run of
@@ -310,15 +327,17 @@ __global__ void __launch_bounds__(128) moe_mma_kernel(MoeGemm<bf16> g)
 }
 
 /* The same product on the CUDA cores, any widths and either storage type:
- * grid (column blocks of 8, tiles), a warp an output column, four rows of
- * the tile at a time.  Rows of 16 bytes' multiple are read in 16-byte
- * chunks: at decode, where a tile holds a row or two, this kernel streams
- * the chosen experts' weights (one warp a weight row) and the tensor-core
- * one would idle on a 64-row tile. */
-template <typename S, bool GLU, int GELU>
+ * grid (column blocks of 8, tiles), a warp an output column, R rows of the
+ * tile at a time (1 at decode, where a tile is a pair).  Rows of 16
+ * bytes' multiple are read in 16-byte chunks, MOE_U of each weight row in
+ * flight a lane before any is used (as gemv_kernel does): at decode this
+ * kernel streams the chosen experts' weights, where the tensor-core one
+ * would idle on a 64-row tile. */
+#define MOE_U 4
+template <typename S, bool GLU, int GELU, int R>
 __global__ void __launch_bounds__(256) moe_simple_kernel(MoeGemm<S> g)
 {
-    constexpr int PER = 16 / sizeof(S), R = 4;
+    constexpr int PER = 16 / sizeof(S);
     pdl_trigger();
     pdl_wait();
     const int tile = blockIdx.y, lane = threadIdx.x & 31, n = blockIdx.x * 8 + (threadIdx.x >> 5);
@@ -336,19 +355,32 @@ __global__ void __launch_bounds__(256) moe_simple_kernel(MoeGemm<S> g)
             acc[i] = acc2[i] = 0.0f;
         }
         if (g.Kd % PER == 0) {
-#pragma unroll 2
-            for (int c = lane; c < g.Kd / PER; c += 32) {
-                float wf[8], uf[8];
-                unpack8(__ldg((const uint4 *)wr + c), wf, (const S *)0);
-                if (GLU) unpack8(__ldg((const uint4 *)ur + c), uf, (const S *)0);
+            const int n16 = g.Kd / PER;
+            for (int c0 = lane; c0 < n16; c0 += 32 * MOE_U) {
+                uint4 wv[MOE_U], uv[MOE_U];
 #pragma unroll
-                for (int i = 0; i < R; i++) {
-                    float xf[8];
-                    unpack8(__ldg((const uint4 *)ar[i] + c), xf, (const S *)0);
+                for (int u = 0; u < MOE_U; u++)
+                    if (c0 + 32 * u < n16) {
+                        wv[u] = __ldcs((const uint4 *)wr + c0 + 32 * u);
+                        if (GLU) uv[u] = __ldcs((const uint4 *)ur + c0 + 32 * u);
+                    }
 #pragma unroll
-                    for (int q = 0; q < PER; q++) {
-                        acc[i] = fmaf(wf[q], xf[q], acc[i]);
-                        if (GLU) acc2[i] = fmaf(uf[q], xf[q], acc2[i]);
+                for (int u = 0; u < MOE_U; u++) {
+                    const int c = c0 + 32 * u;
+                    if (c >= n16)
+                        break;
+                    float wf[8], uf[8];
+                    unpack8(wv[u], wf, (const S *)0);
+                    if (GLU) unpack8(uv[u], uf, (const S *)0);
+#pragma unroll
+                    for (int i = 0; i < R; i++) {
+                        float xf[8];
+                        unpack8(__ldg((const uint4 *)ar[i] + c), xf, (const S *)0);
+#pragma unroll
+                        for (int q = 0; q < PER; q++) {
+                            acc[i] = fmaf(wf[q], xf[q], acc[i]);
+                            if (GLU) acc2[i] = fmaf(uf[q], xf[q], acc2[i]);
+                        }
                     }
                 }
             }
