@@ -1530,16 +1530,12 @@ static int moe_ffn(cuda_backend *cb, const dlayer *d, int T, char *err, size_t e
     /* SPARSED_CUDA_MOE=mma|simple: one kernel at every batch; =plan: buckets at decode too (comparisons) */
     const int mma = cb->moe_mma == 2 || (cb->moe_mma == 1 && T > MOE_SIMPLE_T);
     const int direct = !mma && T <= MOE_SIMPLE_T && P <= NT && !cb->moe_plan; /* a tile a pair, no buckets */
-    const int route_apart = direct || T > MOE_ROUTE_IN_PLAN;
     int32_t *n_tiles = cb->moe_tiles + 3 * NT;
-    if (route_apart) {
-        launch_pdl_on(on, moe_route_kernel, (T + 3) / 4, 128, 0, st, (const float *)cb->moe_logit, T, X, K,
-                      cb->moe_sel, cb->moe_wt, direct, cb->moe_rows, cb->moe_slot, cb->moe_tiles, n_tiles);
-        LAUNCHED();
-    }
+    launch_pdl_on(on, moe_route_kernel, T, (X + 31) & ~31, 0, st, (const float *)cb->moe_logit, X, K, cb->moe_sel,
+                  cb->moe_wt, direct, cb->moe_rows, cb->moe_slot, cb->moe_tiles, n_tiles);
+    LAUNCHED();
     if (!direct) {
-        launch_pdl_on(on, moe_plan_kernel, 1, T <= 8 ? 256 : MOE_PLAN_T, 0, st,
-                      (const float *)(route_apart ? NULL : cb->moe_logit), T, K, X, cb->moe_sel, cb->moe_wt,
+        launch_pdl_on(on, moe_plan_kernel, 1, T <= 8 ? 256 : MOE_PLAN_T, 0, st, (const int32_t *)cb->moe_sel, P, X,
                       cb->moe_rows, cb->moe_slot, cb->moe_tiles, n_tiles);
         LAUNCHED();
     }

@@ -2,11 +2,11 @@
  * with the semantics of engine/cpu/forward.c's moe_ffn and no host
  * synchronization anywhere, so that a decode step with experts is still
  * one captured graph:
- *   1. moe_route_warp: each token's n_used experts of highest router
+ *   1. moe_route_kernel: each token's n_used experts of highest router
  *      logit (ties to the lower index) and the softmax of those logits;
  *   2. moe_plan_kernel (one CTA): the (token, choice) pairs bucketed by
- *      expert, and each bucket cut into tiles of MOE_BM rows (at decode it
- *      routes too: one launch);
+ *      expert, and each bucket cut into tiles of MOE_BM rows (at decode of
+ *      1-2 tokens each pair is its own tile, with no bucketing);
  *   3. the grouped products, one CTA a (tile, column block), reading only
  *      the chosen experts' weights: gate and up with the activation into
  *      h, then down into y.  Grids are sized for the most tiles a batch
@@ -39,80 +39,61 @@
  * adds at most one partial tile. */
 static inline int moe_max_tiles(int n, int X) { return n / MOE_BM + (n < X ? n : X); }
 
-#define MOE_ROUTE_IN_PLAN 64 /* batches of up to this many tokens are routed by moe_plan_kernel's warps */
-
-/* Token t's K best experts by repeated arg-max (ties to the lower index),
- * by one warp: lane l holds logits l, l + 32, ... in registers (X <= 1024)
- * and a bit for each that is taken; then the softmax of the chosen logits. */
-static __device__ __forceinline__ void moe_route_warp(const float *__restrict__ logit, int t, int X, int K,
-                                                      int32_t *sel, float *wt)
+/* Each token's K best experts (ties to the lower index) and the softmax
+ * of their logits, in one pass: a CTA a token, a thread a logit, whose
+ * rank is the number of logits above it (or equal at a lower index).  A
+ * warp's K rounds of arg-max took 9.2 us a layer at decode (H200, ncu).
+ * NaN ranks as -inf, so the ranks stay a permutation and every choice is
+ * an expert.  The weights sum in rank order, as the CPU's do.
+ * With direct (decode, the CUDA-core products) the pairs need no buckets:
+ * each is a tile of its own (pair i: rows, slot i; tile i = (its expert,
+ * i, i + 1)), written here in place of moe_plan_kernel's.  Block: X
+ * rounded up to a warp. */
+__global__ void __launch_bounds__(1024) moe_route_kernel(const float *__restrict__ logit, int X, int K,
+                                                         int32_t *sel, float *wt, int direct, int32_t *rows,
+                                                         int32_t *slot, int32_t *tiles, int32_t *n_tiles)
 {
-    const int lane = threadIdx.x & 31, nv = (X + 31) / 32;
-    const float *lg = logit + (size_t)t * X;
-    float v[32];
-#pragma unroll
-    for (int i = 0; i < 32; i++)
-        v[i] = i < nv && lane + 32 * i < X ? lg[lane + 32 * i] : NEG_INF;
-    uint32_t taken = 0u;
-    float chosen = 0.0f, mx = 0.0f, sum = 0.0f;
-    for (int j = 0; j < K; j++) {
-        float bv = NEG_INF;
-        int bi = X; /* none yet: the first untaken one is taken as it is */
-#pragma unroll
-        for (int i = 0; i < 32; i++)
-            if (i < nv && lane + 32 * i < X && !((taken >> i) & 1u) && (bi == X || v[i] > bv)) {
-                bv = v[i];
-                bi = lane + 32 * i;
-            }
-        for (int o = 16; o; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (oi < X && (bi == X || ov > bv || (ov == bv && oi < bi))) {
-                bv = ov;
-                bi = oi;
-            }
-        }
-        if ((bi & 31) == lane)
-            taken |= 1u << (bi >> 5);
-        if (j == 0) mx = bv;
-        const float ew = expf(bv - mx);
-        sum += ew;
-        if (lane == j % 32) chosen = ew;   /* choice j's weight waits in lane j % 32 */
-        if (lane == 0) sel[(size_t)t * K + j] = bi;
-        if (j % 32 == 31 || j == K - 1)
-            if (lane <= j % 32) wt[(size_t)t * K + j - j % 32 + lane] = chosen;
-    }
-    __syncwarp();
-    for (int j = lane; j < K; j += 32)
-        wt[(size_t)t * K + j] /= sum;
-}
-
-/* Routing of batches past MOE_ROUTE_IN_PLAN tokens: a warp a token.  With
- * direct (decode, the CUDA-core products) the pairs need no buckets: each
- * is a tile of its own (pair i: rows, slot i; tile i = (its expert, i,
- * i + 1)), written here in place of moe_plan_kernel's, one launch less. */
-__global__ void __launch_bounds__(128) moe_route_kernel(const float *__restrict__ logit, int T, int X, int K,
-                                                        int32_t *sel, float *wt, int direct, int32_t *rows,
-                                                        int32_t *slot, int32_t *tiles, int32_t *n_tiles)
-{
+    __shared__ float lv[1024], cv[1024];
+    __shared__ int cx[1024];
     pdl_trigger();
     pdl_wait();
-    const int t = blockIdx.x * 4 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (t >= T)
-        return;
-    moe_route_warp(logit, t, X, K, sel, wt);
-    if (!direct)
-        return;
-    __syncwarp();
-    for (int j = lane; j < K; j += 32) {
-        const int i = t * K + j;
-        rows[i] = slot[i] = i;
-        tiles[3 * i] = sel[i];
-        tiles[3 * i + 1] = i;
-        tiles[3 * i + 2] = i + 1;
+    const int t = blockIdx.x, x = threadIdx.x;
+    float v = NEG_INF;
+    if (x < X) {
+        v = logit[(size_t)t * X + x];
+        v = v == v ? v : NEG_INF;
     }
-    if (t == 0 && lane == 0)
-        *n_tiles = T * K;
+    lv[x] = v;
+    __syncthreads();
+    if (x < X) {
+        int rank = 0;
+        for (int y = 0; y < X; y++) {
+            const float u = lv[y];
+            rank += u > v || (u == v && y < x);
+        }
+        if (rank < K) {
+            cv[rank] = v;
+            cx[rank] = x;
+        }
+    }
+    __syncthreads();
+    for (int j = x; j < K; j += blockDim.x) {
+        const float mx = cv[0];
+        float sum = 0.0f;
+        for (int q = 0; q < K; q++)
+            sum += expf(cv[q] - mx);
+        const int i = t * K + j;
+        sel[i] = cx[j];
+        wt[i] = expf(cv[j] - mx) / sum;
+        if (direct) {
+            rows[i] = slot[i] = i;
+            tiles[3 * i] = cx[j];
+            tiles[3 * i + 1] = i;
+            tiles[3 * i + 2] = i + 1;
+        }
+    }
+    if (direct && t == 0 && x == 0)
+        *n_tiles = gridDim.x * K;
 }
 
 /* Exclusive scan of c[0 .. n) into off by the CTA: each thread a run of
@@ -151,21 +132,16 @@ static __device__ __forceinline__ void moe_scan(const int *c, int *off, int n)
 /* Buckets the n = T * K pairs by expert: rows[p] is the pair at sorted
  * position p, slot[i] pair i's position; tiles[3 t ..] = (expert, first
  * position, end) of tile t, n_tiles their count.  One CTA (MOE_PLAN_T
- * threads, or 256 for a few tokens); with logit non-NULL (T <=
- * MOE_ROUTE_IN_PLAN) its warps route the tokens first, saving a launch at
- * decode. */
+ * threads, or 256 for a few tokens). */
 #define MOE_PLAN_T 1024
-__global__ void __launch_bounds__(MOE_PLAN_T) moe_plan_kernel(const float *__restrict__ logit, int T, int K, int X,
-                                                        int32_t *sel, float *wt, int32_t *rows, int32_t *slot,
-                                                        int32_t *tiles, int32_t *n_tiles)
+__global__ void __launch_bounds__(MOE_PLAN_T) moe_plan_kernel(const int32_t *__restrict__ sel, int n, int X,
+                                                              int32_t *rows, int32_t *slot, int32_t *tiles,
+                                                              int32_t *n_tiles)
 {
     __shared__ int cnt[1024], off[1024], fill[1024], tcnt[1024], toff[1024];
-    const int n = T * K, nt = blockDim.x;
+    const int nt = blockDim.x;
     pdl_trigger();
     pdl_wait();
-    if (logit)
-        for (int t = threadIdx.x >> 5; t < T; t += nt / 32)
-            moe_route_warp(logit, t, X, K, sel, wt);
     for (int e = threadIdx.x; e < X; e += nt)
         cnt[e] = 0;
     __syncthreads();

@@ -7,7 +7,8 @@
 # (card, commit, every number).  BENCH=1 also runs bench/gpu/model.sh;
 # memcheck runs start only while less than DEADLINE seconds (400) passed.
 # ONLY=sparse runs just the checks of the tuned sparse kernels (and, with
-# MEMCHECK=1, their memcheck run; FP8KV=1 adds the fp8 K/V checks).
+# MEMCHECK=1, their memcheck run; FP8KV=1 adds the fp8 K/V checks); ONLY=moe
+# just the mixture-of-experts checks and their memcheck runs.
 # Exit status: the number of failed checks.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
@@ -42,6 +43,55 @@ check() {
     [ $rc -eq 0 ] || fails=$((fails + 1))
     printf '%-28s rc=%d %s\n' "$label" $rc "$(echo "$line" | cut -c1-400)"
 }
+
+# mixtures of experts (engine/cuda/moe.cuh): Qwen3-MoE and Mixtral's layout
+# of llama against the CPU, f32 exactly.  In bf16 a router logit rounded
+# differently flips near-ties to another expert (as a flipped block score
+# does in sparse attention), so there the runs against the CPU check the
+# argmax of most rows, and the all-experts model (every token takes all
+# six: nothing to flip) checks the bf16 products strictly, tensor-core
+# kernel against CUDA-core one included.  Decode of 1-2 tokens (a tile a
+# pair, no buckets) must equal the bucketed path bit for bit.  The
+# 256-wide models put several tiles in a bucket and a tail in each inner
+# dimension (256 = 4 x 64, 200 = 3 x 64 + 8).
+moe_checks() {
+    $P/bin/mkmodel --out $W/qwen3moe.gguf --arch qwen3moe --layers 2 --experts 8 --experts-used 2 --expert-ff 96 \
+        --seed 15 >/dev/null
+    $P/bin/mkmodel --out $W/qwen3moe-256.gguf --arch qwen3moe --layers 2 --embd 256 --heads 8 --kv-heads 2 \
+        --head-dim 32 --experts 16 --experts-used 4 --expert-ff 200 --type bf16 --seed 17 >/dev/null
+    $P/bin/mkmodel --out $W/qwen3moe-all.gguf --arch qwen3moe --layers 2 --embd 256 --heads 8 --kv-heads 2 \
+        --head-dim 32 --experts 6 --experts-used 6 --expert-ff 200 --type bf16 --seed 18 >/dev/null
+    $P/bin/mkmodel --out $W/llama-moe.gguf --arch llama --layers 2 --experts 4 --experts-used 2 --expert-ff 64 \
+        --type q8_0 --seed 16 >/dev/null
+    check qwen3moe-f32 --model $W/qwen3moe.gguf --dtype f32 --tol 1e-4 --prompts 300,77,5 --decode 16
+    check qwen3moe-256-f32 --model $W/qwen3moe-256.gguf --dtype f32 --tol 1e-4 --prompts 600,77,5 --decode 16
+    check llama-moe-f32 --model $W/llama-moe.gguf --dtype f32 --tol 1e-4 --prompts 300,77 --decode 16
+    check qwen3moe-all-bf16 --model $W/qwen3moe-all.gguf --prompts 600,77 --decode 16 \
+        --vs-env SPARSED_CUDA_MOE=mma --tol-alt 2e-2
+    check qwen3moe-all-bf16-20seq --model $W/qwen3moe-all.gguf --prompts $(seq -s, 40 59) --decode 8 \
+        --vs-env SPARSED_CUDA_MOE=simple --tol-alt 2e-2
+    check qwen3moe-bf16 --model $W/qwen3moe.gguf --prompts 300,77,5 --decode 16 --tol 1 --min-agree 0.9
+    check qwen3moe-256-bf16 --model $W/qwen3moe-256.gguf --prompts 600,77,5 --decode 16 --tol 1 --min-agree 0.9
+    check qwen3moe-256-bf16-graphs --model $W/qwen3moe-256.gguf --prompts 600,77,5 --decode 24 --tol 1 \
+        --min-agree 0.9 --vs-graphs --tol-alt 0
+    check qwen3moe-256-bf16-direct --model $W/qwen3moe-256.gguf --prompts 600,77 --decode 16 --tol 1 --min-agree 0.9 \
+        --vs-env SPARSED_CUDA_MOE=plan --tol-alt 0
+    check qwen3moe-256-bf16-20seq --model $W/qwen3moe-256.gguf --prompts $(seq -s, 40 59) --decode 8 --tol 1 \
+        --min-agree 0.9
+    check llama-moe-bf16 --model $W/llama-moe.gguf --prompts 300,77,5 --decode 16 --tol 1 --min-agree 0.9
+}
+# ONLY=moe runs just these and their memcheck runs
+if [ "${ONLY:-}" = moe ]; then
+    moe_checks
+    : > "$OUT/memcheck.log"
+    for args in "--model $W/qwen3moe-256.gguf --prompts 300,140,3 --vs-graphs" "--model $W/llama-moe.gguf --prompts 130,7"; do
+        timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 $C --label memcheck --decode 3 --tol 1e9 \
+            $args >> "$OUT/memcheck.log" 2>&1 || fails=$((fails + 1))
+    done
+    grep "ERROR SUMMARY" "$OUT/memcheck.log"
+    echo "failed checks: $fails"
+    exit $fails
+fi
 
 # Tolerances: f32 mode 1e-4 relative to the CPU (fp32 throughout); bf16
 # 3e-2 (bf16 weights, activations and K/V).  Sparse runs in bf16 with a
@@ -306,40 +356,7 @@ gen --device cuda > "$W/gen-cuda.json"
 echo "generate cpu:  $(cut -c1-120 "$W/gen-cpu.json")"
 echo "generate cuda: $(cut -c1-120 "$W/gen-cuda.json")"
 
-# mixtures of experts (engine/cuda/moe.cuh): Qwen3-MoE and Mixtral's layout
-# of llama against the CPU, f32 exactly.  In bf16 a router logit rounded
-# differently flips near-ties to another expert (as a flipped block score
-# does in sparse attention), so there the runs against the CPU check the
-# argmax of most rows, and the all-experts model (every token takes all
-# six: nothing to flip) checks the bf16 products strictly, tensor-core
-# kernel against CUDA-core one included.  Decode of 1-2 tokens (a tile a
-# pair, no buckets) must equal the bucketed path bit for bit.  The
-# 256-wide models put several tiles in a bucket and a tail in each inner
-# dimension (256 = 4 x 64, 200 = 3 x 64 + 8).
-$P/bin/mkmodel --out $W/qwen3moe.gguf --arch qwen3moe --layers 2 --experts 8 --experts-used 2 --expert-ff 96 \
-    --seed 15 >/dev/null
-$P/bin/mkmodel --out $W/qwen3moe-256.gguf --arch qwen3moe --layers 2 --embd 256 --heads 8 --kv-heads 2 \
-    --head-dim 32 --experts 16 --experts-used 4 --expert-ff 200 --type bf16 --seed 17 >/dev/null
-$P/bin/mkmodel --out $W/qwen3moe-all.gguf --arch qwen3moe --layers 2 --embd 256 --heads 8 --kv-heads 2 \
-    --head-dim 32 --experts 6 --experts-used 6 --expert-ff 200 --type bf16 --seed 18 >/dev/null
-$P/bin/mkmodel --out $W/llama-moe.gguf --arch llama --layers 2 --experts 4 --experts-used 2 --expert-ff 64 \
-    --type q8_0 --seed 16 >/dev/null
-check qwen3moe-f32 --model $W/qwen3moe.gguf --dtype f32 --tol 1e-4 --prompts 300,77,5 --decode 16
-check qwen3moe-256-f32 --model $W/qwen3moe-256.gguf --dtype f32 --tol 1e-4 --prompts 600,77,5 --decode 16
-check llama-moe-f32 --model $W/llama-moe.gguf --dtype f32 --tol 1e-4 --prompts 300,77 --decode 16
-check qwen3moe-all-bf16 --model $W/qwen3moe-all.gguf --prompts 600,77 --decode 16 \
-    --vs-env SPARSED_CUDA_MOE=mma --tol-alt 2e-2
-check qwen3moe-all-bf16-20seq --model $W/qwen3moe-all.gguf --prompts $(seq -s, 40 59) --decode 8 \
-    --vs-env SPARSED_CUDA_MOE=simple --tol-alt 2e-2
-check qwen3moe-bf16 --model $W/qwen3moe.gguf --prompts 300,77,5 --decode 16 --tol 1 --min-agree 0.9
-check qwen3moe-256-bf16 --model $W/qwen3moe-256.gguf --prompts 600,77,5 --decode 16 --tol 1 --min-agree 0.9
-check qwen3moe-256-bf16-graphs --model $W/qwen3moe-256.gguf --prompts 600,77,5 --decode 24 --tol 1 \
-    --min-agree 0.9 --vs-graphs --tol-alt 0
-check qwen3moe-256-bf16-direct --model $W/qwen3moe-256.gguf --prompts 600,77 --decode 16 --tol 1 --min-agree 0.9 \
-    --vs-env SPARSED_CUDA_MOE=plan --tol-alt 0
-check qwen3moe-256-bf16-20seq --model $W/qwen3moe-256.gguf --prompts $(seq -s, 40 59) --decode 8 --tol 1 \
-    --min-agree 0.9
-check llama-moe-bf16 --model $W/llama-moe.gguf --prompts 300,77,5 --decode 16 --tol 1 --min-agree 0.9
+moe_checks
 
 # the daemon as a user starts it (no memory options): tests/gpu/daemon_check.py
 $P/bin/mkmodel --out $W/m3-2l-1m.gguf --preset m3-1b --layers 2 --dense-layers 1 --ctx 1052672 --seed 11 >/dev/null
