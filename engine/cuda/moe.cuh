@@ -188,6 +188,19 @@ template <typename S> struct MoeGemm {
  * (128 bytes), swizzled so that ldmatrix's eight rows hit eight banks. */
 static __device__ __forceinline__ uint32_t moe_swz(int r, int c) { return (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4)); }
 
+/* acc[m][2 np], acc[m][2 np + 1] += the warp's A fragments fa[m] times
+ * the 16 weight rows at b (two 8-column output tiles). */
+static __device__ __forceinline__ void moe_mma16(float (&acc)[2][4][4], const uint32_t (&fa)[2][4], uint32_t b, int np)
+{
+    uint32_t w[4];
+    ldsm4(w, b);
+#pragma unroll
+    for (int m = 0; m < 2; m++) {
+        mma16816(acc[m][2 * np], fa[m], w[0], w[1]);
+        mma16816(acc[m][2 * np + 1], fa[m], w[2], w[3]);
+    }
+}
+
 /* 64 x 64 output tiles on mma.sync, four warps of 32 x 32, a two-stage
  * cp.async pipeline over the inner dimension (Kd % 8 == 0: a chunk is
  * wholly in or out). */
@@ -233,16 +246,7 @@ __global__ void __launch_bounds__(128) moe_mma_kernel(MoeGemm<bf16> g)
         }
     };
 
-    float acc[2][4][4], acc2[GLU ? 2 : 1][4][4];
-#pragma unroll
-    for (int m = 0; m < 2; m++)
-#pragma unroll
-        for (int n = 0; n < 4; n++)
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                acc[m][n][q] = 0.0f;
-                if (GLU) acc2[m][n][q] = 0.0f;
-            }
+    float acc[2][4][4] = {}, acc2[2][4][4] = {};
 
     const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_cb = lane >> 4;
     const int b_row = (lane >> 4) * 8 + (lane & 7), b_cb = (lane >> 3) & 1;
@@ -264,21 +268,9 @@ __global__ void __launch_bounds__(128) moe_mma_kernel(MoeGemm<bf16> g)
                 ldsm4(fa[m], as + moe_swz(32 * wm + 16 * m + a_row, 2 * kk + a_cb));
 #pragma unroll
             for (int np = 0; np < 2; np++) {
-                uint32_t b[4];
-                ldsm4(b, ws + moe_swz(32 * wn + 16 * np + b_row, 2 * kk + b_cb));
-#pragma unroll
-                for (int m = 0; m < 2; m++) {
-                    mma16816(acc[m][2 * np], fa[m], b[0], b[1]);
-                    mma16816(acc[m][2 * np + 1], fa[m], b[2], b[3]);
-                }
-                if (GLU) {
-                    ldsm4(b, us + moe_swz(32 * wn + 16 * np + b_row, 2 * kk + b_cb));
-#pragma unroll
-                    for (int m = 0; m < 2; m++) {
-                        mma16816(acc2[m][2 * np], fa[m], b[0], b[1]);
-                        mma16816(acc2[m][2 * np + 1], fa[m], b[2], b[3]);
-                    }
-                }
+                const uint32_t bo = moe_swz(32 * wn + 16 * np + b_row, 2 * kk + b_cb);
+                moe_mma16(acc, fa, ws + bo, np);
+                if (GLU) moe_mma16(acc2, fa, us + bo, np);
             }
         }
         __syncthreads();
