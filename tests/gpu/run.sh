@@ -63,6 +63,8 @@ moe_checks() {
         --head-dim 32 --experts 6 --experts-used 6 --expert-ff 200 --type bf16 --seed 18 >/dev/null
     $P/bin/mkmodel --out $W/llama-moe.gguf --arch llama --layers 2 --experts 4 --experts-used 2 --expert-ff 64 \
         --type q8_0 --seed 16 >/dev/null
+    $P/bin/mkmodel --out $W/qwen3moe-odd.gguf --arch qwen3moe --layers 2 --experts 8 --experts-used 2 \
+        --expert-ff 100 --seed 19 >/dev/null
     check qwen3moe-f32 --model $W/qwen3moe.gguf --dtype f32 --tol 1e-4 --prompts 300,77,5 --decode 16
     check qwen3moe-256-f32 --model $W/qwen3moe-256.gguf --dtype f32 --tol 1e-4 --prompts 600,77,5 --decode 16
     check llama-moe-f32 --model $W/llama-moe.gguf --dtype f32 --tol 1e-4 --prompts 300,77 --decode 16
@@ -79,6 +81,9 @@ moe_checks() {
     check qwen3moe-256-bf16-20seq --model $W/qwen3moe-256.gguf --prompts $(seq -s, 40 59) --decode 8 --tol 1 \
         --min-agree 0.9
     check llama-moe-bf16 --model $W/llama-moe.gguf --prompts 300,77,5 --decode 16 --tol 1 --min-agree 0.9
+    # an expert width of 100: bf16 rows not 16-byte aligned, the CUDA-core kernel's scalar loop throughout
+    check qwen3moe-odd-f32 --model $W/qwen3moe-odd.gguf --dtype f32 --tol 1e-4 --prompts 300,77,5 --decode 16
+    check qwen3moe-odd-bf16 --model $W/qwen3moe-odd.gguf --prompts 300,77,5 --decode 16 --tol 1 --min-agree 0.9
 }
 # ONLY=moe runs just these and their memcheck runs
 if [ "${ONLY:-}" = moe ]; then
