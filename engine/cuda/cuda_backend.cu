@@ -264,24 +264,22 @@ static int upload_model(cuda_backend *cb, char *err, size_t errlen)
             (upload_matrix(cb, (char *)d->wqkv + (size_t)(QD + 2 * KD) * E * es, &w->iq, err, errlen) ||
              upload_matrix(cb, (char *)d->wqkv + (size_t)(QD + 2 * KD + IQ) * E * es, &w->ik, err, errlen)))
             return -1;
+        if (dmalloc(&d->wo, (size_t)E * QD * es, err, errlen) || upload_matrix(cb, d->wo, &w->o, err, errlen))
+            return -1;
+        /* the FFN: gate and up rows in wgu, then down; with experts each
+         * stacked over the experts (FX rows of gate), and the router */
+        const wmat *gate = &w->gate, *up = &w->up, *down = &w->down;
+        size_t FX = (size_t)F;
         if (m->n_expert) {
-            size_t X = m->n_expert, FX = (size_t)m->n_ff_exp * X;
-            if (dmalloc(&d->wrouter, X * E * es, err, errlen) ||
-                upload_matrix(cb, d->wrouter, &w->gate_inp, err, errlen) ||
-                dmalloc(&d->wgu, 2 * FX * E * es, err, errlen) ||
-                upload_matrix(cb, d->wgu, &w->gate_exps, err, errlen) ||
-                upload_matrix(cb, (char *)d->wgu + FX * E * es, &w->up_exps, err, errlen) ||
-                dmalloc(&d->wdown, FX * E * es, err, errlen) ||
-                upload_matrix(cb, d->wdown, &w->down_exps, err, errlen) ||
-                dmalloc(&d->wo, (size_t)E * QD * es, err, errlen) || upload_matrix(cb, d->wo, &w->o, err, errlen))
+            FX = (size_t)m->n_ff_exp * m->n_expert;
+            gate = &w->gate_exps, up = &w->up_exps, down = &w->down_exps;
+            if (dmalloc(&d->wrouter, (size_t)m->n_expert * E * es, err, errlen) ||
+                upload_matrix(cb, d->wrouter, &w->gate_inp, err, errlen))
                 return -1;
-        } else if (dmalloc(&d->wo, (size_t)E * QD * es, err, errlen) ||
-            upload_matrix(cb, d->wo, &w->o, err, errlen) ||
-            dmalloc(&d->wgu, (size_t)2 * F * E * es, err, errlen) ||
-            upload_matrix(cb, d->wgu, &w->gate, err, errlen) ||
-            upload_matrix(cb, (char *)d->wgu + (size_t)F * E * es, &w->up, err, errlen) ||
-            dmalloc(&d->wdown, (size_t)E * F * es, err, errlen) ||
-            upload_matrix(cb, d->wdown, &w->down, err, errlen))
+        }
+        if (dmalloc(&d->wgu, 2 * FX * E * es, err, errlen) || upload_matrix(cb, d->wgu, gate, err, errlen) ||
+            upload_matrix(cb, (char *)d->wgu + FX * E * es, up, err, errlen) ||
+            dmalloc(&d->wdown, FX * E * es, err, errlen) || upload_matrix(cb, d->wdown, down, err, errlen))
             return -1;
         if (upload_vec(&d->attn_norm, w->attn_norm, E, err, errlen) ||
             upload_vec(&d->ffn_norm, w->ffn_norm, E, err, errlen) ||
