@@ -1533,7 +1533,7 @@ static int moe_ffn(cuda_backend *cb, const dlayer *d, int T, char *err, size_t e
                   cb->moe_wt, direct, cb->moe_rows, cb->moe_slot, cb->moe_tiles, n_tiles);
     LAUNCHED();
     if (!direct) {
-        launch_pdl_on(on, moe_plan_kernel, 1, T <= 8 ? 256 : MOE_PLAN_T, 0, st, (const int32_t *)cb->moe_sel, P, X,
+        launch_pdl_on(on, moe_plan_kernel, 1, 1024, 0, st, (const int32_t *)cb->moe_sel, P, X,
                       cb->moe_rows, cb->moe_slot, cb->moe_tiles, n_tiles);
         LAUNCHED();
     }

@@ -96,71 +96,35 @@ __global__ void __launch_bounds__(1024) moe_route_kernel(const float *__restrict
         *n_tiles = gridDim.x * K;
 }
 
-/* Exclusive scan of c[0 .. n) into off by the CTA: each thread a run of
- * n / blockDim.x, the runs' totals scanned on shuffles. */
-static __device__ __forceinline__ void moe_scan(const int *c, int *off, int n)
-{
-    __shared__ int wsum[32];
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, per = (n + blockDim.x - 1) / blockDim.x;
-    const int lo = min(n, (int)threadIdx.x * per), hi = min(n, lo + per);
-    int x = 0;
-    for (int i = lo; i < hi; i++) x += c[i];
-    int v = x;
-    for (int o = 1; o < 32; o <<= 1) {
-        const int u = __shfl_up_sync(0xffffffffu, v, o);
-        if (lane >= o) v += u;
-    }
-    if (lane == 31) wsum[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        int t = lane < (int)(blockDim.x >> 5) ? wsum[lane] : 0;
-        for (int o = 1; o < 32; o <<= 1) {
-            const int u = __shfl_up_sync(0xffffffffu, t, o);
-            if (lane >= o) t += u;
-        }
-        wsum[lane] = t;
-    }
-    __syncthreads();
-    int run = v - x + (w ? wsum[w - 1] : 0);
-    for (int i = lo; i < hi; i++) {
-        off[i] = run;
-        run += c[i];
-    }
-    __syncthreads();
-}
-
 /* Buckets the n = T * K pairs by expert: rows[p] is the pair at sorted
  * position p, slot[i] pair i's position; tiles[3 t ..] = (expert, first
- * position, end) of tile t, n_tiles their count.  One CTA (MOE_PLAN_T
- * threads, or 256 for a few tokens). */
-#define MOE_PLAN_T 1024
-__global__ void __launch_bounds__(MOE_PLAN_T) moe_plan_kernel(const int32_t *__restrict__ sel, int n, int X,
-                                                              int32_t *rows, int32_t *slot, int32_t *tiles,
-                                                              int32_t *n_tiles)
+ * position, end) of tile t, n_tiles their count.  One CTA of 1024
+ * (cta_scan_excl's). */
+__global__ void __launch_bounds__(1024) moe_plan_kernel(const int32_t *__restrict__ sel, int n, int X, int32_t *rows,
+                                                        int32_t *slot, int32_t *tiles, int32_t *n_tiles)
 {
     __shared__ int cnt[1024], off[1024], fill[1024], tcnt[1024], toff[1024];
-    const int nt = blockDim.x;
     pdl_trigger();
     pdl_wait();
-    for (int e = threadIdx.x; e < X; e += nt)
+    for (int e = threadIdx.x; e < X; e += 1024)
         cnt[e] = 0;
     __syncthreads();
-    for (int i = threadIdx.x; i < n; i += nt)
+    for (int i = threadIdx.x; i < n; i += 1024)
         atomicAdd(&cnt[sel[i]], 1);
     __syncthreads();
-    moe_scan(cnt, off, X);
-    for (int e = threadIdx.x; e < X; e += nt) {
-        fill[e] = off[e];
+    cta_scan_excl(cnt, off, fill, X);
+    for (int e = threadIdx.x; e < X; e += 1024)
         tcnt[e] = (cnt[e] + MOE_BM - 1) / MOE_BM;
-    }
     __syncthreads();
-    for (int i = threadIdx.x; i < n; i += nt) {
+    for (int i = threadIdx.x; i < n; i += 1024) {
         const int p = atomicAdd(&fill[sel[i]], 1);
         rows[p] = i;
         slot[i] = p;
     }
-    moe_scan(tcnt, toff, X);
-    for (int e = threadIdx.x; e < X; e += nt)
+    __syncthreads();
+    cta_scan_excl(tcnt, toff, fill, X);
+    __syncthreads();
+    for (int e = threadIdx.x; e < X; e += 1024)
         for (int k = 0; k < tcnt[e]; k++) {
             int32_t *tt = tiles + 3 * (toff[e] + k);
             tt[0] = e;
