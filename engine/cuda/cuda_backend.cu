@@ -18,6 +18,7 @@ extern "C" {
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_kernels.cuh"
 #include "engine/cuda/moe.cuh"
+#include "engine/cuda/moe_sm90.cuh"
 #include "engine/cuda/sample.cuh"
 
 typedef struct dlayer {
@@ -72,7 +73,8 @@ struct cuda_backend {
     int force_sparse;           /* sparse kernels even where every block is chosen (tests) */
     int flash_bo;               /* listed prefill tokens through cattn_flash_bo (else a tile each) */
     int score_mma;              /* min/max and mean block scores through cattn_score */
-    int moe_mma;                /* experts' products on moe_mma_kernel past MOE_SIMPLE_T tokens (2: always) */
+    int moe_mma;                /* experts' products on the tensor cores past MOE_SIMPLE_T tokens (2: always) */
+    int moe_wg;                 /* ... on moe_wg_kernel (Hopper) from MOE_WG_ROWS pairs an expert, else moe_mma_kernel */
     int moe_plan;               /* bucket the pairs at decode too (else a tile a pair there) */
 
     /* device pages */
@@ -642,8 +644,10 @@ cuda_backend *cuda_backend_create(const engine *e, int ordinal, int f32, int idx
         const char *sc = getenv("SPARSED_CUDA_SPARSE_SCORE"); /* "scalar": the CUDA-core kernel (comparisons) */
         cb->score_mma = cb->flash_tpt && c->indexer != IDX_MSA && !(sc && !strcmp(sc, "scalar"));
         const char *mv = getenv("SPARSED_CUDA_MOE");
+        /* SPARSED_CUDA_MOE=simple|mma|wgmma: that kernel at every batch; =plan: buckets at decode too (comparisons) */
         cb->moe_mma = !f32 && m->n_embd % 8 == 0 && m->n_ff_exp % 8 == 0 && !(mv && !strcmp(mv, "simple"));
-        cb->moe_mma += cb->moe_mma && mv && !strcmp(mv, "mma");
+        cb->moe_wg = cb->moe_mma && m->n_expert && !(mv && !strcmp(mv, "mma")) && moe_wg_probe();
+        cb->moe_mma += cb->moe_mma && mv && (!strcmp(mv, "mma") || !strcmp(mv, "wgmma"));
         cb->moe_plan = mv && !strcmp(mv, "plan");
     }
     if (upload_model(cb, err, errlen))
@@ -725,7 +729,7 @@ static int ensure_scratch(cuda_backend *cb, int T, int R, char *err, size_t errl
             return -1;
         if (m->n_expert) {
             size_t X = m->n_expert, P = (size_t)cap * m->n_expert_used, FX = m->n_ff_exp;
-            size_t NT = (size_t)moe_max_tiles((int)P, (int)X);
+            size_t NT = (size_t)moe_max_tiles((int)P, (int)X, MOE_BM); /* the smallest tiles make the most */
             if (dmalloc((void **)&cb->moe_logit, cap * X * 4, err, errlen) ||
                 dmalloc((void **)&cb->moe_wt, P * 4, err, errlen) || dmalloc((void **)&cb->moe_y, P * E * 4, err, errlen) ||
                 dmalloc((void **)&cb->moe_sel, P * 4, err, errlen) || dmalloc((void **)&cb->moe_rows, P * 4, err, errlen) ||
@@ -1521,19 +1525,19 @@ static int moe_ffn(cuda_backend *cb, const dlayer *d, int T, char *err, size_t e
 {
     const model *m = &cb->e->m;
     const int E = m->n_embd, X = m->n_expert, K = m->n_expert_used, F = m->n_ff_exp, P = T * K;
-    const int NT = moe_max_tiles(P, X), on = cb->pdl;
+    const int mma = cb->moe_mma == 2 || (cb->moe_mma == 1 && T > MOE_SIMPLE_T);
+    const int hop = mma && cb->moe_wg && (cb->moe_mma == 2 || P >= MOE_WG_ROWS * X);
+    const int bm = hop ? MOE_WM : MOE_BM, NT = moe_max_tiles(P, X, bm), on = cb->pdl;
     cudaStream_t st = cb->st;
     if (gemm(cb, d->wrouter, X, E, cb->xb, T, cb->moe_logit, X, 0.0f, err, errlen))
         return -1;
-    /* SPARSED_CUDA_MOE=mma|simple: one kernel at every batch; =plan: buckets at decode too (comparisons) */
-    const int mma = cb->moe_mma == 2 || (cb->moe_mma == 1 && T > MOE_SIMPLE_T);
     const int direct = !mma && T <= MOE_SIMPLE_T && P <= NT && !cb->moe_plan; /* a tile a pair, no buckets */
     int32_t *n_tiles = cb->moe_tiles + 3 * NT;
     launch_pdl_on(on, moe_route_kernel, T, (X + 31) & ~31, 0, st, (const float *)cb->moe_logit, X, K, cb->moe_sel,
                   cb->moe_wt, direct, cb->moe_rows, cb->moe_slot, cb->moe_tiles, n_tiles);
     LAUNCHED();
     if (!direct) {
-        launch_pdl_on(on, moe_plan_kernel, 1, 1024, 0, st, (const int32_t *)cb->moe_sel, P, X,
+        launch_pdl_on(on, moe_plan_kernel, 1, 1024, 0, st, (const int32_t *)cb->moe_sel, P, X, bm,
                       cb->moe_rows, cb->moe_slot, cb->moe_tiles, n_tiles);
         LAUNCHED();
     }
@@ -1542,7 +1546,14 @@ static int moe_ffn(cuda_backend *cb, const dlayer *d, int T, char *err, size_t e
     MoeGemm<S> down = {(const S *)cb->moe_h, (const S *)d->wdown, NULL, F, E, K, cb->moe_rows, cb->moe_tiles, n_tiles,
                        NULL, cb->moe_y};
     if constexpr (sizeof(S) == 2) {
-        if (mma) {
+        if (hop) {
+            launch_pdl_on(on, m->ffn_gelu ? moe_wg_kernel<true, 1> : moe_wg_kernel<true, 0>,
+                          dim3((F + moe_wg_cols<true>() - 1) / moe_wg_cols<true>(), NT), 256, MOE_WSMEM, st, up);
+            LAUNCHED();
+            launch_pdl_on(on, moe_wg_kernel<false, 0>, dim3((E + moe_wg_cols<false>() - 1) / moe_wg_cols<false>(), NT),
+                          256, MOE_WSMEM, st, down);
+            LAUNCHED();
+        } else if (mma) {
             launch_pdl_on(on, m->ffn_gelu ? moe_mma_kernel<true, 1> : moe_mma_kernel<true, 0>,
                           dim3(NT, (F + MOE_BN - 1) / MOE_BN), 128, 0, st, up);
             LAUNCHED();

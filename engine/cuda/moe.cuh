@@ -5,8 +5,9 @@
  *   1. moe_route_kernel: each token's n_used experts of highest router
  *      logit (ties to the lower index) and the softmax of those logits;
  *   2. moe_plan_kernel (one CTA): the (token, choice) pairs bucketed by
- *      expert, and each bucket cut into tiles of MOE_BM rows (at decode of
- *      1-2 tokens each pair is its own tile, with no bucketing);
+ *      expert, and each bucket cut into tiles of the product kernel's rows
+ *      (at decode of 1-2 tokens each pair is its own tile, with no
+ *      bucketing);
  *   3. the grouped products, one CTA a (tile, column block), reading only
  *      the chosen experts' weights: gate and up with the activation into
  *      h, then down into y.  Grids are sized for the most tiles a batch
@@ -19,25 +20,26 @@
  * (each output element is one dot product in a fixed order), so the
  * bucketing's atomics leave the output deterministic.
  *
- * Two kernels do the products: moe_mma_kernel on mma.sync for bf16 with
- * 16-byte aligned rows (both widths multiples of 8) past MOE_SIMPLE_T
- * tokens, and moe_simple_kernel, a warp an output column on the CUDA
- * cores, for decode, f32 and other shapes. */
+ * Three kernels do the products: for bf16 with 16-byte aligned rows (both
+ * widths multiples of 8) past MOE_SIMPLE_T tokens, moe_wg_kernel on
+ * Hopper's wgmma (moe_sm90.cuh) or moe_mma_kernel on mma.sync elsewhere;
+ * and moe_simple_kernel, a warp an output column on the CUDA cores, for
+ * decode, f32 and other shapes. */
 #ifndef SPARSED_MOE_CUH
 #define SPARSED_MOE_CUH
 
 #include "attn_util.cuh"
 #include "cuda_kernels.cuh"
 
-#define MOE_BM 64   /* rows (token-expert pairs) a tile */
+#define MOE_BM 64   /* rows (token-expert pairs) a tile of moe_mma_kernel and moe_simple_kernel */
 #define MOE_BN 64   /* output columns a CTA of moe_mma_kernel */
 #define MOE_BK 64   /* inner dimension a pipeline stage */
 #define MOE_SIMPLE_T 2 /* batches of up to this many tokens take moe_simple_kernel (H200: 1 token 368 us a step against 393 on
                         * the tensor cores, 8 tokens 982 against 856) */
 
-/* The most tiles n pairs over X experts can make: each non-empty bucket
- * adds at most one partial tile. */
-static inline int moe_max_tiles(int n, int X) { return n / MOE_BM + (n < X ? n : X); }
+/* The most tiles of bm rows n pairs over X experts can make: each
+ * non-empty bucket adds at most one partial tile. */
+static inline int moe_max_tiles(int n, int X, int bm) { return n / bm + (n < X ? n : X); }
 
 /* Each token's K best experts (ties to the lower index) and the softmax
  * of their logits, in one pass: a CTA a token, a thread a logit, whose
@@ -98,10 +100,11 @@ __global__ void __launch_bounds__(1024) moe_route_kernel(const float *__restrict
 
 /* Buckets the n = T * K pairs by expert: rows[p] is the pair at sorted
  * position p, slot[i] pair i's position; tiles[3 t ..] = (expert, first
- * position, end) of tile t, n_tiles their count.  One CTA of 1024
- * (cta_scan_excl's). */
-__global__ void __launch_bounds__(1024) moe_plan_kernel(const int32_t *__restrict__ sel, int n, int X, int32_t *rows,
-                                                        int32_t *slot, int32_t *tiles, int32_t *n_tiles)
+ * position, end) of tile t (bm rows at most), n_tiles their count.  One
+ * CTA of 1024 (cta_scan_excl's). */
+__global__ void __launch_bounds__(1024) moe_plan_kernel(const int32_t *__restrict__ sel, int n, int X, int bm,
+                                                        int32_t *rows, int32_t *slot, int32_t *tiles,
+                                                        int32_t *n_tiles)
 {
     __shared__ int cnt[1024], off[1024], fill[1024], tcnt[1024], toff[1024];
     pdl_trigger();
@@ -114,7 +117,7 @@ __global__ void __launch_bounds__(1024) moe_plan_kernel(const int32_t *__restric
     __syncthreads();
     cta_scan_excl(cnt, off, fill, X);
     for (int e = threadIdx.x; e < X; e += 1024)
-        tcnt[e] = (cnt[e] + MOE_BM - 1) / MOE_BM;
+        tcnt[e] = (cnt[e] + bm - 1) / bm;
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += 1024) {
         const int p = atomicAdd(&fill[sel[i]], 1);
@@ -128,8 +131,8 @@ __global__ void __launch_bounds__(1024) moe_plan_kernel(const int32_t *__restric
         for (int k = 0; k < tcnt[e]; k++) {
             int32_t *tt = tiles + 3 * (toff[e] + k);
             tt[0] = e;
-            tt[1] = off[e] + k * MOE_BM;
-            tt[2] = min(off[e] + cnt[e], off[e] + (k + 1) * MOE_BM);
+            tt[1] = off[e] + k * bm;
+            tt[2] = min(off[e] + cnt[e], off[e] + (k + 1) * bm);
         }
     if (threadIdx.x == 0)
         *n_tiles = toff[X - 1] + tcnt[X - 1];

@@ -72,6 +72,9 @@ moe_checks() {
         --vs-env SPARSED_CUDA_MOE=mma --tol-alt 2e-2
     check qwen3moe-all-bf16-20seq --model $W/qwen3moe-all.gguf --prompts $(seq -s, 40 59) --decode 8 \
         --vs-env SPARSED_CUDA_MOE=simple --tol-alt 2e-2
+    # Hopper's wgmma kernel at decode too (tiles of 1-2 rows, the second warpgroup idle) against the default
+    check qwen3moe-all-bf16-wgmma --model $W/qwen3moe-all.gguf --prompts 600,77 --decode 16 \
+        --vs-env SPARSED_CUDA_MOE=wgmma --tol-alt 2e-2
     check qwen3moe-bf16 --model $W/qwen3moe.gguf --prompts 300,77,5 --decode 16 --tol 1 --min-agree 0.9
     check qwen3moe-256-bf16 --model $W/qwen3moe-256.gguf --prompts 600,77,5 --decode 16 --tol 1 --min-agree 0.9
     check qwen3moe-256-bf16-graphs --model $W/qwen3moe-256.gguf --prompts 600,77,5 --decode 24 --tol 1 \
