@@ -15,6 +15,8 @@ struct kv_pool {
     int n_pages;
     size_t layer_floats;      /* stride of one layer inside a page */
     size_t page_floats;       /* stride of one page */
+    int16_t *slot;            /* layer -> its place in this group's pages, -1: not here */
+    kv_pool *win;             /* the window group (a pool of window pages), or NULL */
     float *data;              /* NULL without host storage */
     size_t data_bytes;
 
@@ -45,7 +47,7 @@ void kv_table_insert(kv_pool *p, int32_t page, uint64_t h);
 void kv_table_remove(kv_pool *p, int32_t page);
 
 /* pool.c */
-int kv_seq_grow(kv_seq *s, int n_pages);
+int kv_seq_grow(kv_seq *s, int n_pages, int window);
 void kv_lru_remove(kv_pool *p, int32_t page);
 
 #endif

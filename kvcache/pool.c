@@ -10,7 +10,7 @@
 
 /* Limits generous enough for any model we load, small enough that page
  * sizes never overflow. */
-#define MAX_LAYERS   1024
+#define MAX_LAYERS   KV_MAX_LAYERS
 #define MAX_HEADS    1024
 #define MAX_HEAD_DIM 4096
 #define MAX_IDX_DIM  4096
@@ -38,7 +38,45 @@ static int layout_check(const kv_layout *l, char *err, size_t errlen)
         snprintf(err, errlen, "kv layout: block_size = %d must be a power of two in 16..256", b);
         return -1;
     }
+    int n_win = 0;
+    for (int i = 0; i < MAX_LAYERS; i++) {
+        int w = (int)(l->win_mask[i / 64] >> (i % 64) & 1);
+        if (w && i >= l->n_layers) {
+            snprintf(err, errlen, "kv layout: window layer %d of %d layers", i, l->n_layers);
+            return -1;
+        }
+        n_win += w;
+    }
+    if (l->window < 0 || l->window_pages < 0 || l->window_pages > MAX_PAGES ||
+        (l->window_pages && (!l->window || !n_win))) {
+        snprintf(err, errlen, "kv layout: window = %d, window_pages = %d with %d window layers", l->window,
+                 l->window_pages, n_win);
+        return -1;
+    }
     return 0;
+}
+
+int kv_layer_windowed(const kv_layout *l, int layer)
+{
+    return layer >= 0 && layer < l->n_layers && layer < MAX_LAYERS && (l->win_mask[layer / 64] >> (layer % 64) & 1);
+}
+
+/* Layers a page of the window group (window 1) or of the main group holds. */
+static int group_layers(const kv_layout *l, int window)
+{
+    int n = 0;
+    for (int i = 0; i < l->n_layers; i++) n += kv_layer_windowed(l, i);
+    if (!l->window_pages) return window ? 0 : l->n_layers;
+    return window ? n : l->n_layers - n;
+}
+
+int kv_window_pages_for(const kv_layout *l, int max_seqs, int max_step_tokens)
+{
+    /* a sequence stepping t tokens from n_past holds blocks floor((n_past - W + 1) / B) ..
+     * ceil((n_past + t) / B) - 1: at most (W - 1 + t) / B + 2, rounded up once more per sequence */
+    int B = l->block_size;
+    long long n = (long long)max_seqs * ((l->window - 1 + B - 1) / B + 3) + (max_step_tokens + B - 1) / B;
+    return n > MAX_PAGES ? MAX_PAGES : (int)n;
 }
 
 /* One layer's floats, padded to 16 floats so every layer (and page) starts
@@ -52,7 +90,12 @@ size_t kv_layer_page_floats(const kv_layout *l)
 
 size_t kv_page_bytes(const kv_layout *l)
 {
-    return kv_layer_page_floats(l) * (size_t)l->n_layers * sizeof(float);
+    return kv_layer_page_floats(l) * (size_t)group_layers(l, 0) * sizeof(float);
+}
+
+size_t kv_window_page_bytes(const kv_layout *l)
+{
+    return kv_layer_page_floats(l) * (size_t)group_layers(l, 1) * sizeof(float);
 }
 
 int kv_pages_for(const kv_layout *l, int n_tokens)
@@ -61,20 +104,20 @@ int kv_pages_for(const kv_layout *l, int n_tokens)
     return n_tokens / l->block_size + (n_tokens % l->block_size != 0);
 }
 
-kv_pool *kv_pool_create(const kv_layout *layout, int n_pages, int host_storage,
-                        char *err, size_t errlen)
+/* One group of pages: the main one, or (window 1) the window layers'. */
+static kv_pool *group_create(const kv_layout *layout, int n_pages, int host_storage, int window, char *err,
+                             size_t errlen)
 {
-    if (layout_check(layout, err, errlen)) return NULL;
-    if (n_pages < 1 || n_pages > MAX_PAGES) {
-        snprintf(err, errlen, "kv pool: n_pages = %d is out of range 1..%d", n_pages, MAX_PAGES);
-        return NULL;
-    }
     kv_pool *p = calloc(1, sizeof *p);
     if (!p) goto oom;
     p->l = *layout;
     p->n_pages = n_pages;
     p->layer_floats = kv_layer_page_floats(layout);
-    p->page_floats = p->layer_floats * (size_t)layout->n_layers;
+    p->page_floats = p->layer_floats * (size_t)group_layers(layout, window);
+    p->slot = malloc((size_t)layout->n_layers * sizeof *p->slot);
+    if (!p->slot) goto oom;
+    for (int i = 0, k = 0; i < layout->n_layers; i++)
+        p->slot[i] = (int16_t)((layout->window_pages && kv_layer_windowed(layout, i)) == window ? k++ : -1);
 
     uint32_t tsize = 16;
     while (tsize < 2u * (uint32_t)n_pages) tsize <<= 1;
@@ -97,7 +140,7 @@ kv_pool *kv_pool_create(const kv_layout *layout, int n_pages, int host_storage,
     p->lru_head = p->lru_tail = -1;
     for (uint32_t i = 0; i < tsize; i++) p->table[i] = -1;
 
-    if (host_storage) {
+    if (host_storage && p->page_floats) {
         size_t page_bytes = p->page_floats * sizeof(float);
         if (page_bytes > SIZE_MAX / (size_t)n_pages) {
             snprintf(err, errlen, "kv pool: %d pages of %zu bytes overflow", n_pages, page_bytes);
@@ -126,9 +169,30 @@ oom:
     return NULL;
 }
 
+kv_pool *kv_pool_create(const kv_layout *layout, int n_pages, int host_storage,
+                        char *err, size_t errlen)
+{
+    if (layout_check(layout, err, errlen)) return NULL;
+    if (n_pages < 1 || n_pages > MAX_PAGES) {
+        snprintf(err, errlen, "kv pool: n_pages = %d is out of range 1..%d", n_pages, MAX_PAGES);
+        return NULL;
+    }
+    kv_pool *p = group_create(layout, n_pages, host_storage, 0, err, errlen);
+    if (p && layout->window_pages) {
+        p->win = group_create(layout, layout->window_pages, host_storage, 1, err, errlen);
+        if (!p->win) {
+            kv_pool_free(p);
+            return NULL;
+        }
+    }
+    return p;
+}
+
 void kv_pool_free(kv_pool *p)
 {
     if (!p) return;
+    kv_pool_free(p->win);
+    free(p->slot);
     if (p->data) munmap(p->data, p->data_bytes);
     free(p->refcnt);
     free(p->free_stack);
@@ -141,6 +205,7 @@ void kv_pool_free(kv_pool *p)
 }
 
 const kv_layout *kv_pool_layout(const kv_pool *p) { return &p->l; }
+const kv_pool *kv_pool_window(const kv_pool *p) { return p->win; }
 int kv_pool_n_pages(const kv_pool *p) { return p->n_pages; }
 int kv_pool_n_available(const kv_pool *p) { return p->n_free + p->n_cached; }
 int kv_pool_n_used(const kv_pool *p) { return p->n_used; }
@@ -224,10 +289,13 @@ int kv_page_refcount(const kv_pool *p, int32_t page)
     return valid_page(p, page) ? p->refcnt[page] : 0;
 }
 
+/* A window layer's storage is in the window group's page. */
 static float *page_layer(kv_pool *p, int32_t page, int layer)
 {
-    if (!p->data || !valid_page(p, page) || layer < 0 || layer >= p->l.n_layers) return NULL;
-    return p->data + (size_t)page * p->page_floats + (size_t)layer * p->layer_floats;
+    if (layer < 0 || layer >= p->l.n_layers) return NULL;
+    if (p->win && p->slot[layer] < 0) p = p->win;
+    if (!p->data || !valid_page(p, page) || p->slot[layer] < 0) return NULL;
+    return p->data + (size_t)page * p->page_floats + (size_t)p->slot[layer] * p->layer_floats;
 }
 
 float *kv_page_k(kv_pool *p, int32_t page, int layer)
@@ -258,7 +326,7 @@ float *kv_page_summary(kv_pool *p, int32_t page, int layer)
 
 float *kv_page_base(kv_pool *p, int32_t page)
 {
-    return page_layer(p, page, 0);
+    return p->data && valid_page(p, page) ? p->data + (size_t)page * p->page_floats : NULL;
 }
 
 /* ---- sequences -------------------------------------------------------- */
@@ -268,10 +336,11 @@ void kv_seq_init(kv_seq *s)
     memset(s, 0, sizeof *s);
 }
 
-/* Grows the block table (and hash chain) to hold n_pages entries. */
-int kv_seq_grow(kv_seq *s, int n_pages)
+/* Grows the block table (and hash chain; with window, the window table)
+ * to hold n_pages entries. */
+int kv_seq_grow(kv_seq *s, int n_pages, int window)
 {
-    if (n_pages <= s->cap) return 0;
+    if (n_pages <= s->cap && (!window || s->wpages)) return 0;
     int cap = s->cap ? s->cap : 8;
     while (cap < n_pages) cap = cap > (1 << 29) ? n_pages : cap * 2;
     int32_t *pg = realloc(s->pages, (size_t)cap * sizeof *pg);
@@ -280,6 +349,11 @@ int kv_seq_grow(kv_seq *s, int n_pages)
     uint64_t *hs = realloc(s->hashes, (size_t)cap * sizeof *hs);
     if (!hs) return -1;
     s->hashes = hs;
+    if (window) {
+        int32_t *wp = realloc(s->wpages, (size_t)cap * sizeof *wp);
+        if (!wp) return -1;
+        s->wpages = wp;
+    }
     s->cap = cap;
     return 0;
 }
@@ -289,12 +363,28 @@ int kv_seq_reserve(kv_pool *p, kv_seq *s, int n_tokens)
     if (n_tokens < 0) return -1;
     int need = kv_pages_for(&p->l, n_tokens) - s->n_pages;
     if (need > 0) {
-        if (need > kv_pool_n_available(p)) return -1;
-        if (kv_seq_grow(s, s->n_pages + need)) return -1;
-        for (int i = 0; i < need; i++) s->pages[s->n_pages++] = kv_page_alloc(p);
+        if (need > kv_pool_n_available(p) || (p->win && need > kv_pool_n_available(p->win))) return -1;
+        if (kv_seq_grow(s, s->n_pages + need, p->win != NULL)) return -1;
+        for (int i = 0; i < need; i++) {
+            if (p->win) s->wpages[s->n_pages] = kv_page_alloc(p->win);
+            s->pages[s->n_pages++] = kv_page_alloc(p);
+        }
     }
     if (n_tokens > s->n_tokens) s->n_tokens = n_tokens;
     return 0;
+}
+
+void kv_seq_trim(kv_pool *p, kv_seq *s, int n_past)
+{
+    if (!p->win || !s->wpages) return;
+    int lo = n_past - p->l.window + 1; /* the first token a step from n_past reads */
+    int end = lo > 0 ? lo / p->l.block_size : 0;
+    if (end > s->n_pages) end = s->n_pages;
+    /* newest first, down to the part trimmed before */
+    for (int i = end - 1; i >= 0 && s->wpages[i] >= 0; i--) {
+        kv_page_unref(p->win, s->wpages[i]);
+        s->wpages[i] = -1;
+    }
 }
 
 /* Pages are dropped newest first, so the tail of a prefix chain enters the
@@ -302,8 +392,12 @@ int kv_seq_reserve(kv_pool *p, kv_seq *s, int n_tokens)
  * its start for as long as possible. */
 void kv_seq_release(kv_pool *p, kv_seq *s)
 {
-    for (int i = s->n_pages - 1; i >= 0; i--) kv_page_unref(p, s->pages[i]);
+    for (int i = s->n_pages - 1; i >= 0; i--) {
+        if (p->win && s->wpages && s->wpages[i] >= 0) kv_page_unref(p->win, s->wpages[i]);
+        kv_page_unref(p, s->pages[i]);
+    }
     free(s->pages);
+    free(s->wpages);
     free(s->hashes);
     kv_seq_init(s);
 }
@@ -358,6 +452,11 @@ int kv_pool_check(const kv_pool *p, char *err, size_t errlen)
         if (!valid_page(p, pg) || !p->hashed[pg]) FAIL("table slot %u holds unhashed page %d", i, pg);
     }
     if (entries != hashed) FAIL("table has %d entries, %d pages hashed", entries, hashed);
+    if (p->win && kv_pool_check(p->win, err, errlen)) {
+        char sub[200];
+        snprintf(sub, sizeof sub, "%s", err);
+        FAIL("window group: %s", sub);
+    }
     rc = 0;
 #undef FAIL
 out:

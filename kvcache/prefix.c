@@ -90,22 +90,33 @@ int kv_seq_match_prefix(kv_pool *p, kv_seq *s, const int32_t *tokens, int n)
 
     /* At most floor((n-1)/B) pages: the last token is always computed. */
     int max_pages = (n - 1) / B, hits = 0;
+    if (max_pages == 0 || kv_seq_grow(s, max_pages, p->win != NULL)) return 0;
     uint64_t h = 0;
     while (hits < max_pages) {
-        uint64_t nh = kv_block_hash(h, tokens + (size_t)hits * B, B);
-        if (kv_table_find(p, nh) < 0) break;
-        h = nh;
-        hits++;
+        h = kv_block_hash(h, tokens + (size_t)hits * B, B);
+        if (kv_table_find(p, h) < 0) break;
+        s->hashes[hits++] = h;
     }
-    if (hits == 0 || kv_seq_grow(s, hits)) return 0;
+    /* The window pages the next token reads, blocks from (hits B - W + 1) / B
+     * on, must be cached too; a missing one at block j ends the run there. */
+    int wfirst = 0;
+    while (p->win && hits > 0) {
+        int lo = hits * B - p->l.window + 1, j = hits - 1;
+        wfirst = lo > 0 ? lo / B : 0;
+        while (j >= wfirst && kv_table_find(p->win, s->hashes[j]) >= 0) j--;
+        if (j < wfirst) break;
+        hits = j;
+    }
+    if (hits == 0) return 0;
 
-    h = 0;
     for (int i = 0; i < hits; i++) {
-        h = kv_block_hash(h, tokens + (size_t)i * B, B);
-        int32_t pg = kv_table_find(p, h);
+        int32_t pg = kv_table_find(p, s->hashes[i]);
         kv_page_ref(p, pg);
         s->pages[i] = pg;
-        s->hashes[i] = h;
+        if (p->win) {
+            s->wpages[i] = i < wfirst ? -1 : kv_table_find(p->win, s->hashes[i]);
+            kv_page_ref(p->win, s->wpages[i]);
+        }
     }
     s->n_pages = s->n_hashed = hits;
     s->n_tokens = s->n_cached = hits * B;
@@ -128,6 +139,8 @@ void kv_seq_publish(kv_pool *p, kv_seq *s, const int32_t *tokens, int n)
         /* An equal page published first keeps the entry; ours stays private
          * and is freed with the sequence. */
         if (!p->hashed[pg] && kv_table_find(p, h) < 0) kv_table_insert(p, pg, h);
+        int32_t wp = p->win && s->wpages ? s->wpages[i] : -1;
+        if (wp >= 0 && !p->win->hashed[wp] && kv_table_find(p->win, h) < 0) kv_table_insert(p->win, wp, h);
     }
     if (full > s->n_hashed) s->n_hashed = full;
 }

@@ -567,6 +567,218 @@ static void stress_check(kv_pool *p, sseq *q, int32_t *loose, int n_loose)
     ck_assert_int_eq(kv_pool_n_used(p) + kv_pool_n_available(p), S_PAGES);
 }
 
+/* Layers 1 and 3 of 4 windowed (W tokens), with a window group of wp pages. */
+static kv_layout wlay(int B, int W, int wp)
+{
+    kv_layout l = lay(4, 2, 8, B, 0, 1);
+    l.window = W;
+    l.window_pages = wp;
+    l.win_mask[0] = (1u << 1) | (1u << 3);
+    return l;
+}
+
+START_TEST(window_layout)
+{
+    char err[256] = "";
+    kv_layout l = wlay(16, 40, 8);
+    l.window = 0; /* window pages but no window */
+    ck_assert_ptr_null(kv_pool_create(&l, 4, 1, err, sizeof err));
+    ck_assert_ptr_nonnull(strstr(err, "window"));
+    l = wlay(16, 40, 8);
+    l.win_mask[0] = 0; /* no window layer */
+    ck_assert_ptr_null(kv_pool_create(&l, 4, 1, err, sizeof err));
+    l = wlay(16, 40, 8);
+    l.win_mask[0] |= 1u << 4; /* past n_layers */
+    ck_assert_ptr_null(kv_pool_create(&l, 4, 1, err, sizeof err));
+    ck_assert_ptr_nonnull(strstr(err, "layer 4"));
+    l = wlay(16, 40, -1);
+    ck_assert_ptr_null(kv_pool_create(&l, 4, 1, err, sizeof err));
+
+    /* Without window pages every layer stays in the main page. */
+    l = wlay(16, 40, 0);
+    size_t lf = kv_layer_page_floats(&l) * sizeof(float);
+    ck_assert_uint_eq(kv_page_bytes(&l), 4 * lf);
+    ck_assert_uint_eq(kv_window_page_bytes(&l), 0);
+    kv_pool *p = mkpool(l, 4, 1);
+    ck_assert_ptr_null(kv_pool_window(p));
+    ck_assert(kv_page_k(p, 1, 1) == kv_page_base(p, 1) + lf / sizeof(float));
+    kv_pool_free(p);
+
+    /* With them, main pages hold layers 0 and 2, window pages 1 and 3. */
+    l = wlay(16, 40, 6);
+    ck_assert_uint_eq(kv_page_bytes(&l), 2 * lf);
+    ck_assert_uint_eq(kv_window_page_bytes(&l), 2 * lf);
+    ck_assert(kv_layer_windowed(&l, 1) && kv_layer_windowed(&l, 3));
+    ck_assert(!kv_layer_windowed(&l, 0) && !kv_layer_windowed(&l, 2) && !kv_layer_windowed(&l, 4));
+    p = mkpool(l, 4, 1);
+    ck_assert_ptr_nonnull(kv_pool_window(p));
+    ck_assert_int_eq(kv_pool_n_pages(kv_pool_window(p)), 6);
+    float *m0 = kv_page_k(p, 2, 0), *m2 = kv_page_k(p, 2, 2);
+    float *w1 = kv_page_k(p, 5, 1), *w3 = kv_page_k(p, 5, 3);
+    ck_assert(m0 == kv_page_base(p, 2));
+    ck_assert(m2 == m0 + lf / sizeof(float));
+    ck_assert(w3 == w1 + lf / sizeof(float));
+    ck_assert_ptr_null(kv_page_k(p, 6, 1)); /* window page ids stop at 6 */
+    ck_assert_ptr_nonnull(kv_page_k(p, 5, 1));
+    /* writes to one group never land in the other */
+    for (int pg = 0; pg < 4; pg++)
+        for (int ly = 0; ly < 4; ly += 2) kv_page_summary(p, pg, ly)[0] = (float)(100 + pg * 4 + ly);
+    for (int pg = 0; pg < 6; pg++)
+        for (int ly = 1; ly < 4; ly += 2) kv_page_summary(p, pg, ly)[0] = (float)(200 + pg * 4 + ly);
+    for (int pg = 0; pg < 4; pg++)
+        for (int ly = 0; ly < 4; ly += 2) ck_assert(kv_page_summary(p, pg, ly)[0] == (float)(100 + pg * 4 + ly));
+    kv_pool_free(p);
+}
+END_TEST
+
+/* Held window pages of a sequence: its non-negative wpages entries. */
+static int wheld(const kv_seq *s)
+{
+    int n = 0;
+    for (int i = 0; i < s->n_pages; i++) n += s->wpages[i] >= 0;
+    return n;
+}
+
+START_TEST(window_trim_reserve)
+{
+    enum { B = 16, W = 40 };
+    kv_pool *p = mkpool(wlay(B, W, 8), 64, 1);
+    const kv_pool *wg = kv_pool_window(p);
+    kv_seq a;
+    kv_seq_init(&a);
+    /* a first chunk of 100 tokens takes 7 pages of each group */
+    kv_seq_trim(p, &a, 0);
+    ck_assert_int_eq(kv_seq_reserve(p, &a, 100), 0);
+    ck_assert_int_eq(a.n_pages, 7);
+    ck_assert_int_eq(wheld(&a), 7);
+    ck_assert_int_eq(kv_pool_n_used(wg), 7);
+    check_ok(p);
+    /* a step from 100 reads tokens 61.. : blocks 3.. stay */
+    kv_seq_trim(p, &a, 100);
+    ck_assert_int_eq(wheld(&a), 4);
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(a.wpages[i], -1);
+    ck_assert_int_eq(kv_pool_n_used(wg), 4);
+    ck_assert_int_eq(kv_pool_n_used(p), 7);
+    kv_seq_trim(p, &a, 100); /* idempotent */
+    ck_assert_int_eq(wheld(&a), 4);
+    check_ok(p);
+    /* decode one token at a time: never more than (W - 1) / B + 2 window pages */
+    for (int n = 100; n < 400; n++) {
+        kv_seq_trim(p, &a, n);
+        ck_assert_int_eq(kv_seq_reserve(p, &a, n + 1), 0);
+        ck_assert_int_le(wheld(&a), (W - 1 + B - 1) / B + 2);
+        /* the window of token n is held */
+        for (int t = n - W + 1 > 0 ? n - W + 1 : 0; t <= n; t++) ck_assert_int_ge(a.wpages[t / B], 0);
+    }
+    ck_assert_int_eq(a.n_pages, 25);
+    check_ok(p);
+    /* all or nothing: a step needing more window pages than there are fails and changes nothing */
+    int np = a.n_pages, used = kv_pool_n_used(p);
+    ck_assert_int_eq(kv_seq_reserve(p, &a, 400 + 6 * B), -1);
+    ck_assert_int_eq(a.n_pages, np);
+    ck_assert_int_eq(kv_pool_n_used(p), used);
+    check_ok(p);
+    kv_seq_release(p, &a);
+    ck_assert_int_eq(kv_pool_n_used(p), 0);
+    ck_assert_int_eq(kv_pool_n_used(wg), 0);
+    ck_assert_ptr_null(a.wpages);
+    check_ok(p);
+    kv_pool_free(p);
+}
+END_TEST
+
+START_TEST(window_prefix)
+{
+    enum { B = 16, W = 40 };
+    kv_pool *p = mkpool(wlay(B, W, 16), 32, 1);
+    const kv_pool *wg = kv_pool_window(p);
+    int32_t t[200];
+    fill_tokens(t, 200, 500);
+    kv_seq a, b;
+    kv_seq_init(&a);
+    kv_seq_init(&b);
+    /* a prefills 161 tokens in one step and publishes its 10 full pages, window pages included */
+    ck_assert_int_eq(kv_seq_reserve(p, &a, 161), 0);
+    kv_seq_publish(p, &a, t, 161);
+    ck_assert_int_eq(a.n_hashed, 10);
+    kv_seq_trim(p, &a, 161); /* reads 122.. : blocks 7.. stay; 0..6 go to the window LRU */
+    ck_assert_int_eq(wheld(&a), 4);
+    ck_assert_int_eq(kv_pool_n_cached(wg), 7);
+    check_ok(p);
+
+    /* b asks for 170 tokens: 10 pages match; its next token (160) reads 121.. : blocks 7..9 */
+    ck_assert_int_eq(kv_seq_match_prefix(p, &b, t, 170), 160);
+    ck_assert_int_eq(b.n_pages, 10);
+    for (int i = 0; i < 10; i++) {
+        ck_assert_int_eq(b.pages[i], a.pages[i]);
+        ck_assert_int_eq(b.wpages[i], i < 7 ? -1 : a.wpages[i]);
+    }
+    ck_assert_int_eq(kv_page_refcount(wg, a.wpages[8]), 2);
+    kv_seq_release(p, &b);
+
+    /* a shorter prompt ends in the window LRU's pages: 100 tokens match 6 pages, window blocks 3..5 */
+    ck_assert_int_eq(kv_seq_match_prefix(p, &b, t, 100), 96);
+    ck_assert_int_eq(b.n_pages, 6);
+    ck_assert_int_eq(wheld(&b), 3);
+    ck_assert_int_eq(kv_pool_n_cached(wg), 4);
+    kv_seq_release(p, &b);
+    check_ok(p);
+
+    /* evict window pages: a second sequence takes every free and cached window page */
+    kv_seq c;
+    kv_seq_init(&c);
+    int avail = kv_pool_n_available(wg);
+    ck_assert_int_eq(kv_seq_reserve(p, &c, avail * B), 0);
+    ck_assert_int_eq(kv_pool_n_cached(wg), 0);
+    /* now only a's held window (blocks 7..9 and 10) is cached-or-used: a match must end at 160 or
+     * not at all, since every shorter run's window was evicted */
+    ck_assert_int_eq(kv_seq_match_prefix(p, &b, t, 100), 0);
+    ck_assert_int_eq(b.n_pages, 0);
+    ck_assert_int_eq(kv_seq_match_prefix(p, &b, t, 170), 160);
+    kv_seq_release(p, &b);
+    kv_seq_release(p, &c);
+    kv_seq_release(p, &a);
+    check_ok(p);
+    kv_pool_free(p);
+}
+END_TEST
+
+/* kv_window_pages_for is enough: sequences of random steps, trimmed before
+ * each, within the budgets, never find the window group short. */
+START_TEST(window_pages_bound)
+{
+    enum { B = 16, S = 5, T = 300 };
+    for (int W = 1; W < 200; W += 37) {
+        kv_layout l = wlay(B, W, 1);
+        l.window_pages = kv_window_pages_for(&l, S, T);
+        kv_pool *p = mkpool(l, 4096, 0);
+        kv_seq q[S];
+        int n[S] = {0};
+        for (int i = 0; i < S; i++) kv_seq_init(&q[i]);
+        srand(7 + W);
+        for (int step = 0; step < 300; step++) {
+            int budget = T;
+            for (int i = 0; i < S; i++) {
+                int take = 1 + rand() % (budget > 1 ? budget / 2 : 1);
+                if (take > budget) take = budget;
+                if (take == 0) break;
+                budget -= take;
+                kv_seq_trim(p, &q[i], n[i]);
+                ck_assert_msg(kv_seq_reserve(p, &q[i], n[i] + take) == 0, "W %d step %d seq %d", W, step, i);
+                n[i] += take;
+            }
+            if (step % 50 == 49) { /* a sequence ends, another starts */
+                kv_seq_release(p, &q[step % S]);
+                n[step % S] = 0;
+            }
+        }
+        check_ok(p);
+        for (int i = 0; i < S; i++) kv_seq_release(p, &q[i]);
+        kv_pool_free(p);
+    }
+}
+END_TEST
+
 START_TEST(stress)
 {
     kv_pool *p = mkpool(lay(1, 1, 1, S_B, 0, 0), S_PAGES, 1);
@@ -682,6 +894,10 @@ static Suite *suite(void)
     tcase_add_test(tc, lru_eviction);
     tcase_add_test(tc, lru_chain_tail_first);
     tcase_add_test(tc, block_hash);
+    tcase_add_test(tc, window_layout);
+    tcase_add_test(tc, window_trim_reserve);
+    tcase_add_test(tc, window_prefix);
+    tcase_add_test(tc, window_pages_bound);
     tcase_add_test(tc, stress);
     suite_add_tcase(s, tc);
     return s;
