@@ -250,6 +250,12 @@ kv_layout engine_kv_layout(const engine *e)
         .idx_dim = e->m.idx_dim,
         .summaries = e->attn.indexer != IDX_MSA,
     };
+    /* window layers are marked; whether they get pages of their own (window_pages) is the pool's call */
+    for (int i = 0; i < e->m.n_layers && i < KV_MAX_LAYERS; i++)
+        if (e->m.layers[i].swa && e->m.swa_window > 0) {
+            l.window = e->m.swa_window;
+            l.win_mask[i / 64] |= 1ull << (i % 64);
+        }
     return l;
 }
 

@@ -97,6 +97,8 @@ typedef struct engine_seq {
     int n_new;              /* tokens of this sequence in the batch */
     int tok_offset;         /* where they start in engine_batch.tokens */
     const int32_t *blocks;  /* block table covering n_past + n_new tokens */
+    const int32_t *wblocks; /* with the pool's window group (cpu): the window layers' pages, the same
+                             * length, -1 where trimmed (kvcache.h); NULL otherwise */
     int n_blocks;
     int logits;             /* 0: none, 1: last new token, 2: every new token */
 } engine_seq;

@@ -73,7 +73,7 @@ static void attn_task(void *ctx, int i, int thread)
     memset(acc, 0, (size_t)hpg * D * sizeof(float));
     for (int k = 0; k < n; k++) {
         int bi = sel[k];
-        int32_t page = sq->blocks[bi];
+        int32_t page = seq_table(j->pool, sq, j->l)[bi];
         const float *K = kv_page_k(j->pool, page, j->l) + (size_t)g * B * D;
         const float *V = kv_page_v(j->pool, page, j->l) + (size_t)g * B * D;
         int slots = bi == last ? pos - bi * B + 1 : B;

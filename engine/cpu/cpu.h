@@ -41,6 +41,13 @@ static inline wmat wmat_rows(wmat w, int r0, int n)
     return w;
 }
 
+/* The block table layer l's K/V pages are in: with the pool's window group
+ * a window layer's, else the main one. */
+static inline const int32_t *seq_table(const kv_pool *pool, const engine_seq *s, int l)
+{
+    return kv_pool_window(pool) && kv_layer_windowed(kv_pool_layout(pool), l) ? s->wblocks : s->blocks;
+}
+
 /* out[t][r] = sum_c W[r][c] * x[t][c] for t < T, all rows. */
 void matmul(tpool *p, float *out, const wmat *w, const float *x, int T);
 

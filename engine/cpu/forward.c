@@ -105,6 +105,7 @@ static int check_batch(const engine *e, kv_pool *pool, const engine_batch *b, ch
 {
     kv_layout want = engine_kv_layout(e);
     const kv_layout *have = kv_pool_layout(pool);
+    want.window_pages = have->window_pages; /* any number, or none */
     if (memcmp(&want, have, sizeof want)) {
         snprintf(err, errlen, "engine: the KV pool's layout does not match the model");
         return -1;
@@ -127,6 +128,20 @@ static int check_batch(const engine *e, kv_pool *pool, const engine_batch *b, ch
                 snprintf(err, errlen, "engine: sequence %d has page %d outside the pool", i, s->blocks[k]);
                 return -1;
             }
+        const kv_pool *wg = kv_pool_window(pool);
+        if (!wg)
+            continue;
+        /* the window pages the new tokens write and read: from the first one's window on */
+        int lo = s->n_past - have->window + 1, k0 = lo > 0 ? lo / B : 0;
+        for (int k = k0; s->wblocks && k < (s->n_past + s->n_new + B - 1) / B; k++)
+            if (s->wblocks[k] < 0 || s->wblocks[k] >= kv_pool_n_pages(wg)) {
+                snprintf(err, errlen, "engine: sequence %d has window page %d outside the pool", i, s->wblocks[k]);
+                return -1;
+            }
+        if (!s->wblocks) {
+            snprintf(err, errlen, "engine: sequence %d has no window pages", i);
+            return -1;
+        }
     }
     if (covered != b->n_tokens) {
         snprintf(err, errlen, "engine: sequences cover %d tokens, batch has %d", covered, b->n_tokens);
@@ -148,7 +163,7 @@ static void store_kv(engine *e, kv_pool *pool, const engine_batch *b, int l, int
     int D = m->head_dim, Hkv = m->n_kv_heads, B = e->attn.block_size;
     const engine_seq *sq = &b->seqs[e->s.tok_seq[t]];
     int pos = e->s.tok_pos[t];
-    int32_t page = sq->blocks[pos / B];
+    int32_t page = seq_table(pool, sq, l)[pos / B];
     int slot = pos % B;
     float *K = kv_page_k(pool, page, l), *V = kv_page_v(pool, page, l);
     float *S = kv_page_summary(pool, page, l);

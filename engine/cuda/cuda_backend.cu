@@ -77,11 +77,14 @@ struct cuda_backend {
     int moe_wg;                 /* ... on moe_wg_kernel (Hopper) from MOE_WG_ROWS pairs an expert, else moe_mma_kernel */
     int moe_plan;               /* bucket the pairs at decode too (else a tile a pair there) */
 
-    /* device pages */
+    /* device pages: kv holds the main group's, wkv the window group's (kvcache.h), page_bytes and
+     * wpage_bytes apart; layer l is at kv_slot[l] * layer_bytes into a page of its group (layer_kv) */
     const kv_pool *kv_owner;
-    int kv_pages;
-    char *kv;
-    long long page_bytes, layer_bytes, off_k, off_v, off_idx, off_summ, off_kvs;
+    int kv_pages, kv_wpages;
+    char *kv, *wkv;
+    int *kv_slot;
+    uint8_t *kv_win;
+    long long page_bytes, wpage_bytes, layer_bytes, off_k, off_v, off_idx, off_summ, off_kvs;
     /* with kv_fp8: one layer's K/V of a prefilling sequence in bf16, its
      * pages in table order (K at 0, V at wide_v, wide_stride bytes a
      * page), the copy the dense prefill kernel reads (cattn_kv_widen)
@@ -522,6 +525,9 @@ void cuda_backend_free(cuda_backend *cb)
         dfree(cb->out);
     dfree(cb->emb); dfree(cb->out_norm); dfree(cb->rope_freq);
     dfree(cb->kv);
+    dfree(cb->wkv);
+    free(cb->kv_slot);
+    free(cb->kv_win);
     dfree(cb->wide);
     dfree(cb->ident);
     free_scratch(cb);
@@ -684,15 +690,31 @@ size_t cuda_backend_page_bytes(const cuda_backend *cb, const kv_layout *l)
     return (size_t)(layer_page_bytes(cb, l, off) * l->n_layers);
 }
 
-/* Device pages for this pool: one allocation, sized by its page count. */
+/* Device pages for this pool: an allocation a group, sized by its page count. */
 static int ensure_kv(cuda_backend *cb, const kv_pool *pool, char *err, size_t errlen)
 {
     int n_pages = kv_pool_n_pages(pool);
-    if (cb->kv && cb->kv_owner == pool && cb->kv_pages == n_pages)
+    const kv_pool *wg = kv_pool_window(pool);
+    int n_wpages = wg ? kv_pool_n_pages(wg) : 0;
+    if (cb->kv && cb->kv_owner == pool && cb->kv_pages == n_pages && cb->kv_wpages == n_wpages)
         return 0;
     dfree(cb->kv);
-    cb->kv = NULL;
+    dfree(cb->wkv);
+    cb->kv = cb->wkv = NULL;
     const kv_layout *l = kv_pool_layout(pool);
+    free(cb->kv_slot);
+    free(cb->kv_win);
+    cb->kv_slot = (int *)malloc((size_t)l->n_layers * sizeof(int));
+    cb->kv_win = (uint8_t *)malloc((size_t)l->n_layers);
+    if (!cb->kv_slot || !cb->kv_win) {
+        snprintf(err, errlen, "out of host memory");
+        return -1;
+    }
+    int n_main = 0, n_win = 0;
+    for (int i = 0; i < l->n_layers; i++) {
+        cb->kv_win[i] = wg && kv_layer_windowed(l, i);
+        cb->kv_slot[i] = cb->kv_win[i] ? n_win++ : n_main++;
+    }
     long long off[4];
     cb->layer_bytes = layer_page_bytes(cb, l, off);
     cb->off_k = 0;
@@ -700,11 +722,15 @@ static int ensure_kv(cuda_backend *cb, const kv_pool *pool, char *err, size_t er
     cb->off_idx = off[1];
     cb->off_summ = off[2];
     cb->off_kvs = off[3];
-    cb->page_bytes = cb->layer_bytes * l->n_layers;
-    if (dmalloc((void **)&cb->kv, (size_t)(cb->page_bytes * n_pages), err, errlen))
+    cb->page_bytes = cb->layer_bytes * n_main;
+    cb->wpage_bytes = cb->layer_bytes * n_win;
+    /* (+256: with window layers only, main pages are empty) */
+    if (dmalloc((void **)&cb->kv, (size_t)(cb->page_bytes * n_pages + 256), err, errlen) ||
+        (n_wpages && dmalloc((void **)&cb->wkv, (size_t)(cb->wpage_bytes * n_wpages), err, errlen)))
         return -1;
     cb->kv_owner = pool;
     cb->kv_pages = n_pages;
+    cb->kv_wpages = n_wpages;
     cb->gen++;
     return 0;
 }
@@ -778,6 +804,7 @@ typedef struct meta {
     int n_tiles;                /* cattn_flash's */
     int n_stiles, n_bo, n_bseq, n_ent;  /* sparse layers' (plan_sparse) */
     int32_t *tok, *pos, *tab, *row, *fin, *tables, *lens, *ptab, *tiles;   /* device views */
+    int32_t *wtables;           /* the window layers' tables at tables' offsets (the window group's) */
     int32_t *stiles, *bo_tok, *bo_seq, *bo_seqs, *ent_seq;
 } meta;
 
@@ -903,7 +930,9 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
     while (mb < max_blocks)
         mb *= 2;
     sparse_plan sp = plan_sparse(cb, b, NULL, NULL, NULL, NULL, NULL);
-    size_t need = (size_t)8 * T + R + b->n_seqs + (size_t)b->n_seqs * mb + n_tab + 2 * (size_t)sp.n_bo +
+    /* the window tables take n_seqs * mb entries, so that what follows moves only with (n_seqs, mb) */
+    size_t nw = cb->wkv ? (size_t)b->n_seqs * mb : 0;
+    size_t need = (size_t)8 * T + R + b->n_seqs + (size_t)b->n_seqs * mb + n_tab + nw + 2 * (size_t)sp.n_bo +
                   3 * (size_t)sp.n_bseq + sp.n_ent;
     if (need > cb->cap_meta) {
         if (cb->hmeta)
@@ -922,7 +951,8 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
     int32_t *h = cb->hmeta;
     int32_t *tok = h, *pos = h + T, *tab = h + 2 * T, *fin = h + 3 * T, *row = fin + T, *lens = row + R;
     int32_t *tiles = lens + b->n_seqs, *stiles = tiles + 2 * T, *ptab = stiles + 2 * T;
-    int32_t *tables = ptab + (size_t)b->n_seqs * mb, *bo_tok = tables + n_tab, *bo_seq = bo_tok + sp.n_bo;
+    int32_t *wtables = ptab + (size_t)b->n_seqs * mb, *tables = wtables + nw, *bo_tok = tables + n_tab;
+    int32_t *bo_seq = bo_tok + sp.n_bo;
     int32_t *bo_seqs = bo_seq + sp.n_bo, *ent_seq = bo_seqs + 3 * sp.n_bseq;
     memcpy(tok, b->tokens, (size_t)T * sizeof(int32_t));
     int r = 0, nf = 0, off = 0;
@@ -944,6 +974,9 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
             for (int k = first; k < s->n_new; k++)
                 row[r++] = s->tok_offset + k;
         memcpy(tables + off, s->blocks, (size_t)s->n_blocks * sizeof(int32_t));
+        /* trimmed window pages (-1) lie before every window the kernels read: page 0 keeps them in bounds */
+        for (int k = 0; nw && k < s->n_blocks; k++)
+            wtables[off + k] = s->wblocks && s->wblocks[k] >= 0 ? s->wblocks[k] : 0;
         off += s->n_blocks;
         int ctx = s->n_past + s->n_new;
         lens[i] = ctx;
@@ -974,6 +1007,7 @@ static int upload_meta(cuda_backend *cb, const engine_batch *b, meta *mt, char *
     mt->lens = d + (lens - h);
     mt->ptab = d + (ptab - h);
     mt->tables = d + (tables - h);
+    mt->wtables = nw ? d + (wtables - h) : mt->tables;
     mt->tiles = d + (tiles - h);
     mt->stiles = d + (stiles - h);
     mt->bo_tok = d + (bo_tok - h);
@@ -997,10 +1031,27 @@ static int32_t *sel_counts(const cuda_backend *cb, const meta *mt)
     return cb->sel + (size_t)mt->T * cb->e->m.n_kv_heads * sel_width(cb, mt);
 }
 
+/* Layer l's share of page 0 of its group (at kv_slot[l]) and, in pb, the
+ * bytes from one of the group's pages to the next: a window layer's are
+ * in the window group's pages, read through the step's window tables. */
+static char *layer_kv(const cuda_backend *cb, int l, long long *pb)
+{
+    int w = cb->kv_win && cb->kv_win[l];
+    if (pb)
+        *pb = w ? cb->wpage_bytes : cb->page_bytes;
+    return (w ? cb->wkv : cb->kv) + (long long)(cb->kv_slot ? cb->kv_slot[l] : l) * cb->layer_bytes;
+}
+
+static const int32_t *layer_tables(const cuda_backend *cb, const meta *mt, int l)
+{
+    return cb->kv_win && cb->kv_win[l] ? mt->wtables : mt->tables;
+}
+
+/* The tuned kernels' view of layer l (never a window layer: layer_mode). */
 static cattn_pool cattn_layer(const cuda_backend *cb, int l)
 {
     const model *m = &cb->e->m;
-    char *lay = cb->kv + (long long)l * cb->layer_bytes;
+    char *lay = layer_kv(cb, l, NULL);
     cattn_pool p;
     memset(&p, 0, sizeof(p));
     p.k = lay + cb->off_k;
@@ -1315,7 +1366,7 @@ static int select_blocks(cuda_backend *cb, const meta *mt, int l, char *err, siz
     const model *m = &e->m;
     const attn_config *c = &e->attn;
     int Hkv = m->n_kv_heads, D = m->head_dim, hpg = m->n_heads / Hkv;
-    char *lay = cb->kv + (long long)l * cb->layer_bytes;
+    char *lay = layer_kv(cb, l, NULL); /* sparse layers are never window layers */
     int W = sel_width(cb, mt);
     size_t rows = (size_t)mt->T * Hkv;
     SelArgs s;
@@ -1376,7 +1427,8 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
     const model *m = &e->m;
     const attn_config *c = &e->attn;
     int Hkv = m->n_kv_heads, D = m->head_dim, hpg = m->n_heads / Hkv;
-    char *lay = cb->kv + (long long)l * cb->layer_bytes;
+    long long pb;
+    char *lay = layer_kv(cb, l, &pb);
     int W = sparse ? sel_width(cb, mt) : 0;
     AttnArgs a;
     a.q = cb->q;
@@ -1388,11 +1440,11 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
     a.hpg = hpg;
     a.pos = mt->pos;
     a.tab = mt->tab;
-    a.tables = mt->tables;
+    a.tables = layer_tables(cb, mt, l);
     a.k = lay + cb->off_k;
     a.v = lay + cb->off_v;
     a.kvs = cb->kv_fp8 ? lay + cb->off_kvs : NULL;
-    a.pb = cb->page_bytes;
+    a.pb = pb;
     a.B = c->block_size;
     a.sel = sparse ? cb->sel : NULL;
     a.cnt = sparse ? sel_counts(cb, mt) : NULL;
@@ -1414,17 +1466,18 @@ static int attention_generic(cuda_backend *cb, const meta *mt, int l, int sparse
 static int attention_flash(cuda_backend *cb, const meta *mt, int l, int sparse, char *err, size_t errlen)
 {
     const model *m = &cb->e->m;
-    char *lay = cb->kv + (long long)l * cb->layer_bytes;
+    long long pb;
+    char *lay = layer_kv(cb, l, &pb);
     cattn_flash_args a;
     a.q = cb->q;
     a.out = cb->att;
     a.k = lay + cb->off_k;
     a.v = lay + cb->off_v;
     a.kvs = cb->kv_fp8 ? lay + cb->off_kvs : NULL;
-    a.page_bytes = cb->page_bytes;
+    a.page_bytes = pb;
     a.pos = mt->pos;
     a.tab = mt->tab;
-    a.tables = mt->tables;
+    a.tables = layer_tables(cb, mt, l);
     a.tiles = mt->tiles;
     a.n_tiles = mt->n_tiles;
     a.T = mt->T;
@@ -1602,7 +1655,9 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
     LAUNCHED();
     for (int l = 0; l < m->n_layers; l++) {
         const dlayer *d = &cb->L[l];
-        char *lay = cb->kv + (long long)l * cb->layer_bytes;
+        long long pb;
+        char *lay = layer_kv(cb, l, &pb);
+        const int32_t *tables = layer_tables(cb, mt, l);
         launch_pdl_on(cb->pdl, rmsnorm_kernel<S>, T, 256, 0, st, cb->x, (const int32_t *)NULL, d->attn_norm, E,
                       m->eps, (S *)cb->xb);
         LAUNCHED();
@@ -1614,7 +1669,7 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         pa.ld = d->nqkv;
         pa.pos = mt->pos;
         pa.tab = mt->tab;
-        pa.tables = mt->tables;
+        pa.tables = tables;
         pa.rope_freq = m->layers[l].swa ? cb->rope_freq + m->rope_dim / 2 : cb->rope_freq;
         pa.rope_mscale = m->layers[l].swa ? e->rope_mscale_swa : e->rope_mscale;
         pa.rope_dim = m->rope_dim;
@@ -1641,7 +1696,7 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         pa.k = lay + cb->off_k;
         pa.v = lay + cb->off_v;
         pa.idx = lay + cb->off_idx;
-        pa.pb = cb->page_bytes;
+        pa.pb = pb;
         pa.B = e->attn.block_size;
         int maxd = D > m->idx_dim ? D : m->idx_dim;
         int nu = m->n_heads + 2 * m->n_kv_heads + (d->has_idx ? m->idx_heads + 1 : 0);
@@ -1651,9 +1706,9 @@ static int forward(cuda_backend *cb, const engine_batch *b, const meta *mt, cons
         if (cb->off_summ < cb->off_kvs) {
             launch_pdl_on(cb->pdl, summary_kernel<S>, dim3(mt->n_fin, m->n_kv_heads), 128, 0, st,
                           (const int32_t *)mt->fin, (const int32_t *)mt->pos, (const int32_t *)mt->tab,
-                          (const int32_t *)mt->tables, (const char *)(lay + cb->off_k),
-                          (const char *)(cb->kv_fp8 ? lay + cb->off_kvs : NULL), lay + cb->off_summ,
-                          cb->page_bytes, e->attn.block_size, D);
+                          tables, (const char *)(lay + cb->off_k),
+                          (const char *)(cb->kv_fp8 ? lay + cb->off_kvs : NULL), lay + cb->off_summ, pb,
+                          e->attn.block_size, D);
             LAUNCHED();
         }
 

@@ -954,6 +954,107 @@ START_TEST(test_stories_sparse_full_budget_greedy)
 }
 END_TEST
 
+/* Runs toks[0..n) in steps of `chunk`, then n_dec decode steps, every row's
+ * logits into rows, on a pool whose window layers have wp window pages of
+ * their own (0: none), trimming before each step as the scheduler does.
+ * With match, a second sequence first publishes the prompt's first m
+ * tokens, and this one starts from its cached prefix (rows before the
+ * match are left alone).  Returns the most window pages held at once. */
+static int run_windowed(engine *e, const int32_t *toks, int n, int n_dec, int chunk, int wp, int m, float *rows)
+{
+    kv_layout l = engine_kv_layout(e);
+    l.window_pages = wp;
+    int total = n + n_dec, peak = 0, V = engine_get_info(e)->n_vocab;
+    char err[256];
+    kv_pool *p = kv_pool_create(&l, 2 * kv_pages_for(&l, total) + 2, 1, err, sizeof err);
+    ck_assert_msg(p != NULL, "%s", err);
+    kv_seq s;
+    kv_seq_init(&s);
+    int done = 0;
+    if (m) {
+        float *junk = malloc((size_t)m * V * sizeof(float));
+        kv_seq a;
+        kv_seq_init(&a);
+        for (int d = 0; d < m;) {
+            int k = m - d < chunk ? m - d : chunk;
+            kv_seq_trim(p, &a, d);
+            ck_assert_int_eq(kv_seq_reserve(p, &a, d + k), 0);
+            engine_seq es = {.n_past = d, .n_new = k, .blocks = a.pages, .wblocks = a.wpages,
+                             .n_blocks = a.n_pages, .logits = 2};
+            engine_batch b = {.n_tokens = k, .tokens = toks + d, .n_seqs = 1, .seqs = &es};
+            ck_assert_msg(engine_step(e, p, &b, junk, err, sizeof err) == k, "engine_step: %s", err);
+            d += k;
+            kv_seq_publish(p, &a, toks, d);
+            kv_seq_trim(p, &a, d);
+        }
+        kv_seq_release(p, &a);
+        free(junk);
+        done = kv_seq_match_prefix(p, &s, toks, n);
+        ck_assert_int_eq(done, (m / l.block_size) * l.block_size);
+    }
+    while (done < total) {
+        int n_new = done < n ? (n - done < chunk ? n - done : chunk) : 1;
+        kv_seq_trim(p, &s, done);
+        ck_assert_int_eq(kv_seq_reserve(p, &s, done + n_new), 0);
+        if (kv_pool_window(p) && kv_pool_n_used(kv_pool_window(p)) > peak)
+            peak = kv_pool_n_used(kv_pool_window(p));
+        engine_seq es = {.n_past = done, .n_new = n_new, .blocks = s.pages, .wblocks = s.wpages,
+                         .n_blocks = s.n_pages, .logits = 2};
+        engine_batch b = {.n_tokens = n_new, .tokens = toks + done, .n_seqs = 1, .seqs = &es};
+        int r = engine_step(e, p, &b, rows + (size_t)done * V, err, sizeof err);
+        ck_assert_msg(r == n_new, "engine_step: %s", err);
+        done += n_new;
+    }
+    char perr[256];
+    ck_assert_msg(kv_pool_check(p, perr, sizeof perr) == 0, "%s", perr);
+    kv_seq_release(p, &s);
+    kv_pool_free(p);
+    return peak;
+}
+
+/* Gemma-3-style layers (every second one a window of 40 tokens): keeping
+ * window layers in pages of their own, trimmed behind the window, gives the
+ * same logits bit for bit as keeping every token, in steps shorter and
+ * longer than the window, and from a prefix the cache matched. */
+START_TEST(test_window_pages_same_logits)
+{
+    const char *path = mkmodel("--arch gemma3 --layers 4 --embd 64 --heads 4 --kv-heads 2 --head-dim 16 "
+                               "--ff 128 --vocab 300 --ctx 1024 --swa-window 40 --swa-pattern 2 --seed 21");
+    attn_config c = dense_cfg(16);
+    engine *e = open_engine(path, &c, 2);
+    kv_layout l = engine_kv_layout(e);
+    ck_assert_int_eq(l.window, 40);
+    ck_assert(kv_layer_windowed(&l, 0) && !kv_layer_windowed(&l, 1)); /* gemma3: every 2nd layer global */
+    enum { N = 300, DEC = 20 };
+    int V = engine_get_info(e)->n_vocab;
+    int32_t toks[N + DEC];
+    random_tokens(toks, N + DEC, V);
+    size_t bytes = (size_t)(N + DEC) * V * sizeof(float);
+    float *ref = malloc(bytes), *got = malloc(bytes);
+    const int chunks[] = {7, 64, 130};
+    for (int ci = 0; ci < 3; ci++) {
+        int ch = chunks[ci];
+        run_windowed(e, toks, N, DEC, ch, 0, 0, ref);
+        int wp = kv_window_pages_for(&l, 1, ch);
+        memset(got, 0, bytes);
+        int peak = run_windowed(e, toks, N, DEC, ch, wp, 0, got);
+        ck_assert_msg(memcmp(ref, got, bytes) == 0, "chunks of %d: logits differ", ch);
+        ck_assert_int_le(peak, (40 - 1 + ch) / 16 + 2);
+        /* from a cached prefix of 200 tokens (12 pages: 192 match), against the same steps without
+         * window pages (the steps' sizes change the rounding) */
+        run_windowed(e, toks, N, DEC, ch, 0, 200, ref);
+        memset(got, 0, bytes);
+        run_windowed(e, toks, N, DEC, ch, 4 * wp, 200, got);
+        size_t from = (size_t)192 * V;
+        ck_assert_msg(memcmp(ref + from, got + from, bytes - from * sizeof(float)) == 0,
+                      "chunks of %d after a prefix match: logits differ", ch);
+    }
+    free(ref);
+    free(got);
+    engine_free(e);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("sparse");
@@ -973,6 +1074,7 @@ static Suite *suite(void)
     tcase_set_timeout(en, 300);
     tcase_add_unchecked_fixture(en, tmp_setup, tmp_teardown);
     tcase_add_loop_test(en, test_exact_full_budget_llama, 0, 16);
+    tcase_add_test(en, test_window_pages_same_logits);
     tcase_add_loop_test(en, test_exact_full_budget_msa, 0, 16);
     tcase_add_loop_test(en, test_partial_budget_differs_and_is_deterministic, 0, 2);
     tcase_add_loop_test(en, test_engine_pages_match_definition, 0, 2);
