@@ -1025,6 +1025,7 @@ static int build_batch(sched *s, int *n_tokens)
         if (plp && take > plp_budget)
             continue;   /* a decode-sized step of it waits for the next */
         int preempted_self = 0;
+        kv_seq_trim(s->pool, &q->kv, q->n_done); /* window pages no token from here reads */
         while (kv_seq_reserve(s->pool, &q->kv, q->n_done + take)) {
             seq *y = youngest(s);
             if (y == q) {
@@ -1050,6 +1051,7 @@ static int build_batch(sched *s, int *n_tokens)
         es->n_new = take;
         es->tok_offset = nt;
         es->blocks = q->kv.pages;
+        es->wblocks = q->kv.wpages;
         es->n_blocks = q->kv.n_pages;
         es->logits = plp ? 2 : take == remain ? 1 : 0;
         s->bmap[ns++] = q;

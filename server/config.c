@@ -96,6 +96,9 @@ static const opt opts[] = {
      "the cuda work buffers for it"},
     {"prefix-cache", T_BOOL, O(prefix_cache), "true", 0, 0, NULL, NULL,
      "reuse KV pages of shared prompt prefixes (--no-prefix-cache to disable)"},
+    {"window-pages", T_BOOL, O(window_pages), "true", 0, 0, NULL, NULL,
+     "sliding-window layers (Gemma 2/3) keep only their window's K/V, in pages of their own "
+     "(--no-window-pages: every token's, in every page)"},
     {"body-limit", T_SIZE, O(body_limit), "8M", 1024, 1e12, NULL, "BYTES",
      "largest request body (413 above it)"},
     {"request-timeout", T_SECS, O(request_timeout), "600", 0, 1e9, NULL, "SECS",

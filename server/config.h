@@ -36,6 +36,7 @@ typedef struct srv_config {
     int max_model_len;
     long long max_queued_tokens;
     int prefix_cache;
+    int window_pages;
     /* HTTP */
     long long body_limit;
     double request_timeout;

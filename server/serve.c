@@ -245,6 +245,28 @@ int serve_main(int argc, char **argv)
         if (pages > useful)
             pages = useful;
     }
+    /* Window layers in pages of their own, when fewer pages hold every step's windows than the
+     * pool has: their share of the memory goes to the main pages.  Every layer takes the same
+     * bytes of a page (either engine's layout). */
+    long long wpages = lay.window ? kv_window_pages_for(&lay, so.max_running, so.max_batch_tokens) : 0;
+    size_t wpage_bytes = 0;
+    if (cfg->window_pages && wpages && wpages < pages) {
+        int n_win = 0;
+        for (int i = 0; i < lay.n_layers; i++)
+            n_win += kv_layer_windowed(&lay, i);
+        size_t per_layer = page_bytes / (size_t)lay.n_layers;
+        lay.window_pages = (int)wpages;
+        wpage_bytes = per_layer * (size_t)n_win;
+        size_t main_bytes = per_layer * (size_t)(lay.n_layers - n_win);
+        if (!cfg->kv_pages) {
+            long long left = (long long)page_bytes * pages - wpages * (long long)wpage_bytes;
+            pages = main_bytes ? left / (long long)main_bytes : pages;
+            long long useful = (long long)cfg->max_running * kv_pages_for(&lay, srv->info->n_ctx);
+            if (pages > useful)
+                pages = useful;
+        }
+        page_bytes = main_bytes;
+    }
     if (pages < 2 || pages > INT_MAX) {
         fprintf(stderr, "sparsed serve: %s give%s %lld pages of %zu bytes; need at least 2\n",
                 kv_auto ? "the card's free memory and --gpu-memory-utilization" : "--kv-pages/--kv-memory",
@@ -289,13 +311,17 @@ int serve_main(int argc, char **argv)
         goto out;
     }
     const attn_config *ac = engine_attn(srv->eng);
+    char wnote[96] = "";
+    if (lay.window_pages)
+        snprintf(wnote, sizeof wnote, " + %d window pages (%.1f MiB)", lay.window_pages,
+                 (double)lay.window_pages * (double)wpage_bytes / (1024.0 * 1024.0));
     fprintf(stderr,
             "sparsed: model %s (%s, %d layers, vocab %d, context %d) served as '%s' on %s\n"
-            "sparsed: attention %s, KV pool %lld pages x %d tokens (%.1f MiB), max running %d, "
+            "sparsed: attention %s, KV pool %lld pages x %d tokens (%.1f MiB)%s, max running %d, "
             "batch tokens %d, prefix cache %s%s%s\n",
             cfg->model, srv->info->arch, srv->info->n_layers, srv->info->n_vocab, srv->info->n_ctx,
             srv->model_name, srv->info->device, ac->mode == ATTN_SPARSE ? "sparse" : "dense", pages, lay.block_size,
-            (double)pages * (double)page_bytes / (1024.0 * 1024.0), cfg->max_running,
+            (double)pages * (double)page_bytes / (1024.0 * 1024.0), wnote, cfg->max_running,
             cfg->max_batch_tokens, cfg->prefix_cache ? "on" : "off",
             strcmp(cfg->kv_cache_dtype, "fp8") ? "" : ", K/V in fp8", srv->n_keys ? ", API keys required" : "");
     const char *h = cfg->host;
