@@ -337,6 +337,53 @@ def same_greedy(ref, got):
     return sp is None or (sp[1] <= 0.25 and sp[2]), sp
 
 
+def window_serve(a):
+    # sliding-window layers in pages of their own (the default) against
+    # --no-window-pages: 4 prompts past the window, alone, then together,
+    # then again from the prefix cache; greedy, equal up to near ties
+    rng = random.Random(12)
+    prompts = ["Tell me " + " ".join(rng.choice(("red", "sun", "box", "tree", "cat", "sky")) for _ in range(n))
+               for n in (150, 60, 300, 150)]
+    prompts[3] = prompts[0][:len(prompts[0]) // 2] + " sky sun"
+    res = {}
+    outs = {}
+    for name, extra in (("window", []), ("full", ["--no-window-pages"])):
+        d = Daemon(a.sparsed, ["--device", "cuda", "--model", a.window, "--max-running", "8", "--block-size", "16",
+                               "--max-batch-tokens", "256"] + extra,
+                   a.port + 13, os.path.join(a.work, "d-window-%s.log" % name))
+        got = {}
+
+        def ask(i, out, d=d):
+            st, r = d.post("/v1/completions", {"prompt": prompts[i], "max_tokens": 40, "temperature": 0,
+                                               "logprobs": 2, "ignore_eos": True})
+            out[i] = r["choices"][0]["logprobs"] if st == 200 and r["usage"]["completion_tokens"] == 40 else None
+
+        try:
+            if not d.wait_ready():
+                return {"pass": False, "error": "%s daemon not ready: %s" % (name, d.text()[-400:])}
+            res[name + "_log_window_pages"] = " window pages " in d.text()
+            for i in range(4):
+                ask(i, got)
+            both = {}
+            th = [threading.Thread(target=ask, args=(i, both)) for i in range(4)]
+            for t in th:
+                t.start()
+            for t in th:
+                t.join()
+            res[name + "_together_ok"] = [same_greedy(got[i], both[i])[0] for i in range(4)]
+            outs[name] = got
+        finally:
+            res[name + "_exit_code"] = d.stop()
+    if len(outs) == 2:
+        cmp = [same_greedy(outs["full"][i], outs["window"][i]) for i in range(4)]
+        res["window_vs_full_ok"], res["window_vs_full_split"] = [x[0] for x in cmp], [x[1] for x in cmp]
+    res["pass"] = (res.get("window_log_window_pages") is True and res.get("full_log_window_pages") is False and
+                   all(res.get("window_vs_full_ok", [False])) and all(res.get("window_together_ok", [False])) and
+                   all(res.get("full_together_ok", [False])) and res.get("window_exit_code") == 0 and
+                   res.get("full_exit_code") == 0)
+    return res
+
+
 def moe_serve(a):
     # a mixture of experts served on the card: four prompts alone (a token
     # a step: the CUDA-core expert products) and then together (batches of
@@ -435,6 +482,7 @@ def main():
     ap.add_argument("--stories", required=True)
     ap.add_argument("--m3", required=True, help="M3-shaped model with a 1M context")
     ap.add_argument("--moe", help="a mixture-of-experts model (daemon-moe)")
+    ap.add_argument("--window", help="a model with sliding-window layers (daemon-window)")
     ap.add_argument("--work", required=True)
     ap.add_argument("--checks", required=True, help="JSON lines file to append to")
     ap.add_argument("--port", type=int, default=18210)
@@ -447,6 +495,8 @@ def main():
               ("daemon-pressure-fp8kv", lambda a: pressure(a, ("--kv-cache-dtype", "fp8"), 10, "d-pressure-fp8.log"))]
     if a.moe:
         checks.append(("daemon-moe", moe_serve))
+    if a.window:
+        checks.append(("daemon-window", window_serve))
     if gpu_count() >= 2:
         checks.append(("daemon-two-gpus", two_gpus))
     for label, fn in checks:

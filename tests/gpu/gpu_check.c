@@ -71,6 +71,11 @@ static void run_open(run *r, engine_opts *o, int n_seqs, int max_len)
         die("engine_create", err);
     kv_layout l = engine_kv_layout(r->e);
     int pages = n_seqs * kv_pages_for(&l, max_len) + 2;
+    /* GPU_CHECK_WINDOW_PAGES=1: window layers in pages of their own, as few as steps of up to 8192
+     * tokens need, trimmed before each step (kvcache.h) */
+    const char *wv = getenv("GPU_CHECK_WINDOW_PAGES");
+    if (wv && atoi(wv) && l.window)
+        l.window_pages = kv_window_pages_for(&l, n_seqs, 8192);
     r->pool = kv_pool_create(&l, pages, engine_kv_host_storage(r->e), err, sizeof err);
     if (!r->pool)
         die("kv_pool_create", err);
@@ -98,10 +103,11 @@ static int run_step_s(run *r, int n, int32_t **toks, const int *past, const int 
     int T = 0;
     char err[512];
     for (int i = 0; i < n; i++) {
+        kv_seq_trim(r->pool, &r->seq[i], past[i]);
         if (kv_seq_reserve(r->pool, &r->seq[i], past[i] + nn[i]))
             die("kv_seq_reserve", "pool full");
         es[i] = (engine_seq){.n_past = past[i], .n_new = nn[i], .tok_offset = T, .blocks = r->seq[i].pages,
-                             .n_blocks = r->seq[i].n_pages, .logits = want[i]};
+                             .wblocks = r->seq[i].wpages, .n_blocks = r->seq[i].n_pages, .logits = want[i]};
         memcpy(flat + T, toks[i] + past[i], (size_t)nn[i] * sizeof(int32_t));
         T += nn[i];
     }

@@ -8,7 +8,8 @@
 # memcheck runs start only while less than DEADLINE seconds (400) passed.
 # ONLY=sparse runs just the checks of the tuned sparse kernels (and, with
 # MEMCHECK=1, their memcheck run; FP8KV=1 adds the fp8 K/V checks); ONLY=moe
-# just the mixture-of-experts checks and their memcheck runs.
+# just the mixture-of-experts checks and their memcheck runs; ONLY=window
+# the window-page checks.
 # Exit status: the number of failed checks.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
@@ -88,6 +89,34 @@ moe_checks() {
     check qwen3moe-odd-f32 --model $W/qwen3moe-odd.gguf --dtype f32 --tol 1e-4 --prompts 300,77,5 --decode 16
     check qwen3moe-odd-bf16 --model $W/qwen3moe-odd.gguf --prompts 300,77,5 --decode 16 --tol 1 --min-agree 0.9
 }
+gemma_models() {
+    [ -f $W/gemma2-128.gguf ] && return
+    $P/bin/mkmodel --out $W/gemma3-256.gguf --arch gemma3 --layers 4 --embd 512 --heads 4 --kv-heads 2 --head-dim 256 \
+        --ff 1024 --vocab 1024 --ctx 4096 --rope-base 1000000 --rope-scaling linear --rope-factor 4 \
+        --swa-window 100 --swa-pattern 2 --type q4_k --seed 12 >/dev/null
+    $P/bin/mkmodel --out $W/gemma3-128.gguf --arch gemma3 --layers 4 --embd 256 --heads 4 --kv-heads 2 --head-dim 128 \
+        --ff 512 --vocab 1024 --ctx 4096 --swa-window 100 --swa-pattern 2 --logit-softcap 8 --seed 13 >/dev/null
+    $P/bin/mkmodel --out $W/gemma2-128.gguf --arch gemma2 --layers 4 --embd 256 --heads 4 --kv-heads 2 --head-dim 128 \
+        --ff 512 --vocab 1024 --ctx 4096 --swa-window 100 --attn-softcap 2 --logit-softcap 5 --seed 14 >/dev/null
+}
+# Sliding-window layers in pages of their own (GPU_CHECK_WINDOW_PAGES=1: the
+# window group of kvcache.h, as few pages as steps of 8192 tokens need,
+# trimmed before each step): against the CPU with the same pool, and bit
+# for bit against every token kept, with graphs, and beside sparse global
+# layers.
+window_checks() {
+    gemma_models
+    GPU_CHECK_WINDOW_PAGES=1 check gemma3-128-bf16-window --model $W/gemma3-128.gguf --prompts 900,300,5 --decode 16
+    check gemma3-128-window-vs-full --model $W/gemma3-128.gguf --prompts 900,300,5 --decode 16 \
+        --vs-env GPU_CHECK_WINDOW_PAGES=1 --tol-alt 0
+    GPU_CHECK_WINDOW_PAGES=1 check gemma3-256-f32-window --model $W/gemma3-256.gguf --dtype f32 --tol 1e-4 \
+        --prompts 900,300,5 --decode 16
+    GPU_CHECK_WINDOW_PAGES=1 check gemma2-128-bf16-window-graphs --model $W/gemma2-128.gguf --prompts 900,300,5 \
+        --decode 24 --vs-graphs --tol-alt 0
+    GPU_CHECK_WINDOW_PAGES=1 check gemma3-128-minmax-f32-window --model $W/gemma3-128.gguf --dtype f32 --tol 1e-4 \
+        --prompts 900,300,40 --attention sparse --indexer minmax --block-size 16 --top-k-blocks 4 --local-blocks 2 \
+        --sink-blocks 1 --sparse-min-context 0
+}
 # ONLY=moe runs just these and their memcheck runs
 if [ "${ONLY:-}" = moe ]; then
     moe_checks
@@ -96,6 +125,19 @@ if [ "${ONLY:-}" = moe ]; then
         timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 $C --label memcheck --decode 3 --tol 1e9 \
             $args >> "$OUT/memcheck.log" 2>&1 || fails=$((fails + 1))
     done
+    grep "ERROR SUMMARY" "$OUT/memcheck.log"
+    echo "failed checks: $fails"
+    exit $fails
+fi
+# ONLY=window: the window-page checks, the daemon's and a memcheck run
+if [ "${ONLY:-}" = window ]; then
+    window_checks
+    LD_LIBRARY_PATH="$P/lib:${LD_LIBRARY_PATH:-}" timeout 300 python3 tests/gpu/daemon_check.py \
+        --sparsed $P/bin/sparsed --stories $M/stories260K.gguf --m3 none --window $W/gemma3-128.gguf --work $W \
+        --checks "$OUT/checks.jsonl" --only daemon-window || fails=$((fails + 1))
+    GPU_CHECK_WINDOW_PAGES=1 timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 $C --label memcheck \
+        --decode 3 --tol 1e9 --model $W/gemma3-128.gguf --prompts 300,140,3 --vs-graphs > "$OUT/memcheck.log" 2>&1 ||
+        fails=$((fails + 1))
     grep "ERROR SUMMARY" "$OUT/memcheck.log"
     echo "failed checks: $fails"
     exit $fails
@@ -249,13 +291,7 @@ check phi3-q4k-bf16 --model $W/phi3.gguf --prompts 300,77,5 --decode 16
 # kernel in f32, slides them), the global layers linear x4; head dim 256
 # and 128 (tuned kernels on the global layers, and sparse ones there).
 # Gemma 2: soft caps on scores (cattn_flash and the generic kernel) and logits.
-$P/bin/mkmodel --out $W/gemma3-256.gguf --arch gemma3 --layers 4 --embd 512 --heads 4 --kv-heads 2 --head-dim 256 \
-    --ff 1024 --vocab 1024 --ctx 4096 --rope-base 1000000 --rope-scaling linear --rope-factor 4 \
-    --swa-window 100 --swa-pattern 2 --type q4_k --seed 12 >/dev/null
-$P/bin/mkmodel --out $W/gemma3-128.gguf --arch gemma3 --layers 4 --embd 256 --heads 4 --kv-heads 2 --head-dim 128 \
-    --ff 512 --vocab 1024 --ctx 4096 --swa-window 100 --swa-pattern 2 --logit-softcap 8 --seed 13 >/dev/null
-$P/bin/mkmodel --out $W/gemma2-128.gguf --arch gemma2 --layers 4 --embd 256 --heads 4 --kv-heads 2 --head-dim 128 \
-    --ff 512 --vocab 1024 --ctx 4096 --swa-window 100 --attn-softcap 2 --logit-softcap 5 --seed 14 >/dev/null
+gemma_models
 check gemma3-256-f32 --model $W/gemma3-256.gguf --dtype f32 --tol 1e-4 --prompts 900,300,5 --decode 16
 check gemma3-256-bf16 --model $W/gemma3-256.gguf --prompts 900,300,5 --decode 16
 check gemma3-128-bf16 --model $W/gemma3-128.gguf --prompts 900,300,5 --decode 16
@@ -265,6 +301,7 @@ check gemma3-128-minmax-f32 --model $W/gemma3-128.gguf --dtype f32 --tol 1e-4 --
     --sparse-min-context 0
 check gemma2-128-f32 --model $W/gemma2-128.gguf --dtype f32 --tol 1e-4 --prompts 900,300,5 --decode 16
 check gemma2-128-bf16 --model $W/gemma2-128.gguf --prompts 900,300,5 --decode 16
+window_checks
 # cattn_flash (bf16: head dims 64 and 256, windows, soft caps) against the
 # generic kernel it replaces, both on the GPU; decode splits the keys
 check gemma3-256-flash-vs-generic --model $W/gemma3-256.gguf --prompts 900,300,5 --decode 16 --vs-generic \
@@ -369,8 +406,8 @@ moe_checks
 # the daemon as a user starts it (no memory options): tests/gpu/daemon_check.py
 $P/bin/mkmodel --out $W/m3-2l-1m.gguf --preset m3-1b --layers 2 --dense-layers 1 --ctx 1052672 --seed 11 >/dev/null
 LD_LIBRARY_PATH="$P/lib:${LD_LIBRARY_PATH:-}" timeout 900 python3 tests/gpu/daemon_check.py --sparsed $P/bin/sparsed \
-    --stories $M/stories260K.gguf --m3 $W/m3-2l-1m.gguf --moe $W/qwen3moe-all.gguf --work $W \
-    --checks "$OUT/checks.jsonl"
+    --stories $M/stories260K.gguf --m3 $W/m3-2l-1m.gguf --moe $W/qwen3moe-all.gguf --window $W/gemma3-128.gguf \
+    --work $W --checks "$OUT/checks.jsonl"
 fails=$((fails + $?))
 
 if [ -n "${BENCH:-}" ]; then
@@ -394,6 +431,7 @@ for args in "--model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --spars
             "CATTN_SELECT_SM90=0 CATTN_PREFILL_SM90=0 CATTN_SELECT_SPLIT=3 CATTN_PREFILL_SPLIT=3 --model $M/m3-128.gguf --prompts 300,140,3 --top-k-blocks 1 --sparse-min-context 0" \
             "--model $W/llama-v32k.gguf --prompts 60,20,7 --decode 9" \
             "--model $W/gemma3-256.gguf --prompts 300,140,3" \
+            "GPU_CHECK_WINDOW_PAGES=1 --model $W/gemma3-128.gguf --prompts 300,140,3 --vs-graphs" \
             "--model $M/qwen-q8.gguf --prompts 130,7,2 --vs-graphs" \
             "--model $W/gemma3-256.gguf --prompts 300,140,3 --kv-cache-dtype fp8" \
             "--model $W/gemma3-256.gguf --prompts 300,140,3 --attention sparse --indexer minmax --block-size 16 --top-k-blocks 2 --sparse-min-context 0" \
