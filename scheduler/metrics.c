@@ -206,4 +206,10 @@ void metrics_render(sched_metrics_t *m, const char *model_name, const metrics_ca
           "KV pages referenced by sequences.", c.kv_used);
     gauge(buf, len, cap, "sparsed_kv_pages_cached", lbl,
           "KV pages held only by the prefix cache (reusable).", c.kv_cached);
+    if (c.kv_wpages) {
+        gauge(buf, len, cap, "sparsed_kv_window_pages_total", lbl,
+              "Pages of the sliding-window layers' group of the KV pool.", c.kv_wpages);
+        gauge(buf, len, cap, "sparsed_kv_window_pages_used", lbl,
+              "Window pages referenced by sequences.", c.kv_wused);
+    }
 }

@@ -26,6 +26,7 @@ typedef struct sched_metrics_t {
     /* gauges */
     int running, waiting;
     int kv_pages, kv_used, kv_cached;
+    int kv_wpages, kv_wused;    /* the window group's (kvcache.h); 0 without one */
     /* counters */
     uint64_t steps, prompt_tokens, generation_tokens, preemptions;
     uint64_t prefix_queries, prefix_hits;

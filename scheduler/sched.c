@@ -1080,6 +1080,9 @@ static void update_gauges(sched *s)
     s->m.kv_pages = kv_pool_n_pages(s->pool);
     s->m.kv_used = kv_pool_n_used(s->pool);
     s->m.kv_cached = kv_pool_n_cached(s->pool);
+    const kv_pool *wg = kv_pool_window(s->pool);
+    s->m.kv_wpages = wg ? kv_pool_n_pages(wg) : 0;
+    s->m.kv_wused = wg ? kv_pool_n_used(wg) : 0;
     pthread_mutex_unlock(&s->m.mu);
 }
 

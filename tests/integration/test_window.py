@@ -50,6 +50,8 @@ def test_window_pages_same_answers(make_daemon, model):
     w = make_daemon(*ARGS, model=model)
     full = make_daemon(*(ARGS + ["--no-window-pages"]), model=model)
     assert " window pages " in w.log and " window pages " not in full.log, w.log
+    # 4 sequences' windows (48 tokens: 3 pages + 3 of rounding each) and a 64-token step (4)
+    assert w.metrics()["sparsed_kv_window_pages_total"] == 4 * (3 + 3) + 4
     ps = prompts()
     # one at a time: the same steps on both daemons
     for i, p in enumerate(ps):
@@ -76,3 +78,5 @@ def test_window_pages_same_answers(make_daemon, model):
             assert out[k][:20] == alone[k][:20], "prompt %d in a batch" % k
     m = w.metrics()
     assert m["sparsed_kv_pages_used"] == 0 and m["vllm:num_requests_running"] == 0
+    assert m["sparsed_kv_window_pages_total"] > 0 and m["sparsed_kv_window_pages_used"] == 0
+    assert "sparsed_kv_window_pages_total" not in full.metrics()
