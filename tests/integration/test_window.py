@@ -80,3 +80,26 @@ def test_window_pages_same_answers(make_daemon, model):
     assert m["sparsed_kv_pages_used"] == 0 and m["vllm:num_requests_running"] == 0
     assert m["sparsed_kv_window_pages_total"] > 0 and m["sparsed_kv_window_pages_used"] == 0
     assert "sparsed_kv_window_pages_total" not in full.metrics()
+
+
+def test_window_pages_under_preemption(make_daemon, model):
+    # 4 sequences of ~23 main pages each in a pool of 40: preempted ones recompute from the prefix
+    # cache, whose window pages must still be there (or the match ends earlier), and finish as alone
+    d = make_daemon(*(ARGS[:-1] + ["40"]), model=model)
+    alone = make_daemon(*ARGS, model=model)
+    ps = prompts()[:3] + [prompts()[3][:300]]
+    want = [complete(alone, p)[0] for p in ps]
+    out = [None] * len(ps)
+
+    def worker(k):
+        out[k] = complete(d, ps[k])[0]
+    ts = [threading.Thread(target=worker, args=(k,)) for k in range(len(ps))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    m = d.metrics()
+    assert m["vllm:num_preemptions_total"] > 0, "the pool was never short: the test lost its point"
+    for k in range(len(ps)):
+        assert out[k][:20] == want[k][:20], "prompt %d after preemption" % k
+    assert m["sparsed_kv_pages_used"] == 0 and m["sparsed_kv_window_pages_used"] == 0
