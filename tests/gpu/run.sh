@@ -116,6 +116,9 @@ window_checks() {
     GPU_CHECK_WINDOW_PAGES=1 check gemma3-128-minmax-f32-window --model $W/gemma3-128.gguf --dtype f32 --tol 1e-4 \
         --prompts 900,300,40 --attention sparse --indexer minmax --block-size 16 --top-k-blocks 4 --local-blocks 2 \
         --sink-blocks 1 --sparse-min-context 0
+    # fp8 K/V pages (row scales in each group's pages; the widened copy of the global layers)
+    check gemma3-128-fp8kv-window-vs-full --model $W/gemma3-128.gguf --prompts 900,300,5 --decode 16 \
+        --kv-cache-dtype fp8 --tol 1 --vs-env GPU_CHECK_WINDOW_PAGES=1 --tol-alt 0
 }
 # ONLY=moe runs just these and their memcheck runs
 if [ "${ONLY:-}" = moe ]; then
