@@ -328,6 +328,17 @@ def first_split(ref, got):
     return None if len(ref["tokens"]) == len(got["tokens"]) else (min(len(ref["tokens"]), len(got["tokens"])), 0, False)
 
 
+def at_once(ask, n):
+    """ask(i, out) for i < n from n threads at once; out, filled."""
+    out = {}
+    th = [threading.Thread(target=ask, args=(i, out)) for i in range(n)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    return out
+
+
 def same_greedy(ref, got):
     """(equal, split): two greedy runs' logprobs agree, or split only where
     ref's top two were within 0.25 and got took the second (first_split)."""
@@ -364,12 +375,7 @@ def window_serve(a):
             res[name + "_log_window_pages"] = " window pages " in d.text()
             for i in range(4):
                 ask(i, got)
-            both = {}
-            th = [threading.Thread(target=ask, args=(i, both)) for i in range(4)]
-            for t in th:
-                t.start()
-            for t in th:
-                t.join()
+            both = at_once(ask, 4)
             res[name + "_together_ok"] = [same_greedy(got[i], both[i])[0] for i in range(4)]
             outs[name] = got
         finally:
@@ -402,14 +408,10 @@ def moe_serve(a):
     try:
         if not d.wait_ready():
             return {"pass": False, "error": "daemon not ready: %s" % d.text()[-400:]}
-        alone, both = {}, {}
+        alone = {}
         for i in range(4):
             ask(i, alone)
-        th = [threading.Thread(target=ask, args=(i, both)) for i in range(4)]
-        for t in th:
-            t.start()
-        for t in th:
-            t.join()
+        both = at_once(ask, 4)
         together = [same_greedy(alone[i], both[i]) for i in range(4)]
         res["together_ok"], res["together_split"] = [x[0] for x in together], [x[1] for x in together]
         res["text0"] = "".join(alone[0]["tokens"])[:200] if alone[0] else ""
@@ -455,12 +457,7 @@ def pressure(a, extra=(), port=7, log="d-pressure.log"):
         ask(3, again)   # the last prompt's surely are
         res["prefix_hit_tokens"] = metric(d, "vllm:prefix_cache_hits_total") - h0
         p0 = metric(d, "vllm:num_preemptions_total")
-        both = {}
-        th = [threading.Thread(target=ask, args=(i, both)) for i in range(4)]
-        for t in th:
-            t.start()
-        for t in th:
-            t.join()
+        both = at_once(ask, 4)
         res["preemptions"] = metric(d, "vllm:num_preemptions_total") - p0
         together = [same_greedy(alone[i][0], both[i][0]) for i in range(4)]
         cached = [same_greedy(alone[i][0], again[i][0]) for i in (0, 3)]

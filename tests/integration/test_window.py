@@ -46,6 +46,20 @@ def complete(d, p):
     return j["choices"][0]["logprobs"]["tokens"], j["usage"]["prompt_tokens_details"]["cached_tokens"]
 
 
+def at_once(d, ps):
+    """Every prompt of ps from its own thread at once; their tokens."""
+    out = [None] * len(ps)
+
+    def worker(k):
+        out[k] = complete(d, ps[k])[0]
+    ts = [threading.Thread(target=worker, args=(k,)) for k in range(len(ps))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return out
+
+
 def test_window_pages_same_answers(make_daemon, model):
     w = make_daemon(*ARGS, model=model)
     full = make_daemon(*(ARGS + ["--no-window-pages"]), model=model)
@@ -64,15 +78,7 @@ def test_window_pages_same_answers(make_daemon, model):
     # all at once, twice (the second round from the cache): every answer as alone
     alone = [complete(full, p)[0] for p in ps]
     for _ in range(2):
-        out = [None] * len(ps)
-
-        def worker(k):
-            out[k] = complete(w, ps[k])[0]
-        ts = [threading.Thread(target=worker, args=(k,)) for k in range(len(ps))]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        out = at_once(w, ps)
         for k in range(len(ps)):
             # a batch can round a near tie the other way; the first tokens must agree
             assert out[k][:20] == alone[k][:20], "prompt %d in a batch" % k
@@ -89,15 +95,7 @@ def test_window_pages_under_preemption(make_daemon, model):
     alone = make_daemon(*ARGS, model=model)
     ps = prompts()[:3] + [prompts()[3][:300]]
     want = [complete(alone, p)[0] for p in ps]
-    out = [None] * len(ps)
-
-    def worker(k):
-        out[k] = complete(d, ps[k])[0]
-    ts = [threading.Thread(target=worker, args=(k,)) for k in range(len(ps))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    out = at_once(d, ps)
     m = d.metrics()
     assert m["vllm:num_preemptions_total"] > 0, "the pool was never short: the test lost its point"
     for k in range(len(ps)):
