@@ -101,3 +101,16 @@ def test_window_pages_under_preemption(make_daemon, model):
     for k in range(len(ps)):
         assert out[k][:20] == want[k][:20], "prompt %d after preemption" % k
     assert m["sparsed_kv_pages_used"] == 0 and m["sparsed_kv_window_pages_used"] == 0
+
+
+def test_window_pages_n_choices(make_daemon, model):
+    # the siblings of an n=3 request start from the first one's prompt pages, window pages included
+    d = make_daemon(*ARGS, model=model)
+    p = prompts()[2] + prompts()[0]
+    r = requests.post(d.url + "/v1/completions", json={"prompt": p, "max_tokens": 30, "temperature": 0, "n": 3,
+                                                       "ignore_eos": True}, timeout=300)
+    assert r.status_code == 200, r.text
+    texts = [c["text"] for c in r.json()["choices"]]
+    assert len(texts) == 3 and len(set(texts)) == 1
+    m = d.metrics()
+    assert m["vllm:prefix_cache_hits_total"] >= 2 * (len(p) // 16 * 16 - 16), m["vllm:prefix_cache_hits_total"]
