@@ -71,9 +71,10 @@ static void attn_task(void *ctx, int i, int thread)
         sum[h] = 0.0f;
     }
     memset(acc, 0, (size_t)hpg * D * sizeof(float));
+    const int32_t *table = seq_table(j->pool, sq, j->l);
     for (int k = 0; k < n; k++) {
         int bi = sel[k];
-        int32_t page = seq_table(j->pool, sq, j->l)[bi];
+        int32_t page = table[bi];
         const float *K = kv_page_k(j->pool, page, j->l) + (size_t)g * B * D;
         const float *V = kv_page_v(j->pool, page, j->l) + (size_t)g * B * D;
         int slots = bi == last ? pos - bi * B + 1 : B;

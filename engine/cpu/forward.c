@@ -131,17 +131,17 @@ static int check_batch(const engine *e, kv_pool *pool, const engine_batch *b, ch
         const kv_pool *wg = kv_pool_window(pool);
         if (!wg)
             continue;
-        /* the window pages the new tokens write and read: from the first one's window on */
-        int lo = s->n_past - have->window + 1, k0 = lo > 0 ? lo / B : 0;
-        for (int k = k0; s->wblocks && k < (s->n_past + s->n_new + B - 1) / B; k++)
-            if (s->wblocks[k] < 0 || s->wblocks[k] >= kv_pool_n_pages(wg)) {
-                snprintf(err, errlen, "engine: sequence %d has window page %d outside the pool", i, s->wblocks[k]);
-                return -1;
-            }
         if (!s->wblocks) {
             snprintf(err, errlen, "engine: sequence %d has no window pages", i);
             return -1;
         }
+        /* the window pages the new tokens write and read: from the first one's window on */
+        int lo = s->n_past - have->window + 1, k0 = lo > 0 ? lo / B : 0;
+        for (int k = k0; k < (s->n_past + s->n_new + B - 1) / B; k++)
+            if (s->wblocks[k] < 0 || s->wblocks[k] >= kv_pool_n_pages(wg)) {
+                snprintf(err, errlen, "engine: sequence %d has window page %d outside the pool", i, s->wblocks[k]);
+                return -1;
+            }
     }
     if (covered != b->n_tokens) {
         snprintf(err, errlen, "engine: sequences cover %d tokens, batch has %d", covered, b->n_tokens);
