@@ -1,9 +1,8 @@
 /* moe_sm90: the experts' grouped products on Hopper's warpgroup MMA
  * (private to engine/cuda; cuda_backend.cu includes it after moe.cuh).
  *
- * moe_mma_kernel's 64 x 64 tiles on mma.sync reread the weights from L2
- * for every 64 rows and ran the prefill's products at ~30% of the card's
- * bf16 peak.  Here a CTA takes 128 rows of one expert (two warpgroups of
+ * moe_mma_kernel's 64 x 64 tiles on mma.sync ran the prefill's products
+ * at ~30% of the card's bf16 peak.  Here a CTA takes 128 rows of one expert (two warpgroups of
  * 64 sharing the weight tile) against 256 weight rows (128 gate and 128 up
  * columns with the activation, else 256 output columns), both operands in
  * 128-byte-swizzled shared memory fed by a four-stage cp.async pipeline

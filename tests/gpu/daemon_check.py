@@ -350,8 +350,9 @@ def same_greedy(ref, got):
 
 def window_serve(a):
     # sliding-window layers in pages of their own (the default) against
-    # --no-window-pages: 4 prompts past the window, alone, then together,
-    # then again from the prefix cache; greedy, equal up to near ties
+    # --no-window-pages: 4 prompts past the window (the last starts with the
+    # first's first half: a prefix-cache hit), alone, then together; greedy,
+    # equal up to near ties
     rng = random.Random(12)
     prompts = ["Tell me " + " ".join(rng.choice(("red", "sun", "box", "tree", "cat", "sky")) for _ in range(n))
                for n in (150, 60, 300, 150)]
