@@ -2,9 +2,10 @@
  * (private to engine/cuda; cuda_backend.cu includes it after moe.cuh).
  *
  * moe_mma_kernel's 64 x 64 tiles on mma.sync ran the prefill's products
- * at ~30% of the card's bf16 peak.  Here a CTA takes 128 rows of one expert (two warpgroups of
- * 64 sharing the weight tile) against 256 weight rows (128 gate and 128 up
- * columns with the activation, else 256 output columns), both operands in
+ * at ~30% of the card's bf16 peak.  Here a CTA takes 128 rows of one
+ * expert (two warpgroups of 64 sharing the weight tile) against 256
+ * weight rows (128 gate and 128 up columns with the activation, else 256
+ * output columns), both operands in
  * 128-byte-swizzled shared memory fed by a four-stage cp.async pipeline
  * (the A rows are gathered by token, which a tensor map cannot do).  The
  * plan's tiles are MOE_WM rows for this kernel.
